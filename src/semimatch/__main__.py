@@ -1,0 +1,7 @@
+"""``python -m semimatch`` (and ``torchrun -m semimatch train ...``)."""
+
+import sys
+
+from semimatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,69 @@
+"""Uniform Alignment (SoftMatch, section 3.3; reference step 1).
+
+``p_ua = normalize(p * u / p_model)`` with ``u = 1/C`` for every class, where ``p_model`` is an
+EMA (momentum m) of the batch mean of the unlabeled weak-view probabilities, initialised from the
+first batch's mean.  Same ``update(probs)`` / ``__call__(probs)`` protocol as the weighting
+functions; the training step calls ``update`` first, then applies the alignment.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from semimatch.distributed import all_reduce_sums
+from semimatch.weighting import check_momentum, check_num_classes, check_probs
+
+__all__ = ["UniformAlignment"]
+
+
+class UniformAlignment(nn.Module):
+    """Align predictions towards a uniform class distribution.
+
+    Args:
+        num_classes: C.
+        momentum: EMA momentum m of ``p_model`` (paper 0.999).
+        eps: guards the divisions (``p_model`` entries and row sums), so exact zeros in the input
+            never produce NaN or inf.
+    """
+
+    p_model: torch.Tensor
+    initialized: torch.Tensor
+
+    def __init__(self, num_classes: int, momentum: float = 0.999, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.num_classes = check_num_classes(num_classes)
+        self.momentum = check_momentum(momentum)
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0; got {eps}")
+        self.eps = float(eps)
+        self.register_buffer("p_model", torch.full((self.num_classes,), 1.0 / self.num_classes))
+        # A tensor flag (not a Python bool) so it is checkpointed and needs no host sync.
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def update(self, probs: torch.Tensor) -> None:
+        """``p_model <- m p_model + (1-m) mean_batch(p)``; the first call sets ``p_model = mean(p)``."""
+        check_probs(probs, self.num_classes)
+        total = probs.float().sum(dim=0)
+        count = torch.tensor([probs.shape[0]], dtype=torch.float32, device=probs.device)
+        total, count = all_reduce_sums(total, count)
+        batch_mean = total / count.clamp(min=1.0)
+        ema = self.momentum * self.p_model + (1 - self.momentum) * batch_mean
+        new = torch.where(self.initialized, ema, batch_mean)
+        seen = count > 0  # an empty global batch leaves the state untouched
+        self.p_model.copy_(torch.where(seen, new, self.p_model))
+        self.initialized.logical_or_(seen.squeeze(0))
+
+    def forward(self, probs: torch.Tensor) -> torch.Tensor:
+        check_probs(probs, self.num_classes)
+        uniform = 1.0 / self.num_classes
+        aligned = probs.float() * uniform / (self.p_model + self.eps)
+        aligned = aligned / aligned.sum(dim=1, keepdim=True).clamp(min=self.eps)
+        return aligned.to(probs.dtype)
+
+    def describe(self) -> dict:
+        return {"type": "uniform", "p_model": self.p_model.tolist()}
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, momentum={self.momentum}"

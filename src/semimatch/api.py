@@ -1,0 +1,192 @@
+"""The Python front door: ``train``, ``load_run``, ``evaluate``, ``predict``.
+
+Same engine as the command line: ``train`` builds a ``Config`` (from a preset, a dict or keyword
+overrides) and calls ``semimatch.engine.fit``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from semimatch import checkpoint as ckpt
+from semimatch.algorithms import SSLAlgorithm, Weighting, build_algorithm
+from semimatch.config import Config, ConfigError, load_preset
+from semimatch.data import SSLDataset, load_dataset
+from semimatch.ema import ModelEMA
+from semimatch.engine import Run, fit, select_device
+from semimatch.engine import _dataset_options as dataset_options
+from semimatch.models import InputNormalizer, build_model
+
+__all__ = ["train", "make_config", "load_run", "evaluate", "predict", "load_images"]
+
+
+def make_config(config: Config | dict[str, Any] | str | None = None, *, preset: str | None = None,
+                **overrides: Any) -> Config:
+    """A validated ``Config`` from a preset name, a dict, a JSON file or a Config, plus overrides.
+
+    Unknown keys and wrong types raise ``ConfigError`` with a suggestion.
+    """
+    if isinstance(config, Config):
+        cfg = config
+    elif isinstance(config, dict):
+        cfg = Config.from_dict(config)
+    elif isinstance(config, (str, os.PathLike)):
+        cfg = Config.load(config)
+    elif config is None:
+        cfg = load_preset(preset) if preset else Config()
+    else:
+        raise ConfigError(f"config must be a Config, dict or JSON path; got {type(config)}")
+    if preset and config is not None:
+        raise ConfigError("pass either a config or a preset, not both")
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def train(
+    config: Config | dict[str, Any] | str | None = None,
+    *,
+    preset: str | None = None,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    data: SSLDataset | None = None,
+    model: nn.Module | None = None,
+    weighting: Weighting | None = None,
+    alignment: Weighting | None = None,
+    **overrides: Any,
+) -> Run:
+    """Train a model; returns a ``Run`` with ``.model``, ``.ema_model``, ``.metrics``,
+    ``.evaluate()`` and ``.predict()``.
+
+    Args:
+        config / preset / overrides: the configuration (see ``semimatch.Config``).
+        out: run directory (config, split, metrics, checkpoints); None keeps everything in memory.
+        data: your own data (``semimatch.data.from_arrays`` / ``from_torch``) instead of
+            ``config.dataset``.
+        model: your own backbone ``nn.Module`` (float NCHW in, logits out).
+        weighting / alignment: your own weighting function (any object with ``update(probs)`` and
+            ``__call__(probs) -> weights``) and optional alignment; the rest of the recipe
+            (student view = strong, loss, schedule) is the config's.
+    """
+    cfg = make_config(config, preset=preset, **overrides)
+    algorithm = None
+    if weighting is not None:
+        algorithm = SSLAlgorithm(weighting, alignment, lambda_u=cfg.lambda_u or 1.0,
+                                 name=f"custom:{type(weighting).__name__}")
+    elif alignment is not None:
+        raise ConfigError("alignment= needs weighting= as well (an alignment only changes the "
+                          "probabilities a weighting function sees)")
+    return fit(cfg, out=out, resume=resume, overwrite=overwrite, data=data, model=model,
+               algorithm=algorithm)
+
+
+def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
+             device: str = "auto", data: SSLDataset | None = None) -> Run:
+    """Load a run directory for evaluation/prediction.
+
+    Args:
+        checkpoint: ``"best"`` (lowest test error), ``"last"``, or a checkpoint path.
+        data: the dataset, if it is not one semimatch can load by name (Python-API runs).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(f"{run_dir} is not a semimatch run directory (no config.json)")
+    cfg = Config.load(run_dir / "config.json")
+    if checkpoint == "best":
+        path = run_dir / "checkpoints" / "best.pt"
+        if not path.exists():
+            path = ckpt.latest(run_dir / "checkpoints")
+    elif checkpoint == "last":
+        path = ckpt.latest(run_dir / "checkpoints")
+    else:
+        path = Path(checkpoint)
+    if path is None or not Path(path).exists():
+        raise FileNotFoundError(f"{run_dir} has no checkpoint yet ({checkpoint!r}); "
+                                "checkpoints are written at every evaluation")
+    dev = select_device(device)
+    state = ckpt.load(path, map_location=dev)
+    if data is None:
+        try:
+            data = load_dataset(cfg.dataset, root=cfg.data_root, **dataset_options(cfg))
+        except (FileNotFoundError, ValueError) as e:
+            raise FileNotFoundError(
+                f"cannot reload dataset {cfg.dataset!r} for {run_dir} ({e}); pass data=") from None
+    info = data.info
+    model = build_model(cfg.backbone, info.num_classes, in_channels=info.channels,
+                        image_size=info.image_size)
+    net = InputNormalizer(model, info.mean, info.std)
+    try:
+        net.load_state_dict(state["model"])
+        ema = None
+        if state.get("ema"):
+            holder = ModelEMA(net, cfg.ema_decay or 0.999)
+            holder.load_state_dict(state["ema"])
+            ema = holder.module.to(dev).eval()
+        algorithm = build_algorithm(cfg.algorithm, info.num_classes, **cfg.algorithm_options())
+        if state.get("algorithm"):
+            algorithm.load_state_dict(state["algorithm"])
+    except (RuntimeError, KeyError) as e:
+        raise ckpt.CheckpointError(f"checkpoint {path} does not match {run_dir}/config.json "
+                                   f"({str(e).splitlines()[0]})") from None
+    history = []
+    if (run_dir / "metrics.jsonl").exists():
+        from semimatch.metrics import read_jsonl
+
+        history = read_jsonl(run_dir / "metrics.jsonl")
+    summary = json.loads((run_dir / "summary.json").read_text()) \
+        if (run_dir / "summary.json").exists() else {}
+    return Run(cfg, net.to(dev).eval(), ema, algorithm, data, run_dir, history, summary, dev)
+
+
+def evaluate(run: Run | str | os.PathLike, model: str = "ema", checkpoint: str = "best",
+             device: str = "auto") -> dict[str, Any]:
+    """Test-set accuracy of a run (EMA model by default)."""
+    if not isinstance(run, Run):
+        run = load_run(run, checkpoint=checkpoint, device=device)
+    return run.evaluate(model=model)
+
+
+def load_images(paths: list[str | os.PathLike], size: tuple[int, int], channels: int
+                ) -> np.ndarray:
+    """Read image files into a uint8 (N, H, W, C) array at the model's size and channels."""
+    from PIL import Image, UnidentifiedImageError
+
+    out = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im = im.convert("L" if channels == 1 else "RGB")
+                if im.size != (size[1], size[0]):
+                    im = im.resize((size[1], size[0]), Image.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image {p} does not exist") from None
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"cannot read image {p}: {e}") from None
+        out.append(arr if arr.ndim == 3 else arr[..., None])
+    return np.stack(out) if out else np.zeros((0, size[0], size[1], channels), np.uint8)
+
+
+def predict(run: Run | str | os.PathLike, images: np.ndarray | list[str | os.PathLike],
+            model: str = "ema", checkpoint: str = "best", device: str = "auto"
+            ) -> list[dict[str, Any]]:
+    """Predict classes for an image array or a list of image files.
+
+    Returns one dict per image: ``{"class": name, "index": i, "confidence": p}``.
+    """
+    if not isinstance(run, Run):
+        run = load_run(run, checkpoint=checkpoint, device=device)
+    info = run.data.info
+    if isinstance(images, (list, tuple)):
+        images = load_images(list(images), info.image_size, info.channels)
+    with torch.no_grad():
+        probs = run.predict_proba(images, model=model)
+    idx = probs.argmax(axis=1)
+    return [{"class": info.class_names[i], "index": int(i), "confidence": float(probs[n, i])}
+            for n, i in enumerate(idx)]

@@ -1,0 +1,189 @@
+"""``semimatch`` command line: train | eval | predict | report | presets | datasets | demo.
+
+Training flags are generated from ``semimatch.config.Config``: one flag per field, same names,
+same validation as the Python API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from semimatch.config import PRESETS, Config, ConfigError, coerce, load_preset
+
+__all__ = ["main"]
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("options (each overrides the preset / config file)")
+    for f in fields(Config):
+        if not f.metadata.get("cli", True):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not None else "auto"
+        group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="V",
+                           help=f"{f.metadata['help']} (default: {default})")
+
+
+def _train_parser(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a model", description=(
+        "Train with FixMatch, SoftMatch, Pseudo-Label or supervised-only. Every option below is "
+        "a field of the config; --preset loads a paper setting first."))
+    p.add_argument("--preset", help="start from a paper preset (see `semimatch presets`)")
+    p.add_argument("--config", help="start from a config.json (e.g. another run's)")
+    p.add_argument("--out", help="run directory (config, split, metrics.jsonl, checkpoints)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    _add_config_flags(p)
+
+
+def _build_config(args: argparse.Namespace) -> Config:
+    if args.preset and args.config:
+        raise ConfigError("use --preset or --config, not both")
+    cfg = load_preset(args.preset) if args.preset else (
+        Config.load(args.config) if args.config else Config())
+    overrides = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
+    return cfg.replace(**{k: coerce(k, v, source="command line") for k, v in overrides.items()})
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from semimatch.engine import fit
+
+    if args.resume:
+        overrides = [f.name for f in fields(Config) if hasattr(args, f.name)]
+        if overrides or args.preset or args.config:
+            raise ConfigError(f"--resume continues the run with its saved config; drop "
+                              f"{', '.join('--' + o.replace('_', '-') for o in overrides) or '--preset/--config'}")
+        fit(Config(), out=args.resume, resume=True)
+        return 0
+    cfg = _build_config(args)
+    out = args.out
+    fit(cfg, out=out, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from semimatch.api import evaluate
+
+    result = evaluate(args.run_dir, model=args.model, checkpoint=args.checkpoint,
+                      device=args.device)
+    result.pop("confusion", None)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.run_dir}: top-1 {100 * result['top1']:.2f}%  error "
+              f"{100 * result['error']:.2f}%  ({result['n']} test images, {args.model} model)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from semimatch.api import predict
+
+    rows = predict(args.run_dir, args.images, model=args.model, checkpoint=args.checkpoint,
+                   device=args.device)
+    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    try:
+        w = csv.writer(out)
+        w.writerow(["path", "class", "confidence"])
+        for path, row in zip(args.images, rows):
+            w.writerow([path, row["class"], f"{row['confidence']:.6f}"])
+    finally:
+        if args.output:
+            out.close()
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    width = max(len(n) for n in PRESETS)
+    for name, preset in PRESETS.items():
+        print(f"{name:<{width}}  {preset.description}  [{preset.runtime}]")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from semimatch.data import DATASETS
+
+    print("\n".join(DATASETS))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from semimatch.report import build_report
+
+    path = build_report([Path(r) for r in args.run_dirs], out=args.out)
+    print(f"report written to {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from semimatch.demo import run_demo
+
+    run_demo(out=Path(args.out), iterations=args.iterations, num_labels=args.num_labels,
+             seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="semimatch", description=(
+        "Semi-supervised image classification with FixMatch and SoftMatch."))
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+
+    p = sub.add_parser("eval", help="test accuracy of a trained run")
+    p.add_argument("run_dir")
+    p.add_argument("--model", choices=["ema", "raw"], default="ema")
+    p.add_argument("--checkpoint", default="best", help="best | last | path to a checkpoint")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser("predict", help="classify image files with a trained run (CSV output)")
+    p.add_argument("run_dir")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--model", choices=["ema", "raw"], default="ema")
+    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--output", help="CSV file (default: standard output)")
+
+    p = sub.add_parser("report", help="HTML report + figures for one or more runs")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--out", help="report folder (default: RUN_DIR/report, or ./report for several)")
+
+    sub.add_parser("presets", help="list the paper presets")
+    sub.add_parser("datasets", help="list the dataset names")
+
+    p = sub.add_parser("demo", help="FixMatch vs SoftMatch vs supervised on digits (offline)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--num-labels", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
+            "presets": cmd_presets, "datasets": cmd_datasets, "report": cmd_report,
+            "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from semimatch.checkpoint import CheckpointError
+    from semimatch.engine import TrainingError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, TrainingError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"semimatch {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        if str(e):
+            print(str(e), file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""Typed configuration and the paper presets: the one place where options are defined.
+
+``Config`` is a flat dataclass: every field is a command-line flag (``--field-name``), a key of
+``config.json`` and a keyword of ``semimatch.train``, all derived from the same field list, so an
+option cannot exist in one door and silently do nothing in another.  Unknown keys and wrong types
+are errors with a suggestion.
+
+Fields whose default is ``None`` are *auto*: ``resolve`` derives them from the dataset, the device
+and the iteration budget (see "Short budgets" in the reference) and records the chosen value, so
+the saved ``config.json`` always shows what actually ran.  Paper presets pin the paper values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["Config", "PRESETS", "Preset", "ConfigError", "load_preset", "budget_momentum"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message naming the option and the fix."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - 'help' reads best here
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class Config:
+    # --- what to train -------------------------------------------------------------------------
+    algorithm: Literal["supervised", "pseudolabel", "fixmatch", "softmatch"] = _f(
+        "fixmatch", "semi-supervised method")
+    dataset: str = _f("digits", "dataset name (see `semimatch datasets`) or 'imagefolder'")
+    data_root: str | None = _f(None, "where the dataset lives (or is downloaded to); "
+                                     "for imagefolder the folder root/<class>/<image>")
+    download: bool = _f(False, "download a torchvision dataset if it is missing")
+    unlabeled_dir: str | None = _f(None, "imagefolder: extra folder of unlabeled images")
+    test_dir: str | None = _f(None, "imagefolder: test folder root/<class>/<image>")
+    image_size: int | None = _f(None, "imagefolder: resize images to this square size")
+    skip_corrupt: bool = _f(False, "imagefolder: skip unreadable images (with a count) "
+                                   "instead of stopping")
+    svhn_extra: bool = _f(False, "svhn: add the 531k 'extra' images to the unlabeled set")
+    num_labels: int | None = _f(None, "labeled images in a balanced split (num_labels / C per "
+                                      "class); None = use the labels the dataset gives "
+                                      "(arrays with y == -1 for unlabeled)")
+    exclude_labeled: bool = _f(False, "leave the labeled images out of the unlabeled set "
+                                      "(papers include them)")
+    lt_gamma: float | None = _f(None, "long-tailed split: imbalance ratio gamma (e.g. 100)")
+    lt_n1: int = _f(1500, "long-tailed split: labeled images of the head class (N_1)")
+    lt_m1: int = _f(3000, "long-tailed split: unlabeled images of the head class (M_1)")
+    lt_reverse: bool = _f(False, "long-tailed split: reverse the unlabeled class distribution")
+    split_seed: int | None = _f(None, "seed of the labeled split (None = seed)")
+
+    # --- model -------------------------------------------------------------------------------
+    backbone: str | None = _f(None, "wrn_28_2 | wrn_28_8 | wrn_37_2 | cnn | mlp | "
+                                    "torchvision:<name> | timm:<name>; None = cnn for images "
+                                    "<= 28 px, wrn_28_2 otherwise")
+    bn_momentum: float | None = _f(None, "BatchNorm momentum (PyTorch convention; paper 0.001); "
+                                         "None = derived from the iteration budget")
+    sync_bn: bool = _f(False, "synchronise BatchNorm statistics across processes (torchrun)")
+
+    # --- optimisation ------------------------------------------------------------------------
+    iterations: int = _f(1000, "total training iterations (the paper: 2**20)")
+    batch_size: int = _f(64, "GLOBAL labeled batch per iteration (split across processes)")
+    uratio: int = _f(7, "unlabeled-to-labeled batch ratio mu")
+    lr: float = _f(0.03, "initial learning rate")
+    sgd_momentum: float = _f(0.9, "SGD momentum (Nesterov)")
+    nesterov: bool = _f(True, "Nesterov momentum")
+    weight_decay: float = _f(5e-4, "weight decay on conv/linear weights only (not BN, not bias)")
+    schedule: Literal["cosine", "constant"] = _f(
+        "cosine", "cosine: lr0 * cos(7 pi k / (16 K)) per iteration")
+    warmup_iterations: int = _f(0, "linear learning-rate warm-up iterations")
+    clip_grad_norm: float | None = _f(None, "clip the gradient norm to this value")
+    ema_decay: float | None = _f(None, "EMA of weights (paper 0.999); 0 disables; "
+                                       "None = derived from the iteration budget")
+    ema_warmup: bool | None = _f(None, "EMA warm-up decay_t = min(decay, (1+t)/(10+t)); "
+                                       "None = on unless a paper preset")
+    lambda_u: float | None = _f(None, "unlabeled loss weight (default 1)")
+
+    # --- pseudo-labels ------------------------------------------------------------------------
+    tau: float | None = _f(None, "fixmatch/pseudolabel: confidence threshold (default 0.95)")
+    stat_momentum: float | None = _f(None, "softmatch: EMA momentum of the Gaussian statistics "
+                                           "(paper 0.999); None = derived from the budget")
+    n_sigma: float | None = _f(None, "softmatch: width of the Gaussian in std units "
+                                     "(USB code 2, paper equation 1)")
+    per_class: bool | None = _f(None, "softmatch: per-class mean/variance")
+    uniform_alignment: bool | None = _f(None, "softmatch: Uniform Alignment (default on)")
+    ua_momentum: float | None = _f(None, "softmatch: EMA momentum of p_model "
+                                         "(default = stat_momentum)")
+    stats_on: Literal["aligned", "raw"] | None = _f(
+        None, "softmatch: statistics on aligned (USB code) or raw (paper) probabilities")
+
+    # --- augmentation -------------------------------------------------------------------------
+    strong_augment: Literal["fixmatch", "usb"] = _f(
+        "fixmatch", "RandAugment variant: fixmatch (2 ops, p=0.5, 16px cutout) or usb")
+    augment: Literal["auto", "pil", "batched"] = _f(
+        "auto", "pil: per-image PIL in loader workers; batched: tensor ops on augment_device")
+    augment_device: str | None = _f(None, "device of the batched augmentation "
+                                          "(None = training device)")
+    num_workers: int | None = _f(None, "data-loader worker processes (None = auto)")
+
+    # --- evaluation, logging, checkpoints ----------------------------------------------------
+    eval_every: int = _f(100, "evaluate (and checkpoint) every N iterations")
+    log_every: int = _f(20, "log training metrics every N iterations")
+    eval_batch_size: int = _f(512, "evaluation batch size")
+    eval_model: Literal["ema", "raw"] = _f("ema", "model evaluated during training")
+    keep_checkpoints: int = _f(2, "keep the last K checkpoints (plus best.pt)")
+    tensorboard: bool = _f(True, "write TensorBoard logs (if tensorboard is installed)")
+    progress: bool | None = _f(None, "progress bar (None = when the output is a terminal)")
+
+    # --- runtime ------------------------------------------------------------------------------
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
+        "auto", "autocast precision; auto = bf16 on CPU/CUDA when supported, else fp32")
+    channels_last: bool | None = _f(None, "channels-last memory format (None = with bf16/fp16)")
+    forward_mode: Literal["joint", "split"] = _f(
+        "joint", "joint: one forward over cat(labeled, weak, strong) as in the papers; "
+                 "split: weak view in a separate no-grad forward")
+    compile: bool = _f(False, "torch.compile the model (measured slower on CPU here)")
+    seed: int = _f(0, "random seed")
+    deterministic: bool = _f(False, "deterministic algorithms (bit-exact reruns and resume)")
+    threads: int | None = _f(None, "CPU threads for torch (None = torch's default)")
+
+    # --- bookkeeping (not options of the method) ----------------------------------------------
+    preset: str | None = _f(None, "the preset this config started from", cli=False)
+    auto: dict[str, str] = _f(None, "which fields were derived automatically, and how", cli=False)
+
+    def __post_init__(self) -> None:
+        if self.auto is None:
+            self.auto = {}
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> Config:
+        """Build from a mapping, rejecting unknown keys (with a suggestion) and wrong types."""
+        names = {f.name for f in fields(cls)}
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            raise ConfigError(_unknown_message(unknown[0], names, source))
+        cfg = cls()
+        for key, value in data.items():
+            setattr(cfg, key, coerce(key, value, source=source))
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed (validated like ``from_dict``)."""
+        data = self.to_dict()
+        bad = [k for k in changes if k not in data]
+        if bad:
+            raise ConfigError(_unknown_message(bad[0], set(data), "override"))
+        data.update({k: coerce(k, v, source="override") for k, v in changes.items()})
+        return Config.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); fix or delete it") from None
+        return cls.from_dict(data, source=str(path))
+
+    def algorithm_options(self) -> dict[str, Any]:
+        """The method's options that were set (None = the algorithm's own default)."""
+        keys = {"tau", "lambda_u", "n_sigma", "per_class", "uniform_alignment", "ua_momentum",
+                "stats_on"}
+        opts = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        if self.stat_momentum is not None:
+            opts["momentum"] = self.stat_momentum
+        return opts
+
+
+def _unknown_message(key: str, names: set[str], source: str) -> str:
+    hint = difflib.get_close_matches(key, sorted(names), n=1)
+    suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+    return f"unknown option {key!r} in {source}{suggestion} (see `semimatch train --help`)"
+
+
+def field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in fields(Config)}
+
+
+def _parse_scalar(kind: Any, value: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise TypeError
+    if kind is int:
+        if isinstance(value, bool):
+            raise TypeError
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            v = float(value) if any(c in value for c in ".eE") else int(value)
+            if float(v).is_integer():
+                return int(v)
+        raise TypeError
+    if kind is float:
+        if isinstance(value, bool):
+            raise TypeError
+        out = float(value)
+        if not math.isfinite(out):
+            raise TypeError
+        return out
+    if kind is str:
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+    if kind is dict or typing.get_origin(kind) is dict:
+        if not isinstance(value, dict):
+            raise TypeError
+        return value
+    raise TypeError
+
+
+def coerce(key: str, value: Any, *, source: str = "config") -> Any:
+    """Check ``value`` against the type of field ``key`` (converting strings from the CLI)."""
+    kind = field_types()[key]
+    options = [kind]
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        options = list(typing.get_args(kind))
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "auto")
+                         and type(None) in options and str not in options):
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{key} cannot be None in {source}")
+    for opt in options:
+        if opt is type(None):
+            continue
+        if typing.get_origin(opt) is Literal:
+            allowed = typing.get_args(opt)
+            if value in allowed:
+                return value
+            continue
+        try:
+            return _parse_scalar(opt, value)
+        except (TypeError, ValueError):
+            continue
+    expected = " or ".join(_type_name(o) for o in options)
+    raise ConfigError(f"{key}={value!r} in {source} is not valid: expected {expected}")
+
+
+def _type_name(kind: Any) -> str:
+    if kind is type(None):
+        return "None"
+    if typing.get_origin(kind) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(kind))
+    return getattr(kind, "__name__", str(kind))
+
+
+def budget_momentum(paper: float, iterations: int, floor: float = 0.9) -> float:
+    """A decay suited to a budget of ``iterations`` steps (reference, "Short budgets").
+
+    An EMA with decay d averages over ~1/(1-d) steps.  The paper's 0.999 (1,000 steps) is 0.1% of
+    its 2**20 iterations; with a few hundred iterations it leaves the state ~74% at its initial
+    value.  We choose a window of 5% of the run, ``d = 1 - 20/K``, never above the paper value
+    and never below ``floor``.
+    """
+    return float(min(paper, max(floor, 1.0 - 20.0 / max(iterations, 1))))
+
+
+# --------------------------------------------------------------------------------------------
+# Presets: the papers' settings as code.
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    values: dict[str, Any]
+    runtime: str  # what a user should expect on typical hardware
+
+
+_PAPER_COMMON: dict[str, Any] = {
+    "iterations": 2**20, "batch_size": 64, "uratio": 7, "lr": 0.03, "sgd_momentum": 0.9,
+    "nesterov": True, "weight_decay": 5e-4, "schedule": "cosine", "ema_decay": 0.999,
+    "ema_warmup": False, "bn_momentum": 0.001, "eval_every": 5000, "strong_augment": "fixmatch",
+}
+_RUNTIME_28_2 = "2**20 iterations: ~1 week on one V100; ~3 s/iteration (months) on a 2-core CPU"
+_RUNTIME_28_8 = "2**20 iterations: ~3 weeks on one V100; not practical on a CPU"
+_ALGO_VALUES: dict[str, dict[str, Any]] = {
+    "fixmatch": {"algorithm": "fixmatch", "tau": 0.95},
+    "softmatch": {"algorithm": "softmatch", "stat_momentum": 0.999, "n_sigma": 2.0,
+                  "uniform_alignment": True, "stats_on": "aligned"},
+    "supervised": {"algorithm": "supervised"},
+    "pseudolabel": {"algorithm": "pseudolabel", "tau": 0.95},
+}
+_SETTINGS: dict[str, tuple[dict[str, Any], str, str]] = {
+    "cifar10-40": ({"dataset": "cifar10", "num_labels": 40, "backbone": "wrn_28_2"},
+                   "CIFAR-10, 4 labels per class, WRN-28-2", _RUNTIME_28_2),
+    "cifar10-250": ({"dataset": "cifar10", "num_labels": 250, "backbone": "wrn_28_2"},
+                    "CIFAR-10, 25 labels per class, WRN-28-2", _RUNTIME_28_2),
+    "cifar10-4000": ({"dataset": "cifar10", "num_labels": 4000, "backbone": "wrn_28_2"},
+                     "CIFAR-10, 400 labels per class, WRN-28-2", _RUNTIME_28_2),
+    "cifar100-400": ({"dataset": "cifar100", "num_labels": 400, "backbone": "wrn_28_8",
+                      "weight_decay": 1e-3}, "CIFAR-100, 4 labels per class, WRN-28-8, wd 1e-3",
+                     _RUNTIME_28_8),
+    "cifar100-2500": ({"dataset": "cifar100", "num_labels": 2500, "backbone": "wrn_28_8",
+                       "weight_decay": 1e-3}, "CIFAR-100, 25 labels per class, WRN-28-8",
+                      _RUNTIME_28_8),
+    "svhn-40": ({"dataset": "svhn", "num_labels": 40, "backbone": "wrn_28_2"},
+                "SVHN, 4 labels per class, WRN-28-2, no flip", _RUNTIME_28_2),
+    "svhn-250": ({"dataset": "svhn", "num_labels": 250, "backbone": "wrn_28_2"},
+                 "SVHN, 25 labels per class, WRN-28-2, no flip", _RUNTIME_28_2),
+    "stl10-40": ({"dataset": "stl10", "num_labels": 40, "backbone": "wrn_37_2"},
+                 "STL-10 (96 px) with its 100k unlabeled images, WRN-37-2",
+                 "2**20 iterations: ~2 weeks on one V100"),
+    "stl10-1000": ({"dataset": "stl10", "num_labels": 1000, "backbone": "wrn_37_2"},
+                   "STL-10, 1000 labels, WRN-37-2", "2**20 iterations: ~2 weeks on one V100"),
+    "cifar10lt-100": ({"dataset": "cifar10", "backbone": "wrn_28_2", "lt_gamma": 100.0,
+                       "lt_n1": 1500, "lt_m1": 3000, "iterations": 2**18},
+                      "CIFAR-10-LT, gamma 100, N_1 1500, M_1 3000 (SoftMatch section 4.3)",
+                      "2**18 iterations: ~2 days on one V100"),
+    "cifar10lt-150": ({"dataset": "cifar10", "backbone": "wrn_28_2", "lt_gamma": 150.0,
+                       "lt_n1": 1500, "lt_m1": 3000, "iterations": 2**18},
+                      "CIFAR-10-LT, gamma 150, N_1 1500, M_1 3000",
+                      "2**18 iterations: ~2 days on one V100"),
+}
+
+
+def _build_presets() -> dict[str, Preset]:
+    presets = {}
+    for setting, (values, description, runtime) in _SETTINGS.items():
+        for algo, algo_values in _ALGO_VALUES.items():
+            name = f"{setting}-{algo}"
+            merged = {**_PAPER_COMMON, **values, **algo_values, "preset": name}
+            presets[name] = Preset(name, f"{description}; {algo} (paper settings)", merged,
+                                   runtime)
+    return presets
+
+
+PRESETS: dict[str, Preset] = _build_presets()
+
+
+def load_preset(name: str) -> Config:
+    if name not in PRESETS:
+        hint = difflib.get_close_matches(name, list(PRESETS), n=1)
+        raise ConfigError(f"unknown preset {name!r}" + (f"; did you mean {hint[0]!r}?" if hint
+                          else "") + " (list them with `semimatch presets`)")
+    return Config.from_dict(PRESETS[name].values, source=f"preset {name}")

@@ -1,0 +1,773 @@
+"""The training loop: ``fit(config) -> Run``.  Read it top to bottom.
+
+Three front doors (CLI, ``semimatch.train``, the scikit-learn estimator) call ``fit``.  One
+iteration is: take batch k of the seeded stream -> ``train_step`` -> backward -> optimiser ->
+EMA.  Every ``eval_every`` iterations: evaluate, log, checkpoint.  Everything needed to continue
+is in the checkpoint; everything needed to audit the run (resolved config, split indices,
+metrics) is in the run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from semimatch import checkpoint as ckpt
+from semimatch import distributed as dist
+from semimatch.algorithms import SSLAlgorithm, build_algorithm
+from semimatch.config import Config, ConfigError, budget_momentum
+from semimatch.data import SSLDataset, Split, TrainStream, eval_batches, load_dataset
+from semimatch.data.splits import balanced_split, given_split, load_split, long_tailed_split, \
+    save_split
+from semimatch.ema import ModelEMA
+from semimatch.metrics import JsonlWriter, WindowSums, median_of_last, read_jsonl, summarize
+from semimatch.models import InputNormalizer, build_model, set_bn_momentum
+from semimatch.step import CONF_BINS, train_step
+
+__all__ = ["fit", "Run", "TrainingError", "resolve", "select_device", "evaluate_model"]
+
+
+class TrainingError(RuntimeError):
+    """Training stopped for a reason the user must act on (message says which and what to do)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolution of "auto" settings
+# ----------------------------------------------------------------------------------------------
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but CUDA is not available here; use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device='mps' but MPS is not available here; use --device cpu")
+    return dev
+
+
+def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
+    """Fill the auto (None) fields and check the config against the dataset, before training.
+
+    Each derived value is recorded in ``cfg.auto`` with the reason, so the saved config shows it.
+    """
+    cfg = cfg.replace()  # a validated copy
+    auto: dict[str, str] = dict(cfg.auto)
+    info = data.info
+    C = info.num_classes
+
+    def derive(name: str, value: Any, why: str) -> None:
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, value)
+            auto[name] = why
+
+    # Validation that would otherwise surface as a torch error deep inside training.
+    for name in ("iterations", "batch_size", "eval_every", "log_every", "eval_batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1; got {getattr(cfg, name)}")
+    if cfg.uratio < 1 and cfg.algorithm != "supervised":
+        raise ConfigError(f"uratio must be >= 1 for {cfg.algorithm}; got {cfg.uratio}")
+    if cfg.lr <= 0:
+        raise ConfigError(f"lr must be > 0; got {cfg.lr}")
+    ws = dist.get_world_size()
+    if cfg.batch_size % ws:
+        raise ConfigError(f"batch_size={cfg.batch_size} is the global batch and must be divisible "
+                          f"by the number of processes ({ws})")
+    if cfg.num_labels is not None and cfg.lt_gamma is None and cfg.num_labels % C:
+        raise ConfigError(
+            f"num_labels={cfg.num_labels} cannot be split evenly over the {C} classes of "
+            f"{info.name}; use a multiple of {C} (e.g. {max(C, cfg.num_labels // C * C)})")
+
+    if cfg.backbone in (None, "auto"):
+        cfg.backbone = None
+        small = max(info.image_size) <= 28
+        derive("backbone", "cnn" if small else "wrn_28_2",
+               f"{'<=' if small else '>'} 28 px images")
+    K = cfg.iterations
+    derive("bn_momentum", max(0.001, min(0.1, 20.0 / K)),
+           f"budget of {K} iterations: max(0.001, min(0.1, 20/K)); paper 0.001")
+    derive("ema_decay", budget_momentum(0.999, K), f"budget of {K} iterations: "
+           "min(0.999, max(0.9, 1 - 20/K)); paper 0.999")
+    derive("ema_warmup", cfg.preset is None, "warm-up on unless a paper preset")
+    if cfg.algorithm == "softmatch":
+        derive("stat_momentum", budget_momentum(0.999, K), f"budget of {K} iterations: "
+               "min(0.999, max(0.9, 1 - 20/K)); paper 0.999")
+    if cfg.precision == "auto":
+        bf16 = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
+        cfg.precision = "bf16" if bf16 else "fp32"
+        auto["precision"] = f"{cfg.precision} on {device.type}"
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision=fp16 needs CUDA (a grad scaler); use bf16 or fp32 on "
+                          f"{device.type}")
+    derive("channels_last", cfg.precision != "fp32" and device.type != "mps",
+           "on with reduced precision (faster convolutions)")
+    if cfg.augment == "auto":
+        cfg.augment = "batched"
+        auto["augment"] = "batched tensor augmentation (measured faster; BENCHMARKS.md)"
+    derive("num_workers", 0 if cfg.augment == "batched" else min(2, os.cpu_count() or 1),
+           "batched augmentation runs in the main process" if cfg.augment == "batched"
+           else "PIL augmentation in worker processes")
+    derive("progress", sys.stderr.isatty(), "progress bar when the output is a terminal")
+    # Building the algorithm here surfaces option errors (e.g. n_sigma for fixmatch) up front.
+    try:
+        build_algorithm(cfg.algorithm, C, **cfg.algorithm_options())
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    cfg.auto = auto
+    return cfg
+
+
+def make_split(cfg: Config, data: SSLDataset) -> Split:
+    labels = data.train.labels
+    seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    C = data.info.num_classes
+    if cfg.lt_gamma is not None:
+        return long_tailed_split(labels, C, cfg.lt_n1, cfg.lt_m1, cfg.lt_gamma, seed,
+                                 reverse_unlabeled=cfg.lt_reverse)
+    if cfg.num_labels is None:
+        return given_split(labels)
+    return balanced_split(labels, C, cfg.num_labels, seed,
+                          include_labeled_in_unlabeled=not cfg.exclude_labeled)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, optimiser, schedule
+# ----------------------------------------------------------------------------------------------
+def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """SGD + Nesterov; weight decay on conv/linear weights only (not BN parameters, not biases)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.sgd_momentum,
+                           nesterov=cfg.nesterov and cfg.sgd_momentum > 0, foreach=True)
+
+
+def lr_factor(cfg: Config) -> Callable[[int], float]:
+    """``lr_k = lr0 * cos(7 pi k / (16 K))`` (FixMatch), after an optional linear warm-up."""
+
+    def factor(k: int) -> float:
+        warm = min(1.0, (k + 1) / cfg.warmup_iterations) if cfg.warmup_iterations else 1.0
+        if cfg.schedule == "constant":
+            return warm
+        return warm * math.cos(7 * math.pi * k / (16 * cfg.iterations))
+
+    return factor
+
+
+def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
+    if cfg.precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module, source: Any, num_classes: int, device: torch.device,
+    batch_size: int = 512, cfg: Config | None = None,
+) -> dict[str, Any]:
+    """Top-1 accuracy, per-class accuracy and confusion matrix over the whole test set.
+
+    Each process evaluates its shard; the confusion matrix is all-reduced, so the numbers are
+    those of the full test set under DDP too.
+    """
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
+    amp = autocast(cfg, device) if cfg is not None else contextlib.nullcontext()
+    cl = cfg is not None and cfg.channels_last
+    for x, y in eval_batches(source, batch_size, device, dist.get_rank(), dist.get_world_size()):
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with amp:
+            pred = model(x).argmax(dim=1)
+        idx = y.to(device) * num_classes + pred
+        confusion += torch.bincount(idx, minlength=num_classes**2).reshape(
+            num_classes, num_classes).double()
+    (confusion,) = dist.all_reduce_sums(confusion)
+    model.train(was_training)
+    total = confusion.sum().item()
+    per_class = (confusion.diag() / confusion.sum(dim=1).clamp(min=1)).tolist()
+    top1 = confusion.diag().sum().item() / max(total, 1)
+    return {"top1": top1, "error": 1 - top1, "per_class_acc": per_class,
+            "confusion": confusion.long().tolist(), "n": int(total)}
+
+
+def lambda_curve(algorithm: SSLAlgorithm, num_classes: int, device: torch.device) -> dict | None:
+    """The live weighting function evaluated on a grid of confidences in [1/C, 1].
+
+    A row with max probability q puts q on one class and spreads 1-q over the others; per-class
+    weightings are averaged over which class holds the max.
+    """
+    if algorithm.weighting is None:
+        return None
+    grid = torch.linspace(1.0 / num_classes, 1.0, 51, device=device)
+    ws = []
+    for c in range(num_classes):
+        probs = ((1 - grid) / (num_classes - 1)).unsqueeze(1).repeat(1, num_classes)
+        probs[:, c] = grid
+        ws.append(algorithm.weighting(probs).float())
+        if not getattr(algorithm.weighting, "per_class", False):
+            break
+    w = torch.stack(ws).mean(dim=0)
+    return {"p": [round(v, 6) for v in grid.tolist()], "w": w.tolist()}
+
+
+# ----------------------------------------------------------------------------------------------
+# The run directory
+# ----------------------------------------------------------------------------------------------
+def prepare_run_dir(out: Path, cfg: Config, resume: bool, overwrite: bool) -> Path | None:
+    """Refuse to mix two runs in one directory; return the checkpoint to resume from (if any)."""
+    has_run = (out / "config.json").exists() or (out / "metrics.jsonl").exists()
+    if resume:
+        if not has_run:
+            raise TrainingError(f"--resume {out}: no run there (no config.json); "
+                                "start it without --resume")
+        latest = ckpt.latest(out / "checkpoints")
+        if latest is None:
+            raise TrainingError(
+                f"--resume {out}: the run has no checkpoint yet (checkpoints are written every "
+                f"eval_every iterations); restart it with --overwrite")
+        return latest
+    if has_run:
+        if not overwrite:
+            raise TrainingError(f"{out} already holds a run; pass --resume to continue it or "
+                                "--overwrite to replace it (or choose another --out)")
+        if dist.is_main_process():
+            for name in ("checkpoints", "tb", "report"):
+                shutil.rmtree(out / name, ignore_errors=True)
+            for name in ("metrics.jsonl", "summary.json", "config.json", "split.json"):
+                (out / name).unlink(missing_ok=True)
+        dist.barrier()
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# The result
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """A trained (or loaded) run: models, config, metrics; ``evaluate``/``predict`` on it."""
+
+    config: Config
+    model: nn.Module
+    ema_model: nn.Module | None
+    algorithm: SSLAlgorithm
+    data: SSLDataset | None
+    run_dir: Path | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def metrics(self) -> list[dict[str, Any]]:
+        return self.history
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        assert self.data is not None
+        return self.data.info.class_names
+
+    def eval_model(self, which: str = "ema") -> nn.Module:
+        if which not in ("ema", "raw"):
+            raise ValueError(f"model must be 'ema' or 'raw'; got {which!r}")
+        return self.ema_model if which == "ema" and self.ema_model is not None else self.model
+
+    def evaluate(self, source: Any = None, model: str = "ema") -> dict[str, Any]:
+        source = source if source is not None else (self.data.test if self.data else None)
+        if source is None:
+            raise ValueError("this dataset has no test set; pass one to evaluate(source)")
+        return evaluate_model(self.eval_model(model), source, self.algorithm_classes, self.device,
+                              self.config.eval_batch_size)
+
+    @property
+    def algorithm_classes(self) -> int:
+        return self.data.info.num_classes if self.data else self.summary["num_classes"]
+
+    @torch.no_grad()
+    def predict_proba(self, images: np.ndarray, model: str = "ema") -> np.ndarray:
+        """Class probabilities for uint8 images (N, H, W[, C]) of the training size."""
+        net = self.eval_model(model).eval()
+        x = torch.as_tensor(_to_nchw_uint8(images))
+        out = []
+        for i in range(0, len(x), self.config.eval_batch_size):
+            xb = x[i : i + self.config.eval_batch_size].to(self.device)
+            out.append(torch.softmax(net(xb).float(), dim=1).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, self.algorithm_classes))
+
+    def predict(self, images: np.ndarray, model: str = "ema") -> np.ndarray:
+        return self.predict_proba(images, model).argmax(axis=1)
+
+
+def _to_nchw_uint8(images: np.ndarray) -> np.ndarray:
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4:
+        raise ValueError(f"images must have shape (N, H, W) or (N, H, W, C); got {arr.shape}")
+    if arr.dtype != np.uint8:
+        if arr.size and (arr.min() < 0 or arr.max() > 1.0 + 1e-6):
+            raise ValueError("float images must be in [0, 1]; pass uint8 for 0..255 pixels")
+        arr = np.round(arr * 255).astype(np.uint8)
+    return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+
+
+# ----------------------------------------------------------------------------------------------
+# fit
+# ----------------------------------------------------------------------------------------------
+def fit(
+    cfg: Config,
+    *,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    data: SSLDataset | None = None,
+    model: nn.Module | None = None,
+    algorithm: SSLAlgorithm | None = None,
+    stream_factory: Callable[..., TrainStream] | None = None,
+) -> Run:
+    """Train according to ``cfg``; write the run directory ``out`` (if given); return a ``Run``.
+
+    ``data``, ``model`` and ``algorithm`` replace what the config would build (Python API);
+    the config still drives the recipe.
+    """
+    out_dir = Path(out) if out is not None else None
+    if resume and out_dir is None:
+        raise TrainingError("resume needs the run directory (out)")
+    if resume:  # the run's own config is the truth; CLI overrides are not applied on resume
+        cfg = Config.load(out_dir / "config.json")
+    env, device = dist.setup(str(select_device(cfg.device)))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed, cfg.deterministic)
+
+    # -- data, split, config --------------------------------------------------------------------
+    if data is None:
+        data = load_dataset(cfg.dataset, root=cfg.data_root, download=cfg.download and env.is_main,
+                            **_dataset_options(cfg))
+    cfg = resolve(cfg, data, device) if not resume else cfg
+    info = data.info
+    C = info.num_classes
+    resume_from = prepare_run_dir(out_dir, cfg, resume, overwrite) if out_dir else None
+    if resume and out_dir is not None and (out_dir / "split.json").exists():
+        split = load_split(out_dir / "split.json")
+    else:
+        split = make_split(cfg, data)
+    if env.is_main and out_dir is not None and not resume:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(out_dir / "config.json")
+        save_split(split, out_dir / "split.json")
+
+    # -- model, algorithm, optimiser -----------------------------------------------------------
+    if model is None:
+        model = build_model(cfg.backbone, C, in_channels=info.channels,
+                            image_size=info.image_size)
+    set_bn_momentum(model, cfg.bn_momentum)
+    net = InputNormalizer(model, info.mean, info.std).to(device)
+    if cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if algorithm is None:
+        algorithm = build_algorithm(cfg.algorithm, C, **cfg.algorithm_options())
+    algorithm = algorithm.to(device) if isinstance(algorithm, nn.Module) else algorithm
+    if cfg.sync_bn and dist.is_distributed():
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    ema = ModelEMA(net, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay else None
+    train_net: nn.Module = net
+    if dist.is_distributed():
+        ddp_ids = [device.index] if device.type == "cuda" else None
+        train_net = nn.parallel.DistributedDataParallel(net, device_ids=ddp_ids)
+    if cfg.compile:
+        train_net = torch.compile(train_net)
+    optimizer = make_optimizer(net, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+
+    # -- state that a checkpoint restores -----------------------------------------------------
+    start = 0
+    history: dict[str, Any] = {"errors": [], "best_error": None, "wall_time": 0.0}
+    log_window, eval_window = WindowSums(), WindowSums()
+    if resume_from is not None:
+        state = ckpt.load(resume_from, map_location=device)
+        try:
+            net.load_state_dict(state["model"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
+            if isinstance(algorithm, nn.Module):
+                algorithm.load_state_dict(state["algorithm"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise ckpt.CheckpointError(
+                f"checkpoint {resume_from} does not match this run's model/config "
+                f"({str(e).splitlines()[0]}); it was written by a different configuration"
+            ) from None
+        start = int(state["iteration"])
+        history = state["history"]
+        log_window.load_state(state["log_window"])
+        eval_window.load_state(state["eval_window"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
+
+    writer = JsonlWriter(out_dir / "metrics.jsonl") if (out_dir and env.is_main) else None
+    if writer is not None and resume_from is not None:
+        writer.truncate_after(start)
+    tb = _tensorboard(out_dir, cfg) if env.is_main else None
+
+    def save_checkpoint(k: int, best: bool = False) -> None:
+        if out_dir is None or not env.is_main:
+            return
+        state = {
+            "iteration": k, "config": json.dumps(cfg.to_dict()),
+            "model": net.state_dict(), "ema": ema.state_dict() if ema is not None else {},
+            "algorithm": algorithm.state_dict() if isinstance(algorithm, nn.Module) else {},
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "history": history,
+            "log_window": dict(log_window.state()), "eval_window": dict(eval_window.state()),
+            "rng": _rng_state(device),
+        }
+        path = ckpt.save_atomic(state, out_dir / "checkpoints" / ckpt.checkpoint_name(k))
+        ckpt.prune(out_dir / "checkpoints", cfg.keep_checkpoints)
+        if best:
+            shutil.copyfile(path, out_dir / "checkpoints" / ".best.tmp")
+            os.replace(out_dir / "checkpoints" / ".best.tmp", out_dir / "checkpoints" / "best.pt")
+
+    # -- the stream of batches -----------------------------------------------------------------
+    factory = stream_factory or TrainStream
+    stream = factory(
+        data, split, batch_size=cfg.batch_size, uratio=cfg.uratio, seed=cfg.seed,
+        use_unlabeled=algorithm.uses_unlabeled, use_strong=algorithm.uses_strong,
+        strong_variant=cfg.strong_augment, augment=cfg.augment,
+        device=cfg.augment_device or device, rank=env.rank, world_size=env.world_size,
+        num_workers=cfg.num_workers,
+    )
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    check_every_step = device.type == "cpu"  # reading the loss is free on CPU, a sync on GPUs
+    bar = _progress(cfg, start, env.is_main)
+    status, message, k, completed = "finished", "", start, start
+    t_window = time.perf_counter()
+    t_start = time.perf_counter() - history["wall_time"]
+    interrupted = _InterruptFlag()
+    train_net.train()
+    try:
+        with interrupted:
+            batches: Iterator = stream.batches(start, cfg.iterations)
+            for k in range(start, cfg.iterations):
+                batch = next(batches)
+                with autocast(cfg, device):
+                    loss, sums = train_step(
+                        train_net, algorithm,
+                        batch.x_lb.contiguous(memory_format=fmt), batch.y_lb,
+                        batch.u_weak.contiguous(memory_format=fmt),
+                        None if batch.u_strong is None
+                        else batch.u_strong.contiguous(memory_format=fmt),
+                        batch.u_true, forward_mode=cfg.forward_mode)
+                if check_every_step and not math.isfinite(loss.item()):
+                    raise _NonFinite(k)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.clip_grad_norm:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if ema is not None:
+                    ema.update(net, k)
+                log_window.add(sums)
+                eval_window.add(sums)
+                done = k + 1
+                if bar is not None:
+                    bar.update(1)
+
+                if done % cfg.log_every == 0 or done == cfg.iterations:
+                    s = summarize(log_window.reduce())
+                    if not math.isfinite(s["sup_loss"] or 0.0) or \
+                            not math.isfinite(s["unsup_loss"] or 0.0):
+                        raise _NonFinite(k)
+                    now = time.perf_counter()
+                    record = {"kind": "train", "iteration": done, "time": time.time(),
+                              "lr": optimizer.param_groups[0]["lr"],
+                              "loss": (s["sup_loss"] or 0.0) + algorithm.lambda_u * (
+                                  s["unsup_loss"] or 0.0),
+                              **{key: s[key] for key in ("sup_loss", "unsup_loss", "quantity",
+                                                         "quality", "pl_acc",
+                                                         "full_weight_frac")},
+                              "sec_per_iter": (now - t_window) / log_window.steps}
+                    t_window = now
+                    log_window.reset()
+                    if writer:
+                        writer.write(record)
+                    _tb_scalars(tb, "train", record, done)
+                    if bar is not None:
+                        bar.set_postfix({k2: f"{record[k2]:.3f}" for k2 in
+                                         ("sup_loss", "unsup_loss", "quantity", "quality")
+                                         if record.get(k2) is not None}, refresh=False)
+
+                if done % cfg.eval_every == 0 or done == cfg.iterations:
+                    history["wall_time"] = time.perf_counter() - t_start
+                    record = _evaluate_and_log(cfg, net, ema, algorithm, data, device, history,
+                                               eval_window, done, optimizer, C)
+                    eval_window.reset()
+                    if writer:
+                        writer.write(record)
+                    _tb_scalars(tb, "eval", record, done)
+                    _say(bar, env.is_main, _eval_line(record, cfg))
+                    save_checkpoint(done, best=record["error"] == history["best_error"])
+                completed = done
+                if interrupted.requested:
+                    raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        status = "interrupted"
+        history["wall_time"] = time.perf_counter() - t_start
+        if interrupted.requested and completed > start:
+            # Stopped between iterations: every piece of state is consistent, save it.
+            save_checkpoint(completed)
+        message = (f"interrupted after iteration {completed}; resume with "
+                   f"`semimatch train --resume {out_dir}`" if out_dir else
+                   f"interrupted after iteration {completed}")
+    except _NonFinite as e:
+        status = "failed"
+        last = ckpt.latest(out_dir / "checkpoints") if out_dir else None
+        message = (f"the loss became NaN/inf at iteration {e.iteration + 1}; the last good "
+                   f"checkpoint is {last}. Lower --lr, set --clip-grad-norm, or use "
+                   f"--precision fp32")
+    finally:
+        if bar is not None:
+            bar.close()
+        stream_close = getattr(stream, "close", None)
+        if callable(stream_close):
+            stream_close()
+
+    wall = time.perf_counter() - t_start
+    summary = _summary(cfg, out_dir, history, status, wall, C)
+    if writer:
+        writer.write({"kind": "end", "iteration": summary["iterations_done"], "time": time.time(),
+                      "status": status, "message": message})
+        if status == "finished":
+            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if tb is not None:
+        tb.close()
+    if status == "failed":
+        raise TrainingError(message)
+    if status == "interrupted":
+        _say(None, env.is_main, message)
+        raise KeyboardInterrupt(message)
+    _say(None, env.is_main, _summary_line(summary))
+    records = read_jsonl(out_dir / "metrics.jsonl") if (out_dir and env.is_main) else []
+    return Run(cfg, net, ema.module if ema is not None else None, algorithm, data, out_dir,
+               records, summary, device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers of fit (kept out of the loop so the loop reads top to bottom)
+# ----------------------------------------------------------------------------------------------
+class _NonFinite(Exception):
+    def __init__(self, iteration: int) -> None:
+        super().__init__(iteration)
+        self.iteration = iteration
+
+
+class _InterruptFlag:
+    """Turn the first SIGINT/SIGTERM into a flag checked after the current iteration, so Ctrl-C
+    (or a scheduler's SIGTERM) checkpoints at a clean point; a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _InterruptFlag:
+        with contextlib.suppress(ValueError):  # not in the main thread: leave handlers alone
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+
+def _dataset_options(cfg: Config) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if cfg.dataset == "imagefolder":
+        opts.update(unlabeled_dir=cfg.unlabeled_dir, test_dir=cfg.test_dir,
+                    skip_corrupt=cfg.skip_corrupt)
+        if cfg.image_size:
+            opts["image_size"] = cfg.image_size
+    elif cfg.unlabeled_dir or cfg.test_dir or cfg.image_size or cfg.skip_corrupt:
+        raise ConfigError("unlabeled_dir, test_dir, image_size and skip_corrupt apply only to "
+                          f"dataset='imagefolder', not {cfg.dataset!r}")
+    if cfg.dataset == "svhn":
+        opts["extra"] = cfg.svhn_extra
+    elif cfg.svhn_extra:
+        raise ConfigError(f"svhn_extra applies only to dataset='svhn', not {cfg.dataset!r}")
+    return opts
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _evaluate_and_log(cfg: Config, net: nn.Module, ema: ModelEMA | None, algorithm: SSLAlgorithm,
+                      data: SSLDataset, device: torch.device, history: dict[str, Any],
+                      window: WindowSums, done: int, optimizer: torch.optim.Optimizer,
+                      C: int) -> dict[str, Any]:
+    model = ema.module if (cfg.eval_model == "ema" and ema is not None) else net
+    record: dict[str, Any] = {"kind": "eval", "iteration": done, "time": time.time(),
+                              "lr": optimizer.param_groups[0]["lr"],
+                              "model": "ema" if model is not net else "raw"}
+    if data.test is not None:
+        result = evaluate_model(model, data.test, C, device, cfg.eval_batch_size, cfg)
+        history["errors"].append(result["error"])
+        best = history["best_error"]
+        history["best_error"] = result["error"] if best is None else min(best, result["error"])
+        record.update(top1=result["top1"], error=result["error"],
+                      best_error=history["best_error"],
+                      median20_error=median_of_last(history["errors"], 20),
+                      per_class_acc=result["per_class_acc"])
+        if C <= 20 or done == cfg.iterations:
+            record["confusion"] = result["confusion"]
+    else:
+        record.update(top1=None, error=None, best_error=None, median20_error=None)
+    s = summarize(window.reduce()) if window.steps else {}
+    s["sec_per_iter"] = None
+    record["window"] = s
+    record.update(algorithm.describe() if hasattr(algorithm, "describe")
+                  else {"weighting": {"type": "custom"}, "p_model": None})
+    record["lambda_curve"] = lambda_curve(algorithm, C, device)
+    return record
+
+
+def _summary(cfg: Config, out_dir: Path | None, history: dict[str, Any], status: str,
+             wall: float, C: int) -> dict[str, Any]:
+    last_eval = None
+    if out_dir is not None and (out_dir / "metrics.jsonl").exists():
+        evals = [r for r in read_jsonl(out_dir / "metrics.jsonl") if r.get("kind") == "eval"]
+        last_eval = evals[-1] if evals else None
+    errors = history["errors"]
+    window = (last_eval or {}).get("window") or {}
+    done = last_eval["iteration"] if last_eval else 0
+    return {
+        "algorithm": cfg.algorithm, "dataset": cfg.dataset, "num_labels": cfg.num_labels,
+        "num_classes": C, "iterations": cfg.iterations, "iterations_done": done,
+        "best_error": history["best_error"], "median20_error": median_of_last(errors, 20),
+        "final_error": errors[-1] if errors else None,
+        "final_quantity": window.get("quantity"), "final_quality": window.get("quality"),
+        "sec_per_iter": wall / max(done, 1), "wall_time_s": wall, "status": status,
+        "seed": cfg.seed, "backbone": cfg.backbone,
+    }
+
+
+def _progress(cfg: Config, start: int, is_main: bool):
+    if not (cfg.progress and is_main):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.iterations, initial=start, desc=f"{cfg.algorithm}", unit="it",
+                dynamic_ncols=True)
+
+
+def _say(bar: Any, is_main: bool, text: str) -> None:
+    if not is_main:
+        return
+    if bar is not None:
+        bar.write(text)
+    else:
+        print(text, flush=True)
+
+
+def _eval_line(record: dict[str, Any], cfg: Config) -> str:
+    w = record.get("window") or {}
+    parts = [f"[{record['iteration']:>{len(str(cfg.iterations))}}/{cfg.iterations}]"]
+    if record.get("top1") is not None:
+        parts.append(f"top1 {100 * record['top1']:.2f}% (best err {100 * record['best_error']:.2f}%)")
+    for key in ("quantity", "quality"):
+        if w.get(key) is not None:
+            parts.append(f"{key} {w[key]:.3f}")
+    return "  ".join(parts)
+
+
+def _summary_line(s: dict[str, Any]) -> str:
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    return (f"done: {s['algorithm']} on {s['dataset']} | {s['iterations_done']} it | "
+            f"error {pct(s['final_error'])} (best {pct(s['best_error'])}, median last 20 "
+            f"{pct(s['median20_error'])}) | quantity "
+            f"{'n/a' if s['final_quantity'] is None else format(s['final_quantity'], '.3f')} | "
+            f"{s['sec_per_iter']:.3f} s/it")
+
+
+def _tensorboard(out_dir: Path | None, cfg: Config):
+    if out_dir is None or not cfg.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out_dir / "tb"))
+
+
+def _tb_scalars(tb: Any, prefix: str, record: dict[str, Any], step: int) -> None:
+    if tb is None:
+        return
+    flat = dict(record)
+    flat.update({f"window/{k}": v for k, v in (record.get("window") or {}).items()})
+    for key, value in flat.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in (
+                "iteration", "time"):
+            tb.add_scalar(f"{prefix}/{key}", value, step)
+    if prefix == "eval" and record.get("window", {}).get("conf_hist"):
+        hist = record["window"]["conf_hist"]
+        edges = np.linspace(0, 1, CONF_BINS + 1)
+        centers = (edges[:-1] + edges[1:]) / 2
+        values = np.repeat(centers, hist)
+        if len(values):
+            tb.add_histogram("eval/confidence", values, step)

@@ -1,0 +1,153 @@
+"""The training step shared by every algorithm (reference, "Shared recipe" and "SoftMatch").
+
+    L = mean_B H(y, f(weak(x))) + lambda_u * (1/(mu B)) * sum_i w_i H(y_hat_i, f(student(u_i)))
+
+One function for all methods: the algorithm only decides the weights (and the student view).
+It returns the loss and a dict of *sums* (counts, weight sums, per-class sums, a confidence
+histogram).  Sums accumulate on the device without host synchronisation and all-reduce exactly
+under DDP; ``semimatch.metrics.summarize`` turns them into quantity/quality/accuracy.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semimatch.algorithms import SSLAlgorithm
+
+__all__ = ["train_step", "CONF_BINS"]
+
+CONF_BINS = 50  # histogram bins over [0, 1] of the confidence the weighting function sees
+
+
+def train_step(
+    model: nn.Module,
+    algorithm: SSLAlgorithm,
+    x_lb: torch.Tensor,
+    y_lb: torch.Tensor,
+    u_weak: torch.Tensor | None = None,
+    u_strong: torch.Tensor | None = None,
+    u_true: torch.Tensor | None = None,
+    forward_mode: Literal["joint", "split"] = "joint",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Compute the loss of one step and its metric sums.
+
+    Args:
+        model: maps an image batch to logits (N, C).
+        x_lb, y_lb: labeled batch (weak view) and its labels.
+        u_weak, u_strong: unlabeled weak and strong views (``u_strong`` only when the algorithm's
+            student view is the strong one).
+        u_true: ground truth of the unlabeled batch, ``-1`` where unknown.  Used **only** for the
+            quality metrics; the loss never reads it.
+        forward_mode: ``"joint"`` runs one forward over ``cat(x_lb, u_weak, u_strong)`` so
+            BatchNorm sees the joint batch, as in the papers.  ``"split"`` runs the weak view in
+            a separate no-grad forward (cheaper: no activations kept), which changes the BN batch
+            statistics; it is an option whose accuracy is measured in BENCHMARKS.md.
+
+    Returns:
+        ``(loss, sums)``: the scalar loss and a dict of detached tensors (see ``metric_sums``).
+    """
+    if x_lb.shape[0] != y_lb.shape[0]:
+        raise ValueError(f"x_lb has {x_lb.shape[0]} images but y_lb has {y_lb.shape[0]} labels")
+    if forward_mode not in ("joint", "split"):
+        raise ValueError(f"forward_mode must be 'joint' or 'split'; got {forward_mode!r}")
+    n_lb = x_lb.shape[0]
+
+    if not algorithm.uses_unlabeled or u_weak is None or u_weak.shape[0] == 0:
+        logits_lb = model(x_lb)
+        sup_loss = F.cross_entropy(logits_lb.float(), y_lb)
+        return sup_loss, metric_sums(algorithm, logits_lb, y_lb, sup_loss, None)
+
+    if algorithm.uses_strong and (u_strong is None or u_strong.shape != u_weak.shape):
+        raise ValueError("this algorithm needs a strong view u_strong with the shape of u_weak")
+    n_ulb = u_weak.shape[0]
+
+    if algorithm.student_view == "weak":
+        # Pseudo-Label: the loss is on the weak view's own logits (with gradient); the targets
+        # come from the same logits, detached.
+        logits = model(torch.cat([x_lb, u_weak]))
+        logits_lb, logits_student = logits[:n_lb], logits[n_lb:]
+        logits_weak = logits_student.detach()
+    elif forward_mode == "joint":
+        logits = model(torch.cat([x_lb, u_weak, u_strong]))
+        logits_lb = logits[:n_lb]
+        logits_weak = logits[n_lb : n_lb + n_ulb].detach()
+        logits_student = logits[n_lb + n_ulb :]
+    else:
+        with torch.no_grad():
+            logits_weak = model(u_weak)
+        logits = model(torch.cat([x_lb, u_strong]))
+        logits_lb, logits_student = logits[:n_lb], logits[n_lb:]
+
+    sup_loss = F.cross_entropy(logits_lb.float(), y_lb)
+    probs = torch.softmax(logits_weak.float(), dim=1)
+    weights, confidence = algorithm.weigh(probs)
+    pseudo = probs.argmax(dim=1)  # pseudo-labels from the raw (unaligned) probabilities
+    per_sample = F.cross_entropy(logits_student.float(), pseudo, reduction="none")
+    # Mean over *all* mu*B unlabeled samples, not only the weighted ones (reference).
+    unsup_loss = (weights.detach() * per_sample).sum() / n_ulb
+    loss = sup_loss + algorithm.lambda_u * unsup_loss
+    unlabeled = (weights, confidence, pseudo, u_true, unsup_loss)
+    return loss, metric_sums(algorithm, logits_lb, y_lb, sup_loss, unlabeled)
+
+
+@torch.no_grad()
+def metric_sums(
+    algorithm: SSLAlgorithm,
+    logits_lb: torch.Tensor,
+    y_lb: torch.Tensor,
+    sup_loss: torch.Tensor,
+    unlabeled: tuple | None,
+) -> dict[str, torch.Tensor]:
+    """Fixed-shape sums describing one step (all float32, on the logits' device).
+
+    Keys: ``n_lb, sup_loss_sum, lb_correct`` for the labeled batch; for the unlabeled batch
+    ``n_ulb, unsup_loss_sum, weight_sum, full_weight, known, correct, weight_known,
+    weight_correct`` and per predicted class ``class_count, class_weight, class_known,
+    class_correct``; and ``conf_hist`` (CONF_BINS bins over [0, 1]).
+    """
+    device, num_classes = logits_lb.device, logits_lb.shape[1]
+    f32 = dict(device=device, dtype=torch.float32)
+    n_lb = torch.tensor(float(y_lb.shape[0]), **f32)
+    sums = {
+        "n_lb": n_lb,
+        "sup_loss_sum": sup_loss.detach().float() * n_lb,
+        "lb_correct": (logits_lb.argmax(dim=1) == y_lb).sum().float(),
+    }
+    zeros_c = torch.zeros(num_classes, **f32)
+    if unlabeled is None:
+        for key in ("n_ulb", "unsup_loss_sum", "weight_sum", "full_weight", "known", "correct",
+                    "weight_known", "weight_correct"):
+            sums[key] = torch.zeros((), **f32)
+        for key in ("class_count", "class_weight", "class_known", "class_correct"):
+            sums[key] = zeros_c.clone()
+        sums["conf_hist"] = torch.zeros(CONF_BINS, **f32)
+        return sums
+
+    weights, confidence, pseudo, u_true, unsup_loss = unlabeled
+    w = weights.detach().float()
+    n_ulb = w.shape[0]
+    if u_true is None:
+        u_true = torch.full_like(pseudo, -1)
+    known = (u_true >= 0).float()
+    correct = (pseudo == u_true).float() * known
+    lam = algorithm.lambda_max
+    sums.update(
+        n_ulb=torch.tensor(float(n_ulb), **f32),
+        unsup_loss_sum=unsup_loss.detach().float() * n_ulb,
+        weight_sum=w.sum() / lam,
+        full_weight=(w >= lam * (1 - 1e-6)).float().sum(),
+        known=known.sum(),
+        correct=correct.sum(),
+        weight_known=(w * known).sum() / lam,
+        weight_correct=(w * correct).sum() / lam,
+        class_count=zeros_c.index_add(0, pseudo, torch.ones_like(w)),
+        class_weight=zeros_c.index_add(0, pseudo, w / lam),
+        class_known=zeros_c.index_add(0, pseudo, known),
+        class_correct=zeros_c.index_add(0, pseudo, correct),
+        conf_hist=torch.histc(confidence.float(), bins=CONF_BINS, min=0.0, max=1.0),
+    )
+    return sums
