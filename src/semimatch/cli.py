@@ -19,11 +19,13 @@ from semimatch.config import PRESETS, Config, ConfigError, coerce, load_preset
 __all__ = ["main"]
 
 
+def _cli_fields() -> list:
+    return [f for f in fields(Config) if f.metadata.get("cli", True)]
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("options (each overrides the preset / config file)")
-    for f in fields(Config):
-        if not f.metadata.get("cli", True):
-            continue
+    for f in _cli_fields():
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not None else "auto"
         group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="V",
@@ -47,7 +49,7 @@ def _build_config(args: argparse.Namespace) -> Config:
         raise ConfigError("use --preset or --config, not both")
     cfg = load_preset(args.preset) if args.preset else (
         Config.load(args.config) if args.config else Config())
-    overrides = {f.name: getattr(args, f.name) for f in fields(Config) if hasattr(args, f.name)}
+    overrides = {f.name: getattr(args, f.name) for f in _cli_fields() if hasattr(args, f.name)}
     return cfg.replace(**{k: coerce(k, v, source="command line") for k, v in overrides.items()})
 
 
@@ -55,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from semimatch.engine import fit
 
     if args.resume:
-        overrides = [f.name for f in fields(Config) if hasattr(args, f.name)]
+        overrides = [f.name for f in _cli_fields() if hasattr(args, f.name)]
         if overrides or args.preset or args.config:
             raise ConfigError(f"--resume continues the run with its saved config; drop "
                               f"{', '.join('--' + o.replace('_', '-') for o in overrides) or '--preset/--config'}")
@@ -128,10 +130,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """No silent prefix matching of flags, and a suggestion for a mistyped one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if "unrecognized arguments" in message:
+            import difflib
+
+            known = [s for a in self._actions for s in a.option_strings]
+            for sub in self._subparsers._group_actions if self._subparsers else []:
+                for p in getattr(sub, "choices", {}).values():
+                    known += [s for a in p._actions for s in a.option_strings]
+            for word in message.split(":", 1)[1].split():
+                hint = difflib.get_close_matches(word.split("=")[0], known, n=1)
+                if hint:
+                    message += f" (did you mean {hint[0]}?)"
+                    break
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="semimatch", description=(
+    parser = _Parser(prog="semimatch", description=(
         "Semi-supervised image classification with FixMatch and SoftMatch."))
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _train_parser(sub)
 
     p = sub.add_parser("eval", help="test accuracy of a trained run")

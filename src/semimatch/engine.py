@@ -38,6 +38,7 @@ from semimatch.ema import ModelEMA
 from semimatch.metrics import JsonlWriter, WindowSums, median_of_last, read_jsonl, summarize
 from semimatch.models import InputNormalizer, build_model, set_bn_momentum
 from semimatch.step import CONF_BINS, train_step
+from semimatch.weighting import NonFiniteError
 
 __all__ = ["fit", "Run", "TrainingError", "resolve", "select_device", "evaluate_model"]
 
@@ -372,6 +373,9 @@ def fit(
     if resume and out_dir is None:
         raise TrainingError("resume needs the run directory (out)")
     if resume:  # the run's own config is the truth; CLI overrides are not applied on resume
+        if not (out_dir / "config.json").exists():
+            raise TrainingError(f"--resume {out_dir}: no run there (no config.json); "
+                                "start it without --resume")
         cfg = Config.load(out_dir / "config.json")
     env, device = dist.setup(str(select_device(cfg.device)))
     if cfg.threads:
@@ -492,14 +496,17 @@ def fit(
             batches: Iterator = stream.batches(start, cfg.iterations)
             for k in range(start, cfg.iterations):
                 batch = next(batches)
-                with autocast(cfg, device):
-                    loss, sums = train_step(
-                        train_net, algorithm,
-                        batch.x_lb.contiguous(memory_format=fmt), batch.y_lb,
-                        batch.u_weak.contiguous(memory_format=fmt),
-                        None if batch.u_strong is None
-                        else batch.u_strong.contiguous(memory_format=fmt),
-                        batch.u_true, forward_mode=cfg.forward_mode)
+                try:
+                    with autocast(cfg, device):
+                        loss, sums = train_step(
+                            train_net, algorithm,
+                            batch.x_lb.contiguous(memory_format=fmt), batch.y_lb,
+                            batch.u_weak.contiguous(memory_format=fmt),
+                            None if batch.u_strong is None
+                            else batch.u_strong.contiguous(memory_format=fmt),
+                            batch.u_true, forward_mode=cfg.forward_mode)
+                except NonFiniteError:  # the weak-view probabilities are already NaN
+                    raise _NonFinite(k) from None
                 if check_every_step and not math.isfinite(loss.item()):
                     raise _NonFinite(k)
                 optimizer.zero_grad(set_to_none=True)
@@ -578,9 +585,9 @@ def fit(
             stream_close()
 
     wall = time.perf_counter() - t_start
-    summary = _summary(cfg, out_dir, history, status, wall, C)
+    summary = _summary(cfg, out_dir, history, status, wall, C, completed)
     if writer:
-        writer.write({"kind": "end", "iteration": summary["iterations_done"], "time": time.time(),
+        writer.write({"kind": "end", "iteration": completed, "time": time.time(),
                       "status": status, "message": message})
         if status == "finished":
             (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -686,14 +693,13 @@ def _evaluate_and_log(cfg: Config, net: nn.Module, ema: ModelEMA | None, algorit
 
 
 def _summary(cfg: Config, out_dir: Path | None, history: dict[str, Any], status: str,
-             wall: float, C: int) -> dict[str, Any]:
+             wall: float, C: int, done: int) -> dict[str, Any]:
     last_eval = None
     if out_dir is not None and (out_dir / "metrics.jsonl").exists():
         evals = [r for r in read_jsonl(out_dir / "metrics.jsonl") if r.get("kind") == "eval"]
         last_eval = evals[-1] if evals else None
     errors = history["errors"]
     window = (last_eval or {}).get("window") or {}
-    done = last_eval["iteration"] if last_eval else 0
     return {
         "algorithm": cfg.algorithm, "dataset": cfg.dataset, "num_labels": cfg.num_labels,
         "num_classes": C, "iterations": cfg.iterations, "iterations_done": done,

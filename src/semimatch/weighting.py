@@ -19,7 +19,12 @@ from torch import nn
 
 from semimatch.distributed import all_reduce_sums
 
-__all__ = ["FixedThreshold", "SoftMatchWeighting", "check_probs", "check_momentum"]
+__all__ = ["FixedThreshold", "SoftMatchWeighting", "NonFiniteError", "check_probs",
+           "check_momentum"]
+
+
+class NonFiniteError(ValueError):
+    """Probabilities contain NaN/inf: the model diverged (the engine reports the iteration)."""
 
 
 def check_probs(probs: torch.Tensor, num_classes: int | None = None, name: str = "probs") -> None:
@@ -40,8 +45,10 @@ def check_probs(probs: torch.Tensor, num_classes: int | None = None, name: str =
         raise ValueError(f"{name} must be a floating-point tensor; got {probs.dtype}")
     if probs.device.type == "cpu" and probs.numel():
         p = probs.detach().double()
-        if not torch.isfinite(p).all() or (p < 0).any():
-            raise ValueError(f"{name} must be finite and non-negative (softmax outputs)")
+        if not torch.isfinite(p).all():
+            raise NonFiniteError(f"{name} contains NaN or inf (did the model diverge?)")
+        if (p < 0).any():
+            raise ValueError(f"{name} must be non-negative (softmax outputs)")
         worst = (p.sum(dim=1) - 1).abs().max().item()
         if worst > 1e-3:
             raise ValueError(

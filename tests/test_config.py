@@ -1,0 +1,111 @@
+"""Typed config: unknown keys, wrong types, presets, auto-derived settings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from semimatch.config import PRESETS, Config, ConfigError, budget_momentum, load_preset
+from semimatch.data import from_arrays
+from semimatch.engine import resolve
+
+
+def tiny_data(num_classes: int = 10, size: int = 32, channels: int = 3):
+    rng = np.random.default_rng(0)
+    n = num_classes * 6
+    images = rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)
+    labels = np.arange(n) % num_classes
+    return from_arrays(images, labels)
+
+
+def test_unknown_key_suggests_the_right_one():
+    with pytest.raises(ConfigError, match="did you mean 'num_labels'"):
+        Config.from_dict({"num_label": 40})
+    with pytest.raises(ConfigError, match="did you mean 'iterations'"):
+        Config().replace(iteration=5)
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("iterations", "abc"), ("iterations", 1.5), ("lr", "fast"), ("algorithm", "mixmatch"),
+     ("deterministic", "maybe"), ("precision", "fp8"), ("batch_size", True)],
+)
+def test_wrong_types_are_errors(key, value):
+    with pytest.raises(ConfigError, match=key):
+        Config.from_dict({key: value})
+
+
+def test_strings_from_the_command_line_are_converted():
+    cfg = Config.from_dict({"iterations": "100", "lr": "0.1", "deterministic": "true",
+                            "tau": "none", "backbone": "cnn"})
+    assert cfg.iterations == 100 and cfg.lr == 0.1 and cfg.deterministic is True
+    assert cfg.tau is None and cfg.backbone == "cnn"
+
+
+def test_config_round_trips_through_json(tmp_path):
+    cfg = Config(algorithm="softmatch", n_sigma=1.0, iterations=77)
+    cfg.save(tmp_path / "c.json")
+    again = Config.load(tmp_path / "c.json")
+    assert again == cfg
+    (tmp_path / "bad.json").write_text(json.dumps({**cfg.to_dict(), "typo_key": 1}))
+    with pytest.raises(ConfigError, match="typo_key"):
+        Config.load(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_resolves(name):
+    cfg = load_preset(name)
+    assert cfg.preset == name
+    # Paper values are pinned, never derived from the (huge) budget.
+    assert cfg.ema_decay == 0.999 and cfg.bn_momentum == 0.001 and cfg.ema_warmup is False
+    assert cfg.iterations >= 2**18
+    C = 100 if cfg.dataset == "cifar100" else 10
+    resolved = resolve(cfg, tiny_data(C), torch.device("cpu"))
+    assert "ema_decay" not in resolved.auto and "bn_momentum" not in resolved.auto
+    if cfg.algorithm == "softmatch":
+        assert resolved.stat_momentum == 0.999 and resolved.n_sigma == 2.0
+
+
+def test_preset_typo_is_an_error_with_suggestion():
+    with pytest.raises(ConfigError, match="cifar10-40-softmatch"):
+        load_preset("cifar10-40-softmach")
+
+
+def test_short_budget_derives_momenta_and_records_them():
+    cfg = resolve(Config(algorithm="softmatch", iterations=300, num_labels=20),
+                  tiny_data(), torch.device("cpu"))
+    assert cfg.ema_decay == pytest.approx(1 - 20 / 300)
+    assert cfg.stat_momentum == pytest.approx(1 - 20 / 300)
+    assert cfg.bn_momentum == pytest.approx(20 / 300)
+    assert cfg.ema_warmup is True
+    for key in ("ema_decay", "stat_momentum", "bn_momentum", "backbone", "precision"):
+        assert key in cfg.auto
+    # Long budgets reach the paper values.
+    assert budget_momentum(0.999, 2**20) == 0.999
+    assert budget_momentum(0.999, 10) == 0.9
+
+
+def test_user_values_are_never_overridden_by_auto():
+    cfg = resolve(Config(algorithm="softmatch", iterations=300, num_labels=20, ema_decay=0.999,
+                         bn_momentum=0.001, stat_momentum=0.999), tiny_data(),
+                  torch.device("cpu"))
+    assert (cfg.ema_decay, cfg.bn_momentum, cfg.stat_momentum) == (0.999, 0.001, 0.999)
+    assert "ema_decay" not in cfg.auto
+
+
+def test_incompatible_config_fails_before_training():
+    with pytest.raises(ConfigError, match="num_labels=40 cannot be split evenly over the 100"):
+        resolve(Config(num_labels=40), tiny_data(100), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="no effect with algorithm 'fixmatch'"):
+        resolve(Config(algorithm="fixmatch", n_sigma=2.0, num_labels=20), tiny_data(),
+                torch.device("cpu"))
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        resolve(Config(precision="fp16", num_labels=20), tiny_data(), torch.device("cpu"))
+
+
+def test_algorithm_options_map_to_the_algorithm():
+    cfg = Config(algorithm="softmatch", stat_momentum=0.9, n_sigma=1.0, per_class=True)
+    assert cfg.algorithm_options() == {"momentum": 0.9, "n_sigma": 1.0, "per_class": True}
