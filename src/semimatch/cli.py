@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="HTML report + figures for one or more runs")
     p.add_argument("run_dirs", nargs="+")
-    p.add_argument("--out", help="report folder (default: RUN_DIR/report, or ./report for several)")
+    p.add_argument("--out", help="report folder (default: RUN_DIR/report, or ./semimatch-report for several)")
 
     sub.add_parser("presets", help="list the paper presets")
     sub.add_parser("datasets", help="list the dataset names")

@@ -487,7 +487,7 @@ def fit(
     check_every_step = device.type == "cpu"  # reading the loss is free on CPU, a sync on GPUs
     bar = _progress(cfg, start, env.is_main)
     status, message, k, completed = "finished", "", start, start
-    t_window = time.perf_counter()
+    t_window = t_eval = time.perf_counter()
     t_start = time.perf_counter() - history["wall_time"]
     interrupted = _InterruptFlag()
     train_net.train()
@@ -550,15 +550,20 @@ def fit(
                                          if record.get(k2) is not None}, refresh=False)
 
                 if done % cfg.eval_every == 0 or done == cfg.iterations:
-                    history["wall_time"] = time.perf_counter() - t_start
+                    now = time.perf_counter()
+                    history["wall_time"] = now - t_start
                     record = _evaluate_and_log(cfg, net, ema, algorithm, data, device, history,
                                                eval_window, done, optimizer, C)
+                    record["window"]["sec_per_iter"] = (now - t_eval) / max(eval_window.steps, 1)
                     eval_window.reset()
                     if writer:
                         writer.write(record)
                     _tb_scalars(tb, "eval", record, done)
                     _say(bar, env.is_main, _eval_line(record, cfg))
                     save_checkpoint(done, best=record["error"] == history["best_error"])
+                    # Evaluation and checkpointing are not training time.
+                    t_eval = time.perf_counter()
+                    t_window += t_eval - now
                 completed = done
                 if interrupted.requested:
                     raise KeyboardInterrupt
@@ -585,7 +590,7 @@ def fit(
             stream_close()
 
     wall = time.perf_counter() - t_start
-    summary = _summary(cfg, out_dir, history, status, wall, C, completed)
+    summary = _summary(cfg, out_dir, history, status, wall, info.class_names, completed)
     if writer:
         writer.write({"kind": "end", "iteration": completed, "time": time.time(),
                       "status": status, "message": message})
@@ -693,7 +698,7 @@ def _evaluate_and_log(cfg: Config, net: nn.Module, ema: ModelEMA | None, algorit
 
 
 def _summary(cfg: Config, out_dir: Path | None, history: dict[str, Any], status: str,
-             wall: float, C: int, done: int) -> dict[str, Any]:
+             wall: float, class_names: tuple[str, ...], done: int) -> dict[str, Any]:
     last_eval = None
     if out_dir is not None and (out_dir / "metrics.jsonl").exists():
         evals = [r for r in read_jsonl(out_dir / "metrics.jsonl") if r.get("kind") == "eval"]
@@ -702,12 +707,12 @@ def _summary(cfg: Config, out_dir: Path | None, history: dict[str, Any], status:
     window = (last_eval or {}).get("window") or {}
     return {
         "algorithm": cfg.algorithm, "dataset": cfg.dataset, "num_labels": cfg.num_labels,
-        "num_classes": C, "iterations": cfg.iterations, "iterations_done": done,
+        "num_classes": len(class_names), "iterations": cfg.iterations, "iterations_done": done,
         "best_error": history["best_error"], "median20_error": median_of_last(errors, 20),
         "final_error": errors[-1] if errors else None,
         "final_quantity": window.get("quantity"), "final_quality": window.get("quality"),
         "sec_per_iter": wall / max(done, 1), "wall_time_s": wall, "status": status,
-        "seed": cfg.seed, "backbone": cfg.backbone,
+        "seed": cfg.seed, "backbone": cfg.backbone, "class_names": list(class_names),
     }
 
 

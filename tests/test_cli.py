@@ -1,0 +1,114 @@
+"""The command line: train / eval / predict / presets / datasets and its error messages."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from semimatch.cli import main
+from semimatch.config import PRESETS
+from semimatch.metrics import read_jsonl
+
+TRAIN = ["train", "--dataset", "digits", "--algorithm", "fixmatch", "--num-labels", "20",
+         "--iterations", "6", "--eval-every", "3", "--log-every", "3", "--batch-size", "8",
+         "--uratio", "2", "--seed", "1", "--precision", "fp32", "--tensorboard", "false"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_the_run_directory(trained, capsys):
+    assert (trained / "metrics.jsonl").exists() and (trained / "summary.json").exists()
+    records = read_jsonl(trained / "metrics.jsonl")
+    assert [r["iteration"] for r in records if r["kind"] == "eval"] == [3, 6]
+    cfg = json.loads((trained / "config.json").read_text())
+    assert cfg["algorithm"] == "fixmatch" and cfg["num_labels"] == 20 and cfg["tau"] is None
+
+
+def test_eval_prints_the_test_accuracy(trained, capsys):
+    assert main(["eval", str(trained), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    summary = json.loads((trained / "summary.json").read_text())
+    assert result["n"] == 360
+    assert result["error"] == pytest.approx(summary["best_error"], abs=1e-9)
+    assert main(["eval", str(trained), "--model", "raw", "--checkpoint", "last"]) == 0
+    assert "top-1" in capsys.readouterr().out
+
+
+def test_predict_writes_a_csv(trained, tmp_path):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    paths = []
+    for i in range(3):
+        img = (digits.images[i] * (255 / 16)).astype(np.uint8)
+        p = tmp_path / f"d{i}.png"
+        Image.fromarray(img).save(p)
+        paths.append(str(p))
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(trained), *paths, "--output", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["path"] for r in rows] == paths
+    for r in rows:
+        assert r["class"] in [str(c) for c in range(10)]
+        assert 0.0 < float(r["confidence"]) <= 1.0
+
+
+def test_predict_reports_an_unreadable_image(trained, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert main(["predict", str(trained), str(bad)]) == 2
+    assert "bad.png" in capsys.readouterr().err
+
+
+def test_presets_lists_every_preset(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("cifar10-40-fixmatch", "cifar10-40-softmatch", "cifar100-400-softmatch",
+                 "svhn-40-fixmatch", "stl10-40-softmatch", "cifar10lt-100-softmatch"):
+        assert name in out and name in PRESETS
+    assert "WRN-28-8" in out
+
+
+def test_datasets_lists_names(capsys):
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out.split()
+    assert {"cifar10", "digits", "imagefolder", "fashion_mnist"} <= set(out)
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["train", "--num-label", "20"], "did you mean --num-labels"),
+        (["train", "--algorithm", "mixmatch", "--out", "x"], "algorithm='mixmatch'"),
+        (["train", "--preset", "cifar10-40-softmach"], "did you mean 'cifar10-40-softmatch'"),
+        (["train", "--dataset", "cifar11", "--out", "x"], "cifar10"),
+    ],
+)
+def test_bad_input_gets_a_clear_message(argv, expected, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse errors exit with 2
+        code = e.code
+    assert code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_resume_refuses_overrides(trained, capsys):
+    assert main(["train", "--resume", str(trained), "--lr", "0.1"]) == 2
+    assert "--lr" in capsys.readouterr().err
+
+
+def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["eval", str(tmp_path)]) == 2
+    assert "not a semimatch run directory" in capsys.readouterr().err

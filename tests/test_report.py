@@ -1,0 +1,452 @@
+"""``semimatch.report``: figures, HTML and comparison table on real and synthetic run directories.
+
+A real 12-iteration SoftMatch run on digits (and a supervised one) come from the engine; the
+crashed / running / no-eval / no-test-set cases are written to the metrics.jsonl schema of
+notes/contracts.md with ``JsonlWriter``.  Set SEMIMATCH_REPORT_EXAMPLE=DIR to keep a copy of the
+real run's report (for screenshots).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import statistics
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semimatch.config import Config
+from semimatch.engine import fit
+from semimatch.metrics import JsonlWriter, read_jsonl
+from semimatch.report import build_report, comparison_rows, format_row, load_run, run_status
+
+C = 10
+TABLE_HEADER = [
+    "name",
+    "algorithm",
+    "dataset",
+    "labels",
+    "iterations",
+    "best error",
+    "median-20 error",
+    "final error",
+    "final quantity",
+    "final quality",
+    "sec / iter",
+    "status",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Run directories
+# ----------------------------------------------------------------------------------------------
+def _real_run(out: Path, algorithm: str) -> Path:
+    torch.set_num_threads(1)
+    cfg = Config(
+        algorithm=algorithm,
+        dataset="digits",
+        num_labels=20,
+        iterations=12,
+        eval_every=4,
+        log_every=2,
+        batch_size=16,
+        uratio=2,
+        seed=0,
+        threads=1,
+    )
+    fit(cfg, out=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _real_run(tmp_path_factory.mktemp("real") / "run", "softmatch")
+
+
+@pytest.fixture(scope="module")
+def real_report(real_run: Path) -> Path:
+    """The report of the real run in its default folder, built once for the module."""
+    return build_report([real_run])
+
+
+@pytest.fixture(scope="module")
+def supervised_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _real_run(tmp_path_factory.mktemp("sup") / "supervised", "supervised")
+
+
+def write_synthetic_run(
+    path: Path,
+    *,
+    evals: int = 5,
+    eval_every: int = 10,
+    test_set: bool = True,
+    quality: bool = True,
+    finished: bool = True,
+    t0: float = 1.7e9,
+) -> Path:
+    """A SoftMatch-like run on C classes written to the contracts' schema."""
+    path.mkdir(parents=True)
+    iterations = evals * eval_every if finished else 10 * eval_every
+    cfg = {
+        "algorithm": "softmatch",
+        "dataset": "synthetic",
+        "num_labels": 40,
+        "iterations": iterations,
+        "seed": 0,
+        "backbone": "cnn",
+        "eval_every": eval_every,
+    }
+    (path / "config.json").write_text(json.dumps(cfg))
+    log = JsonlWriter(path / "metrics.jsonl")
+    rng = np.random.default_rng(0)
+    errors: list[float] = []
+    for j in range(1, evals + 1):
+        k = j * eval_every
+        for half in (k - eval_every // 2, k):
+            log.write(
+                {
+                    "kind": "train",
+                    "iteration": half,
+                    "time": t0 + half,
+                    "lr": 0.03,
+                    "loss": 2.0 / j,
+                    "sup_loss": 1.0 / j,
+                    "unsup_loss": 1.0 / j,
+                    "quantity": 0.6 + 0.05 * j,
+                    "quality": 0.5 + 0.06 * j if quality else None,
+                    "pl_acc": 0.45 + 0.06 * j if quality else None,
+                    "full_weight_frac": 0.3,
+                    "sec_per_iter": 0.1 + 0.01 * j,
+                }
+            )
+        rec: dict[str, Any] = {
+            "kind": "eval",
+            "iteration": k,
+            "time": t0 + k + 0.5,
+            "lr": 0.03,
+            "model": "ema",
+        }
+        if test_set:
+            errors.append(0.8 - 0.1 * j + (0.05 if j == 3 else 0.0))
+            conf = rng.integers(0, 20, (C, C)) + np.diag(np.full(C, 10 * j))
+            rec.update(
+                top1=1 - errors[-1],
+                error=errors[-1],
+                best_error=min(errors),
+                median20_error=statistics.median(errors[-20:]),
+                per_class_acc=list(rng.random(C)),
+                confusion=conf.tolist(),
+            )
+        else:
+            rec.update(top1=None, error=None, best_error=None, median20_error=None)
+        hist = np.histogram(rng.beta(2 + j, 2, 500), bins=50, range=(0, 1))[0]
+        rec["window"] = {
+            "quantity": 0.6 + 0.05 * j,
+            "quality": 0.5 + 0.06 * j if quality else None,
+            "pl_acc": 0.45 + 0.06 * j if quality else None,
+            "full_weight_frac": 0.3,
+            "per_class_quantity": [
+                None if c == j else float(v) for c, v in enumerate(rng.random(C))
+            ],
+            "per_class_pl_acc": [
+                None if c == j or not quality else float(v) for c, v in enumerate(rng.random(C))
+            ],
+            "conf_hist": hist.tolist(),
+            "sup_loss": 1.0 / j,
+            "unsup_loss": 1.0 / j,
+            "sec_per_iter": None,
+        }
+        mean = 0.3 + 0.1 * j
+        p = np.linspace(1 / C, 1, 51)
+        rec["weighting"] = {"type": "softmatch", "mean": mean, "std": 0.1, "n_sigma": 2.0}
+        rec["lambda_curve"] = {
+            "p": p.tolist(),
+            "w": np.where(p < mean, np.exp(-((p - mean) ** 2) / (2 * 0.05**2)), 1.0).tolist(),
+        }
+        rec["p_model"] = [1 / C] * C
+        log.write(rec)
+    if finished:
+        log.write(
+            {
+                "kind": "end",
+                "iteration": iterations,
+                "time": t0 + iterations + 1,
+                "status": "finished",
+                "message": "",
+            }
+        )
+    return path
+
+
+def tear_last_line(path: Path) -> None:
+    """Append half a record, as a process killed in the middle of a write leaves it."""
+    with open(path / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"kind": "train", "iteration": 99, "time": 17')
+
+
+def make_old(path: Path, seconds: float = 86400.0) -> None:
+    metrics = path / "metrics.jsonl"
+    t = metrics.stat().st_mtime - seconds
+    os.utime(metrics, (t, t))
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks
+# ----------------------------------------------------------------------------------------------
+def assert_png(path: Path, min_w: int = 300, min_h: int = 200) -> np.ndarray:
+    """A readable PNG of a reasonable size that is not a flat image."""
+    assert path.exists(), path
+    with Image.open(path) as im:
+        assert im.format == "PNG", path
+        im.load()
+        assert im.size[0] >= min_w and im.size[1] >= min_h, (path, im.size)
+        rgb = np.asarray(im.convert("RGB"), dtype=float)
+    assert rgb.std() > 10, f"{path} is (nearly) a single colour"
+    return rgb
+
+
+def pixels_near(rgb: np.ndarray, hex_color: str, tol: float = 40.0) -> int:
+    target = np.array([int(hex_color[i : i + 2], 16) for i in (1, 3, 5)], dtype=float)
+    return int((np.linalg.norm(rgb - target, axis=2) < tol).sum())
+
+
+class _TableParser(HTMLParser):
+    """The cells of <table id="comparison">."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self._in_table = self._in_cell = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table" and ("id", "comparison") in attrs:
+            self._in_table = True
+        elif self._in_table and tag == "tr":
+            self.rows.append([])
+        elif self._in_table and tag in ("td", "th"):
+            self._in_cell = True
+            self.rows[-1].append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self._in_table = False
+        elif tag in ("td", "th"):
+            self._in_cell = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_cell:
+            self.rows[-1][-1] += data
+
+
+def parse(index: Path) -> tuple[str, list[dict[str, str]], set[str]]:
+    """(html, table rows as dicts, referenced PNG files); checks the HTML is offline-safe."""
+    text = index.read_text(encoding="utf-8")
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), "external resource"
+    assert "<script" not in text
+    parser = _TableParser()
+    parser.feed(text)
+    header, *rows = parser.rows
+    assert header == TABLE_HEADER
+    refs = set(re.findall(r'href="([^"]+\.png)"', text))
+    for ref in refs:  # each linked file is also embedded, byte for byte
+        data = base64.b64encode((index.parent / ref).read_bytes()).decode()
+        assert f'<a href="{ref}"><img' in text and f"base64,{data}" in text
+    return text, [dict(zip(header, r, strict=True)) for r in rows], refs
+
+
+def figures(folder: Path) -> set[str]:
+    return {p.name for p in folder.glob("*.png")}
+
+
+# ----------------------------------------------------------------------------------------------
+# Tests
+# ----------------------------------------------------------------------------------------------
+def test_real_run_report_has_every_figure(real_run: Path, real_report: Path) -> None:
+    index = real_report
+    assert index == real_run / "report" / "index.html"
+    expected = {
+        "fig-error.png",
+        "fig-pseudo-labels.png",
+        "fig-lambda-run.png",
+        "fig-per-class-run.png",
+        "fig-confusion-run.png",
+    }
+    assert figures(index.parent) == expected
+    for name in expected:
+        assert_png(index.parent / name)
+    text, rows, refs = parse(index)
+    assert refs == expected
+    assert len(rows) == 1 and rows[0]["status"] == "finished"
+    assert '<p class="note">' not in text  # nothing is missing in a finished SoftMatch run
+    example = os.environ.get("SEMIMATCH_REPORT_EXAMPLE")
+    if example:  # a copy for humans (README screenshot); off by default
+        shutil.copytree(index.parent, example, dirs_exist_ok=True)
+
+
+def test_comparison_table_equals_logged_metrics(real_run: Path, real_report: Path) -> None:
+    records = read_jsonl(real_run / "metrics.jsonl")
+    evals = [r for r in records if r["kind"] == "eval"]
+    train = [r for r in records if r["kind"] == "train"]
+    summary = json.loads((real_run / "summary.json").read_text())
+    (row,) = comparison_rows([real_run])
+    assert row["name"] == "run"
+    assert (row["algorithm"], row["dataset"], row["labels"]) == ("softmatch", "digits", 20)
+    assert (row["iterations_done"], row["iterations"], row["status"]) == (12, 12, "finished")
+    assert row["best_error"] == evals[-1]["best_error"] == min(r["error"] for r in evals)
+    assert row["best_error"] == summary["best_error"]
+    assert row["median20_error"] == evals[-1]["median20_error"] == summary["median20_error"]
+    assert row["final_error"] == evals[-1]["error"] == summary["final_error"]
+    assert row["final_quantity"] == evals[-1]["window"]["quantity"] == summary["final_quantity"]
+    assert row["final_quality"] == evals[-1]["window"]["quality"] == summary["final_quality"]
+    assert row["sec_per_iter"] == statistics.median(r["sec_per_iter"] for r in train)
+
+    _, (cells,), _ = parse(real_report)
+    assert cells == format_row(row)
+    assert cells["best error"] == f"{100 * evals[-1]['best_error']:.2f}%"
+    assert cells["median-20 error"] == f"{100 * evals[-1]['median20_error']:.2f}%"
+    assert cells["final quantity"] == f"{evals[-1]['window']['quantity']:.3f}"
+    assert cells["final quality"] == f"{evals[-1]['window']['quality']:.3f}"
+    assert cells["sec / iter"] == f"{row['sec_per_iter']:.4f}"
+    assert cells["iterations"] == "12 / 12"
+
+
+def test_several_runs_are_overlaid(
+    real_run: Path, supervised_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synth = write_synthetic_run(tmp_path / "other" / "run", evals=6)
+    monkeypatch.chdir(tmp_path)
+    index = build_report([real_run, synth, supervised_run])
+    assert index == tmp_path / "semimatch-report" / "index.html"
+    _, rows, refs = parse(index)
+    # Two folders called "run": told apart by their parent folder.
+    assert [r["name"] for r in rows] == [f"{real_run.parent.name}/run", "other/run", "supervised"]
+    assert [r["algorithm"] for r in rows] == ["softmatch", "softmatch", "supervised"]
+    assert refs == figures(index.parent)
+    for slug in (f"{real_run.parent.name}-run", "other-run"):
+        for kind in ("lambda", "per-class", "confusion"):
+            assert f"fig-{kind}-{slug}.png" in refs
+    # supervised: test error and confusion, but no pseudo-label figures
+    assert "fig-confusion-supervised.png" in refs and "fig-lambda-supervised.png" not in refs
+    # One line per run in the overlaid figures, in the run's colour (tab10 order).
+    err = assert_png(index.parent / "fig-error.png")
+    for color in ("#1f77b4", "#ff7f0e", "#2ca02c"):
+        assert pixels_near(err, color) > 100, color
+    pl = assert_png(index.parent / "fig-pseudo-labels.png")
+    for color in ("#1f77b4", "#ff7f0e"):
+        assert pixels_near(pl, color) > 100, color
+
+
+def test_crashed_real_run_with_torn_last_line(real_run: Path, tmp_path: Path) -> None:
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    shutil.copy(real_run / "config.json", crashed)
+    lines = (real_run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    second_eval = [i for i, ln in enumerate(lines) if '"kind": "eval"' in ln][1]
+    (crashed / "metrics.jsonl").write_text("".join(lines[: second_eval + 2]))  # + 1 train
+    tear_last_line(crashed)
+    make_old(crashed)
+
+    kept = read_jsonl(crashed / "metrics.jsonl")
+    (row,) = comparison_rows([crashed])
+    assert row["status"] == "crashed"
+    assert row["iterations_done"] == kept[-1]["iteration"] == 10
+    last_eval = [r for r in kept if r["kind"] == "eval"][-1]
+    assert row["best_error"] == last_eval["best_error"]
+    assert row["final_quantity"] == last_eval["window"]["quantity"]
+
+    index = build_report([crashed])
+    text, (cells,), refs = parse(index)
+    assert cells["status"] == "crashed" and cells["iterations"] == "10 / 12"
+    assert "presumed crashed" in text and "1 unreadable line(s)" in text
+    assert refs == {
+        "fig-error.png",
+        "fig-pseudo-labels.png",
+        "fig-lambda-crashed.png",
+        "fig-per-class-crashed.png",
+        "fig-confusion-crashed.png",
+    }
+    for ref in refs:
+        assert_png(index.parent / ref)
+
+
+def test_running_vs_crashed_status(tmp_path: Path) -> None:
+    run = load_run(write_synthetic_run(tmp_path / "r", evals=3, finished=False))
+    assert run.end is None and run.summary is None
+    mtime = run.metrics_mtime
+    assert run_status(run, now=mtime + 5) == "running"
+    assert run_status(run, now=mtime + 86400) == "crashed"
+    # An end record decides, whatever the age.
+    JsonlWriter(tmp_path / "r" / "metrics.jsonl").write(
+        {"kind": "end", "iteration": 30, "time": 0.0, "status": "interrupted", "message": "x"}
+    )
+    assert run_status(load_run(tmp_path / "r"), now=mtime + 86400) == "interrupted"
+
+
+def test_run_without_eval_records(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "young", evals=1, finished=False)
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join(lines[:2]))  # two train records, no eval
+    index = build_report([run])
+    text, (cells,), refs = parse(index)
+    assert refs == {"fig-pseudo-labels.png"}
+    assert_png(index.parent / "fig-pseudo-labels.png")
+    assert "No evaluation record yet (first one at iteration 10)" in text
+    assert cells["status"] == "running" and cells["best error"] == "n/a"
+    assert cells["final quantity"] == "0.650"  # last train window before the first eval
+
+    # Only config.json: the run has just started.
+    (run / "metrics.jsonl").unlink()
+    text, (cells,), refs = parse(build_report([run]))
+    assert refs == set() and figures(index.parent) == set()  # old figures removed
+    assert "No metrics logged yet" in text and cells["iterations"] == "0 / 100"
+
+
+def test_no_test_set_and_no_quality(tmp_path: Path) -> None:
+    run = write_synthetic_run(tmp_path / "blind", test_set=False, quality=False)
+    index = build_report([run])
+    text, (cells,), refs = parse(index)
+    assert refs == {"fig-pseudo-labels.png", "fig-lambda-blind.png", "fig-per-class-blind.png"}
+    for ref in refs:
+        assert_png(index.parent / ref)
+    assert "No test set" in text and "quality is not available" in text
+    assert cells["best error"] == cells["final quality"] == "n/a"
+    assert cells["final quantity"] == "0.850"
+
+
+def test_supervised_run_has_no_pseudo_label_figures(supervised_run: Path) -> None:
+    text, (cells,), refs = parse(build_report([supervised_run]))
+    assert refs == {"fig-error.png", "fig-confusion-supervised.png"}
+    assert "No pseudo-label statistics" in text
+    assert cells["final quantity"] == "n/a" and cells["status"] == "finished"
+
+
+def test_cli_hook(tmp_path: Path) -> None:
+    from semimatch.cli import main
+
+    run = write_synthetic_run(tmp_path / "run", evals=1, test_set=False)
+    assert main(["report", str(run), "--out", str(tmp_path / "cli")]) == 0
+    _, (cells,), refs = parse(tmp_path / "cli" / "index.html")
+    assert cells["name"] == "run" and "fig-lambda-run.png" in refs
+
+
+def test_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="run_dirs is empty"):
+        build_report([])
+    with pytest.raises(ValueError, match="list"):
+        build_report(tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        build_report([tmp_path / "nope"])
+    with pytest.raises(FileNotFoundError, match="not a run directory"):
+        build_report([tmp_path])
+    run = write_synthetic_run(tmp_path / "r", evals=1)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        build_report([run], out=tmp_path / "file")
