@@ -1,0 +1,482 @@
+"""Infinite, seeded, sharded training streams and evaluation batches.
+
+Training batches are a **stateless function of (seed, iteration)** (see ``notes/contracts.md``):
+
+* Each stream (labeled: id 0, unlabeled: id 1) walks the infinite concatenation of per-epoch
+  permutations ``perm_e = default_rng([seed, stream_id, e]).permutation(n)``. Iteration ``k``'s
+  global labeled batch is positions ``[k*B, (k+1)*B)`` of that sequence, its unlabeled batch
+  positions ``[k*mu*B, (k+1)*mu*B)``. Every index is seen once per pass of its stream; a pass
+  may end in the middle of a batch (no sample is dropped or repeated within an epoch).
+* Rank ``r`` of ``W`` takes the positions ``j`` of the global batch with ``j % W == r``, so the
+  ranks' shares are disjoint and their union is the single-process global batch.
+* ``augment="pil"``: sample at global position ``g`` of view ``v`` is augmented with
+  ``default_rng([seed, stream_id, v, g])`` (views: 0 labeled weak, 1 unlabeled weak,
+  2 unlabeled strong). A batch is therefore bit-identical for any ``num_workers`` and any
+  number of processes, and resuming needs nothing but the iteration number.
+* ``augment="batched"``: the loader only gathers raw uint8 images; the batched tensor
+  augmentations run on ``device`` with a CPU ``torch.Generator`` seeded from
+  ``(seed, k, rank, view)``. Sample selection is still rank-independent, but the random
+  augmentation draws **depend on the rank**: changing ``world_size`` changes the
+  augmentations (not which images are used). They do not depend on ``num_workers`` or on
+  the device.
+
+The DataLoader's item ``k`` is a whole per-rank batch (``batch_size=None``), so worker
+processes prepare upcoming iterations while the model trains on the current one.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from semimatch.data.augment import StrongAugment, WeakAugment
+from semimatch.data.datasets import ImageSource, SSLDataset
+from semimatch.data.splits import Split
+
+__all__ = [
+    "AUGMENT_MODES",
+    "STREAM_LABELED",
+    "STREAM_UNLABELED",
+    "VIEW_LABELED_WEAK",
+    "VIEW_UNLABELED_STRONG",
+    "VIEW_UNLABELED_WEAK",
+    "SSLBatch",
+    "TrainStream",
+    "eval_batches",
+]
+
+STREAM_LABELED = 0
+STREAM_UNLABELED = 1
+VIEW_LABELED_WEAK = 0
+VIEW_UNLABELED_WEAK = 1
+VIEW_UNLABELED_STRONG = 2
+AUGMENT_MODES = ("pil", "batched")
+_VARIANTS = ("fixmatch", "usb")
+
+
+class SSLBatch(NamedTuple):
+    """One training step's (per-rank) batch; images are uint8 NCHW on the training device."""
+
+    x_lb: torch.Tensor  # (B, C, H, W) uint8, weak view of labeled images
+    y_lb: torch.Tensor  # (B,) int64
+    u_weak: torch.Tensor  # (mu*B, C, H, W) uint8; (0, C, H, W) without unlabeled data
+    u_strong: torch.Tensor | None  # None when no strong view is used (or no unlabeled data)
+    u_true: torch.Tensor  # (mu*B,) int64 ground truth, -1 unknown; monitoring only
+
+
+# --------------------------------------------------------------------------------------------
+# Index arithmetic
+# --------------------------------------------------------------------------------------------
+class _EpochOrder:
+    """Maps stream positions to indices in ``[0, n)`` via per-epoch seeded permutations."""
+
+    def __init__(self, n: int, seed: int, stream_id: int, cache_size: int = 4) -> None:
+        self.n, self.seed, self.stream_id = n, seed, stream_id
+        self.cache_size = cache_size
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        perm = self._cache.get(epoch)
+        if perm is None:
+            rng = np.random.default_rng([self.seed, self.stream_id, epoch])
+            perm = rng.permutation(self.n)
+            self._cache[epoch] = perm
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(epoch)
+        return perm
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        epochs, offsets = np.divmod(positions, self.n)
+        out = np.empty(len(positions), dtype=np.int64)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            out[sel] = self.permutation(int(e))[offsets[sel]]
+        return out
+
+
+def _sample_rng(seed: int, stream_id: int, view: int, position: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stream_id, view, position])
+
+
+def _torch_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from ``parts`` by numpy's SeedSequence (well-spread, reproducible)."""
+    lo, hi = np.random.SeedSequence(list(parts)).generate_state(2, np.uint32)
+    return (int(hi) << 32 | int(lo)) & ((1 << 63) - 1)
+
+
+def _to_nchw(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-rank batch construction (runs in DataLoader workers)
+# --------------------------------------------------------------------------------------------
+class _StepBatches(Dataset):
+    """Map-style dataset whose item ``k`` is the per-rank batch of iteration ``k`` (CPU)."""
+
+    def __init__(self, stream: TrainStream) -> None:
+        self.train = stream.dataset.train
+        self.extra = stream.dataset.extra_unlabeled if stream.use_unlabeled else None
+        self.labeled = stream.split.labeled
+        self.unlabeled = stream.split.unlabeled if stream.use_unlabeled else np.zeros(0, np.int64)
+        self.seed = stream.seed
+        self.batch_size = stream.batch_size
+        self.u_batch_size = stream.u_batch_size
+        self.rank, self.world_size = stream.rank, stream.world_size
+        self.mode = stream.augment
+        self.use_unlabeled, self.use_strong = stream.use_unlabeled, stream.use_strong
+        self.image_shape = stream.image_shape
+        self.weak = stream._weak_pil
+        self.strong = stream._strong_pil
+        self.lb_order = _EpochOrder(len(self.labeled), self.seed, STREAM_LABELED)
+        n_pool = len(self.unlabeled) + (len(self.extra) if self.extra is not None else 0)
+        self.ulb_order = _EpochOrder(max(n_pool, 1), self.seed, STREAM_UNLABELED)
+
+    # positions ------------------------------------------------------------------------------
+    def positions(self, k: int, global_batch: int) -> np.ndarray:
+        """Global stream positions of this rank's share of iteration ``k``."""
+        return k * global_batch + np.arange(self.rank, global_batch, self.world_size)
+
+    def indices(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train indices of the labeled share, unlabeled-pool indices of the unlabeled share)."""
+        lb = self.labeled[self.lb_order(self.positions(k, self.batch_size))]
+        if not self.use_unlabeled:
+            return lb, np.zeros(0, dtype=np.int64)
+        return lb, self.ulb_order(self.positions(k, self.u_batch_size))
+
+    # pool access ------------------------------------------------------------------------------
+    def _pool_split(self, pool_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Split pool indices into (mask of train rows, train indices, extra indices)."""
+        in_train = pool_idx < len(self.unlabeled)
+        return (
+            in_train,
+            self.unlabeled[pool_idx[in_train]],
+            pool_idx[~in_train] - len(self.unlabeled),
+        )
+
+    def _pool_labels(self, pool_idx: np.ndarray) -> np.ndarray:
+        in_train, t_idx, e_idx = self._pool_split(pool_idx)
+        out = np.empty(len(pool_idx), dtype=np.int64)
+        out[in_train] = self.train.labels[t_idx]
+        if e_idx.size:
+            out[~in_train] = self.extra.labels[e_idx]
+        return out
+
+    def _pool_image(self, p: int) -> np.ndarray:
+        n = len(self.unlabeled)
+        return self.train[int(self.unlabeled[p])] if p < n else self.extra[int(p - n)]
+
+    def _pool_gather(self, pool_idx: np.ndarray) -> np.ndarray:
+        in_train, t_idx, e_idx = self._pool_split(pool_idx)
+        out = np.empty((len(pool_idx), *self.image_shape), dtype=np.uint8)
+        out[in_train] = self.train.gather(t_idx)
+        if e_idx.size:
+            out[~in_train] = self.extra.gather(e_idx)
+        return out
+
+    # items ---------------------------------------------------------------------------------------
+    def _augment(
+        self,
+        fetch: Any,
+        idx: np.ndarray,
+        positions: np.ndarray,
+        views: Iterable[tuple[int, int, Any]],
+    ) -> list[torch.Tensor]:
+        """Augment each image once per view with its (seed, stream, view, position) rng."""
+        views = list(views)
+        outs = [np.empty((len(idx), *self.image_shape), dtype=np.uint8) for _ in views]
+        for j, (i, g) in enumerate(zip(idx.tolist(), positions.tolist(), strict=True)):
+            img = fetch(i)
+            for out, (stream_id, view, aug) in zip(outs, views, strict=True):
+                res = aug(img, _sample_rng(self.seed, stream_id, view, g))
+                out[j] = res.reshape(self.image_shape)
+        return [_to_nchw(o) for o in outs]
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        k = int(k)
+        lb_idx, pool_idx = self.indices(k)
+        item: dict[str, torch.Tensor] = {
+            "y_lb": torch.from_numpy(self.train.labels[lb_idx].copy()),
+            "u_true": torch.from_numpy(self._pool_labels(pool_idx)),
+        }
+        if self.mode == "batched":
+            item["x_lb"] = _to_nchw(self.train.gather(lb_idx))
+            item["u_raw"] = _to_nchw(self._pool_gather(pool_idx))
+            return item
+        lb_pos = self.positions(k, self.batch_size)
+        (item["x_lb"],) = self._augment(
+            lambda i: self.train[i],
+            lb_idx,
+            lb_pos,
+            [(STREAM_LABELED, VIEW_LABELED_WEAK, self.weak)],
+        )
+        if not self.use_unlabeled:
+            return item
+        views = [(STREAM_UNLABELED, VIEW_UNLABELED_WEAK, self.weak)]
+        if self.use_strong:
+            views.append((STREAM_UNLABELED, VIEW_UNLABELED_STRONG, self.strong))
+        u_pos = self.positions(k, self.u_batch_size)
+        outs = self._augment(self._pool_image, pool_idx, u_pos, views)
+        item["u_weak"] = outs[0]
+        if self.use_strong:
+            item["u_strong"] = outs[1]
+        return item
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+class TrainStream:
+    """Seeded, sharded, infinite labeled + unlabeled training batches (see module docstring).
+
+    ``batch_size`` is the **global** labeled batch B (each of ``world_size`` processes gets
+    ``B // world_size``); the unlabeled batch is ``uratio * B``. The unlabeled pool is
+    ``train[split.unlabeled]`` followed by ``dataset.extra_unlabeled``.
+    """
+
+    def __init__(
+        self,
+        dataset: SSLDataset,
+        split: Split,
+        *,
+        batch_size: int,
+        uratio: int,
+        seed: int,
+        use_unlabeled: bool = True,
+        use_strong: bool = True,
+        strong_variant: str = "fixmatch",
+        augment: str = "pil",
+        device: str | torch.device = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        prefetch_factor: int = 2,
+        pad_frac: float = 0.125,
+    ) -> None:
+        self.dataset, self.split = dataset, split
+        self.world_size = _check_int(world_size, "world_size", 1)
+        self.rank = _check_int(rank, "rank", 0)
+        if self.rank >= self.world_size:
+            raise ValueError(f"rank: must be < world_size={self.world_size}, got {rank}")
+        self.batch_size = _check_int(batch_size, "batch_size", 1)
+        if self.batch_size % self.world_size:
+            raise ValueError(
+                f"batch_size: the global batch {self.batch_size} is not divisible by "
+                f"world_size={self.world_size}; use a multiple of {self.world_size}"
+            )
+        self.use_unlabeled, self.use_strong = bool(use_unlabeled), bool(use_strong)
+        self.uratio = _check_int(uratio, "uratio", 1 if self.use_unlabeled else 0)
+        self.u_batch_size = self.uratio * self.batch_size if self.use_unlabeled else 0
+        self.seed = _check_int(seed, "seed", 0)
+        self.num_workers = _check_int(num_workers, "num_workers", 0)
+        self.prefetch_factor = _check_int(prefetch_factor, "prefetch_factor", 1)
+        if augment not in AUGMENT_MODES:
+            raise ValueError(f"augment: must be one of {AUGMENT_MODES}, got {augment!r}")
+        if strong_variant not in _VARIANTS:
+            raise ValueError(f"strong_variant: must be one of {_VARIANTS}, got {strong_variant!r}")
+        self.augment, self.strong_variant = augment, strong_variant
+        self.device = torch.device(device)
+        self._check_data()
+
+        info = dataset.info
+        self.image_shape = (*info.image_size, info.channels)
+        self._weak_pil = WeakAugment(info.image_size, info.hflip, pad_frac)
+        self._strong_pil = StrongAugment(info.image_size, info.hflip, strong_variant, pad_frac)
+        self._weak_batched: torch.nn.Module | None = None
+        self._strong_batched: torch.nn.Module | None = None
+        if augment == "batched":
+            from semimatch.data.batched_augment import BatchedStrongAugment, BatchedWeakAugment
+
+            self._weak_batched = BatchedWeakAugment(info.image_size, info.hflip, pad_frac=pad_frac)
+            self._strong_batched = BatchedStrongAugment(
+                info.image_size, info.hflip, variant=strong_variant, pad_frac=pad_frac
+            )
+            self._weak_batched.to(self.device)
+            self._strong_batched.to(self.device)
+        self._steps = _StepBatches(self)
+
+    def _check_data(self) -> None:
+        ds, split = self.dataset, self.split
+        if not isinstance(ds, SSLDataset):
+            raise ValueError(f"dataset: expected an SSLDataset, got {type(ds).__name__}")
+        if not isinstance(split, Split):
+            raise ValueError(f"split: expected a semimatch.data.splits.Split, got {type(split)}")
+        train, info = ds.train, ds.info
+        split.validate(len(train))
+        if len(split.labeled) == 0:
+            raise ValueError("split: no labeled indices; a training stream needs labeled images")
+        y = train.labels[split.labeled]
+        bad = (y < 0) | (y >= info.num_classes)
+        if bad.any():
+            i = int(split.labeled[np.flatnonzero(bad)[0]])
+            raise ValueError(
+                f"split: labeled index {i} has label {int(train.labels[i])}, outside 0.."
+                f"{info.num_classes - 1}; labeled indices must point at labeled images"
+            )
+        expected = (*info.image_size, info.channels)
+        for what, src in (("train", train), ("extra_unlabeled", ds.extra_unlabeled)):
+            if src is not None and tuple(src.image_shape) != expected:
+                raise ValueError(
+                    f"dataset.{what}: images are {src.image_shape} (H, W, C) but the dataset "
+                    f"info says {expected}; resize them to a common size"
+                )
+        n_extra = len(ds.extra_unlabeled) if ds.extra_unlabeled is not None else 0
+        if self.use_unlabeled and len(split.unlabeled) + n_extra == 0:
+            raise ValueError(
+                "split: the unlabeled pool is empty (no unlabeled indices and no extra "
+                "unlabeled images); use a supervised algorithm or add unlabeled data"
+            )
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def local_batch_size(self) -> int:
+        """Labeled images per process and step."""
+        return self.batch_size // self.world_size
+
+    @property
+    def local_u_batch_size(self) -> int:
+        """Unlabeled images per process and step."""
+        return self.u_batch_size // self.world_size
+
+    @property
+    def num_unlabeled(self) -> int:
+        """Size of the unlabeled pool (``split.unlabeled`` + extra unlabeled images)."""
+        return len(self._steps.unlabeled) + (
+            len(self._steps.extra) if self._steps.extra is not None else 0
+        )
+
+    def indices(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's indices at iteration ``k``: (train indices of the labeled images,
+        unlabeled-pool indices, where ``p < len(split.unlabeled)`` means
+        ``train[split.unlabeled[p]]`` and larger ``p`` index ``extra_unlabeled``)."""
+        return self._steps.indices(_check_int(k, "k", 0))
+
+    def batch(self, k: int) -> SSLBatch:
+        """The batch of iteration ``k``, computed in this process (no workers)."""
+        return self._finish(self._steps[_check_int(k, "k", 0)], int(k))
+
+    def batches(self, start: int, stop: int | None) -> Iterator[SSLBatch]:
+        """Batches of iterations ``start .. stop-1`` (``stop=None``: endless), on ``device``.
+
+        Each call starts its own DataLoader workers, so iterate one long range (e.g. resume
+        iteration to the end of training) rather than many short ones.
+        """
+        start = _check_int(start, "start", 0)
+        if stop is not None and _check_int(stop, "stop", 0) < start:
+            raise ValueError(f"stop: must be >= start={start}, got {stop}")
+        sampler: Iterable[int] = range(start, stop) if stop is not None else itertools.count(start)
+        kwargs: dict[str, Any] = {}
+        if self.num_workers > 0:
+            kwargs["prefetch_factor"] = self.prefetch_factor
+        loader = DataLoader(
+            self._steps,
+            batch_size=None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            **kwargs,
+        )
+        for k, item in zip(itertools.count(start), loader):
+            yield self._finish(item, k)
+
+    def _finish(self, item: dict[str, torch.Tensor], k: int) -> SSLBatch:
+        """Move a CPU batch to the device and, in batched mode, augment it there."""
+        dev, nb = self.device, self.device.type == "cuda"
+        c, h, w = self.image_shape[2], self.image_shape[0], self.image_shape[1]
+        y_lb = item["y_lb"].to(dev, non_blocking=nb)
+        u_true = item["u_true"].to(dev, non_blocking=nb)
+        x_lb = item["x_lb"].to(dev, non_blocking=nb)
+        u_weak = u_strong = None
+        if self.augment == "batched":
+            x_lb = self._weak_batched(x_lb, self._generator(k, VIEW_LABELED_WEAK))
+            if self.use_unlabeled:
+                u_raw = item["u_raw"].to(dev, non_blocking=nb)
+                u_weak = self._weak_batched(u_raw, self._generator(k, VIEW_UNLABELED_WEAK))
+                if self.use_strong:
+                    u_strong = self._strong_batched(
+                        u_raw, self._generator(k, VIEW_UNLABELED_STRONG)
+                    )
+        elif self.use_unlabeled:
+            u_weak = item["u_weak"].to(dev, non_blocking=nb)
+            if self.use_strong:
+                u_strong = item["u_strong"].to(dev, non_blocking=nb)
+        if u_weak is None:
+            u_weak = torch.empty((0, c, h, w), dtype=torch.uint8, device=dev)
+        return SSLBatch(x_lb, y_lb, u_weak, u_strong, u_true)
+
+    def _generator(self, k: int, view: int) -> torch.Generator:
+        # A CPU generator: batched_augment draws parameters on the generator's device, and CPU
+        # draws keep an accelerator free of syncs and make the draws device-independent.
+        gen = torch.Generator()
+        gen.manual_seed(_torch_seed(self.seed, k, self.rank, view))
+        return gen
+
+
+class _EvalChunks(Dataset):
+    def __init__(self, source: ImageSource, chunks: list[np.ndarray]) -> None:
+        self.source, self.chunks = source, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = self.chunks[b]
+        x = _to_nchw(self.source.gather(idx))
+        return x, torch.from_numpy(self.source.labels[idx].copy()), torch.from_numpy(idx)
+
+
+def eval_batches(
+    source: ImageSource,
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    rank: int = 0,
+    world_size: int = 1,
+    *,
+    num_workers: int = 0,
+    return_indices: bool = False,
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Un-augmented ``(uint8 NCHW images, int64 labels)`` batches on ``device``.
+
+    Rank ``r`` of ``world_size`` gets indices ``r, r+W, r+2W, ...`` so every sample is
+    evaluated exactly once across ranks (shares differ by at most one sample; sum counts
+    across ranks rather than averaging per-rank means). ``return_indices=True`` adds a third
+    tensor with the samples' indices in ``source`` (CPU).
+    """
+    batch_size = _check_int(batch_size, "batch_size", 1)
+    world_size = _check_int(world_size, "world_size", 1)
+    rank = _check_int(rank, "rank", 0)
+    if rank >= world_size:
+        raise ValueError(f"rank: must be < world_size={world_size}, got {rank}")
+    device = torch.device(device)
+    nb = device.type == "cuda"
+    idx = np.arange(rank, len(source), world_size, dtype=np.int64)
+    chunks = [idx[i : i + batch_size] for i in range(0, len(idx), batch_size)]
+    loader = DataLoader(
+        _EvalChunks(source, chunks),
+        batch_size=None,
+        shuffle=False,
+        num_workers=_check_int(num_workers, "num_workers", 0),
+        pin_memory=nb,
+    )
+
+    # Arguments are checked above, when eval_batches is called, not at the first next().
+    def generate() -> Iterator[tuple[torch.Tensor, ...]]:
+        for x, y, i in loader:
+            out = (x.to(device, non_blocking=nb), y.to(device, non_blocking=nb))
+            yield (*out, i) if return_indices else out
+
+    return generate()

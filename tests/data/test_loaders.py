@@ -1,0 +1,216 @@
+"""Training streams and eval batches: shapes, determinism, sharding, resume, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from semimatch.data import (
+    ArraySource,
+    TrainStream,
+    balanced_split,
+    eval_batches,
+    from_arrays,
+    given_split,
+)
+from semimatch.data.splits import Split
+
+B, MU = 8, 3
+
+
+@pytest.fixture(scope="module")
+def rgb():
+    """60 RGB 16x16 images, 3 classes x 20, plus 10 unlabeled (-1) rows and a 13-image test set."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (70, 16, 16, 3), dtype=np.uint8)
+    y = np.array([i % 3 for i in range(60)] + [-1] * 10)
+    xt = rng.integers(0, 256, (13, 16, 16, 3), dtype=np.uint8)
+    return from_arrays(x, y, xt, np.arange(13) % 3)
+
+
+@pytest.fixture(scope="module")
+def split(rgb):
+    return balanced_split(rgb.train.labels, 3, 24, seed=0)  # 24 labeled = 3 passes of B
+
+
+def _stream(ds, split, **kw):
+    args = {"batch_size": B, "uratio": MU, "seed": 11}
+    args.update(kw)
+    return TrainStream(ds, split, **args)
+
+
+def _assert_batches_equal(a, b):
+    for name, ta, tb in zip(a._fields, a, b, strict=True):
+        if ta is None or tb is None:
+            assert ta is None and tb is None, name
+        else:
+            assert torch.equal(ta, tb), name
+
+
+@pytest.mark.parametrize("augment", ["pil", "batched"])
+def test_shapes_and_dtypes(rgb, split, augment):
+    b = _stream(rgb, split, augment=augment).batch(0)
+    assert b.x_lb.shape == (B, 3, 16, 16) and b.x_lb.dtype == torch.uint8
+    assert b.y_lb.shape == (B,) and b.y_lb.dtype == torch.int64
+    assert b.u_weak.shape == b.u_strong.shape == (MU * B, 3, 16, 16)
+    assert b.u_weak.dtype == b.u_strong.dtype == torch.uint8
+    assert b.u_true.shape == (MU * B,) and b.u_true.dtype == torch.int64
+    assert b.x_lb.is_contiguous() and b.u_strong.is_contiguous()
+    assert not torch.equal(b.u_weak, b.u_strong)
+
+
+def test_grayscale_digits_batches():
+    from semimatch.data import load_dataset
+
+    ds = load_dataset("digits")
+    s = TrainStream(ds, balanced_split(ds.train.labels, 10, 20, 0), batch_size=4, uratio=2, seed=0)
+    b = s.batch(3)
+    assert b.x_lb.shape == (4, 1, 8, 8) and b.u_strong.shape == (8, 1, 8, 8)
+
+
+@pytest.mark.parametrize("augment", ["pil", "batched"])
+def test_same_seed_same_batches_different_seed_different(rgb, split, augment):
+    a = list(_stream(rgb, split, augment=augment).batches(0, 3))
+    b = list(_stream(rgb, split, augment=augment).batches(0, 3))
+    for x, y in zip(a, b, strict=True):
+        _assert_batches_equal(x, y)
+    c = _stream(rgb, split, augment=augment, seed=12).batch(0)
+    assert not torch.equal(a[0].u_strong, c.u_strong)
+
+
+def test_pil_batches_do_not_depend_on_num_workers(rgb, split):
+    ref = _stream(rgb, split)
+    got = list(_stream(rgb, split, num_workers=2).batches(2, 6))
+    assert len(got) == 4
+    for k, b in zip(range(2, 6), got, strict=True):
+        _assert_batches_equal(ref.batch(k), b)
+
+
+def test_resume_from_any_iteration(rgb, split):
+    full = list(_stream(rgb, split).batches(0, 6))
+    resumed = list(_stream(rgb, split).batches(4, 6))
+    for a, b in zip(full[4:], resumed, strict=True):
+        _assert_batches_equal(a, b)
+
+
+@pytest.mark.parametrize("augment", ["pil", "batched"])
+def test_two_ranks_split_the_global_batch(rgb, split, augment):
+    one = _stream(rgb, split, augment=augment)
+    ranks = [_stream(rgb, split, augment=augment, rank=r, world_size=2) for r in range(2)]
+    for k in range(4):
+        g_lb, g_ulb = one.indices(k)
+        parts = [r.indices(k) for r in ranks]
+        # Rank r holds global positions r, r+2, ...: interleaving restores the global batch.
+        np.testing.assert_array_equal(g_lb[0::2], parts[0][0])
+        np.testing.assert_array_equal(g_lb[1::2], parts[1][0])
+        np.testing.assert_array_equal(g_ulb[0::2], parts[0][1])
+        np.testing.assert_array_equal(g_ulb[1::2], parts[1][1])
+        if augment == "pil":  # augmentation draws are per global position: bit-identical
+            g = one.batch(k)
+            shares = [r.batch(k) for r in ranks]
+            for field in ("x_lb", "y_lb", "u_weak", "u_strong", "u_true"):
+                whole = getattr(g, field)
+                assert torch.equal(whole[0::2], getattr(shares[0], field))
+                assert torch.equal(whole[1::2], getattr(shares[1], field))
+        else:
+            b0 = ranks[0].batch(k)
+            assert b0.x_lb.shape[0] == B // 2 and b0.u_strong.shape[0] == MU * B // 2
+
+
+def test_each_labeled_index_once_per_pass_across_ranks(rgb, split):
+    ranks = [_stream(rgb, split, rank=r, world_size=2) for r in range(2)]
+    passes = len(split.labeled) // B  # 3 iterations per pass
+    for p in range(2):
+        seen = np.concatenate(
+            [r.indices(k)[0] for k in range(p * passes, (p + 1) * passes) for r in ranks]
+        )
+        assert sorted(seen.tolist()) == sorted(split.labeled.tolist())
+    # Labels of the labeled batch are those of the chosen indices.
+    lb, _ = ranks[1].indices(5)
+    np.testing.assert_array_equal(ranks[1].batch(5).y_lb.numpy(), rgb.train.labels[lb])
+
+
+def test_unlabeled_stream_covers_the_pool_once_per_pass(rgb, split):
+    s = _stream(rgb, split, batch_size=10, uratio=7)  # 70 images per step = the whole pool
+    for k in range(2):
+        _, pool = s.indices(k)
+        assert sorted(pool.tolist()) == list(range(70))
+    assert s.num_unlabeled == 70
+
+
+def test_u_true_carries_ground_truth_and_extra_is_unknown(rgb):
+    extra = ArraySource(np.zeros((6, 16, 16, 3), np.uint8), np.full(6, -1))
+    ds = type(rgb)(rgb.info, rgb.train, rgb.test, extra)
+    sp = given_split(rgb.train.labels)
+    s = _stream(ds, sp, batch_size=8, uratio=10)  # 80 > 70 + 6: every pool image appears
+    _, pool = s.indices(0)
+    b = s.batch(0)
+    n = len(sp.unlabeled)
+    expected = np.where(pool < n, rgb.train.labels[np.minimum(pool, n - 1)], -1)
+    np.testing.assert_array_equal(b.u_true.numpy(), expected)
+    assert (pool >= n).any()
+    # The extra images are all black; their weak views stay black (crop of black padding).
+    assert (b.u_weak[torch.from_numpy(pool >= n)] == 0).all()
+
+
+def test_supervised_and_weak_only_streams(rgb, split):
+    sup = _stream(rgb, split, use_unlabeled=False, uratio=0).batch(0)
+    assert sup.u_weak.shape == (0, 3, 16, 16) and sup.u_strong is None
+    assert sup.u_true.shape == (0,)
+    weak_only = _stream(rgb, split, use_strong=False).batch(0)
+    assert weak_only.u_strong is None and weak_only.u_weak.shape[0] == MU * B
+    batched = _stream(rgb, split, use_unlabeled=False, uratio=0, augment="batched").batch(1)
+    assert batched.u_weak.shape[0] == 0 and batched.u_strong is None
+
+
+def test_labeled_views_are_crops_of_the_right_images(rgb, split):
+    s = _stream(rgb, split, augment="batched")
+    lb, _ = s.indices(2)
+    x = s.batch(2).x_lb.permute(0, 2, 3, 1).numpy()
+    src = rgb.train.gather(lb)
+    # 16 px image, 2 px reflect padding: the central 12x12 of the view lies inside the image.
+    for view, img in zip(x, src, strict=True):
+        core = view[2:14, 2:14]
+        found = any(
+            np.array_equal(core, cand[dy : dy + 12, dx : dx + 12])
+            for cand in (img, img[:, ::-1])
+            for dy in range(5)
+            for dx in range(5)
+        )
+        assert found
+
+
+def test_bad_stream_arguments(rgb, split):
+    with pytest.raises(ValueError, match="not divisible by world_size"):
+        _stream(rgb, split, batch_size=9, world_size=2)
+    with pytest.raises(ValueError, match="rank"):
+        _stream(rgb, split, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="augment"):
+        _stream(rgb, split, augment="gpu")
+    with pytest.raises(ValueError, match="strong_variant"):
+        _stream(rgb, split, strong_variant="randaugment")
+    with pytest.raises(ValueError, match="uratio"):
+        _stream(rgb, split, uratio=0)
+    with pytest.raises(ValueError, match="another dataset"):
+        _stream(rgb, Split(np.array([0, 500]), np.arange(10), "balanced", 0))
+    with pytest.raises(ValueError, match="labeled index 65 has label -1"):
+        _stream(rgb, Split(np.array([0, 65]), np.arange(10), "given", None))
+    with pytest.raises(ValueError, match="unlabeled pool is empty"):
+        _stream(rgb, Split(np.array([0, 1]), np.zeros(0, np.int64), "given", None))
+
+
+def test_eval_batches_cover_each_sample_once(rgb):
+    x_all = torch.from_numpy(rgb.test.as_array()).permute(0, 3, 1, 2)
+    seen = []
+    for r in range(2):
+        for x, y, idx in eval_batches(rgb.test, 4, "cpu", r, 2, return_indices=True):
+            assert x.dtype == torch.uint8 and y.dtype == torch.int64 and x.shape[0] <= 4
+            assert torch.equal(x, x_all[idx])  # no augmentation
+            np.testing.assert_array_equal(y.numpy(), rgb.test.labels[idx.numpy()])
+            seen += idx.tolist()
+    assert sorted(seen) == list(range(13))
+    batches = list(eval_batches(rgb.test, 5, num_workers=2))
+    assert [len(b[0]) for b in batches] == [5, 5, 3] and len(batches[0]) == 2
+    with pytest.raises(ValueError, match="rank"):
+        eval_batches(rgb.test, 4, rank=3, world_size=2)
