@@ -23,6 +23,7 @@ torch.utils.flop_counter on the exact forward+backward) / median step time / bf1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -88,10 +89,8 @@ class PssSampler:
     def _pss(self) -> int:
         total = 0
         for p in [self.proc, *self.proc.children(recursive=True)]:
-            try:
+            with contextlib.suppress(Exception):  # a worker that just exited
                 total += p.memory_full_info().pss
-            except Exception:  # a worker that just exited
-                pass
         return total
 
     def _run(self) -> None:
@@ -154,7 +153,7 @@ def run_reference(args: argparse.Namespace, data, split) -> dict:
     times = []
     flops = None
     t = time.perf_counter()
-    for k in range(total):
+    for _ in range(total):
         batch = next(batches)
         if flops is None:
             flops = count_flops(net, algorithm, batch, "fp32", "joint",
@@ -267,8 +266,8 @@ def main() -> None:
           f"{SIZE}x{SIZE} RGB, SoftMatch; {results[0]['source']}")
     print(f"# {platform.node()} | {_cpu()} | {os.cpu_count()} cores | torch {torch.__version__} "
           f"| {time.strftime('%Y-%m-%d')}")
-    print(f"| variant | median s/iter | images/s | GFLOP/iter | bf16 matmul GFLOP/s | MFU | "
-          f"peak PSS GiB | settings |")
+    print("| variant | median s/iter | images/s | GFLOP/iter | bf16 matmul GFLOP/s | MFU | "
+          "peak PSS GiB | settings |")
     print("|---|--:|--:|--:|--:|--:|--:|---|")
     for r in results:
         med = statistics.median(r["times"])

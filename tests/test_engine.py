@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from semimatch import checkpoint as ckpt
+from semimatch.algorithms import build_algorithm
 from semimatch.config import Config
 from semimatch.engine import TrainingError, fit, lambda_curve
-from semimatch.algorithms import build_algorithm
 from semimatch.metrics import read_jsonl
 
 # A tiny, fast recipe: digits, 20 labels, 8 labeled + 16 unlabeled per step.

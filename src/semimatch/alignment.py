@@ -43,7 +43,7 @@ class UniformAlignment(nn.Module):
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor) -> None:
-        """``p_model <- m p_model + (1-m) mean_batch(p)``; the first call sets ``p_model = mean(p)``."""
+        """``p_model <- m p_model + (1-m) mean_batch(p)``; the first call sets it to ``mean(p)``."""
         check_probs(probs, self.num_classes)
         total = probs.float().sum(dim=0)
         count = torch.tensor([probs.shape[0]], dtype=torch.float32, device=probs.device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,11 @@ from semimatch.engine import Run, fit, select_device
 from semimatch.engine import _dataset_options as dataset_options
 from semimatch.models import InputNormalizer, build_model
 
-__all__ = ["train", "make_config", "load_run", "evaluate", "predict", "load_images"]
+__all__ = ["train", "make_config", "load_run", "evaluate", "predict", "load_images",
+           "Augmentation"]
+
+#: A custom augmentation: ``(img: uint8 (H, W, C), rng: np.random.Generator) -> uint8 (H, W, C)``.
+Augmentation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
 def make_config(config: Config | dict[str, Any] | str | None = None, *, preset: str | None = None,
@@ -59,6 +64,9 @@ def train(
     model: nn.Module | None = None,
     weighting: Weighting | None = None,
     alignment: Weighting | None = None,
+    weak_augment: Augmentation | None = None,
+    strong_augment: Augmentation | str | None = None,
+    stream_factory: Callable[..., Any] | None = None,
     **overrides: Any,
 ) -> Run:
     """Train a model; returns a ``Run`` with ``.model``, ``.ema_model``, ``.metrics``,
@@ -73,7 +81,21 @@ def train(
         weighting / alignment: your own weighting function (any object with ``update(probs)`` and
             ``__call__(probs) -> weights``) and optional alignment; the rest of the recipe
             (student view = strong, loss, schedule) is the config's.
+        weak_augment / strong_augment: your own augmentations, callables
+            ``(img: uint8 (H, W, C) array, rng: numpy.random.Generator) -> uint8 (H, W, C)``
+            replacing the weak / strong PIL pipelines (they force ``augment="pil"``; draw all
+            randomness from ``rng`` to keep runs reproducible). A *string* ``strong_augment`` is
+            the config field of that name (the RandAugment variant, ``"fixmatch"`` or ``"usb"``).
+        stream_factory: advanced: builds the training batches instead of ``TrainStream`` (same
+            constructor arguments); used by ``semimatch.sklearn`` for feature vectors.
     """
+    if isinstance(strong_augment, str):  # the config's RandAugment variant, not a callable
+        overrides["strong_augment"] = strong_augment
+        strong_augment = None
+    for arg, fn in (("weak_augment", weak_augment), ("strong_augment", strong_augment)):
+        if fn is not None and not callable(fn):
+            raise ValueError(f"{arg} must be a callable (img_hwc_uint8, rng) -> img_hwc_uint8; "
+                             f"got {type(fn).__name__}")
     cfg = make_config(config, preset=preset, **overrides)
     algorithm = None
     if weighting is not None:
@@ -82,8 +104,13 @@ def train(
     elif alignment is not None:
         raise ConfigError("alignment= needs weighting= as well (an alignment only changes the "
                           "probabilities a weighting function sees)")
+    hooks: dict[str, Any] = {}
+    if weak_augment is not None:
+        hooks["weak_augment"] = weak_augment
+    if strong_augment is not None:
+        hooks["strong_augment"] = strong_augment
     return fit(cfg, out=out, resume=resume, overwrite=overwrite, data=data, model=model,
-               algorithm=algorithm)
+               algorithm=algorithm, stream_factory=stream_factory, **hooks)
 
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",

@@ -7,6 +7,7 @@ same validation as the Python API.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import sys
@@ -59,8 +60,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         overrides = [f.name for f in _cli_fields() if hasattr(args, f.name)]
         if overrides or args.preset or args.config:
-            raise ConfigError(f"--resume continues the run with its saved config; drop "
-                              f"{', '.join('--' + o.replace('_', '-') for o in overrides) or '--preset/--config'}")
+            flags = ", ".join("--" + o.replace("_", "-") for o in overrides)
+            raise ConfigError("--resume continues the run with its saved config; drop "
+                              f"{flags or '--preset/--config'}")
         fit(Config(), out=args.resume, resume=True)
         return 0
     cfg = _build_config(args)
@@ -88,15 +90,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     rows = predict(args.run_dir, args.images, model=args.model, checkpoint=args.checkpoint,
                    device=args.device)
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
-    try:
+    with (open(args.output, "w", newline="") if args.output
+          else contextlib.nullcontext(sys.stdout)) as out:
         w = csv.writer(out)
         w.writerow(["path", "class", "confidence"])
         for path, row in zip(args.images, rows):
             w.writerow([path, row["class"], f"{row['confidence']:.6f}"])
-    finally:
-        if args.output:
-            out.close()
     return 0
 
 
@@ -176,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="HTML report + figures for one or more runs")
     p.add_argument("run_dirs", nargs="+")
-    p.add_argument("--out", help="report folder (default: RUN_DIR/report, or ./semimatch-report for several)")
+    p.add_argument("--out", help="report folder (default: RUN_DIR/report; ./semimatch-report "
+                                 "for several runs)")
 
     sub.add_parser("presets", help="list the paper presets")
     sub.add_parser("datasets", help="list the dataset names")

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -82,12 +87,17 @@ def setup(device: str) -> tuple[DistEnv, torch.device]:
 
     The backend follows the device: ``nccl`` for CUDA, ``gloo`` otherwise.  Rendezvous comes
     entirely from torchrun's environment (``MASTER_ADDR``/``MASTER_PORT`` or ``--rdzv-*``), so no
-    port is ever hard-coded here.
+    port is ever hard-coded here.  A process group the caller already initialised (its own
+    launcher) is used as it is; ``teardown`` is then the caller's business.
     """
-    if not launched_by_torchrun():
+    if is_distributed():
+        rank, world = get_rank(), get_world_size()
+        env = DistEnv(rank, world, int(os.environ.get("LOCAL_RANK", rank)))
+    elif launched_by_torchrun():
+        env = DistEnv(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                      int(os.environ["LOCAL_RANK"]))
+    else:
         return DistEnv(), torch.device(device)
-    env = DistEnv(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
-                  int(os.environ["LOCAL_RANK"]))
     dev = torch.device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", env.local_rank)
@@ -115,3 +125,62 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``fn`` on rank 0 only and give every rank its result, or raise its error everywhere.
+
+    For decisions that touch the file system (does the run directory hold a run, which
+    checkpoint is the latest): one process decides, so ranks cannot disagree because they looked
+    at a moment when rank 0 had already changed the directory, and an error (e.g. "already
+    holds a run") stops every rank with the same message instead of leaving the others waiting
+    in the next collective.
+    """
+    if not is_distributed():
+        return fn(*args, **kwargs)
+    result: Any = None
+    error: BaseException | None = None
+    if is_main_process():
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as e:  # re-raised below, on every rank
+            error = e
+            try:
+                pickle.dumps(e)
+            except Exception:  # an unpicklable exception still reaches the other ranks
+                error = RuntimeError(f"{type(e).__name__}: {e}")
+    result, sent = broadcast_object((result, error))  # type: ignore[misc]
+    if is_main_process() and error is not None:
+        raise error
+    if sent is not None:
+        raise sent
+    return result
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any rank (one tiny all-reduce).
+
+    Used for decisions that end the training loop (NaN loss, Ctrl-C/SIGTERM): all ranks must
+    leave at the same iteration, or the others wait forever in the next collective.
+    """
+    if not is_distributed():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+@torch.no_grad()
+def average_(tensors: Sequence[torch.Tensor]) -> None:
+    """Replace each floating-point tensor, in place, by its mean over the processes.
+
+    Used for BatchNorm running statistics under per-process BN: every rank then holds the same
+    model after every step (as the EMA, evaluation and checkpoints assume), and a running mean
+    equals that of one process over the global batch (equal shards; the running variance misses
+    the between-shard part).
+    """
+    if not is_distributed() or not tensors:
+        return
+    world = get_world_size()
+    for t, total in zip(tensors, all_reduce_sums(*tensors)):
+        t.copy_(total / world)

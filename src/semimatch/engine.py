@@ -31,9 +31,14 @@ from semimatch import checkpoint as ckpt
 from semimatch import distributed as dist
 from semimatch.algorithms import SSLAlgorithm, build_algorithm
 from semimatch.config import Config, ConfigError, budget_momentum
-from semimatch.data import SSLDataset, Split, TrainStream, eval_batches, load_dataset
-from semimatch.data.splits import balanced_split, given_split, load_split, long_tailed_split, \
-    save_split
+from semimatch.data import Split, SSLDataset, TrainStream, eval_batches, load_dataset
+from semimatch.data.splits import (
+    balanced_split,
+    given_split,
+    load_split,
+    long_tailed_split,
+    save_split,
+)
 from semimatch.ema import ModelEMA
 from semimatch.metrics import JsonlWriter, WindowSums, median_of_last, read_jsonl, summarize
 from semimatch.models import InputNormalizer, build_model, set_bn_momentum
@@ -60,7 +65,8 @@ def select_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+        raise ConfigError(
+            f"device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' but CUDA is not available here; use --device cpu")
     if dev.type == "mps" and not torch.backends.mps.is_available():
@@ -362,13 +368,23 @@ def fit(
     data: SSLDataset | None = None,
     model: nn.Module | None = None,
     algorithm: SSLAlgorithm | None = None,
-    stream_factory: Callable[..., TrainStream] | None = None,
+    weak_augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+    strong_augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
 ) -> Run:
     """Train according to ``cfg``; write the run directory ``out`` (if given); return a ``Run``.
 
     ``data``, ``model`` and ``algorithm`` replace what the config would build (Python API);
-    the config still drives the recipe.
+    ``weak_augment``/``strong_augment`` are per-image callables ``(img_hwc_uint8, rng) -> img``
+    replacing the PIL pipelines (they run in loader workers, so ``augment`` must be ``pil`` or
+    ``auto``).  The config still drives the recipe.
     """
+    custom_aug = weak_augment is not None or strong_augment is not None
+    if custom_aug and cfg.augment == "batched":
+        raise ConfigError("custom weak_augment/strong_augment are per-image callables; they "
+                          "need augment='pil' (or 'auto'), not 'batched'")
+    if custom_aug and cfg.augment == "auto":
+        cfg = cfg.replace(augment="pil", auto={**cfg.auto,
+                                                "augment": "pil: custom augmentation callables"})
     out_dir = Path(out) if out is not None else None
     if resume and out_dir is None:
         raise TrainingError("resume needs the run directory (out)")
@@ -475,13 +491,12 @@ def fit(
             os.replace(out_dir / "checkpoints" / ".best.tmp", out_dir / "checkpoints" / "best.pt")
 
     # -- the stream of batches -----------------------------------------------------------------
-    factory = stream_factory or TrainStream
-    stream = factory(
+    stream = TrainStream(
         data, split, batch_size=cfg.batch_size, uratio=cfg.uratio, seed=cfg.seed,
         use_unlabeled=algorithm.uses_unlabeled, use_strong=algorithm.uses_strong,
         strong_variant=cfg.strong_augment, augment=cfg.augment,
         device=cfg.augment_device or device, rank=env.rank, world_size=env.world_size,
-        num_workers=cfg.num_workers,
+        num_workers=cfg.num_workers, weak_augment=weak_augment, strong_augment=strong_augment,
     )
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     check_every_step = device.type == "cpu"  # reading the loss is free on CPU, a sync on GPUs
@@ -555,6 +570,8 @@ def fit(
                     record = _evaluate_and_log(cfg, net, ema, algorithm, data, device, history,
                                                eval_window, done, optimizer, C)
                     record["window"]["sec_per_iter"] = (now - t_eval) / max(eval_window.steps, 1)
+                    history["last_window"] = {k2: record["window"].get(k2)
+                                              for k2 in ("quantity", "quality", "pl_acc")}
                     eval_window.reset()
                     if writer:
                         writer.write(record)
@@ -590,7 +607,7 @@ def fit(
             stream_close()
 
     wall = time.perf_counter() - t_start
-    summary = _summary(cfg, out_dir, history, status, wall, info.class_names, completed)
+    summary = _summary(cfg, history, status, wall, info.class_names, completed)
     if writer:
         writer.write({"kind": "end", "iteration": completed, "time": time.time(),
                       "status": status, "message": message})
@@ -697,14 +714,10 @@ def _evaluate_and_log(cfg: Config, net: nn.Module, ema: ModelEMA | None, algorit
     return record
 
 
-def _summary(cfg: Config, out_dir: Path | None, history: dict[str, Any], status: str,
-             wall: float, class_names: tuple[str, ...], done: int) -> dict[str, Any]:
-    last_eval = None
-    if out_dir is not None and (out_dir / "metrics.jsonl").exists():
-        evals = [r for r in read_jsonl(out_dir / "metrics.jsonl") if r.get("kind") == "eval"]
-        last_eval = evals[-1] if evals else None
+def _summary(cfg: Config, history: dict[str, Any], status: str, wall: float,
+             class_names: tuple[str, ...], done: int) -> dict[str, Any]:
     errors = history["errors"]
-    window = (last_eval or {}).get("window") or {}
+    window = history.get("last_window") or {}
     return {
         "algorithm": cfg.algorithm, "dataset": cfg.dataset, "num_labels": cfg.num_labels,
         "num_classes": len(class_names), "iterations": cfg.iterations, "iterations_done": done,
@@ -738,7 +751,8 @@ def _eval_line(record: dict[str, Any], cfg: Config) -> str:
     w = record.get("window") or {}
     parts = [f"[{record['iteration']:>{len(str(cfg.iterations))}}/{cfg.iterations}]"]
     if record.get("top1") is not None:
-        parts.append(f"top1 {100 * record['top1']:.2f}% (best err {100 * record['best_error']:.2f}%)")
+        parts.append(f"top1 {100 * record['top1']:.2f}% "
+                     f"(best err {100 * record['best_error']:.2f}%)")
     for key in ("quantity", "quality"):
         if w.get(key) is not None:
             parts.append(f"{key} {w[key]:.3f}")

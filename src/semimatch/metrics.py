@@ -1,7 +1,8 @@
 """Pseudo-label quantity and quality (SoftMatch, section 2), accuracy, and metric writers.
 
-quantity ``f = (1/N) sum_i w_i / lambda_max``; quality ``g = sum_i w_i 1[y_hat_i = y_i] / sum_i w_i``
-over the unlabeled samples whose ground truth is known (monitoring only).
+quantity ``f = (1/N) sum_i w_i / lambda_max``;
+quality ``g = sum_i w_i 1[y_hat_i = y_i] / sum_i w_i`` over the unlabeled samples whose ground
+truth is known (monitoring only).
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def check_num_classes(num_classes: int) -> int:
 
 
 class FixedThreshold(nn.Module):
-    """FixMatch's step function: ``w = lambda_max * 1[max_c p >= tau]`` (reference, FixMatch weight)."""
+    """FixMatch's step: ``w = lambda_max * 1[max_c p >= tau]`` (reference, FixMatch weight)."""
 
     def __init__(self, tau: float = 0.95, lambda_max: float = 1.0) -> None:
         super().__init__()
@@ -139,7 +139,7 @@ class SoftMatchWeighting(nn.Module):
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor) -> None:
-        """EMA update of mean/variance from the (global) batch: eq. ``mu_t = m mu_{t-1} + (1-m) mu_b``."""
+        """EMA update from the (global) batch: ``mu_t = m mu_{t-1} + (1-m) mu_b`` (same for var)."""
         check_probs(probs, self.num_classes)
         q, cls = probs.float().max(dim=1)
         groups = self.mean.numel()

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -266,6 +266,8 @@ class TrainStream:
         num_workers: int = 0,
         prefetch_factor: int = 2,
         pad_frac: float = 0.125,
+        weak_augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+        strong_augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
     ) -> None:
         self.dataset, self.split = dataset, split
         self.world_size = _check_int(world_size, "world_size", 1)
@@ -294,8 +296,13 @@ class TrainStream:
 
         info = dataset.info
         self.image_shape = (*info.image_size, info.channels)
-        self._weak_pil = WeakAugment(info.image_size, info.hflip, pad_frac)
-        self._strong_pil = StrongAugment(info.image_size, info.hflip, strong_variant, pad_frac)
+        if (weak_augment is not None or strong_augment is not None) and augment != "pil":
+            raise ValueError("weak_augment/strong_augment are per-image callables (img, rng) -> "
+                             "img; they need augment='pil', not 'batched'")
+        # Per-image callables (img_hwc_uint8, rng) -> img_hwc_uint8; user ones replace ours.
+        self._weak_pil = weak_augment or WeakAugment(info.image_size, info.hflip, pad_frac)
+        self._strong_pil = strong_augment or StrongAugment(
+            info.image_size, info.hflip, strong_variant, pad_frac)
         self._weak_batched: torch.nn.Module | None = None
         self._strong_batched: torch.nn.Module | None = None
         if augment == "batched":
