@@ -16,7 +16,12 @@ import torch
 from torch import nn
 
 from semimatch.alignment import UniformAlignment
-from semimatch.weighting import FixedThreshold, SoftMatchWeighting
+from semimatch.weighting import (
+    FixedThreshold,
+    SoftMatchWeighting,
+    check_momentum,
+    check_num_classes,
+)
 
 __all__ = ["ALGORITHMS", "SSLAlgorithm", "Weighting", "build_algorithm", "AlgorithmSpec"]
 
@@ -153,6 +158,10 @@ def _softmatch(
     stats_on: Literal["aligned", "raw"] = "aligned",
     lambda_u: float = 1.0,
 ) -> SSLAlgorithm:
+    if ua_momentum is not None:
+        if not uniform_alignment:
+            raise ValueError("ua_momentum has no effect with uniform_alignment=False")
+        check_momentum(ua_momentum, "ua_momentum")
     weighting = SoftMatchWeighting(num_classes, momentum=momentum, n_sigma=n_sigma,
                                    per_class=per_class)
     alignment = (UniformAlignment(num_classes, momentum if ua_momentum is None else ua_momentum)
@@ -186,6 +195,7 @@ def build_algorithm(name: str, num_classes: int, **options: Any) -> SSLAlgorithm
         raise ValueError(f"unknown algorithm {name!r}"
                          + (f"; did you mean {hint[0]!r}?" if hint else "")
                          + f" Valid: {', '.join(ALGORITHMS)}")
+    check_num_classes(num_classes)
     spec = ALGORITHMS[name]
     unused = set(options) - spec.options
     if unused:

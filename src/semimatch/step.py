@@ -56,7 +56,9 @@ def train_step(
         raise ValueError(f"forward_mode must be 'joint' or 'split'; got {forward_mode!r}")
     n_lb = x_lb.shape[0]
 
-    if not algorithm.uses_unlabeled or u_weak is None or u_weak.shape[0] == 0:
+    # An empty unlabeled shard (possible on one rank) still takes the unlabeled path, so every
+    # rank joins the all-reduces of the weighting/alignment statistics.
+    if not algorithm.uses_unlabeled or u_weak is None:
         logits_lb = model(x_lb)
         sup_loss = F.cross_entropy(logits_lb.float(), y_lb)
         return sup_loss, metric_sums(algorithm, logits_lb, y_lb, sup_loss, None)
@@ -88,7 +90,7 @@ def train_step(
     pseudo = probs.argmax(dim=1)  # pseudo-labels from the raw (unaligned) probabilities
     per_sample = F.cross_entropy(logits_student.float(), pseudo, reduction="none")
     # Mean over *all* mu*B unlabeled samples, not only the weighted ones (reference).
-    unsup_loss = (weights.detach() * per_sample).sum() / n_ulb
+    unsup_loss = (weights.detach() * per_sample).sum() / max(n_ulb, 1)
     loss = sup_loss + algorithm.lambda_u * unsup_loss
     unlabeled = (weights, confidence, pseudo, u_true, unsup_loss)
     return loss, metric_sums(algorithm, logits_lb, y_lb, sup_loss, unlabeled)

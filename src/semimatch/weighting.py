@@ -63,7 +63,11 @@ def check_momentum(momentum: float, name: str = "momentum") -> float:
 
 
 def check_num_classes(num_classes: int) -> int:
-    if int(num_classes) != num_classes or num_classes < 2:
+    try:
+        ok = float(num_classes).is_integer() and float(num_classes) >= 2
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
         raise ValueError(f"num_classes must be an integer >= 2; got {num_classes}")
     return int(num_classes)
 
@@ -145,7 +149,7 @@ class SoftMatchWeighting(nn.Module):
         groups = self.mean.numel()
         index = cls if self.per_class else torch.zeros_like(cls)
         # Centre on the running mean so that sum-of-squares stays accurate in float32.
-        d = q - self.mean[index]
+        d = q - self.mean[index].float()
         sums = torch.zeros(3, groups, device=q.device, dtype=torch.float32)
         sums[0].index_add_(0, index, torch.ones_like(d))
         sums[1].index_add_(0, index, d)

@@ -1,0 +1,165 @@
+"""Reproduce the papers' claims at CPU scale (issue 9), one cell at a time, and rebuild the table.
+
+Every algorithm of a setting gets the same seeds, labeled split, iteration budget and backbone;
+only ``--algorithm`` changes.  Runs are ordinary semimatch run directories under ``--runs``
+(``<runs>/<setting>/<algorithm>/seed<k>``), so `semimatch report` works on them too.
+
+    python benchmarks/reproduce.py --setting fmnist-40 --algorithm softmatch --seed 0
+    python benchmarks/reproduce.py --setting fmnist-40 --all            # every algorithm, 3 seeds
+    python benchmarks/reproduce.py --table                               # markdown table from runs
+
+Data: Fashion-MNIST from a folder of IDX files (``--fmnist-root``, default Debian's
+``/usr/share/datasets/fashion-mnist``: ``apt-get install dataset-fashion-mnist``); CIFAR-10 from
+a folder ``train/<class>/*.jpg`` + ``test/<class>/*.jpg`` (``--cifar-root``, or the environment
+variable SEMIMATCH_CIFAR10_JPEG), e.g. the JPEG copy of CIFAR-10 unpacked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ALGORITHMS = ("supervised", "pseudolabel", "fixmatch", "softmatch")
+SEEDS = (0, 1, 2)
+
+# Budgets chosen to fit this 2-core CPU (see BENCHMARKS.md for the measured wall times).
+SETTINGS: dict[str, dict[str, Any]] = {
+    "fmnist-40": dict(dataset="fashion_mnist", num_labels=40, backbone="cnn", iterations=500,
+                      batch_size=32, eval_every=50),
+    "fmnist-250": dict(dataset="fashion_mnist", num_labels=250, backbone="cnn", iterations=500,
+                       batch_size=32, eval_every=50),
+    "cifar10-40": dict(dataset="imagefolder", num_labels=40, backbone="wrn_28_2",
+                       iterations=500, batch_size=64, eval_every=50),
+    "cifar10-250": dict(dataset="imagefolder", num_labels=250, backbone="wrn_28_2",
+                        iterations=500, batch_size=64, eval_every=50),
+    # CIFAR-10-LT, gamma = 100 with head sizes scaled down from (1500, 3000) to fit the budget.
+    "cifar10lt-100": dict(dataset="imagefolder", lt_gamma=100.0, lt_n1=500, lt_m1=1000,
+                          backbone="wrn_28_2", iterations=500, batch_size=64, eval_every=50),
+}
+# Extra algorithms per setting (the long-tailed setting compares SoftMatch with/without UA).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "softmatch-noua": dict(algorithm="softmatch", uniform_alignment=False),
+}
+
+
+def run_dir(runs: Path, setting: str, algorithm: str, seed: int) -> Path:
+    return runs / setting / algorithm / f"seed{seed}"
+
+
+def config_for(setting: str, algorithm: str, seed: int, args: argparse.Namespace):
+    from semimatch.config import Config
+
+    values = dict(SETTINGS[setting])
+    if args.iterations:
+        values["iterations"] = args.iterations
+    if values["dataset"] == "fashion_mnist":
+        values["data_root"] = args.fmnist_root
+    else:
+        root = args.cifar_root
+        if not root or not Path(root, "train").is_dir():
+            sys.exit("CIFAR-10 settings need --cifar-root (or SEMIMATCH_CIFAR10_JPEG) pointing at "
+                     "a folder with train/<class>/*.jpg and test/<class>/*.jpg")
+        values.update(data_root=str(Path(root, "train")), test_dir=str(Path(root, "test")))
+    algo = dict(VARIANTS.get(algorithm, {"algorithm": algorithm}))
+    return Config(**values, **algo, seed=seed, progress=False)
+
+
+def train_cell(setting: str, algorithm: str, seed: int, args: argparse.Namespace) -> None:
+    from semimatch.engine import fit
+
+    out = run_dir(Path(args.runs), setting, algorithm, seed)
+    if (out / "summary.json").exists() and not args.overwrite:
+        print(f"{out}: done already (pass --overwrite to redo)")
+        return
+    resume = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
+    cfg = config_for(setting, algorithm, seed, args)
+    print(f"== {setting} {algorithm} seed {seed} -> {out}", flush=True)
+    fit(cfg, out=out, resume=resume and not args.overwrite, overwrite=args.overwrite)
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    m = statistics.mean(values)
+    s = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * m:.2f} ± {100 * s:.2f}"
+
+
+def table(runs: Path) -> str:
+    """Markdown table: mean ± std over seeds of every finished cell."""
+    from semimatch.metrics import read_jsonl
+
+    lines = ["| setting | algorithm | seeds | best error % | median-last-20 error % | "
+             "final quantity | min quantity | final quality | s/iter | wall min |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for setting in SETTINGS:
+        for algorithm in (*ALGORITHMS, *VARIANTS):
+            summaries, min_q = [], []
+            for seed_dir in sorted((runs / setting / algorithm).glob("seed*")):
+                if not (seed_dir / "summary.json").exists():
+                    continue
+                summaries.append(json.loads((seed_dir / "summary.json").read_text()))
+                qs = [r["window"]["quantity"] for r in read_jsonl(seed_dir / "metrics.jsonl")
+                      if r.get("kind") == "eval" and r["window"].get("quantity") is not None]
+                if qs:
+                    min_q.append(min(qs))
+            if not summaries:
+                continue
+
+            def col(key: str, summaries: list[dict] = summaries) -> list[float]:
+                return [s[key] for s in summaries if s.get(key) is not None]
+
+            def plain(values: list[float], fmt: str = ".3f") -> str:
+                if not values:
+                    return "n/a"
+                m = statistics.mean(values)
+                sd = statistics.stdev(values) if len(values) > 1 else 0.0
+                return f"{m:{fmt}} ± {sd:{fmt}}"
+
+            lines.append(
+                f"| {setting} | {algorithm} | {len(summaries)} | {_mean_std(col('best_error'))} "
+                f"| {_mean_std(col('median20_error'))} | {plain(col('final_quantity'))} | "
+                f"{plain(min_q)} | {plain(col('final_quality'))} | "
+                f"{statistics.mean(col('sec_per_iter')):.2f} | "
+                f"{statistics.mean(col('wall_time_s')) / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--setting", choices=sorted(SETTINGS))
+    p.add_argument("--algorithm", choices=[*ALGORITHMS, *VARIANTS])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--all", action="store_true", help="every algorithm x seeds 0,1,2")
+    p.add_argument("--seeds", default="0,1,2", help="seeds for --all")
+    p.add_argument("--algorithms", default=",".join(ALGORITHMS), help="algorithms for --all")
+    p.add_argument("--iterations", type=int, help="override the setting's budget")
+    p.add_argument("--runs", default="runs/reproduce")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--fmnist-root", default=os.environ.get(
+        "SEMIMATCH_FMNIST", "/usr/share/datasets/fashion-mnist"))
+    p.add_argument("--cifar-root", default=os.environ.get("SEMIMATCH_CIFAR10_JPEG"))
+    p.add_argument("--table", action="store_true", help="print the table of finished runs")
+    args = p.parse_args()
+    if args.table:
+        print(table(Path(args.runs)))
+        return
+    if not args.setting:
+        p.error("--setting is required (or --table)")
+    if args.all:
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for algorithm in args.algorithms.split(","):
+                train_cell(args.setting, algorithm, seed, args)
+    else:
+        if not args.algorithm:
+            p.error("--algorithm is required (or --all)")
+        train_cell(args.setting, args.algorithm, args.seed, args)
+
+
+if __name__ == "__main__":
+    main()

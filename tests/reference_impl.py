@@ -1,0 +1,294 @@
+"""Independent oracle of the reference equations (/work/shared/docs/reference.md).
+
+Written from the specification only, in plain numpy float64 with explicit loops, so that the
+tests compare the product against the equations rather than against itself.  Nothing from
+``semimatch`` is imported here on purpose.
+
+Conventions the reference leaves open, fixed here and checked by the tests:
+- the unbiased variance of a single value is undefined, so a group (the whole batch, or one
+  predicted class) holding one sample updates its mean and keeps its variance; an empty group
+  keeps both;
+- per-class statistics are indexed by the argmax of the probabilities the weighting function
+  receives (the class whose probability is ``q_max``);
+- Uniform Alignment guards its divisions with ``eps``: ``p * u / (p_model + eps)`` and a row sum
+  of at least ``eps``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import strategies as st
+
+__all__ = [
+    "softmax",
+    "cross_entropy",
+    "fixed_threshold_weights",
+    "SoftMatchOracle",
+    "UniformAlignmentOracle",
+    "AlgorithmOracle",
+    "step_loss",
+    "pseudo_label_metrics",
+    "random_probs",
+    "prob_batches",
+]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def cross_entropy(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per-sample ``H(y, softmax(logits)) = -log softmax(logits)[y]``."""
+    z = np.asarray(logits, dtype=np.float64)
+    out = np.empty(z.shape[0])
+    for i in range(z.shape[0]):
+        m = z[i].max()
+        log_norm = m + math.log(sum(math.exp(v - m) for v in z[i]))
+        out[i] = log_norm - z[i, int(targets[i])]
+    return out
+
+
+def fixed_threshold_weights(
+    probs: np.ndarray, tau: float = 0.95, lambda_max: float = 1.0
+) -> np.ndarray:
+    """FixMatch weight: ``w_i = lambda_max * 1[max_c p_ic >= tau]``."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return np.array([lambda_max if max(row) >= tau else 0.0 for row in probs])
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _unbiased_var(values: list[float]) -> float:
+    mu = _mean(values)
+    return sum((v - mu) ** 2 for v in values) / (len(values) - 1)
+
+
+class SoftMatchOracle:
+    """SoftMatch steps 2-3: EMA of mean/unbiased variance of ``q_max``, truncated Gaussian.
+
+    ``mu_t = m mu_{t-1} + (1-m) mean(q)``, ``var_t = m var_{t-1} + (1-m) var(q)``, with
+    ``mu_0 = 1/C`` and ``var_0 = 1``; ``w = lambda_max`` if ``q >= mu_t`` else
+    ``lambda_max * exp(-(q - mu_t)^2 / (2 var_t / n_sigma^2))``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        momentum: float = 0.999,
+        n_sigma: float = 2.0,
+        per_class: bool = False,
+        lambda_max: float = 1.0,
+    ) -> None:
+        self.num_classes = num_classes
+        self.momentum = momentum
+        self.n_sigma = n_sigma
+        self.per_class = per_class
+        self.lambda_max = lambda_max
+        groups = num_classes if per_class else 1
+        self.mean = [1.0 / num_classes] * groups
+        self.var = [1.0] * groups
+
+    def _group(self, row: np.ndarray) -> int:
+        return int(np.argmax(row)) if self.per_class else 0
+
+    def update(self, probs: np.ndarray) -> None:
+        probs = np.asarray(probs, dtype=np.float64)
+        buckets: dict[int, list[float]] = {}
+        for row in probs:
+            buckets.setdefault(self._group(row), []).append(float(max(row)))
+        m = self.momentum
+        for g, values in buckets.items():
+            self.mean[g] = m * self.mean[g] + (1 - m) * _mean(values)
+            if len(values) > 1:
+                self.var[g] = m * self.var[g] + (1 - m) * _unbiased_var(values)
+
+    def weights(self, probs: np.ndarray) -> np.ndarray:
+        probs = np.asarray(probs, dtype=np.float64)
+        out = np.empty(probs.shape[0])
+        for i, row in enumerate(probs):
+            g = self._group(row)
+            q, mu, var = float(max(row)), self.mean[g], self.var[g]
+            if q >= mu:
+                out[i] = self.lambda_max
+            else:
+                out[i] = self.lambda_max * math.exp(-((q - mu) ** 2) / (2 * var / self.n_sigma**2))
+        return out
+
+
+class UniformAlignmentOracle:
+    """SoftMatch step 1: ``p_ua = normalize(p * (1/C) / p_model)``.
+
+    ``p_model`` is the first batch's mean, then ``p_model = m p_model + (1-m) mean(p)``.
+    """
+
+    def __init__(self, num_classes: int, momentum: float = 0.999, eps: float = 1e-6) -> None:
+        self.num_classes = num_classes
+        self.momentum = momentum
+        self.eps = eps
+        self.p_model: np.ndarray | None = None
+
+    def update(self, probs: np.ndarray) -> None:
+        probs = np.asarray(probs, dtype=np.float64)
+        if probs.shape[0] == 0:
+            return
+        batch_mean = np.array(
+            [
+                sum(probs[i, c] for i in range(probs.shape[0])) / probs.shape[0]
+                for c in range(self.num_classes)
+            ]
+        )
+        if self.p_model is None:
+            self.p_model = batch_mean
+        else:
+            self.p_model = self.momentum * self.p_model + (1 - self.momentum) * batch_mean
+
+    def align(self, probs: np.ndarray) -> np.ndarray:
+        probs = np.asarray(probs, dtype=np.float64)
+        p_model = (
+            np.full(self.num_classes, 1.0 / self.num_classes)
+            if self.p_model is None
+            else self.p_model
+        )
+        u = 1.0 / self.num_classes
+        out = np.empty_like(probs)
+        for i, row in enumerate(probs):
+            scaled = [row[c] * u / (p_model[c] + self.eps) for c in range(self.num_classes)]
+            total = max(sum(scaled), self.eps)
+            out[i] = [s / total for s in scaled]
+        return out
+
+
+class AlgorithmOracle:
+    """SoftMatch's per-step order: align (update, then apply) -> update statistics -> weight.
+
+    ``weighting`` is a ``SoftMatchOracle`` or ``("fixed", tau)``; pseudo-labels come from the
+    raw probabilities.
+    """
+
+    def __init__(
+        self,
+        weighting: SoftMatchOracle | tuple[str, float],
+        alignment: UniformAlignmentOracle | None = None,
+        stats_on: str = "aligned",
+    ) -> None:
+        self.weighting = weighting
+        self.alignment = alignment
+        self.stats_on = stats_on
+
+    def weigh(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return ``(weights, pseudo_labels, confidence seen by the weighting)``."""
+        probs = np.asarray(probs, dtype=np.float64)
+        aligned = probs
+        if self.alignment is not None:
+            self.alignment.update(probs)
+            aligned = self.alignment.align(probs)
+        if isinstance(self.weighting, tuple):
+            weights = fixed_threshold_weights(aligned, self.weighting[1])
+        else:
+            self.weighting.update(aligned if self.stats_on == "aligned" else probs)
+            weights = self.weighting.weights(aligned)
+        pseudo = np.array([int(np.argmax(row)) for row in probs])
+        return weights, pseudo, aligned.max(axis=1)
+
+
+def step_loss(
+    logits_lb: np.ndarray,
+    y_lb: np.ndarray,
+    logits_student: np.ndarray,
+    pseudo: np.ndarray,
+    weights: np.ndarray,
+    lambda_u: float = 1.0,
+) -> tuple[float, float, float]:
+    """``L = mean_B H(y, f(x)) + lambda_u (1/(mu B)) sum_i w_i H(y_hat_i, f(strong(u_i)))``.
+
+    Returns ``(loss, sup_loss, unsup_loss)``; the unlabeled mean runs over **all** samples.
+    """
+    sup = float(np.mean(cross_entropy(logits_lb, y_lb)))
+    ce_u = cross_entropy(logits_student, pseudo)
+    unsup = sum(float(w) * float(h) for w, h in zip(weights, ce_u, strict=True)) / len(ce_u)
+    return sup + lambda_u * unsup, sup, unsup
+
+
+def pseudo_label_metrics(
+    weights: np.ndarray, pseudo: np.ndarray, y_true: np.ndarray, lambda_max: float = 1.0
+) -> dict[str, float | None]:
+    """Quantity ``f = mean(w)/lambda_max``; quality ``g = sum w 1[y_hat = y] / sum w`` and plain
+    pseudo-label accuracy, both over samples whose label is known (``y_true >= 0``)."""
+    n = len(weights)
+    quantity = sum(float(w) for w in weights) / (n * lambda_max) if n else None
+    w_known = sum(float(w) for w, y in zip(weights, y_true, strict=True) if y >= 0)
+    w_correct = sum(
+        float(w) for w, p, y in zip(weights, pseudo, y_true, strict=True) if y >= 0 and p == y
+    )
+    known = sum(1 for y in y_true if y >= 0)
+    correct = sum(1 for p, y in zip(pseudo, y_true, strict=True) if y >= 0 and p == y)
+    return {
+        "quantity": quantity,
+        "quality": w_correct / w_known if w_known > 0 else None,
+        "pl_acc": correct / known if known else None,
+    }
+
+
+# --- Random inputs (test data, not equations) ----------------------------------------------------
+
+
+def random_probs(
+    rng: np.random.Generator,
+    n: int,
+    num_classes: int,
+    scale: float = 3.0,
+    bias: float = 0.0,
+    zero_frac: float = 0.0,
+    onehot_frac: float = 0.0,
+) -> np.ndarray:
+    """A float32 batch (n, C) of valid probability rows.
+
+    ``scale`` sharpens the rows, ``bias`` skews the predicted-class distribution (imbalance, so
+    that alignment matters), ``zero_frac`` sets that fraction of non-maximal entries to exact
+    zero and ``onehot_frac`` turns that fraction of rows into exact one-hot vectors.
+    """
+    logits = rng.normal(size=(n, num_classes)) * scale
+    logits += rng.normal(size=num_classes) * bias
+    probs = softmax(logits)
+    if zero_frac > 0 and n:
+        drop = rng.random(probs.shape) < zero_frac
+        drop[np.arange(n), probs.argmax(axis=1)] = False
+        probs[drop] = 0.0
+    if onehot_frac > 0 and n:
+        rows = rng.random(n) < onehot_frac
+        hot = rng.integers(0, num_classes, size=n)
+        probs[rows] = 0.0
+        probs[rows, hot[rows]] = 1.0
+    probs /= probs.sum(axis=1, keepdims=True)
+    return probs.astype(np.float32)
+
+
+@st.composite
+def prob_batches(draw, num_classes: int | None = None, steps: int | None = None, min_n: int = 0):
+    """Hypothesis strategy: ``(C, [batches])`` of random probability rows (see ``random_probs``),
+    mixing smooth and sharp rows, class skew, exact zeros and one-hot rows."""
+    c = num_classes if num_classes is not None else draw(st.integers(2, 12))
+    k = steps if steps is not None else draw(st.integers(1, 5))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    out = []
+    for _ in range(k):
+        out.append(
+            random_probs(
+                rng,
+                draw(st.integers(min_n, 48)),
+                c,
+                scale=draw(st.floats(0.1, 8.0)),
+                bias=draw(st.floats(0.0, 3.0)),
+                zero_frac=draw(st.sampled_from([0.0, 0.0, 0.5])),
+                onehot_frac=draw(st.sampled_from([0.0, 0.0, 0.3])),
+            )
+        )
+    return c, out
