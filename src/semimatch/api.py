@@ -25,15 +25,18 @@ from semimatch.engine import Run, fit, select_device
 from semimatch.engine import _dataset_options as dataset_options
 from semimatch.models import InputNormalizer, build_model
 
-__all__ = ["train", "make_config", "load_run", "evaluate", "predict", "load_images",
-           "Augmentation"]
+__all__ = ["train", "make_config", "load_run", "evaluate", "predict", "load_images", "Augmentation"]
 
 #: A custom augmentation: ``(img: uint8 (H, W, C), rng: np.random.Generator) -> uint8 (H, W, C)``.
 Augmentation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
-def make_config(config: Config | dict[str, Any] | str | None = None, *, preset: str | None = None,
-                **overrides: Any) -> Config:
+def make_config(
+    config: Config | dict[str, Any] | str | None = None,
+    *,
+    preset: str | None = None,
+    **overrides: Any,
+) -> Config:
     """A validated ``Config`` from a preset name, a dict, a JSON file or a Config, plus overrides.
 
     Unknown keys and wrong types raise ``ConfigError`` with a suggestion.
@@ -66,7 +69,6 @@ def train(
     alignment: Weighting | None = None,
     weak_augment: Augmentation | None = None,
     strong_augment: Augmentation | str | None = None,
-    stream_factory: Callable[..., Any] | None = None,
     **overrides: Any,
 ) -> Run:
     """Train a model; returns a ``Run`` with ``.model``, ``.ema_model``, ``.metrics``,
@@ -75,9 +77,12 @@ def train(
     Args:
         config / preset / overrides: the configuration (see ``semimatch.Config``).
         out: run directory (config, split, metrics, checkpoints); None keeps everything in memory.
-        data: your own data (``semimatch.data.from_arrays`` / ``from_torch``) instead of
+        data: your own data (``semimatch.data.from_arrays``, or
+            ``semimatch.data.adapters.from_torch`` for torch ``Dataset`` s) instead of
             ``config.dataset``.
-        model: your own backbone ``nn.Module`` (float NCHW in, logits out).
+        model: your own backbone ``nn.Module`` (float NCHW in, logits out); recorded as
+            ``backbone="custom:<class name>"`` unless ``backbone`` is set, and reloaded with
+            ``load_run(run_dir, model=<fresh instance>)``.
         weighting / alignment: your own weighting function (any object with ``update(probs)`` and
             ``__call__(probs) -> weights``) and optional alignment; the rest of the recipe
             (student view = strong, loss, schedule) is the config's.
@@ -86,40 +91,60 @@ def train(
             replacing the weak / strong PIL pipelines (they force ``augment="pil"``; draw all
             randomness from ``rng`` to keep runs reproducible). A *string* ``strong_augment`` is
             the config field of that name (the RandAugment variant, ``"fixmatch"`` or ``"usb"``).
-        stream_factory: advanced: builds the training batches instead of ``TrainStream`` (same
-            constructor arguments); used by ``semimatch.sklearn`` for feature vectors.
     """
     if isinstance(strong_augment, str):  # the config's RandAugment variant, not a callable
         overrides["strong_augment"] = strong_augment
         strong_augment = None
     for arg, fn in (("weak_augment", weak_augment), ("strong_augment", strong_augment)):
         if fn is not None and not callable(fn):
-            raise ValueError(f"{arg} must be a callable (img_hwc_uint8, rng) -> img_hwc_uint8; "
-                             f"got {type(fn).__name__}")
+            raise ValueError(
+                f"{arg} must be a callable (img_hwc_uint8, rng) -> img_hwc_uint8; "
+                f"got {type(fn).__name__}"
+            )
     cfg = make_config(config, preset=preset, **overrides)
+    if model is not None and cfg.backbone in (None, "auto"):
+        # Record what was trained (config.json), so load_run knows to ask for the module.
+        cfg = cfg.replace(backbone=f"custom:{type(model).__name__}")
     algorithm = None
     if weighting is not None:
-        algorithm = SSLAlgorithm(weighting, alignment, lambda_u=cfg.lambda_u or 1.0,
-                                 name=f"custom:{type(weighting).__name__}")
+        algorithm = SSLAlgorithm(
+            weighting,
+            alignment,
+            lambda_u=1.0 if cfg.lambda_u is None else cfg.lambda_u,
+            name=f"custom:{type(weighting).__name__}",
+        )
     elif alignment is not None:
-        raise ConfigError("alignment= needs weighting= as well (an alignment only changes the "
-                          "probabilities a weighting function sees)")
-    hooks: dict[str, Any] = {}
-    if weak_augment is not None:
-        hooks["weak_augment"] = weak_augment
-    if strong_augment is not None:
-        hooks["strong_augment"] = strong_augment
-    return fit(cfg, out=out, resume=resume, overwrite=overwrite, data=data, model=model,
-               algorithm=algorithm, stream_factory=stream_factory, **hooks)
+        raise ConfigError(
+            "alignment= needs weighting= as well (an alignment only changes the "
+            "probabilities a weighting function sees)"
+        )
+    return fit(
+        cfg,
+        out=out,
+        resume=resume,
+        overwrite=overwrite,
+        data=data,
+        model=model,
+        algorithm=algorithm,
+        weak_augment=weak_augment,
+        strong_augment=strong_augment,
+    )
 
 
-def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
-             device: str = "auto", data: SSLDataset | None = None) -> Run:
+def load_run(
+    run_dir: str | os.PathLike,
+    checkpoint: str = "best",
+    device: str = "auto",
+    data: SSLDataset | None = None,
+    model: nn.Module | None = None,
+) -> Run:
     """Load a run directory for evaluation/prediction.
 
     Args:
         checkpoint: ``"best"`` (lowest test error), ``"last"``, or a checkpoint path.
         data: the dataset, if it is not one semimatch can load by name (Python-API runs).
+        model: for runs trained with your own backbone (``train(model=...)``): a fresh
+            instance of that architecture; the checkpoint's weights are loaded into it.
     """
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
@@ -134,8 +159,10 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
     else:
         path = Path(checkpoint)
     if path is None or not Path(path).exists():
-        raise FileNotFoundError(f"{run_dir} has no checkpoint yet ({checkpoint!r}); "
-                                "checkpoints are written at every evaluation")
+        raise FileNotFoundError(
+            f"{run_dir} has no checkpoint yet ({checkpoint!r}); "
+            "checkpoints are written at every evaluation"
+        )
     dev = select_device(device)
     state = ckpt.load(path, map_location=dev)
     if data is None:
@@ -143,10 +170,18 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
             data = load_dataset(cfg.dataset, root=cfg.data_root, **dataset_options(cfg))
         except (FileNotFoundError, ValueError) as e:
             raise FileNotFoundError(
-                f"cannot reload dataset {cfg.dataset!r} for {run_dir} ({e}); pass data=") from None
+                f"cannot reload dataset {cfg.dataset!r} for {run_dir} ({e}); pass data="
+            ) from None
     info = data.info
-    model = build_model(cfg.backbone, info.num_classes, in_channels=info.channels,
-                        image_size=info.image_size)
+    if model is None:
+        if str(cfg.backbone).startswith("custom:"):
+            raise ValueError(
+                f"{run_dir} was trained with your own backbone ({cfg.backbone}); "
+                "pass model= a fresh instance of it"
+            )
+        model = build_model(
+            cfg.backbone, info.num_classes, in_channels=info.channels, image_size=info.image_size
+        )
     net = InputNormalizer(model, info.mean, info.std)
     try:
         net.load_state_dict(state["model"])
@@ -159,28 +194,32 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "best",
         if state.get("algorithm"):
             algorithm.load_state_dict(state["algorithm"])
     except (RuntimeError, KeyError) as e:
-        raise ckpt.CheckpointError(f"checkpoint {path} does not match {run_dir}/config.json "
-                                   f"({str(e).splitlines()[0]})") from None
+        raise ckpt.CheckpointError(
+            f"checkpoint {path} does not match {run_dir}/config.json ({str(e).splitlines()[0]})"
+        ) from None
     history = []
     if (run_dir / "metrics.jsonl").exists():
         from semimatch.metrics import read_jsonl
 
         history = read_jsonl(run_dir / "metrics.jsonl")
-    summary = json.loads((run_dir / "summary.json").read_text()) \
-        if (run_dir / "summary.json").exists() else {}
+    summary = (
+        json.loads((run_dir / "summary.json").read_text())
+        if (run_dir / "summary.json").exists()
+        else {}
+    )
     return Run(cfg, net.to(dev).eval(), ema, algorithm, data, run_dir, history, summary, dev)
 
 
-def evaluate(run: Run | str | os.PathLike, model: str = "ema", checkpoint: str = "best",
-             device: str = "auto") -> dict[str, Any]:
+def evaluate(
+    run: Run | str | os.PathLike, model: str = "ema", checkpoint: str = "best", device: str = "auto"
+) -> dict[str, Any]:
     """Test-set accuracy of a run (EMA model by default)."""
     if not isinstance(run, Run):
         run = load_run(run, checkpoint=checkpoint, device=device)
     return run.evaluate(model=model)
 
 
-def load_images(paths: list[str | os.PathLike], size: tuple[int, int], channels: int
-                ) -> np.ndarray:
+def load_images(paths: list[str | os.PathLike], size: tuple[int, int], channels: int) -> np.ndarray:
     """Read image files into a uint8 (N, H, W, C) array at the model's size and channels."""
     from PIL import Image, UnidentifiedImageError
 
@@ -200,9 +239,13 @@ def load_images(paths: list[str | os.PathLike], size: tuple[int, int], channels:
     return np.stack(out) if out else np.zeros((0, size[0], size[1], channels), np.uint8)
 
 
-def predict(run: Run | str | os.PathLike, images: np.ndarray | list[str | os.PathLike],
-            model: str = "ema", checkpoint: str = "best", device: str = "auto"
-            ) -> list[dict[str, Any]]:
+def predict(
+    run: Run | str | os.PathLike,
+    images: np.ndarray | list[str | os.PathLike],
+    model: str = "ema",
+    checkpoint: str = "best",
+    device: str = "auto",
+) -> list[dict[str, Any]]:
     """Predict classes for an image array or a list of image files.
 
     Returns one dict per image: ``{"class": name, "index": i, "confidence": p}``.
@@ -215,5 +258,7 @@ def predict(run: Run | str | os.PathLike, images: np.ndarray | list[str | os.Pat
     with torch.no_grad():
         probs = run.predict_proba(images, model=model)
     idx = probs.argmax(axis=1)
-    return [{"class": info.class_names[i], "index": int(i), "confidence": float(probs[n, i])}
-            for n, i in enumerate(idx)]
+    return [
+        {"class": info.class_names[i], "index": int(i), "confidence": float(probs[n, i])}
+        for n, i in enumerate(idx)
+    ]

@@ -17,6 +17,7 @@ from semimatch.data.datasets import (
     load_dataset,
     read_idx,
 )
+from semimatch.data.adapters import TorchImageSource, from_torch
 from semimatch.data.loaders import SSLBatch, TrainStream, eval_batches
 from semimatch.data.splits import (
     Split,
@@ -37,12 +38,14 @@ __all__ = [
     "LazyImageSource",
     "SSLBatch",
     "SSLDataset",
+    "TorchImageSource",
     "Split",
     "TrainStream",
     "balanced_split",
     "default_root",
     "eval_batches",
     "from_arrays",
+    "from_torch",
     "given_split",
     "load_dataset",
     "load_split",

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from semimatch.data.datasets import (
     SMALL_IMAGE_MAX_SIDE,
@@ -79,31 +80,31 @@ def to_hwc_uint8(image: Any, what: str = "image") -> np.ndarray:
         return np.ascontiguousarray(np.rint(arr * 255.0).astype(np.uint8))
     if np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
         if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise ValueError(f"{what}: integer pixels must lie in 0..255, got "
-                             f"{arr.min()}..{arr.max()}")
+            raise ValueError(
+                f"{what}: integer pixels must lie in 0..255, got {arr.min()}..{arr.max()}"
+            )
         return np.ascontiguousarray(arr.astype(np.uint8))
     raise ValueError(f"{what}: unsupported pixel dtype {arr.dtype}; use uint8 or float in [0, 1]")
 
 
 def _is_tensor(x: Any) -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return False
     return isinstance(x, torch.Tensor)
 
 
 def _to_label(value: Any, what: str) -> int:
     if _is_tensor(value):
         if value.numel() != 1:
-            raise ValueError(f"{what}: label must be a scalar, got a tensor of shape "
-                             f"{tuple(value.shape)}")
+            raise ValueError(
+                f"{what}: label must be a scalar, got a tensor of shape {tuple(value.shape)}"
+            )
         value = value.item()
     if isinstance(value, np.ndarray) and value.size == 1:
         value = value.item()
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float)):
-        raise ValueError(f"{what}: label must be an integer class index (-1 = unknown), got "
-                         f"{value!r}; map class names to 0..C-1 in the dataset")
+        raise ValueError(
+            f"{what}: label must be an integer class index (-1 = unknown), got "
+            f"{value!r}; map class names to 0..C-1 in the dataset"
+        )
     if isinstance(value, float) and not value.is_integer():
         raise ValueError(f"{what}: label {value!r} is not an integer class index")
     return int(value)
@@ -126,8 +127,10 @@ def _split_item(item: Any, what: str, need_label: bool) -> tuple[Any, int]:
         image, label = item, None
     if label is None:
         if need_label:
-            raise ValueError(f"{what}: the item has no label; labeled and test datasets must "
-                             "yield (image, label)")
+            raise ValueError(
+                f"{what}: the item has no label; labeled and test datasets must "
+                "yield (image, label)"
+            )
         return image, -1
     return image, _to_label(label, what)
 
@@ -143,8 +146,13 @@ class TorchImageSource(ImageSource):
     ``ValueError`` naming its index.
     """
 
-    def __init__(self, dataset: Any, labels: np.ndarray, image_shape: tuple[int, int, int],
-                 name: str = "dataset") -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        labels: np.ndarray,
+        image_shape: tuple[int, int, int],
+        name: str = "dataset",
+    ) -> None:
         self.dataset = dataset
         self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         self._shape = tuple(int(s) for s in image_shape)
@@ -164,9 +172,11 @@ class TorchImageSource(ImageSource):
 
 
 def _size_message(what: str, got: tuple, expected: tuple) -> str:
-    return (f"{what}: image is {tuple(got)} (H, W, C) but the first image is {tuple(expected)}; "
-            "all images must have one size - add e.g. torchvision.transforms.Resize((H, W)) "
-            "(and Grayscale/RGB conversion) to the dataset's transform")
+    return (
+        f"{what}: image is {tuple(got)} (H, W, C) but the first image is {tuple(expected)}; "
+        "all images must have one size - add e.g. torchvision.transforms.Resize((H, W)) "
+        "(and Grayscale/RGB conversion) to the dataset's transform"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,12 +196,19 @@ def _targets(dataset: Any, n: int) -> np.ndarray | None:
     return arr.astype(np.int64)
 
 
-def _convert(dataset: Any, what: str, need_label: bool, in_memory: bool | None,
-             shape: tuple[int, int, int] | None) -> ImageSource:
+def _convert(
+    dataset: Any,
+    what: str,
+    need_label: bool,
+    in_memory: bool | None,
+    shape: tuple[int, int, int] | None,
+) -> ImageSource:
     """Convert one dataset; ``shape`` (from an earlier dataset) is the required image shape."""
     if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
-        raise ValueError(f"{what}: expected a map-style torch Dataset (with __len__ and "
-                         f"__getitem__), got {type(dataset).__name__}")
+        raise ValueError(
+            f"{what}: expected a map-style torch Dataset (with __len__ and "
+            f"__getitem__), got {type(dataset).__name__}"
+        )
     n = len(dataset)
     if n == 0:
         raise ValueError(f"{what}: the dataset is empty")
@@ -252,8 +269,9 @@ def from_torch(
     """
     train = _convert(labeled, "labeled", True, in_memory, None)
     shape = train.image_shape
-    extra = _convert(unlabeled, "unlabeled", False, in_memory, shape) \
-        if unlabeled is not None else None
+    extra = (
+        _convert(unlabeled, "unlabeled", False, in_memory, shape) if unlabeled is not None else None
+    )
     test_src = _convert(test, "test", True, in_memory, shape) if test is not None else None
 
     if class_names is None and getattr(labeled, "classes", None) is not None:
@@ -263,8 +281,10 @@ def from_torch(
     if class_names is not None:
         class_names = tuple(str(c) for c in class_names)
         if num_classes is not None and num_classes != len(class_names):
-            raise ValueError(f"num_classes={num_classes} disagrees with {len(class_names)} "
-                             "class_names; pass one name per class")
+            raise ValueError(
+                f"num_classes={num_classes} disagrees with {len(class_names)} "
+                "class_names; pass one name per class"
+            )
         num_classes = len(class_names)
     if num_classes is None:
         tops = [int(train.labels.max())]
@@ -273,16 +293,17 @@ def from_torch(
         num_classes = max(tops) + 1
     if num_classes < 2:
         raise ValueError(f"num_classes: need at least 2 classes, got {num_classes}")
-    for what, src, low in (("labeled", train, -1), ("test", test_src, 0),
-                           ("unlabeled", extra, -1)):
+    for what, src, low in (("labeled", train, -1), ("test", test_src, 0), ("unlabeled", extra, -1)):
         if src is None:
             continue
         bad = (src.labels < low) | (src.labels >= num_classes)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             allowed = ("-1 (unknown) or " if low < 0 else "") + f"0..{num_classes - 1}"
-            raise ValueError(f"{what}[{i}]: label {int(src.labels[i])} is out of range; labels "
-                             f"must be {allowed} for num_classes={num_classes}")
+            raise ValueError(
+                f"{what}[{i}]: label {int(src.labels[i])} is out of range; labels "
+                f"must be {allowed} for num_classes={num_classes}"
+            )
     if not (train.labels >= 0).any():
         raise ValueError("labeled: every label is -1; label at least one image per class")
 
@@ -294,8 +315,13 @@ def from_torch(
     if len(mean) != c or len(std) != c:
         raise ValueError(f"mean/std: need {c} values (one per channel), got {mean} / {std}")
     info = DatasetInfo(
-        name, int(num_classes), class_names or tuple(str(i) for i in range(num_classes)),
-        (int(shape[0]), int(shape[1])), int(c), tuple(float(v) for v in mean),
-        tuple(float(v) for v in std), bool(hflip),
+        name,
+        int(num_classes),
+        class_names or tuple(str(i) for i in range(num_classes)),
+        (int(shape[0]), int(shape[1])),
+        int(c),
+        tuple(float(v) for v in mean),
+        tuple(float(v) for v in std),
+        bool(hflip),
     )
     return SSLDataset(info, train, test_src, extra)

@@ -1,0 +1,480 @@
+"""A scikit-learn estimator over the same training engine: ``SemiSupervisedClassifier``.
+
+    >>> from semimatch.sklearn import SemiSupervisedClassifier
+    >>> clf = SemiSupervisedClassifier(max_iter=500, random_state=0).fit(X, y)  # y == -1: unlabeled
+    >>> clf.predict(X_test), clf.predict_proba(X_test), clf.score(X_test, y_test)
+
+``fit`` builds a ``semimatch.Config`` from the estimator's parameters and calls
+``semimatch.train`` -> ``semimatch.engine.fit``, the same loop as the command line and the
+Python API, so the estimator, ``semimatch.train(...)`` and ``semimatch train ...`` give the same
+model for the same seed and settings.
+
+Inputs ``X``:
+
+* **images** ``(N, H, W)`` or ``(N, H, W, C)`` (``C`` in {1, 3}), uint8 0..255 or float in
+  [0, 1]: the image pipeline (weak = random crop [+ flip], strong = RandAugment + Cutout;
+  reference "Weak view" / "Strong view") and an image backbone (``backbone="auto"``: the small
+  CNN up to 28 px, WRN-28-2 above).
+* **feature vectors** ``(N, D)``: standardised with the mean/std of the ``fit`` data and fed
+  to an MLP (``hidden_layer_sizes``). Images have no meaning here, so the two views are
+  perturbations in the standardised feature space, drawn per sample from a generator seeded by
+  ``(seed, iteration, rank, view)`` (the contract of the image streams):
+
+  - weak view:   ``z + weak_noise * e``                 (``e ~ N(0, I)``)
+  - strong view: ``m * z + strong_noise * e``, where ``m`` zeroes each feature with
+    probability ``strong_dropout`` (a zeroed standardised feature sits at its mean, i.e.
+    "feature missing"), so the student sees a harder, partly-masked view.
+
+  They are the engine's per-sample augmentation callables (``weak_augment`` /
+  ``strong_augment``); since the data pipeline carries uint8 images, each vector travels as the
+  4 x D "image" of its float32 bytes (exact, nothing is quantised) and ``FeatureDecoder`` turns
+  the bytes back into floats in front of the MLP.
+
+Labels ``y``: any values (ints, strings, ...), mapped through ``classes_``; unlabeled rows carry
+``unlabeled_label`` (default ``-1``, scikit-learn's semi-supervised convention). For string
+labels either pass e.g. ``unlabeled_label="unlabeled"`` or use an object array with ``-1``; in
+a NumPy string array the sentinel also matches its string form (``"-1"``), because NumPy turns
+``["cat", -1]`` into ``["cat", "-1"]``. ``score`` ignores unlabeled rows, so ``GridSearchCV``
+on semi-supervised ``y`` scores only the labeled rows of each validation fold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics import accuracy_score
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import nn
+
+from semimatch.algorithms import ALGORITHMS
+from semimatch.config import Config, ConfigError
+from semimatch.data.datasets import _to_uint8_images, from_arrays
+from semimatch.models import build_model
+
+__all__ = [
+    "FeatureDecoder",
+    "FeaturePerturbation",
+    "SemiSupervisedClassifier",
+    "decode_features",
+    "encode_features",
+]
+
+# Config fields the estimator sets from its own parameters (``config=`` may not override them).
+_OWN_FIELDS = {
+    "algorithm": "algorithm", "backbone": "backbone", "iterations": "max_iter",
+    "batch_size": "batch_size", "uratio": "uratio", "lr": "lr", "weight_decay": "weight_decay",
+    "device": "device", "precision": "precision", "seed": "random_state",
+    "progress": "verbose", "num_labels": "y == unlabeled_label", "dataset": "X",
+}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------
+# Feature vectors through the image pipeline
+# ----------------------------------------------------------------------------------------------
+# The data pipeline moves uint8 images (contracts); a feature vector z (D float32 values) travels
+# as the 4 x D "image" of its bytes, so nothing is quantised: the augmentation callables decode,
+# perturb and re-encode it, and FeatureDecoder turns the bytes back into z inside the model.
+def encode_features(z: np.ndarray) -> np.ndarray:
+    """``(N, D)`` float -> ``(N, 4, D, 1)`` uint8: the float32 bytes of each value, exactly."""
+    z = np.ascontiguousarray(z, dtype=np.float32)
+    n, d = z.shape
+    return np.ascontiguousarray(z.view(np.uint8).reshape(n, d, 4).transpose(0, 2, 1))[..., None]
+
+
+def decode_features(img: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`encode_features` for one image ``(4, D, 1)`` -> ``(D,)`` float32."""
+    return np.ascontiguousarray(img[:, :, 0].T).view(np.float32).reshape(-1)
+
+
+class FeaturePerturbation:
+    """A feature-space view as an augmentation callable ``(img, rng) -> img`` (module docstring).
+
+    ``z -> m * z + noise * e`` with ``e ~ N(0, I)`` and ``m_j ~ Bernoulli(1 - dropout)``; all
+    randomness from ``rng`` (the loader seeds it per sample, view and position).
+    """
+
+    def __init__(self, noise: float, dropout: float = 0.0) -> None:
+        self.noise, self.dropout = float(noise), float(dropout)
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        z = decode_features(img)
+        if self.dropout > 0:
+            z = z * (rng.random(z.shape[0]) >= self.dropout)
+        if self.noise > 0:
+            z = z + self.noise * rng.standard_normal(z.shape[0], dtype=np.float32)
+        return encode_features(z[None])[0]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(noise={self.noise}, dropout={self.dropout})"
+
+
+class FeatureDecoder(nn.Module):
+    """Runs ``model`` on the feature vectors encoded in a batch of byte images.
+
+    Input: float ``(N, 1, 4, D)`` holding byte values 0..255 (what ``InputNormalizer`` with mean
+    0 and std 1/255 makes of the uint8 batch); output: ``model((N, D) float32)``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, d = x.shape[0], x.shape[3]
+        b = x.detach().round().clamp(0, 255).to(torch.uint8)[:, 0]  # (N, 4, D); exact bytes
+        z = b.transpose(1, 2).reshape(n * d, 4).contiguous().view(torch.float32)
+        return self.model(z.reshape(n, d))
+
+
+def _standardize(
+    X: np.ndarray, feature_mean_: np.ndarray, feature_scale_: np.ndarray
+) -> np.ndarray:
+    return (X.astype(np.float32) - feature_mean_) / feature_scale_
+
+
+# ----------------------------------------------------------------------------------------------
+# The estimator
+# ----------------------------------------------------------------------------------------------
+class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
+    """FixMatch / SoftMatch (or Pseudo-Label, supervised) as a scikit-learn classifier.
+
+    Parameters:
+        algorithm: ``"softmatch"``, ``"fixmatch"``, ``"pseudolabel"`` or ``"supervised"``.
+        backbone: ``"auto"`` (MLP for feature vectors; small CNN for images <= 28 px, WRN-28-2
+            above), a ``semimatch.models`` name (``"cnn"``, ``"wrn_28_2"``, ``"mlp"``,
+            ``"torchvision:resnet18"``, ...) or an ``nn.Module`` (float NCHW images in - float
+            ``(N, D)`` for feature vectors - logits out; copied at each ``fit``).
+        max_iter: training iterations (optimizer steps).
+        batch_size: labeled samples per iteration.
+        uratio: unlabeled samples per labeled sample in a batch (mu).
+        lr: initial learning rate (SGD + Nesterov, cosine decay).
+        weight_decay: L2 on weights (not on BatchNorm parameters and biases).
+        device: ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ...
+        precision: autocast precision: ``"auto"`` (bf16 on CPUs and GPUs that support it, as
+            the other doors), ``"fp32"`` (bit-reproducible across machines), ``"bf16"``,
+            ``"fp16"`` (CUDA).
+        random_state: seed (int), ``RandomState`` or None (a fresh seed per ``fit``).
+        verbose: progress bar and evaluation lines during ``fit``.
+        unlabeled_label: the ``y`` value marking unlabeled rows.
+        hflip: images only: whether the weak view may flip horizontally (off by default: safe
+            for digits and text; turn on for natural images).
+        hidden_layer_sizes: feature vectors with the MLP: widths of the hidden layers.
+        weak_noise, strong_noise, strong_dropout: feature vectors only: the perturbations of the
+            weak and strong views (module docstring), in units of each feature's std. The
+            defaults (and the 512-wide MLP) were the best of a small sweep on digits features.
+        config: further ``semimatch.Config`` fields as a dict (e.g. ``{"tau": 0.9,
+            "ema_decay": 0, "threads": 1}``); fields set by the parameters above are refused.
+
+    Attributes:
+        classes_: the label values, sorted; predictions are drawn from them.
+        n_features_in_: ``X.shape[1]`` at ``fit`` (the feature count for ``(N, D)`` input, the
+            image height for images, as scikit-learn counts n-d input); ``input_shape_`` holds
+            the whole per-sample shape.
+        feature_names_in_: column names when ``X`` was a DataFrame with string column names.
+        input_kind_: ``"features"`` or ``"images"``.
+        model_: the trained network used for prediction (the EMA model when EMA is on).
+        run_: the ``semimatch.Run`` (config, raw and EMA models, summary; no copy of the data).
+        config_: the resolved ``semimatch.Config`` that was trained.
+        feature_mean_, feature_scale_: feature vectors only: the standardisation of ``X``.
+    """
+
+    def __init__(
+        self,
+        algorithm: str = "softmatch",
+        backbone: str | nn.Module = "auto",
+        max_iter: int = 1000,
+        batch_size: int = 64,
+        uratio: int = 7,
+        lr: float = 0.03,
+        weight_decay: float = 5e-4,
+        device: str = "auto",
+        precision: str = "auto",
+        random_state: int | np.random.RandomState | None = None,
+        verbose: bool = False,
+        unlabeled_label: Any = -1,
+        hflip: bool = False,
+        hidden_layer_sizes: tuple[int, ...] = (512, 512),
+        weak_noise: float = 0.1,
+        strong_noise: float = 0.5,
+        strong_dropout: float = 0.5,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self.algorithm = algorithm
+        self.backbone = backbone
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.uratio = uratio
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.device = device
+        self.precision = precision
+        self.random_state = random_state
+        self.verbose = verbose
+        self.unlabeled_label = unlabeled_label
+        self.hflip = hflip
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.weak_noise = weak_noise
+        self.strong_noise = strong_noise
+        self.strong_dropout = strong_dropout
+        self.config = config
+
+    # -- scikit-learn plumbing ---------------------------------------------------------------
+    def __sklearn_tags__(self):  # noqa: ANN204 - sklearn's Tags type
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True  # (N, H, W) images
+        return tags
+
+    # -- input handling ------------------------------------------------------------------------
+    def _unlabeled_mask(self, y: np.ndarray) -> np.ndarray:
+        """Rows of ``y`` equal to ``unlabeled_label`` (string arrays also match its str form)."""
+        ul = self.unlabeled_label
+        if y.dtype.kind == "O":
+
+            def same(v: Any) -> bool:
+                try:
+                    return bool(v == ul)
+                except (TypeError, ValueError):  # e.g. an array-valued comparison
+                    return False
+
+            return np.fromiter((same(v) for v in y), dtype=bool, count=len(y))
+        if y.dtype.kind in "US":
+            return y == str(ul) if ul is not None else np.zeros(len(y), dtype=bool)
+        if isinstance(ul, numbers.Number) and not isinstance(ul, bool):
+            return y == ul
+        return np.zeros(len(y), dtype=bool)
+
+    def _validate_X(self, X: Any, reset: bool, y: Any = None) -> tuple[np.ndarray, Any]:
+        """Checked ``X`` (and 1-d ``y``): numeric, finite, 2-d features or 3/4-d images."""
+        kwargs = {"allow_nd": True, "dtype": "numeric", "ensure_all_finite": True}
+        if reset:
+            X, y = validate_data(self, X, y, reset=True, **kwargs)
+        else:
+            X = validate_data(self, X, reset=False, **kwargs)
+        if X.ndim not in (2, 3, 4):
+            raise ValueError(
+                f"X: expected (N, D) feature vectors or (N, H, W[, C]) images, got "
+                f"an array of shape {X.shape}"
+            )
+        if not reset and X.shape[1:] != self.input_shape_:
+            raise ValueError(
+                f"X: samples have shape {X.shape[1:]}, but this "
+                f"{type(self).__name__} was fitted on {self.input_shape_}"
+            )
+        return X, y
+
+    def _check_params(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm={self.algorithm!r} is not one of {sorted(ALGORITHMS)}")
+        for name in ("max_iter", "batch_size", "uratio"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        for name in ("weak_noise", "strong_noise"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or not value >= 0:
+                raise ValueError(f"{name} must be a number >= 0; got {value!r}")
+        if not isinstance(self.strong_dropout, numbers.Real) or not 0 <= self.strong_dropout < 1:
+            raise ValueError(f"strong_dropout must be in [0, 1); got {self.strong_dropout!r}")
+        if self.config is not None and not isinstance(self.config, dict):
+            raise ValueError(
+                f"config must be a dict of semimatch.Config fields or None; got "
+                f"{type(self.config).__name__}"
+            )
+        clash = sorted(set(self.config or {}) & set(_OWN_FIELDS))
+        if clash:
+            raise ValueError(
+                f"config={{{clash[0]!r}: ...}}: set it through the estimator "
+                f"parameter {_OWN_FIELDS[clash[0]]!r} instead"
+            )
+
+    def _seed(self) -> int:
+        rs = self.random_state
+        if isinstance(rs, numbers.Integral) and not isinstance(rs, bool):
+            if rs < 0:
+                raise ValueError(f"random_state must be >= 0, a RandomState or None; got {rs}")
+            return int(rs)
+        return int(check_random_state(rs).randint(0, 2**31 - 1))
+
+    def _make_config(self, backbone: str, features: bool) -> Config:
+        # Feature views are cheap numpy calls: worker processes would cost more than they save.
+        extra = {"num_workers": 0} if features else {}
+        extra.update(self.config or {})
+        try:
+            return Config().replace(
+                algorithm=self.algorithm,
+                dataset="sklearn",
+                num_labels=None,
+                backbone=backbone,
+                iterations=self.max_iter,
+                batch_size=self.batch_size,
+                uratio=self.uratio,
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                device=self.device,
+                precision=self.precision,
+                seed=self._seed(),
+                progress=bool(self.verbose),
+                # One evaluation at the end (there is no test set; it logs pseudo-label stats).
+                eval_every=self.max_iter,
+                log_every=min(20, self.max_iter),
+                tensorboard=False,
+                **extra,
+            )
+        except ConfigError as e:
+            raise ValueError(f"{type(self).__name__}: {e}") from None
+
+    # -- fit -------------------------------------------------------------------------------------
+    def fit(self, X: Any, y: Any) -> SemiSupervisedClassifier:
+        """Train on ``X`` with labels ``y`` (``unlabeled_label`` marks unlabeled rows).
+
+        Returns ``self``.
+        """
+        from semimatch.api import train
+
+        self._check_params()
+        X, y = self._validate_X(X, reset=True, y=y)
+        y = np.asarray(y)
+        unlabeled = self._unlabeled_mask(y)
+        y_lab = y[~unlabeled]
+        if y_lab.size == 0:
+            raise ValueError(
+                f"y: every row is unlabeled (== {self.unlabeled_label!r}); label at "
+                "least one sample of each class"
+            )
+        check_classification_targets(y_lab)
+        try:
+            classes, y_idx = np.unique(y_lab, return_inverse=True)
+        except TypeError:
+            raise ValueError(
+                "y: labels mix types (e.g. strings and numbers); use one type and "
+                "mark unlabeled rows with unlabeled_label"
+            ) from None
+        if len(classes) < 2:
+            raise ValueError(
+                f"y: the labeled rows hold only one class ({classes[0]!r}); a "
+                "classifier needs labeled samples of at least 2 classes"
+            )
+        labels = np.full(len(y), -1, dtype=np.int64)
+        labels[~unlabeled] = y_idx.reshape(-1)
+
+        names = [str(c) for c in classes]
+        input_shape = X.shape[1:]
+        backbone = self.backbone
+        if not isinstance(backbone, (str, nn.Module)):
+            raise ValueError(
+                f"backbone must be a model name or an nn.Module; got {type(backbone).__name__}"
+            )
+        hooks: dict[str, Any] = {}
+        learned: dict[str, Any] = {}  # set on self only once training succeeded
+        if X.ndim == 2:
+            X = X.astype(np.float32)
+            scale = X.std(axis=0)
+            learned = {
+                "feature_mean_": X.mean(axis=0),
+                # a constant feature keeps its values (nothing to scale)
+                "feature_scale_": np.where(scale > 1e-12, scale, 1.0).astype(np.float32),
+            }
+            if backbone == "auto":
+                backbone = "mlp"
+            if isinstance(backbone, str) and backbone != "mlp":
+                raise ValueError(
+                    f"backbone={backbone!r} takes images; for (N, D) feature vectors "
+                    "use 'auto'/'mlp' or an nn.Module, or reshape X to (N, H, W[, C])"
+                )
+            # mean 0, std 1/255: the model wrapper hands the raw byte values to FeatureDecoder.
+            data = from_arrays(
+                encode_features(_standardize(X, **learned)),
+                labels,
+                name="sklearn",
+                class_names=names,
+                hflip=False,
+                mean=(0.0,),
+                std=(1 / 255,),
+            )
+            hooks = {
+                "weak_augment": FeaturePerturbation(self.weak_noise),
+                "strong_augment": FeaturePerturbation(self.strong_noise, self.strong_dropout),
+            }
+        else:
+            try:
+                data = from_arrays(
+                    X, labels, name="sklearn", class_names=names, hflip=bool(self.hflip)
+                )
+            except ValueError as e:
+                raise ValueError(f"X: {e}") from None
+
+        model: nn.Module | None = None
+        if isinstance(backbone, nn.Module):
+            model = copy.deepcopy(backbone)  # fit must not change the parameter's weights
+            backbone = f"custom:{type(backbone).__name__}"
+        cfg = self._make_config(backbone, features=bool(hooks))
+        if backbone == "mlp":
+            # Built here (fit cannot: it needs in_features), seeded like fit seeds its models.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)
+                in_features = int(np.prod(input_shape))
+                model = build_model(
+                    "mlp",
+                    len(classes),
+                    in_features=in_features,
+                    hidden=tuple(self.hidden_layer_sizes),
+                )
+        if hooks and model is not None:
+            model = FeatureDecoder(model)
+
+        quiet = (
+            contextlib.nullcontext() if self.verbose else contextlib.redirect_stdout(io.StringIO())
+        )
+        with quiet:
+            run = train(cfg, data=data, model=model, **hooks)
+        run.data = None  # keep the fitted estimator small (it is pickled by GridSearchCV etc.)
+        for name, value in learned.items():
+            setattr(self, name, value)
+        self.input_kind_ = "features" if learned else "images"
+        self.input_shape_ = input_shape
+        self.classes_ = classes
+        self.run_ = run
+        self.config_ = run.config
+        self.model_ = run.eval_model("ema")
+        self.n_iter_ = int(run.summary["iterations_done"])
+        return self
+
+    # -- predict ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, shape ``(n_samples, n_classes)``, columns in ``classes_`` order."""
+        check_is_fitted(self)
+        X, _ = self._validate_X(X, reset=False)
+        if self.input_kind_ == "images":
+            images = _to_uint8_images(X, "X")
+        else:
+            images = encode_features(_standardize(X, self.feature_mean_, self.feature_scale_))
+        return self.run_.predict_proba(images).astype(np.float64)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted labels (values of ``classes_``)."""
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Accuracy on the labeled rows of ``(X, y)``; rows with ``unlabeled_label`` are ignored."""
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y.ravel()
+        labeled = ~self._unlabeled_mask(y)
+        if not labeled.any():
+            raise ValueError(
+                f"y: every row is unlabeled (== {self.unlabeled_label!r}); score needs labeled rows"
+            )
+        pred = self.predict(X)
+        sw = None if sample_weight is None else np.asarray(sample_weight)[labeled]
+        return float(accuracy_score(y[labeled], pred[labeled], sample_weight=sw))

@@ -1,0 +1,354 @@
+"""The Python door: presets + overrides, your own data / backbone / weighting / augmentations,
+``from_torch``, and the three doors (CLI, ``semimatch.train``, the estimator) agreeing exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+import semimatch
+from semimatch.api import load_run, make_config
+from semimatch.cli import main
+from semimatch.config import ConfigError
+from semimatch.data import ArraySource, balanced_split, from_arrays, load_dataset
+from semimatch.data.adapters import TorchImageSource, from_torch, to_hwc_uint8
+from semimatch.engine import resolve
+from semimatch.metrics import read_jsonl
+from semimatch.sklearn import SemiSupervisedClassifier
+
+# A tiny, fast digits recipe shared by the tests (8 labeled + 16 unlabeled images per step).
+TINY = dict(
+    dataset="digits",
+    num_labels=20,
+    iterations=6,
+    batch_size=8,
+    uratio=2,
+    seed=2,
+    eval_every=6,
+    log_every=3,
+    precision="fp32",
+    threads=1,
+    tensorboard=False,
+)
+
+
+@pytest.fixture
+def restore_determinism():
+    """``deterministic=True`` switches a process-wide torch flag; put it back afterwards."""
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+# ----------------------------------------------------------------------------------------------
+# Config: preset + overrides
+# ----------------------------------------------------------------------------------------------
+def test_a_preset_with_overrides_resolves():
+    cfg = make_config(preset="cifar10-40-softmatch", iterations=2000, eval_every=100)
+    assert (cfg.preset, cfg.algorithm, cfg.dataset, cfg.num_labels) == (
+        "cifar10-40-softmatch",
+        "softmatch",
+        "cifar10",
+        40,
+    )
+    assert (cfg.iterations, cfg.eval_every, cfg.backbone, cfg.n_sigma) == (
+        2000,
+        100,
+        "wrn_28_2",
+        2.0,
+    )
+    # Resolution against a CIFAR-shaped stand-in (no CIFAR here): paper values stay pinned,
+    # auto fields are derived, and the method's options build.
+    rng = np.random.default_rng(0)
+    fake = from_arrays(rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), np.arange(40) % 10)
+    res = resolve(cfg, fake, torch.device("cpu"))
+    assert res.ema_decay == 0.999 and res.bn_momentum == 0.001 and res.ema_warmup is False
+    assert res.stat_momentum == 0.999 and res.precision == "bf16" and res.augment == "batched"
+    assert "precision" in res.auto and "ema_decay" not in res.auto
+
+
+def test_train_from_a_preset_with_digits_overrides():
+    run = semimatch.train(
+        preset="cifar10-40-softmatch",
+        dataset="digits",
+        backbone="cnn",
+        **{k: v for k, v in TINY.items() if k not in ("dataset",)},
+    )
+    assert run.config.preset == "cifar10-40-softmatch" and run.config.iterations == 6
+    assert run.config.n_sigma == 2.0 and run.summary["status"] == "finished"
+    assert run.evaluate()["n"] == 360
+
+
+def test_config_errors_name_the_problem():
+    with pytest.raises(ConfigError, match="did you mean 'iterations'"):
+        make_config(preset="cifar10-40-softmatch", iteratons=5)
+    with pytest.raises(ConfigError, match="either a config or a preset"):
+        semimatch.train({"iterations": 5}, preset="cifar10-40-softmatch")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        make_config(preset="cifar10-41-softmatch")
+
+
+# ----------------------------------------------------------------------------------------------
+# Your own weighting function, backbone and augmentations
+# ----------------------------------------------------------------------------------------------
+class ConfidentHalf:
+    """A user weighting function: weight 1 when the (aligned) max probability exceeds 0.5.
+
+    Not an ``nn.Module`` - any object with ``update`` / ``__call__`` will do; it counts calls.
+    """
+
+    def __init__(self) -> None:
+        self.updates = 0
+        self.calls = 0
+
+    def update(self, probs: torch.Tensor) -> None:
+        assert probs.dim() == 2 and probs.shape[1] == 10
+        self.updates += 1
+
+    def __call__(self, probs: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return (probs.max(dim=1).values > 0.5).float()
+
+
+def test_train_with_a_custom_weighting_function(tmp_path):
+    weighting = ConfidentHalf()
+    run = semimatch.train(weighting=weighting, out=tmp_path / "run", **TINY)
+    assert weighting.updates == TINY["iterations"]  # one update per training step
+    # one weighting per step, plus the lambda(p) curve logged at each evaluation
+    assert weighting.calls == TINY["iterations"] + 1
+    assert run.algorithm.weighting is weighting and run.algorithm.name == "custom:ConfidentHalf"
+    evals = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert evals[-1]["weighting"] == {"type": "ConfidentHalf"}
+    assert set(evals[-1]["lambda_curve"]["w"]) <= {0.0, 1.0}
+
+
+def test_a_weighting_without_the_protocol_is_refused():
+    with pytest.raises(ValueError, match="update"):
+        semimatch.train(weighting=lambda p: p.max(dim=1).values, **TINY)
+
+
+class TinyNet(nn.Module):
+    """A user backbone: float NCHW in, logits out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+        self.batches = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches += 1
+        return self.fc(x.flatten(1))
+
+
+def test_train_with_a_custom_backbone_and_reload_it(tmp_path):
+    net = TinyNet()
+    run = semimatch.train(model=net, out=tmp_path / "run", **TINY)
+    assert run.model.model is net  # wrapped by the input normaliser, trained in place
+    assert net.batches >= TINY["iterations"] and run.config.backbone == "custom:TinyNet"
+    images = load_dataset("digits").test.as_array()[:20]
+    with pytest.raises(ValueError, match="pass model="):
+        load_run(tmp_path / "run", checkpoint="last", device="cpu")
+    again = load_run(tmp_path / "run", checkpoint="last", device="cpu", model=TinyNet())
+    assert np.array_equal(again.predict_proba(images), run.predict_proba(images))
+
+
+class Shift:
+    """Weak view: roll the image by -1..1 px (randomness from the rng the loader passes)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        self.calls += 1
+        return np.roll(img, int(rng.integers(-1, 2)), axis=1)
+
+
+class Invert:
+    """Strong view: the negative image."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        self.calls += 1
+        return 255 - img
+
+
+def test_train_with_custom_augmentation_callables():
+    weak, strong = Shift(), Invert()
+    # num_workers=0 keeps the callables in this process, so their counters are visible here.
+    run = semimatch.train(weak_augment=weak, strong_augment=strong, num_workers=0, **TINY)
+    k, b, mu = TINY["iterations"], TINY["batch_size"], TINY["uratio"]
+    assert weak.calls == k * (b + mu * b)  # labeled + unlabeled weak views
+    assert strong.calls == k * mu * b
+    assert run.config.augment == "pil" and run.summary["status"] == "finished"
+
+
+def test_a_string_strong_augment_is_the_config_variant_and_a_non_callable_is_refused():
+    run = semimatch.train(strong_augment="usb", **{**TINY, "iterations": 1, "eval_every": 1})
+    assert run.config.strong_augment == "usb"
+    with pytest.raises(ValueError, match="weak_augment must be a callable"):
+        semimatch.train(weak_augment=3, **TINY)
+
+
+# ----------------------------------------------------------------------------------------------
+# from_torch
+# ----------------------------------------------------------------------------------------------
+class PILDigits(Dataset):
+    """torchvision-style dataset: (PIL 'L' image, int label) items and a ``classes`` list."""
+
+    classes = [f"digit{i}" for i in range(10)]
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = images, labels
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        self.reads += 1
+        return Image.fromarray(self.images[i, :, :, 0], mode="L"), int(self.labels[i])
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def test_from_torch_converts_pil_and_tensor_datasets(digits):
+    x, y = digits.train.as_array()[:40], digits.train.labels[:40]
+    labeled = PILDigits(x, y)
+    # unlabeled: bare CHW float tensors in [0, 1] (ToTensor output); test: (tensor, tensor)
+    unlabeled = [torch.from_numpy(img.transpose(2, 0, 1)).float() / 255 for img in x[:7]]
+    test = TensorDataset(torch.from_numpy(x[:5].transpose(0, 3, 1, 2)), torch.from_numpy(y[:5]))
+    data = from_torch(labeled, unlabeled, test)
+    assert isinstance(data.train, ArraySource) and np.array_equal(data.train.as_array(), x)
+    assert np.array_equal(data.train.labels, y)
+    assert np.array_equal(data.extra_unlabeled.as_array(), x[:7])
+    assert (data.extra_unlabeled.labels == -1).all()
+    assert np.array_equal(data.test.as_array(), x[:5]) and np.array_equal(data.test.labels, y[:5])
+    assert data.info.num_classes == 10 and data.info.class_names[3] == "digit3"
+    assert data.info.image_size == (8, 8) and data.info.channels == 1
+
+
+def test_from_torch_reads_large_images_lazily():
+    class Photos(Dataset):
+        targets = [0, 1, 0]
+
+        def __init__(self) -> None:
+            self.reads = 0
+
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, i: int):
+            self.reads += 1
+            size = 128 if i < 2 else 100  # the last one is the wrong size
+            return Image.new("RGB", (size, size), (i, 0, 0)), self.targets[i]
+
+    ds = Photos()
+    data = from_torch(ds, num_classes=2, mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert isinstance(data.train, TorchImageSource) and data.train.image_shape == (128, 128, 3)
+    # labels came from `targets` and mean/std were given: only image 0 (for the size) was read
+    assert np.array_equal(data.train.labels, [0, 1, 0]) and ds.reads == 1
+    with pytest.raises(ValueError, match=r"labeled\[2\].*Resize"):
+        data.train[2]
+    assert data.train[1][0, 0].tolist() == [1, 0, 0]
+
+
+def test_from_torch_rejects_mixed_sizes_and_bad_values():
+    imgs = [torch.zeros(1, 8, 8), torch.zeros(1, 9, 8)]
+    with pytest.raises(ValueError, match=r"labeled\[1\].*one size"):
+        from_torch(list(zip(imgs, [0, 1], strict=True)))
+    normalised = [(torch.full((3, 4, 4), -0.5), 0), (torch.zeros(3, 4, 4), 1)]
+    with pytest.raises(ValueError, match="Normalize"):
+        from_torch(normalised)
+    ok = [(torch.zeros(1, 4, 4), 0), (torch.zeros(1, 4, 4), 1)]
+    with pytest.raises(ValueError, match=r"test\[0\]: label 5 is out of range"):
+        from_torch(ok, test=[(torch.zeros(1, 4, 4), 5)], num_classes=2)
+    with pytest.raises(ValueError, match="no label"):
+        from_torch([torch.zeros(1, 4, 4)])
+    with pytest.raises(ValueError, match="channels"):
+        to_hwc_uint8(torch.zeros(2, 4, 4))
+
+
+def test_train_on_torch_datasets(digits):
+    x, y = digits.train.as_array()[:200], digits.train.labels[:200].copy()
+    y[20:] = -1  # 20 labeled, the rest unlabeled
+    tensors = TensorDataset(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(y))
+    test = TensorDataset(
+        torch.from_numpy(digits.test.as_array()[:50].transpose(0, 3, 1, 2)),
+        torch.from_numpy(digits.test.labels[:50]),
+    )
+    data = from_torch(tensors, test=test, num_classes=10, hflip=False)
+    cfg = {**TINY, "num_labels": None}
+    run = semimatch.train(data=data, **cfg)
+    assert run.evaluate()["n"] == 50 and run.summary["status"] == "finished"
+
+
+# ----------------------------------------------------------------------------------------------
+# Three doors, one engine
+# ----------------------------------------------------------------------------------------------
+def test_cli_api_and_estimator_train_the_same_model(tmp_path, digits, restore_determinism):
+    """Same seed and settings -> bit-identical weights and test predictions from all three."""
+    k, seed = 8, 5
+    common = dict(
+        algorithm="softmatch",
+        iterations=k,
+        batch_size=8,
+        uratio=2,
+        seed=seed,
+        precision="fp32",
+        deterministic=True,
+        threads=1,
+    )
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in common.items()]
+    assert (
+        main(
+            [
+                "train",
+                "--dataset=digits",
+                "--num-labels=50",
+                "--tensorboard=false",
+                *flags,
+                "--out",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 0
+    )
+    cli = load_run(tmp_path / "cli", checkpoint="last", device="cpu")
+
+    api = semimatch.train(dataset="digits", num_labels=50, tensorboard=False, **common)
+
+    split = balanced_split(digits.train.labels, 10, 50, seed)
+    y = np.full(len(digits.train), -1)
+    y[split.labeled] = digits.train.labels[split.labeled]
+    est = SemiSupervisedClassifier(
+        algorithm="softmatch",
+        max_iter=k,
+        batch_size=8,
+        uratio=2,
+        random_state=seed,
+        precision="fp32",
+        device="cpu",
+        config={"deterministic": True, "threads": 1},
+    ).fit(digits.train.as_array(), y)
+
+    runs = {"cli": cli, "api": api, "estimator": est.run_}
+    ref = api.ema_model.state_dict()
+    for door, run in runs.items():
+        state = run.ema_model.state_dict()
+        assert state.keys() == ref.keys(), door
+        for name, tensor in ref.items():
+            assert torch.equal(state[name].cpu(), tensor.cpu()), f"{door}: {name} differs"
+    test_x = digits.test.as_array()
+    pred = api.predict(test_x)
+    assert np.array_equal(cli.predict(test_x), pred)
+    assert np.array_equal(est.predict(test_x), pred)
+    assert est.score(test_x, digits.test.labels) == pytest.approx(api.evaluate()["top1"])
