@@ -40,7 +40,10 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--preset", help="start from a paper preset (see `semimatch presets`)")
     p.add_argument("--config", help="start from a config.json (e.g. another run's)")
     p.add_argument("--out", help="run directory (config, split, metrics.jsonl, checkpoints)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly")
+    p.add_argument("--resume", metavar="RUN_DIR|auto", help=(
+        "RUN_DIR: continue the run in RUN_DIR exactly, with its saved config. 'auto' (with --out "
+        "and the usual options): start the run, or continue it if --out already holds it; a "
+        "restartable command for torchrun --max-restarts (a folder named auto: ./auto)"))
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     _add_config_flags(p)
 
@@ -57,6 +60,13 @@ def _build_config(args: argparse.Namespace) -> Config:
 def cmd_train(args: argparse.Namespace) -> int:
     from semimatch.engine import fit
 
+    if args.resume == "auto":
+        if not args.out:
+            raise ConfigError("--resume auto needs --out RUN_DIR: the run to start or continue")
+        if args.overwrite:
+            raise ConfigError("--resume auto continues the run in --out; drop --overwrite")
+        fit(_build_config(args), out=args.out, resume="auto")
+        return 0
     if args.resume:
         overrides = [f.name for f in _cli_fields() if hasattr(args, f.name)]
         if overrides or args.preset or args.config:

@@ -8,6 +8,7 @@ run on W processes equal those of one process that sees the concatenated global 
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import pickle
@@ -83,7 +84,7 @@ def launched_by_torchrun() -> bool:
 
 
 def setup(device: str) -> tuple[DistEnv, torch.device]:
-    """Initialise the process group when launched by torchrun; return the env and this rank's device.
+    """Initialise the process group under torchrun; return the env and this rank's device.
 
     The backend follows the device: ``nccl`` for CUDA, ``gloo`` otherwise.  Rendezvous comes
     entirely from torchrun's environment (``MASTER_ADDR``/``MASTER_PORT`` or ``--rdzv-*``), so no
@@ -94,8 +95,9 @@ def setup(device: str) -> tuple[DistEnv, torch.device]:
         rank, world = get_rank(), get_world_size()
         env = DistEnv(rank, world, int(os.environ.get("LOCAL_RANK", rank)))
     elif launched_by_torchrun():
-        env = DistEnv(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
-                      int(os.environ["LOCAL_RANK"]))
+        env = DistEnv(
+            int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+        )
     else:
         return DistEnv(), torch.device(device)
     dev = torch.device(device)
@@ -105,6 +107,10 @@ def setup(device: str) -> tuple[DistEnv, torch.device]:
     if not is_distributed():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+        # Destroyed when the process exits, not after each training: a second ``fit`` in the
+        # same process reuses the group (re-initialising one under torchrun's persistent store
+        # can connect to the stale addresses of the previous group).
+        atexit.register(teardown)
     return env, dev
 
 

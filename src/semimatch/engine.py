@@ -10,6 +10,7 @@ metrics) is in the run directory.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -101,6 +102,10 @@ def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
     if cfg.batch_size % ws:
         raise ConfigError(f"batch_size={cfg.batch_size} is the global batch and must be divisible "
                           f"by the number of processes ({ws})")
+    if cfg.sync_bn and ws > 1 and device.type not in ("cuda", "xpu", "hpu"):
+        raise ConfigError(f"sync_bn: torch's SyncBatchNorm runs only on GPUs, not on "
+                          f"{device.type}; drop --sync-bn (per-process BatchNorm, as in the "
+                          "papers) or train on GPUs")
     if cfg.num_labels is not None and cfg.lt_gamma is None and cfg.num_labels % C:
         raise ConfigError(
             f"num_labels={cfg.num_labels} cannot be split evenly over the {C} classes of "
@@ -260,9 +265,24 @@ def lambda_curve(algorithm: SSLAlgorithm, num_classes: int, device: torch.device
 # ----------------------------------------------------------------------------------------------
 # The run directory
 # ----------------------------------------------------------------------------------------------
-def prepare_run_dir(out: Path, cfg: Config, resume: bool, overwrite: bool) -> Path | None:
-    """Refuse to mix two runs in one directory; return the checkpoint to resume from (if any)."""
+def prepare_run_dir(out: Path, cfg: Config, resume: bool | Literal["auto"],
+                    overwrite: bool) -> Path | None:
+    """Refuse to mix two runs in one directory; return the checkpoint to resume from (if any).
+
+    ``resume="auto"`` makes a command restartable (``torchrun --max-restarts``, preemptible
+    jobs): start the run if ``out`` holds none; if it holds this run (same config), continue it
+    from its latest checkpoint, or start it again if it stopped before its first checkpoint.
+    Under torchrun ``fit`` calls this on rank 0 only and sends the answer to the other ranks.
+    """
     has_run = (out / "config.json").exists() or (out / "metrics.jsonl").exists()
+    if resume == "auto":
+        if not has_run:
+            return None
+        _check_same_run(out, cfg)
+        latest = ckpt.latest(out / "checkpoints")
+        if latest is not None:
+            return latest
+        resume, overwrite = False, True  # stopped before its first checkpoint: start again
     if resume:
         if not has_run:
             raise TrainingError(f"--resume {out}: no run there (no config.json); "
@@ -277,13 +297,32 @@ def prepare_run_dir(out: Path, cfg: Config, resume: bool, overwrite: bool) -> Pa
         if not overwrite:
             raise TrainingError(f"{out} already holds a run; pass --resume to continue it or "
                                 "--overwrite to replace it (or choose another --out)")
-        if dist.is_main_process():
-            for name in ("checkpoints", "tb", "report"):
-                shutil.rmtree(out / name, ignore_errors=True)
-            for name in ("metrics.jsonl", "summary.json", "config.json", "split.json"):
-                (out / name).unlink(missing_ok=True)
-        dist.barrier()
+        for name in ("checkpoints", "tb", "report"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in ("metrics.jsonl", "summary.json", "config.json", "split.json"):
+            (out / name).unlink(missing_ok=True)
     return None
+
+
+# Fields that may differ between two launches of the same run (speed and display only).
+_RUNTIME_FIELDS = ("auto", "progress", "num_workers", "threads")
+
+
+def _check_same_run(out: Path, cfg: Config) -> None:
+    """``resume="auto"`` continues a run only if this command would start the same run."""
+    try:
+        saved = Config.load(out / "config.json").to_dict()
+    except (OSError, ConfigError) as e:
+        raise TrainingError(f"--resume auto: {out} holds a run whose config.json cannot be read "
+                            f"({e}); choose another --out or pass --overwrite") from None
+    now = cfg.to_dict()
+    diff = [k for k in now if k not in _RUNTIME_FIELDS and saved.get(k) != now[k]]
+    if diff:
+        k = diff[0]
+        raise TrainingError(
+            f"--resume auto: {out} holds a different run ({len(diff)} option(s) differ, e.g. "
+            f"{k}: saved {saved.get(k)!r}, this command {now[k]!r}); choose another --out, pass "
+            f"--overwrite to replace it, or `--resume {out}` to continue it with its saved config")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -363,7 +402,7 @@ def fit(
     cfg: Config,
     *,
     out: str | os.PathLike | None = None,
-    resume: bool = False,
+    resume: bool | Literal["auto"] = False,
     overwrite: bool = False,
     data: SSLDataset | None = None,
     model: nn.Module | None = None,
@@ -372,6 +411,10 @@ def fit(
     strong_augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
 ) -> Run:
     """Train according to ``cfg``; write the run directory ``out`` (if given); return a ``Run``.
+
+    ``resume=True`` continues the run in ``out`` with its saved config; ``resume="auto"`` starts
+    it or, if ``out`` already holds this run, continues it (a restartable command).  Under
+    torchrun every process calls ``fit``; only rank 0 writes ``out``.
 
     ``data``, ``model`` and ``algorithm`` replace what the config would build (Python API);
     ``weak_augment``/``strong_augment`` are per-image callables ``(img_hwc_uint8, rng) -> img``
@@ -386,9 +429,13 @@ def fit(
         cfg = cfg.replace(augment="pil", auto={**cfg.auto,
                                                 "augment": "pil: custom augmentation callables"})
     out_dir = Path(out) if out is not None else None
+    if resume not in (True, False, "auto"):
+        raise ValueError(f"resume must be True, False or 'auto'; got {resume!r}")
     if resume and out_dir is None:
         raise TrainingError("resume needs the run directory (out)")
-    if resume:  # the run's own config is the truth; CLI overrides are not applied on resume
+    if resume == "auto" and overwrite:
+        raise TrainingError("resume='auto' continues the run in out; it cannot also overwrite it")
+    if resume is True:  # the run's own config is the truth; CLI overrides are not applied
         if not (out_dir / "config.json").exists():
             raise TrainingError(f"--resume {out_dir}: no run there (no config.json); "
                                 "start it without --resume")
@@ -400,12 +447,24 @@ def fit(
 
     # -- data, split, config --------------------------------------------------------------------
     if data is None:
+        if cfg.download and not env.is_main:
+            dist.barrier()  # rank 0 downloads the files before the other ranks read them
         data = load_dataset(cfg.dataset, root=cfg.data_root, download=cfg.download and env.is_main,
                             **_dataset_options(cfg))
-    cfg = resolve(cfg, data, device) if not resume else cfg
+        if cfg.download and env.is_main:
+            dist.barrier()
+    cfg = resolve(cfg, data, device) if resume is not True else cfg
     info = data.info
     C = info.num_classes
-    resume_from = prepare_run_dir(out_dir, cfg, resume, overwrite) if out_dir else None
+    # Rank 0 alone inspects (and with overwrite clears) the run directory and tells every rank
+    # which checkpoint to load, so all ranks agree (or stop with the same error).  Rank 0 writes
+    # no checkpoint before the first collective of training, so the others read it undisturbed.
+    resume_from = (dist.on_main(prepare_run_dir, out_dir, cfg, resume, overwrite)
+                   if out_dir else None)
+    if resume == "auto":
+        resume = resume_from is not None
+        if resume:  # the saved config, which prepare_run_dir found equal to this one
+            cfg = Config.load(out_dir / "config.json")
     if resume and out_dir is not None and (out_dir / "split.json").exists():
         split = load_split(out_dir / "split.json")
     else:
@@ -430,9 +489,16 @@ def fit(
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     ema = ModelEMA(net, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay else None
     train_net: nn.Module = net
+    # Floating-point buffers (BatchNorm running statistics) are averaged over the ranks after
+    # every step, so all ranks hold the same model for the EMA, evaluation and checkpoints.
+    # DDP's own buffer sync (rank 0's values, broadcast at the start of each forward) would
+    # leave them different after the step, so it is turned off.
+    buffers_to_average: list[torch.Tensor] = []
     if dist.is_distributed():
         ddp_ids = [device.index] if device.type == "cuda" else None
-        train_net = nn.parallel.DistributedDataParallel(net, device_ids=ddp_ids)
+        train_net = nn.parallel.DistributedDataParallel(net, device_ids=ddp_ids,
+                                                        **_no_forward_buffer_sync())
+        buffers_to_average = [b for b in net.buffers() if b.is_floating_point()]
     if cfg.compile:
         train_net = torch.compile(train_net)
     optimizer = make_optimizer(net, cfg)
@@ -444,6 +510,10 @@ def fit(
     history: dict[str, Any] = {"errors": [], "best_error": None, "wall_time": 0.0}
     log_window, eval_window = WindowSums(), WindowSums()
     if resume_from is not None:
+        if not env.is_main and not Path(resume_from).is_file():
+            raise ckpt.CheckpointError(
+                f"rank {env.rank} cannot see {resume_from}, the checkpoint rank 0 resumes from; "
+                "with several nodes, --out must be on a file system that all nodes share")
         state = ckpt.load(resume_from, map_location=device)
         try:
             net.load_state_dict(state["model"])
@@ -505,6 +575,7 @@ def fit(
     t_window = t_eval = time.perf_counter()
     t_start = time.perf_counter() - history["wall_time"]
     interrupted = _InterruptFlag()
+    clean_stop = False  # the loop stopped between two iterations: the state is consistent
     train_net.train()
     try:
         with interrupted:
@@ -522,7 +593,8 @@ def fit(
                             batch.u_true, forward_mode=cfg.forward_mode)
                 except NonFiniteError:  # the weak-view probabilities are already NaN
                     raise _NonFinite(k) from None
-                if check_every_step and not math.isfinite(loss.item()):
+                # any_rank: a NaN on one rank stops every rank at this iteration.
+                if check_every_step and dist.any_rank(not math.isfinite(loss.item()), device):
                     raise _NonFinite(k)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -532,6 +604,7 @@ def fit(
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
+                dist.average_(buffers_to_average)
                 if ema is not None:
                     ema.update(net, k)
                 log_window.add(sums)
@@ -582,12 +655,20 @@ def fit(
                     t_eval = time.perf_counter()
                     t_window += t_eval - now
                 completed = done
-                if interrupted.requested:
+                stop = interrupted.requested
+                if env.world_size > 1:
+                    # Every rank must stop after the same iteration, or the others wait in the
+                    # next collective.  The ranks agree where the loop syncs anyway: every step
+                    # on CPU, every log_every steps on accelerators.
+                    stop = (check_every_step or done % cfg.log_every == 0) and \
+                        dist.any_rank(stop, device)
+                if stop:
+                    clean_stop = True
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
         status = "interrupted"
         history["wall_time"] = time.perf_counter() - t_start
-        if interrupted.requested and completed > start:
+        if clean_stop and completed > start:
             # Stopped between iterations: every piece of state is consistent, save it.
             save_checkpoint(completed)
         message = (f"interrupted after iteration {completed}; resume with "
@@ -619,7 +700,7 @@ def fit(
         raise TrainingError(message)
     if status == "interrupted":
         _say(None, env.is_main, message)
-        raise KeyboardInterrupt(message)
+        raise KeyboardInterrupt(message if env.is_main else "")  # the CLI prints it once
     _say(None, env.is_main, _summary_line(summary))
     records = read_jsonl(out_dir / "metrics.jsonl") if (out_dir and env.is_main) else []
     return Run(cfg, net, ema.module if ema is not None else None, algorithm, data, out_dir,
@@ -658,6 +739,14 @@ class _InterruptFlag:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
+
+
+def _no_forward_buffer_sync() -> dict[str, bool]:
+    """The DDP keyword that turns off its per-forward buffer broadcast (renamed in torch 2.13)."""
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    if "forward_sync_buffers" in params:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def _dataset_options(cfg: Config) -> dict[str, Any]:

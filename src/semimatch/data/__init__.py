@@ -5,6 +5,7 @@ labeled and unlabeled indices; :class:`TrainStream` turns both into seeded, shar
 :class:`SSLBatch` es and :func:`eval_batches` into un-augmented test batches.
 """
 
+from semimatch.data.adapters import TorchImageSource, from_torch
 from semimatch.data.datasets import (
     DATASETS,
     ArraySource,
@@ -17,7 +18,6 @@ from semimatch.data.datasets import (
     load_dataset,
     read_idx,
 )
-from semimatch.data.adapters import TorchImageSource, from_torch
 from semimatch.data.loaders import SSLBatch, TrainStream, eval_batches
 from semimatch.data.splits import (
     Split,
