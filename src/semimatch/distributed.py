@@ -106,7 +106,16 @@ def setup(device: str) -> tuple[DistEnv, torch.device]:
         torch.cuda.set_device(dev)
     if not is_distributed():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+        timeout = datetime.timedelta(minutes=30)
+        store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+        # Workers restarted by torchrun (--max-restarts) talk to the same agent store as the
+        # attempt before them; without a per-attempt prefix they can read the dead workers'
+        # addresses and fail to connect ("Connection refused", seen with torch 2.14 + gloo).
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = dist.PrefixStore(f"semimatch/attempt_{attempt}/", store)
+        dist.init_process_group(
+            backend=backend, store=store, rank=env.rank, world_size=env.world_size, timeout=timeout
+        )
         # Destroyed when the process exits, not after each training: a second ``fit`` in the
         # same process reuses the group (re-initialising one under torchrun's persistent store
         # can connect to the stale addresses of the previous group).
