@@ -31,11 +31,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     args = p.parse_args()
 
-    from step import PssSampler  # same folder: PSS of the process tree
-
     from semimatch.config import Config
     from semimatch.engine import fit
     from semimatch.metrics import read_jsonl
+    from step import PssSampler  # same folder: PSS of the process tree
 
     samples: list[tuple[float, int]] = []
 
