@@ -7,7 +7,8 @@ history, graph references) shows as a slope; the script prints the curve and the
 over the second half of the run (after allocator warm-up).
 
     python benchmarks/memory.py                          # digits, softmatch, 1000 iterations
-    python benchmarks/memory.py --dataset fashion_mnist --data-root /usr/share/datasets/fashion-mnist
+    python benchmarks/memory.py --dataset fashion_mnist \
+        --data-root /usr/share/datasets/fashion-mnist
 """
 
 from __future__ import annotations
