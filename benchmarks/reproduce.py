@@ -29,14 +29,14 @@ SEEDS = (0, 1, 2)
 
 # Budgets chosen to fit this 2-core CPU (see BENCHMARKS.md for the measured wall times).
 SETTINGS: dict[str, dict[str, Any]] = {
-    "fmnist-40": dict(dataset="fashion_mnist", num_labels=40, backbone="cnn", iterations=500,
-                      batch_size=32, eval_every=50),
-    "fmnist-250": dict(dataset="fashion_mnist", num_labels=250, backbone="cnn", iterations=500,
-                       batch_size=32, eval_every=50),
+    "fmnist-40": dict(dataset="fashion_mnist", num_labels=40, backbone="cnn", iterations=400,
+                      batch_size=32, eval_every=40),
+    "fmnist-250": dict(dataset="fashion_mnist", num_labels=250, backbone="cnn", iterations=400,
+                       batch_size=32, eval_every=40),
     "cifar10-40": dict(dataset="imagefolder", num_labels=40, backbone="wrn_28_2",
-                       iterations=500, batch_size=64, eval_every=50),
+                       iterations=300, batch_size=64, eval_every=50),
     "cifar10-250": dict(dataset="imagefolder", num_labels=250, backbone="wrn_28_2",
-                        iterations=500, batch_size=64, eval_every=50),
+                        iterations=300, batch_size=64, eval_every=50),
     # CIFAR-10-LT, gamma = 100 with head sizes scaled down from (1500, 3000) to fit the budget.
     "cifar10lt-100": dict(dataset="imagefolder", lt_gamma=100.0, lt_n1=500, lt_m1=1000,
                           backbone="wrn_28_2", iterations=500, batch_size=64, eval_every=50),

@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ def train(
     *,
     preset: str | None = None,
     out: str | os.PathLike | None = None,
-    resume: bool = False,
+    resume: bool | Literal["auto"] = False,
     overwrite: bool = False,
     data: SSLDataset | None = None,
     model: nn.Module | None = None,
@@ -77,6 +77,8 @@ def train(
     Args:
         config / preset / overrides: the configuration (see ``semimatch.Config``).
         out: run directory (config, split, metrics, checkpoints); None keeps everything in memory.
+        resume: ``True`` continues the run in ``out``; ``"auto"`` starts it or continues it if
+            ``out`` already holds this run (a restartable call, e.g. under torchrun restarts).
         data: your own data (``semimatch.data.from_arrays``, or
             ``semimatch.data.adapters.from_torch`` for torch ``Dataset`` s) instead of
             ``config.dataset``.
