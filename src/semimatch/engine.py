@@ -685,9 +685,6 @@ def fit(
     finally:
         if bar is not None:
             bar.close()
-        stream_close = getattr(stream, "close", None)
-        if callable(stream_close):
-            stream_close()
 
     wall = time.perf_counter() - t_start
     summary = _summary(cfg, history, status, wall, info.class_names, completed)
