@@ -152,7 +152,8 @@ class _NaNAfter(nn.Module):
 
 def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingError, match=r"NaN/inf at iteration 6.*ckpt-0000004"):
-        fit(tiny(iterations=20, eval_every=2), out=tmp_path / "run", model=_NaNAfter(5))
+        fit(tiny(iterations=20, eval_every=2, forward_mode="joint"), out=tmp_path / "run",
+            model=_NaNAfter(5))
     assert ckpt.load(ckpt.latest(tmp_path / "run" / "checkpoints"))["iteration"] == 4
     end = read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]
     assert end["kind"] == "end" and end["status"] == "failed"

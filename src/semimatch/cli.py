@@ -30,7 +30,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not None else "auto"
         group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="V",
-                           help=f"{f.metadata['help']} (default: {default})")
+                           help=f"{f.metadata['help']} (default: {default})".replace("%", "%%"))
 
 
 def _train_parser(sub: Any) -> None:

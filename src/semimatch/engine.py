@@ -134,8 +134,6 @@ def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
                           f"{device.type}")
     derive("channels_last", cfg.precision != "fp32" and device.type != "mps",
            "on with reduced precision (faster convolutions)")
-    derive("forward_mode", "split", "weak view in a separate no-grad forward: 1.6x faster, "
-           "40% less memory, same accuracy (BENCHMARKS.md); paper presets use joint")
     if cfg.augment == "auto":
         cfg.augment = "batched"
         auto["augment"] = "batched tensor augmentation (measured faster; BENCHMARKS.md)"
