@@ -26,7 +26,7 @@ def _conv_bn_act(in_ch: int, out_ch: int, bn_momentum: float) -> list[nn.Module]
         # No conv bias: the following BatchNorm's shift makes it redundant.
         nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
         nn.BatchNorm2d(out_ch, momentum=bn_momentum),
-        nn.LeakyReLU(LEAKY_SLOPE),
+        nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
     ]
 
 
@@ -154,7 +154,7 @@ class MLP(nn.Module):
             layers += [
                 nn.Linear(prev, h, bias=False),
                 nn.BatchNorm1d(h, momentum=bn_momentum),
-                nn.LeakyReLU(LEAKY_SLOPE),
+                nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
             ]
             if drop_rate > 0:
                 layers.append(nn.Dropout(drop_rate))

@@ -64,10 +64,10 @@ class _BasicBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes, momentum=bn_momentum, eps=BN_EPS)
-        self.relu1 = nn.LeakyReLU(LEAKY_SLOPE)
+        self.relu1 = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
         self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_planes, momentum=bn_momentum, eps=BN_EPS)
-        self.relu2 = nn.LeakyReLU(LEAKY_SLOPE)
+        self.relu2 = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
         self.conv2 = nn.Conv2d(out_planes, out_planes, 3, stride=1, padding=1, bias=False)
         self.drop_rate = drop_rate
         self.activate_before_residual = activate_before_residual
@@ -77,6 +77,8 @@ class _BasicBlock(nn.Module):
             self.shortcut = nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In-place activations on fresh BatchNorm outputs: BN's backward needs its input, not
+        # its output, so this is safe and saves a full activation copy per layer.
         act = self.relu1(self.bn1(x))
         residual = act if self.activate_before_residual else x
         if self.shortcut is not None:
@@ -155,7 +157,7 @@ class WideResNet(nn.Module):
             in_planes = width
         self.blocks = nn.Sequential(*groups)
         self.bn = nn.BatchNorm2d(in_planes, momentum=bn_momentum, eps=BN_EPS)
-        self.relu = nn.LeakyReLU(LEAKY_SLOPE)
+        self.relu = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
         self.fc = nn.Linear(in_planes, num_classes)
         self.num_features = in_planes
         self._init_weights()
