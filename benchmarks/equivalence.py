@@ -2,10 +2,10 @@
 
 Trains the same SoftMatch recipe (same seeds, split, budget) under
   reference  fp32, contiguous NCHW, one joint forward, per-image PIL augmentation
-  default    semimatch's resolved defaults (bf16 autocast, channels_last, split no-grad weak
-             forward, batched tensor augmentation)
-  +joint     the defaults with the paper's joint forward (isolates the split forward)
-  +fp32      the defaults in fp32 / NCHW (isolates bf16 + channels_last)
+  default    semimatch's resolved defaults (bf16 autocast, channels_last, joint forward,
+             batched tensor augmentation)
+  split      the defaults with the split no-grad weak forward (the speed option)
+  split-fp32 the split forward in fp32 / NCHW (isolates bf16 + channels_last)
 and prints best / final test error per seed and the mean.  (The fused foreach optimiser and EMA
 are exact reformulations of the per-tensor loops and need no accuracy check.)
 
@@ -25,8 +25,8 @@ from pathlib import Path
 VARIANTS = {
     "reference": dict(precision="fp32", channels_last=False, forward_mode="joint", augment="pil"),
     "default": {},
-    "+joint": dict(forward_mode="joint"),
-    "+fp32": dict(precision="fp32", channels_last=False),
+    "split": dict(forward_mode="split"),
+    "split-fp32": dict(forward_mode="split", precision="fp32", channels_last=False),
 }
 SETTINGS = {
     "digits": dict(dataset="digits", num_labels=20, iterations=300, batch_size=32,
