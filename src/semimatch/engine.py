@@ -614,19 +614,11 @@ def fit(
                     bar.update(1)
 
                 if done % cfg.log_every == 0 or done == cfg.iterations:
-                    s = summarize(log_window.reduce())
-                    if not math.isfinite(s["sup_loss"] or 0.0) or \
-                            not math.isfinite(s["unsup_loss"] or 0.0):
-                        raise _NonFinite(k)
                     now = time.perf_counter()
-                    record = {"kind": "train", "iteration": done, "time": time.time(),
-                              "lr": optimizer.param_groups[0]["lr"],
-                              "loss": (s["sup_loss"] or 0.0) + algorithm.lambda_u * (
-                                  s["unsup_loss"] or 0.0),
-                              **{key: s[key] for key in ("sup_loss", "unsup_loss", "quantity",
-                                                         "quality", "pl_acc",
-                                                         "full_weight_frac")},
-                              "sec_per_iter": (now - t_window) / log_window.steps}
+                    record = _train_record(log_window, done, optimizer, algorithm,
+                                           (now - t_window) / log_window.steps)
+                    if not math.isfinite(record["loss"]):
+                        raise _NonFinite(k)
                     t_window = now
                     log_window.reset()
                     if writer:
@@ -768,6 +760,18 @@ def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
+
+
+def _train_record(window: WindowSums, done: int, optimizer: torch.optim.Optimizer,
+                  algorithm: SSLAlgorithm, sec_per_iter: float) -> dict[str, Any]:
+    """The "train" record of metrics.jsonl: the log window's averages (one sync)."""
+    s = summarize(window.reduce())
+    loss = (s["sup_loss"] or 0.0) + algorithm.lambda_u * (s["unsup_loss"] or 0.0)
+    return {"kind": "train", "iteration": done, "time": time.time(),
+            "lr": optimizer.param_groups[0]["lr"], "loss": loss,
+            **{key: s[key] for key in ("sup_loss", "unsup_loss", "quantity", "quality", "pl_acc",
+                                       "full_weight_frac")},
+            "sec_per_iter": sec_per_iter}
 
 
 def _evaluate_and_log(cfg: Config, net: nn.Module, ema: ModelEMA | None, algorithm: SSLAlgorithm,
