@@ -28,10 +28,9 @@ import torch
 from semimatch.data.datasets import (
     SMALL_IMAGE_MAX_SIDE,
     ArraySource,
-    DatasetInfo,
     ImageSource,
     SSLDataset,
-    _channel_stats,
+    info_for_source,
 )
 
 __all__ = ["TorchImageSource", "from_torch", "to_hwc_uint8"]
@@ -307,21 +306,5 @@ def from_torch(
     if not (train.labels >= 0).any():
         raise ValueError("labeled: every label is -1; label at least one image per class")
 
-    if mean is None or std is None:
-        m, s = _channel_stats(train)
-        mean = m if mean is None else mean
-        std = s if std is None else std
-    c = shape[2]
-    if len(mean) != c or len(std) != c:
-        raise ValueError(f"mean/std: need {c} values (one per channel), got {mean} / {std}")
-    info = DatasetInfo(
-        name,
-        int(num_classes),
-        class_names or tuple(str(i) for i in range(num_classes)),
-        (int(shape[0]), int(shape[1])),
-        int(c),
-        tuple(float(v) for v in mean),
-        tuple(float(v) for v in std),
-        bool(hflip),
-    )
+    info = info_for_source(name, train, num_classes, class_names, hflip, mean, std)
     return SSLDataset(info, train, test_src, extra)

@@ -1033,25 +1033,38 @@ def from_arrays(
     if not (y >= 0).any():
         raise ValueError("labels: every label is -1; label at least one image per class")
     train = ArraySource(x, y)
+    info = info_for_source(name, train, num_classes, class_names, hflip, mean, std)
+    test = ArraySource(xt, yt) if xt is not None else None
+    return SSLDataset(info, train, test, None)
+
+
+def info_for_source(
+    name: str,
+    train: ImageSource,
+    num_classes: int,
+    class_names: Sequence[str] | None,
+    hflip: bool,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> DatasetInfo:
+    """DatasetInfo of user-provided images; mean/std computed from ``train`` when not given."""
     if mean is None or std is None:
         m, s = _channel_stats(train)
         mean = m if mean is None else mean
         std = s if std is None else std
-    c = x.shape[3]
+    h, w, c = train.image_shape
     if len(mean) != c or len(std) != c:
         raise ValueError(f"mean/std: need {c} values (one per channel), got {mean} / {std}")
-    info = DatasetInfo(
+    return DatasetInfo(
         name,
         int(num_classes),
-        class_names or tuple(str(i) for i in range(num_classes)),
-        (int(x.shape[1]), int(x.shape[2])),
-        c,
+        tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes)),
+        (int(h), int(w)),
+        int(c),
         tuple(float(v) for v in mean),
         tuple(float(v) for v in std),
-        hflip,
+        bool(hflip),
     )
-    test = ArraySource(xt, yt) if xt is not None else None
-    return SSLDataset(info, train, test, None)
 
 
 # --------------------------------------------------------------------------------------------
