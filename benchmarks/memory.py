@@ -45,35 +45,52 @@ def main() -> None:
                 samples.append((time.time(), self._pss()))
                 time.sleep(0.25)
 
-    cfg = Config(dataset=args.dataset, data_root=args.data_root, algorithm=args.algorithm,
-                 num_labels=40 if args.dataset != "digits" else 20, iterations=args.iterations,
-                 log_every=args.log_every, eval_every=max(args.iterations // 10, 1),
-                 batch_size=args.batch_size, tensorboard=False, progress=False)
+    cfg = Config(
+        dataset=args.dataset,
+        data_root=args.data_root,
+        algorithm=args.algorithm,
+        num_labels=40 if args.dataset != "digits" else 20,
+        iterations=args.iterations,
+        log_every=args.log_every,
+        eval_every=max(args.iterations // 10, 1),
+        batch_size=args.batch_size,
+        tensorboard=False,
+        progress=False,
+    )
     with tempfile.TemporaryDirectory() as tmp, Recorder():
         fit(cfg, out=Path(tmp) / "run")
-        records = [r for r in read_jsonl(Path(tmp) / "run" / "metrics.jsonl")
-                   if r["kind"] == "train"]
+        records = [
+            r for r in read_jsonl(Path(tmp) / "run" / "metrics.jsonl") if r["kind"] == "train"
+        ]
     # PSS at each logged iteration = the last sample taken before that record was written.
     curve = []
     for r in records:
         before = [pss for t, pss in samples if t <= r["time"]]
         if before:
             curve.append((r["iteration"], before[-1] / 2**20))
-    print(f"{args.dataset}, {args.algorithm}, batch {args.batch_size}, {args.iterations} "
-          f"iterations: PSS (MiB) of the process tree at each log")
-    print("| iteration | " + " | ".join(str(i) for i, _ in curve[:: max(len(curve) // 10, 1)])
-          + " |")
+    print(
+        f"{args.dataset}, {args.algorithm}, batch {args.batch_size}, {args.iterations} "
+        f"iterations: PSS (MiB) of the process tree at each log"
+    )
+    print(
+        "| iteration | " + " | ".join(str(i) for i, _ in curve[:: max(len(curve) // 10, 1)]) + " |"
+    )
     print("|---|" + "--:|" * len(curve[:: max(len(curve) // 10, 1)]))
-    print("| PSS MiB | " + " | ".join(f"{m:.0f}" for _, m in curve[:: max(len(curve) // 10, 1)])
-          + " |")
-    half = curve[len(curve) // 2:]
+    print(
+        "| PSS MiB | "
+        + " | ".join(f"{m:.0f}" for _, m in curve[:: max(len(curve) // 10, 1)])
+        + " |"
+    )
+    half = curve[len(curve) // 2 :]
     if len(half) >= 2:
         x = np.array([i for i, _ in half], dtype=float)
         y = np.array([m for _, m in half])
         slope = np.polyfit(x, y, 1)[0]
-        print(f"peak {max(m for _, m in curve):.0f} MiB; median second half "
-              f"{statistics.median(y):.0f} MiB; slope over the second half "
-              f"{1024 * slope:.1f} KiB/iteration")
+        print(
+            f"peak {max(m for _, m in curve):.0f} MiB; median second half "
+            f"{statistics.median(y):.0f} MiB; slope over the second half "
+            f"{1024 * slope:.1f} KiB/iteration"
+        )
 
 
 if __name__ == "__main__":

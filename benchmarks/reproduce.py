@@ -29,17 +29,49 @@ SEEDS = (0, 1, 2)
 
 # Budgets chosen to fit this 2-core CPU (see BENCHMARKS.md for the measured wall times).
 SETTINGS: dict[str, dict[str, Any]] = {
-    "fmnist-40": dict(dataset="fashion_mnist", num_labels=40, backbone="cnn", iterations=400,
-                      batch_size=32, eval_every=40),
-    "fmnist-250": dict(dataset="fashion_mnist", num_labels=250, backbone="cnn", iterations=400,
-                       batch_size=32, eval_every=40),
-    "cifar10-40": dict(dataset="imagefolder", num_labels=40, backbone="wrn_28_2",
-                       iterations=300, batch_size=64, eval_every=50),
-    "cifar10-250": dict(dataset="imagefolder", num_labels=250, backbone="wrn_28_2",
-                        iterations=300, batch_size=64, eval_every=50),
+    "fmnist-40": dict(
+        dataset="fashion_mnist",
+        num_labels=40,
+        backbone="cnn",
+        iterations=400,
+        batch_size=32,
+        eval_every=40,
+    ),
+    "fmnist-250": dict(
+        dataset="fashion_mnist",
+        num_labels=250,
+        backbone="cnn",
+        iterations=400,
+        batch_size=32,
+        eval_every=40,
+    ),
+    "cifar10-40": dict(
+        dataset="imagefolder",
+        num_labels=40,
+        backbone="wrn_28_2",
+        iterations=300,
+        batch_size=64,
+        eval_every=50,
+    ),
+    "cifar10-250": dict(
+        dataset="imagefolder",
+        num_labels=250,
+        backbone="wrn_28_2",
+        iterations=300,
+        batch_size=64,
+        eval_every=50,
+    ),
     # CIFAR-10-LT, gamma = 100 with head sizes scaled down from (1500, 3000) to fit the budget.
-    "cifar10lt-100": dict(dataset="imagefolder", lt_gamma=100.0, lt_n1=500, lt_m1=1000,
-                          backbone="wrn_28_2", iterations=500, batch_size=64, eval_every=50),
+    "cifar10lt-100": dict(
+        dataset="imagefolder",
+        lt_gamma=100.0,
+        lt_n1=500,
+        lt_m1=1000,
+        backbone="wrn_28_2",
+        iterations=500,
+        batch_size=64,
+        eval_every=50,
+    ),
 }
 # Extra algorithms per setting (the long-tailed setting compares SoftMatch with/without UA).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -62,8 +94,10 @@ def config_for(setting: str, algorithm: str, seed: int, args: argparse.Namespace
     else:
         root = args.cifar_root
         if not root or not Path(root, "train").is_dir():
-            sys.exit("CIFAR-10 settings need --cifar-root (or SEMIMATCH_CIFAR10_JPEG) pointing at "
-                     "a folder with train/<class>/*.jpg and test/<class>/*.jpg")
+            sys.exit(
+                "CIFAR-10 settings need --cifar-root (or SEMIMATCH_CIFAR10_JPEG) pointing at "
+                "a folder with train/<class>/*.jpg and test/<class>/*.jpg"
+            )
         values.update(data_root=str(Path(root, "train")), test_dir=str(Path(root, "test")))
     algo = dict(VARIANTS.get(algorithm, {"algorithm": algorithm}))
     return Config(**values, **algo, seed=seed, progress=False)
@@ -94,9 +128,11 @@ def table(runs: Path) -> str:
     """Markdown table: mean ± std over seeds of every finished cell."""
     from semimatch.metrics import read_jsonl
 
-    lines = ["| setting | algorithm | seeds | best error % | median-last-20 error % | "
-             "final quantity | min quantity | final quality | s/iter | wall min |",
-             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    lines = [
+        "| setting | algorithm | seeds | best error % | median-last-20 error % | "
+        "final quantity | min quantity | final quality | s/iter | wall min |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
     for setting in SETTINGS:
         for algorithm in (*ALGORITHMS, *VARIANTS):
             summaries, min_q = [], []
@@ -104,8 +140,11 @@ def table(runs: Path) -> str:
                 if not (seed_dir / "summary.json").exists():
                     continue
                 summaries.append(json.loads((seed_dir / "summary.json").read_text()))
-                qs = [r["window"]["quantity"] for r in read_jsonl(seed_dir / "metrics.jsonl")
-                      if r.get("kind") == "eval" and r["window"].get("quantity") is not None]
+                qs = [
+                    r["window"]["quantity"]
+                    for r in read_jsonl(seed_dir / "metrics.jsonl")
+                    if r.get("kind") == "eval" and r["window"].get("quantity") is not None
+                ]
                 if qs:
                     min_q.append(min(qs))
             if not summaries:
@@ -126,7 +165,8 @@ def table(runs: Path) -> str:
                 f"| {_mean_std(col('median20_error'))} | {plain(col('final_quantity'))} | "
                 f"{plain(min_q)} | {plain(col('final_quality'))} | "
                 f"{statistics.mean(col('sec_per_iter')):.2f} | "
-                f"{statistics.mean(col('wall_time_s')) / 60:.1f} |")
+                f"{statistics.mean(col('wall_time_s')) / 60:.1f} |"
+            )
     return "\n".join(lines)
 
 
@@ -141,8 +181,10 @@ def main() -> None:
     p.add_argument("--iterations", type=int, help="override the setting's budget")
     p.add_argument("--runs", default="runs/reproduce")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--fmnist-root", default=os.environ.get(
-        "SEMIMATCH_FMNIST", "/usr/share/datasets/fashion-mnist"))
+    p.add_argument(
+        "--fmnist-root",
+        default=os.environ.get("SEMIMATCH_FMNIST", "/usr/share/datasets/fashion-mnist"),
+    )
     p.add_argument("--cifar-root", default=os.environ.get("SEMIMATCH_CIFAR10_JPEG"))
     p.add_argument("--table", action="store_true", help="print the table of finished runs")
     args = p.parse_args()

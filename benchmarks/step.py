@@ -57,8 +57,11 @@ def load_images(data: str | None, n_per_class: int) -> tuple[np.ndarray, np.ndar
         return np.stack(images), np.array(labels), f"CIFAR-10 JPEG ({data})"
     rng = np.random.default_rng(0)
     n = 10 * n_per_class
-    return (rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8), np.arange(n) % 10,
-            "synthetic uint8 noise")
+    return (
+        rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8),
+        np.arange(n) % 10,
+        "synthetic uint8 noise",
+    )
 
 
 def bf16_matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
@@ -113,15 +116,24 @@ def count_flops(net, algorithm, batch, cfg_precision: str, forward_mode: str, fm
 
     from semimatch.step import train_step
 
-    ctx = (torch.autocast("cpu", dtype=torch.bfloat16) if cfg_precision == "bf16"
-           else torch.autocast("cpu", enabled=False))
+    ctx = (
+        torch.autocast("cpu", dtype=torch.bfloat16)
+        if cfg_precision == "bf16"
+        else torch.autocast("cpu", enabled=False)
+    )
     counter = FlopCounterMode(display=False)
     with counter:
         with ctx:
-            loss, _ = train_step(net, algorithm, batch.x_lb.contiguous(memory_format=fmt),
-                                 batch.y_lb, batch.u_weak.contiguous(memory_format=fmt),
-                                 batch.u_strong.contiguous(memory_format=fmt), batch.u_true,
-                                 forward_mode=forward_mode)
+            loss, _ = train_step(
+                net,
+                algorithm,
+                batch.x_lb.contiguous(memory_format=fmt),
+                batch.y_lb,
+                batch.u_weak.contiguous(memory_format=fmt),
+                batch.u_strong.contiguous(memory_format=fmt),
+                batch.u_true,
+                forward_mode=forward_mode,
+            )
         loss.backward()
     net.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
@@ -141,13 +153,20 @@ def run_reference(args: argparse.Namespace, data, split) -> dict:
     net = InputNormalizer(build_model("wrn_28_2", 10), data.info.mean, data.info.std)
     ema = copy.deepcopy(net)
     algorithm = build_algorithm("softmatch", 10)
-    decay, no_decay = [p for p in net.parameters() if p.dim() > 1], \
-        [p for p in net.parameters() if p.dim() <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4},
-                           {"params": no_decay, "weight_decay": 0.0}],
-                          lr=0.03, momentum=0.9, nesterov=True, foreach=False)
-    stream = TrainStream(data, split, batch_size=B, uratio=MU, seed=0, augment="pil",
-                         num_workers=args.workers)
+    decay, no_decay = (
+        [p for p in net.parameters() if p.dim() > 1],
+        [p for p in net.parameters() if p.dim() <= 1],
+    )
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": 5e-4}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=0.03,
+        momentum=0.9,
+        nesterov=True,
+        foreach=False,
+    )
+    stream = TrainStream(
+        data, split, batch_size=B, uratio=MU, seed=0, augment="pil", num_workers=args.workers
+    )
     total = args.warmup + args.iters
     batches = stream.batches(0, total)
     times = []
@@ -156,11 +175,11 @@ def run_reference(args: argparse.Namespace, data, split) -> dict:
     for _ in range(total):
         batch = next(batches)
         if flops is None:
-            flops = count_flops(net, algorithm, batch, "fp32", "joint",
-                                torch.contiguous_format)
+            flops = count_flops(net, algorithm, batch, "fp32", "joint", torch.contiguous_format)
             t = time.perf_counter()
-        loss, _ = train_step(net, algorithm, batch.x_lb, batch.y_lb, batch.u_weak,
-                             batch.u_strong, batch.u_true)
+        loss, _ = train_step(
+            net, algorithm, batch.x_lb, batch.y_lb, batch.u_weak, batch.u_strong, batch.u_true
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -172,9 +191,18 @@ def run_reference(args: argparse.Namespace, data, split) -> dict:
         now = time.perf_counter()
         times.append(now - t)
         t = now
-    return {"times": times[args.warmup:], "flops": flops, "config": {
-        "precision": "fp32", "memory_format": "NCHW", "augment": f"pil, {args.workers} workers",
-        "optimizer": "SGD foreach=False", "ema": "python loop", "forward_mode": "joint"}}
+    return {
+        "times": times[args.warmup :],
+        "flops": flops,
+        "config": {
+            "precision": "fp32",
+            "memory_format": "NCHW",
+            "augment": f"pil, {args.workers} workers",
+            "optimizer": "SGD foreach=False",
+            "ema": "python loop",
+            "forward_mode": "joint",
+        },
+    }
 
 
 def run_semimatch(args: argparse.Namespace, data, split) -> dict:
@@ -185,26 +213,45 @@ def run_semimatch(args: argparse.Namespace, data, split) -> dict:
 
     total = args.warmup + args.iters
     overrides = json.loads(args.overrides) if args.overrides else {}
-    cfg = Config(algorithm="softmatch", backbone="wrn_28_2", batch_size=B, uratio=MU,
-                 iterations=total, eval_every=10**9, log_every=1, tensorboard=False,
-                 progress=False, seed=0, **overrides)
+    cfg = Config(
+        algorithm="softmatch",
+        backbone="wrn_28_2",
+        batch_size=B,
+        uratio=MU,
+        iterations=total,
+        eval_every=10**9,
+        log_every=1,
+        tensorboard=False,
+        progress=False,
+        seed=0,
+        **overrides,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         # No test set: evaluation is not part of the timed iteration.
         data_no_test = type(data)(data.info, data.train, None, data.extra_unlabeled)
         run = fit(cfg, out=Path(tmp) / "run", data=data_no_test)
-        records = [r for r in read_jsonl(Path(tmp) / "run" / "metrics.jsonl")
-                   if r["kind"] == "train"]
-    times = [r["sec_per_iter"] for r in records][args.warmup:]
+        records = [
+            r for r in read_jsonl(Path(tmp) / "run" / "metrics.jsonl") if r["kind"] == "train"
+        ]
+    times = [r["sec_per_iter"] for r in records][args.warmup :]
     rc = run.config
     from semimatch.data import TrainStream
 
     stream = TrainStream(data, split, batch_size=B, uratio=MU, seed=0, augment=rc.augment)
     batch = stream.batch(0)
     fmt = torch.channels_last if rc.channels_last else torch.contiguous_format
-    flops = count_flops(run.model.train(), run.algorithm, batch, rc.precision, rc.forward_mode,
-                        fmt)
-    resolved = {k: getattr(rc, k) for k in ("precision", "channels_last", "augment",
-                                            "num_workers", "forward_mode", "ema_decay")}
+    flops = count_flops(run.model.train(), run.algorithm, batch, rc.precision, rc.forward_mode, fmt)
+    resolved = {
+        k: getattr(rc, k)
+        for k in (
+            "precision",
+            "channels_last",
+            "augment",
+            "num_workers",
+            "forward_mode",
+            "ema_decay",
+        )
+    }
     return {"times": times, "flops": flops, "config": resolved}
 
 
@@ -220,26 +267,37 @@ def child(args: argparse.Namespace) -> None:
     peak_before = bf16_matmul_gflops()
     with PssSampler() as mem:
         result = (run_reference if args.variant == "reference" else run_semimatch)(
-            args, data, split)
+            args, data, split
+        )
     peak_after = bf16_matmul_gflops()
-    result.update(variant=args.variant, source=source, pss_peak_gib=mem.peak / 2**30,
-                  matmul_gflops=[peak_before, peak_after])
+    result.update(
+        variant=args.variant,
+        source=source,
+        pss_peak_gib=mem.peak / 2**30,
+        matmul_gflops=[peak_before, peak_after],
+    )
     print("RESULT " + json.dumps(result), flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--data", default=os.environ.get("SEMIMATCH_CIFAR10_JPEG"),
-                   help="folder with train/<class>/*.jpg (the CIFAR-10 JPEG copy)")
+    p.add_argument(
+        "--data",
+        default=os.environ.get("SEMIMATCH_CIFAR10_JPEG"),
+        help="folder with train/<class>/*.jpg (the CIFAR-10 JPEG copy)",
+    )
     p.add_argument("--per-class", type=int, default=500)
     p.add_argument("--iters", type=int, default=7, help="timed iterations (after warm-up)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--workers", type=int, default=2, help="reference: DataLoader workers")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--variants", default="reference,semimatch")
-    p.add_argument("--overrides", default="", help='semimatch config overrides as JSON, e.g. '
-                   '\'{"forward_mode": "joint"}\'')
+    p.add_argument(
+        "--overrides",
+        default="",
+        help='semimatch config overrides as JSON, e.g. \'{"forward_mode": "joint"}\'',
+    )
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--variant", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -249,9 +307,22 @@ def main() -> None:
 
     results = []
     for variant in args.variants.split(","):
-        cmd = [sys.executable, __file__, "--variant", variant, "--iters", str(args.iters),
-               "--warmup", str(args.warmup), "--workers", str(args.workers), "--per-class",
-               str(args.per_class), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--variant",
+            variant,
+            "--iters",
+            str(args.iters),
+            "--warmup",
+            str(args.warmup),
+            "--workers",
+            str(args.workers),
+            "--per-class",
+            str(args.per_class),
+            "--threads",
+            str(args.threads),
+        ]
         if args.data:
             cmd += ["--data", args.data]
         if args.overrides:
@@ -260,14 +331,20 @@ def main() -> None:
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if out.returncode or not lines:
             sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
-        results.append(json.loads(lines[-1][len("RESULT "):]))
+        results.append(json.loads(lines[-1][len("RESULT ") :]))
 
-    print(f"# standard step: WRN-28-2, {B} labeled + {B * MU} unlabeled (weak + strong) "
-          f"{SIZE}x{SIZE} RGB, SoftMatch; {results[0]['source']}")
-    print(f"# {platform.node()} | {_cpu()} | {os.cpu_count()} cores | torch {torch.__version__} "
-          f"| {time.strftime('%Y-%m-%d')}")
-    print("| variant | median s/iter | images/s | GFLOP/iter | bf16 matmul GFLOP/s | MFU | "
-          "peak PSS GiB | settings |")
+    print(
+        f"# standard step: WRN-28-2, {B} labeled + {B * MU} unlabeled (weak + strong) "
+        f"{SIZE}x{SIZE} RGB, SoftMatch; {results[0]['source']}"
+    )
+    print(
+        f"# {platform.node()} | {_cpu()} | {os.cpu_count()} cores | torch {torch.__version__} "
+        f"| {time.strftime('%Y-%m-%d')}"
+    )
+    print(
+        "| variant | median s/iter | images/s | GFLOP/iter | bf16 matmul GFLOP/s | MFU | "
+        "peak PSS GiB | settings |"
+    )
     print("|---|--:|--:|--:|--:|--:|--:|---|")
     for r in results:
         med = statistics.median(r["times"])
@@ -275,12 +352,16 @@ def main() -> None:
         mfu = r["flops"] / med / (peak * 1e9)
         settings = ", ".join(f"{k}={v}" for k, v in r["config"].items())
         r.update(median_s=med, mfu=mfu)
-        print(f"| {r['variant']} | {med:.2f} | {(B + 2 * B * MU) / med:.0f} | "
-              f"{r['flops'] / 1e9:.0f} | {peak:.0f} | {100 * mfu:.0f}% | "
-              f"{r['pss_peak_gib']:.2f} | {settings} |")
+        print(
+            f"| {r['variant']} | {med:.2f} | {(B + 2 * B * MU) / med:.0f} | "
+            f"{r['flops'] / 1e9:.0f} | {peak:.0f} | {100 * mfu:.0f}% | "
+            f"{r['pss_peak_gib']:.2f} | {settings} |"
+        )
     if len(results) == 2:
-        print(f"\nspeed-up (reference / semimatch median s/iter): "
-              f"{results[0]['median_s'] / results[1]['median_s']:.2f}x")
+        print(
+            f"\nspeed-up (reference / semimatch median s/iter): "
+            f"{results[0]['median_s'] / results[1]['median_s']:.2f}x"
+        )
     for r in results:
         print(f"{r['variant']} per-iteration s: " + " ".join(f"{t:.2f}" for t in r["times"]))
     if args.json:

@@ -14,9 +14,31 @@ from semimatch.cli import main
 from semimatch.config import PRESETS
 from semimatch.metrics import read_jsonl
 
-TRAIN = ["train", "--dataset", "digits", "--algorithm", "fixmatch", "--num-labels", "20",
-         "--iterations", "6", "--eval-every", "3", "--log-every", "3", "--batch-size", "8",
-         "--uratio", "2", "--seed", "1", "--precision", "fp32", "--tensorboard", "false"]
+TRAIN = [
+    "train",
+    "--dataset",
+    "digits",
+    "--algorithm",
+    "fixmatch",
+    "--num-labels",
+    "20",
+    "--iterations",
+    "6",
+    "--eval-every",
+    "3",
+    "--log-every",
+    "3",
+    "--batch-size",
+    "8",
+    "--uratio",
+    "2",
+    "--seed",
+    "1",
+    "--precision",
+    "fp32",
+    "--tensorboard",
+    "false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +95,14 @@ def test_predict_reports_an_unreadable_image(trained, tmp_path, capsys):
 def test_presets_lists_every_preset(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
-    for name in ("cifar10-40-fixmatch", "cifar10-40-softmatch", "cifar100-400-softmatch",
-                 "svhn-40-fixmatch", "stl10-40-softmatch", "cifar10lt-100-softmatch"):
+    for name in (
+        "cifar10-40-fixmatch",
+        "cifar10-40-softmatch",
+        "cifar100-400-softmatch",
+        "svhn-40-fixmatch",
+        "stl10-40-softmatch",
+        "cifar10lt-100-softmatch",
+    ):
         assert name in out and name in PRESETS
     assert "WRN-28-8" in out
 

@@ -30,8 +30,15 @@ def test_unknown_key_suggests_the_right_one():
 
 @pytest.mark.parametrize(
     "key,value",
-    [("iterations", "abc"), ("iterations", 1.5), ("lr", "fast"), ("algorithm", "mixmatch"),
-     ("deterministic", "maybe"), ("precision", "fp8"), ("batch_size", True)],
+    [
+        ("iterations", "abc"),
+        ("iterations", 1.5),
+        ("lr", "fast"),
+        ("algorithm", "mixmatch"),
+        ("deterministic", "maybe"),
+        ("precision", "fp8"),
+        ("batch_size", True),
+    ],
 )
 def test_wrong_types_are_errors(key, value):
     with pytest.raises(ConfigError, match=key):
@@ -39,8 +46,15 @@ def test_wrong_types_are_errors(key, value):
 
 
 def test_strings_from_the_command_line_are_converted():
-    cfg = Config.from_dict({"iterations": "100", "lr": "0.1", "deterministic": "true",
-                            "tau": "none", "backbone": "cnn"})
+    cfg = Config.from_dict(
+        {
+            "iterations": "100",
+            "lr": "0.1",
+            "deterministic": "true",
+            "tau": "none",
+            "backbone": "cnn",
+        }
+    )
     assert cfg.iterations == 100 and cfg.lr == 0.1 and cfg.deterministic is True
     assert cfg.tau is None and cfg.backbone == "cnn"
 
@@ -75,8 +89,11 @@ def test_preset_typo_is_an_error_with_suggestion():
 
 
 def test_short_budget_derives_momenta_and_records_them():
-    cfg = resolve(Config(algorithm="softmatch", iterations=300, num_labels=20),
-                  tiny_data(), torch.device("cpu"))
+    cfg = resolve(
+        Config(algorithm="softmatch", iterations=300, num_labels=20),
+        tiny_data(),
+        torch.device("cpu"),
+    )
     assert cfg.ema_decay == pytest.approx(1 - 20 / 300)
     assert cfg.stat_momentum == pytest.approx(1 - 20 / 300)
     assert cfg.bn_momentum == pytest.approx(20 / 300)
@@ -89,9 +106,18 @@ def test_short_budget_derives_momenta_and_records_them():
 
 
 def test_user_values_are_never_overridden_by_auto():
-    cfg = resolve(Config(algorithm="softmatch", iterations=300, num_labels=20, ema_decay=0.999,
-                         bn_momentum=0.001, stat_momentum=0.999), tiny_data(),
-                  torch.device("cpu"))
+    cfg = resolve(
+        Config(
+            algorithm="softmatch",
+            iterations=300,
+            num_labels=20,
+            ema_decay=0.999,
+            bn_momentum=0.001,
+            stat_momentum=0.999,
+        ),
+        tiny_data(),
+        torch.device("cpu"),
+    )
     assert (cfg.ema_decay, cfg.bn_momentum, cfg.stat_momentum) == (0.999, 0.001, 0.999)
     assert "ema_decay" not in cfg.auto
 
@@ -100,8 +126,11 @@ def test_incompatible_config_fails_before_training():
     with pytest.raises(ConfigError, match="num_labels=40 cannot be split evenly over the 100"):
         resolve(Config(num_labels=40), tiny_data(100), torch.device("cpu"))
     with pytest.raises(ConfigError, match="no effect with algorithm 'fixmatch'"):
-        resolve(Config(algorithm="fixmatch", n_sigma=2.0, num_labels=20), tiny_data(),
-                torch.device("cpu"))
+        resolve(
+            Config(algorithm="fixmatch", n_sigma=2.0, num_labels=20),
+            tiny_data(),
+            torch.device("cpu"),
+        )
     with pytest.raises(ConfigError, match="fp16 needs CUDA"):
         resolve(Config(precision="fp16", num_labels=20), tiny_data(), torch.device("cpu"))
 

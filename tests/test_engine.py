@@ -22,8 +22,16 @@ from semimatch.engine import TrainingError, fit, lambda_curve
 from semimatch.metrics import read_jsonl
 
 # A tiny, fast recipe: digits, 20 labels, 8 labeled + 16 unlabeled per step.
-TINY = dict(dataset="digits", num_labels=20, batch_size=8, uratio=2, seed=3,
-            precision="fp32", threads=1, tensorboard=False)
+TINY = dict(
+    dataset="digits",
+    num_labels=20,
+    batch_size=8,
+    uratio=2,
+    seed=3,
+    precision="fp32",
+    threads=1,
+    tensorboard=False,
+)
 VOLATILE = {"time", "sec_per_iter"}
 
 
@@ -43,14 +51,25 @@ def stable(records: list[dict]) -> list[dict]:
 
 
 def test_metrics_jsonl_schema(tmp_path):
-    run = fit(tiny(algorithm="softmatch", iterations=12, eval_every=6, log_every=3),
-              out=tmp_path / "run")
+    run = fit(
+        tiny(algorithm="softmatch", iterations=12, eval_every=6, log_every=3), out=tmp_path / "run"
+    )
     records = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     kinds = [r["kind"] for r in records]
     assert kinds.count("train") == 4 and kinds.count("eval") == 2 and kinds[-1] == "end"
     ev = [r for r in records if r["kind"] == "eval"][-1]
-    for key in ("top1", "error", "best_error", "median20_error", "per_class_acc", "confusion",
-                "window", "weighting", "lambda_curve", "p_model"):
+    for key in (
+        "top1",
+        "error",
+        "best_error",
+        "median20_error",
+        "per_class_acc",
+        "confusion",
+        "window",
+        "weighting",
+        "lambda_curve",
+        "p_model",
+    ):
         assert key in ev, key
     assert ev["weighting"]["type"] == "softmatch" and len(ev["p_model"]) == 10
     assert len(ev["window"]["conf_hist"]) == 50
@@ -152,8 +171,11 @@ class _NaNAfter(nn.Module):
 
 def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingError, match=r"NaN/inf at iteration 6.*ckpt-0000004"):
-        fit(tiny(iterations=20, eval_every=2, forward_mode="joint"), out=tmp_path / "run",
-            model=_NaNAfter(5))
+        fit(
+            tiny(iterations=20, eval_every=2, forward_mode="joint"),
+            out=tmp_path / "run",
+            model=_NaNAfter(5),
+        )
     assert ckpt.load(ckpt.latest(tmp_path / "run" / "checkpoints"))["iteration"] == 4
     end = read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]
     assert end["kind"] == "end" and end["status"] == "failed"
@@ -163,11 +185,38 @@ def _final_state(run_dir: Path) -> dict:
     return ckpt.load(ckpt.latest(run_dir / "checkpoints"))
 
 
-CLI = [sys.executable, "-m", "semimatch", "train", "--dataset", "digits", "--algorithm",
-       "softmatch", "--num-labels", "20", "--iterations", "16", "--eval-every", "4",
-       "--log-every", "2", "--batch-size", "8", "--uratio", "2", "--seed", "3",
-       "--deterministic", "true", "--precision", "fp32", "--threads", "1",
-       "--tensorboard", "false"]
+CLI = [
+    sys.executable,
+    "-m",
+    "semimatch",
+    "train",
+    "--dataset",
+    "digits",
+    "--algorithm",
+    "softmatch",
+    "--num-labels",
+    "20",
+    "--iterations",
+    "16",
+    "--eval-every",
+    "4",
+    "--log-every",
+    "2",
+    "--batch-size",
+    "8",
+    "--uratio",
+    "2",
+    "--seed",
+    "3",
+    "--deterministic",
+    "true",
+    "--precision",
+    "fp32",
+    "--threads",
+    "1",
+    "--tensorboard",
+    "false",
+]
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
@@ -208,8 +257,9 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, reference_run):
     ref = reference_run
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen([*CLI, "--out", str(run)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*CLI, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     # Kill at a random moment after the first checkpoint exists (mid-window, mid-iteration).
     deadline = time.time() + 120
     while ckpt.latest(run / "checkpoints") is None and time.time() < deadline:
@@ -218,16 +268,21 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, reference_run):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert ckpt.latest(run / "checkpoints") is not None
-    subprocess.run([sys.executable, "-m", "semimatch", "train", "--resume", str(run)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "semimatch", "train", "--resume", str(run)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     _assert_same_run(ref, run)
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(tmp_path, reference_run):
     ref = reference_run
     run = tmp_path / "int"
-    proc = subprocess.Popen([*CLI, "--out", str(run)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*CLI, "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 120
     while not (run / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.02)
@@ -241,6 +296,10 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(tmp_path, refere
     assert end["kind"] == "end" and end["status"] == "interrupted"
     # the checkpoint is taken where the run stopped, not at the last evaluation
     assert ckpt.load(ckpt.latest(run / "checkpoints"))["iteration"] == end["iteration"]
-    subprocess.run([sys.executable, "-m", "semimatch", "train", "--resume", str(run)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "semimatch", "train", "--resume", str(run)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     _assert_same_run(ref, run)

@@ -32,8 +32,9 @@ def test_training_iteration_has_no_host_sync(algorithm, forward_mode):
     u = torch.empty(16, 1, 28, 28, dtype=torch.uint8, device=meta)
     t = torch.empty(16, dtype=torch.long, device=meta)
     for step in range(2):
-        loss, sums = train_step(net, algo, x, y, u, u if algo.uses_strong else None, t,
-                                forward_mode=forward_mode)
+        loss, sums = train_step(
+            net, algo, x, y, u, u if algo.uses_strong else None, t, forward_mode=forward_mode
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -16,7 +16,22 @@ from semimatch.weighting import FixedThreshold, SoftMatchWeighting
 __version__ = "0.1.0"
 
 __all__ = [
-    "ALGORITHMS", "PRESETS", "Config", "ConfigError", "FixedThreshold", "Run", "SSLAlgorithm",
-    "SoftMatchWeighting", "TrainingError", "UniformAlignment", "build_algorithm", "evaluate",
-    "load_run", "make_config", "predict", "train", "train_step", "__version__",
+    "ALGORITHMS",
+    "PRESETS",
+    "Config",
+    "ConfigError",
+    "FixedThreshold",
+    "Run",
+    "SSLAlgorithm",
+    "SoftMatchWeighting",
+    "TrainingError",
+    "UniformAlignment",
+    "build_algorithm",
+    "evaluate",
+    "load_run",
+    "make_config",
+    "predict",
+    "train",
+    "train_step",
+    "__version__",
 ]

@@ -73,8 +73,10 @@ class SSLAlgorithm(nn.Module):
         if stats_on not in ("aligned", "raw"):
             raise ValueError(f"stats_on must be 'aligned' or 'raw'; got {stats_on!r}")
         if stats_on == "raw" and alignment is None:
-            raise ValueError("stats_on='raw' only differs from 'aligned' with an alignment; "
-                             "enable uniform alignment or leave stats_on='aligned'")
+            raise ValueError(
+                "stats_on='raw' only differs from 'aligned' with an alignment; "
+                "enable uniform alignment or leave stats_on='aligned'"
+            )
         if lambda_u < 0:
             raise ValueError(f"lambda_u must be >= 0; got {lambda_u}")
         # Plain attributes for non-Module weightings (any object with the protocol works).
@@ -122,8 +124,10 @@ class SSLAlgorithm(nn.Module):
         return {"weighting": info, "p_model": None if p_model is None else p_model.tolist()}
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, student_view={self.student_view!r}, " \
-               f"stats_on={self.stats_on!r}, lambda_u={self.lambda_u}"
+        return (
+            f"name={self.name!r}, student_view={self.student_view!r}, "
+            f"stats_on={self.stats_on!r}, lambda_u={self.lambda_u}"
+        )
 
 
 @dataclass(frozen=True)
@@ -140,8 +144,9 @@ def _supervised(num_classes: int) -> SSLAlgorithm:
 
 
 def _pseudolabel(num_classes: int, tau: float = 0.95, lambda_u: float = 1.0) -> SSLAlgorithm:
-    return SSLAlgorithm(FixedThreshold(tau), student_view="weak", lambda_u=lambda_u,
-                        name="pseudolabel")
+    return SSLAlgorithm(
+        FixedThreshold(tau), student_view="weak", lambda_u=lambda_u, name="pseudolabel"
+    )
 
 
 def _fixmatch(num_classes: int, tau: float = 0.95, lambda_u: float = 1.0) -> SSLAlgorithm:
@@ -162,25 +167,46 @@ def _softmatch(
         if not uniform_alignment:
             raise ValueError("ua_momentum has no effect with uniform_alignment=False")
         check_momentum(ua_momentum, "ua_momentum")
-    weighting = SoftMatchWeighting(num_classes, momentum=momentum, n_sigma=n_sigma,
-                                   per_class=per_class)
-    alignment = (UniformAlignment(num_classes, momentum if ua_momentum is None else ua_momentum)
-                 if uniform_alignment else None)
-    return SSLAlgorithm(weighting, alignment, stats_on=stats_on, lambda_u=lambda_u,
-                        name="softmatch")
+    weighting = SoftMatchWeighting(
+        num_classes, momentum=momentum, n_sigma=n_sigma, per_class=per_class
+    )
+    alignment = (
+        UniformAlignment(num_classes, momentum if ua_momentum is None else ua_momentum)
+        if uniform_alignment
+        else None
+    )
+    return SSLAlgorithm(
+        weighting, alignment, stats_on=stats_on, lambda_u=lambda_u, name="softmatch"
+    )
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
-    "supervised": AlgorithmSpec(_supervised, frozenset(),
-                                "labeled data only, same recipe (the baseline)"),
-    "pseudolabel": AlgorithmSpec(_pseudolabel, frozenset({"tau", "lambda_u"}),
-                                 "hard threshold on the weak view, no strong augmentation"),
-    "fixmatch": AlgorithmSpec(_fixmatch, frozenset({"tau", "lambda_u"}),
-                              "step weighting at tau on the weak view, loss on the strong view"),
+    "supervised": AlgorithmSpec(
+        _supervised, frozenset(), "labeled data only, same recipe (the baseline)"
+    ),
+    "pseudolabel": AlgorithmSpec(
+        _pseudolabel,
+        frozenset({"tau", "lambda_u"}),
+        "hard threshold on the weak view, no strong augmentation",
+    ),
+    "fixmatch": AlgorithmSpec(
+        _fixmatch,
+        frozenset({"tau", "lambda_u"}),
+        "step weighting at tau on the weak view, loss on the strong view",
+    ),
     "softmatch": AlgorithmSpec(
         _softmatch,
-        frozenset({"momentum", "n_sigma", "per_class", "uniform_alignment", "ua_momentum",
-                   "stats_on", "lambda_u"}),
+        frozenset(
+            {
+                "momentum",
+                "n_sigma",
+                "per_class",
+                "uniform_alignment",
+                "ua_momentum",
+                "stats_on",
+                "lambda_u",
+            }
+        ),
         "truncated-Gaussian weighting + Uniform Alignment (USB-code defaults)",
     ),
 }
@@ -192,9 +218,11 @@ def build_algorithm(name: str, num_classes: int, **options: Any) -> SSLAlgorithm
         import difflib
 
         hint = difflib.get_close_matches(name, ALGORITHMS, n=1)
-        raise ValueError(f"unknown algorithm {name!r}"
-                         + (f"; did you mean {hint[0]!r}?" if hint else "")
-                         + f" Valid: {', '.join(ALGORITHMS)}")
+        raise ValueError(
+            f"unknown algorithm {name!r}"
+            + (f"; did you mean {hint[0]!r}?" if hint else "")
+            + f" Valid: {', '.join(ALGORITHMS)}"
+        )
     check_num_classes(num_classes)
     spec = ALGORITHMS[name]
     unused = set(options) - spec.options

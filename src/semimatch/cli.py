@@ -29,21 +29,37 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for f in _cli_fields():
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not None else "auto"
-        group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, metavar="V",
-                           help=f"{f.metadata['help']} (default: {default})".replace("%", "%%"))
+        group.add_argument(
+            flag,
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            metavar="V",
+            help=f"{f.metadata['help']} (default: {default})".replace("%", "%%"),
+        )
 
 
 def _train_parser(sub: Any) -> None:
-    p = sub.add_parser("train", help="train a model", description=(
-        "Train with FixMatch, SoftMatch, Pseudo-Label or supervised-only. Every option below is "
-        "a field of the config; --preset loads a paper setting first."))
+    p = sub.add_parser(
+        "train",
+        help="train a model",
+        description=(
+            "Train with FixMatch, SoftMatch, Pseudo-Label or supervised-only. Every option below "
+            "is a field of the config; --preset loads a paper setting first."
+        ),
+    )
     p.add_argument("--preset", help="start from a paper preset (see `semimatch presets`)")
     p.add_argument("--config", help="start from a config.json (e.g. another run's)")
     p.add_argument("--out", help="run directory (config, split, metrics.jsonl, checkpoints)")
-    p.add_argument("--resume", metavar="RUN_DIR|auto", help=(
-        "RUN_DIR: continue the run in RUN_DIR exactly, with its saved config. 'auto' (with --out "
-        "and the usual options): start the run, or continue it if --out already holds it; a "
-        "restartable command for torchrun --max-restarts (a folder named auto: ./auto)"))
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR|auto",
+        help=(
+            "RUN_DIR: continue the run in RUN_DIR exactly, with its saved config. 'auto' (with "
+            "--out and the usual options): start the run, or continue it if --out already holds "
+            "it; a "
+            "restartable command for torchrun --max-restarts (a folder named auto: ./auto)"
+        ),
+    )
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     _add_config_flags(p)
 
@@ -51,8 +67,11 @@ def _train_parser(sub: Any) -> None:
 def _build_config(args: argparse.Namespace) -> Config:
     if args.preset and args.config:
         raise ConfigError("use --preset or --config, not both")
-    cfg = load_preset(args.preset) if args.preset else (
-        Config.load(args.config) if args.config else Config())
+    cfg = (
+        load_preset(args.preset)
+        if args.preset
+        else (Config.load(args.config) if args.config else Config())
+    )
     overrides = {f.name: getattr(args, f.name) for f in _cli_fields() if hasattr(args, f.name)}
     return cfg.replace(**{k: coerce(k, v, source="command line") for k, v in overrides.items()})
 
@@ -71,8 +90,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides = [f.name for f in _cli_fields() if hasattr(args, f.name)]
         if overrides or args.preset or args.config:
             flags = ", ".join("--" + o.replace("_", "-") for o in overrides)
-            raise ConfigError("--resume continues the run with its saved config; drop "
-                              f"{flags or '--preset/--config'}")
+            raise ConfigError(
+                "--resume continues the run with its saved config; drop "
+                f"{flags or '--preset/--config'}"
+            )
         fit(Config(), out=args.resume, resume=True)
         return 0
     cfg = _build_config(args)
@@ -84,24 +105,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from semimatch.api import evaluate
 
-    result = evaluate(args.run_dir, model=args.model, checkpoint=args.checkpoint,
-                      device=args.device)
+    result = evaluate(
+        args.run_dir, model=args.model, checkpoint=args.checkpoint, device=args.device
+    )
     result.pop("confusion", None)
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.run_dir}: top-1 {100 * result['top1']:.2f}%  error "
-              f"{100 * result['error']:.2f}%  ({result['n']} test images, {args.model} model)")
+        print(
+            f"{args.run_dir}: top-1 {100 * result['top1']:.2f}%  error "
+            f"{100 * result['error']:.2f}%  ({result['n']} test images, {args.model} model)"
+        )
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from semimatch.api import predict
 
-    rows = predict(args.run_dir, args.images, model=args.model, checkpoint=args.checkpoint,
-                   device=args.device)
-    with (open(args.output, "w", newline="") if args.output
-          else contextlib.nullcontext(sys.stdout)) as out:
+    rows = predict(
+        args.run_dir, args.images, model=args.model, checkpoint=args.checkpoint, device=args.device
+    )
+    with (
+        open(args.output, "w", newline="") if args.output else contextlib.nullcontext(sys.stdout)
+    ) as out:
         w = csv.writer(out)
         w.writerow(["path", "class", "confidence"])
         for path, row in zip(args.images, rows):
@@ -134,8 +160,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from semimatch.demo import run_demo
 
-    run_demo(out=Path(args.out), iterations=args.iterations, num_labels=args.num_labels,
-             seed=args.seed)
+    run_demo(
+        out=Path(args.out), iterations=args.iterations, num_labels=args.num_labels, seed=args.seed
+    )
     return 0
 
 
@@ -163,8 +190,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="semimatch", description=(
-        "Semi-supervised image classification with FixMatch and SoftMatch."))
+    parser = _Parser(
+        prog="semimatch",
+        description=("Semi-supervised image classification with FixMatch and SoftMatch."),
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _train_parser(sub)
 
@@ -185,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="HTML report + figures for one or more runs")
     p.add_argument("run_dirs", nargs="+")
-    p.add_argument("--out", help="report folder (default: RUN_DIR/report; ./semimatch-report "
-                                 "for several runs)")
+    p.add_argument(
+        "--out", help="report folder (default: RUN_DIR/report; ./semimatch-report for several runs)"
+    )
 
     sub.add_parser("presets", help="list the paper presets")
     sub.add_parser("datasets", help="list the dataset names")
@@ -199,9 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict,
-            "presets": cmd_presets, "datasets": cmd_datasets, "report": cmd_report,
-            "demo": cmd_demo}
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "predict": cmd_predict,
+    "presets": cmd_presets,
+    "datasets": cmd_datasets,
+    "report": cmd_report,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

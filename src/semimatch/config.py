@@ -37,22 +37,31 @@ def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - 'help' reads 
 class Config:
     # --- what to train -------------------------------------------------------------------------
     algorithm: Literal["supervised", "pseudolabel", "fixmatch", "softmatch"] = _f(
-        "fixmatch", "semi-supervised method")
+        "fixmatch", "semi-supervised method"
+    )
     dataset: str = _f("digits", "dataset name (see `semimatch datasets`) or 'imagefolder'")
-    data_root: str | None = _f(None, "where the dataset lives (or is downloaded to); "
-                                     "for imagefolder the folder root/<class>/<image>")
+    data_root: str | None = _f(
+        None,
+        "where the dataset lives (or is downloaded to); "
+        "for imagefolder the folder root/<class>/<image>",
+    )
     download: bool = _f(False, "download a torchvision dataset if it is missing")
     unlabeled_dir: str | None = _f(None, "imagefolder: extra folder of unlabeled images")
     test_dir: str | None = _f(None, "imagefolder: test folder root/<class>/<image>")
     image_size: int | None = _f(None, "imagefolder: resize images to this square size")
-    skip_corrupt: bool = _f(False, "imagefolder: skip unreadable images (with a count) "
-                                   "instead of stopping")
+    skip_corrupt: bool = _f(
+        False, "imagefolder: skip unreadable images (with a count) instead of stopping"
+    )
     svhn_extra: bool = _f(False, "svhn: add the 531k 'extra' images to the unlabeled set")
-    num_labels: int | None = _f(None, "labeled images in a balanced split (num_labels / C per "
-                                      "class); None = use the labels the dataset gives "
-                                      "(arrays with y == -1 for unlabeled)")
-    exclude_labeled: bool = _f(False, "leave the labeled images out of the unlabeled set "
-                                      "(papers include them)")
+    num_labels: int | None = _f(
+        None,
+        "labeled images in a balanced split (num_labels / C per "
+        "class); None = use the labels the dataset gives "
+        "(arrays with y == -1 for unlabeled)",
+    )
+    exclude_labeled: bool = _f(
+        False, "leave the labeled images out of the unlabeled set (papers include them)"
+    )
     lt_gamma: float | None = _f(None, "long-tailed split: imbalance ratio gamma (e.g. 100)")
     lt_n1: int = _f(1500, "long-tailed split: labeled images of the head class (N_1)")
     lt_m1: int = _f(3000, "long-tailed split: unlabeled images of the head class (M_1)")
@@ -60,11 +69,17 @@ class Config:
     split_seed: int | None = _f(None, "seed of the labeled split (None = seed)")
 
     # --- model -------------------------------------------------------------------------------
-    backbone: str | None = _f(None, "wrn_28_2 | wrn_28_8 | wrn_37_2 | cnn | mlp | "
-                                    "torchvision:<name> | timm:<name>; None = cnn for images "
-                                    "<= 28 px, wrn_28_2 otherwise")
-    bn_momentum: float | None = _f(None, "BatchNorm momentum (PyTorch convention; paper 0.001); "
-                                         "None = derived from the iteration budget")
+    backbone: str | None = _f(
+        None,
+        "wrn_28_2 | wrn_28_8 | wrn_37_2 | cnn | mlp | "
+        "torchvision:<name> | timm:<name>; None = cnn for images "
+        "<= 28 px, wrn_28_2 otherwise",
+    )
+    bn_momentum: float | None = _f(
+        None,
+        "BatchNorm momentum (PyTorch convention; paper 0.001); "
+        "None = derived from the iteration budget",
+    )
     sync_bn: bool = _f(False, "synchronise BatchNorm statistics across processes (torchrun)")
 
     # --- optimisation ------------------------------------------------------------------------
@@ -76,35 +91,47 @@ class Config:
     nesterov: bool = _f(True, "Nesterov momentum")
     weight_decay: float = _f(5e-4, "weight decay on conv/linear weights only (not BN, not bias)")
     schedule: Literal["cosine", "constant"] = _f(
-        "cosine", "cosine: lr0 * cos(7 pi k / (16 K)) per iteration")
+        "cosine", "cosine: lr0 * cos(7 pi k / (16 K)) per iteration"
+    )
     warmup_iterations: int = _f(0, "linear learning-rate warm-up iterations")
     clip_grad_norm: float | None = _f(None, "clip the gradient norm to this value")
-    ema_decay: float | None = _f(None, "EMA of weights (paper 0.999); 0 disables; "
-                                       "None = derived from the iteration budget")
-    ema_warmup: bool | None = _f(None, "EMA warm-up decay_t = min(decay, (1+t)/(10+t)); "
-                                       "None = on unless a paper preset")
+    ema_decay: float | None = _f(
+        None, "EMA of weights (paper 0.999); 0 disables; None = derived from the iteration budget"
+    )
+    ema_warmup: bool | None = _f(
+        None, "EMA warm-up decay_t = min(decay, (1+t)/(10+t)); None = on unless a paper preset"
+    )
     lambda_u: float | None = _f(None, "unlabeled loss weight (default 1)")
 
     # --- pseudo-labels ------------------------------------------------------------------------
     tau: float | None = _f(None, "fixmatch/pseudolabel: confidence threshold (default 0.95)")
-    stat_momentum: float | None = _f(None, "softmatch: EMA momentum of the Gaussian statistics "
-                                           "(paper 0.999); None = derived from the budget")
-    n_sigma: float | None = _f(None, "softmatch: width of the Gaussian in std units "
-                                     "(USB code 2, paper equation 1)")
+    stat_momentum: float | None = _f(
+        None,
+        "softmatch: EMA momentum of the Gaussian statistics "
+        "(paper 0.999); None = derived from the budget",
+    )
+    n_sigma: float | None = _f(
+        None, "softmatch: width of the Gaussian in std units (USB code 2, paper equation 1)"
+    )
     per_class: bool | None = _f(None, "softmatch: per-class mean/variance")
     uniform_alignment: bool | None = _f(None, "softmatch: Uniform Alignment (default on)")
-    ua_momentum: float | None = _f(None, "softmatch: EMA momentum of p_model "
-                                         "(default = stat_momentum)")
+    ua_momentum: float | None = _f(
+        None, "softmatch: EMA momentum of p_model (default = stat_momentum)"
+    )
     stats_on: Literal["aligned", "raw"] | None = _f(
-        None, "softmatch: statistics on aligned (USB code) or raw (paper) probabilities")
+        None, "softmatch: statistics on aligned (USB code) or raw (paper) probabilities"
+    )
 
     # --- augmentation -------------------------------------------------------------------------
     strong_augment: Literal["fixmatch", "usb"] = _f(
-        "fixmatch", "RandAugment variant: fixmatch (2 ops, p=0.5, 16px cutout) or usb")
+        "fixmatch", "RandAugment variant: fixmatch (2 ops, p=0.5, 16px cutout) or usb"
+    )
     augment: Literal["auto", "pil", "batched"] = _f(
-        "auto", "pil: per-image PIL in loader workers; batched: tensor ops on augment_device")
-    augment_device: str | None = _f(None, "device of the batched augmentation "
-                                          "(None = training device)")
+        "auto", "pil: per-image PIL in loader workers; batched: tensor ops on augment_device"
+    )
+    augment_device: str | None = _f(
+        None, "device of the batched augmentation (None = training device)"
+    )
     num_workers: int | None = _f(None, "data-loader worker processes (None = auto)")
 
     # --- evaluation, logging, checkpoints ----------------------------------------------------
@@ -119,13 +146,16 @@ class Config:
     # --- runtime ------------------------------------------------------------------------------
     device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
-        "auto", "autocast precision; auto = bf16 on CPU/CUDA when supported, else fp32")
+        "auto", "autocast precision; auto = bf16 on CPU/CUDA when supported, else fp32"
+    )
     channels_last: bool | None = _f(None, "channels-last memory format (None = with bf16/fp16)")
     forward_mode: Literal["joint", "split"] = _f(
-        "joint", "joint: one forward over cat(labeled, weak, strong), BatchNorm sees the joint "
-                 "batch (papers); split: the weak view in a separate no-grad forward -- 1.6x "
-                 "faster and 40% less memory, but BatchNorm statistics differ and it lost "
-                 "accuracy on Fashion-MNIST (BENCHMARKS.md)")
+        "joint",
+        "joint: one forward over cat(labeled, weak, strong), BatchNorm sees the joint "
+        "batch (papers); split: the weak view in a separate no-grad forward -- 1.6x "
+        "faster and 40% less memory, but BatchNorm statistics differ and it lost "
+        "accuracy on Fashion-MNIST (BENCHMARKS.md)",
+    )
     compile: bool = _f(False, "torch.compile the model (measured slower on CPU here)")
     seed: int = _f(0, "random seed")
     deterministic: bool = _f(False, "deterministic algorithms (bit-exact reruns and resume)")
@@ -177,8 +207,15 @@ class Config:
 
     def algorithm_options(self) -> dict[str, Any]:
         """The method's options that were set (None = the algorithm's own default)."""
-        keys = {"tau", "lambda_u", "n_sigma", "per_class", "uniform_alignment", "ua_momentum",
-                "stats_on"}
+        keys = {
+            "tau",
+            "lambda_u",
+            "n_sigma",
+            "per_class",
+            "uniform_alignment",
+            "ua_momentum",
+            "stats_on",
+        }
         opts = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
         if self.stat_momentum is not None:
             opts["momentum"] = self.stat_momentum
@@ -241,8 +278,12 @@ def coerce(key: str, value: Any, *, source: str = "config") -> Any:
     options = [kind]
     if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
         options = list(typing.get_args(kind))
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "auto")
-                         and type(None) in options and str not in options):
+    if value is None or (
+        isinstance(value, str)
+        and value.lower() in ("none", "null", "auto")
+        and type(None) in options
+        and str not in options
+    ):
         if type(None) in options:
             return None
         raise ConfigError(f"{key} cannot be None in {source}")
@@ -293,49 +334,104 @@ class Preset:
 
 
 _PAPER_COMMON: dict[str, Any] = {
-    "iterations": 2**20, "batch_size": 64, "uratio": 7, "lr": 0.03, "sgd_momentum": 0.9,
-    "nesterov": True, "weight_decay": 5e-4, "schedule": "cosine", "ema_decay": 0.999,
-    "ema_warmup": False, "bn_momentum": 0.001, "eval_every": 5000, "strong_augment": "fixmatch",
+    "iterations": 2**20,
+    "batch_size": 64,
+    "uratio": 7,
+    "lr": 0.03,
+    "sgd_momentum": 0.9,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "schedule": "cosine",
+    "ema_decay": 0.999,
+    "ema_warmup": False,
+    "bn_momentum": 0.001,
+    "eval_every": 5000,
+    "strong_augment": "fixmatch",
 }
 _RUNTIME_28_2 = "2**20 iterations: ~1 week on one V100; ~3 s/iteration (months) on a 2-core CPU"
 _RUNTIME_28_8 = "2**20 iterations: ~3 weeks on one V100; not practical on a CPU"
 _ALGO_VALUES: dict[str, dict[str, Any]] = {
     "fixmatch": {"algorithm": "fixmatch", "tau": 0.95},
-    "softmatch": {"algorithm": "softmatch", "stat_momentum": 0.999, "n_sigma": 2.0,
-                  "uniform_alignment": True, "stats_on": "aligned"},
+    "softmatch": {
+        "algorithm": "softmatch",
+        "stat_momentum": 0.999,
+        "n_sigma": 2.0,
+        "uniform_alignment": True,
+        "stats_on": "aligned",
+    },
     "supervised": {"algorithm": "supervised"},
     "pseudolabel": {"algorithm": "pseudolabel", "tau": 0.95},
 }
 _SETTINGS: dict[str, tuple[dict[str, Any], str, str]] = {
-    "cifar10-40": ({"dataset": "cifar10", "num_labels": 40, "backbone": "wrn_28_2"},
-                   "CIFAR-10, 4 labels per class, WRN-28-2", _RUNTIME_28_2),
-    "cifar10-250": ({"dataset": "cifar10", "num_labels": 250, "backbone": "wrn_28_2"},
-                    "CIFAR-10, 25 labels per class, WRN-28-2", _RUNTIME_28_2),
-    "cifar10-4000": ({"dataset": "cifar10", "num_labels": 4000, "backbone": "wrn_28_2"},
-                     "CIFAR-10, 400 labels per class, WRN-28-2", _RUNTIME_28_2),
-    "cifar100-400": ({"dataset": "cifar100", "num_labels": 400, "backbone": "wrn_28_8",
-                      "weight_decay": 1e-3}, "CIFAR-100, 4 labels per class, WRN-28-8, wd 1e-3",
-                     _RUNTIME_28_8),
-    "cifar100-2500": ({"dataset": "cifar100", "num_labels": 2500, "backbone": "wrn_28_8",
-                       "weight_decay": 1e-3}, "CIFAR-100, 25 labels per class, WRN-28-8",
-                      _RUNTIME_28_8),
-    "svhn-40": ({"dataset": "svhn", "num_labels": 40, "backbone": "wrn_28_2"},
-                "SVHN, 4 labels per class, WRN-28-2, no flip", _RUNTIME_28_2),
-    "svhn-250": ({"dataset": "svhn", "num_labels": 250, "backbone": "wrn_28_2"},
-                 "SVHN, 25 labels per class, WRN-28-2, no flip", _RUNTIME_28_2),
-    "stl10-40": ({"dataset": "stl10", "num_labels": 40, "backbone": "wrn_37_2"},
-                 "STL-10 (96 px) with its 100k unlabeled images, WRN-37-2",
-                 "2**20 iterations: ~2 weeks on one V100"),
-    "stl10-1000": ({"dataset": "stl10", "num_labels": 1000, "backbone": "wrn_37_2"},
-                   "STL-10, 1000 labels, WRN-37-2", "2**20 iterations: ~2 weeks on one V100"),
-    "cifar10lt-100": ({"dataset": "cifar10", "backbone": "wrn_28_2", "lt_gamma": 100.0,
-                       "lt_n1": 1500, "lt_m1": 3000, "iterations": 2**18},
-                      "CIFAR-10-LT, gamma 100, N_1 1500, M_1 3000 (SoftMatch section 4.3)",
-                      "2**18 iterations: ~2 days on one V100"),
-    "cifar10lt-150": ({"dataset": "cifar10", "backbone": "wrn_28_2", "lt_gamma": 150.0,
-                       "lt_n1": 1500, "lt_m1": 3000, "iterations": 2**18},
-                      "CIFAR-10-LT, gamma 150, N_1 1500, M_1 3000",
-                      "2**18 iterations: ~2 days on one V100"),
+    "cifar10-40": (
+        {"dataset": "cifar10", "num_labels": 40, "backbone": "wrn_28_2"},
+        "CIFAR-10, 4 labels per class, WRN-28-2",
+        _RUNTIME_28_2,
+    ),
+    "cifar10-250": (
+        {"dataset": "cifar10", "num_labels": 250, "backbone": "wrn_28_2"},
+        "CIFAR-10, 25 labels per class, WRN-28-2",
+        _RUNTIME_28_2,
+    ),
+    "cifar10-4000": (
+        {"dataset": "cifar10", "num_labels": 4000, "backbone": "wrn_28_2"},
+        "CIFAR-10, 400 labels per class, WRN-28-2",
+        _RUNTIME_28_2,
+    ),
+    "cifar100-400": (
+        {"dataset": "cifar100", "num_labels": 400, "backbone": "wrn_28_8", "weight_decay": 1e-3},
+        "CIFAR-100, 4 labels per class, WRN-28-8, wd 1e-3",
+        _RUNTIME_28_8,
+    ),
+    "cifar100-2500": (
+        {"dataset": "cifar100", "num_labels": 2500, "backbone": "wrn_28_8", "weight_decay": 1e-3},
+        "CIFAR-100, 25 labels per class, WRN-28-8",
+        _RUNTIME_28_8,
+    ),
+    "svhn-40": (
+        {"dataset": "svhn", "num_labels": 40, "backbone": "wrn_28_2"},
+        "SVHN, 4 labels per class, WRN-28-2, no flip",
+        _RUNTIME_28_2,
+    ),
+    "svhn-250": (
+        {"dataset": "svhn", "num_labels": 250, "backbone": "wrn_28_2"},
+        "SVHN, 25 labels per class, WRN-28-2, no flip",
+        _RUNTIME_28_2,
+    ),
+    "stl10-40": (
+        {"dataset": "stl10", "num_labels": 40, "backbone": "wrn_37_2"},
+        "STL-10 (96 px) with its 100k unlabeled images, WRN-37-2",
+        "2**20 iterations: ~2 weeks on one V100",
+    ),
+    "stl10-1000": (
+        {"dataset": "stl10", "num_labels": 1000, "backbone": "wrn_37_2"},
+        "STL-10, 1000 labels, WRN-37-2",
+        "2**20 iterations: ~2 weeks on one V100",
+    ),
+    "cifar10lt-100": (
+        {
+            "dataset": "cifar10",
+            "backbone": "wrn_28_2",
+            "lt_gamma": 100.0,
+            "lt_n1": 1500,
+            "lt_m1": 3000,
+            "iterations": 2**18,
+        },
+        "CIFAR-10-LT, gamma 100, N_1 1500, M_1 3000 (SoftMatch section 4.3)",
+        "2**18 iterations: ~2 days on one V100",
+    ),
+    "cifar10lt-150": (
+        {
+            "dataset": "cifar10",
+            "backbone": "wrn_28_2",
+            "lt_gamma": 150.0,
+            "lt_n1": 1500,
+            "lt_m1": 3000,
+            "iterations": 2**18,
+        },
+        "CIFAR-10-LT, gamma 150, N_1 1500, M_1 3000",
+        "2**18 iterations: ~2 days on one V100",
+    ),
 }
 
 
@@ -345,8 +441,7 @@ def _build_presets() -> dict[str, Preset]:
         for algo, algo_values in _ALGO_VALUES.items():
             name = f"{setting}-{algo}"
             merged = {**_PAPER_COMMON, **values, **algo_values, "preset": name}
-            presets[name] = Preset(name, f"{description}; {algo} (paper settings)", merged,
-                                   runtime)
+            presets[name] = Preset(name, f"{description}; {algo} (paper settings)", merged, runtime)
     return presets
 
 
@@ -356,6 +451,9 @@ PRESETS: dict[str, Preset] = _build_presets()
 def load_preset(name: str) -> Config:
     if name not in PRESETS:
         hint = difflib.get_close_matches(name, list(PRESETS), n=1)
-        raise ConfigError(f"unknown preset {name!r}" + (f"; did you mean {hint[0]!r}?" if hint
-                          else "") + " (list them with `semimatch presets`)")
+        raise ConfigError(
+            f"unknown preset {name!r}"
+            + (f"; did you mean {hint[0]!r}?" if hint else "")
+            + " (list them with `semimatch presets`)"
+        )
     return Config.from_dict(PRESETS[name].values, source=f"preset {name}")

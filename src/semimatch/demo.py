@@ -16,25 +16,37 @@ ALGORITHMS = ("supervised", "fixmatch", "softmatch")
 def run_demo(out: Path, iterations: int = 300, num_labels: int = 20, seed: int = 0) -> list[dict]:
     rows = []
     for algo in ALGORITHMS:
-        cfg = Config(algorithm=algo, dataset="digits", num_labels=num_labels,
-                     iterations=iterations, eval_every=max(1, iterations // 5),
-                     log_every=max(1, iterations // 20), batch_size=32, seed=seed)
+        cfg = Config(
+            algorithm=algo,
+            dataset="digits",
+            num_labels=num_labels,
+            iterations=iterations,
+            eval_every=max(1, iterations // 5),
+            log_every=max(1, iterations // 20),
+            batch_size=32,
+            seed=seed,
+        )
         print(f"--- {algo}: {num_labels} labels, {iterations} iterations ---", flush=True)
         run = fit(cfg, out=out / algo, overwrite=True)
         rows.append(run.summary)
     print()
-    print(f"digits, {num_labels} labels, {iterations} iterations, seed {seed} "
-          f"(EMA model, test error; lower is better)")
+    print(
+        f"digits, {num_labels} labels, {iterations} iterations, seed {seed} "
+        f"(EMA model, test error; lower is better)"
+    )
     print(f"{'algorithm':<12} {'error':>8} {'best':>8} {'quantity':>9} {'quality':>8} {'s/it':>7}")
     for r in rows:
+
         def pct(v: float | None) -> str:
             return "   n/a" if v is None else f"{100 * v:6.2f}%"
 
         def num(v: float | None) -> str:
             return "n/a" if v is None else f"{v:.3f}"
 
-        print(f"{r['algorithm']:<12} {pct(r['final_error']):>8} {pct(r['best_error']):>8} "
-              f"{num(r['final_quantity']):>9} {num(r['final_quality']):>8} "
-              f"{r['sec_per_iter']:7.3f}")
+        print(
+            f"{r['algorithm']:<12} {pct(r['final_error']):>8} {pct(r['best_error']):>8} "
+            f"{num(r['final_quantity']):>9} {num(r['final_quality']):>8} "
+            f"{r['sec_per_iter']:7.3f}"
+        )
     print(f"\nrun directories: {out}/<algorithm>; figures: semimatch report {out}/*")
     return rows

@@ -67,7 +67,8 @@ def select_device(name: str) -> torch.device:
         dev = torch.device(name)
     except RuntimeError:
         raise ConfigError(
-            f"device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+            f"device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device='cuda' but CUDA is not available here; use --device cpu")
     if dev.type == "mps" and not torch.backends.mps.is_available():
@@ -100,46 +101,67 @@ def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
         raise ConfigError(f"lr must be > 0; got {cfg.lr}")
     ws = dist.get_world_size()
     if cfg.batch_size % ws:
-        raise ConfigError(f"batch_size={cfg.batch_size} is the global batch and must be divisible "
-                          f"by the number of processes ({ws})")
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is the global batch and must be divisible "
+            f"by the number of processes ({ws})"
+        )
     if cfg.sync_bn and ws > 1 and device.type not in ("cuda", "xpu", "hpu"):
-        raise ConfigError(f"sync_bn: torch's SyncBatchNorm runs only on GPUs, not on "
-                          f"{device.type}; drop --sync-bn (per-process BatchNorm, as in the "
-                          "papers) or train on GPUs")
+        raise ConfigError(
+            f"sync_bn: torch's SyncBatchNorm runs only on GPUs, not on "
+            f"{device.type}; drop --sync-bn (per-process BatchNorm, as in the "
+            "papers) or train on GPUs"
+        )
     if cfg.num_labels is not None and cfg.lt_gamma is None and cfg.num_labels % C:
         raise ConfigError(
             f"num_labels={cfg.num_labels} cannot be split evenly over the {C} classes of "
-            f"{info.name}; use a multiple of {C} (e.g. {max(C, cfg.num_labels // C * C)})")
+            f"{info.name}; use a multiple of {C} (e.g. {max(C, cfg.num_labels // C * C)})"
+        )
 
     if cfg.backbone in (None, "auto"):
         cfg.backbone = None
         small = max(info.image_size) <= 28
-        derive("backbone", "cnn" if small else "wrn_28_2",
-               f"{'<=' if small else '>'} 28 px images")
+        derive("backbone", "cnn" if small else "wrn_28_2", f"{'<=' if small else '>'} 28 px images")
     K = cfg.iterations
-    derive("bn_momentum", max(0.001, min(0.1, 20.0 / K)),
-           f"budget of {K} iterations: max(0.001, min(0.1, 20/K)); paper 0.001")
-    derive("ema_decay", budget_momentum(0.999, K), f"budget of {K} iterations: "
-           "min(0.999, max(0.9, 1 - 20/K)); paper 0.999")
+    derive(
+        "bn_momentum",
+        max(0.001, min(0.1, 20.0 / K)),
+        f"budget of {K} iterations: max(0.001, min(0.1, 20/K)); paper 0.001",
+    )
+    derive(
+        "ema_decay",
+        budget_momentum(0.999, K),
+        f"budget of {K} iterations: min(0.999, max(0.9, 1 - 20/K)); paper 0.999",
+    )
     derive("ema_warmup", cfg.preset is None, "warm-up on unless a paper preset")
     if cfg.algorithm == "softmatch":
-        derive("stat_momentum", budget_momentum(0.999, K), f"budget of {K} iterations: "
-               "min(0.999, max(0.9, 1 - 20/K)); paper 0.999")
+        derive(
+            "stat_momentum",
+            budget_momentum(0.999, K),
+            f"budget of {K} iterations: min(0.999, max(0.9, 1 - 20/K)); paper 0.999",
+        )
     if cfg.precision == "auto":
         bf16 = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported())
         cfg.precision = "bf16" if bf16 else "fp32"
         auto["precision"] = f"{cfg.precision} on {device.type}"
     if cfg.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("precision=fp16 needs CUDA (a grad scaler); use bf16 or fp32 on "
-                          f"{device.type}")
-    derive("channels_last", cfg.precision != "fp32" and device.type != "mps",
-           "on with reduced precision (faster convolutions)")
+        raise ConfigError(
+            f"precision=fp16 needs CUDA (a grad scaler); use bf16 or fp32 on {device.type}"
+        )
+    derive(
+        "channels_last",
+        cfg.precision != "fp32" and device.type != "mps",
+        "on with reduced precision (faster convolutions)",
+    )
     if cfg.augment == "auto":
         cfg.augment = "batched"
         auto["augment"] = "batched tensor augmentation (measured faster; BENCHMARKS.md)"
-    derive("num_workers", 0 if cfg.augment == "batched" else min(2, os.cpu_count() or 1),
-           "batched augmentation runs in the main process" if cfg.augment == "batched"
-           else "PIL augmentation in worker processes")
+    derive(
+        "num_workers",
+        0 if cfg.augment == "batched" else min(2, os.cpu_count() or 1),
+        "batched augmentation runs in the main process"
+        if cfg.augment == "batched"
+        else "PIL augmentation in worker processes",
+    )
     derive("progress", sys.stderr.isatty(), "progress bar when the output is a terminal")
     # Building the algorithm here surfaces option errors (e.g. n_sigma for fixmatch) up front.
     try:
@@ -155,12 +177,14 @@ def make_split(cfg: Config, data: SSLDataset) -> Split:
     seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     C = data.info.num_classes
     if cfg.lt_gamma is not None:
-        return long_tailed_split(labels, C, cfg.lt_n1, cfg.lt_m1, cfg.lt_gamma, seed,
-                                 reverse_unlabeled=cfg.lt_reverse)
+        return long_tailed_split(
+            labels, C, cfg.lt_n1, cfg.lt_m1, cfg.lt_gamma, seed, reverse_unlabeled=cfg.lt_reverse
+        )
     if cfg.num_labels is None:
         return given_split(labels)
-    return balanced_split(labels, C, cfg.num_labels, seed,
-                          include_labeled_in_unlabeled=not cfg.exclude_labeled)
+    return balanced_split(
+        labels, C, cfg.num_labels, seed, include_labeled_in_unlabeled=not cfg.exclude_labeled
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,10 +196,17 @@ def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.dim() > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.sgd_momentum,
-                           nesterov=cfg.nesterov and cfg.sgd_momentum > 0, foreach=True)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD(
+        groups,
+        lr=cfg.lr,
+        momentum=cfg.sgd_momentum,
+        nesterov=cfg.nesterov and cfg.sgd_momentum > 0,
+        foreach=True,
+    )
 
 
 def lr_factor(cfg: Config) -> Callable[[int], float]:
@@ -212,8 +243,12 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate_model(
-    model: nn.Module, source: Any, num_classes: int, device: torch.device,
-    batch_size: int = 512, cfg: Config | None = None,
+    model: nn.Module,
+    source: Any,
+    num_classes: int,
+    device: torch.device,
+    batch_size: int = 512,
+    cfg: Config | None = None,
 ) -> dict[str, Any]:
     """Top-1 accuracy, per-class accuracy and confusion matrix over the whole test set.
 
@@ -231,15 +266,21 @@ def evaluate_model(
         with amp:
             pred = model(x).argmax(dim=1)
         idx = y.to(device) * num_classes + pred
-        confusion += torch.bincount(idx, minlength=num_classes**2).reshape(
-            num_classes, num_classes).double()
+        confusion += (
+            torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes).double()
+        )
     (confusion,) = dist.all_reduce_sums(confusion)
     model.train(was_training)
     total = confusion.sum().item()
     per_class = (confusion.diag() / confusion.sum(dim=1).clamp(min=1)).tolist()
     top1 = confusion.diag().sum().item() / max(total, 1)
-    return {"top1": top1, "error": 1 - top1, "per_class_acc": per_class,
-            "confusion": confusion.long().tolist(), "n": int(total)}
+    return {
+        "top1": top1,
+        "error": 1 - top1,
+        "per_class_acc": per_class,
+        "confusion": confusion.long().tolist(),
+        "n": int(total),
+    }
 
 
 def lambda_curve(algorithm: SSLAlgorithm, num_classes: int, device: torch.device) -> dict | None:
@@ -265,8 +306,9 @@ def lambda_curve(algorithm: SSLAlgorithm, num_classes: int, device: torch.device
 # ----------------------------------------------------------------------------------------------
 # The run directory
 # ----------------------------------------------------------------------------------------------
-def prepare_run_dir(out: Path, cfg: Config, resume: bool | Literal["auto"],
-                    overwrite: bool) -> Path | None:
+def prepare_run_dir(
+    out: Path, cfg: Config, resume: bool | Literal["auto"], overwrite: bool
+) -> Path | None:
     """Refuse to mix two runs in one directory; return the checkpoint to resume from (if any).
 
     ``resume="auto"`` makes a command restartable (``torchrun --max-restarts``, preemptible
@@ -285,18 +327,22 @@ def prepare_run_dir(out: Path, cfg: Config, resume: bool | Literal["auto"],
         resume, overwrite = False, True  # stopped before its first checkpoint: start again
     if resume:
         if not has_run:
-            raise TrainingError(f"--resume {out}: no run there (no config.json); "
-                                "start it without --resume")
+            raise TrainingError(
+                f"--resume {out}: no run there (no config.json); start it without --resume"
+            )
         latest = ckpt.latest(out / "checkpoints")
         if latest is None:
             raise TrainingError(
                 f"--resume {out}: the run has no checkpoint yet (checkpoints are written every "
-                f"eval_every iterations); restart it with --overwrite")
+                f"eval_every iterations); restart it with --overwrite"
+            )
         return latest
     if has_run:
         if not overwrite:
-            raise TrainingError(f"{out} already holds a run; pass --resume to continue it or "
-                                "--overwrite to replace it (or choose another --out)")
+            raise TrainingError(
+                f"{out} already holds a run; pass --resume to continue it or "
+                "--overwrite to replace it (or choose another --out)"
+            )
         for name in ("checkpoints", "tb", "report"):
             shutil.rmtree(out / name, ignore_errors=True)
         for name in ("metrics.jsonl", "summary.json", "config.json", "split.json"):
@@ -313,8 +359,10 @@ def _check_same_run(out: Path, cfg: Config) -> None:
     try:
         saved = Config.load(out / "config.json").to_dict()
     except (OSError, ConfigError) as e:
-        raise TrainingError(f"--resume auto: {out} holds a run whose config.json cannot be read "
-                            f"({e}); choose another --out or pass --overwrite") from None
+        raise TrainingError(
+            f"--resume auto: {out} holds a run whose config.json cannot be read "
+            f"({e}); choose another --out or pass --overwrite"
+        ) from None
     now = cfg.to_dict()
     diff = [k for k in now if k not in _RUNTIME_FIELDS and saved.get(k) != now[k]]
     if diff:
@@ -322,7 +370,8 @@ def _check_same_run(out: Path, cfg: Config) -> None:
         raise TrainingError(
             f"--resume auto: {out} holds a different run ({len(diff)} option(s) differ, e.g. "
             f"{k}: saved {saved.get(k)!r}, this command {now[k]!r}); choose another --out, pass "
-            f"--overwrite to replace it, or `--resume {out}` to continue it with its saved config")
+            f"--overwrite to replace it, or `--resume {out}` to continue it with its saved config"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -360,8 +409,13 @@ class Run:
         source = source if source is not None else (self.data.test if self.data else None)
         if source is None:
             raise ValueError("this dataset has no test set; pass one to evaluate(source)")
-        return evaluate_model(self.eval_model(model), source, self.algorithm_classes, self.device,
-                              self.config.eval_batch_size)
+        return evaluate_model(
+            self.eval_model(model),
+            source,
+            self.algorithm_classes,
+            self.device,
+            self.config.eval_batch_size,
+        )
 
     @property
     def algorithm_classes(self) -> int:
@@ -423,11 +477,14 @@ def fit(
     """
     custom_aug = weak_augment is not None or strong_augment is not None
     if custom_aug and cfg.augment == "batched":
-        raise ConfigError("custom weak_augment/strong_augment are per-image callables; they "
-                          "need augment='pil' (or 'auto'), not 'batched'")
+        raise ConfigError(
+            "custom weak_augment/strong_augment are per-image callables; they "
+            "need augment='pil' (or 'auto'), not 'batched'"
+        )
     if custom_aug and cfg.augment == "auto":
-        cfg = cfg.replace(augment="pil", auto={**cfg.auto,
-                                                "augment": "pil: custom augmentation callables"})
+        cfg = cfg.replace(
+            augment="pil", auto={**cfg.auto, "augment": "pil: custom augmentation callables"}
+        )
     out_dir = Path(out) if out is not None else None
     if resume not in (True, False, "auto"):
         raise ValueError(f"resume must be True, False or 'auto'; got {resume!r}")
@@ -437,8 +494,9 @@ def fit(
         raise TrainingError("resume='auto' continues the run in out; it cannot also overwrite it")
     if resume is True:  # the run's own config is the truth; CLI overrides are not applied
         if not (out_dir / "config.json").exists():
-            raise TrainingError(f"--resume {out_dir}: no run there (no config.json); "
-                                "start it without --resume")
+            raise TrainingError(
+                f"--resume {out_dir}: no run there (no config.json); start it without --resume"
+            )
         cfg = Config.load(out_dir / "config.json")
     env, device = dist.setup(str(select_device(cfg.device)))
     if cfg.threads:
@@ -449,8 +507,12 @@ def fit(
     if data is None:
         if cfg.download and not env.is_main:
             dist.barrier()  # rank 0 downloads the files before the other ranks read them
-        data = load_dataset(cfg.dataset, root=cfg.data_root, download=cfg.download and env.is_main,
-                            **_dataset_options(cfg))
+        data = load_dataset(
+            cfg.dataset,
+            root=cfg.data_root,
+            download=cfg.download and env.is_main,
+            **_dataset_options(cfg),
+        )
         if cfg.download and env.is_main:
             dist.barrier()
     cfg = resolve(cfg, data, device) if resume is not True else cfg
@@ -459,8 +521,9 @@ def fit(
     # Rank 0 alone inspects (and with overwrite clears) the run directory and tells every rank
     # which checkpoint to load, so all ranks agree (or stop with the same error).  Rank 0 writes
     # no checkpoint before the first collective of training, so the others read it undisturbed.
-    resume_from = (dist.on_main(prepare_run_dir, out_dir, cfg, resume, overwrite)
-                   if out_dir else None)
+    resume_from = (
+        dist.on_main(prepare_run_dir, out_dir, cfg, resume, overwrite) if out_dir else None
+    )
     if resume == "auto":
         resume = resume_from is not None
         if resume:  # the saved config, which prepare_run_dir found equal to this one
@@ -476,8 +539,7 @@ def fit(
 
     # -- model, algorithm, optimiser -----------------------------------------------------------
     if model is None:
-        model = build_model(cfg.backbone, C, in_channels=info.channels,
-                            image_size=info.image_size)
+        model = build_model(cfg.backbone, C, in_channels=info.channels, image_size=info.image_size)
     set_bn_momentum(model, cfg.bn_momentum)
     net = InputNormalizer(model, info.mean, info.std).to(device)
     if cfg.channels_last:
@@ -496,8 +558,9 @@ def fit(
     buffers_to_average: list[torch.Tensor] = []
     if dist.is_distributed():
         ddp_ids = [device.index] if device.type == "cuda" else None
-        train_net = nn.parallel.DistributedDataParallel(net, device_ids=ddp_ids,
-                                                        **_no_forward_buffer_sync())
+        train_net = nn.parallel.DistributedDataParallel(
+            net, device_ids=ddp_ids, **_no_forward_buffer_sync()
+        )
         buffers_to_average = [b for b in net.buffers() if b.is_floating_point()]
     if cfg.compile:
         train_net = torch.compile(train_net)
@@ -513,7 +576,8 @@ def fit(
         if not env.is_main and not Path(resume_from).is_file():
             raise ckpt.CheckpointError(
                 f"rank {env.rank} cannot see {resume_from}, the checkpoint rank 0 resumes from; "
-                "with several nodes, --out must be on a file system that all nodes share")
+                "with several nodes, --out must be on a file system that all nodes share"
+            )
         state = ckpt.load(resume_from, map_location=device)
         try:
             net.load_state_dict(state["model"])
@@ -546,12 +610,17 @@ def fit(
         if out_dir is None or not env.is_main:
             return
         state = {
-            "iteration": k, "config": json.dumps(cfg.to_dict()),
-            "model": net.state_dict(), "ema": ema.state_dict() if ema is not None else {},
+            "iteration": k,
+            "config": json.dumps(cfg.to_dict()),
+            "model": net.state_dict(),
+            "ema": ema.state_dict() if ema is not None else {},
             "algorithm": algorithm.state_dict() if isinstance(algorithm, nn.Module) else {},
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "history": history,
-            "log_window": dict(log_window.state()), "eval_window": dict(eval_window.state()),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "history": history,
+            "log_window": dict(log_window.state()),
+            "eval_window": dict(eval_window.state()),
             "rng": _rng_state(device),
         }
         path = ckpt.save_atomic(state, out_dir / "checkpoints" / ckpt.checkpoint_name(k))
@@ -562,11 +631,21 @@ def fit(
 
     # -- the stream of batches -----------------------------------------------------------------
     stream = TrainStream(
-        data, split, batch_size=cfg.batch_size, uratio=cfg.uratio, seed=cfg.seed,
-        use_unlabeled=algorithm.uses_unlabeled, use_strong=algorithm.uses_strong,
-        strong_variant=cfg.strong_augment, augment=cfg.augment,
-        device=cfg.augment_device or device, rank=env.rank, world_size=env.world_size,
-        num_workers=cfg.num_workers, weak_augment=weak_augment, strong_augment=strong_augment,
+        data,
+        split,
+        batch_size=cfg.batch_size,
+        uratio=cfg.uratio,
+        seed=cfg.seed,
+        use_unlabeled=algorithm.uses_unlabeled,
+        use_strong=algorithm.uses_strong,
+        strong_variant=cfg.strong_augment,
+        augment=cfg.augment,
+        device=cfg.augment_device or device,
+        rank=env.rank,
+        world_size=env.world_size,
+        num_workers=cfg.num_workers,
+        weak_augment=weak_augment,
+        strong_augment=strong_augment,
     )
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     check_every_step = device.type == "cpu"  # reading the loss is free on CPU, a sync on GPUs
@@ -585,12 +664,17 @@ def fit(
                 try:
                     with autocast(cfg, device):
                         loss, sums = train_step(
-                            train_net, algorithm,
-                            batch.x_lb.contiguous(memory_format=fmt), batch.y_lb,
+                            train_net,
+                            algorithm,
+                            batch.x_lb.contiguous(memory_format=fmt),
+                            batch.y_lb,
                             batch.u_weak.contiguous(memory_format=fmt),
-                            None if batch.u_strong is None
+                            None
+                            if batch.u_strong is None
                             else batch.u_strong.contiguous(memory_format=fmt),
-                            batch.u_true, forward_mode=cfg.forward_mode)
+                            batch.u_true,
+                            forward_mode=cfg.forward_mode,
+                        )
                 except NonFiniteError:  # the weak-view probabilities are already NaN
                     raise _NonFinite(k) from None
                 # any_rank: a NaN on one rank stops every rank at this iteration.
@@ -615,8 +699,9 @@ def fit(
 
                 if done % cfg.log_every == 0 or done == cfg.iterations:
                     now = time.perf_counter()
-                    record = _train_record(log_window, done, optimizer, algorithm,
-                                           (now - t_window) / log_window.steps)
+                    record = _train_record(
+                        log_window, done, optimizer, algorithm, (now - t_window) / log_window.steps
+                    )
                     if not math.isfinite(record["loss"]):
                         raise _NonFinite(k)
                     t_window = now
@@ -625,18 +710,35 @@ def fit(
                         writer.write(record)
                     _tb_scalars(tb, "train", record, done)
                     if bar is not None:
-                        bar.set_postfix({k2: f"{record[k2]:.3f}" for k2 in
-                                         ("sup_loss", "unsup_loss", "quantity", "quality")
-                                         if record.get(k2) is not None}, refresh=False)
+                        bar.set_postfix(
+                            {
+                                k2: f"{record[k2]:.3f}"
+                                for k2 in ("sup_loss", "unsup_loss", "quantity", "quality")
+                                if record.get(k2) is not None
+                            },
+                            refresh=False,
+                        )
 
                 if done % cfg.eval_every == 0 or done == cfg.iterations:
                     now = time.perf_counter()
                     history["wall_time"] = now - t_start
-                    record = _evaluate_and_log(cfg, net, ema, algorithm, data, device, history,
-                                               eval_window, done, optimizer, C)
+                    record = _evaluate_and_log(
+                        cfg,
+                        net,
+                        ema,
+                        algorithm,
+                        data,
+                        device,
+                        history,
+                        eval_window,
+                        done,
+                        optimizer,
+                        C,
+                    )
                     record["window"]["sec_per_iter"] = (now - t_eval) / max(eval_window.steps, 1)
-                    history["last_window"] = {k2: record["window"].get(k2)
-                                              for k2 in ("quantity", "quality", "pl_acc")}
+                    history["last_window"] = {
+                        k2: record["window"].get(k2) for k2 in ("quantity", "quality", "pl_acc")
+                    }
                     eval_window.reset()
                     if writer:
                         writer.write(record)
@@ -652,8 +754,9 @@ def fit(
                     # Every rank must stop after the same iteration, or the others wait in the
                     # next collective.  The ranks agree where the loop syncs anyway: every step
                     # on CPU, every log_every steps on accelerators.
-                    stop = (check_every_step or done % cfg.log_every == 0) and \
-                        dist.any_rank(stop, device)
+                    stop = (check_every_step or done % cfg.log_every == 0) and dist.any_rank(
+                        stop, device
+                    )
                 if stop:
                     clean_stop = True
                     raise KeyboardInterrupt
@@ -663,15 +766,20 @@ def fit(
         if clean_stop and completed > start:
             # Stopped between iterations: every piece of state is consistent, save it.
             save_checkpoint(completed)
-        message = (f"interrupted after iteration {completed}; resume with "
-                   f"`semimatch train --resume {out_dir}`" if out_dir else
-                   f"interrupted after iteration {completed}")
+        message = (
+            f"interrupted after iteration {completed}; resume with "
+            f"`semimatch train --resume {out_dir}`"
+            if out_dir
+            else f"interrupted after iteration {completed}"
+        )
     except _NonFinite as e:
         status = "failed"
         last = ckpt.latest(out_dir / "checkpoints") if out_dir else None
-        message = (f"the loss became NaN/inf at iteration {e.iteration + 1}; the last good "
-                   f"checkpoint is {last}. Lower --lr, set --clip-grad-norm, or use "
-                   f"--precision fp32")
+        message = (
+            f"the loss became NaN/inf at iteration {e.iteration + 1}; the last good "
+            f"checkpoint is {last}. Lower --lr, set --clip-grad-norm, or use "
+            f"--precision fp32"
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -679,8 +787,15 @@ def fit(
     wall = time.perf_counter() - t_start
     summary = _summary(cfg, history, status, wall, info.class_names, completed)
     if writer:
-        writer.write({"kind": "end", "iteration": completed, "time": time.time(),
-                      "status": status, "message": message})
+        writer.write(
+            {
+                "kind": "end",
+                "iteration": completed,
+                "time": time.time(),
+                "status": status,
+                "message": message,
+            }
+        )
         if status == "finished":
             (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if tb is not None:
@@ -692,8 +807,17 @@ def fit(
         raise KeyboardInterrupt(message if env.is_main else "")  # the CLI prints it once
     _say(None, env.is_main, _summary_line(summary))
     records = read_jsonl(out_dir / "metrics.jsonl") if (out_dir and env.is_main) else []
-    return Run(cfg, net, ema.module if ema is not None else None, algorithm, data, out_dir,
-               records, summary, device)
+    return Run(
+        cfg,
+        net,
+        ema.module if ema is not None else None,
+        algorithm,
+        data,
+        out_dir,
+        records,
+        summary,
+        device,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -729,7 +853,6 @@ class _InterruptFlag:
             signal.signal(sig, old)
 
 
-
 def _no_forward_buffer_sync() -> dict[str, bool]:
     """The DDP keyword that turns off its per-forward buffer broadcast (renamed in torch 2.13)."""
     params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
@@ -741,13 +864,16 @@ def _no_forward_buffer_sync() -> dict[str, bool]:
 def _dataset_options(cfg: Config) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     if cfg.dataset == "imagefolder":
-        opts.update(unlabeled_dir=cfg.unlabeled_dir, test_dir=cfg.test_dir,
-                    skip_corrupt=cfg.skip_corrupt)
+        opts.update(
+            unlabeled_dir=cfg.unlabeled_dir, test_dir=cfg.test_dir, skip_corrupt=cfg.skip_corrupt
+        )
         if cfg.image_size:
             opts["image_size"] = cfg.image_size
     elif cfg.unlabeled_dir or cfg.test_dir or cfg.image_size or cfg.skip_corrupt:
-        raise ConfigError("unlabeled_dir, test_dir, image_size and skip_corrupt apply only to "
-                          f"dataset='imagefolder', not {cfg.dataset!r}")
+        raise ConfigError(
+            "unlabeled_dir, test_dir, image_size and skip_corrupt apply only to "
+            f"dataset='imagefolder', not {cfg.dataset!r}"
+        )
     if cfg.dataset == "svhn":
         opts["extra"] = cfg.svhn_extra
     elif cfg.svhn_extra:
@@ -762,35 +888,70 @@ def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     return state
 
 
-def _train_record(window: WindowSums, done: int, optimizer: torch.optim.Optimizer,
-                  algorithm: SSLAlgorithm, sec_per_iter: float) -> dict[str, Any]:
+def _train_record(
+    window: WindowSums,
+    done: int,
+    optimizer: torch.optim.Optimizer,
+    algorithm: SSLAlgorithm,
+    sec_per_iter: float,
+) -> dict[str, Any]:
     """The "train" record of metrics.jsonl: the log window's averages (one sync)."""
     s = summarize(window.reduce())
     loss = (s["sup_loss"] or 0.0) + algorithm.lambda_u * (s["unsup_loss"] or 0.0)
-    return {"kind": "train", "iteration": done, "time": time.time(),
-            "lr": optimizer.param_groups[0]["lr"], "loss": loss,
-            **{key: s[key] for key in ("sup_loss", "unsup_loss", "quantity", "quality", "pl_acc",
-                                       "full_weight_frac")},
-            "sec_per_iter": sec_per_iter}
+    return {
+        "kind": "train",
+        "iteration": done,
+        "time": time.time(),
+        "lr": optimizer.param_groups[0]["lr"],
+        "loss": loss,
+        **{
+            key: s[key]
+            for key in (
+                "sup_loss",
+                "unsup_loss",
+                "quantity",
+                "quality",
+                "pl_acc",
+                "full_weight_frac",
+            )
+        },
+        "sec_per_iter": sec_per_iter,
+    }
 
 
-def _evaluate_and_log(cfg: Config, net: nn.Module, ema: ModelEMA | None, algorithm: SSLAlgorithm,
-                      data: SSLDataset, device: torch.device, history: dict[str, Any],
-                      window: WindowSums, done: int, optimizer: torch.optim.Optimizer,
-                      C: int) -> dict[str, Any]:
+def _evaluate_and_log(
+    cfg: Config,
+    net: nn.Module,
+    ema: ModelEMA | None,
+    algorithm: SSLAlgorithm,
+    data: SSLDataset,
+    device: torch.device,
+    history: dict[str, Any],
+    window: WindowSums,
+    done: int,
+    optimizer: torch.optim.Optimizer,
+    C: int,
+) -> dict[str, Any]:
     model = ema.module if (cfg.eval_model == "ema" and ema is not None) else net
-    record: dict[str, Any] = {"kind": "eval", "iteration": done, "time": time.time(),
-                              "lr": optimizer.param_groups[0]["lr"],
-                              "model": "ema" if model is not net else "raw"}
+    record: dict[str, Any] = {
+        "kind": "eval",
+        "iteration": done,
+        "time": time.time(),
+        "lr": optimizer.param_groups[0]["lr"],
+        "model": "ema" if model is not net else "raw",
+    }
     if data.test is not None:
         result = evaluate_model(model, data.test, C, device, cfg.eval_batch_size, cfg)
         history["errors"].append(result["error"])
         best = history["best_error"]
         history["best_error"] = result["error"] if best is None else min(best, result["error"])
-        record.update(top1=result["top1"], error=result["error"],
-                      best_error=history["best_error"],
-                      median20_error=median_of_last(history["errors"], 20),
-                      per_class_acc=result["per_class_acc"])
+        record.update(
+            top1=result["top1"],
+            error=result["error"],
+            best_error=history["best_error"],
+            median20_error=median_of_last(history["errors"], 20),
+            per_class_acc=result["per_class_acc"],
+        )
         if C <= 20 or done == cfg.iterations:
             record["confusion"] = result["confusion"]
     else:
@@ -798,24 +959,43 @@ def _evaluate_and_log(cfg: Config, net: nn.Module, ema: ModelEMA | None, algorit
     s = summarize(window.reduce()) if window.steps else {}
     s["sec_per_iter"] = None
     record["window"] = s
-    record.update(algorithm.describe() if hasattr(algorithm, "describe")
-                  else {"weighting": {"type": "custom"}, "p_model": None})
+    record.update(
+        algorithm.describe()
+        if hasattr(algorithm, "describe")
+        else {"weighting": {"type": "custom"}, "p_model": None}
+    )
     record["lambda_curve"] = lambda_curve(algorithm, C, device)
     return record
 
 
-def _summary(cfg: Config, history: dict[str, Any], status: str, wall: float,
-             class_names: tuple[str, ...], done: int) -> dict[str, Any]:
+def _summary(
+    cfg: Config,
+    history: dict[str, Any],
+    status: str,
+    wall: float,
+    class_names: tuple[str, ...],
+    done: int,
+) -> dict[str, Any]:
     errors = history["errors"]
     window = history.get("last_window") or {}
     return {
-        "algorithm": cfg.algorithm, "dataset": cfg.dataset, "num_labels": cfg.num_labels,
-        "num_classes": len(class_names), "iterations": cfg.iterations, "iterations_done": done,
-        "best_error": history["best_error"], "median20_error": median_of_last(errors, 20),
+        "algorithm": cfg.algorithm,
+        "dataset": cfg.dataset,
+        "num_labels": cfg.num_labels,
+        "num_classes": len(class_names),
+        "iterations": cfg.iterations,
+        "iterations_done": done,
+        "best_error": history["best_error"],
+        "median20_error": median_of_last(errors, 20),
         "final_error": errors[-1] if errors else None,
-        "final_quantity": window.get("quantity"), "final_quality": window.get("quality"),
-        "sec_per_iter": wall / max(done, 1), "wall_time_s": wall, "status": status,
-        "seed": cfg.seed, "backbone": cfg.backbone, "class_names": list(class_names),
+        "final_quantity": window.get("quantity"),
+        "final_quality": window.get("quality"),
+        "sec_per_iter": wall / max(done, 1),
+        "wall_time_s": wall,
+        "status": status,
+        "seed": cfg.seed,
+        "backbone": cfg.backbone,
+        "class_names": list(class_names),
     }
 
 
@@ -824,8 +1004,9 @@ def _progress(cfg: Config, start: int, is_main: bool):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=cfg.iterations, initial=start, desc=f"{cfg.algorithm}", unit="it",
-                dynamic_ncols=True)
+    return tqdm(
+        total=cfg.iterations, initial=start, desc=f"{cfg.algorithm}", unit="it", dynamic_ncols=True
+    )
 
 
 def _say(bar: Any, is_main: bool, text: str) -> None:
@@ -841,8 +1022,9 @@ def _eval_line(record: dict[str, Any], cfg: Config) -> str:
     w = record.get("window") or {}
     parts = [f"[{record['iteration']:>{len(str(cfg.iterations))}}/{cfg.iterations}]"]
     if record.get("top1") is not None:
-        parts.append(f"top1 {100 * record['top1']:.2f}% "
-                     f"(best err {100 * record['best_error']:.2f}%)")
+        parts.append(
+            f"top1 {100 * record['top1']:.2f}% (best err {100 * record['best_error']:.2f}%)"
+        )
     for key in ("quantity", "quality"):
         if w.get(key) is not None:
             parts.append(f"{key} {w[key]:.3f}")
@@ -853,11 +1035,13 @@ def _summary_line(s: dict[str, Any]) -> str:
     def pct(v: float | None) -> str:
         return "n/a" if v is None else f"{100 * v:.2f}%"
 
-    return (f"done: {s['algorithm']} on {s['dataset']} | {s['iterations_done']} it | "
-            f"error {pct(s['final_error'])} (best {pct(s['best_error'])}, median last 20 "
-            f"{pct(s['median20_error'])}) | quantity "
-            f"{'n/a' if s['final_quantity'] is None else format(s['final_quantity'], '.3f')} | "
-            f"{s['sec_per_iter']:.3f} s/it")
+    return (
+        f"done: {s['algorithm']} on {s['dataset']} | {s['iterations_done']} it | "
+        f"error {pct(s['final_error'])} (best {pct(s['best_error'])}, median last 20 "
+        f"{pct(s['median20_error'])}) | quantity "
+        f"{'n/a' if s['final_quantity'] is None else format(s['final_quantity'], '.3f')} | "
+        f"{s['sec_per_iter']:.3f} s/it"
+    )
 
 
 def _tensorboard(out_dir: Path | None, cfg: Config):
@@ -876,8 +1060,11 @@ def _tb_scalars(tb: Any, prefix: str, record: dict[str, Any], step: int) -> None
     flat = dict(record)
     flat.update({f"window/{k}": v for k, v in (record.get("window") or {}).items()})
     for key, value in flat.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in (
-                "iteration", "time"):
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and key not in ("iteration", "time")
+        ):
             tb.add_scalar(f"{prefix}/{key}", value, step)
     if prefix == "eval" and record.get("window", {}).get("conf_hist"):
         hist = record["window"]["conf_hist"]

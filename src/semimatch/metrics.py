@@ -116,8 +116,11 @@ class JsonlWriter:
         produced again), so the log of a resumed run equals an uninterrupted one's."""
         if not self.path.exists():
             return
-        keep = [r for r in read_jsonl(self.path) if r.get("iteration", 0) <= iteration
-                and r.get("kind") != "end"]
+        keep = [
+            r
+            for r in read_jsonl(self.path)
+            if r.get("iteration", 0) <= iteration and r.get("kind") != "end"
+        ]
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             for r in keep:

@@ -121,8 +121,16 @@ def metric_sums(
     }
     zeros_c = torch.zeros(num_classes, **f32)
     if unlabeled is None:
-        for key in ("n_ulb", "unsup_loss_sum", "weight_sum", "full_weight", "known", "correct",
-                    "weight_known", "weight_correct"):
+        for key in (
+            "n_ulb",
+            "unsup_loss_sum",
+            "weight_sum",
+            "full_weight",
+            "known",
+            "correct",
+            "weight_known",
+            "weight_correct",
+        ):
             sums[key] = torch.zeros((), **f32)
         for key in ("class_count", "class_weight", "class_known", "class_correct"):
             sums[key] = zeros_c.clone()

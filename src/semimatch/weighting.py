@@ -19,8 +19,13 @@ from torch import nn
 
 from semimatch.distributed import all_reduce_sums
 
-__all__ = ["FixedThreshold", "SoftMatchWeighting", "NonFiniteError", "check_probs",
-           "check_momentum"]
+__all__ = [
+    "FixedThreshold",
+    "SoftMatchWeighting",
+    "NonFiniteError",
+    "check_probs",
+    "check_momentum",
+]
 
 
 class NonFiniteError(ValueError):
@@ -160,10 +165,12 @@ class SoftMatchWeighting(nn.Module):
         batch_mean_d = s / safe_n
         batch_var = (ss - s * batch_mean_d) / (n - 1).clamp(min=1.0)
         m = self.momentum
-        self.mean.copy_(torch.where(n > 0, m * self.mean + (1 - m) * (self.mean + batch_mean_d),
-                                    self.mean))
-        self.var.copy_(torch.where(n > 1, m * self.var + (1 - m) * batch_var.clamp(min=0.0),
-                                   self.var))
+        self.mean.copy_(
+            torch.where(n > 0, m * self.mean + (1 - m) * (self.mean + batch_mean_d), self.mean)
+        )
+        self.var.copy_(
+            torch.where(n > 1, m * self.var + (1 - m) * batch_var.clamp(min=0.0), self.var)
+        )
 
     def forward(self, probs: torch.Tensor) -> torch.Tensor:
         check_probs(probs, self.num_classes)
@@ -183,5 +190,7 @@ class SoftMatchWeighting(nn.Module):
         return {"type": "softmatch", "mean": mean, "std": std, "n_sigma": self.n_sigma}
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, momentum={self.momentum}, "
-                f"n_sigma={self.n_sigma}, per_class={self.per_class}")
+        return (
+            f"num_classes={self.num_classes}, momentum={self.momentum}, "
+            f"n_sigma={self.n_sigma}, per_class={self.per_class}"
+        )

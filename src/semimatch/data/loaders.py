@@ -297,12 +297,15 @@ class TrainStream:
         info = dataset.info
         self.image_shape = (*info.image_size, info.channels)
         if (weak_augment is not None or strong_augment is not None) and augment != "pil":
-            raise ValueError("weak_augment/strong_augment are per-image callables (img, rng) -> "
-                             "img; they need augment='pil', not 'batched'")
+            raise ValueError(
+                "weak_augment/strong_augment are per-image callables (img, rng) -> "
+                "img; they need augment='pil', not 'batched'"
+            )
         # Per-image callables (img_hwc_uint8, rng) -> img_hwc_uint8; user ones replace ours.
         self._weak_pil = weak_augment or WeakAugment(info.image_size, info.hflip, pad_frac)
         self._strong_pil = strong_augment or StrongAugment(
-            info.image_size, info.hflip, strong_variant, pad_frac)
+            info.image_size, info.hflip, strong_variant, pad_frac
+        )
         self._weak_batched: torch.nn.Module | None = None
         self._strong_batched: torch.nn.Module | None = None
         if augment == "batched":
