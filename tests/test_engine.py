@@ -303,3 +303,26 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(tmp_path, refere
         timeout=300,
     )
     _assert_same_run(ref, run)
+
+
+def test_a_saved_run_predicts_without_reloading_its_dataset(tmp_path):
+    """dataset.json carries classes, size and normalisation: predicting from a run directory
+    needs neither the images nor a dataset semimatch can load by name."""
+    import numpy as np
+
+    import semimatch
+    from semimatch.data import from_arrays
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 8, 8), dtype=np.uint8)
+    labels = np.where(np.arange(40) < 20, np.arange(40) % 2, -1)
+    data = from_arrays(images, labels, class_names=("even", "odd"))
+    fit(
+        tiny(dataset="digits", num_labels=None, iterations=2, eval_every=2),
+        out=tmp_path / "r",
+        data=data,
+    )
+    saved = json.loads((tmp_path / "r" / "dataset.json").read_text())
+    assert saved["class_names"] == ["even", "odd"] and saved["image_size"] == [8, 8]
+    rows = semimatch.predict(tmp_path / "r", images[:3])
+    assert [r["class"] in ("even", "odd") for r in rows] == [True] * 3

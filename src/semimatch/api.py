@@ -21,7 +21,7 @@ from semimatch.algorithms import SSLAlgorithm, Weighting, build_algorithm
 from semimatch.config import Config, ConfigError, load_preset
 from semimatch.data import SSLDataset, load_dataset
 from semimatch.ema import ModelEMA
-from semimatch.engine import Run, fit, select_device
+from semimatch.engine import Run, fit, load_dataset_info, select_device
 from semimatch.engine import _dataset_options as dataset_options
 from semimatch.models import InputNormalizer, build_model
 
@@ -167,14 +167,18 @@ def load_run(
         )
     dev = select_device(device)
     state = ckpt.load(path, map_location=dev)
-    if data is None:
+    if data is not None:
+        info = data.info
+    elif (run_dir / "dataset.json").exists():  # no need to load the images to predict
+        info = load_dataset_info(run_dir / "dataset.json")
+    else:
         try:
             data = load_dataset(cfg.dataset, root=cfg.data_root, **dataset_options(cfg))
         except (FileNotFoundError, ValueError) as e:
             raise FileNotFoundError(
                 f"cannot reload dataset {cfg.dataset!r} for {run_dir} ({e}); pass data="
             ) from None
-    info = data.info
+        info = data.info
     if model is None:
         if str(cfg.backbone).startswith("custom:"):
             raise ValueError(
@@ -209,7 +213,7 @@ def load_run(
         if (run_dir / "summary.json").exists()
         else {}
     )
-    return Run(cfg, net.to(dev).eval(), ema, algorithm, data, run_dir, history, summary, dev)
+    return Run(cfg, net.to(dev).eval(), ema, algorithm, data, run_dir, history, summary, dev, info)
 
 
 def evaluate(
@@ -254,7 +258,7 @@ def predict(
     """
     if not isinstance(run, Run):
         run = load_run(run, checkpoint=checkpoint, device=device)
-    info = run.data.info
+    info = run.info
     if isinstance(images, (list, tuple)):
         images = load_images(list(images), info.image_size, info.channels)
     with torch.no_grad():

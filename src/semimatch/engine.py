@@ -10,6 +10,7 @@ metrics) is in the run directory.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import math
@@ -32,7 +33,14 @@ from semimatch import checkpoint as ckpt
 from semimatch import distributed as dist
 from semimatch.algorithms import SSLAlgorithm, build_algorithm
 from semimatch.config import Config, ConfigError, budget_momentum
-from semimatch.data import Split, SSLDataset, TrainStream, eval_batches, load_dataset
+from semimatch.data import (
+    DatasetInfo,
+    Split,
+    SSLDataset,
+    TrainStream,
+    eval_batches,
+    load_dataset,
+)
 from semimatch.data.splits import (
     balanced_split,
     given_split,
@@ -345,7 +353,7 @@ def prepare_run_dir(
             )
         for name in ("checkpoints", "tb", "report"):
             shutil.rmtree(out / name, ignore_errors=True)
-        for name in ("metrics.jsonl", "summary.json", "config.json", "split.json"):
+        for name in ("metrics.jsonl", "summary.json", "config.json", "split.json", "dataset.json"):
             (out / name).unlink(missing_ok=True)
     return None
 
@@ -390,6 +398,13 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # What prediction needs (classes, size, channels, normalisation) without the images; a
+    # reloaded run has it from dataset.json and loads the dataset only to evaluate.
+    info: DatasetInfo | None = None
+
+    def __post_init__(self) -> None:
+        if self.info is None and self.data is not None:
+            self.info = self.data.info
 
     @property
     def metrics(self) -> list[dict[str, Any]]:
@@ -397,8 +412,8 @@ class Run:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        assert self.data is not None
-        return self.data.info.class_names
+        assert self.info is not None
+        return self.info.class_names
 
     def eval_model(self, which: str = "ema") -> nn.Module:
         if which not in ("ema", "raw"):
@@ -406,6 +421,10 @@ class Run:
         return self.ema_model if which == "ema" and self.ema_model is not None else self.model
 
     def evaluate(self, source: Any = None, model: str = "ema") -> dict[str, Any]:
+        if source is None and self.data is None:  # a reloaded run: load its dataset now
+            self.data = load_dataset(
+                self.config.dataset, root=self.config.data_root, **_dataset_options(self.config)
+            )
         source = source if source is not None else (self.data.test if self.data else None)
         if source is None:
             raise ValueError("this dataset has no test set; pass one to evaluate(source)")
@@ -419,7 +438,8 @@ class Run:
 
     @property
     def algorithm_classes(self) -> int:
-        return self.data.info.num_classes if self.data else self.summary["num_classes"]
+        assert self.info is not None
+        return self.info.num_classes
 
     @torch.no_grad()
     def predict_proba(self, images: np.ndarray, model: str = "ema") -> np.ndarray:
@@ -536,6 +556,7 @@ def fit(
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(out_dir / "config.json")
         save_split(split, out_dir / "split.json")
+        save_dataset_info(info, out_dir / "dataset.json")
 
     # -- model, algorithm, optimiser -----------------------------------------------------------
     if model is None:
@@ -859,6 +880,15 @@ def _no_forward_buffer_sync() -> dict[str, bool]:
     if "forward_sync_buffers" in params:
         return {"forward_sync_buffers": False}
     return {"broadcast_buffers": False}
+
+
+def save_dataset_info(info: DatasetInfo, path: Path) -> None:
+    path.write_text(json.dumps(dataclasses.asdict(info), indent=2) + "\n")
+
+
+def load_dataset_info(path: Path) -> DatasetInfo:
+    d = json.loads(path.read_text())
+    return DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def _dataset_options(cfg: Config) -> dict[str, Any]:
