@@ -57,6 +57,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "fmnist-250": _fmnist(num_labels=250),
     "cifar10-40": _cifar10(num_labels=40),
     "cifar10-250": _cifar10(num_labels=250),
+    # Fashion-MNIST-LT, gamma = 100: a CPU-sized stand-in for CIFAR-10-LT (UA ablation).
+    "fmnistlt-100": _fmnist(lt_gamma=100.0, lt_n1=500, lt_m1=3000),
     # CIFAR-10-LT, gamma = 100 with head sizes scaled down from (1500, 3000) to fit the budget.
     "cifar10lt-100": _cifar10(lt_gamma=100.0, lt_n1=500, lt_m1=1000),
 }
