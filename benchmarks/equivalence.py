@@ -2,9 +2,11 @@
 
 Trains the same SoftMatch recipe (same seeds, split, budget) under
   reference  fp32, contiguous NCHW, one joint forward, per-image PIL augmentation
-  default    semimatch's resolved defaults (bf16 autocast, channels_last, joint forward,
-             batched tensor augmentation)
-  split      the defaults with the split no-grad weak forward (the speed option)
+  default    semimatch's resolved defaults (bf16 autocast, channels_last, batched tensor
+             augmentation, the default forward mode)
+  joint      the defaults with the joint forward (one forward over labeled + weak + strong)
+  two-pass   the defaults with the two-pass forward (semimatch.two_pass)
+  split      the defaults with the split no-grad weak forward
   split-fp32 the split forward in fp32 / NCHW (isolates bf16 + channels_last)
 and prints best / final test error per seed and the mean.  (The fused foreach optimiser and EMA
 are exact reformulations of the per-tensor loops and need no accuracy check.)
@@ -25,6 +27,8 @@ from pathlib import Path
 VARIANTS = {
     "reference": dict(precision="fp32", channels_last=False, forward_mode="joint", augment="pil"),
     "default": {},
+    "joint": dict(forward_mode="joint"),
+    "two-pass": dict(forward_mode="two-pass"),
     "split": dict(forward_mode="split"),
     "split-fp32": dict(forward_mode="split", precision="fp32", channels_last=False),
 }

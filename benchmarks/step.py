@@ -39,6 +39,13 @@ import numpy as np
 import torch
 
 B, MU, SIZE = 64, 7, 32
+# semimatch variants: the defaults, and each forward mode forced (on top of --overrides).
+SEMIMATCH_VARIANTS = {
+    "semimatch": {},
+    "semimatch-joint": {"forward_mode": "joint"},
+    "semimatch-two-pass": {"forward_mode": "two-pass"},
+    "semimatch-split": {"forward_mode": "split"},
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,6 +220,7 @@ def run_semimatch(args: argparse.Namespace, data, split) -> dict:
 
     total = args.warmup + args.iters
     overrides = json.loads(args.overrides) if args.overrides else {}
+    overrides.update(SEMIMATCH_VARIANTS[args.variant])
     cfg = Config(
         algorithm="softmatch",
         backbone="wrn_28_2",
@@ -292,7 +300,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--workers", type=int, default=2, help="reference: DataLoader workers")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--variants", default="reference,semimatch")
+    p.add_argument(
+        "--variants",
+        default="reference,semimatch",
+        help=f"comma-separated, from: reference, {', '.join(SEMIMATCH_VARIANTS)}",
+    )
     p.add_argument(
         "--overrides",
         default="",
@@ -307,6 +319,8 @@ def main() -> None:
 
     results = []
     for variant in args.variants.split(","):
+        if variant != "reference" and variant not in SEMIMATCH_VARIANTS:
+            sys.exit(f"unknown variant {variant!r}; choose from reference, {SEMIMATCH_VARIANTS}")
         cmd = [
             sys.executable,
             __file__,
@@ -357,11 +371,13 @@ def main() -> None:
             f"{r['flops'] / 1e9:.0f} | {peak:.0f} | {100 * mfu:.0f}% | "
             f"{r['pss_peak_gib']:.2f} | {settings} |"
         )
-    if len(results) == 2:
-        print(
-            f"\nspeed-up (reference / semimatch median s/iter): "
-            f"{results[0]['median_s'] / results[1]['median_s']:.2f}x"
-        )
+    ref = [r for r in results if r["variant"] == "reference"]
+    for r in results:
+        if ref and r is not ref[0]:
+            print(
+                f"speed-up of {r['variant']} (reference / {r['variant']} median s/iter): "
+                f"{ref[0]['median_s'] / r['median_s']:.2f}x"
+            )
     for r in results:
         print(f"{r['variant']} per-iteration s: " + " ".join(f"{t:.2f}" for t in r["times"]))
     if args.json:

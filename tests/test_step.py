@@ -212,7 +212,7 @@ def test_pseudolabel_gradient_flows_through_weak_view():
 def test_joint_forward_is_one_call_over_the_concatenation(name):
     model = Recorder(linear(5))
     x_lb, y_lb, u_weak, u_strong, _ = batch(5)
-    train_step(model, build_algorithm(name, C), x_lb, y_lb, u_weak, u_strong)
+    train_step(model, build_algorithm(name, C), x_lb, y_lb, u_weak, u_strong, forward_mode="joint")
     assert len(model.calls) == 1
     x, grad = model.calls[0]
     assert grad
@@ -247,6 +247,43 @@ def test_split_forward_computes_the_same_loss_without_batchnorm():
     assert [g for _, g in model.calls] == [False, True]  # weak view without autograd
     torch.testing.assert_close(model.calls[0][0], u_weak)
     torch.testing.assert_close(model.calls[1][0], torch.cat([x_lb, u_strong]))
+
+
+@pytest.mark.parametrize("name", ["fixmatch", "softmatch"])
+def test_two_pass_forward_gives_the_joint_loss_and_metrics(name):
+    """Default forward: same values as the joint forward (BN sees the joint batch)."""
+    x_lb, y_lb, u_weak, u_strong, u_true = batch(9)
+    results = {}
+    for mode in ("joint", "two-pass"):
+        torch.manual_seed(9)
+        model = nn.Sequential(nn.Linear(D, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, C))
+        algorithm = build_algorithm(name, C, **({"tau": 0.4} if name == "fixmatch" else {}))
+        loss, sums = train_step(
+            model, algorithm, x_lb, y_lb, u_weak, u_strong, u_true, forward_mode=mode
+        )
+        loss.backward()
+        results[mode] = (loss, sums, model)
+    (loss_j, sums_j, model_j), (loss_t, sums_t, model_t) = results.values()
+    torch.testing.assert_close(loss_t, loss_j)
+    for key in sums_j:
+        torch.testing.assert_close(sums_t[key], sums_j[key])
+    torch.testing.assert_close(model_t[1].running_mean, model_j[1].running_mean)
+    # The first layer's gradient differs only by the weak rows' path through BN (stood in for).
+    g_j, g_t = model_j[0].weight.grad.flatten(), model_t[0].weight.grad.flatten()
+    assert F.cosine_similarity(g_j, g_t, dim=0) > 0.8
+
+
+def test_two_pass_forward_without_batchnorm_is_the_joint_gradient():
+    x_lb, y_lb, u_weak, u_strong, _ = batch(10)
+    fixmatch = build_algorithm("fixmatch", C, tau=0.4)
+    joint = linear(10)
+    train_step(joint, fixmatch, x_lb, y_lb, u_weak, u_strong, forward_mode="joint")[0].backward()
+    model = Recorder(linear(10))
+    train_step(model, fixmatch, x_lb, y_lb, u_weak, u_strong)[0].backward()  # default: two-pass
+    assert [g for _, g in model.calls] == [False, True]  # weak rows alone, without autograd
+    torch.testing.assert_close(model.calls[0][0], u_weak)
+    torch.testing.assert_close(model.calls[1][0], torch.cat([x_lb, u_strong]))
+    torch.testing.assert_close(model.inner.weight.grad, joint.weight.grad)
 
 
 def test_pseudolabel_uses_weak_view_and_no_strong_view():

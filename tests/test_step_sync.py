@@ -19,7 +19,7 @@ from semimatch.step import train_step
 
 
 @pytest.mark.parametrize("algorithm", ["supervised", "pseudolabel", "fixmatch", "softmatch"])
-@pytest.mark.parametrize("forward_mode", ["joint", "split"])
+@pytest.mark.parametrize("forward_mode", ["two-pass", "joint", "split"])
 def test_training_iteration_has_no_host_sync(algorithm, forward_mode):
     meta = torch.device("meta")
     net = InputNormalizer(build_model("cnn", 10, in_channels=1), (0.5,), (0.25,)).to(meta)

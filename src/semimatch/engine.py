@@ -119,6 +119,11 @@ def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
             f"{device.type}; drop --sync-bn (per-process BatchNorm, as in the "
             "papers) or train on GPUs"
         )
+    if cfg.sync_bn and ws > 1 and cfg.forward_mode == "two-pass":
+        raise ConfigError(
+            "sync_bn with forward_mode='two-pass': the two-pass forward keeps BatchNorm "
+            "statistics per process; pass --forward-mode joint with --sync-bn"
+        )
     if cfg.num_labels is not None and cfg.lt_gamma is None and cfg.num_labels % C:
         raise ConfigError(
             f"num_labels={cfg.num_labels} cannot be split evenly over the {C} classes of "

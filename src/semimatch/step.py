@@ -17,8 +17,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from semimatch.algorithms import SSLAlgorithm
+from semimatch.two_pass import two_pass_forward
 
-__all__ = ["train_step", "CONF_BINS"]
+__all__ = ["train_step", "CONF_BINS", "FORWARD_MODES"]
+
+ForwardMode = Literal["two-pass", "joint", "split"]
+FORWARD_MODES: tuple[str, ...] = ("two-pass", "joint", "split")
 
 CONF_BINS = 50  # histogram bins over [0, 1] of the confidence the weighting function sees
 
@@ -31,7 +35,7 @@ def train_step(
     u_weak: torch.Tensor | None = None,
     u_strong: torch.Tensor | None = None,
     u_true: torch.Tensor | None = None,
-    forward_mode: Literal["joint", "split"] = "joint",
+    forward_mode: ForwardMode = "two-pass",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Compute the loss of one step and its metric sums.
 
@@ -43,17 +47,20 @@ def train_step(
         u_true: ground truth of the unlabeled batch, ``-1`` where unknown.  Used **only** for the
             quality metrics; the loss never reads it.
         forward_mode: ``"joint"`` runs one forward over ``cat(x_lb, u_weak, u_strong)`` so
-            BatchNorm sees the joint batch, as in the papers.  ``"split"`` runs the weak view in
-            a separate no-grad forward (cheaper: no activations kept), which changes the BN batch
-            statistics; it is an option whose accuracy is measured in BENCHMARKS.md.
+            BatchNorm sees the joint batch, as in the papers.  ``"two-pass"`` (default) gives
+            the same values with a no-grad pass over the joint batch and a grad pass over the
+            labeled and strong images that reuses the joint BN statistics
+            (``semimatch.two_pass``): no backward over the weak view.  ``"split"`` runs the weak
+            view alone without grad, which changes the BN batch statistics (it lost accuracy,
+            BENCHMARKS.md).
 
     Returns:
         ``(loss, sums)``: the scalar loss and a dict of detached tensors (see ``metric_sums``).
     """
     if x_lb.shape[0] != y_lb.shape[0]:
         raise ValueError(f"x_lb has {x_lb.shape[0]} images but y_lb has {y_lb.shape[0]} labels")
-    if forward_mode not in ("joint", "split"):
-        raise ValueError(f"forward_mode must be 'joint' or 'split'; got {forward_mode!r}")
+    if forward_mode not in FORWARD_MODES:
+        raise ValueError(f"forward_mode must be one of {FORWARD_MODES}; got {forward_mode!r}")
     n_lb = x_lb.shape[0]
 
     # An empty unlabeled shard (possible on one rank) still takes the unlabeled path, so every
@@ -73,8 +80,16 @@ def train_step(
         logits = model(torch.cat([x_lb, u_weak]))
         logits_lb, logits_student = logits[:n_lb], logits[n_lb:]
         logits_weak = logits_student.detach()
-    elif forward_mode == "joint":
-        logits = model(torch.cat([x_lb, u_weak, u_strong]))
+    elif forward_mode in ("joint", "two-pass"):
+        x = torch.cat([x_lb, u_weak, u_strong])
+        if forward_mode == "joint":
+            logits = model(x)
+        else:  # same values, BN sees the joint batch; no backward over the weak view
+            # The weak labeled rows stand in for the weak unlabeled rows' path through the BN
+            # statistics (same distribution; semimatch.two_pass).
+            logits = two_pass_forward(
+                model, x, no_grad=slice(n_lb, n_lb + n_ulb), stand_in=slice(0, n_lb)
+            )
         logits_lb = logits[:n_lb]
         logits_weak = logits[n_lb : n_lb + n_ulb].detach()
         logits_student = logits[n_lb + n_ulb :]
