@@ -326,3 +326,11 @@ def test_a_saved_run_predicts_without_reloading_its_dataset(tmp_path):
     assert saved["class_names"] == ["even", "odd"] and saved["image_size"] == [8, 8]
     rows = semimatch.predict(tmp_path / "r", images[:3])
     assert [r["class"] in ("even", "odd") for r in rows] == [True] * 3
+
+
+def test_compile_with_the_two_pass_forward_is_refused_with_the_fix(tmp_path):
+    from semimatch.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--forward-mode joint"):
+        fit(tiny(compile=True), out=tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()

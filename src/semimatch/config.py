@@ -153,8 +153,8 @@ class Config:
         "two-pass",
         "two-pass: the joint forward's values and BatchNorm statistics from a no-grad pass "
         "over cat(labeled, weak, strong), then forward/backward over labeled+strong only "
-        "(semimatch.two_pass; 1.4x faster, 25% less memory, same accuracy); joint: one "
-        "forward/backward over the whole batch, as the papers' code; split: the weak view "
+        "(semimatch.two_pass; 1.2x faster, a third less memory, same accuracy); joint: "
+        "one forward/backward over the whole batch, as the papers; split: the weak view "
         "in its own no-grad forward -- BatchNorm statistics differ and it lost accuracy",
     )
     compile: bool = _f(False, "torch.compile the model (measured slower on CPU here)")

@@ -124,6 +124,12 @@ def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
             "sync_bn with forward_mode='two-pass': the two-pass forward keeps BatchNorm "
             "statistics per process; pass --forward-mode joint with --sync-bn"
         )
+    if cfg.compile and cfg.forward_mode == "two-pass":
+        raise ConfigError(
+            "compile with forward_mode='two-pass': the two-pass forward swaps BatchNorm "
+            "behaviour between its passes, which a compiled graph would not see; pass "
+            "--forward-mode joint with --compile"
+        )
     if cfg.num_labels is not None and cfg.lt_gamma is None and cfg.num_labels % C:
         raise ConfigError(
             f"num_labels={cfg.num_labels} cannot be split evenly over the {C} classes of "
