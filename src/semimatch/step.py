@@ -10,7 +10,7 @@ under DDP; ``semimatch.metrics.summarize`` turns them into quantity/quality/accu
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from semimatch.two_pass import two_pass_forward
 __all__ = ["train_step", "CONF_BINS", "FORWARD_MODES"]
 
 ForwardMode = Literal["two-pass", "joint", "split"]
-FORWARD_MODES: tuple[str, ...] = ("two-pass", "joint", "split")
+FORWARD_MODES: tuple[str, ...] = get_args(ForwardMode)
 
 CONF_BINS = 50  # histogram bins over [0, 1] of the confidence the weighting function sees
 
