@@ -10,8 +10,9 @@ the complete iteration *including data loading*.
   semimatch  `semimatch.engine.fit` itself with the resolved defaults (printed), timed per
              iteration through its own metrics log (log_every=1).
 
-Each variant runs in its own subprocess (so peak memory is per variant: PSS of the whole process
-tree, sampled every 50 ms), on the same images, with the same batch sizes.  Beside every
+Each variant runs in its own subprocesses, on the same images, with the same batch sizes: one
+timed run, and one short run for peak memory (PSS of the whole process tree, sampled every
+50 ms; sampling costs CPU, so it never runs beside the timing).  Beside every
 variant the script measures this CPU's bf16 matmul throughput (it drifts with load and
 turbo), and reports model FLOP utilisation = FLOPs executed per iteration (counted with
 torch.utils.flop_counter on the exact forward+backward) / median step time / bf16 matmul peak.
@@ -272,18 +273,21 @@ def child(args: argparse.Namespace) -> None:
     images, labels, source = load_images(args.data, args.per_class)
     data = from_arrays(images, labels, name="cifar10-subset")
     split = balanced_split(labels, 10, 40, seed=0)
-    peak_before = bf16_matmul_gflops()
-    with PssSampler() as mem:
-        result = (run_reference if args.variant == "reference" else run_semimatch)(
-            args, data, split
-        )
-    peak_after = bf16_matmul_gflops()
-    result.update(
-        variant=args.variant,
-        source=source,
-        pss_peak_gib=mem.peak / 2**30,
-        matmul_gflops=[peak_before, peak_after],
-    )
+    run = run_reference if args.variant == "reference" else run_semimatch
+    if args.measure == "memory":
+        # Its own run: each PSS sample makes the kernel walk the page tables (~27 ms for 2 GiB
+        # here), which steals CPU and the mm lock from the step -- timing it as well measured
+        # the sampler (+0.6 s/iter on the semimatch step).  Peak memory is reached within the
+        # first iterations (benchmarks/memory.py records the flat curve over 1,000).
+        args.iters = min(args.iters, 3)
+        with PssSampler() as mem:
+            result = run(args, data, split)
+        result = {"pss_peak_gib": mem.peak / 2**30}
+    else:
+        peak_before = bf16_matmul_gflops()
+        result = run(args, data, split)
+        peak_after = bf16_matmul_gflops()
+        result.update(variant=args.variant, source=source, matmul_gflops=[peak_before, peak_after])
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -312,6 +316,7 @@ def main() -> None:
     )
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--measure", choices=("time", "memory"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.variant:
         child(args)
@@ -341,11 +346,16 @@ def main() -> None:
             cmd += ["--data", args.data]
         if args.overrides:
             cmd += ["--overrides", args.overrides]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-        if out.returncode or not lines:
-            sys.exit(f"{variant} failed:\n{out.stderr[-3000:]}")
-        results.append(json.loads(lines[-1][len("RESULT ") :]))
+        result: dict = {}
+        for measure in ("time", "memory"):  # separate processes: sampling perturbs timing
+            out = subprocess.run(
+                [*cmd, "--measure", measure], capture_output=True, text=True, check=False
+            )
+            lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+            if out.returncode or not lines:
+                sys.exit(f"{variant} ({measure}) failed:\n{out.stderr[-3000:]}")
+            result.update(json.loads(lines[-1][len("RESULT ") :]))
+        results.append(result)
 
     print(
         f"# standard step: WRN-28-2, {B} labeled + {B * MU} unlabeled (weak + strong) "

@@ -349,7 +349,7 @@ _PAPER_COMMON: dict[str, Any] = {
     "eval_every": 5000,
     "strong_augment": "fixmatch",
 }
-_RUNTIME_28_2 = "2**20 iterations: ~1 week on one V100; ~3 s/iteration (months) on a 2-core CPU"
+_RUNTIME_28_2 = "2**20 iterations: ~1 week on one V100; ~2 s/iteration (~24 days) on a 2-core CPU"
 _RUNTIME_28_8 = "2**20 iterations: ~3 weeks on one V100; not practical on a CPU"
 _ALGO_VALUES: dict[str, dict[str, Any]] = {
     "fixmatch": {"algorithm": "fixmatch", "tau": 0.95},
