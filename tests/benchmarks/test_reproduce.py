@@ -1,0 +1,80 @@
+"""benchmarks/reproduce.py: every cell is a valid run config, and the table matches the logs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results" / "reproduce"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks/reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+reproduce = _load()
+
+
+def _args(tmp_path: Path, **overrides) -> argparse.Namespace:
+    (tmp_path / "train").mkdir(exist_ok=True)
+    values = dict(
+        iterations=None, fmnist_root=str(tmp_path), cifar_root=str(tmp_path), threads=None
+    )
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+@pytest.mark.parametrize("setting", sorted(reproduce.SETTINGS))
+def test_cells_of_a_setting_differ_only_in_the_algorithm(setting: str, tmp_path: Path) -> None:
+    """The protocol: same seed, split, budget and backbone for every algorithm of a setting."""
+    args = _args(tmp_path)
+    configs = {
+        name: reproduce.config_for(setting, name, 1, args).to_dict()
+        for name in (*reproduce.ALGORITHMS, *reproduce.VARIANTS)
+    }
+    algorithm_fields = {"algorithm", "uniform_alignment"}
+    shared = [{k: v for k, v in c.items() if k not in algorithm_fields} for c in configs.values()]
+    assert all(s == shared[0] for s in shared)
+    assert shared[0]["seed"] == 1
+    assert shared[0]["iterations"] == reproduce.SETTINGS[setting]["iterations"]
+    assert configs["softmatch-noua"]["algorithm"] == "softmatch"
+    assert configs["softmatch-noua"]["uniform_alignment"] is False
+    assert configs["softmatch"]["uniform_alignment"] is not False
+
+
+def test_budget_override_and_cifar_folders(tmp_path: Path) -> None:
+    cfg = reproduce.config_for("cifar10-40", "fixmatch", 0, _args(tmp_path, iterations=7))
+    assert cfg.iterations == 7
+    assert cfg.data_root == str(tmp_path / "train")
+    assert cfg.test_dir == str(tmp_path / "test")
+
+
+def test_cifar_setting_without_its_folder_says_what_to_pass(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--cifar-root"):
+        reproduce.config_for("cifar10-40", "fixmatch", 0, _args(tmp_path, cifar_root=None))
+
+
+def test_table_is_the_mean_and_std_of_the_committed_runs() -> None:
+    rows = {
+        tuple(cell.strip() for cell in line.split("|")[1:3]): line.split("|")
+        for line in reproduce.table(RESULTS).splitlines()[2:]
+    }
+    cells = sorted({p.parent.parent for p in RESULTS.glob("*/*/seed*/summary.json")})
+    assert cells, "no committed runs"
+    assert len(rows) == len(cells)
+    for cell in cells:
+        summaries = [json.loads(p.read_text()) for p in sorted(cell.glob("seed*/summary.json"))]
+        row = rows[(cell.parent.name, cell.name)]
+        assert int(row[3]) == len(summaries)
+        best = [100 * s["best_error"] for s in summaries]
+        sd = statistics.stdev(best) if len(best) > 1 else 0.0
+        assert row[4].strip() == f"{statistics.mean(best):.2f} ± {sd:.2f}"
