@@ -334,3 +334,20 @@ def test_compile_with_the_two_pass_forward_is_refused_with_the_fix(tmp_path):
     with pytest.raises(ConfigError, match="--forward-mode joint"):
         fit(tiny(compile=True), out=tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_fit_leaves_the_callers_random_streams_threads_and_modes_alone():
+    """fit seeds and configures the process for itself, then puts everything back."""
+    import numpy as np
+
+    def draws() -> tuple:
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+    threads = torch.get_num_threads()
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    expected = draws()
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    fit(tiny(iterations=2, threads=1, deterministic=True))
+    assert draws() == expected
+    assert torch.get_num_threads() == threads
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -247,6 +247,32 @@ def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextMan
     return torch.autocast(device.type, dtype=dtype)
 
 
+@contextlib.contextmanager
+def process_state_restored() -> Iterator[None]:
+    """Restore the process-wide state that training sets, once training returns or fails.
+
+    ``fit`` seeds Python's, NumPy's and torch's global generators, may set torch's thread count
+    and deterministic mode: a caller's own random stream and settings must not change because it
+    trained a model (scikit-learn convention: ``fit`` touches only the estimator).
+    """
+    py_state, np_state = random.getstate(), np.random.get_state()
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if cuda else []):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+            torch.backends.cudnn.benchmark = cudnn_benchmark
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -505,7 +531,36 @@ def fit(
     ``weak_augment``/``strong_augment`` are per-image callables ``(img_hwc_uint8, rng) -> img``
     replacing the PIL pipelines (they run in loader workers, so ``augment`` must be ``pil`` or
     ``auto``).  The config still drives the recipe.
+
+    The process's global random generators, thread count and deterministic mode are as they
+    were once ``fit`` returns (or fails).
     """
+    with process_state_restored():
+        return _fit(
+            cfg,
+            out=out,
+            resume=resume,
+            overwrite=overwrite,
+            data=data,
+            model=model,
+            algorithm=algorithm,
+            weak_augment=weak_augment,
+            strong_augment=strong_augment,
+        )
+
+
+def _fit(
+    cfg: Config,
+    *,
+    out: str | os.PathLike | None,
+    resume: bool | Literal["auto"],
+    overwrite: bool,
+    data: SSLDataset | None,
+    model: nn.Module | None,
+    algorithm: SSLAlgorithm | None,
+    weak_augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None,
+    strong_augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None,
+) -> Run:
     custom_aug = weak_augment is not None or strong_augment is not None
     if custom_aug and cfg.augment == "batched":
         raise ConfigError(
