@@ -509,6 +509,7 @@ def _to_nchw_uint8(images: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # fit
 # ----------------------------------------------------------------------------------------------
+@process_state_restored()  # a ContextDecorator: fresh state saved on every call
 def fit(
     cfg: Config,
     *,
@@ -535,32 +536,6 @@ def fit(
     The process's global random generators, thread count and deterministic mode are as they
     were once ``fit`` returns (or fails).
     """
-    with process_state_restored():
-        return _fit(
-            cfg,
-            out=out,
-            resume=resume,
-            overwrite=overwrite,
-            data=data,
-            model=model,
-            algorithm=algorithm,
-            weak_augment=weak_augment,
-            strong_augment=strong_augment,
-        )
-
-
-def _fit(
-    cfg: Config,
-    *,
-    out: str | os.PathLike | None,
-    resume: bool | Literal["auto"],
-    overwrite: bool,
-    data: SSLDataset | None,
-    model: nn.Module | None,
-    algorithm: SSLAlgorithm | None,
-    weak_augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None,
-    strong_augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None,
-) -> Run:
     custom_aug = weak_augment is not None or strong_augment is not None
     if custom_aug and cfg.augment == "batched":
         raise ConfigError(
