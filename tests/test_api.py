@@ -126,6 +126,29 @@ def test_train_with_a_custom_weighting_function(tmp_path):
     assert set(evals[-1]["lambda_curve"]["w"]) <= {0.0, 1.0}
 
 
+def test_a_custom_weighting_run_says_so_and_resumes_only_with_it(tmp_path, capsys):
+    """summary.json, the report and checkpoints name the custom weighting; a resume that would
+    silently continue with the config's built-in algorithm is refused, naming the fix."""
+    import json
+
+    from semimatch.engine import TrainingError
+    from semimatch.report import comparison_rows
+
+    out = tmp_path / "run"
+    semimatch.train(weighting=ConfidentHalf(), out=out, **TINY)
+    assert json.loads((out / "summary.json").read_text())["algorithm"] == "custom:ConfidentHalf"
+    assert comparison_rows([out])[0]["algorithm"] == "custom:ConfidentHalf"
+    assert main(["train", "--resume", str(out)]) == 2
+    assert "custom:ConfidentHalf" in capsys.readouterr().err
+    with pytest.raises(TrainingError, match="custom:ConfidentHalf.*weighting="):
+        semimatch.train(out=out, resume=True, **TINY)
+    run = semimatch.train(weighting=ConfidentHalf(), out=out, resume=True, **TINY)
+    assert run.summary["status"] == "finished"
+    assert run.summary["algorithm"] == "custom:ConfidentHalf"
+    loaded = load_run(out)  # prediction needs no weighting
+    assert loaded.algorithm is None and loaded.predict(np.zeros((2, 8, 8), np.uint8)).shape == (2,)
+
+
 def test_a_weighting_without_the_protocol_is_refused():
     with pytest.raises(ValueError, match="update"):
         semimatch.train(weighting=lambda p: p.max(dim=1).values, **TINY)

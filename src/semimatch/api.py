@@ -87,7 +87,9 @@ def train(
             ``load_run(run_dir, model=<fresh instance>)``.
         weighting / alignment: your own weighting function (any object with ``update(probs)`` and
             ``__call__(probs) -> weights``) and optional alignment; the rest of the recipe
-            (student view = strong, loss, schedule) is the config's.
+            (student view = strong, loss, schedule) is the config's. The run records
+            ``custom:<class name>`` as its algorithm (summary.json, report, checkpoints); resume
+            it by passing the same weighting again.
         weak_augment / strong_augment: your own augmentations, callables
             ``(img: uint8 (H, W, C) array, rng: numpy.random.Generator) -> uint8 (H, W, C)``
             replacing the weak / strong PIL pipelines (they force ``augment="pil"``; draw all
@@ -196,9 +198,11 @@ def load_run(
             holder = ModelEMA(net, cfg.ema_decay or 0.999)
             holder.load_state_dict(state["ema"])
             ema = holder.module.to(dev).eval()
-        algorithm = build_algorithm(cfg.algorithm, info.num_classes, **cfg.algorithm_options())
-        if state.get("algorithm"):
-            algorithm.load_state_dict(state["algorithm"])
+        algorithm = None  # trained with a custom weighting: prediction does not need it
+        if state.get("algorithm_name", cfg.algorithm) == cfg.algorithm:
+            algorithm = build_algorithm(cfg.algorithm, info.num_classes, **cfg.algorithm_options())
+            if state.get("algorithm"):
+                algorithm.load_state_dict(state["algorithm"])
     except (RuntimeError, KeyError) as e:
         raise ckpt.CheckpointError(
             f"checkpoint {path} does not match {run_dir}/config.json ({str(e).splitlines()[0]})"

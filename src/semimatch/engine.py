@@ -429,7 +429,7 @@ class Run:
     config: Config
     model: nn.Module
     ema_model: nn.Module | None
-    algorithm: SSLAlgorithm
+    algorithm: SSLAlgorithm | None  # None: reloaded, trained with a custom weighting
     data: SSLDataset | None
     run_dir: Path | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -609,6 +609,9 @@ def fit(
     if algorithm is None:
         algorithm = build_algorithm(cfg.algorithm, C, **cfg.algorithm_options())
     algorithm = algorithm.to(device) if isinstance(algorithm, nn.Module) else algorithm
+    # What actually trains: a passed-in algorithm may differ from cfg.algorithm (the default
+    # "fixmatch" of a custom weighting); checkpoints and summary.json record this name.
+    algorithm_name = str(getattr(algorithm, "name", f"custom:{type(algorithm).__name__}"))
     if cfg.sync_bn and dist.is_distributed():
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     ema = ModelEMA(net, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay else None
@@ -641,6 +644,18 @@ def fit(
                 "with several nodes, --out must be on a file system that all nodes share"
             )
         state = ckpt.load(resume_from, map_location=device)
+        saved_name = state.get("algorithm_name", cfg.algorithm)
+        if saved_name != algorithm_name:
+            how = (
+                f"pass the same one again (semimatch.train(..., weighting=<{saved_name[7:]}>, "
+                "resume=True))"
+                if saved_name.startswith("custom:")
+                else f"resume it with algorithm {saved_name!r}"
+            )
+            raise TrainingError(
+                f"{resume_from} was trained with algorithm {saved_name!r}; this resume would "
+                f"continue it with {algorithm_name!r}: {how}"
+            )
         try:
             net.load_state_dict(state["model"])
             if ema is not None:
@@ -677,6 +692,7 @@ def fit(
             "model": net.state_dict(),
             "ema": ema.state_dict() if ema is not None else {},
             "algorithm": algorithm.state_dict() if isinstance(algorithm, nn.Module) else {},
+            "algorithm_name": algorithm_name,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
@@ -847,7 +863,7 @@ def fit(
             bar.close()
 
     wall = time.perf_counter() - t_start
-    summary = _summary(cfg, history, status, wall, info.class_names, completed)
+    summary = _summary(cfg, algorithm_name, history, status, wall, info.class_names, completed)
     if writer:
         writer.write(
             {
@@ -1041,6 +1057,7 @@ def _evaluate_and_log(
 
 def _summary(
     cfg: Config,
+    algorithm_name: str,
     history: dict[str, Any],
     status: str,
     wall: float,
@@ -1050,7 +1067,7 @@ def _summary(
     errors = history["errors"]
     window = history.get("last_window") or {}
     return {
-        "algorithm": cfg.algorithm,
+        "algorithm": algorithm_name,
         "dataset": cfg.dataset,
         "num_labels": cfg.num_labels,
         "num_classes": len(class_names),

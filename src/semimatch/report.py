@@ -196,7 +196,8 @@ def _row(run: RunData, now: float | None = None) -> dict[str, Any]:
     return {
         "name": run.name,
         "path": str(run.path),
-        "algorithm": run.setting("algorithm"),
+        # summary.json names what trained (a custom weighting), config.json the configured one
+        "algorithm": (run.summary or {}).get("algorithm") or run.setting("algorithm"),
         "dataset": run.setting("dataset"),
         "labels": _labels(run),
         "iterations": run.setting("iterations"),
