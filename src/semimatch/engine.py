@@ -49,6 +49,7 @@ from semimatch.data.splits import (
     save_split,
 )
 from semimatch.ema import ModelEMA
+from semimatch.log import logger
 from semimatch.metrics import JsonlWriter, WindowSums, median_of_last, read_jsonl, summarize
 from semimatch.models import InputNormalizer, build_model, set_bn_momentum
 from semimatch.step import CONF_BINS, train_step
@@ -821,7 +822,7 @@ def fit(
                     if writer:
                         writer.write(record)
                     _tb_scalars(tb, "eval", record, done)
-                    _say(bar, env.is_main, _eval_line(record, cfg))
+                    _say(env.is_main, _eval_line(record, cfg))
                     save_checkpoint(done, best=record["error"] == history["best_error"])
                     # Evaluation and checkpointing are not training time.
                     t_eval = time.perf_counter()
@@ -881,9 +882,9 @@ def fit(
     if status == "failed":
         raise TrainingError(message)
     if status == "interrupted":
-        _say(None, env.is_main, message)
+        _say(env.is_main, message)
         raise KeyboardInterrupt(message if env.is_main else "")  # the CLI prints it once
-    _say(None, env.is_main, _summary_line(summary))
+    _say(env.is_main, _summary_line(summary))
     records = read_jsonl(out_dir / "metrics.jsonl") if (out_dir and env.is_main) else []
     return Run(
         cfg,
@@ -1097,13 +1098,9 @@ def _progress(cfg: Config, start: int, is_main: bool):
     )
 
 
-def _say(bar: Any, is_main: bool, text: str) -> None:
-    if not is_main:
-        return
-    if bar is not None:
-        bar.write(text)
-    else:
-        print(text, flush=True)
+def _say(is_main: bool, text: str) -> None:
+    if is_main:
+        logger.info(text)
 
 
 def _eval_line(record: dict[str, Any], cfg: Config) -> str:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
 import numbers
 from typing import Any
 
@@ -58,6 +57,7 @@ from torch import nn
 from semimatch.algorithms import ALGORITHMS
 from semimatch.config import Config, ConfigError
 from semimatch.data.datasets import _to_uint8_images, from_arrays
+from semimatch.log import quiet
 from semimatch.models import build_model
 
 __all__ = [
@@ -431,10 +431,7 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         if hooks and model is not None:
             model = FeatureDecoder(model)
 
-        quiet = (
-            contextlib.nullcontext() if self.verbose else contextlib.redirect_stdout(io.StringIO())
-        )
-        with quiet:
+        with contextlib.nullcontext() if self.verbose else quiet():
             run = train(cfg, data=data, model=model, **hooks)
         run.data = None  # keep the fitted estimator small (it is pickled by GridSearchCV etc.)
         for name, value in learned.items():
