@@ -43,6 +43,15 @@ def test_unknown_key_suggests_the_right_one():
 def test_wrong_types_are_errors(key, value):
     with pytest.raises(ConfigError, match=key):
         Config.from_dict({key: value})
+    with pytest.raises(ConfigError, match=key):  # however the config is made
+        Config(**{key: value})
+
+
+def test_a_mistyped_choice_names_the_closest_one():
+    with pytest.raises(ConfigError, match="did you mean 'softmatch'"):
+        Config(algorithm="softmach")
+    with pytest.raises(ConfigError, match="did you mean 'joint'"):
+        Config.from_dict({"forward_mode": "jiont"})
 
 
 def test_strings_from_the_command_line_are_converted():

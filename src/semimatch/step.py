@@ -10,18 +10,18 @@ under DDP; ``semimatch.metrics.summarize`` turns them into quantity/quality/accu
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from semimatch.algorithms import SSLAlgorithm
+from semimatch.config import ForwardMode
 from semimatch.two_pass import two_pass_forward
 
 __all__ = ["train_step", "CONF_BINS", "FORWARD_MODES"]
 
-ForwardMode = Literal["two-pass", "joint", "split"]
 FORWARD_MODES: tuple[str, ...] = get_args(ForwardMode)
 
 CONF_BINS = 50  # histogram bins over [0, 1] of the confidence the weighting function sees
