@@ -6,6 +6,7 @@ only ``--algorithm`` changes.  Runs are ordinary semimatch run directories under
 
     python benchmarks/reproduce.py --setting fmnist-40 --algorithm softmatch --seed 0
     python benchmarks/reproduce.py --setting fmnist-40 --all            # every algorithm, 3 seeds
+    python benchmarks/reproduce.py --setting cifar10-40 --all --jobs 2  # two cells side by side
     python benchmarks/reproduce.py --table                               # markdown table from runs
 
 Data: Fashion-MNIST from a folder of IDX files (``--fmnist-root``, default Debian's
@@ -20,7 +21,9 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,10 @@ def _cifar10(**values: Any) -> dict[str, Any]:
 
 # Budgets chosen to fit this 2-core CPU (see BENCHMARKS.md for the measured wall times).
 SETTINGS: dict[str, dict[str, Any]] = {
+    # scikit-learn's bundled digits: offline, ~1 minute per cell (the demo's recipe).
+    "digits-20": dict(
+        dataset="digits", num_labels=20, iterations=300, batch_size=32, eval_every=30
+    ),
     "fmnist-40": _fmnist(num_labels=40),
     "fmnist-250": _fmnist(num_labels=250),
     "cifar10-40": _cifar10(num_labels=40),
@@ -80,7 +87,7 @@ def config_for(setting: str, algorithm: str, seed: int, args: argparse.Namespace
         values["iterations"] = args.iterations
     if values["dataset"] == "fashion_mnist":
         values["data_root"] = args.fmnist_root
-    else:
+    elif values["dataset"] == "imagefolder":
         root = args.cifar_root
         if not root or not Path(root, "train").is_dir():
             sys.exit(
@@ -103,6 +110,35 @@ def train_cell(setting: str, algorithm: str, seed: int, args: argparse.Namespace
     cfg = config_for(setting, algorithm, seed, args)
     print(f"== {setting} {algorithm} seed {seed} -> {out}", flush=True)
     fit(cfg, out=out, resume=resume and not args.overwrite, overwrite=args.overwrite)
+
+
+def run_cells(
+    cells: list[tuple[str, str, int]], args: argparse.Namespace, jobs: int
+) -> list[tuple[str, str, int]]:
+    """Train ``cells`` in ``jobs`` subprocesses side by side, each with its share of the cores
+    (output in ``<runs>/logs/``); returns the cells that failed."""
+    threads = args.threads or max(1, (os.cpu_count() or 1) // jobs)
+    logs = Path(args.runs) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def one(cell: tuple[str, str, int]) -> bool:
+        setting, algorithm, seed = cell
+        cmd = [sys.executable, __file__, "--setting", setting, "--algorithm", algorithm]
+        cmd += ["--seed", str(seed), "--threads", str(threads), "--runs", str(args.runs)]
+        cmd += ["--fmnist-root", str(args.fmnist_root)]
+        cmd += ["--cifar-root", str(args.cifar_root)] if args.cifar_root else []
+        cmd += ["--iterations", str(args.iterations)] if args.iterations else []
+        cmd += ["--overwrite"] if args.overwrite else []
+        log = logs / f"{setting}-{algorithm}-seed{seed}.log"
+        print(f"-> {setting} {algorithm} seed {seed} ({threads} threads; log {log})", flush=True)
+        with open(log, "w") as f:
+            code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+        print(f"{'ok' if code == 0 else f'FAILED ({code})'}: {setting} {algorithm} seed {seed}")
+        return code == 0
+
+    with ThreadPoolExecutor(jobs) as pool:
+        ok = list(pool.map(one, cells))
+    return [cell for cell, good in zip(cells, ok) if not good]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -167,6 +203,9 @@ def main() -> None:
     p.add_argument("--all", action="store_true", help="every algorithm x seeds 0,1,2")
     p.add_argument("--seeds", default="0,1,2", help="seeds for --all")
     p.add_argument("--algorithms", default=",".join(ALGORITHMS), help="algorithms for --all")
+    p.add_argument(
+        "--jobs", type=int, default=1, help="with --all: cells run side by side (subprocesses)"
+    )
     p.add_argument("--iterations", type=int, help="override the setting's budget")
     p.add_argument(
         "--threads", type=int, help="CPU threads per run (e.g. 1 to run two cells side by side)"
@@ -186,9 +225,21 @@ def main() -> None:
     if not args.setting:
         p.error("--setting is required (or --table)")
     if args.all:
-        for seed in (int(s) for s in args.seeds.split(",")):
-            for algorithm in args.algorithms.split(","):
-                train_cell(args.setting, algorithm, seed, args)
+        cells = [
+            (args.setting, algorithm, int(seed))
+            for seed in args.seeds.split(",")
+            for algorithm in args.algorithms.split(",")
+        ]
+        unknown = [a for _, a, _ in cells if a not in (*ALGORITHMS, *VARIANTS)]
+        if unknown:
+            p.error(f"unknown algorithm {unknown[0]!r}; choose from {[*ALGORITHMS, *VARIANTS]}")
+        if args.jobs < 1:
+            p.error(f"--jobs must be >= 1; got {args.jobs}")
+        if args.jobs == 1:
+            for cell in cells:
+                train_cell(*cell, args)
+        elif failed := run_cells(cells, args, args.jobs):
+            sys.exit(f"{len(failed)} cell(s) failed: {failed}; see {Path(args.runs) / 'logs'}")
     else:
         if not args.algorithm:
             p.error("--algorithm is required (or --all)")

@@ -78,3 +78,21 @@ def test_table_is_the_mean_and_std_of_the_committed_runs() -> None:
         best = [100 * s["best_error"] for s in summaries]
         sd = statistics.stdev(best) if len(best) > 1 else 0.0
         assert row[4].strip() == f"{statistics.mean(best):.2f} ± {sd:.2f}"
+
+
+def test_a_grid_runs_side_by_side_and_its_table_rebuilds(tmp_path: Path) -> None:
+    """--all --jobs 2: two cells in two subprocesses sharing the cores, then --table."""
+    import subprocess
+    import sys
+
+    script = str(ROOT / "benchmarks/reproduce.py")
+    grid = ["--setting", "digits-20", "--all", "--algorithms", "supervised,fixmatch"]
+    grid += ["--seeds", "0", "--jobs", "2", "--iterations", "4", "--runs", str(tmp_path)]
+    subprocess.run([sys.executable, script, *grid], check=True, capture_output=True)
+    for algorithm in ("supervised", "fixmatch"):
+        run = tmp_path / "digits-20" / algorithm / "seed0"
+        assert json.loads((run / "summary.json").read_text())["iterations_done"] == 4
+        assert json.loads((run / "config.json").read_text())["threads"] >= 1
+        assert (tmp_path / "logs" / f"digits-20-{algorithm}-seed0.log").exists()
+    rows = reproduce.table(tmp_path).splitlines()[2:]
+    assert [row.split("|")[2].strip() for row in rows] == ["supervised", "fixmatch"]
