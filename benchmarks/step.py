@@ -18,7 +18,7 @@ turbo), and reports model FLOP utilisation = FLOPs executed per iteration (count
 torch.utils.flop_counter on the exact forward+backward) / median step time / bf16 matmul peak.
 
     python benchmarks/step.py                        # CIFAR-10 JPEG if found, else synthetic
-    python benchmarks/step.py --data /path/cifar10-jpeg --iters 7 --warmup 2
+    python benchmarks/step.py --data /path/cifar10-jpeg --iters 7 --warmup 3
 """
 
 from __future__ import annotations
@@ -301,7 +301,7 @@ def main() -> None:
     )
     p.add_argument("--per-class", type=int, default=500)
     p.add_argument("--iters", type=int, default=7, help="timed iterations (after warm-up)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     p.add_argument("--workers", type=int, default=2, help="reference: DataLoader workers")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument(
