@@ -647,10 +647,11 @@ def fit(
         state = ckpt.load(resume_from, map_location=device)
         saved_name = state.get("algorithm_name", cfg.algorithm)
         if saved_name != algorithm_name:
+            weighting = saved_name.removeprefix("custom:")
             how = (
-                f"pass the same one again (semimatch.train(..., weighting=<{saved_name[7:]}>, "
+                f"pass the same one again (semimatch.train(..., weighting=<{weighting}>, "
                 "resume=True))"
-                if saved_name.startswith("custom:")
+                if weighting != saved_name
                 else f"resume it with algorithm {saved_name!r}"
             )
             raise TrainingError(
