@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -351,3 +353,60 @@ def test_fit_leaves_the_callers_random_streams_threads_and_modes_alone():
     assert draws() == expected
     assert torch.get_num_threads() == threads
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def _digits_with_folds():
+    import dataclasses
+
+    from semimatch.data import load_dataset
+
+    data = load_dataset("digits")
+    return dataclasses.replace(data, labeled_folds=(np.arange(0, 40), np.arange(100, 130)))
+
+
+def test_a_predefined_fold_is_the_labeled_set(tmp_path):
+    run = fit(tiny(num_labels=None, fold=1, iterations=2), data=_digits_with_folds(), out=tmp_path)
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split["kind"] == "fold" and split["labeled"] == list(range(100, 130))
+    assert split["unlabeled"] == list(range(1437))  # every training image (digits: 1437)
+    assert run.summary["num_labels"] == 30  # what trained, though cfg.num_labels is None
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"lt_gamma": 10.0}, "num_labels=20 and lt_gamma=10.0 each choose the labeled images"),
+        ({"num_labels": 20, "fold": 0}, "num_labels=20 and fold=0"),
+        ({"lt_n1": 10}, "lt_n1 shape the long-tailed split and apply only with lt_gamma"),
+        ({"num_labels": None, "lt_reverse": True}, "lt_reverse shape"),
+        ({"num_labels": None, "split_seed": 4}, "the given labels involve no draw"),
+        ({"num_labels": None, "fold": 0}, "'digits' has no predefined folds; use num_labels"),
+        ({"dataset": "stl10", "num_labels": None, "fold": 0}, "fold_indices.txt is missing"),
+        ({"num_labels": None, "fold": 2}, "fold must be in 0..1; got 2"),
+    ],
+)
+def test_split_options_that_would_do_nothing_are_refused(tmp_path, options, match):
+    from semimatch.config import ConfigError
+
+    data = _digits_with_folds() if options.get("fold") == 2 else None
+    if options.get("dataset") == "stl10":
+        import dataclasses
+
+        from semimatch.data import load_dataset
+
+        data = dataclasses.replace(load_dataset("digits"), labeled_folds=None)
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        fit(tiny(iterations=1, **options), data=data, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_exclude_labeled_applies_to_the_given_labels_too(tmp_path):
+    from semimatch.data import from_arrays
+
+    rng = np.random.default_rng(0)
+    y = np.full(40, -1)
+    y[:10] = np.arange(10) % 2
+    data = from_arrays(rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8), y)
+    fit(tiny(num_labels=None, exclude_labeled=True, iterations=1), data=data, out=tmp_path)
+    split = json.loads((tmp_path / "split.json").read_text())
+    assert split["unlabeled"] == list(range(10, 40))  # was silently all 40 before

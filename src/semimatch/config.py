@@ -72,6 +72,11 @@ class Config:
     lt_m1: int = _f(3000, "long-tailed split: unlabeled images of the head class (M_1)")
     lt_reverse: bool = _f(False, "long-tailed split: reverse the unlabeled class distribution")
     split_seed: int | None = _f(None, "seed of the labeled split (None = seed)")
+    fold: int | None = _f(
+        None,
+        "stl10: label predefined fold k (0-9: 1,000 images from fold_indices.txt, the "
+        "FixMatch protocol) instead of drawing num_labels",
+    )
 
     # --- model -------------------------------------------------------------------------------
     backbone: str | None = _f(

@@ -43,6 +43,7 @@ from semimatch.data import (
 )
 from semimatch.data.splits import (
     balanced_split,
+    fold_split,
     given_split,
     load_split,
     long_tailed_split,
@@ -131,6 +132,7 @@ def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
             "behaviour between its passes, which a compiled graph would not see; pass "
             "--forward-mode joint with --compile"
         )
+    _check_split_options(cfg, data)
     if cfg.num_labels is not None and cfg.lt_gamma is None and cfg.num_labels % C:
         raise ConfigError(
             f"num_labels={cfg.num_labels} cannot be split evenly over the {C} classes of "
@@ -192,19 +194,64 @@ def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
     return cfg
 
 
+def _check_split_options(cfg: Config, data: SSLDataset) -> None:
+    """One way to choose the labeled images per run; an option the chosen way ignores is an
+    error, not a silent no-op."""
+    ways = [
+        f"{name}={getattr(cfg, name)}"
+        for name in ("num_labels", "lt_gamma", "fold")
+        if getattr(cfg, name) is not None
+    ]
+    if len(ways) > 1:
+        raise ConfigError(
+            f"{' and '.join(ways)} each choose the labeled images; pass only one "
+            "(num_labels: balanced draw, lt_gamma: long-tailed draw, fold: predefined fold)"
+        )
+    defaults = Config()
+    if cfg.lt_gamma is None:
+        stray = [
+            n for n in ("lt_n1", "lt_m1", "lt_reverse") if getattr(cfg, n) != getattr(defaults, n)
+        ]
+        if stray:
+            raise ConfigError(
+                f"{', '.join(stray)} shape the long-tailed split and apply only with lt_gamma; "
+                "pass --lt-gamma (e.g. 100) or drop them"
+            )
+    if cfg.split_seed is not None and cfg.num_labels is None and cfg.lt_gamma is None:
+        raise ConfigError(
+            "split_seed seeds a drawn split (num_labels or lt_gamma); "
+            f"{'a predefined fold' if cfg.fold is not None else 'the given labels'} involve no "
+            "draw - drop split_seed"
+        )
+    if cfg.fold is not None:
+        folds = data.labeled_folds
+        if not folds:
+            hint = (
+                "fold_indices.txt is missing from stl10_binary; re-download with --download true"
+                if cfg.dataset == "stl10"
+                else "use num_labels for a balanced draw"
+            )
+            raise ConfigError(f"fold: dataset {cfg.dataset!r} has no predefined folds; {hint}")
+        if not 0 <= cfg.fold < len(folds):
+            raise ConfigError(f"fold must be in 0..{len(folds) - 1}; got {cfg.fold}")
+
+
 def make_split(cfg: Config, data: SSLDataset) -> Split:
+    """The labeled/unlabeled split ``cfg`` asks for (options checked by resolve_config)."""
     labels = data.train.labels
     seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     C = data.info.num_classes
-    if cfg.lt_gamma is not None:
+    include = not cfg.exclude_labeled
+    if cfg.lt_gamma is not None:  # labeled and unlabeled draws are disjoint by construction
         return long_tailed_split(
             labels, C, cfg.lt_n1, cfg.lt_m1, cfg.lt_gamma, seed, reverse_unlabeled=cfg.lt_reverse
         )
+    if cfg.fold is not None:
+        folds = data.labeled_folds or ()
+        return fold_split(folds, cfg.fold, len(labels), include_labeled_in_unlabeled=include)
     if cfg.num_labels is None:
-        return given_split(labels)
-    return balanced_split(
-        labels, C, cfg.num_labels, seed, include_labeled_in_unlabeled=not cfg.exclude_labeled
-    )
+        return given_split(labels, include_labeled_in_unlabeled=include)
+    return balanced_split(labels, C, cfg.num_labels, seed, include_labeled_in_unlabeled=include)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -865,7 +912,9 @@ def fit(
             bar.close()
 
     wall = time.perf_counter() - t_start
-    summary = _summary(cfg, algorithm_name, history, status, wall, info.class_names, completed)
+    summary = _summary(
+        cfg, algorithm_name, history, status, wall, info.class_names, completed, len(split.labeled)
+    )
     if writer:
         writer.write(
             {
@@ -1065,13 +1114,14 @@ def _summary(
     wall: float,
     class_names: tuple[str, ...],
     done: int,
+    num_labels: int,
 ) -> dict[str, Any]:
     errors = history["errors"]
     window = history.get("last_window") or {}
     return {
         "algorithm": algorithm_name,
         "dataset": cfg.dataset,
-        "num_labels": cfg.num_labels,
+        "num_labels": num_labels,  # of the split that trained (also for LT, fold, given splits)
         "num_classes": len(class_names),
         "iterations": cfg.iterations,
         "iterations_done": done,

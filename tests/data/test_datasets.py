@@ -161,6 +161,34 @@ def test_stl10_binary_layout_and_unlabeled(tmp_path):
     np.testing.assert_array_equal(unl.gather([4, 0]), exp_u[[4, 0]])
     restored = pickle.loads(pickle.dumps(unl))  # workers under spawn get a fresh memory map
     np.testing.assert_array_equal(restored[1], exp_u[1])
+    assert ds.labeled_folds is None  # no fold_indices.txt: folds unavailable, not invented
+
+
+def _fake_stl10(root, n_train=6):
+    base = root / "stl10_binary"
+    base.mkdir()
+    for split, n in (("train", n_train), ("test", 2), ("unlabeled", 3)):
+        np.zeros(n * 3 * 96 * 96, dtype=np.uint8).tofile(base / f"{split}_X.bin")
+        if split != "unlabeled":
+            (np.arange(n, dtype=np.uint8) % 10 + 1).tofile(base / f"{split}_y.bin")
+    return base
+
+
+def test_stl10_reads_the_predefined_folds(tmp_path):
+    base = _fake_stl10(tmp_path)
+    (base / "fold_indices.txt").write_text("0 3 5\n\n1 2 4 \n")  # the file's own format
+    ds = load_dataset("stl10", root=tmp_path)
+    assert [f.tolist() for f in ds.labeled_folds] == [[0, 3, 5], [1, 2, 4]]
+
+
+@pytest.mark.parametrize(
+    "text, match", [("0 1 x\n", "line 1 is not a list of integer"), ("0\n6 1\n", "line 2 indexes")]
+)
+def test_stl10_bad_fold_file_is_named(tmp_path, text, match):
+    base = _fake_stl10(tmp_path)
+    (base / "fold_indices.txt").write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_dataset("stl10", root=tmp_path)
 
 
 @pytest.mark.parametrize("name", ["svhn", "stl10", "cifar100"])

@@ -11,6 +11,7 @@ import pytest
 from semimatch.data.splits import (
     Split,
     balanced_split,
+    fold_split,
     given_split,
     load_split,
     long_tailed_counts,
@@ -126,6 +127,37 @@ def test_given_split_uses_the_users_labels():
     )
     with pytest.raises(ValueError, match="every label is -1"):
         given_split(np.array([-1, -1]))
+
+
+def test_fold_split_labels_exactly_the_fold():
+    folds = (np.array([5, 1, 3]), np.array([0, 2, 2, 4]))
+    s = fold_split(folds, 1, num_train=6)
+    np.testing.assert_array_equal(s.labeled, [0, 2, 4])  # sorted, duplicates dropped
+    np.testing.assert_array_equal(s.unlabeled, np.arange(6))  # the papers' convention
+    assert s.kind == "fold" and s.seed is None and s.meta["fold"] == 1
+    assert s.meta["num_folds"] == 2
+    assert "fold 1" in split_summary(s, np.arange(6) % 3, 3)
+    np.testing.assert_array_equal(
+        fold_split(folds, 0, 6, include_labeled_in_unlabeled=False).unlabeled, [0, 2, 4]
+    )
+    t = Split.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert t.kind == "fold" and t.meta == s.meta
+
+
+@pytest.mark.parametrize(
+    "folds, fold, match",
+    [
+        ((np.array([0]),), 1, r"fold: must be in 0\.\.0, got 1"),
+        ((np.array([0]),), -1, r"must be in 0\.\.0"),
+        ((np.array([0]),), True, "integer fold number"),
+        ((np.array([0, 9]),), 0, "index 9 is outside the training set of 6"),
+        ((np.array([], dtype=np.int64),), 0, "fold 0 is empty"),
+        ((), 0, "defines no labeled folds"),
+    ],
+)
+def test_fold_split_bad_input(folds, fold, match):
+    with pytest.raises(ValueError, match=match):
+        fold_split(folds, fold, num_train=6)
 
 
 def test_save_and_load_roundtrip(tmp_path):

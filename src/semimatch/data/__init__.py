@@ -22,6 +22,7 @@ from semimatch.data.loaders import SSLBatch, TrainStream, eval_batches
 from semimatch.data.splits import (
     Split,
     balanced_split,
+    fold_split,
     given_split,
     load_split,
     long_tailed_counts,
@@ -44,6 +45,7 @@ __all__ = [
     "balanced_split",
     "default_root",
     "eval_batches",
+    "fold_split",
     "from_arrays",
     "from_torch",
     "given_split",

@@ -213,6 +213,8 @@ class SSLDataset:
     train: ImageSource
     test: ImageSource | None
     extra_unlabeled: ImageSource | None
+    #: Predefined labeled folds (indices into ``train``), e.g. STL-10's ten folds of 1,000.
+    labeled_folds: tuple[np.ndarray, ...] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,7 +484,33 @@ def _load_stl10(root: str, download: bool, hflip: bool | None = None) -> SSLData
         True if hflip is None else hflip,
     )
     extra = _STLBinarySource(unl_path, np.full(n_unl, -1, dtype=np.int64))
-    return SSLDataset(info, labeled("train"), labeled("test"), extra)
+    train = labeled("train")
+    return SSLDataset(info, train, labeled("test"), extra, _read_stl_folds(base, len(train.labels)))
+
+
+def _read_stl_folds(base: str, num_train: int) -> tuple[np.ndarray, ...] | None:
+    """``fold_indices.txt``: one line per fold, space-separated 0-based indices into train."""
+    path = os.path.join(base, "fold_indices.txt")
+    if not os.path.isfile(path):
+        return None
+    folds = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                idx = np.array([int(t) for t in line.split()], dtype=np.int64)
+            except ValueError:
+                raise ValueError(
+                    f"{path} line {lineno} is not a list of integer indices; re-download it"
+                ) from None
+            if idx.min() < 0 or idx.max() >= num_train:
+                raise ValueError(
+                    f"{path} line {lineno} indexes image {int(idx.max())} but train_X.bin holds "
+                    f"{num_train}; the fold file belongs to other files - re-download"
+                )
+            folds.append(idx)
+    return tuple(folds) or None
 
 
 # --------------------------------------------------------------------------------------------

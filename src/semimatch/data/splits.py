@@ -1,4 +1,5 @@
-"""Labeled/unlabeled splits of a training set: balanced, long-tailed, or given by the user.
+"""Labeled/unlabeled splits of a training set: balanced, long-tailed, a dataset's predefined
+fold (STL-10), or given by the user.
 
 A :class:`Split` holds indices into ``SSLDataset.train``. It is drawn once from a seed, saved as
 ``split.json`` in the run directory and reloaded on resume and by evaluation, so every run's
@@ -23,6 +24,7 @@ __all__ = [
     "SPLIT_KINDS",
     "Split",
     "balanced_split",
+    "fold_split",
     "given_split",
     "load_split",
     "long_tailed_split",
@@ -31,7 +33,7 @@ __all__ = [
     "split_summary",
 ]
 
-SPLIT_KINDS = ("balanced", "long_tailed", "given")
+SPLIT_KINDS = ("balanced", "long_tailed", "fold", "given")
 
 
 @dataclass
@@ -258,6 +260,39 @@ def given_split(labels: Any, include_labeled_in_unlabeled: bool = True) -> Split
     return Split(labeled, unlabeled, "given", None, meta)
 
 
+def fold_split(
+    folds: Sequence[Any],
+    fold: int,
+    num_train: int,
+    include_labeled_in_unlabeled: bool = True,
+) -> Split:
+    """Label the training images of predefined fold ``fold`` (e.g. STL-10's ten folds of 1,000
+    images, the FixMatch protocol); the unlabeled set is every training image, as the papers.
+    """
+    if not folds:
+        raise ValueError("folds: this dataset defines no labeled folds")
+    if isinstance(fold, bool) or not isinstance(fold, (int, np.integer)):
+        raise ValueError(f"fold: expected an integer fold number, got {fold!r}")
+    if not 0 <= fold < len(folds):
+        raise ValueError(f"fold: must be in 0..{len(folds) - 1}, got {fold}")
+    labeled = np.unique(_as_index_array(folds[fold], f"fold {fold}"))
+    if labeled.size == 0:
+        raise ValueError(f"fold {fold} is empty")
+    if labeled[0] < 0 or labeled[-1] >= num_train:
+        bad = int(labeled[0]) if labeled[0] < 0 else int(labeled[-1])
+        raise ValueError(
+            f"fold {fold}: index {bad} is outside the training set of {num_train} images; "
+            "the fold file does not belong to these training files"
+        )
+    unlabeled = _unlabeled_rest(num_train, labeled, include_labeled_in_unlabeled)
+    meta = {
+        "fold": int(fold),
+        "num_folds": len(folds),
+        "include_labeled_in_unlabeled": bool(include_labeled_in_unlabeled),
+    }
+    return Split(labeled, unlabeled, "fold", None, meta)
+
+
 def save_split(split: Split, path: str | os.PathLike) -> None:
     """Write ``split`` as JSON, atomically (a crash never leaves a half-written file)."""
     path = os.fspath(path)
@@ -297,7 +332,8 @@ def split_summary(split: Split, labels: Sequence[int] | np.ndarray, num_classes:
     y = np.asarray(labels, dtype=np.int64)
     per_class = np.bincount(y[split.labeled], minlength=num_classes)
     detail = f" {per_class.tolist()} per class" if num_classes <= 20 else ""
+    how = f"fold {split.meta.get('fold')}" if split.kind == "fold" else f"seed {split.seed}"
     return (
-        f"{split.kind} split (seed {split.seed}): {len(split.labeled)} labeled{detail}, "
+        f"{split.kind} split ({how}): {len(split.labeled)} labeled{detail}, "
         f"{len(split.unlabeled)} unlabeled"
     )
