@@ -376,7 +376,7 @@ def test_a_predefined_fold_is_the_labeled_set(tmp_path):
     "options, match",
     [
         ({"lt_gamma": 10.0}, "num_labels=20 and lt_gamma=10.0 each choose the labeled images"),
-        ({"num_labels": 20, "fold": 0}, "num_labels=20 and fold=0"),
+        ({"num_labels": 20, "fold": 0}, "fold: predefined fold); --num-labels none clears a"),
         ({"lt_n1": 10}, "lt_n1 shape the long-tailed split and apply only with lt_gamma"),
         ({"num_labels": None, "lt_reverse": True}, "lt_reverse shape"),
         ({"num_labels": None, "split_seed": 4}, "the given labels involve no draw"),

@@ -425,7 +425,8 @@ _SETTINGS: dict[str, tuple[dict[str, Any], str, str]] = {
     ),
     "stl10-1000": (
         {"dataset": "stl10", "num_labels": 1000, "backbone": "wrn_37_2"},
-        "STL-10, 1000 labels, WRN-37-2",
+        "STL-10, 1000 labels drawn balanced (FixMatch's folds: --num-labels none --fold k), "
+        "WRN-37-2",
         "2**20 iterations: ~2 weeks on one V100",
     ),
     "cifar10lt-100": (

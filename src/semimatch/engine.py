@@ -205,7 +205,8 @@ def _check_split_options(cfg: Config, data: SSLDataset) -> None:
     if len(ways) > 1:
         raise ConfigError(
             f"{' and '.join(ways)} each choose the labeled images; pass only one "
-            "(num_labels: balanced draw, lt_gamma: long-tailed draw, fold: predefined fold)"
+            "(num_labels: balanced draw, lt_gamma: long-tailed draw, fold: predefined fold); "
+            "--num-labels none clears a preset's num_labels"
         )
     defaults = Config()
     if cfg.lt_gamma is None:
