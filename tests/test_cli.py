@@ -140,3 +140,35 @@ def test_resume_refuses_overrides(trained, capsys):
 def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["eval", str(tmp_path)]) == 2
     assert "not a semimatch run directory" in capsys.readouterr().err
+
+
+def test_help_states_the_algorithms_real_defaults(capsys):
+    """`--tau` etc. default to None ("the algorithm's default"); the help names that value, and
+    it must be the one the algorithm builders actually use."""
+    import inspect
+    from dataclasses import fields
+
+    from semimatch.algorithms import ALGORITHMS
+    from semimatch.config import Config
+
+    labels = {f.name: f.metadata.get("none") for f in fields(Config)}
+    checked = 0
+    for spec in ALGORITHMS.values():
+        for name, param in inspect.signature(spec.build).parameters.items():
+            if name in labels and param.default is not inspect.Parameter.empty:
+                shown = labels[name]
+                if isinstance(param.default, bool):
+                    assert shown == str(param.default).lower(), name
+                elif param.default is None:
+                    assert shown is not None, name  # e.g. ua_momentum: "stat_momentum"
+                elif isinstance(param.default, float):
+                    assert float(shown) == param.default, name
+                else:
+                    assert shown == param.default, name
+                checked += 1
+    assert checked >= 8  # tau x2, lambda_u x3, n_sigma, per_class, UA, ua_momentum, stats_on
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "confidence threshold (default: 0.95)" in out
+    assert "(default: off)" in out and "clip the gradient norm to this value (default: off)" in out

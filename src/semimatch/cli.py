@@ -28,7 +28,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("options (each overrides the preset / config file)")
     for f in _cli_fields():
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not None else "auto"
+        default = f.default if f.default is not None else f.metadata.get("none", "auto")
         group.add_argument(
             flag,
             dest=f.name,

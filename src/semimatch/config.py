@@ -35,6 +35,8 @@ class ConfigError(ValueError):
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - 'help' reads best here
+    """A config field. ``none=`` says what a None default means in ``--help`` (default
+    "auto": derived when the run starts; algorithm options name the algorithm's default)."""
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -49,11 +51,16 @@ class Config:
         None,
         "where the dataset lives (or is downloaded to); "
         "for imagefolder the folder root/<class>/<image>",
+        none="$SEMIMATCH_DATA or ~/.cache/semimatch/datasets",
     )
     download: bool = _f(False, "download a torchvision dataset if it is missing")
-    unlabeled_dir: str | None = _f(None, "imagefolder: extra folder of unlabeled images")
-    test_dir: str | None = _f(None, "imagefolder: test folder root/<class>/<image>")
-    image_size: int | None = _f(None, "imagefolder: resize images to this square size")
+    unlabeled_dir: str | None = _f(
+        None, "imagefolder: extra folder of unlabeled images", none="none"
+    )
+    test_dir: str | None = _f(None, "imagefolder: test folder root/<class>/<image>", none="none")
+    image_size: int | None = _f(
+        None, "imagefolder: resize images to this square size", none="no resize"
+    )
     skip_corrupt: bool = _f(
         False, "imagefolder: skip unreadable images (with a count) instead of stopping"
     )
@@ -63,19 +70,23 @@ class Config:
         "labeled images in a balanced split (num_labels / C per "
         "class); None = use the labels the dataset gives "
         "(arrays with y == -1 for unlabeled)",
+        none="None",
     )
     exclude_labeled: bool = _f(
         False, "leave the labeled images out of the unlabeled set (papers include them)"
     )
-    lt_gamma: float | None = _f(None, "long-tailed split: imbalance ratio gamma (e.g. 100)")
+    lt_gamma: float | None = _f(
+        None, "long-tailed split: imbalance ratio gamma (e.g. 100)", none="off"
+    )
     lt_n1: int = _f(1500, "long-tailed split: labeled images of the head class (N_1)")
     lt_m1: int = _f(3000, "long-tailed split: unlabeled images of the head class (M_1)")
     lt_reverse: bool = _f(False, "long-tailed split: reverse the unlabeled class distribution")
-    split_seed: int | None = _f(None, "seed of the labeled split (None = seed)")
+    split_seed: int | None = _f(None, "seed of the labeled split (None = seed)", none="None")
     fold: int | None = _f(
         None,
         "stl10: label predefined fold k (0-9: 1,000 images from fold_indices.txt, the "
         "FixMatch protocol) instead of drawing num_labels",
+        none="off",
     )
 
     # --- model -------------------------------------------------------------------------------
@@ -104,32 +115,34 @@ class Config:
         "cosine", "cosine: lr0 * cos(7 pi k / (16 K)) per iteration"
     )
     warmup_iterations: int = _f(0, "linear learning-rate warm-up iterations")
-    clip_grad_norm: float | None = _f(None, "clip the gradient norm to this value")
+    clip_grad_norm: float | None = _f(None, "clip the gradient norm to this value", none="off")
     ema_decay: float | None = _f(
         None, "EMA of weights (paper 0.999); 0 disables; None = derived from the iteration budget"
     )
     ema_warmup: bool | None = _f(
         None, "EMA warm-up decay_t = min(decay, (1+t)/(10+t)); None = on unless a paper preset"
     )
-    lambda_u: float | None = _f(None, "unlabeled loss weight (default 1)")
+    lambda_u: float | None = _f(None, "unlabeled loss weight", none="1")
 
     # --- pseudo-labels ------------------------------------------------------------------------
-    tau: float | None = _f(None, "fixmatch/pseudolabel: confidence threshold (default 0.95)")
+    tau: float | None = _f(None, "fixmatch/pseudolabel: confidence threshold", none="0.95")
     stat_momentum: float | None = _f(
         None,
         "softmatch: EMA momentum of the Gaussian statistics "
         "(paper 0.999); None = derived from the budget",
     )
     n_sigma: float | None = _f(
-        None, "softmatch: width of the Gaussian in std units (USB code 2, paper equation 1)"
+        None,
+        "softmatch: width of the Gaussian in std units (USB code 2, paper equation 1)",
+        none="2",
     )
-    per_class: bool | None = _f(None, "softmatch: per-class mean/variance")
-    uniform_alignment: bool | None = _f(None, "softmatch: Uniform Alignment (default on)")
-    ua_momentum: float | None = _f(
-        None, "softmatch: EMA momentum of p_model (default = stat_momentum)"
-    )
+    per_class: bool | None = _f(None, "softmatch: per-class mean/variance", none="false")
+    uniform_alignment: bool | None = _f(None, "softmatch: Uniform Alignment", none="true")
+    ua_momentum: float | None = _f(None, "softmatch: EMA momentum of p_model", none="stat_momentum")
     stats_on: Literal["aligned", "raw"] | None = _f(
-        None, "softmatch: statistics on aligned (USB code) or raw (paper) probabilities"
+        None,
+        "softmatch: statistics on aligned (USB code) or raw (paper) probabilities",
+        none="aligned",
     )
 
     # --- augmentation -------------------------------------------------------------------------
