@@ -410,3 +410,42 @@ def test_exclude_labeled_applies_to_the_given_labels_too(tmp_path):
     fit(tiny(num_labels=None, exclude_labeled=True, iterations=1), data=data, out=tmp_path)
     split = json.loads((tmp_path / "split.json").read_text())
     assert split["unlabeled"] == list(range(10, 40))  # was silently all 40 before
+
+
+def test_a_bad_config_never_costs_the_run_overwrite_would_replace(tmp_path):
+    fit(tiny(iterations=2, eval_every=2), out=tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    for bad in ({"backbone": "wrn28_2"}, {"num_labels": 5000}, {"weight_decay": -1.0}):
+        with pytest.raises((ValueError, RuntimeError)):
+            fit(tiny(iterations=2, **bad), out=tmp_path, overwrite=True)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"clip_grad_norm": -1.0}, "clip_grad_norm must be > 0"),
+        ({"warmup_iterations": -5}, "warmup_iterations must be >= 0"),
+        ({"keep_checkpoints": 0}, "keep_checkpoints must be >= 1"),
+        ({"threads": -1}, "threads must be >= 1"),
+        ({"weight_decay": -1e-4}, "weight_decay must be >= 0"),
+        ({"sgd_momentum": 1.0}, "sgd_momentum must be in [0, 1)"),
+        ({"sgd_momentum": 0.0}, "with --sgd-momentum 0 pass --nesterov false"),
+        ({"ema_decay": 1.5}, "ema_decay must be in [0, 1)"),
+        ({"bn_momentum": 0.0}, "bn_momentum must be in (0, 1]"),
+        ({"augment_device": "gpu"}, "augment_device='gpu' is not a device"),
+        ({"augment_device": "cpu", "augment": "pil"}, "drop --augment-device"),
+        ({"augment_device": "cuda"}, "on a cpu run; use cpu or the training device"),
+    ],
+)
+def test_numbers_torch_would_misuse_are_refused_up_front(tmp_path, options, match):
+    from semimatch.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(match)):
+        fit(tiny(iterations=1, **options), out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_sgd_without_momentum_when_asked_plainly():
+    run = fit(tiny(iterations=1, sgd_momentum=0.0, nesterov=False))
+    assert run.summary["status"] == "finished"

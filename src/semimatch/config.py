@@ -307,11 +307,11 @@ def coerce(key: str, value: Any, *, source: str = "config") -> Any:
     options = [kind]
     if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
         options = list(typing.get_args(kind))
+    # "none"/"null" (and "auto" where a string is no option) spell None on the command line; for
+    # a path option a folder of that name is "./none".
+    nones = ("none", "null") if str in options else ("none", "null", "auto")
     if value is None or (
-        isinstance(value, str)
-        and value.lower() in ("none", "null", "auto")
-        and type(None) in options
-        and str not in options
+        isinstance(value, str) and value.lower() in nones and type(None) in options
     ):
         if type(None) in options:
             return None

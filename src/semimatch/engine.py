@@ -109,6 +109,7 @@ def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
         raise ConfigError(f"uratio must be >= 1 for {cfg.algorithm}; got {cfg.uratio}")
     if cfg.lr <= 0:
         raise ConfigError(f"lr must be > 0; got {cfg.lr}")
+    _check_ranges(cfg, device)
     ws = dist.get_world_size()
     if cfg.batch_size % ws:
         raise ConfigError(
@@ -192,6 +193,47 @@ def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
         raise ConfigError(str(e)) from None
     cfg.auto = auto
     return cfg
+
+
+def _check_ranges(cfg: Config, device: torch.device) -> None:
+    """Numbers that torch would take and silently misuse (a negative clip flips the gradient, a
+    negative warm-up makes the learning rate negative) or reject with a deep traceback."""
+    bad = [
+        ("keep_checkpoints", cfg.keep_checkpoints < 1, ">= 1"),
+        ("warmup_iterations", cfg.warmup_iterations < 0, ">= 0 (0 = no warm-up)"),
+        ("weight_decay", cfg.weight_decay < 0, ">= 0"),
+        ("sgd_momentum", not 0 <= cfg.sgd_momentum < 1, "in [0, 1)"),
+        ("clip_grad_norm", cfg.clip_grad_norm is not None and cfg.clip_grad_norm <= 0,
+         "> 0 (None = no clipping)"),
+        ("image_size", cfg.image_size is not None and cfg.image_size < 1, ">= 1 (None = as is)"),
+        ("ema_decay", cfg.ema_decay is not None and not 0 <= cfg.ema_decay < 1,
+         "in [0, 1) (0 disables the EMA)"),
+        ("bn_momentum", cfg.bn_momentum is not None and not 0 < cfg.bn_momentum <= 1,
+         "in (0, 1] (PyTorch convention)"),
+    ]  # fmt: skip
+    for name, wrong, rule in bad:
+        if wrong:
+            raise ConfigError(f"{name} must be {rule}; got {getattr(cfg, name)}")
+    if cfg.nesterov and cfg.sgd_momentum == 0:
+        raise ConfigError("nesterov needs momentum; with --sgd-momentum 0 pass --nesterov false")
+    if cfg.augment_device is not None:
+        try:
+            aug = torch.device(cfg.augment_device)
+        except RuntimeError:
+            raise ConfigError(
+                f"augment_device={cfg.augment_device!r} is not a device; use cpu, cuda, cuda:N, "
+                "mps or None (the training device)"
+            ) from None
+        if cfg.augment == "pil":
+            raise ConfigError(
+                "augment_device places the batched augmentation; --augment pil runs in loader "
+                "workers on the CPU - drop --augment-device or use --augment batched"
+            )
+        if aug.type not in ("cpu", device.type):
+            raise ConfigError(
+                f"augment_device={cfg.augment_device!r} on a {device.type} run; use cpu or the "
+                "training device"
+            )
 
 
 def _check_split_options(cfg: Config, data: SSLDataset) -> None:
@@ -426,10 +468,7 @@ def prepare_run_dir(
             )
         latest = ckpt.latest(out / "checkpoints")
         if latest is None:
-            raise TrainingError(
-                f"--resume {out}: the run has no checkpoint yet (checkpoints are written every "
-                f"eval_every iterations); restart it with --overwrite"
-            )
+            raise _no_checkpoint(out)
         return latest
     if has_run:
         if not overwrite:
@@ -442,6 +481,13 @@ def prepare_run_dir(
         for name in ("metrics.jsonl", "summary.json", "config.json", "split.json", "dataset.json"):
             (out / name).unlink(missing_ok=True)
     return None
+
+
+def _no_checkpoint(out: Path) -> TrainingError:
+    return TrainingError(
+        f"--resume {out}: the run has no checkpoint yet (checkpoints are written every "
+        "eval_every iterations); restart it with --overwrite"
+    )
 
 
 # Fields that may differ between two launches of the same run (speed and display only).
@@ -607,7 +653,11 @@ def fit(
             raise TrainingError(
                 f"--resume {out_dir}: no run there (no config.json); start it without --resume"
             )
+        if ckpt.latest(out_dir / "checkpoints") is None:  # say so before any work
+            raise _no_checkpoint(out_dir)
         cfg = Config.load(out_dir / "config.json")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError(f"threads must be >= 1 (None = torch's default); got {cfg.threads}")
     env, device = dist.setup(str(select_device(cfg.device)))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -628,25 +678,9 @@ def fit(
     cfg = resolve(cfg, data, device) if resume is not True else cfg
     info = data.info
     C = info.num_classes
-    # Rank 0 alone inspects (and with overwrite clears) the run directory and tells every rank
-    # which checkpoint to load, so all ranks agree (or stop with the same error).  Rank 0 writes
-    # no checkpoint before the first collective of training, so the others read it undisturbed.
-    resume_from = (
-        dist.on_main(prepare_run_dir, out_dir, cfg, resume, overwrite) if out_dir else None
-    )
-    if resume == "auto":
-        resume = resume_from is not None
-        if resume:  # the saved config, which prepare_run_dir found equal to this one
-            cfg = Config.load(out_dir / "config.json")
-    if resume and out_dir is not None and (out_dir / "split.json").exists():
-        split = load_split(out_dir / "split.json")
-    else:
-        split = make_split(cfg, data)
-    if env.is_main and out_dir is not None and not resume:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(out_dir / "config.json")
-        save_split(split, out_dir / "split.json")
-        save_dataset_info(info, out_dir / "dataset.json")
+    # Everything that can refuse the config (split, model, optimiser) runs before the run
+    # directory is touched: a mistake must not cost the run that --overwrite would replace.
+    new_split = make_split(cfg, data) if resume is not True else None
 
     # -- model, algorithm, optimiser -----------------------------------------------------------
     if model is None:
@@ -681,6 +715,26 @@ def fit(
     optimizer = make_optimizer(net, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+
+    # Rank 0 alone inspects (and with overwrite clears) the run directory and tells every rank
+    # which checkpoint to load, so all ranks agree (or stop with the same error).  Rank 0 writes
+    # no checkpoint before the first collective of training, so the others read it undisturbed.
+    resume_from = (
+        dist.on_main(prepare_run_dir, out_dir, cfg, resume, overwrite) if out_dir else None
+    )
+    if resume == "auto":
+        resume = resume_from is not None
+        if resume:  # the saved config, which prepare_run_dir found equal to this one
+            cfg = Config.load(out_dir / "config.json")
+    if resume and out_dir is not None and (out_dir / "split.json").exists():
+        split = load_split(out_dir / "split.json")
+    else:
+        split = new_split if new_split is not None else make_split(cfg, data)
+    if env.is_main and out_dir is not None and not resume:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(out_dir / "config.json")
+        save_split(split, out_dir / "split.json")
+        save_dataset_info(info, out_dir / "dataset.json")
 
     # -- state that a checkpoint restores -----------------------------------------------------
     start = 0
@@ -768,7 +822,8 @@ def fit(
         use_strong=algorithm.uses_strong,
         strong_variant=cfg.strong_augment,
         augment=cfg.augment,
-        device=cfg.augment_device or device,
+        device=device,
+        augment_device=cfg.augment_device,
         rank=env.rank,
         world_size=env.world_size,
         num_workers=cfg.num_workers,

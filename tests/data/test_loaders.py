@@ -164,6 +164,18 @@ def test_supervised_and_weak_only_streams(rgb, split):
     assert batched.u_weak.shape[0] == 0 and batched.u_strong is None
 
 
+def test_batched_augmentation_elsewhere_hands_batches_to_the_training_device(rgb, split):
+    """augment_device=cpu on a GPU run: augment on the CPU, train on the GPU (here the meta
+    device stands in for the GPU: tensors move there, values are not kept)."""
+    on_cpu = _stream(rgb, split, augment="batched").batch(1)
+    elsewhere = _stream(rgb, split, augment="batched", device="meta", augment_device="cpu")
+    assert elsewhere._weak_batched is not None
+    batch = elsewhere.batch(1)
+    for name, t in zip(batch._fields, batch, strict=True):
+        assert t.device.type == "meta", name
+    assert batch.u_strong.shape == on_cpu.u_strong.shape and batch.x_lb.dtype == torch.uint8
+
+
 def test_labeled_views_are_crops_of_the_right_images(rgb, split):
     s = _stream(rgb, split, augment="batched")
     lb, _ = s.indices(2)

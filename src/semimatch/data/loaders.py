@@ -261,6 +261,7 @@ class TrainStream:
         strong_variant: str = "fixmatch",
         augment: str = "pil",
         device: str | torch.device = "cpu",
+        augment_device: str | torch.device | None = None,
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 0,
@@ -292,6 +293,11 @@ class TrainStream:
             raise ValueError(f"strong_variant: must be one of {_VARIANTS}, got {strong_variant!r}")
         self.augment, self.strong_variant = augment, strong_variant
         self.device = torch.device(device)
+        # Batched augmentation may run elsewhere (e.g. on the CPU of a GPU run); batches are
+        # handed out on ``device`` either way.
+        self.augment_device = (
+            self.device if augment_device is None else torch.device(augment_device)
+        )
         self._check_data()
 
         info = dataset.info
@@ -315,8 +321,8 @@ class TrainStream:
             self._strong_batched = BatchedStrongAugment(
                 info.image_size, info.hflip, variant=strong_variant, pad_frac=pad_frac
             )
-            self._weak_batched.to(self.device)
-            self._strong_batched.to(self.device)
+            self._weak_batched.to(self.augment_device)
+            self._strong_batched.to(self.augment_device)
         self._steps = _StepBatches(self)
 
     def _check_data(self) -> None:
@@ -397,33 +403,42 @@ class TrainStream:
             batch_size=None,
             sampler=sampler,
             num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
+            # Pinned pages make the copy to a GPU asynchronous; the first copy goes where the
+            # batched augmentation runs, or straight to the training device.
+            pin_memory=(self.augment_device if self.augment == "batched" else self.device).type
+            == "cuda",
             **kwargs,
         )
         for k, item in zip(itertools.count(start), loader):
             yield self._finish(item, k)
 
     def _finish(self, item: dict[str, torch.Tensor], k: int) -> SSLBatch:
-        """Move a CPU batch to the device and, in batched mode, augment it there."""
+        """Move a CPU batch to the device and, in batched mode, augment it on augment_device."""
         dev, nb = self.device, self.device.type == "cuda"
         c, h, w = self.image_shape[2], self.image_shape[0], self.image_shape[1]
         y_lb = item["y_lb"].to(dev, non_blocking=nb)
         u_true = item["u_true"].to(dev, non_blocking=nb)
-        x_lb = item["x_lb"].to(dev, non_blocking=nb)
         u_weak = u_strong = None
         if self.augment == "batched":
-            x_lb = self._weak_batched(x_lb, self._generator(k, VIEW_LABELED_WEAK))
+            adev, anb = self.augment_device, self.augment_device.type == "cuda"
+
+            def view(x: torch.Tensor, aug: torch.nn.Module, which: int) -> torch.Tensor:
+                return aug(x, self._generator(k, which)).to(dev, non_blocking=nb)
+
+            x_lb = view(
+                item["x_lb"].to(adev, non_blocking=anb), self._weak_batched, VIEW_LABELED_WEAK
+            )
             if self.use_unlabeled:
-                u_raw = item["u_raw"].to(dev, non_blocking=nb)
-                u_weak = self._weak_batched(u_raw, self._generator(k, VIEW_UNLABELED_WEAK))
+                u_raw = item["u_raw"].to(adev, non_blocking=anb)
+                u_weak = view(u_raw, self._weak_batched, VIEW_UNLABELED_WEAK)
                 if self.use_strong:
-                    u_strong = self._strong_batched(
-                        u_raw, self._generator(k, VIEW_UNLABELED_STRONG)
-                    )
-        elif self.use_unlabeled:
-            u_weak = item["u_weak"].to(dev, non_blocking=nb)
-            if self.use_strong:
-                u_strong = item["u_strong"].to(dev, non_blocking=nb)
+                    u_strong = view(u_raw, self._strong_batched, VIEW_UNLABELED_STRONG)
+        else:
+            x_lb = item["x_lb"].to(dev, non_blocking=nb)
+            if self.use_unlabeled:
+                u_weak = item["u_weak"].to(dev, non_blocking=nb)
+                if self.use_strong:
+                    u_strong = item["u_strong"].to(dev, non_blocking=nb)
         if u_weak is None:
             u_weak = torch.empty((0, c, h, w), dtype=torch.uint8, device=dev)
         return SSLBatch(x_lb, y_lb, u_weak, u_strong, u_true)
