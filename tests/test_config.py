@@ -66,6 +66,10 @@ def test_strings_from_the_command_line_are_converted():
     )
     assert cfg.iterations == 100 and cfg.lr == 0.1 and cfg.deterministic is True
     assert cfg.tau is None and cfg.backbone == "cnn"
+    # A string option's None is "none" too (help: "None = ..."); "auto" stays a string there.
+    spelled = Config.from_dict({"backbone": "None", "augment_device": "null", "data_root": "auto"})
+    assert spelled.backbone is None and spelled.augment_device is None
+    assert spelled.data_root == "auto"
 
 
 def test_config_round_trips_through_json(tmp_path):

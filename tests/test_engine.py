@@ -313,6 +313,7 @@ def test_a_saved_run_predicts_without_reloading_its_dataset(tmp_path):
     import numpy as np
 
     import semimatch
+    from semimatch.config import ConfigError
     from semimatch.data import from_arrays
 
     rng = np.random.default_rng(0)
@@ -328,6 +329,25 @@ def test_a_saved_run_predicts_without_reloading_its_dataset(tmp_path):
     assert saved["class_names"] == ["even", "odd"] and saved["image_size"] == [8, 8]
     rows = semimatch.predict(tmp_path / "r", images[:3])
     assert [r["class"] in ("even", "odd") for r in rows] == [True] * 3
+    # config.json records the data that trained, not the config's default "digits": evaluating
+    # the reloaded run asks for the test images instead of scoring it on digits.
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["dataset"] == "arrays"
+    run = semimatch.load_run(tmp_path / "r")
+    with pytest.raises(ValueError, match=r"pass the test images: run.evaluate\(source\)"):
+        run.evaluate()
+    with pytest.raises(ValueError, match="20 of the 40 images to evaluate have no label"):
+        run.evaluate(data.train)
+    assert run.evaluate(from_arrays(images[:20], labels[:20]).train)["n"] == 20
+    with pytest.raises(ValueError, match="images are 16x16 with 1 channel.*takes 8x8 with 1"):
+        run.predict(np.zeros((2, 16, 16), np.uint8))
+    with pytest.raises(ConfigError, match="data_root tell semimatch how to load a dataset"):
+        fit(tiny(num_labels=None, iterations=1, data_root="/x"), out=tmp_path / "s", data=data)
+
+
+def test_eval_says_which_model_answered(tmp_path):
+    run = fit(tiny(iterations=2, eval_every=2, ema_decay=0.0), out=tmp_path)
+    assert run.evaluate()["model"] == "raw"  # no EMA: "ema" cannot be what answered
+    assert fit(tiny(iterations=2, eval_every=2)).evaluate()["model"] == "ema"
 
 
 def test_compile_with_the_two_pass_forward_is_refused_with_the_fix(tmp_path):
@@ -394,7 +414,8 @@ def test_split_options_that_would_do_nothing_are_refused(tmp_path, options, matc
 
         from semimatch.data import load_dataset
 
-        data = dataclasses.replace(load_dataset("digits"), labeled_folds=None)
+        digits = load_dataset("digits")  # named stl10, without a fold file
+        data = dataclasses.replace(digits, info=dataclasses.replace(digits.info, name="stl10"))
     with pytest.raises(ConfigError, match=re.escape(match)):
         fit(tiny(iterations=1, **options), data=data, out=tmp_path / "run")
     assert not (tmp_path / "run").exists()

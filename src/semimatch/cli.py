@@ -114,7 +114,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(
             f"{args.run_dir}: top-1 {100 * result['top1']:.2f}%  error "
-            f"{100 * result['error']:.2f}%  ({result['n']} test images, {args.model} model)"
+            f"{100 * result['error']:.2f}%  ({result['n']} test images, {result['model']} model)"
         )
     return 0
 

@@ -34,6 +34,7 @@ from semimatch import distributed as dist
 from semimatch.algorithms import SSLAlgorithm, build_algorithm
 from semimatch.config import Config, ConfigError, budget_momentum
 from semimatch.data import (
+    DATASETS,
     DatasetInfo,
     Split,
     SSLDataset,
@@ -391,6 +392,12 @@ def evaluate_model(
     Each process evaluates its shard; the confusion matrix is all-reduced, so the numbers are
     those of the full test set under DDP too.
     """
+    labels = getattr(source, "labels", None)
+    if labels is not None and len(labels) and int(np.min(labels)) < 0:
+        raise ValueError(
+            f"{int((np.asarray(labels) < 0).sum())} of the {len(labels)} images to evaluate have "
+            "no label (-1); evaluate on labeled images only"
+        )
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
@@ -553,20 +560,34 @@ class Run:
         return self.ema_model if which == "ema" and self.ema_model is not None else self.model
 
     def evaluate(self, source: Any = None, model: str = "ema") -> dict[str, Any]:
+        """Top-1/error on ``source`` (default: the dataset's test set); ``result["model"]``
+        says which model answered ("raw" when the run has no EMA)."""
         if source is None and self.data is None:  # a reloaded run: load its dataset now
+            if self.config.dataset not in DATASETS:
+                raise ValueError(
+                    f"this run trained on data passed to fit (dataset {self.config.dataset!r}), "
+                    "which semimatch cannot load by name; pass the test images: "
+                    "run.evaluate(source), or load_run(run_dir, data=...)"
+                )
             self.data = load_dataset(
                 self.config.dataset, root=self.config.data_root, **_dataset_options(self.config)
             )
         source = source if source is not None else (self.data.test if self.data else None)
         if source is None:
             raise ValueError("this dataset has no test set; pass one to evaluate(source)")
-        return evaluate_model(
-            self.eval_model(model),
+        net = self.eval_model(model)
+        # The precision and layout the training log's evaluations used (fp16 needs CUDA).
+        same = not (self.config.precision == "fp16" and self.device.type != "cuda")
+        result = evaluate_model(
+            net,
             source,
             self.algorithm_classes,
             self.device,
             self.config.eval_batch_size,
+            cfg=self.config if same else None,
         )
+        result["model"] = "ema" if net is self.ema_model else "raw"
+        return result
 
     @property
     def algorithm_classes(self) -> int:
@@ -578,6 +599,14 @@ class Run:
         """Class probabilities for uint8 images (N, H, W[, C]) of the training size."""
         net = self.eval_model(model).eval()
         x = torch.as_tensor(_to_nchw_uint8(images))
+        assert self.info is not None
+        want = (self.info.channels, *self.info.image_size)
+        if len(x) and tuple(x.shape[1:]) != want:
+            raise ValueError(
+                f"images are {x.shape[2]}x{x.shape[3]} with {x.shape[1]} channel(s); this model "
+                f"takes {want[1]}x{want[2]} with {want[0]}: resize them first "
+                "(semimatch.predict(run, [paths]) reads and resizes image files for you)"
+            )
         out = []
         for i in range(0, len(x), self.config.eval_batch_size):
             xb = x[i : i + self.config.eval_batch_size].to(self.device)
@@ -675,6 +704,8 @@ def fit(
         )
         if cfg.download and env.is_main:
             dist.barrier()
+    elif resume is not True:  # data passed in: record what trained, refuse loader options
+        cfg = _given_data(cfg, data)
     cfg = resolve(cfg, data, device) if resume is not True else cfg
     info = data.info
     C = info.num_classes
@@ -1053,6 +1084,20 @@ def save_dataset_info(info: DatasetInfo, path: Path) -> None:
 def load_dataset_info(path: Path) -> DatasetInfo:
     d = json.loads(path.read_text())
     return DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _given_data(cfg: Config, data: SSLDataset) -> Config:
+    """``fit(data=...)``: the options that say how to load a dataset would do nothing, so they
+    are refused; ``dataset`` records the name of the data that trained (config.json)."""
+    defaults = Config()
+    loading = ("data_root", "download", "svhn_extra", "unlabeled_dir", "test_dir", "image_size")
+    ignored = [n for n in (*loading, "skip_corrupt") if getattr(cfg, n) != getattr(defaults, n)]
+    if ignored:
+        raise ConfigError(
+            f"{', '.join(ignored)} tell semimatch how to load a dataset; with data= passed they "
+            "would do nothing - drop them, or drop data= and let semimatch load the dataset"
+        )
+    return cfg.replace(dataset=data.info.name)
 
 
 def _dataset_options(cfg: Config) -> dict[str, Any]:
