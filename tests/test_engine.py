@@ -470,3 +470,10 @@ def test_numbers_torch_would_misuse_are_refused_up_front(tmp_path, options, matc
 def test_sgd_without_momentum_when_asked_plainly():
     run = fit(tiny(iterations=1, sgd_momentum=0.0, nesterov=False))
     assert run.summary["status"] == "finished"
+
+
+def test_a_run_without_a_directory_keeps_its_metrics_in_memory(tmp_path):
+    on_disk = fit(tiny(iterations=2, eval_every=2, log_every=1), out=tmp_path)
+    in_memory = fit(tiny(iterations=2, eval_every=2, log_every=1))
+    assert [r["kind"] for r in in_memory.metrics] == ["train", "train", "eval", "end"]
+    assert stable(in_memory.metrics) == stable(on_disk.metrics)

@@ -92,6 +92,10 @@ def test_init_only_stores_parameters_and_clone_round_trips():
         fast(config={"iterations": 5}).fit(np.zeros((4, 2)), [0, 1, 0, 1])
     with pytest.raises(ValueError, match="did you mean 'tau'"):
         fast(config={"taus": 0.5}).fit(np.zeros((4, 2)), [0, 1, 0, 1])
+    # The estimator's own choices for logging are defaults a config may change.
+    est = fast(max_iter=4, config={"threads": 1, "eval_every": 2, "log_every": 1})
+    est.fit(np.random.default_rng(0).normal(size=(20, 2)), [0, 1] * 5 + [-1] * 10)
+    assert [r["iteration"] for r in est.run_.history if r["kind"] == "eval"] == [2, 4]
 
 
 def test_fit_learns_attributes_and_pickles(digits_split):

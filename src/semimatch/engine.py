@@ -816,6 +816,14 @@ def fit(
     writer = JsonlWriter(out_dir / "metrics.jsonl") if (out_dir and env.is_main) else None
     if writer is not None and resume_from is not None:
         writer.truncate_after(start)
+    records: list[dict[str, Any]] = []  # Run.metrics of a run without a directory
+
+    def log(record: dict[str, Any]) -> None:
+        if writer:
+            writer.write(record)
+        elif env.is_main:
+            records.append(record)
+
     tb = _tensorboard(out_dir, cfg) if env.is_main else None
 
     def save_checkpoint(k: int, best: bool = False) -> None:
@@ -920,8 +928,7 @@ def fit(
                         raise _NonFinite(k)
                     t_window = now
                     log_window.reset()
-                    if writer:
-                        writer.write(record)
+                    log(record)
                     _tb_scalars(tb, "train", record, done)
                     if bar is not None:
                         bar.set_postfix(
@@ -954,8 +961,7 @@ def fit(
                         k2: record["window"].get(k2) for k2 in ("quantity", "quality", "pl_acc")
                     }
                     eval_window.reset()
-                    if writer:
-                        writer.write(record)
+                    log(record)
                     _tb_scalars(tb, "eval", record, done)
                     _say(env.is_main, _eval_line(record, cfg))
                     save_checkpoint(done, best=record["error"] == history["best_error"])
@@ -1002,18 +1008,17 @@ def fit(
     summary = _summary(
         cfg, algorithm_name, history, status, wall, info.class_names, completed, len(split.labeled)
     )
-    if writer:
-        writer.write(
-            {
-                "kind": "end",
-                "iteration": completed,
-                "time": time.time(),
-                "status": status,
-                "message": message,
-            }
-        )
-        if status == "finished":
-            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log(
+        {
+            "kind": "end",
+            "iteration": completed,
+            "time": time.time(),
+            "status": status,
+            "message": message,
+        }
+    )
+    if writer and status == "finished":
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if tb is not None:
         tb.close()
     if status == "failed":
@@ -1022,7 +1027,8 @@ def fit(
         _say(env.is_main, message)
         raise KeyboardInterrupt(message if env.is_main else "")  # the CLI prints it once
     _say(env.is_main, _summary_line(summary))
-    records = read_jsonl(out_dir / "metrics.jsonl") if (out_dir and env.is_main) else []
+    if writer:  # the whole log, including what ran before a resume
+        records = read_jsonl(out_dir / "metrics.jsonl")
     return Run(
         cfg,
         net,

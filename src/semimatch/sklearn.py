@@ -305,9 +305,16 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         return int(check_random_state(rs).randint(0, 2**31 - 1))
 
     def _make_config(self, backbone: str, features: bool) -> Config:
-        # Feature views are cheap numpy calls: worker processes would cost more than they save.
-        extra = {"num_workers": 0} if features else {}
-        extra.update(self.config or {})
+        # Defaults the user's config may change: one evaluation at the end (there is no test
+        # set; it logs pseudo-label stats), and for feature views, which are cheap numpy calls,
+        # no worker processes (they would cost more than they save).
+        settings: dict[str, Any] = {
+            "eval_every": self.max_iter,
+            "log_every": min(20, self.max_iter),
+            "tensorboard": False,
+            **({"num_workers": 0} if features else {}),
+        }
+        settings.update(self.config or {})
         try:
             return Config().replace(
                 algorithm=self.algorithm,
@@ -323,11 +330,7 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                 precision=self.precision,
                 seed=self._seed(),
                 progress=bool(self.verbose),
-                # One evaluation at the end (there is no test set; it logs pseudo-label stats).
-                eval_every=self.max_iter,
-                log_every=min(20, self.max_iter),
-                tensorboard=False,
-                **extra,
+                **settings,
             )
         except ConfigError as e:
             raise ValueError(f"{type(self).__name__}: {e}") from None
