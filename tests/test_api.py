@@ -141,8 +141,11 @@ def test_a_custom_weighting_run_says_so_and_resumes_only_with_it(tmp_path, capsy
     assert main(["train", "--resume", str(out)]) == 2
     assert "custom:ConfidentHalf" in capsys.readouterr().err
     with pytest.raises(TrainingError, match="custom:ConfidentHalf.*weighting="):
-        semimatch.train(out=out, resume=True, **TINY)
-    run = semimatch.train(weighting=ConfidentHalf(), out=out, resume=True, **TINY)
+        semimatch.train(out=out, resume=True)
+    # resume=True takes the saved config: options passed with it would be ignored, so refused.
+    with pytest.raises(ConfigError, match="saved config; drop batch_size, dataset, eval_every"):
+        semimatch.train(weighting=ConfidentHalf(), out=out, resume=True, **TINY)
+    run = semimatch.train(weighting=ConfidentHalf(), out=out, resume=True)
     assert run.summary["status"] == "finished"
     assert run.summary["algorithm"] == "custom:ConfidentHalf"
     loaded = load_run(out)  # prediction needs no weighting

@@ -135,6 +135,9 @@ def test_bad_input_gets_a_clear_message(argv, expected, capsys, tmp_path, monkey
 def test_resume_refuses_overrides(trained, capsys):
     assert main(["train", "--resume", str(trained), "--lr", "0.1"]) == 2
     assert "--lr" in capsys.readouterr().err
+    for extra in (["--out", str(trained) + "-copy"], ["--overwrite"]):
+        assert main(["train", "--resume", str(trained), *extra]) == 2
+        assert f"continues that run in place; drop {extra[0]}" in capsys.readouterr().err
 
 
 def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):

@@ -105,6 +105,13 @@ def train(
                 f"{arg} must be a callable (img_hwc_uint8, rng) -> img_hwc_uint8; "
                 f"got {type(fn).__name__}"
             )
+    given = [*(["config"] if config is not None else []), *(["preset"] if preset else [])]
+    if resume is True and (given or overrides):
+        raise ConfigError(
+            "resume=True continues the run in out with its saved config; drop "
+            f"{', '.join(given + sorted(overrides))} (or use resume='auto', which continues the "
+            "run only if this config is the one it was started with)"
+        )
     cfg = make_config(config, preset=preset, **overrides)
     if model is not None and cfg.backbone in (None, "auto"):
         # Record what was trained (config.json), so load_run knows to ask for the module.

@@ -94,6 +94,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "--resume continues the run with its saved config; drop "
                 f"{flags or '--preset/--config'}"
             )
+        if args.out or args.overwrite:
+            raise ConfigError(
+                f"--resume {args.resume} continues that run in place; drop "
+                f"{'--out' if args.out else '--overwrite'}"
+            )
         fit(Config(), out=args.resume, resume=True)
         return 0
     cfg = _build_config(args)

@@ -287,6 +287,17 @@ def test_imagefolder_with_unlabeled_and_test_dirs(tiny_image_folder):
     assert len(info.mean) == 3 and all(s > 0 for s in info.std)
 
 
+def test_paths_starting_with_a_tilde_mean_the_home_folder(tiny_image_folder, monkeypatch):
+    monkeypatch.setenv("HOME", str(tiny_image_folder))
+    ds = load_dataset("imagefolder", root="~/train", unlabeled_dir="~/unlabeled", test_dir="~/test")
+    assert len(ds.train) == 12 and len(ds.extra_unlabeled) == 5 and len(ds.test) == 4
+
+
+def test_digits_refuses_loader_options_it_cannot_use():
+    with pytest.raises(ValueError, match="digits ships with scikit-learn"):
+        load_dataset("digits", root="/data")
+
+
 def test_imagefolder_unlabeled_dir_inside_root_is_not_a_class(tmp_path):
     root = _folder(tmp_path / "data", {"a": 2, "b": 2})
     _folder(root / "unlabeled", {"sub": 3})

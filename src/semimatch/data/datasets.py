@@ -1143,7 +1143,17 @@ def load_dataset(
             f"dataset {key!r} does not take option(s) {unknown}; it accepts: {', '.join(allowed)}"
         )
     if key == "digits":
+        if root is not None or download:
+            raise ValueError(
+                "digits ships with scikit-learn: root (data_root) and download do not apply; "
+                "drop them"
+            )
         return fn(**options)
+    # "~/data" from a config file or the API means the home folder, as it does in a shell.
+    for opt in ("unlabeled_dir", "test_dir"):
+        if options.get(opt) is not None:
+            options[opt] = os.path.expanduser(os.fspath(options[opt]))
+    root = None if root is None else os.path.expanduser(os.fspath(root))
     if key in ("mnist", "fashion_mnist", "imagefolder"):
-        return fn(None if root is None else os.fspath(root), download, **options)
-    return fn(os.fspath(root) if root is not None else default_root(), download, **options)
+        return fn(root, download, **options)
+    return fn(root if root is not None else default_root(), download, **options)
