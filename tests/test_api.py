@@ -136,6 +136,8 @@ def test_a_custom_weighting_run_says_so_and_resumes_only_with_it(tmp_path, capsy
 
     out = tmp_path / "run"
     semimatch.train(weighting=ConfidentHalf(), out=out, **TINY)
+    err = capsys.readouterr().err
+    assert "warning: the weighting ConfidentHalf is not an nn.Module: checkpoints cannot" in err
     assert json.loads((out / "summary.json").read_text())["algorithm"] == "custom:ConfidentHalf"
     assert comparison_rows([out])[0]["algorithm"] == "custom:ConfidentHalf"
     assert main(["train", "--resume", str(out)]) == 2

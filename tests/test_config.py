@@ -144,6 +144,14 @@ def test_incompatible_config_fails_before_training():
             tiny_data(),
             torch.device("cpu"),
         )
+    with pytest.raises(
+        ConfigError, match=r"\['stat_momentum'\] have no effect with algorithm 'fix"
+    ):
+        resolve(
+            Config(algorithm="fixmatch", stat_momentum=0.9, num_labels=20),
+            tiny_data(),
+            torch.device("cpu"),
+        )
     with pytest.raises(ConfigError, match="fp16 needs CUDA"):
         resolve(Config(precision="fp16", num_labels=20), tiny_data(), torch.device("cpu"))
 

@@ -246,8 +246,12 @@ class Config:
         }
         opts = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
         if self.stat_momentum is not None:
-            opts["momentum"] = self.stat_momentum
+            opts[OPTION_FIELDS["stat_momentum"]] = self.stat_momentum
         return opts
+
+
+#: Config fields whose algorithm option has another name (``build_algorithm(**options)``).
+OPTION_FIELDS = {"stat_momentum": "momentum"}
 
 
 def _unknown_message(key: str, names: set[str], source: str) -> str:

@@ -32,7 +32,7 @@ from torch import nn
 from semimatch import checkpoint as ckpt
 from semimatch import distributed as dist
 from semimatch.algorithms import SSLAlgorithm, build_algorithm
-from semimatch.config import Config, ConfigError, budget_momentum
+from semimatch.config import OPTION_FIELDS, Config, ConfigError, budget_momentum
 from semimatch.data import (
     DATASETS,
     DatasetInfo,
@@ -191,7 +191,11 @@ def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
     try:
         build_algorithm(cfg.algorithm, C, **cfg.algorithm_options())
     except ValueError as e:
-        raise ConfigError(str(e)) from None
+        # Name the config field the user set, not the algorithm's keyword for it.
+        msg = str(e)
+        for name, option in OPTION_FIELDS.items():
+            msg = msg.replace(repr(option), repr(name))
+        raise ConfigError(msg) from None
     cfg.auto = auto
     return cfg
 
@@ -726,6 +730,16 @@ def fit(
     # What actually trains: a passed-in algorithm may differ from cfg.algorithm (the default
     # "fixmatch" of a custom weighting); checkpoints and summary.json record this name.
     algorithm_name = str(getattr(algorithm, "name", f"custom:{type(algorithm).__name__}"))
+    for part in ("weighting", "alignment"):
+        obj = getattr(algorithm, part, None)
+        # Attributes on a plain object may be statistics that a resume would silently lose.
+        stateful = obj is not None and not isinstance(obj, nn.Module) and bool(vars(obj))
+        if out_dir and env.is_main and stateful:
+            logger.warning(
+                f"the {part} {type(obj).__name__} is not an nn.Module: checkpoints cannot "
+                "save its attributes, so a resumed run starts them afresh; keep its state in "
+                "buffers of an nn.Module to resume exactly"
+            )
     if cfg.sync_bn and dist.is_distributed():
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     ema = ModelEMA(net, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay else None

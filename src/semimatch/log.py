@@ -18,14 +18,18 @@ logger = logging.getLogger("semimatch")
 
 class ConsoleHandler(logging.Handler):
     """Plain lines on the *current* ``sys.stdout`` (pytest, notebooks and ``redirect_stdout``
-    swap it after import), written with ``tqdm.write`` so an active progress bar stays intact."""
+    swap it after import), written with ``tqdm.write`` so an active progress bar stays intact;
+    warnings go to ``sys.stderr`` as ``warning: ...``."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             from tqdm import tqdm
 
-            tqdm.write(self.format(record), file=sys.stdout)
-            sys.stdout.flush()
+            text, stream = self.format(record), sys.stdout
+            if record.levelno >= logging.WARNING:
+                text, stream = f"warning: {text}", sys.stderr
+            tqdm.write(text, file=stream)
+            stream.flush()
         except Exception:  # a closed stream must not stop training
             self.handleError(record)
 
