@@ -176,9 +176,12 @@ class Config:
         "two-pass",
         "two-pass: the joint forward's values and BatchNorm statistics from a no-grad pass "
         "over cat(labeled, weak, strong), then forward/backward over labeled+strong only "
-        "(semimatch.two_pass; the joint forward's speed in 37% less memory, same accuracy); joint: "
-        "one forward/backward over the whole batch, as the papers; split: the weak view "
-        "in its own no-grad forward -- BatchNorm statistics differ and it lost accuracy",
+        "(semimatch.two_pass; the joint forward's speed in 37% less memory, same accuracy; its "
+        "backward estimates the weak rows' BatchNorm path from the weak labeled rows, which "
+        "assumes they are alike - use joint when they are not, e.g. with lt_reverse); joint: "
+        "one forward/backward over the whole batch, as the papers (and every preset); split: "
+        "the weak view in its own no-grad forward -- BatchNorm statistics differ and it lost "
+        "accuracy",
     )
     compile: bool = _f(False, "torch.compile the model (measured slower on CPU here)")
     seed: int = _f(0, "random seed")
@@ -384,6 +387,9 @@ _PAPER_COMMON: dict[str, Any] = {
     "bn_momentum": 0.001,
     "eval_every": 5000,
     "strong_augment": "fixmatch",
+    # The papers' single forward: its backward is exact, where the two-pass forward estimates
+    # the weak rows' share of the BatchNorm gradient from the labeled rows (semimatch.two_pass).
+    "forward_mode": "joint",
 }
 _RUNTIME_28_2 = "2**20 iterations: ~1 week on one V100; ~2 s/iteration (~24 days) on a 2-core CPU"
 _RUNTIME_28_8 = "2**20 iterations: ~3 weeks on one V100; not practical on a CPU"
