@@ -157,6 +157,8 @@ def test_a_custom_weighting_run_says_so_and_resumes_only_with_it(tmp_path, capsy
 def test_a_weighting_without_the_protocol_is_refused():
     with pytest.raises(ValueError, match="update"):
         semimatch.train(weighting=lambda p: p.max(dim=1).values, **TINY)
+    with pytest.raises(ConfigError, match="stat_momentum, tau configure the built-in algorithms"):
+        semimatch.train(weighting=ConfidentHalf(), tau=0.5, stat_momentum=0.9, **TINY)
 
 
 class TinyNet(nn.Module):

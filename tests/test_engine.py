@@ -356,6 +356,14 @@ def test_compile_with_the_two_pass_forward_is_refused_with_the_fix(tmp_path):
     with pytest.raises(ConfigError, match="--forward-mode joint"):
         fit(tiny(compile=True), out=tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+    # Supervised and Pseudo-Label never split off a weak no-grad half: nothing to refuse.
+    from semimatch.data import load_dataset
+    from semimatch.engine import resolve
+
+    CPU = torch.device("cpu")
+    for algorithm in ("supervised", "pseudolabel"):
+        cfg = resolve(tiny(algorithm=algorithm, compile=True), load_dataset("digits"), CPU)
+        assert cfg.compile and cfg.forward_mode == "two-pass"
 
 
 def test_fit_leaves_the_callers_random_streams_threads_and_modes_alone():

@@ -123,12 +123,14 @@ def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
             f"{device.type}; drop --sync-bn (per-process BatchNorm, as in the "
             "papers) or train on GPUs"
         )
-    if cfg.sync_bn and ws > 1 and cfg.forward_mode == "two-pass":
+    # Only the strong-view methods have a weak no-grad half to split off (step.py).
+    two_pass = cfg.forward_mode == "two-pass" and cfg.algorithm in ("fixmatch", "softmatch")
+    if cfg.sync_bn and ws > 1 and two_pass:
         raise ConfigError(
             "sync_bn with forward_mode='two-pass': the two-pass forward keeps BatchNorm "
             "statistics per process; pass --forward-mode joint with --sync-bn"
         )
-    if cfg.compile and cfg.forward_mode == "two-pass":
+    if cfg.compile and two_pass:
         raise ConfigError(
             "compile with forward_mode='two-pass': the two-pass forward swaps BatchNorm "
             "behaviour between its passes, which a compiled graph would not see; pass "
