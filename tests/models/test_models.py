@@ -92,6 +92,9 @@ def test_mlp_shapes_and_flattening() -> None:
     assert model(torch.randn(5, 12)).shape == (5, 4)
     assert model(torch.randn(5, 3, 2, 2)).shape == (5, 4)  # NCHW is flattened
     assert count_parameters(model) == 12 * 16 + 2 * 16 + 16 * 4 + 4
+    # On images (--backbone mlp) the input is the flattened C*H*W pixels.
+    on_images = build_model("mlp", 10, in_channels=1, image_size=(8, 8))
+    assert on_images.in_features == 64 and on_images(torch.rand(3, 1, 8, 8)).shape == (3, 10)
 
 
 # ----------------------------------------------------------------------------- layer conventions
@@ -195,8 +198,8 @@ def test_registry_names_and_errors() -> None:
         build_model("resnet:resnet18", 10)
     with pytest.raises(ValueError, match="Did you mean 'resnet18'"):
         build_model("torchvision:resnet81", 10)
-    with pytest.raises(ValueError, match="in_features"):
-        build_model("mlp", 10)
+    with pytest.raises(ValueError, match="in_features must be a positive int"):
+        build_model("mlp", 10, in_features=0)
     with pytest.raises(ValueError, match=r"unexpected option\(s\) \['widht'\].*'width'"):
         build_model("cnn", 10, widht=8)
     with pytest.raises(ValueError, match="num_classes"):

@@ -262,7 +262,8 @@ def build_model(
             fails here with a ValueError rather than in the training loop.
         bn_momentum: None keeps the model's default (0.001 for WRNs, 0.1 for cnn/mlp and
             torchvision); a number is applied to every BatchNorm layer via ``set_bn_momentum``.
-        **kwargs: passed to the constructor, e.g. ``in_features``/``hidden`` for ``"mlp"``,
+        **kwargs: passed to the constructor, e.g. ``hidden`` (and ``in_features``, default
+            ``in_channels*H*W``: flattened images) for ``"mlp"``,
             ``width`` for ``"cnn"``, ``drop_rate`` for built-ins.
     """
     if not isinstance(name, str):
@@ -293,12 +294,8 @@ def build_model(
     elif name in _BUILTINS:
         ctor = _BUILTINS[name]
         _check_kwargs(name, ctor, kwargs)
-        if name == "mlp":
-            if "in_features" not in kwargs:
-                raise ValueError(
-                    "build_model('mlp') needs in_features=D, the length of each input vector "
-                    "(e.g. in_channels*H*W for flattened images)"
-                )
+        if name == "mlp":  # on images: the flattened C*H*W pixels, unless told otherwise
+            kwargs.setdefault("in_features", in_channels * size[0] * size[1])
             model = ctor(num_classes=num_classes, **kwargs)
         else:
             model = ctor(num_classes=num_classes, in_channels=in_channels, **kwargs)
