@@ -51,7 +51,8 @@ class Config:
         None,
         "where the dataset lives (or is downloaded to); "
         "for imagefolder the folder root/<class>/<image>",
-        none="$SEMIMATCH_DATA or ~/.cache/semimatch/datasets",
+        none="$SEMIMATCH_DATA or ~/.cache/semimatch/datasets; for (fashion_)mnist also "
+        "Debian's /usr/share/datasets copies",
     )
     download: bool = _f(False, "download a torchvision dataset if it is missing")
     unlabeled_dir: str | None = _f(
