@@ -126,14 +126,19 @@ class SoftMatchOracle:
 class UniformAlignmentOracle:
     """SoftMatch step 1: ``p_ua = normalize(p * (1/C) / p_model)``.
 
-    ``p_model`` is the first batch's mean, then ``p_model = m p_model + (1-m) mean(p)``.
+    ``p_model`` is the first batch's mean, then ``p_model = m p_model + (1-m) mean(p)``; with
+    ``init="uniform"`` (TorchSSL) it starts at ``1/C`` and every batch is an EMA step.
     """
 
-    def __init__(self, num_classes: int, momentum: float = 0.999, eps: float = 1e-6) -> None:
+    def __init__(
+        self, num_classes: int, momentum: float = 0.999, eps: float = 1e-6, init: str = "batch"
+    ) -> None:
         self.num_classes = num_classes
         self.momentum = momentum
         self.eps = eps
-        self.p_model: np.ndarray | None = None
+        self.p_model: np.ndarray | None = (
+            np.full(num_classes, 1.0 / num_classes) if init == "uniform" else None
+        )
 
     def update(self, probs: np.ndarray) -> None:
         probs = np.asarray(probs, dtype=np.float64)

@@ -34,7 +34,7 @@ def softmatch_oracle(num_classes: int, **options) -> AlgorithmOracle:
         num_classes, m, options.get("n_sigma", 2.0), options.get("per_class", False)
     )
     alignment = (
-        UniformAlignmentOracle(num_classes, ua_m)
+        UniformAlignmentOracle(num_classes, ua_m, init=options.get("ua_init", "batch"))
         if options.get("uniform_alignment", True)
         else None
     )
@@ -169,6 +169,7 @@ OPTION_PAIRS = {
     "per_class": ({"per_class": False}, {"per_class": True}),
     "momentum": ({"momentum": 0.8}, {"momentum": 0.4}),
     "ua_momentum": ({}, {"ua_momentum": 0.3}),
+    "ua_init": ({"ua_init": "batch"}, {"ua_init": "uniform"}),
 }
 
 
@@ -290,6 +291,8 @@ def test_ua_momentum_errors_name_it():
     # ua_momentum without alignment has no effect: an error, like stats_on='raw' without UA.
     with pytest.raises(ValueError, match="ua_momentum"):
         build_algorithm("softmatch", 10, uniform_alignment=False, ua_momentum=0.9)
+    with pytest.raises(ValueError, match="ua_init has no effect with uniform_alignment=False"):
+        build_algorithm("softmatch", 10, uniform_alignment=False, ua_init="uniform")
 
 
 def test_ssl_algorithm_validates_its_parts():

@@ -45,6 +45,20 @@ def test_first_batch_sets_p_model_then_ema():
     )
 
 
+def test_uniform_init_makes_every_update_an_ema_step():
+    """TorchSSL's variant: p_model starts at 1/C and the first batch is an EMA step from it."""
+    m = 0.9
+    ua = UniformAlignment(3, momentum=m, init="uniform")
+    assert bool(ua.initialized) and "init='uniform'" in repr(ua)
+    b1 = torch.tensor([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1]])
+    ua.update(b1)
+    np.testing.assert_allclose(
+        ua.p_model.numpy(), m / 3 + (1 - m) * np.array([0.7, 0.2, 0.1]), atol=1e-7
+    )
+    with pytest.raises(ValueError, match="init must be 'batch' or 'uniform'"):
+        UniformAlignment(3, init="first")
+
+
 def test_empty_batch_leaves_state_untouched():
     ua = UniformAlignment(3, momentum=0.5)
     ua.update(torch.zeros(0, 3))
@@ -65,10 +79,16 @@ def test_hand_made_alignment():
 
 
 @FAST
-@given(data=prob_batches(min_n=1), momentum=st.floats(0.0, 0.999), seed=st.integers(0, 2**16))
-def test_matches_oracle_over_several_steps(data, momentum, seed):
+@given(
+    data=prob_batches(min_n=1),
+    momentum=st.floats(0.0, 0.999),
+    seed=st.integers(0, 2**16),
+    init=st.sampled_from(["batch", "uniform"]),
+)
+def test_matches_oracle_over_several_steps(data, momentum, seed, init):
     c, batches = data
-    ua, oracle = UniformAlignment(c, momentum), UniformAlignmentOracle(c, momentum)
+    ua = UniformAlignment(c, momentum, init=init)
+    oracle = UniformAlignmentOracle(c, momentum, init=init)
     probe = random_probs(np.random.default_rng(seed), 16, c, scale=3.0)
     for probs in batches:
         ua.update(t(probs))

@@ -160,6 +160,7 @@ def _softmatch(
     per_class: bool = False,
     uniform_alignment: bool = True,
     ua_momentum: float | None = None,
+    ua_init: Literal["batch", "uniform"] = "batch",
     stats_on: Literal["aligned", "raw"] = "aligned",
     lambda_u: float = 1.0,
 ) -> SSLAlgorithm:
@@ -167,11 +168,15 @@ def _softmatch(
         if not uniform_alignment:
             raise ValueError("ua_momentum has no effect with uniform_alignment=False")
         check_momentum(ua_momentum, "ua_momentum")
+    if ua_init != "batch" and not uniform_alignment:
+        raise ValueError("ua_init has no effect with uniform_alignment=False")
     weighting = SoftMatchWeighting(
         num_classes, momentum=momentum, n_sigma=n_sigma, per_class=per_class
     )
     alignment = (
-        UniformAlignment(num_classes, momentum if ua_momentum is None else ua_momentum)
+        UniformAlignment(
+            num_classes, momentum if ua_momentum is None else ua_momentum, init=ua_init
+        )
         if uniform_alignment
         else None
     )
@@ -203,6 +208,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
                 "per_class",
                 "uniform_alignment",
                 "ua_momentum",
+                "ua_init",
                 "stats_on",
                 "lambda_u",
             }

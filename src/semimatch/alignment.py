@@ -2,11 +2,14 @@
 
 ``p_ua = normalize(p * u / p_model)`` with ``u = 1/C`` for every class, where ``p_model`` is an
 EMA (momentum m) of the batch mean of the unlabeled weak-view probabilities, initialised from the
-first batch's mean.  Same ``update(probs)`` / ``__call__(probs)`` protocol as the weighting
-functions; the training step calls ``update`` first, then applies the alignment.
+first batch's mean (USB code; ``init="uniform"``: from ``u``, as TorchSSL).  Same
+``update(probs)`` / ``__call__(probs)`` protocol as the weighting functions; the training step
+calls ``update`` first, then applies the alignment.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
@@ -23,6 +26,9 @@ class UniformAlignment(nn.Module):
     Args:
         num_classes: C.
         momentum: EMA momentum m of ``p_model`` (paper 0.999).
+        init: ``"batch"`` (default, USB code): the first update sets ``p_model`` to the batch
+            mean; ``"uniform"`` (TorchSSL): ``p_model`` starts at ``u`` and every update,
+            the first included, is an EMA step.
         eps: guards the divisions (``p_model`` entries and row sums), so exact zeros in the input
             never produce NaN or inf.
     """
@@ -30,16 +36,26 @@ class UniformAlignment(nn.Module):
     p_model: torch.Tensor
     initialized: torch.Tensor
 
-    def __init__(self, num_classes: int, momentum: float = 0.999, eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        momentum: float = 0.999,
+        eps: float = 1e-6,
+        init: Literal["batch", "uniform"] = "batch",
+    ) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
         self.momentum = check_momentum(momentum)
         if not eps > 0:
             raise ValueError(f"eps must be > 0; got {eps}")
+        if init not in ("batch", "uniform"):
+            raise ValueError(f"init must be 'batch' or 'uniform'; got {init!r}")
         self.eps = float(eps)
+        self.init = init
         self.register_buffer("p_model", torch.full((self.num_classes,), 1.0 / self.num_classes))
-        # A tensor flag (not a Python bool) so it is checkpointed and needs no host sync.
-        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        # A tensor flag (not a Python bool) so it is checkpointed and needs no host sync; a
+        # uniform start counts as already initialised (the first update is an EMA step).
+        self.register_buffer("initialized", torch.tensor(init == "uniform"))
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor) -> None:
@@ -66,4 +82,4 @@ class UniformAlignment(nn.Module):
         return {"type": "uniform", "p_model": self.p_model.tolist()}
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, momentum={self.momentum}"
+        return f"num_classes={self.num_classes}, momentum={self.momentum}, init={self.init!r}"

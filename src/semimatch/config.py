@@ -140,6 +140,12 @@ class Config:
     per_class: bool | None = _f(None, "softmatch: per-class mean/variance", none="false")
     uniform_alignment: bool | None = _f(None, "softmatch: Uniform Alignment", none="true")
     ua_momentum: float | None = _f(None, "softmatch: EMA momentum of p_model", none="stat_momentum")
+    ua_init: Literal["batch", "uniform"] | None = _f(
+        None,
+        "softmatch: p_model starts at the first batch's mean (batch, USB code) or at the "
+        "uniform distribution (uniform, TorchSSL)",
+        none="batch",
+    )
     stats_on: Literal["aligned", "raw"] | None = _f(
         None,
         "softmatch: statistics on aligned (USB code) or raw (paper) probabilities",
@@ -246,6 +252,7 @@ class Config:
             "per_class",
             "uniform_alignment",
             "ua_momentum",
+            "ua_init",
             "stats_on",
         }
         opts = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
