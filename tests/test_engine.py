@@ -465,6 +465,7 @@ def test_a_bad_config_never_costs_the_run_overwrite_would_replace(tmp_path):
         ({"augment_device": "gpu"}, "augment_device='gpu' is not a device"),
         ({"augment_device": "cpu", "augment": "pil"}, "drop --augment-device"),
         ({"augment_device": "cuda"}, "on a cpu run; use cpu or the training device"),
+        ({"algorithm": "supervised", "exclude_labeled": True}, "which supervised never uses"),
     ],
 )
 def test_numbers_torch_would_misuse_are_refused_up_front(tmp_path, options, match):

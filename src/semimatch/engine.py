@@ -108,6 +108,8 @@ def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
             raise ConfigError(f"{name} must be >= 1; got {getattr(cfg, name)}")
     if cfg.uratio < 1 and cfg.algorithm != "supervised":
         raise ConfigError(f"uratio must be >= 1 for {cfg.algorithm}; got {cfg.uratio}")
+    if cfg.exclude_labeled and cfg.algorithm == "supervised":
+        raise ConfigError("exclude_labeled shapes the unlabeled set, which supervised never uses")
     if cfg.lr <= 0:
         raise ConfigError(f"lr must be > 0; got {cfg.lr}")
     _check_ranges(cfg, device)
