@@ -118,6 +118,17 @@ def test_short_budget_derives_momenta_and_records_them():
     assert budget_momentum(0.999, 10) == 0.9
 
 
+def test_weight_decay_follows_the_dataset_unless_set():
+    import dataclasses
+
+    cpu = torch.device("cpu")
+    c100 = tiny_data(100)
+    c100 = dataclasses.replace(c100, info=dataclasses.replace(c100.info, name="cifar100"))
+    assert resolve(Config(num_labels=100), c100, cpu).weight_decay == 1e-3
+    assert resolve(Config(num_labels=20), tiny_data(), cpu).weight_decay == 5e-4
+    assert resolve(Config(num_labels=100, weight_decay=0.0), c100, cpu).weight_decay == 0.0
+
+
 def test_user_values_are_never_overridden_by_auto():
     cfg = resolve(
         Config(

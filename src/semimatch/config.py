@@ -111,7 +111,11 @@ class Config:
     lr: float = _f(0.03, "initial learning rate")
     sgd_momentum: float = _f(0.9, "SGD momentum (Nesterov)")
     nesterov: bool = _f(True, "Nesterov momentum")
-    weight_decay: float = _f(5e-4, "weight decay on conv/linear weights only (not BN, not bias)")
+    weight_decay: float | None = _f(
+        None,
+        "weight decay on conv/linear weights only (not BN, not bias)",
+        none="auto: 1e-3 for cifar100, 5e-4 otherwise (the papers')",
+    )
     schedule: Literal["cosine", "constant"] = _f(
         "cosine", "cosine: lr0 * cos(7 pi k / (16 K)) per iteration"
     )

@@ -161,6 +161,11 @@ def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
         f"budget of {K} iterations: min(0.999, max(0.9, 1 - 20/K)); paper 0.999",
     )
     derive("ema_warmup", cfg.preset is None, "warm-up on unless a paper preset")
+    derive(
+        "weight_decay",
+        1e-3 if info.name == "cifar100" else 5e-4,
+        f"the papers' value for {info.name} (1e-3 for CIFAR-100, 5e-4 otherwise)",
+    )
     if cfg.algorithm == "softmatch":
         derive(
             "stat_momentum",
@@ -210,7 +215,7 @@ def _check_ranges(cfg: Config, device: torch.device) -> None:
     bad = [
         ("keep_checkpoints", cfg.keep_checkpoints < 1, ">= 1"),
         ("warmup_iterations", cfg.warmup_iterations < 0, ">= 0 (0 = no warm-up)"),
-        ("weight_decay", cfg.weight_decay < 0, ">= 0"),
+        ("weight_decay", cfg.weight_decay is not None and cfg.weight_decay < 0, ">= 0"),
         ("sgd_momentum", not 0 <= cfg.sgd_momentum < 1, "in [0, 1)"),
         ("clip_grad_norm", cfg.clip_grad_norm is not None and cfg.clip_grad_norm <= 0,
          "> 0 (None = no clipping)"),
