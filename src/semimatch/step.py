@@ -52,7 +52,8 @@ def train_step(
             labeled and strong images that reuses the joint BN statistics
             (``semimatch.two_pass``): no backward over the weak view.  ``"split"`` runs the weak
             view alone without grad, which changes the BN batch statistics (it lost accuracy,
-            BENCHMARKS.md).
+            BENCHMARKS.md); both of its forwards update the BN running statistics, as USB's
+            ``use_cat=False`` forwards do.
 
     Returns:
         ``(loss, sums)``: the scalar loss and a dict of detached tensors (see ``metric_sums``).
