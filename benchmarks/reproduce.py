@@ -8,6 +8,7 @@ only ``--algorithm`` changes.  Runs are ordinary semimatch run directories under
     python benchmarks/reproduce.py --setting fmnist-40 --all            # every algorithm, 3 seeds
     python benchmarks/reproduce.py --setting cifar10-40 --all --jobs 2  # two cells side by side
     python benchmarks/reproduce.py --table                               # markdown table from runs
+    python benchmarks/reproduce.py --seed-table                          # best error per seed
 
 Data: Fashion-MNIST from a folder of IDX files (``--fmnist-root``, default Debian's
 ``/usr/share/datasets/fashion-mnist``: ``apt-get install dataset-fashion-mnist``); CIFAR-10 from
@@ -195,6 +196,31 @@ def table(runs: Path) -> str:
     return "\n".join(lines)
 
 
+def seed_table(runs: Path) -> str:
+    """Markdown table of every finished run's best error %, seed by seed (the table above
+    averages them; a claim such as "lower on every seed" reads here)."""
+    cells: dict[tuple[str, str], dict[int, float]] = {}
+    for path in sorted(runs.glob("*/*/seed*/summary.json")):
+        setting, algorithm, seed = path.parts[-4], path.parts[-3], int(path.parts[-2][4:])
+        if setting in SETTINGS:
+            best = json.loads(path.read_text())["best_error"]
+            cells.setdefault((setting, algorithm), {})[seed] = 100 * best
+    seeds = sorted({k for per_seed in cells.values() for k in per_seed})
+    lines = [
+        "| setting | algorithm | " + " | ".join(f"seed {k}" for k in seeds) + " |",
+        "|---|---|" + "--:|" * len(seeds),
+    ]
+    order = {name: i for i, name in enumerate((*ALGORITHMS, *VARIANTS))}
+    for setting in SETTINGS:
+        for algorithm in sorted(
+            (a for s, a in cells if s == setting), key=lambda a: order.get(a, len(order))
+        ):
+            per_seed = cells[(setting, algorithm)]
+            values = [f"{per_seed[k]:.2f}" if k in per_seed else "–" for k in seeds]
+            lines.append(f"| {setting} | {algorithm} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--setting", choices=sorted(SETTINGS))
@@ -218,9 +244,12 @@ def main() -> None:
     )
     p.add_argument("--cifar-root", default=os.environ.get("SEMIMATCH_CIFAR10_JPEG"))
     p.add_argument("--table", action="store_true", help="print the table of finished runs")
+    p.add_argument(
+        "--seed-table", action="store_true", help="print every finished run's best error, per seed"
+    )
     args = p.parse_args()
-    if args.table:
-        print(table(Path(args.runs)))
+    if args.table or args.seed_table:
+        print(table(Path(args.runs)) if args.table else seed_table(Path(args.runs)))
         return
     if not args.setting:
         p.error("--setting is required (or --table)")

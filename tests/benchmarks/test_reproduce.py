@@ -80,6 +80,20 @@ def test_table_is_the_mean_and_std_of_the_committed_runs() -> None:
         assert row[4].strip() == f"{statistics.mean(best):.2f} ± {sd:.2f}"
 
 
+def test_seed_table_lists_every_committed_run() -> None:
+    lines = reproduce.seed_table(RESULTS).splitlines()
+    header = [c.strip() for c in lines[0].split("|")[3:-1]]
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line.split("|") for line in lines[2:]}
+    summaries = sorted(RESULTS.glob("*/*/seed*/summary.json"))
+    for path in summaries:
+        row = rows[(path.parts[-4], path.parts[-3])]
+        column = header.index(f"seed {path.parts[-2][4:]}")
+        best = 100 * json.loads(path.read_text())["best_error"]
+        assert row[3 + column].strip() == f"{best:.2f}"
+    filled = sum(c.strip() != "–" for line in lines[2:] for c in line.split("|")[3:-1])
+    assert filled == len(summaries)
+
+
 def test_a_grid_runs_side_by_side_and_its_table_rebuilds(tmp_path: Path) -> None:
     """--all --jobs 2: two cells in two subprocesses sharing the cores, then --table."""
     import subprocess
