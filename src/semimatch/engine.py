@@ -294,7 +294,7 @@ def _check_split_options(cfg: Config, data: SSLDataset) -> None:
 
 
 def make_split(cfg: Config, data: SSLDataset) -> Split:
-    """The labeled/unlabeled split ``cfg`` asks for (options checked by resolve_config)."""
+    """The labeled/unlabeled split ``cfg`` asks for (its options checked by ``resolve``)."""
     labels = data.train.labels
     seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     C = data.info.num_classes
@@ -742,7 +742,7 @@ def fit(
     for part in ("weighting", "alignment"):
         obj = getattr(algorithm, part, None)
         # Attributes on a plain object may be statistics that a resume would silently lose.
-        stateful = obj is not None and not isinstance(obj, nn.Module) and bool(vars(obj))
+        stateful = not isinstance(obj, nn.Module) and bool(getattr(obj, "__dict__", None))
         if out_dir and env.is_main and stateful:
             logger.warning(
                 f"the {part} {type(obj).__name__} is not an nn.Module: checkpoints cannot "
