@@ -2,10 +2,9 @@
 fold (STL-10), or given by the user.
 
 A :class:`Split` holds indices into ``SSLDataset.train``. It is drawn once from a seed, saved as
-``split.json`` in the run directory and reloaded on resume and by evaluation, so every run's
-labeled subset is reproducible and auditable. All draws use ``numpy.random.default_rng(seed)``
-and visit classes in order 0..C-1, so a given (labels, arguments, seed) always gives the same
-indices.
+``split.json`` in the run directory and reloaded on resume, so every run's labeled subset is
+reproducible and auditable. All draws use ``numpy.random.default_rng(seed)`` and visit classes in
+order 0..C-1, so a given (labels, arguments, seed) always gives the same indices.
 """
 
 from __future__ import annotations
