@@ -105,7 +105,7 @@ def train(
                 f"{arg} must be a callable (img_hwc_uint8, rng) -> img_hwc_uint8; "
                 f"got {type(fn).__name__}"
             )
-    given = [*(["config"] if config is not None else []), *(["preset"] if preset else [])]
+    given = (["config"] if config is not None else []) + (["preset"] if preset else [])
     if resume is True and (given or overrides):
         raise ConfigError(
             "resume=True continues the run in out with its saved config; drop "

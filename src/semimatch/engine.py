@@ -103,7 +103,14 @@ def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
             auto[name] = why
 
     # Validation that would otherwise surface as a torch error deep inside training.
-    for name in ("iterations", "batch_size", "eval_every", "log_every", "eval_batch_size"):
+    for name in (
+        "iterations",
+        "batch_size",
+        "eval_every",
+        "log_every",
+        "eval_batch_size",
+        "keep_checkpoints",
+    ):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1; got {getattr(cfg, name)}")
     if cfg.uratio < 1 and cfg.algorithm != "supervised":
@@ -124,19 +131,6 @@ def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
             f"sync_bn: torch's SyncBatchNorm runs only on GPUs, not on "
             f"{device.type}; drop --sync-bn (per-process BatchNorm, as in the "
             "papers) or train on GPUs"
-        )
-    # Only the strong-view methods have a weak no-grad half to split off (step.py).
-    two_pass = cfg.forward_mode == "two-pass" and cfg.algorithm in ("fixmatch", "softmatch")
-    if cfg.sync_bn and ws > 1 and two_pass:
-        raise ConfigError(
-            "sync_bn with forward_mode='two-pass': the two-pass forward keeps BatchNorm "
-            "statistics per process; pass --forward-mode joint with --sync-bn"
-        )
-    if cfg.compile and two_pass:
-        raise ConfigError(
-            "compile with forward_mode='two-pass': the two-pass forward swaps BatchNorm "
-            "behaviour between its passes, which a compiled graph would not see; pass "
-            "--forward-mode joint with --compile"
         )
     _check_split_options(cfg, data)
     if cfg.num_labels is not None and cfg.lt_gamma is None and cfg.num_labels % C:
@@ -198,13 +192,26 @@ def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
     derive("progress", sys.stderr.isatty(), "progress bar when the output is a terminal")
     # Building the algorithm here surfaces option errors (e.g. n_sigma for fixmatch) up front.
     try:
-        build_algorithm(cfg.algorithm, C, **cfg.algorithm_options())
+        algorithm = build_algorithm(cfg.algorithm, C, **cfg.algorithm_options())
     except ValueError as e:
         # Name the config field the user set, not the algorithm's keyword for it.
         msg = str(e)
         for name, option in OPTION_FIELDS.items():
             msg = msg.replace(repr(option), repr(name))
         raise ConfigError(msg) from None
+    # Only a strong-view student has a weak no-grad half to split off (step.py).
+    two_pass = cfg.forward_mode == "two-pass" and algorithm.uses_strong
+    if cfg.sync_bn and ws > 1 and two_pass:
+        raise ConfigError(
+            "sync_bn with forward_mode='two-pass': the two-pass forward keeps BatchNorm "
+            "statistics per process; pass --forward-mode joint with --sync-bn"
+        )
+    if cfg.compile and two_pass:
+        raise ConfigError(
+            "compile with forward_mode='two-pass': the two-pass forward swaps BatchNorm "
+            "behaviour between its passes, which a compiled graph would not see; pass "
+            "--forward-mode joint with --compile"
+        )
     cfg.auto = auto
     return cfg
 
@@ -213,7 +220,6 @@ def _check_ranges(cfg: Config, device: torch.device) -> None:
     """Numbers that torch would take and silently misuse (a negative clip flips the gradient, a
     negative warm-up makes the learning rate negative) or reject with a deep traceback."""
     bad = [
-        ("keep_checkpoints", cfg.keep_checkpoints < 1, ">= 1"),
         ("warmup_iterations", cfg.warmup_iterations < 0, ">= 0 (0 = no warm-up)"),
         ("weight_decay", cfg.weight_decay is not None and cfg.weight_decay < 0, ">= 0"),
         ("sgd_momentum", not 0 <= cfg.sgd_momentum < 1, "in [0, 1)"),
