@@ -797,50 +797,9 @@ def fit(
         save_dataset_info(info, out_dir / "dataset.json")
 
     # -- state that a checkpoint restores -----------------------------------------------------
-    start = 0
-    history: dict[str, Any] = {"errors": [], "best_error": None, "wall_time": 0.0}
-    log_window, eval_window = WindowSums(), WindowSums()
-    if resume_from is not None:
-        if not env.is_main and not Path(resume_from).is_file():
-            raise ckpt.CheckpointError(
-                f"rank {env.rank} cannot see {resume_from}, the checkpoint rank 0 resumes from; "
-                "with several nodes, --out must be on a file system that all nodes share"
-            )
-        state = ckpt.load(resume_from, map_location=device)
-        saved_name = state.get("algorithm_name", cfg.algorithm)
-        if saved_name != algorithm_name:
-            weighting = saved_name.removeprefix("custom:")
-            how = (
-                f"pass the same one again (semimatch.train(..., weighting=<{weighting}>, "
-                "resume=True))"
-                if weighting != saved_name
-                else f"resume it with algorithm {saved_name!r}"
-            )
-            raise TrainingError(
-                f"{resume_from} was trained with algorithm {saved_name!r}; this resume would "
-                f"continue it with {algorithm_name!r}: {how}"
-            )
-        try:
-            net.load_state_dict(state["model"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-            if isinstance(algorithm, nn.Module):
-                algorithm.load_state_dict(state["algorithm"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise ckpt.CheckpointError(
-                f"checkpoint {resume_from} does not match this run's model/config "
-                f"({str(e).splitlines()[0]}); it was written by a different configuration"
-            ) from None
-        start = int(state["iteration"])
-        history = state["history"]
-        log_window.load_state(state["log_window"])
-        eval_window.load_state(state["eval_window"])
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        if device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
+    state = _TrainState(net, ema, algorithm, algorithm_name, optimizer, scheduler, scaler)
+    start = state.restore(resume_from, cfg, device, env.rank) if resume_from is not None else 0
+    history, log_window, eval_window = state.history, state.log_window, state.eval_window
 
     writer = JsonlWriter(out_dir / "metrics.jsonl") if (out_dir and env.is_main) else None
     if writer is not None and resume_from is not None:
@@ -858,22 +817,9 @@ def fit(
     def save_checkpoint(k: int, best: bool = False) -> None:
         if out_dir is None or not env.is_main:
             return
-        state = {
-            "iteration": k,
-            "config": json.dumps(cfg.to_dict()),
-            "model": net.state_dict(),
-            "ema": ema.state_dict() if ema is not None else {},
-            "algorithm": algorithm.state_dict() if isinstance(algorithm, nn.Module) else {},
-            "algorithm_name": algorithm_name,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "history": history,
-            "log_window": dict(log_window.state()),
-            "eval_window": dict(eval_window.state()),
-            "rng": _rng_state(device),
-        }
-        path = ckpt.save_atomic(state, out_dir / "checkpoints" / ckpt.checkpoint_name(k))
+        path = ckpt.save_atomic(
+            state.state_dict(k, cfg, device), out_dir / "checkpoints" / ckpt.checkpoint_name(k)
+        )
         ckpt.prune(out_dir / "checkpoints", cfg.keep_checkpoints)
         if best:
             shutil.copyfile(path, out_dir / "checkpoints" / ".best.tmp")
@@ -1074,6 +1020,86 @@ def fit(
 # ----------------------------------------------------------------------------------------------
 # Helpers of fit (kept out of the loop so the loop reads top to bottom)
 # ----------------------------------------------------------------------------------------------
+@dataclass
+class _TrainState:
+    """Everything a checkpoint saves and a resume restores, in one place for both directions."""
+
+    net: nn.Module
+    ema: ModelEMA | None
+    algorithm: SSLAlgorithm
+    algorithm_name: str
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    history: dict[str, Any] = field(
+        default_factory=lambda: {"errors": [], "best_error": None, "wall_time": 0.0}
+    )
+    log_window: WindowSums = field(default_factory=WindowSums)
+    eval_window: WindowSums = field(default_factory=WindowSums)
+
+    def state_dict(self, iteration: int, cfg: Config, device: torch.device) -> dict[str, Any]:
+        """The checkpoint after ``iteration`` iterations (tensors and primitives only)."""
+        algorithm = self.algorithm
+        return {
+            "iteration": iteration,
+            "config": json.dumps(cfg.to_dict()),
+            "model": self.net.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else {},
+            "algorithm": algorithm.state_dict() if isinstance(algorithm, nn.Module) else {},
+            "algorithm_name": self.algorithm_name,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "history": self.history,
+            "log_window": dict(self.log_window.state()),
+            "eval_window": dict(self.eval_window.state()),
+            "rng": _rng_state(device),
+        }
+
+    def restore(self, path: str | os.PathLike, cfg: Config, device: torch.device, rank: int) -> int:
+        """Load the checkpoint ``path`` into this state; return the iteration to start from."""
+        if rank != 0 and not Path(path).is_file():
+            raise ckpt.CheckpointError(
+                f"rank {rank} cannot see {path}, the checkpoint rank 0 resumes from; "
+                "with several nodes, --out must be on a file system that all nodes share"
+            )
+        saved = ckpt.load(path, map_location=device)
+        saved_name = saved.get("algorithm_name", cfg.algorithm)
+        if saved_name != self.algorithm_name:
+            weighting = saved_name.removeprefix("custom:")
+            how = (
+                f"pass the same one again (semimatch.train(..., weighting=<{weighting}>, "
+                "resume=True))"
+                if weighting != saved_name
+                else f"resume it with algorithm {saved_name!r}"
+            )
+            raise TrainingError(
+                f"{path} was trained with algorithm {saved_name!r}; this resume would "
+                f"continue it with {self.algorithm_name!r}: {how}"
+            )
+        try:
+            self.net.load_state_dict(saved["model"])
+            if self.ema is not None:
+                self.ema.load_state_dict(saved["ema"])
+            if isinstance(self.algorithm, nn.Module):
+                self.algorithm.load_state_dict(saved["algorithm"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
+            self.scaler.load_state_dict(saved["scaler"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} does not match this run's model/config "
+                f"({str(e).splitlines()[0]}); it was written by a different configuration"
+            ) from None
+        self.history = saved["history"]
+        self.log_window.load_state(saved["log_window"])
+        self.eval_window.load_state(saved["eval_window"])
+        torch.set_rng_state(saved["rng"]["torch"].cpu())
+        if device.type == "cuda" and "cuda" in saved["rng"]:
+            torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), device)
+        return int(saved["iteration"])
+
+
 class _NonFinite(Exception):
     def __init__(self, iteration: int) -> None:
         super().__init__(iteration)
