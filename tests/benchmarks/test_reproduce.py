@@ -94,6 +94,35 @@ def test_seed_table_lists_every_committed_run() -> None:
     assert filled == len(summaries)
 
 
+def test_benchmarks_md_publishes_the_tables_of_the_committed_runs() -> None:
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    assert reproduce.table(RESULTS).strip() in text
+    assert reproduce.seed_table(RESULTS).strip() in text
+
+
+@pytest.mark.parametrize("dataset, prefix", [("Fashion-MNIST", "fmnist"), ("CIFAR-10", "cifar10")])
+def test_readme_headline_errors_are_the_committed_runs(dataset: str, prefix: str) -> None:
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = lines.index(f"| {dataset} | supervised | Pseudo-Label | FixMatch | SoftMatch |")
+    checked = 0
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip().strip("*") for c in line.split("|")[1:-1]]
+        if not cells[0].endswith("labels, best error %"):
+            continue
+        setting = f"{prefix}-{cells[0].split()[0]}"
+        for algorithm, cell in zip(
+            ("supervised", "pseudolabel", "fixmatch", "softmatch"), cells[1:]
+        ):
+            paths = sorted((RESULTS / setting / algorithm).glob("seed*/summary.json"))
+            best = [100 * json.loads(p.read_text())["best_error"] for p in paths]
+            assert len(best) == 3, (setting, algorithm)
+            assert cell == f"{statistics.mean(best):.1f} ± {statistics.stdev(best):.1f}"
+            checked += 1
+    assert checked == 8
+
+
 def test_a_grid_runs_side_by_side_and_its_table_rebuilds(tmp_path: Path) -> None:
     """--all --jobs 2: two cells in two subprocesses sharing the cores, then --table."""
     import subprocess
