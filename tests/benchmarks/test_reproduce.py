@@ -94,6 +94,22 @@ def test_seed_table_lists_every_committed_run() -> None:
     assert filled == len(summaries)
 
 
+def test_every_committed_run_is_what_its_cell_runs_today(tmp_path: Path) -> None:
+    """Rerunning a cell must run the committed config: a changed library default must not
+    silently change what `reproduce.py --setting ... --seed ...` trains."""
+    machine = {"data_root", "test_dir", "threads", "progress", "auto"}  # where, not what
+    paths = sorted(RESULTS.glob("*/*/seed*/config.json"))
+    assert paths
+    for path in paths:
+        setting, algorithm, seed = path.parts[-4], path.parts[-3], int(path.parts[-2][4:])
+        saved = json.loads(path.read_text())
+        cell = reproduce.config_for(setting, algorithm, seed, _args(tmp_path)).to_dict()
+        for key, value in cell.items():
+            if key in machine or key in saved["auto"] or value in (None, "auto"):
+                continue  # derived per run (recorded in auto)
+            assert saved[key] == json.loads(json.dumps(value)), (path, key, saved[key], value)
+
+
 def test_benchmarks_md_publishes_the_tables_of_the_committed_runs() -> None:
     text = (ROOT / "BENCHMARKS.md").read_text()
     assert reproduce.table(RESULTS).strip() in text
