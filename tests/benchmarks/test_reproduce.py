@@ -155,3 +155,33 @@ def test_a_grid_runs_side_by_side_and_its_table_rebuilds(tmp_path: Path) -> None
         assert (tmp_path / "logs" / f"digits-20-{algorithm}-seed0.log").exists()
     rows = reproduce.table(tmp_path).splitlines()[2:]
     assert [row.split("|")[2].strip() for row in rows] == ["supervised", "fixmatch"]
+
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="apt-get install dataset-fashion-mnist")
+def test_a_committed_cell_reruns_to_its_log(tmp_path: Path) -> None:
+    """The one-cell command trains what the committed log records (~1 min on 2 cores).  Equal
+    to the digit on the machine that made the logs; bf16 kernels of another CPU may differ a
+    little, hence the half-point tolerance."""
+    import subprocess
+    import sys
+
+    cell = ["--setting", "fmnist-40", "--algorithm", "softmatch", "--seed", "0"]
+    script = str(ROOT / "benchmarks/reproduce.py")
+    subprocess.run(
+        [sys.executable, script, *cell, "--fmnist-root", str(FMNIST), "--runs", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
+
+    def errors(run: Path) -> list[float]:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [r["error"] for r in map(json.loads, lines) if r.get("kind") == "eval"]
+
+    rerun = errors(tmp_path / "fmnist-40" / "softmatch" / "seed0")
+    committed = errors(RESULTS / "fmnist-40" / "softmatch" / "seed0")
+    assert len(rerun) == len(committed) == 10
+    assert max(abs(a - b) for a, b in zip(rerun, committed)) <= 0.005, (rerun, committed)
