@@ -132,6 +132,29 @@ def test_bad_input_gets_a_clear_message(argv, expected, capsys, tmp_path, monkey
     assert expected in capsys.readouterr().err
 
 
+def test_errors_suggest_the_flag_not_the_python_keyword(tmp_path, capsys):
+    """The library says "pass skip_corrupt=True"; the command line says the flag to type."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "a" / "broken.png").write_bytes(b"not an image")
+    Image.fromarray(np.zeros((6, 10, 3), np.uint8)).save(tmp_path / "b" / "wide.png")
+    folder = ["train", "--dataset", "imagefolder", "--data-root", str(tmp_path)]
+    run = [*folder, "--num-labels", "4", "--iterations", "1", "--batch-size", "2"]
+    assert main(run) == 2
+    assert "or pass --skip-corrupt true to skip unreadable images" in capsys.readouterr().err
+    assert main([*run, "--skip-corrupt", "true"]) == 2
+    err = capsys.readouterr().err
+    assert "pass --image-size (e.g. --image-size 32) to resize them" in err
+    assert main([*run, "--skip-corrupt", "true", "--image-size", "8", "--uratio", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: skipped 1 unreadable image file(s)" in err  # a line, not a UserWarning
+    assert "UserWarning" not in err
+
+
 def test_resume_refuses_overrides(trained, capsys):
     assert main(["train", "--resume", str(trained), "--lr", "0.1"]) == 2
     assert "--lr" in capsys.readouterr().err

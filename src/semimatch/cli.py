@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import csv
 import json
+import re
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -245,6 +246,24 @@ COMMANDS = {
 }
 
 
+def _as_flags(message: str) -> str:
+    """Say the fix a library error suggests in command-line words.
+
+    The library's errors suggest Python keywords ("pass skip_corrupt=True"); on the command
+    line that is ``--skip-corrupt true``.  Only suggestions (after "pass", "use", "e.g.") of
+    config fields are rewritten; a message quoting what the user gave stays as it is.
+    """
+    names = "|".join(f.name for f in _cli_fields())
+
+    def flag(m: re.Match) -> str:
+        value = m.group(3).strip("'\"")
+        value = {"True": "true", "False": "false"}.get(value, value)
+        return f"{m.group(1)} --{m.group(2).replace('_', '-')}" + (f" {value}" if value else "")
+
+    pattern = rf"\b(pass|use|e\.g\.) ({names})=('[^']*'|\"[^\"]*\"|[\w.\-]*)"
+    return re.sub(pattern, flag, message)
+
+
 def main(argv: list[str] | None = None) -> int:
     from semimatch.checkpoint import CheckpointError
     from semimatch.engine import TrainingError
@@ -253,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, TrainingError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"semimatch {args.command}: error: {e}", file=sys.stderr)
+        print(f"semimatch {args.command}: error: {_as_flags(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         if str(e):

@@ -23,12 +23,13 @@ import difflib
 import gzip
 import os
 import pickle
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from semimatch.log import logger
 
 __all__ = [
     "DATASETS",
@@ -932,10 +933,9 @@ def _load_imagefolder(
         else:
             sources[key] = LazyImageSource([r[0] for r in recs], labels, size, channels)
     if reader.skipped:
-        warnings.warn(
-            f"skipped {len(reader.skipped)} unreadable image file(s) (skip_corrupt=True), "
-            f"e.g. {reader.skipped[0]}",
-            stacklevel=3,
+        logger.warning(
+            f"skipped {len(reader.skipped)} unreadable image file(s) (skip_corrupt), "
+            f"e.g. {reader.skipped[0]}"
         )
     if len(set(sources["train"].labels.tolist())) < 2:
         raise ValueError(f"root: fewer than 2 classes with readable images under {root}")
