@@ -82,6 +82,27 @@ def test_config_round_trips_through_json(tmp_path):
         Config.load(tmp_path / "bad.json")
 
 
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (None, "config file .* does not exist"),
+        ("lr: 0.1\n", "is not valid JSON .*a config file is a JSON object of options"),
+        ("[1, 2]", "holds a list, not a mapping of option names"),
+        (b"\xff\xfe\x00", "is not valid JSON"),
+    ],
+)
+def test_a_bad_config_file_says_what_is_wrong(content, expected, tmp_path):
+    path = tmp_path / "config.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=expected):
+        Config.load(path)
+    with pytest.raises(ConfigError, match="config file .* does not exist"):
+        Config.load(tmp_path)  # a folder
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_resolves(name):
     cfg = load_preset(name)

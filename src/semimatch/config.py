@@ -215,6 +215,11 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> Config:
         """Build from a mapping, rejecting unknown keys (with a suggestion) and wrong types."""
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{source} holds a {type(data).__name__}, not a mapping of option names to "
+                'values (e.g. {"lr": 0.03, "num_labels": 40})'
+            )
         names = {f.name for f in fields(cls)}
         unknown = [k for k in data if k not in names]
         if unknown:
@@ -241,10 +246,15 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} does not exist (or is not a file)")
         try:
             data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON ({e}); fix or delete it") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(
+                f"{path} is not valid JSON ({e}); a config file is a JSON object of options, "
+                'e.g. {"lr": 0.03, "num_labels": 40}'
+            ) from None
         return cls.from_dict(data, source=str(path))
 
     def algorithm_options(self) -> dict[str, Any]:
