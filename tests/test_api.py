@@ -382,3 +382,20 @@ def test_cli_api_and_estimator_train_the_same_model(tmp_path, digits, restore_de
     assert np.array_equal(cli.predict(test_x), pred)
     assert np.array_equal(est.predict(test_x), pred)
     assert est.score(test_x, digits.test.labels) == pytest.approx(api.evaluate()["top1"])
+
+
+def test_predict_decodes_image_files_as_training_does(tmp_path):
+    """Prediction must see the pixels training saw: cover + centre-crop + bicubic, not a
+    squashing resize (35 grey levels apart on average for a 24x40 photo before the fix)."""
+    from semimatch.api import load_images
+    from semimatch.data.datasets import image_files
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i, (h, w) in enumerate([(12, 20), (30, 18), (9, 9), (8, 8)]):
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / cls / f"{i}.png")
+    trained_on = load_dataset("imagefolder", root=tmp_path, image_size=8).train.images
+    predicted_on = load_images(image_files(tmp_path), (8, 8), 3)
+    np.testing.assert_array_equal(predicted_on, trained_on)

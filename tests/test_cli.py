@@ -85,6 +85,21 @@ def test_predict_writes_a_csv(trained, tmp_path):
         assert 0.0 < float(r["confidence"]) <= 1.0
 
 
+def test_predict_takes_folders(trained, tmp_path, capsys):
+    for rel in ("imgs/b.png", "imgs/sub/a.png", "imgs/.hidden/c.png", "one.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8), 128, np.uint8)).save(tmp_path / rel)
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    out = tmp_path / "pred.csv"
+    args = ["predict", str(trained), str(tmp_path / "imgs"), str(tmp_path / "one.png")]
+    assert main([*args, "--output", str(out)]) == 0
+    paths = [r["path"] for r in csv.DictReader(out.open())]
+    assert paths == [str(tmp_path / p) for p in ("imgs/b.png", "imgs/sub/a.png", "one.png")]
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(trained), str(tmp_path / "empty")]) == 2
+    assert "no image files under" in capsys.readouterr().err
+
+
 def test_predict_reports_an_unreadable_image(trained, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")

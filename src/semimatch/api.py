@@ -244,22 +244,26 @@ def evaluate(
 
 
 def load_images(paths: list[str | os.PathLike], size: tuple[int, int], channels: int) -> np.ndarray:
-    """Read image files into a uint8 (N, H, W, C) array at the model's size and channels."""
-    from PIL import Image, UnidentifiedImageError
+    """Read image files into a uint8 (N, H, W, C) array at the model's size and channels.
+
+    Decoded exactly as an image folder is for training (scale to cover ``size``, centre-crop,
+    bicubic): a model must see at prediction the pixels it would have seen in training.
+    """
+    from PIL import UnidentifiedImageError
+
+    from semimatch.data.datasets import decode_image
 
     out = []
     for p in paths:
         try:
-            with Image.open(p) as im:
-                im = im.convert("L" if channels == 1 else "RGB")
-                if im.size != (size[1], size[0]):
-                    im = im.resize((size[1], size[0]), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
+            arr = decode_image(os.fspath(p), tuple(size), channels)
         except FileNotFoundError:
             raise FileNotFoundError(f"image {p} does not exist") from None
-        except (UnidentifiedImageError, OSError) as e:
+        except IsADirectoryError:
+            raise ValueError(f"{p} is a folder; pass image files") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
             raise ValueError(f"cannot read image {p}: {e}") from None
-        out.append(arr if arr.ndim == 3 else arr[..., None])
+        out.append(arr)
     return np.stack(out) if out else np.zeros((0, size[0], size[1], channels), np.uint8)
 
 

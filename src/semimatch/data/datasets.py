@@ -152,7 +152,7 @@ class LazyImageSource(ImageSource):
     def __getitem__(self, i: int) -> np.ndarray:
         path = self.paths[i]
         try:
-            return _decode_image(path, self.size, self.channels)
+            return decode_image(path, self.size, self.channels)
         except (OSError, ValueError, SyntaxError) as err:  # PIL raises all three on bad files
             raise ValueError(
                 f"cannot read image {path}: {err}; fix or remove the file and reload the "
@@ -729,12 +729,17 @@ def _fit(im: Any, size: tuple[int, int] | None, channels: int) -> np.ndarray:
     return arr.reshape(arr.shape[0], arr.shape[1], channels)
 
 
-def _decode_image(path: str, size: tuple[int, int] | None, channels: int) -> np.ndarray:
+def decode_image(path: str, size: tuple[int, int] | None, channels: int) -> np.ndarray:
     """Decode the file at ``path`` with :func:`_fit`."""
     from PIL import Image
 
     with Image.open(path) as im:
         return _fit(im, size, channels)
+
+
+def image_files(directory: str | os.PathLike) -> list[str]:
+    """The image files under ``directory`` (recursively, sorted; hidden entries skipped)."""
+    return _list_images(os.fspath(directory), _image_extensions())
 
 
 def _list_images(directory: str, exts: set[str]) -> list[str]:
