@@ -168,6 +168,7 @@ def test_errors_suggest_the_flag_not_the_python_keyword(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "warning: skipped 1 unreadable image file(s)" in err  # a line, not a UserWarning
     assert "UserWarning" not in err
+    assert "warning: no test images (set test_dir; --test-dir on the command line)" in err
 
 
 def test_resume_refuses_overrides(trained, capsys):

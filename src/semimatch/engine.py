@@ -728,6 +728,11 @@ def fit(
     cfg = resolve(cfg, data, device) if resume is not True else cfg
     info = data.info
     C = info.num_classes
+    if data.test is None and info.name == "imagefolder" and env.is_main:
+        logger.warning(
+            "no test images (set test_dir; --test-dir on the command line): the run measures "
+            "no test error and best.pt is simply the latest evaluated checkpoint"
+        )
     # Everything that can refuse the config (split, model, optimiser) runs before the run
     # directory is touched: a mistake must not cost the run that --overwrite would replace.
     new_split = make_split(cfg, data) if resume is not True else None
