@@ -66,6 +66,40 @@ def test_eval_prints_the_test_accuracy(trained, capsys):
     assert "top-1" in capsys.readouterr().out
 
 
+def test_eval_scores_a_labeled_folder(tmp_path, capsys):
+    """--test-dir gives what the run's own test set gives for the same images, and a folder
+    with some of the classes is labeled by class name, not by its own folder order."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10), ("test", 6)):
+        for name, level in (("cat", 90), ("dog", 160), ("eel", 120)):
+            for i in range(n):
+                pixels = np.clip(level + rng.normal(0, 60, (6, 10, 3)), 0, 255).astype(np.uint8)
+                (tmp_path / split / name).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(tmp_path / split / name / f"{i}.png")
+    for i in range(6):
+        (tmp_path / "dogs" / "dog").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "dogs" / "dog" / f"{i}.png").write_bytes(
+            (tmp_path / "test" / "dog" / f"{i}.png").read_bytes()
+        )
+    run = tmp_path / "run"
+    train = ["train", "--dataset", "imagefolder", "--data-root", str(tmp_path / "train")]
+    train += ["--test-dir", str(tmp_path / "test"), "--image-size", "8", "--num-labels", "6"]
+    train += ["--iterations", "4", "--eval-every", "4", "--batch-size", "4", "--uratio", "1"]
+    assert main([*train, "--out", str(run), "--tensorboard", "false"]) == 0
+    capsys.readouterr()
+
+    def scores(*extra: str) -> dict:
+        assert main(["eval", str(run), "--json", *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    own = scores()
+    assert scores("--test-dir", str(tmp_path / "test")) == own
+    dogs = scores("--test-dir", str(tmp_path / "dogs"))
+    assert dogs["n"] == 6 and dogs["top1"] == pytest.approx(own["per_class_acc"][1])
+    assert main(["eval", str(run), "--test-dir", str(tmp_path / "train" / "cat")]) == 2
+    assert "/cat/<class>/<image>" in capsys.readouterr().err  # a class folder, not a root
+
+
 def test_predict_writes_a_csv(trained, tmp_path):
     from sklearn.datasets import load_digits
 

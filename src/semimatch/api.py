@@ -235,12 +235,26 @@ def load_run(
 
 
 def evaluate(
-    run: Run | str | os.PathLike, model: str = "ema", checkpoint: str = "best", device: str = "auto"
+    run: Run | str | os.PathLike,
+    model: str = "ema",
+    checkpoint: str = "best",
+    device: str = "auto",
+    test_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Test-set accuracy of a run (EMA model by default)."""
+    """Test-set accuracy of a run (EMA model by default).
+
+    ``test_dir``: score labeled images ``test_dir/<class>/<image>`` instead of the run's test
+    set (class folders named like the run's classes; decoded as training decodes images).
+    """
+    from semimatch.data.datasets import labeled_folder
+
     if not isinstance(run, Run):
         run = load_run(run, checkpoint=checkpoint, device=device)
-    return run.evaluate(model=model)
+    if test_dir is None:
+        return run.evaluate(model=model)
+    info = run.info
+    source = labeled_folder(test_dir, info.class_names, info.image_size, info.channels)
+    return run.evaluate(source, model=model)
 
 
 def load_images(paths: list[str | os.PathLike], size: tuple[int, int], channels: int) -> np.ndarray:

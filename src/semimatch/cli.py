@@ -112,7 +112,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from semimatch.api import evaluate
 
     result = evaluate(
-        args.run_dir, model=args.model, checkpoint=args.checkpoint, device=args.device
+        args.run_dir,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        test_dir=args.test_dir,
     )
     result.pop("confusion", None)
     if args.json:
@@ -120,7 +124,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(
             f"{args.run_dir}: top-1 {100 * result['top1']:.2f}%  error "
-            f"{100 * result['error']:.2f}%  ({result['n']} test images, {result['model']} model)"
+            f"{100 * result['error']:.2f}%  ({result['n']} test images"
+            f"{f' from {args.test_dir}' if args.test_dir else ''}, {result['model']} model)"
         )
     return 0
 
@@ -215,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=["ema", "raw"], default="ema")
     p.add_argument("--checkpoint", default="best", help="best | last | path to a checkpoint")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--test-dir",
+        help="score labeled images DIR/<class>/<image> instead of the run's test set "
+        "(class folders named like the run's classes)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = sub.add_parser("predict", help="classify image files with a trained run (CSV output)")

@@ -429,3 +429,21 @@ def test_unknown_option_is_rejected(fake_cifar10_root):
 def test_default_root_honours_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("SEMIMATCH_DATA", str(tmp_path))
     assert dsmod.default_root() == str(tmp_path)
+
+
+def test_labeled_folder_labels_by_the_runs_class_names(tmp_path):
+    from semimatch.data.datasets import labeled_folder
+
+    root = _folder(tmp_path / "held_out", {"dog": 2, "ant": 3}, size=(12, 20))
+    src = labeled_folder(root, ("ant", "cat", "dog"), (8, 8), 3)  # "cat" absent: fine
+    assert src.labels.tolist() == [0, 0, 0, 2, 2]
+    trained_like = load_dataset("imagefolder", root=root, image_size=8).train
+    decoded = np.stack([src[i] for i in range(len(src))])
+    np.testing.assert_array_equal(decoded, trained_like.as_array())
+    with pytest.raises(ValueError, match="'dog' that the run does not know; its classes are"):
+        labeled_folder(root, ("ant", "cat"), (8, 8), 3)
+    (tmp_path / "empty" / "ant").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no images in"):
+        labeled_folder(tmp_path / "empty", ("ant",), (8, 8), 3)
+    with pytest.raises(FileNotFoundError, match="test_dir: no directory at"):
+        labeled_folder(tmp_path / "nope", ("ant",), (8, 8), 3)

@@ -742,6 +742,42 @@ def image_files(directory: str | os.PathLike) -> list[str]:
     return _list_images(os.fspath(directory), _image_extensions())
 
 
+def labeled_folder(
+    root: str | os.PathLike,
+    class_names: Sequence[str],
+    image_size: tuple[int, int],
+    channels: int,
+) -> LazyImageSource:
+    """The images under ``root/<class>/``, labeled by the position of ``<class>`` in
+    ``class_names`` (a trained run's classes; a folder may hold only some of them) and decoded
+    as training decodes an image folder: held-out images for a run that has none.
+    """
+    root = os.fspath(os.path.expanduser(root))
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"test_dir: no directory at {root}")
+    index = {name: i for i, name in enumerate(class_names)}
+    dirs = sorted(
+        name
+        for name in os.listdir(root)
+        if not name.startswith(".") and os.path.isdir(os.path.join(root, name))
+    )
+    unknown = [d for d in dirs if d not in index]
+    if unknown:
+        raise ValueError(
+            f"test_dir: {root} has class folder(s) {', '.join(map(repr, unknown))} that the "
+            f"run does not know; its classes are {', '.join(map(repr, class_names))}"
+        )
+    paths: list[str] = []
+    labels: list[int] = []
+    for name in dirs:
+        files = image_files(os.path.join(root, name))
+        paths += files
+        labels += [index[name]] * len(files)
+    if not paths:
+        raise ValueError(f"test_dir: no images in {root}; expected {root}/<class>/<image>")
+    return LazyImageSource(paths, np.asarray(labels), tuple(image_size), channels)
+
+
 def _list_images(directory: str, exts: set[str]) -> list[str]:
     out = []
     for dirpath, dirnames, filenames in os.walk(directory, followlinks=True):
