@@ -205,6 +205,24 @@ def test_errors_suggest_the_flag_not_the_python_keyword(tmp_path, capsys):
     assert "warning: no test images (set test_dir; --test-dir on the command line)" in err
 
 
+@pytest.mark.parametrize(
+    "raised, shown",
+    [
+        ("or pass skip_corrupt=True.", "or pass --skip-corrupt true."),
+        ("pass image_size= (e.g. image_size=32) to", "pass --image-size (e.g. --image-size 32) to"),
+        ("use forward_mode='joint' with", "use --forward-mode joint with"),
+        ("pass lr=0.03, then", "pass --lr 0.03, then"),
+        ("cannot read image /d/use lr=1/x.png", "cannot read image /d/use lr=1/x.png"),  # a path
+        ("lr='abc' in command line is not valid", "lr='abc' in command line is not valid"),
+        ("use in_channels=3", "use in_channels=3"),  # not a config field
+    ],
+)
+def test_only_suggested_config_fields_become_flags(raised, shown):
+    from semimatch.cli import _as_flags
+
+    assert _as_flags(raised) == shown
+
+
 def test_resume_refuses_overrides(trained, capsys):
     assert main(["train", "--resume", str(trained), "--lr", "0.1"]) == 2
     assert "--lr" in capsys.readouterr().err

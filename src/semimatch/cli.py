@@ -25,10 +25,15 @@ def _cli_fields() -> list:
     return [f for f in fields(Config) if f.metadata.get("cli", True)]
 
 
+def _flag(name: str) -> str:
+    """The command-line spelling of config field ``name``."""
+    return "--" + name.replace("_", "-")
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("options (each overrides the preset / config file)")
     for f in _cli_fields():
-        flag = "--" + f.name.replace("_", "-")
+        flag = _flag(f.name)
         default = f.default if f.default is not None else f.metadata.get("none", "auto")
         group.add_argument(
             flag,
@@ -90,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         overrides = [f.name for f in _cli_fields() if hasattr(args, f.name)]
         if overrides or args.preset or args.config:
-            flags = ", ".join("--" + o.replace("_", "-") for o in overrides)
+            flags = ", ".join(_flag(o) for o in overrides)
             raise ConfigError(
                 "--resume continues the run with its saved config; drop "
                 f"{flags or '--preset/--config'}"
@@ -273,11 +278,13 @@ def _as_flags(message: str) -> str:
     names = "|".join(f.name for f in _cli_fields())
 
     def flag(m: re.Match) -> str:
-        value = m.group(3).strip("'\"")
+        value = (m.group(3) or "").strip("'\"")
         value = {"True": "true", "False": "false"}.get(value, value)
-        return f"{m.group(1)} --{m.group(2).replace('_', '-')}" + (f" {value}" if value else "")
+        return f"{m.group(1)} {_flag(m.group(2))}" + (f" {value}" if value else "")
 
-    pattern = rf"\b(pass|use|e\.g\.) ({names})=('[^']*'|\"[^\"]*\"|[\w.\-]*)"
+    # A value is quoted, or a word / number (a sentence's full stop is not part of it).
+    value = r"'[^']*'|\"[^\"]*\"|-?\w+(?:\.\d+)?"
+    pattern = rf"(?<![/\w])(pass|use|e\.g\.) ({names})=({value})?"
     return re.sub(pattern, flag, message)
 
 
@@ -289,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, TrainingError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"semimatch {args.command}: error: {_as_flags(str(e))}", file=sys.stderr)
+        # Only `train` takes config flags; other commands get the message as raised.
+        message = _as_flags(str(e)) if args.command == "train" else str(e)
+        print(f"semimatch {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         if str(e):
