@@ -63,7 +63,12 @@ def _cifar10(**values: Any) -> dict[str, Any]:
 SETTINGS: dict[str, dict[str, Any]] = {
     # scikit-learn's bundled digits: offline, ~1 minute per cell (the demo's recipe).
     "digits-20": dict(
-        dataset="digits", num_labels=20, iterations=300, batch_size=32, eval_every=30
+        dataset="digits",
+        num_labels=20,
+        iterations=300,
+        batch_size=32,
+        eval_every=30,
+        forward_mode="two-pass",
     ),
     "fmnist-40": _fmnist(num_labels=40),
     "fmnist-250": _fmnist(num_labels=250),

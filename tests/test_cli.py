@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from semimatch.api import predict
 from semimatch.cli import main
 from semimatch.config import PRESETS
 from semimatch.metrics import read_jsonl
@@ -124,11 +125,16 @@ def test_predict_takes_folders(trained, tmp_path, capsys):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.full((8, 8), 128, np.uint8)).save(tmp_path / rel)
     (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    (tmp_path / "imgs" / "notes.pdf").write_bytes(b"%PDF-1.4")  # Pillow writes, cannot read
     out = tmp_path / "pred.csv"
     args = ["predict", str(trained), str(tmp_path / "imgs"), str(tmp_path / "one.png")]
     assert main([*args, "--output", str(out)]) == 0
-    paths = [r["path"] for r in csv.DictReader(out.open())]
-    assert paths == [str(tmp_path / p) for p in ("imgs/b.png", "imgs/sub/a.png", "one.png")]
+    rows = list(csv.DictReader(out.open()))
+    paths = [str(tmp_path / p) for p in ("imgs/b.png", "imgs/sub/a.png", "one.png")]
+    assert [r["path"] for r in rows] == paths
+    api_rows = predict(trained, [tmp_path / "imgs", str(tmp_path / "one.png")])  # same in Python
+    assert [(r["path"], r["class"]) for r in api_rows] == [(r["path"], r["class"]) for r in rows]
+    assert [r["path"] for r in predict(trained, tmp_path / "imgs")] == paths[:2]
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(trained), str(tmp_path / "empty")]) == 2
     assert "no image files under" in capsys.readouterr().err
@@ -184,25 +190,33 @@ def test_bad_input_gets_a_clear_message(argv, expected, capsys, tmp_path, monkey
 def test_errors_suggest_the_flag_not_the_python_keyword(tmp_path, capsys):
     """The library says "pass skip_corrupt=True"; the command line says the flag to type."""
     rng = np.random.default_rng(0)
+    data = tmp_path / "data"
     for name in ("a", "b"):
-        (tmp_path / name).mkdir()
+        (data / name).mkdir(parents=True)
         for i in range(4):
             pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
-    (tmp_path / "a" / "broken.png").write_bytes(b"not an image")
-    Image.fromarray(np.zeros((6, 10, 3), np.uint8)).save(tmp_path / "b" / "wide.png")
-    folder = ["train", "--dataset", "imagefolder", "--data-root", str(tmp_path)]
+            Image.fromarray(pixels).save(data / name / f"{i}.png")
+    (data / "a" / "broken.png").write_bytes(b"not an image")
+    Image.fromarray(np.zeros((6, 10, 3), np.uint8)).save(data / "b" / "wide.png")
+    folder = ["train", "--dataset", "imagefolder", "--data-root", str(data)]
     run = [*folder, "--num-labels", "4", "--iterations", "1", "--batch-size", "2"]
     assert main(run) == 2
     assert "or pass --skip-corrupt true to skip unreadable images" in capsys.readouterr().err
     assert main([*run, "--skip-corrupt", "true"]) == 2
     err = capsys.readouterr().err
     assert "pass --image-size (e.g. --image-size 32) to resize them" in err
-    assert main([*run, "--skip-corrupt", "true", "--image-size", "8", "--uratio", "1"]) == 0
+    out = ["--out", str(tmp_path / "run"), "--tensorboard", "false"]
+    run += ["--skip-corrupt", "true", "--image-size", "8", "--uratio", "1", *out]
+    assert main(run) == 0
     err = capsys.readouterr().err
     assert "warning: skipped 1 unreadable image file(s)" in err  # a line, not a UserWarning
     assert "UserWarning" not in err
     assert "warning: no test images (set test_dir; --test-dir on the command line)" in err
+    assert main(["eval", str(tmp_path / "run")]) == 2
+    assert (
+        "no test set; score labeled images DIR/<class>/<image> with `semimatch eval RUN "
+        "--test-dir DIR`" in capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(

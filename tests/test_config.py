@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 
 import numpy as np
 import pytest
@@ -85,9 +86,9 @@ def test_config_round_trips_through_json(tmp_path):
 @pytest.mark.parametrize(
     "content, expected",
     [
-        (None, "config file .* does not exist"),
         ("lr: 0.1\n", "is not valid JSON .*a config file is a JSON object of options"),
         ("[1, 2]", "holds a list, not a mapping of option names"),
+        ("null", "holds a null, not a mapping"),
         (b"\xff\xfe\x00", "is not valid JSON"),
     ],
 )
@@ -95,12 +96,21 @@ def test_a_bad_config_file_says_what_is_wrong(content, expected, tmp_path):
     path = tmp_path / "config.json"
     if isinstance(content, bytes):
         path.write_bytes(content)
-    elif content is not None:
+    else:
         path.write_text(content)
     with pytest.raises(ConfigError, match=expected):
         Config.load(path)
-    with pytest.raises(ConfigError, match="config file .* does not exist"):
-        Config.load(tmp_path)  # a folder
+
+
+def test_config_file_paths(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="config file .* does not exist"):
+        Config.load(tmp_path / "missing.json")
+    with pytest.raises(ConfigError, match="is a folder; pass a config file"):
+        Config.load(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "c.json").write_text('{"lr": 0.5}')
+    assert Config.load("~/c.json").lr == 0.5
+    assert Config.from_dict(types.MappingProxyType({"lr": 0.25})).lr == 0.25
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

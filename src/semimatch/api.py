@@ -270,7 +270,7 @@ def load_images(paths: list[str | os.PathLike], size: tuple[int, int], channels:
     out = []
     for p in paths:
         try:
-            arr = decode_image(os.fspath(p), tuple(size), channels)
+            arr = decode_image(os.path.expanduser(os.fspath(p)), tuple(size), channels)
         except FileNotFoundError:
             raise FileNotFoundError(f"image {p} does not exist") from None
         except IsADirectoryError:
@@ -288,19 +288,35 @@ def predict(
     checkpoint: str = "best",
     device: str = "auto",
 ) -> list[dict[str, Any]]:
-    """Predict classes for an image array or a list of image files.
+    """Predict classes for an image array, or for image files and folders (a folder stands
+    for the images under it, recursively, sorted).
 
-    Returns one dict per image: ``{"class": name, "index": i, "confidence": p}``.
+    Returns one dict per image: ``{"class": name, "index": i, "confidence": p}``, with
+    ``"path"`` as well when files were given.
     """
+    from semimatch.data.datasets import image_files
+
     if not isinstance(run, Run):
         run = load_run(run, checkpoint=checkpoint, device=device)
     info = run.info
-    if isinstance(images, (list, tuple)):
-        images = load_images(list(images), info.image_size, info.channels)
+    paths: list[str] | None = None
+    if isinstance(images, (list, tuple, str, os.PathLike)):
+        paths = []
+        for given in [images] if isinstance(images, (str, os.PathLike)) else images:
+            given = os.path.expanduser(os.fspath(given))
+            found = image_files(given) if os.path.isdir(given) else [given]
+            if not found:
+                raise ValueError(f"no image files under {given}")
+            paths += found
+        images = load_images(paths, info.image_size, info.channels)
     with torch.no_grad():
         probs = run.predict_proba(images, model=model)
     idx = probs.argmax(axis=1)
-    return [
+    rows = [
         {"class": info.class_names[i], "index": int(i), "confidence": float(probs[n, i])}
         for n, i in enumerate(idx)
     ]
+    if paths is not None:
+        for row, path in zip(rows, paths):
+            row["path"] = path
+    return rows

@@ -137,24 +137,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from semimatch.api import predict
-    from semimatch.data.datasets import image_files
 
-    paths: list[str] = []
-    for given in args.images:  # a folder stands for the images under it
-        found = image_files(given) if Path(given).is_dir() else [given]
-        if not found:
-            raise ValueError(f"no image files under {given}")
-        paths += found
     rows = predict(
-        args.run_dir, paths, model=args.model, checkpoint=args.checkpoint, device=args.device
+        args.run_dir, args.images, model=args.model, checkpoint=args.checkpoint, device=args.device
     )
     with (
         open(args.output, "w", newline="") if args.output else contextlib.nullcontext(sys.stdout)
     ) as out:
         w = csv.writer(out)
         w.writerow(["path", "class", "confidence"])
-        for path, row in zip(paths, rows):
-            w.writerow([path, row["class"], f"{row['confidence']:.6f}"])
+        for row in rows:
+            w.writerow([row["path"], row["class"], f"{row['confidence']:.6f}"])
     return 0
 
 

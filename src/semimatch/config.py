@@ -19,6 +19,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -215,10 +216,11 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> Config:
         """Build from a mapping, rejecting unknown keys (with a suggestion) and wrong types."""
-        if not isinstance(data, dict):
+        if not isinstance(data, Mapping):
+            kind = "null" if data is None else type(data).__name__
             raise ConfigError(
-                f"{source} holds a {type(data).__name__}, not a mapping of option names to "
-                'values (e.g. {"lr": 0.03, "num_labels": 40})'
+                f"{source} holds a {kind}, not a mapping of option names to values "
+                '(e.g. {"lr": 0.03, "num_labels": 40})'
             )
         names = {f.name for f in fields(cls)}
         unknown = [k for k in data if k not in names]
@@ -246,10 +248,13 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
-        if not Path(path).is_file():
-            raise ConfigError(f"config file {path} does not exist (or is not a file)")
+        path = Path(path).expanduser()
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder; pass a config file (JSON)")
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
         try:
-            data = json.loads(Path(path).read_text())
+            data = json.loads(path.read_bytes())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(
                 f"{path} is not valid JSON ({e}); a config file is a JSON object of options, "

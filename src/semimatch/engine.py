@@ -593,7 +593,11 @@ class Run:
             )
         source = source if source is not None else (self.data.test if self.data else None)
         if source is None:
-            raise ValueError("this dataset has no test set; pass one to evaluate(source)")
+            raise ValueError(
+                "this run's dataset has no test set; score labeled images DIR/<class>/<image> "
+                "with `semimatch eval RUN --test-dir DIR` or semimatch.evaluate(run, "
+                "test_dir=DIR), or pass images to run.evaluate(source)"
+            )
         net = self.eval_model(model)
         # The precision and layout the training log's evaluations used (fp16 needs CUDA).
         same = not (self.config.precision == "fp16" and self.device.type != "cuda")

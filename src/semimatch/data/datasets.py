@@ -704,9 +704,10 @@ _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"}
 
 
 def _image_extensions() -> set[str]:
+    """Extensions of the formats Pillow can read (it also registers write-only ones: .pdf)."""
     from PIL import Image
 
-    return {ext.lower() for ext in Image.registered_extensions()}
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
 def _fit(im: Any, size: tuple[int, int] | None, channels: int) -> np.ndarray:
