@@ -440,10 +440,10 @@ def test_labeled_folder_labels_by_the_runs_class_names(tmp_path):
     trained_like = load_dataset("imagefolder", root=root, image_size=8).train
     decoded = np.stack([src[i] for i in range(len(src))])
     np.testing.assert_array_equal(decoded, trained_like.as_array())
-    with pytest.raises(ValueError, match="'dog' that the run does not know; its classes are"):
+    with pytest.raises(ValueError, match=r"\['dog'\] in .* are not among the training classes"):
         labeled_folder(root, ("ant", "cat"), (8, 8), 3)
     (tmp_path / "empty" / "ant").mkdir(parents=True)
-    with pytest.raises(ValueError, match="no images in"):
+    with pytest.raises(ValueError, match="no image files found under .*<class>/<image>"):
         labeled_folder(tmp_path / "empty", ("ant",), (8, 8), 3)
     with pytest.raises(FileNotFoundError, match="test_dir: no directory at"):
         labeled_folder(tmp_path / "nope", ("ant",), (8, 8), 3)

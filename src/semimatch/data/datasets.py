@@ -23,7 +23,7 @@ import difflib
 import gzip
 import os
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -756,27 +756,52 @@ def labeled_folder(
     root = os.fspath(os.path.expanduser(root))
     if not os.path.isdir(root):
         raise FileNotFoundError(f"test_dir: no directory at {root}")
-    index = {name: i for i, name in enumerate(class_names)}
-    dirs = sorted(
-        name
-        for name in os.listdir(root)
-        if not name.startswith(".") and os.path.isdir(os.path.join(root, name))
+    paths, labels = _scan_labeled(root, list(class_names), "test_dir")
+    return LazyImageSource(paths, np.asarray(labels), tuple(image_size), channels)
+
+
+def _class_dirs(directory: str, exclude: Collection[str] = ()) -> list[str]:
+    """The class folders of ``directory`` (sorted; hidden and ``exclude``d folders skipped)."""
+    return sorted(
+        d
+        for d in os.listdir(directory)
+        if not d.startswith(".")
+        and os.path.isdir(os.path.join(directory, d))
+        and os.path.abspath(os.path.join(directory, d)) not in exclude
     )
-    unknown = [d for d in dirs if d not in index]
-    if unknown:
-        raise ValueError(
-            f"test_dir: {root} has class folder(s) {', '.join(map(repr, unknown))} that the "
-            f"run does not know; its classes are {', '.join(map(repr, class_names))}"
-        )
+
+
+def _scan_labeled(
+    directory: str,
+    classes: list[str],
+    what: str,
+    exclude: Collection[str] = (),
+    every_class_filled: bool = False,
+) -> tuple[list[str], list[int]]:
+    """Image paths under ``directory/<class>/`` and their indices in ``classes``."""
     paths: list[str] = []
     labels: list[int] = []
-    for name in dirs:
-        files = image_files(os.path.join(root, name))
+    names = _class_dirs(directory, exclude)
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        raise ValueError(
+            f"{what}: class folders {unknown} in {directory} are not among the training "
+            f"classes {classes}"
+        )
+    exts = _image_extensions()
+    for name in names:
+        files = _list_images(os.path.join(directory, name), exts)
+        if not files and every_class_filled:
+            raise ValueError(
+                f"{what}: class folder {os.path.join(directory, name)} holds no image files"
+            )
         paths += files
-        labels += [index[name]] * len(files)
+        labels += [classes.index(name)] * len(files)
     if not paths:
-        raise ValueError(f"test_dir: no images in {root}; expected {root}/<class>/<image>")
-    return LazyImageSource(paths, np.asarray(labels), tuple(image_size), channels)
+        raise ValueError(
+            f"{what}: no image files found under {directory}; expected {directory}/<class>/<image>"
+        )
+    return paths, labels
 
 
 def _list_images(directory: str, exts: set[str]) -> list[str]:
@@ -901,16 +926,7 @@ def _load_imagefolder(
     exclude = {p for p in (unl_root, test_root) if p}
     exts = _image_extensions()
 
-    def class_dirs(directory: str) -> list[str]:
-        return sorted(
-            d
-            for d in os.listdir(directory)
-            if not d.startswith(".")
-            and os.path.isdir(os.path.join(directory, d))
-            and os.path.abspath(os.path.join(directory, d)) not in exclude
-        )
-
-    classes = class_dirs(root)
+    classes = _class_dirs(root, exclude)
     if not classes:
         raise ValueError(
             f"root: no class folders in {root}; expected root/<class>/<image> "
@@ -923,30 +939,9 @@ def _load_imagefolder(
         )
     reader = _FolderReader(skip_corrupt, size, channels)
 
-    def scan_labeled(directory: str, what: str) -> tuple[list[str], list[int]]:
-        paths, labels = [], []
-        names = class_dirs(directory)
-        unknown = sorted(set(names) - set(classes))
-        if unknown:
-            raise ValueError(
-                f"{what}: class folders {unknown} in {directory} are not among the training "
-                f"classes {classes}"
-            )
-        for name in names:
-            files = _list_images(os.path.join(directory, name), exts)
-            if not files and directory == root:
-                raise ValueError(
-                    f"root: class folder {os.path.join(directory, name)} holds no image files"
-                )
-            paths += files
-            labels += [classes.index(name)] * len(files)
-        if not paths:
-            raise ValueError(f"{what}: no image files found under {directory}")
-        return paths, labels
-
-    sets: dict[str, tuple[list[str], list[int]]] = {"train": scan_labeled(root, "root")}
+    sets = {"train": _scan_labeled(root, classes, "root", exclude, every_class_filled=True)}
     if test_root:
-        sets["test"] = scan_labeled(test_root, "test_dir")
+        sets["test"] = _scan_labeled(test_root, classes, "test_dir", exclude)
     if unl_root:
         files = _list_images(unl_root, exts)
         if not files:
