@@ -253,7 +253,9 @@ def evaluate(
     if test_dir is None:
         return run.evaluate(model=model)
     info = run.info
-    source = labeled_folder(test_dir, info.class_names, info.image_size, info.channels)
+    source = labeled_folder(
+        test_dir, info.class_names, info.image_size, info.channels, run.config.skip_corrupt
+    )
     return run.evaluate(source, model=model)
 
 

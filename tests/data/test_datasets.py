@@ -440,6 +440,10 @@ def test_labeled_folder_labels_by_the_runs_class_names(tmp_path):
     trained_like = load_dataset("imagefolder", root=root, image_size=8).train
     decoded = np.stack([src[i] for i in range(len(src))])
     np.testing.assert_array_equal(decoded, trained_like.as_array())
+    (root / "ant" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="broken.png.*skip_corrupt=True"):
+        labeled_folder(root, ("ant", "cat", "dog"), (8, 8), 3)
+    assert len(labeled_folder(root, ("ant", "cat", "dog"), (8, 8), 3, skip_corrupt=True)) == 5
     with pytest.raises(ValueError, match=r"\['dog'\] in .* are not among the training classes"):
         labeled_folder(root, ("ant", "cat"), (8, 8), 3)
     (tmp_path / "empty" / "ant").mkdir(parents=True)

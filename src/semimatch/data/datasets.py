@@ -748,16 +748,27 @@ def labeled_folder(
     class_names: Sequence[str],
     image_size: tuple[int, int],
     channels: int,
-) -> LazyImageSource:
+    skip_corrupt: bool = False,
+) -> ImageSource:
     """The images under ``root/<class>/``, labeled by the position of ``<class>`` in
-    ``class_names`` (a trained run's classes; a folder may hold only some of them) and decoded
-    as training decodes an image folder: held-out images for a run that has none.
+    ``class_names`` (a trained run's classes; a folder may hold only some of them) and read
+    as training reads an image folder (same decoding, same ``skip_corrupt``): held-out images
+    for a run that has none.
     """
     root = os.fspath(os.path.expanduser(root))
     if not os.path.isdir(root):
         raise FileNotFoundError(f"test_dir: no directory at {root}")
     paths, labels = _scan_labeled(root, list(class_names), "test_dir")
-    return LazyImageSource(paths, np.asarray(labels), tuple(image_size), channels)
+    size = (int(image_size[0]), int(image_size[1]))
+    reader = _FolderReader(skip_corrupt, size, channels)
+    records = reader.read(paths, labels, root)
+    reader.warn_skipped()
+    if not records:
+        raise ValueError(f"test_dir: no readable images under {root}")
+    y = np.asarray([r[1] for r in records], dtype=np.int64)
+    if max(size) <= SMALL_IMAGE_MAX_SIDE:  # decoded already, as training keeps them
+        return ArraySource(np.stack([r[2] for r in records]), y)
+    return LazyImageSource([r[0] for r in records], y, size, channels)
 
 
 def _class_dirs(directory: str, exclude: Collection[str] = ()) -> list[str]:
@@ -840,6 +851,13 @@ class _FolderReader:
         self.size, self.channels = size, channels
         self.skipped: list[str] = []
         self.first: tuple[str, tuple[int, int]] | None = None  # (path, (H, W)) of the 1st image
+
+    def warn_skipped(self) -> None:
+        if self.skipped:
+            logger.warning(
+                f"skipped {len(self.skipped)} unreadable image file(s) (skip_corrupt), "
+                f"e.g. {self.skipped[0]}"
+            )
 
     def _bad(self, path: str, err: Exception) -> None:
         if not self.skip_corrupt:
@@ -969,11 +987,7 @@ def _load_imagefolder(
             sources[key] = ArraySource(x, labels)
         else:
             sources[key] = LazyImageSource([r[0] for r in recs], labels, size, channels)
-    if reader.skipped:
-        logger.warning(
-            f"skipped {len(reader.skipped)} unreadable image file(s) (skip_corrupt), "
-            f"e.g. {reader.skipped[0]}"
-        )
+    reader.warn_skipped()
     if len(set(sources["train"].labels.tolist())) < 2:
         raise ValueError(f"root: fewer than 2 classes with readable images under {root}")
     mean, std = _channel_stats(sources["train"])
