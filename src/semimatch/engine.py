@@ -1029,6 +1029,14 @@ def fit(
 # ----------------------------------------------------------------------------------------------
 # Helpers of fit (kept out of the loop so the loop reads top to bottom)
 # ----------------------------------------------------------------------------------------------
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The generators a checkpoint saves (``_TrainState.restore`` sets them back)."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
 @dataclass
 class _TrainState:
     """Everything a checkpoint saves and a resume restores, in one place for both directions."""
@@ -1188,13 +1196,6 @@ def _dataset_options(cfg: Config) -> dict[str, Any]:
     elif cfg.svhn_extra:
         raise ConfigError(f"svhn_extra applies only to dataset='svhn', not {cfg.dataset!r}")
     return opts
-
-
-def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
 
 
 def _train_record(

@@ -765,10 +765,19 @@ def labeled_folder(
     reader.warn_skipped()
     if not records:
         raise ValueError(f"test_dir: no readable images under {root}")
-    y = np.asarray([r[1] for r in records], dtype=np.int64)
-    if max(size) <= SMALL_IMAGE_MAX_SIDE:  # decoded already, as training keeps them
-        return ArraySource(np.stack([r[2] for r in records]), y)
-    return LazyImageSource([r[0] for r in records], y, size, channels)
+    return _source(records, size, channels)
+
+
+def _source(records: list[tuple], size: tuple[int, int], channels: int) -> ImageSource:
+    """An image folder's ``_FolderReader`` records as a source: small images stay decoded in
+    memory, large ones are decoded on access."""
+    labels = np.asarray([r[1] for r in records], dtype=np.int64)
+    if max(size) > SMALL_IMAGE_MAX_SIDE:
+        return LazyImageSource([r[0] for r in records], labels, size, channels)
+    x = np.empty((len(records), *size, channels), dtype=np.uint8)
+    for i, r in enumerate(records):
+        x[i] = r[2]  # broadcasting copies a 1-channel image into all 3 (= PIL L->RGB)
+    return ArraySource(x, labels)
 
 
 def _class_dirs(directory: str, exclude: Collection[str] = ()) -> list[str]:
@@ -977,16 +986,7 @@ def _load_imagefolder(
     if size is None:
         size = reader.first[1] if reader.first else (0, 0)
 
-    sources: dict[str, ImageSource] = {}
-    for key, recs in records.items():
-        labels = np.asarray([r[1] for r in recs], dtype=np.int64)
-        if max(size) <= SMALL_IMAGE_MAX_SIDE:
-            x = np.empty((len(recs), *size, channels), dtype=np.uint8)
-            for i, r in enumerate(recs):
-                x[i] = r[2]  # broadcasting copies a 1-channel image into all 3 (= PIL L->RGB)
-            sources[key] = ArraySource(x, labels)
-        else:
-            sources[key] = LazyImageSource([r[0] for r in recs], labels, size, channels)
+    sources = {key: _source(recs, size, channels) for key, recs in records.items()}
     reader.warn_skipped()
     if len(set(sources["train"].labels.tolist())) < 2:
         raise ValueError(f"root: fewer than 2 classes with readable images under {root}")
