@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from semimatch.metrics import read_jsonl
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "reproduce"
 
@@ -178,8 +180,7 @@ def test_a_committed_cell_reruns_to_its_log(tmp_path: Path) -> None:
     )
 
     def errors(run: Path) -> list[float]:
-        lines = (run / "metrics.jsonl").read_text().splitlines()
-        return [r["error"] for r in map(json.loads, lines) if r.get("kind") == "eval"]
+        return [r["error"] for r in read_jsonl(run / "metrics.jsonl") if r.get("kind") == "eval"]
 
     rerun = errors(tmp_path / "fmnist-40" / "softmatch" / "seed0")
     committed = errors(RESULTS / "fmnist-40" / "softmatch" / "seed0")
