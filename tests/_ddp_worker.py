@@ -75,8 +75,8 @@ def backbone(case: str) -> nn.Module:
 
 class Recorder(nn.Module):
     """Wraps a backbone; the first training forward of each step records the state left by the
-    previous step, and ``rows`` counts the images of all training forwards of a step (one joint
-    forward, or the two passes of the default ``forward_mode="two-pass"``).
+    previous step, and ``rows`` counts the images of all training forwards of a step (the
+    default joint forward, or the two passes of ``forward_mode="two-pass"``).
     An optimiser step-post hook marks where a step ends."""
 
     def __init__(self, net: nn.Module, algorithm: SSLAlgorithm, fail_at: int | None) -> None:

@@ -67,8 +67,9 @@ def test_a_preset_with_overrides_resolves():
     fake = from_arrays(rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), np.arange(40) % 10)
     res = resolve(cfg, fake, torch.device("cpu"))
     assert res.ema_decay == 0.999 and res.bn_momentum == 0.001 and res.ema_warmup is False
-    assert res.stat_momentum == 0.999 and res.precision == "bf16" and res.augment == "batched"
-    assert "precision" in res.auto and "ema_decay" not in res.auto
+    # Presets pin the papers' fp32 (bf16 is a flag), so precision is not derived.
+    assert res.stat_momentum == 0.999 and res.precision == "fp32" and res.augment == "batched"
+    assert "precision" not in res.auto and "ema_decay" not in res.auto
 
 
 def test_train_from_a_preset_with_digits_overrides():

@@ -125,6 +125,63 @@ def test_every_preset_resolves(name):
     assert "ema_decay" not in resolved.auto and "bn_momentum" not in resolved.auto
     if cfg.algorithm == "softmatch":
         assert resolved.stat_momentum == 0.999 and resolved.n_sigma == 2.0
+    # What the papers ran: fp32, the exact joint forward, FixMatch's 1,024-iteration
+    # evaluation interval (so "median of the last 20 evaluations" means the papers' median).
+    assert (resolved.precision, resolved.forward_mode, resolved.eval_every) == (
+        "fp32",
+        "joint",
+        1024,
+    )
+    assert "precision" not in resolved.auto
+
+
+def test_default_training_is_the_papers_exact_gradient():
+    """Exact by default: the joint forward (two-pass is an opt-in approximation)."""
+    assert Config().forward_mode == "joint"
+    assert resolve(Config(num_labels=20), tiny_data(), torch.device("cpu")).forward_mode == "joint"
+
+
+def test_two_pass_is_refused_where_its_assumption_fails_by_construction():
+    lt = Config(forward_mode="two-pass", lt_gamma=2.0, lt_n1=4, lt_m1=4, lt_reverse=True)
+    with pytest.raises(ConfigError, match="two-pass.*lt_reverse.*forward_mode='joint'"):
+        resolve(lt, tiny_data(), torch.device("cpu"))
+    # The joint forward takes the same split.
+    assert resolve(lt.replace(forward_mode="joint"), tiny_data(), torch.device("cpu"))
+
+
+def test_two_pass_warns_once_with_the_reason_on_data_it_cannot_check(capsys):
+    cpu = torch.device("cpu")
+    cfg = Config(forward_mode="two-pass", num_labels=20, batch_size=32)
+    resolve(cfg, tiny_data(), cpu)  # a named loader's data, 32 labeled rows: no warning
+    assert "warning" not in capsys.readouterr().err
+    resolve(cfg, tiny_data(), cpu, given_data=True)
+    resolve(cfg.replace(batch_size=8), tiny_data(), cpu)
+    resolve(cfg.replace(forward_mode="joint", batch_size=8), tiny_data(), cpu, given_data=True)
+    messages = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(messages) == 2, messages
+    assert "data was passed in" in messages[0] and "forward_mode='joint'" in messages[0]
+    assert "only 8 labeled rows per process" in messages[1]
+
+
+def test_hflip_overrides_the_dataset_policy():
+    from semimatch.engine import _dataset_options
+
+    assert "hflip" not in _dataset_options(Config())
+    assert _dataset_options(Config(hflip=False))["hflip"] is False
+    assert Config.from_dict({"hflip": "false"}).hflip is False
+
+
+def test_explicit_tensorboard_without_the_package_is_an_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name)
+    )
+    cpu = torch.device("cpu")
+    with pytest.raises(ConfigError, match=r"semimatch\[tensorboard\]"):
+        resolve(Config(num_labels=20, tensorboard=True), tiny_data(), cpu)
+    assert resolve(Config(num_labels=20), tiny_data(), cpu).tensorboard is None  # auto: fine
 
 
 def test_preset_typo_is_an_error_with_suggestion():

@@ -354,7 +354,7 @@ def test_compile_with_the_two_pass_forward_is_refused_with_the_fix(tmp_path):
     from semimatch.config import ConfigError
 
     with pytest.raises(ConfigError, match="--forward-mode joint"):
-        fit(tiny(compile=True), out=tmp_path / "run")
+        fit(tiny(compile=True, forward_mode="two-pass"), out=tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
     # Supervised and Pseudo-Label never split off a weak no-grad half: nothing to refuse.
     from semimatch.data import load_dataset
@@ -362,8 +362,11 @@ def test_compile_with_the_two_pass_forward_is_refused_with_the_fix(tmp_path):
 
     CPU = torch.device("cpu")
     for algorithm in ("supervised", "pseudolabel"):
-        cfg = resolve(tiny(algorithm=algorithm, compile=True), load_dataset("digits"), CPU)
+        two_pass = tiny(algorithm=algorithm, compile=True, forward_mode="two-pass")
+        cfg = resolve(two_pass, load_dataset("digits"), CPU)
         assert cfg.compile and cfg.forward_mode == "two-pass"
+    # The default (joint) forward compiles.
+    assert resolve(tiny(compile=True), load_dataset("digits"), CPU).forward_mode == "joint"
 
 
 def test_fit_leaves_the_callers_random_streams_threads_and_modes_alone():

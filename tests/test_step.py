@@ -279,7 +279,7 @@ def test_two_pass_forward_without_batchnorm_is_the_joint_gradient():
     joint = linear(10)
     train_step(joint, fixmatch, x_lb, y_lb, u_weak, u_strong, forward_mode="joint")[0].backward()
     model = Recorder(linear(10))
-    train_step(model, fixmatch, x_lb, y_lb, u_weak, u_strong)[0].backward()  # default: two-pass
+    train_step(model, fixmatch, x_lb, y_lb, u_weak, u_strong, forward_mode="two-pass")[0].backward()
     assert [g for _, g in model.calls] == [False, True]  # weak rows alone, without autograd
     torch.testing.assert_close(model.calls[0][0], u_weak)
     torch.testing.assert_close(model.calls[1][0], torch.cat([x_lb, u_strong]))

@@ -115,10 +115,9 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str
 def test_global_batch_is_split_between_the_ranks(ddp, single):
     for case in CASES:
         assert ddp[case, 0]["world_size"] == 2 and single[case]["world_size"] == 1
-        # 8 labeled + 16 weak + 16 strong images per step, half on each rank.  The default
-        # two-pass forward runs all 40 without grad, then the 24 labeled + strong with grad (with
-        # BatchNorm); without BatchNorm the first pass needs only the 16 weak images.
-        rows = 40 + 24 if case == "bn" else 16 + 24
+        # 8 labeled + 16 weak + 16 strong images per step, half on each rank, in the default
+        # joint forward's one call.
+        rows = 40
         assert single[case]["rows"] == [rows] * K
         assert ddp[case, 0]["rows"] == ddp[case, 1]["rows"] == [rows // 2] * K
 

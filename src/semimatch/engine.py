@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import inspect
 import json
 import math
@@ -87,10 +88,14 @@ def select_device(name: str) -> torch.device:
     return dev
 
 
-def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
+def resolve(
+    cfg: Config, data: SSLDataset, device: torch.device, *, given_data: bool = False
+) -> Config:
     """Fill the auto (None) fields and check the config against the dataset, before training.
 
     Each derived value is recorded in ``cfg.auto`` with the reason, so the saved config shows it.
+    ``given_data``: the data came from the caller (``fit(data=...)``, the estimator), not from
+    a named loader, so nothing is known about how its labeled and unlabeled parts relate.
     """
     cfg = cfg.replace()  # a validated copy
     auto: dict[str, str] = dict(cfg.auto)
@@ -133,6 +138,11 @@ def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
             "papers) or train on GPUs"
         )
     _check_split_options(cfg, data)
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(
+            "tensorboard=True but the tensorboard package is not installed: "
+            "pip install 'semimatch[tensorboard]', or pass tensorboard=False"
+        )
     if cfg.num_labels is not None and cfg.lt_gamma is None and cfg.num_labels % C:
         raise ConfigError(
             f"num_labels={cfg.num_labels} cannot be split evenly over the {C} classes of "
@@ -212,8 +222,53 @@ def resolve(cfg: Config, data: SSLDataset, device: torch.device) -> Config:
             "behaviour between its passes, which a compiled graph would not see; pass "
             "--forward-mode joint with --compile"
         )
+    if two_pass:
+        _check_two_pass_assumption(cfg, given_data, ws)
     cfg.auto = auto
     return cfg
+
+
+def _check_two_pass_assumption(cfg: Config, given_data: bool, ws: int) -> None:
+    """Refuse or warn (once, here) where the two-pass forward's gradient estimate is poor.
+
+    Its backward estimates the weak unlabeled rows' path through the BatchNorm statistics from
+    the weak labeled rows (semimatch.two_pass), which assumes the two are alike.  Measured
+    against the joint gradient (benchmarks/two_pass_gradient.py, BENCHMARKS.md 1b): ~11%
+    relative L2 error when they are, 24% with 4 labeled rows per process, 58% when the labeled
+    inputs are shifted - worse than dropping the path.  A split that makes them differ by
+    construction is refused; data whose relation semimatch cannot check gets a warning.
+    """
+    if cfg.lt_gamma is not None and cfg.lt_reverse:
+        raise ConfigError(
+            "forward_mode='two-pass' with lt_reverse: the labeled and unlabeled class "
+            "distributions are reversed by construction, so the weak labeled rows are a poor "
+            "stand-in for the unlabeled rows' BatchNorm gradient (measured 40-60% error when "
+            "they differ); use forward_mode='joint' (the default, exact)"
+        )
+    reasons = []
+    if cfg.unlabeled_dir:
+        reasons.append("the unlabeled images come from their own folder (unlabeled_dir)")
+    if cfg.svhn_extra:
+        reasons.append("the unlabeled set includes SVHN's easier 'extra' images")
+    if given_data:
+        reasons.append(
+            "the data was passed in, so semimatch cannot check that its labeled and "
+            "unlabeled rows come from one distribution"
+        )
+    per_process = cfg.batch_size // ws
+    if per_process < 16:
+        reasons.append(
+            f"only {per_process} labeled rows per process stand in for the weak rows "
+            f"(measured 24% gradient error with 4)"
+        )
+    if reasons:
+        logger.warning(
+            "forward_mode='two-pass' estimates the weak unlabeled rows' BatchNorm gradient from "
+            "the weak labeled rows, assuming the two are alike; here "
+            + "; ".join(reasons)
+            + ". Its gradient error grows when they differ (58% measured for a one-sigma input "
+            "shift): prefer forward_mode='joint' (the default, exact)"
+        )
 
 
 def _check_ranges(cfg: Config, device: torch.device) -> None:
@@ -716,6 +771,7 @@ def fit(
     seed_everything(cfg.seed, cfg.deterministic)
 
     # -- data, split, config --------------------------------------------------------------------
+    data_given = data is not None
     if data is None:
         if cfg.download and not env.is_main:
             dist.barrier()  # rank 0 downloads the files before the other ranks read them
@@ -729,7 +785,7 @@ def fit(
             dist.barrier()
     elif resume is not True:  # data passed in: record what trained, refuse loader options
         cfg = _given_data(cfg, data)
-    cfg = resolve(cfg, data, device) if resume is not True else cfg
+    cfg = resolve(cfg, data, device, given_data=data_given) if resume is not True else cfg
     info = data.info
     C = info.num_classes
     if data.test is None and info.name == "imagefolder" and env.is_main:
@@ -1168,7 +1224,15 @@ def _given_data(cfg: Config, data: SSLDataset) -> Config:
     """``fit(data=...)``: the options that say how to load a dataset would do nothing, so they
     are refused; ``dataset`` records the name of the data that trained (config.json)."""
     defaults = Config()
-    loading = ("data_root", "download", "svhn_extra", "unlabeled_dir", "test_dir", "image_size")
+    loading = (
+        "data_root",
+        "download",
+        "svhn_extra",
+        "unlabeled_dir",
+        "test_dir",
+        "image_size",
+        "hflip",  # the data's own DatasetInfo.hflip decides (from_arrays(hflip=...))
+    )
     ignored = [n for n in (*loading, "skip_corrupt") if getattr(cfg, n) != getattr(defaults, n)]
     if ignored:
         raise ConfigError(
@@ -1179,7 +1243,7 @@ def _given_data(cfg: Config, data: SSLDataset) -> Config:
 
 
 def _dataset_options(cfg: Config) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
+    opts: dict[str, Any] = {} if cfg.hflip is None else {"hflip": cfg.hflip}
     if cfg.dataset == "imagefolder":
         opts.update(
             unlabeled_dir=cfg.unlabeled_dir, test_dir=cfg.test_dir, skip_corrupt=cfg.skip_corrupt
@@ -1353,12 +1417,13 @@ def _summary_line(s: dict[str, Any]) -> str:
 
 
 def _tensorboard(out_dir: Path | None, cfg: Config):
-    if out_dir is None or not cfg.tensorboard:
+    """A SummaryWriter on RUN_DIR/tb, or None (no folder, turned off, or auto and missing)."""
+    if out_dir is None or cfg.tensorboard is False:
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        return None
+        return None  # auto on a light install (resolve refused an explicit True)
     return SummaryWriter(str(out_dir / "tb"))
 
 

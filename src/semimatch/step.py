@@ -35,7 +35,7 @@ def train_step(
     u_weak: torch.Tensor | None = None,
     u_strong: torch.Tensor | None = None,
     u_true: torch.Tensor | None = None,
-    forward_mode: ForwardMode = "two-pass",
+    forward_mode: ForwardMode = "joint",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Compute the loss of one step and its metric sums.
 
@@ -46,14 +46,15 @@ def train_step(
             student view is the strong one).
         u_true: ground truth of the unlabeled batch, ``-1`` where unknown.  Used **only** for the
             quality metrics; the loss never reads it.
-        forward_mode: ``"joint"`` runs one forward over ``cat(x_lb, u_weak, u_strong)`` so
-            BatchNorm sees the joint batch, as in the papers.  ``"two-pass"`` (default) gives
-            the same values with a no-grad pass over the joint batch and a grad pass over the
-            labeled and strong images that reuses the joint BN statistics
-            (``semimatch.two_pass``): no backward over the weak view.  ``"split"`` runs the weak
-            view alone without grad, which changes the BN batch statistics (it lost accuracy,
-            BENCHMARKS.md); both of its forwards update the BN running statistics, as USB's
-            ``use_cat=False`` forwards do.
+        forward_mode: ``"joint"`` (default) runs one forward over ``cat(x_lb, u_weak,
+            u_strong)`` so BatchNorm sees the joint batch, as in the papers: the exact gradient.
+            ``"two-pass"`` (opt-in, less memory) gives the same values with a no-grad pass over
+            the joint batch and a grad pass over the labeled and strong images that reuses the
+            joint BN statistics (``semimatch.two_pass``); its backward estimates the weak rows'
+            BN-statistics path from the labeled rows (an approximation, BENCHMARKS.md 1b).
+            ``"split"`` runs the weak view alone without grad, which changes the BN batch
+            statistics (it lost accuracy, BENCHMARKS.md); both of its forwards update the BN
+            running statistics, as USB's ``use_cat=False`` forwards do.
 
     Returns:
         ``(loss, sums)``: the scalar loss and a dict of detached tensors (see ``metric_sums``).

@@ -20,6 +20,6 @@ def test_step_benchmark_times_and_measures_memory_separately(tmp_path: Path) -> 
     printed = subprocess.run([*cmd, "--json", str(out)], check=True, capture_output=True).stdout
     (result,) = json.loads(out.read_text())
     assert result["source"] == "synthetic uint8 noise" and len(result["times"]) == 2
-    assert result["flops"] > 1e12  # the two-pass WRN-28-2 step: ~1.07 TFLOP
+    assert result["flops"] > 1e12  # the joint WRN-28-2 step: > 1 TFLOP
     assert 0 < result["mfu"] < 1.5 and 0.5 < result["pss_peak_gib"] < 2.7
     assert b"| semimatch |" in printed
