@@ -202,8 +202,8 @@ class Config:
         "gradient; two-pass (opt-in memory saver, ~37% less peak memory, no faster): the "
         "joint forward's values from a no-grad pass, backward over labeled+strong only, "
         "estimating the weak rows' BatchNorm-statistics path from the weak labeled rows - "
-        "measured gradient error vs joint 11% (relative L2) when labeled and unlabeled rows "
-        "are alike, 24% with 4 labeled rows per process, 58% when labeled inputs are shifted "
+        "measured gradient error vs joint 12% (relative L2) when labeled and unlabeled rows "
+        "are alike, 23% with 4 labeled rows per process, 60% when labeled inputs are shifted "
         "(BENCHMARKS.md 1b; refused with lt_reverse, a warning for data it cannot check); "
         "split: the weak view in its own no-grad forward (BatchNorm statistics differ; it lost "
         "accuracy)",

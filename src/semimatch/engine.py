@@ -233,8 +233,8 @@ def _check_two_pass_assumption(cfg: Config, given_data: bool, ws: int) -> None:
 
     Its backward estimates the weak unlabeled rows' path through the BatchNorm statistics from
     the weak labeled rows (semimatch.two_pass), which assumes the two are alike.  Measured
-    against the joint gradient (benchmarks/two_pass_gradient.py, BENCHMARKS.md 1b): ~11%
-    relative L2 error when they are, 24% with 4 labeled rows per process, 58% when the labeled
+    against the joint gradient (benchmarks/two_pass_gradient.py, BENCHMARKS.md 1b): ~12%
+    relative L2 error when they are, 23% with 4 labeled rows per process, 60% when the labeled
     inputs are shifted - worse than dropping the path.  A split that makes them differ by
     construction is refused; data whose relation semimatch cannot check gets a warning.
     """
@@ -259,14 +259,14 @@ def _check_two_pass_assumption(cfg: Config, given_data: bool, ws: int) -> None:
     if per_process < 16:
         reasons.append(
             f"only {per_process} labeled rows per process stand in for the weak rows "
-            f"(measured 24% gradient error with 4)"
+            f"(measured 23% gradient error with 4)"
         )
     if reasons:
         logger.warning(
             "forward_mode='two-pass' estimates the weak unlabeled rows' BatchNorm gradient from "
             "the weak labeled rows, assuming the two are alike; here "
             + "; ".join(reasons)
-            + ". Its gradient error grows when they differ (58% measured for a one-sigma input "
+            + ". Its gradient error grows when they differ (60% measured for a one-sigma input "
             "shift): prefer forward_mode='joint' (the default, exact)"
         )
 
