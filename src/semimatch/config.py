@@ -179,7 +179,12 @@ class Config:
     # --- evaluation, logging, checkpoints ----------------------------------------------------
     eval_every: int = _f(100, "evaluate (and checkpoint) every N iterations")
     log_every: int = _f(20, "log training metrics every N iterations")
-    eval_batch_size: int = _f(512, "evaluation batch size")
+    eval_batch_size: int = _f(
+        512,
+        "rows per evaluation/prediction forward; the last chunk is zero-padded to this size so "
+        "a prediction never depends on which rows share its batch (lower it to make "
+        "one-image predictions cheaper)",
+    )
     eval_model: Literal["ema", "raw"] = _f("ema", "model evaluated during training")
     keep_checkpoints: int = _f(2, "keep the last K checkpoints (plus best.pt)")
     tensorboard: bool | None = _f(

@@ -452,6 +452,20 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------
+def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``x`` with zero rows appended up to ``rows`` rows (unchanged if it has that many).
+
+    Evaluation and prediction run every forward on exactly ``eval_batch_size`` rows: CPU
+    kernels (oneDNN/MKL) pick their blocking and reduction order by shape, so a row's logits
+    could otherwise change in the last bits with the number of rows that share its batch (a
+    one-row call and a 60-row call differed by 1.3e-7 on an Intel Xeon).  With one shape, a
+    prediction depends on the row alone.
+    """
+    if len(x) >= rows:
+        return x
+    return torch.cat([x, x.new_zeros((rows - len(x), *x.shape[1:]))])
+
+
 @torch.no_grad()
 def evaluate_model(
     model: nn.Module,
@@ -464,7 +478,8 @@ def evaluate_model(
     """Top-1 accuracy, per-class accuracy and confusion matrix over the whole test set.
 
     Each process evaluates its shard; the confusion matrix is all-reduced, so the numbers are
-    those of the full test set under DDP too.
+    those of the full test set under DDP too.  Every forward has ``batch_size`` rows (the last
+    chunk padded, ``pad_rows``), so an image's prediction does not depend on the shard size.
     """
     labels = getattr(source, "labels", None)
     if labels is not None and len(labels) and int(np.min(labels)) < 0:
@@ -478,10 +493,12 @@ def evaluate_model(
     amp = autocast(cfg, device) if cfg is not None else contextlib.nullcontext()
     cl = cfg is not None and cfg.channels_last
     for x, y in eval_batches(source, batch_size, device, dist.get_rank(), dist.get_world_size()):
+        n = len(x)
+        x = pad_rows(x, batch_size)
         if cl:
             x = x.contiguous(memory_format=torch.channels_last)
         with amp:
-            pred = model(x).argmax(dim=1)
+            pred = model(x)[:n].argmax(dim=1)
         idx = y.to(device) * num_classes + pred
         confusion += (
             torch.bincount(idx, minlength=num_classes**2).reshape(num_classes, num_classes).double()
@@ -686,9 +703,11 @@ class Run:
                 "(semimatch.predict(run, [paths]) reads and resizes image files for you)"
             )
         out = []
-        for i in range(0, len(x), self.config.eval_batch_size):
-            xb = x[i : i + self.config.eval_batch_size].to(self.device)
-            out.append(torch.softmax(net(xb).float(), dim=1).cpu())
+        rows = self.config.eval_batch_size
+        for i in range(0, len(x), rows):  # fixed-size forwards: see pad_rows
+            xb = x[i : i + rows]
+            logits = net(pad_rows(xb, rows).to(self.device))[: len(xb)]
+            out.append(torch.softmax(logits.float(), dim=1).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, self.algorithm_classes))
 
     def predict(self, images: np.ndarray, model: str = "ema") -> np.ndarray:
