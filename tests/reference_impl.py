@@ -110,11 +110,13 @@ class SoftMatchOracle:
             if len(values) > 1:
                 self.var[g] = m * self.var[g] + (1 - m) * _unbiased_var(values)
 
-    def weights(self, probs: np.ndarray) -> np.ndarray:
+    def weights(self, probs: np.ndarray, group_by: np.ndarray | None = None) -> np.ndarray:
+        """Weights of ``probs``; per-class groups from the rows of ``group_by`` (default probs)."""
         probs = np.asarray(probs, dtype=np.float64)
+        group_by = probs if group_by is None else np.asarray(group_by, dtype=np.float64)
         out = np.empty(probs.shape[0])
         for i, row in enumerate(probs):
-            g = self._group(row)
+            g = self._group(group_by[i])
             q, mu, var = float(max(row)), self.mean[g], self.var[g]
             if q >= mu:
                 out[i] = self.lambda_max
@@ -198,8 +200,11 @@ class AlgorithmOracle:
         if isinstance(self.weighting, tuple):
             weights = fixed_threshold_weights(aligned, self.weighting[1])
         else:
-            self.weighting.update(aligned if self.stats_on == "aligned" else probs)
-            weights = self.weighting.weights(aligned)
+            # One class per row for statistics and lookup: that of the probabilities the
+            # statistics are computed on.
+            stats = aligned if self.stats_on == "aligned" else probs
+            self.weighting.update(stats)
+            weights = self.weighting.weights(aligned, group_by=stats)
         pseudo = np.array([int(np.argmax(row)) for row in probs])
         return weights, pseudo, aligned.max(axis=1)
 

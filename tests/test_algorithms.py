@@ -347,3 +347,24 @@ def test_algorithm_runs_on_meta_device():
     algorithm = build_algorithm("softmatch", 5, per_class=True).to("meta")
     weights, confidence = algorithm.weigh(t(skewed_batches(5, 1)[0]).to("meta"))
     assert weights.device.type == "meta" and weights.shape == confidence.shape == (64,)
+
+
+def test_per_class_raw_statistics_are_looked_up_by_the_raw_class():
+    """stats_on='raw' + per_class: a row is grouped by its raw argmax for update *and* weight.
+
+    Uniform Alignment moves the first row's argmax from class 0 (raw) to class 1 (aligned); the
+    statistics it updated are class 0's (mean 0.85, above its aligned confidence 0.82), so its
+    weight is Gaussian (< 1).  Looked up by the aligned class (mean still 1/C) it would be 1.
+    """
+    options = dict(uniform_alignment=True, stats_on="raw", per_class=True, momentum=0.1)
+    algorithm = build_algorithm("softmatch", 2, **options)
+    oracle = softmatch_oracle(2, **options)
+    first = np.array([[0.6, 0.4], [0.6, 0.4]])
+    second = np.array([[0.55, 0.45], [0.99, 0.01], [0.99, 0.01], [0.99, 0.01]])
+    algorithm.weigh(t(first))
+    oracle.weigh(first)
+    weights, _ = algorithm.weigh(t(second))
+    aligned = algorithm.alignment(t(second))
+    assert aligned[0].argmax() == 1 and aligned[0].max() < algorithm.weighting.mean[0]
+    assert weights[0] < 0.99 and bool((weights[1:] == 1).all())
+    np.testing.assert_allclose(weights.numpy(), oracle.weigh(second)[0], atol=1e-6)

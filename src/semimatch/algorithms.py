@@ -111,8 +111,15 @@ class SSLAlgorithm(nn.Module):
         if self.alignment is not None:
             self.alignment.update(probs)
             aligned = self.alignment(probs)
-        self.weighting.update(aligned if self.stats_on == "aligned" else probs)
-        return self.weighting(aligned), aligned.max(dim=1).values
+        stats = aligned if self.stats_on == "aligned" else probs
+        self.weighting.update(stats)
+        if stats is not aligned and getattr(self.weighting, "per_class", False):
+            # Per-class statistics grouped by the raw argmax are looked up by the raw argmax
+            # too: one class index per row for the update and the weight.
+            weights = self.weighting(aligned, classes=stats.float().max(dim=1).indices)
+        else:
+            weights = self.weighting(aligned)
+        return weights, aligned.max(dim=1).values
 
     def describe(self) -> dict[str, Any]:
         """Weighting/alignment state for the logs (``{"type": "none"}`` when supervised)."""

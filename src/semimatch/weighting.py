@@ -172,9 +172,20 @@ class SoftMatchWeighting(nn.Module):
             torch.where(n > 1, m * self.var + (1 - m) * batch_var.clamp(min=0.0), self.var)
         )
 
-    def forward(self, probs: torch.Tensor) -> torch.Tensor:
+    def forward(self, probs: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """Weights of the rows of ``probs`` (confidence ``q = max_c p``).
+
+        ``classes``: with ``per_class``, the class whose statistics each row is weighed
+        against; default ``argmax_c p``.  Pass the argmax of the probabilities the statistics
+        were updated with when those differ from ``probs`` (statistics on raw probabilities,
+        weights on aligned ones), so a row is grouped by one class index in both.
+        """
         check_probs(probs, self.num_classes)
         q, cls = probs.float().max(dim=1)
+        if classes is not None:
+            if classes.shape != cls.shape:
+                raise ValueError(f"classes must have shape {tuple(cls.shape)}; got {classes.shape}")
+            cls = classes
         mu = self.mean[cls] if self.per_class else self.mean.expand_as(q)
         var = self.var[cls] if self.per_class else self.var.expand_as(q)
         # Guard var -> 0 (a batch of identical confidences) against division by zero.
