@@ -817,7 +817,14 @@ def fit(
 
     def log(record: dict[str, Any]) -> None:
         if writer:
-            writer.write(record)
+            try:
+                writer.write(record)
+            except OSError as e:
+                raise _WriteFailed(
+                    f"{ckpt.describe_write_failure(writer.path, e)}. "
+                    f"Training stopped at iteration {record['iteration']}; "
+                    f"{_resume_hint(out_dir)}"
+                ) from e
         elif env.is_main:
             records.append(record)
 
@@ -826,13 +833,18 @@ def fit(
     def save_checkpoint(k: int, best: bool = False) -> None:
         if out_dir is None or not env.is_main:
             return
-        path = ckpt.save_atomic(
-            state.state_dict(k, cfg, device), out_dir / "checkpoints" / ckpt.checkpoint_name(k)
-        )
-        ckpt.prune(out_dir / "checkpoints", cfg.keep_checkpoints)
-        if best:
-            shutil.copyfile(path, out_dir / "checkpoints" / ".best.tmp")
-            os.replace(out_dir / "checkpoints" / ".best.tmp", out_dir / "checkpoints" / "best.pt")
+        folder = out_dir / "checkpoints"
+        try:
+            path = ckpt.save_atomic(
+                state.state_dict(k, cfg, device), folder / ckpt.checkpoint_name(k)
+            )
+            ckpt.prune(folder, cfg.keep_checkpoints)
+            if best:
+                ckpt.copy_atomic(path, folder / "best.pt")
+        except ckpt.CheckpointError as e:
+            raise ckpt.CheckpointError(
+                f"{e}. Training stopped at iteration {k}; {_resume_hint(out_dir)}"
+            ) from e
 
     # -- the stream of batches -----------------------------------------------------------------
     stream = TrainStream(
@@ -857,6 +869,7 @@ def fit(
     check_every_step = device.type == "cpu"  # reading the loss is free on CPU, a sync on GPUs
     bar = _progress(cfg, start, env.is_main)
     status, message, k, completed = "finished", "", start, start
+    failure: Exception | None = None  # a failed write that ended the run
     t_window = t_eval = time.perf_counter()
     t_start = time.perf_counter() - history["wall_time"]
     interrupted = _InterruptFlag()
@@ -967,15 +980,22 @@ def fit(
     except KeyboardInterrupt:
         status = "interrupted"
         history["wall_time"] = time.perf_counter() - t_start
-        if clean_stop and completed > start:
-            # Stopped between iterations: every piece of state is consistent, save it.
-            save_checkpoint(completed)
         message = (
             f"interrupted after iteration {completed}; resume with "
             f"`semimatch train --resume {out_dir}`"
             if out_dir
             else f"interrupted after iteration {completed}"
         )
+        if clean_stop and completed > start:
+            # Stopped between iterations: every piece of state is consistent, save it.
+            try:
+                save_checkpoint(completed)
+            except ckpt.CheckpointError as e:
+                status, failure = "failed", e
+                message = f"interrupted after iteration {completed}, then {e}"
+    except (ckpt.CheckpointError, _WriteFailed) as e:
+        # Iteration k trained and was logged; only its record or checkpoint failed to write.
+        status, failure, message, completed = "failed", e, str(e), k + 1
     except _NonFinite as e:
         status = "failed"
         last = ckpt.latest(out_dir / "checkpoints") if out_dir else None
@@ -992,21 +1012,32 @@ def fit(
     summary = _summary(
         cfg, algorithm_name, history, status, wall, info.class_names, completed, len(split.labeled)
     )
-    log(
-        {
-            "kind": "end",
-            "iteration": completed,
-            "time": time.time(),
-            "status": status,
-            "message": message,
-        }
-    )
+    end = {
+        "kind": "end",
+        "iteration": completed,
+        "time": time.time(),
+        "status": status,
+        "message": message,
+    }
+    if status == "failed":  # the folder may be full or read-only: the message matters more
+        with contextlib.suppress(_WriteFailed):
+            log(end)
+    else:
+        log(end)
     if writer and status == "finished":
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        try:
+            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        except OSError as e:
+            raise TrainingError(
+                f"training finished and its last checkpoint is saved, but "
+                f"{ckpt.describe_write_failure(out_dir / 'summary.json', e)}"
+            ) from e
     if tb is not None:
         tb.close()
+    if isinstance(failure, ckpt.CheckpointError):
+        raise ckpt.CheckpointError(message) from failure
     if status == "failed":
-        raise TrainingError(message)
+        raise TrainingError(message) from failure
     if status == "interrupted":
         _say(env.is_main, message)
         raise KeyboardInterrupt(message if env.is_main else "")  # the CLI prints it once
@@ -1115,6 +1146,22 @@ class _TrainState:
         if device.type == "cuda" and "cuda" in saved["rng"]:
             torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), device)
         return int(saved["iteration"])
+
+
+def _resume_hint(out: Path) -> str:
+    """Where a run that stopped on a failed write can continue from, once the cause is fixed."""
+    found = ckpt.list_checkpoints(out / "checkpoints")
+    if not found:
+        return "no checkpoint was saved yet: fix the cause, then restart with --overwrite"
+    iteration, path = found[-1]
+    return (
+        f"fix the cause, then `semimatch train --resume {out}` continues from {path.name} "
+        f"(iteration {iteration})"
+    )
+
+
+class _WriteFailed(TrainingError):
+    """The metrics log could not be written (the message says where, why and what next)."""
 
 
 class _NonFinite(Exception):
