@@ -1,4 +1,5 @@
-"""Checkpoint files: a failed write leaves the files already there and a clear error."""
+"""Checkpoint files: a failed write leaves the files already there and a clear error; stale
+temporaries go."""
 
 from __future__ import annotations
 
@@ -119,3 +120,13 @@ def test_a_failed_best_copy_keeps_the_old_best(previous, monkeypatch):
     assert _temporaries(folder) == []
     monkeypatch.undo()
     assert ckpt.load(best)["iteration"] == 1
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    stale = [".ckpt-0000004.pt.tmp-4242", ".best.pt.tmp-17", ".best.tmp"]
+    keep = ["ckpt-0000002.pt", "best.pt", "notes.tmp", ".ckpt-0000002.pt.tmp-x"]
+    for name in stale + keep:
+        (tmp_path / name).write_bytes(b"x")
+    assert ckpt.remove_stale_temporaries(tmp_path) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+    assert ckpt.remove_stale_temporaries(tmp_path / "missing") == 0

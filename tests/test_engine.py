@@ -185,6 +185,29 @@ def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(tmp_path):
     assert end["kind"] == "end" and end["status"] == "failed"
 
 
+def test_stale_temporaries_go_when_the_run_is_resumed_or_overwritten(tmp_path, capsys):
+    run = tmp_path / "run"
+    fit(tiny(iterations=2, eval_every=2), out=run)
+    stale = [run / "checkpoints" / n for n in (".ckpt-0000004.pt.tmp-4242", ".best.tmp")]
+    stale.append(run / "metrics.tmp")
+    for p in stale:
+        p.write_bytes(b"half-written")
+    capsys.readouterr()
+    with pytest.raises(TrainingError, match="already holds a run"):
+        fit(tiny(iterations=2, eval_every=2), out=run)
+    assert all(p.exists() for p in stale)  # not our folder to clean without resume/overwrite
+    fit(Config(), out=run, resume=True)
+    assert (
+        f"removed 3 temporary file(s) left in {run} by an interrupted run"
+        in capsys.readouterr().out
+    )
+    assert not any(p.exists() for p in stale)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "ckpt-0000002.pt"]
+    stale[0].write_bytes(b"half-written")
+    fit(tiny(iterations=2, eval_every=2), out=run, overwrite=True)
+    assert "removed 1 temporary file(s)" in capsys.readouterr().out
+
+
 def _fail_checkpoint_at(monkeypatch, iteration: int, error: Exception) -> None:
     """The checkpoint of ``iteration`` fails part-way through writing its file."""
     real_save = torch.save

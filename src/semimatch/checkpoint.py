@@ -25,11 +25,15 @@ __all__ = [
     "load",
     "latest",
     "prune",
+    "remove_stale_temporaries",
     "FORMAT_VERSION",
 ]
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d{7,})\.pt$")
+# Temporary files of save_atomic/copy_atomic (".<name>.tmp-<pid>"), and ".best.tmp" of
+# semimatch versions before copy_atomic.
+_TEMPORARY = re.compile(r"^\..+\.tmp-\d+$|^\.best\.tmp$")
 
 
 class CheckpointError(RuntimeError):
@@ -235,3 +239,22 @@ def prune(folder: str | os.PathLike, keep: int) -> None:
             p.unlink(missing_ok=True)
         except OSError as e:
             logger.warning(f"cannot delete the old checkpoint {p} ({e.strerror or e}); kept")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Delete the temporary files a killed run left in ``folder``; return how many.
+
+    Call it only when this process owns the run directory (resuming or overwriting it).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for p in folder.iterdir():
+        if _TEMPORARY.match(p.name) and p.is_file():
+            try:
+                p.unlink()
+            except OSError:  # gone already, or not ours to delete: leave it
+                continue
+            removed += 1
+    return removed

@@ -485,6 +485,7 @@ def prepare_run_dir(
         _check_same_run(out, cfg)
         latest = ckpt.latest(out / "checkpoints")
         if latest is not None:
+            _remove_stale_temporaries(out)  # the run is ours to continue from here on
             return latest
         resume, overwrite = False, True  # stopped before its first checkpoint: start again
     if resume:
@@ -495,6 +496,7 @@ def prepare_run_dir(
         latest = ckpt.latest(out / "checkpoints")
         if latest is None:
             raise _no_checkpoint(out)
+        _remove_stale_temporaries(out)  # the run is ours to continue from here on
         return latest
     if has_run:
         if not overwrite:
@@ -502,11 +504,25 @@ def prepare_run_dir(
                 f"{out} already holds a run; pass --resume to continue it or "
                 "--overwrite to replace it (or choose another --out)"
             )
+        _remove_stale_temporaries(out)  # counted and reported before the folder goes
         for name in ("checkpoints", "tb", "report"):
             shutil.rmtree(out / name, ignore_errors=True)
         for name in ("metrics.jsonl", "summary.json", "config.json", "split.json", "dataset.json"):
             (out / name).unlink(missing_ok=True)
     return None
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete the half-written files a killed run left (checkpoint copies, the metrics log's
+    rewrite): they are never read, but can be large."""
+    removed = ckpt.remove_stale_temporaries(out / "checkpoints")
+    stale_log = out / "metrics.tmp"  # JsonlWriter.truncate_after's temporary file
+    if stale_log.is_file():
+        with contextlib.suppress(OSError):
+            stale_log.unlink()
+            removed += 1
+    if removed:
+        logger.info(f"removed {removed} temporary file(s) left in {out} by an interrupted run")
 
 
 def _no_checkpoint(out: Path) -> TrainingError:
