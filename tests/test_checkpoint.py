@@ -1,5 +1,6 @@
 """Checkpoint files: a failed write leaves the files already there and a clear error; stale
-temporaries go."""
+temporaries go; an unusable file is explained in our words (never "load it with
+weights_only=False")."""
 
 from __future__ import annotations
 
@@ -130,3 +131,50 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
     assert ckpt.remove_stale_temporaries(tmp_path) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
     assert ckpt.remove_stale_temporaries(tmp_path / "missing") == 0
+
+
+@pytest.fixture
+def written(tmp_path: Path) -> bytes:
+    path = ckpt.save_atomic(STATE, tmp_path / "good.pt")
+    return path.read_bytes()
+
+
+def _load_error(path: Path) -> str:
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.load(path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+    # torch's advice to load with weights_only=False would run code from the file
+    assert "weights_only" not in message and "likely succeed" not in message
+    return message
+
+
+def test_a_truncated_checkpoint_is_called_truncated(tmp_path, written):
+    for cut in (100, len(written) - 30):
+        path = tmp_path / f"cut{cut}.pt"
+        path.write_bytes(written[:cut])
+        message = _load_error(path)
+        assert f"it is truncated or corrupt (its zip archive is incomplete; {cut} bytes)" in message
+
+
+def test_random_bytes_are_not_a_checkpoint(tmp_path):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(os.urandom(500))
+    assert "it is not a PyTorch checkpoint (not a zip archive; 500 bytes)" in _load_error(path)
+    path.write_bytes(b"")
+    assert "the file is empty (0 bytes)" in _load_error(path)
+
+
+class Custom:
+    """A class a checkpoint must never contain."""
+
+    def __init__(self) -> None:
+        self.value = 3
+
+
+def test_a_pickled_object_is_called_an_unsafe_pickle(tmp_path):
+    path = tmp_path / "custom.pt"
+    torch.save({"format": ckpt.FORMAT_VERSION, "x": Custom()}, path)
+    message = _load_error(path)
+    assert f"it holds a pickled Python object ({__name__}.Custom)" in message
+    assert "an unsafe pickle" in message

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import pickle
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -196,10 +198,9 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for truncated/corrupt/unsafe files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a semimatch checkpoint ({reason}). "
-            "Delete it to resume from the previous checkpoint, or start a new run."
+            f"checkpoint {path} cannot be used: {_load_failure(path, e)}. Delete it to resume "
+            "from the previous checkpoint, or start a new run."
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
@@ -208,6 +209,40 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
             f"{FORMAT_VERSION}. Use the semimatch version that wrote it."
         )
     return state
+
+
+def _load_failure(path: Path, e: Exception) -> str:
+    """What is wrong with a file ``torch.load`` refused, in our words.
+
+    torch's own message may advise loading with ``weights_only=False``, which would run any
+    code the file holds; semimatch never does that, so that advice is not passed on.
+    """
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    if isinstance(e, pickle.UnpicklingError) and found:
+        return (
+            f"it holds a pickled Python object ({found.group(1)}), not only tensors and plain "
+            "values - an unsafe pickle that could run code when loaded, so semimatch will not "
+            "load it (its own checkpoints hold none)"
+        )
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        return f"it cannot be read ({err.strerror or err})"
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        return f"it is not a PyTorch checkpoint (not a zip archive; {size} bytes)"
+    if not zipfile.is_zipfile(path):
+        return (
+            f"it is truncated or corrupt (its zip archive is incomplete; {size} bytes) - "
+            "a write or copy that was cut short"
+        )
+    text = str(e).strip().split("\n")[0].split(". ")[0]
+    if not text or "weights_only" in str(e):
+        return f"its contents are corrupt ({type(e).__name__} while reading the archive)"
+    return f"torch could not read its contents ({text})"
 
 
 def list_checkpoints(folder: str | os.PathLike) -> list[tuple[int, Path]]:
