@@ -185,6 +185,17 @@ def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(tmp_path):
     assert end["kind"] == "end" and end["status"] == "failed"
 
 
+def test_nan_before_the_first_checkpoint_says_none_was_saved(tmp_path):
+    cfg = tiny(iterations=20, eval_every=10, forward_mode="joint")
+    with pytest.raises(TrainingError) as info:
+        fit(cfg, out=tmp_path / "run", model=_NaNAfter(1))
+    assert "NaN/inf at iteration 2; no checkpoint was saved yet. Lower --lr" in str(info.value)
+    assert "None" not in str(info.value)
+    assert read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]["status"] == "failed"
+    with pytest.raises(TrainingError, match=r"the run has no folder \(out\), so no checkpoint"):
+        fit(cfg, model=_NaNAfter(1))
+
+
 def test_stale_temporaries_go_when_the_run_is_resumed_or_overwritten(tmp_path, capsys):
     run = tmp_path / "run"
     fit(tiny(iterations=2, eval_every=2), out=run)

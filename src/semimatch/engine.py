@@ -1014,11 +1014,15 @@ def fit(
         status, failure, message, completed = "failed", e, str(e), k + 1
     except _NonFinite as e:
         status = "failed"
-        last = ckpt.latest(out_dir / "checkpoints") if out_dir else None
+        if out_dir is None:
+            last = "the run has no folder (out), so no checkpoint was saved"
+        elif (path := ckpt.latest(out_dir / "checkpoints")) is None:
+            last = "no checkpoint was saved yet"
+        else:
+            last = f"the last good checkpoint is {path}"
         message = (
-            f"the loss became NaN/inf at iteration {e.iteration + 1}; the last good "
-            f"checkpoint is {last}. Lower --lr, set --clip-grad-norm, or use "
-            f"--precision fp32"
+            f"the loss became NaN/inf at iteration {e.iteration + 1}; {last}. Lower --lr, set "
+            "--clip-grad-norm, or use --precision fp32"
         )
     finally:
         if bar is not None:
