@@ -278,6 +278,27 @@ def test_the_python_api_raises_the_checkpoint_error(tmp_path, monkeypatch):
     assert not [p for p in (tmp_path / "checkpoints").iterdir()]
 
 
+def test_an_interrupt_whose_checkpoint_fails_says_both(tmp_path, monkeypatch):
+    from semimatch import engine
+
+    class _Requested(engine._InterruptFlag):
+        def __enter__(self):  # as if Ctrl-C came during the first iteration
+            self.requested = True
+            return self
+
+    monkeypatch.setattr(engine, "_InterruptFlag", _Requested)
+    _fail_checkpoint_at(monkeypatch, 1, OSError(errno.EACCES, "Permission denied"))
+    with pytest.raises(ckpt.CheckpointError) as info:
+        fit(tiny(iterations=4, eval_every=2), out=tmp_path)
+    assert str(info.value).startswith(
+        "interrupted after iteration 1, then cannot write ckpt-0000001.pt in "
+        f"{tmp_path / 'checkpoints'}: Permission denied (EACCES)"
+    )
+    end = read_jsonl(tmp_path / "metrics.jsonl")[-1]
+    assert end["status"] == "failed" and end["iteration"] == 1
+    assert not list((tmp_path / "checkpoints").iterdir())
+
+
 def test_a_failed_metrics_write_stops_the_run_with_the_reason(tmp_path, monkeypatch):
     from semimatch.metrics import JsonlWriter
 
