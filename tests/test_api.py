@@ -400,3 +400,25 @@ def test_predict_decodes_image_files_as_training_does(tmp_path):
     trained_on = load_dataset("imagefolder", root=tmp_path, image_size=8).train.images
     predicted_on = load_images(image_files(tmp_path), (8, 8), 3)
     np.testing.assert_array_equal(predicted_on, trained_on)
+
+
+def test_predict_warns_once_about_images_it_crops_or_enlarges_a_lot(tmp_path, capsys):
+    run = semimatch.train(**{**TINY, "iterations": 2, "eval_every": 2})  # digits: 8x8 input
+    rng = np.random.default_rng(0)
+    shapes = {"same": (8, 8), "wide": (8, 16), "fourthree": (12, 9), "tiny": (1, 1), "x4": (2, 2)}
+    for name, (h, w) in shapes.items():
+        Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+    capsys.readouterr()
+    rows = semimatch.predict(run, [tmp_path])
+    assert len(rows) == 5  # predicted all the same, only warned
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert warnings == [
+        "warning: predict: the model takes 8x8 images (height x width, the size it was trained "
+        "at); of the 5 image(s), 1 was centre-cropped to its aspect ratio, losing more than 25% "
+        f"of their area (up to 50%: {tmp_path / 'wide.png'} is 8x16) and 1 was enlarged more "
+        f"than 4x (up to 8x: {tmp_path / 'tiny.png'} is 1x1). Predictions on them may be poor; "
+        "crop or resize the images to 8x8 yourself to choose what the model sees"
+    ]
+    # At the limits (a 4:3 crop loses exactly 25%, 2x2 -> 8x8 is exactly 4x): no warning.
+    semimatch.predict(run, [tmp_path / n for n in ("same.png", "fourthree.png", "x4.png")])
+    assert "warning:" not in capsys.readouterr().err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import random
@@ -141,7 +143,7 @@ def test_atomic_write_never_leaves_a_torn_checkpoint(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(ckpt.CheckpointError, match="disk full"):
         ckpt.save_atomic({"iteration": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert ckpt.load(path)["iteration"] == 1  # the old checkpoint is intact
@@ -183,6 +185,140 @@ def test_nan_loss_stops_with_iteration_and_keeps_last_good_checkpoint(tmp_path):
     assert end["kind"] == "end" and end["status"] == "failed"
 
 
+def test_nan_before_the_first_checkpoint_says_none_was_saved(tmp_path):
+    cfg = tiny(iterations=20, eval_every=10, forward_mode="joint")
+    with pytest.raises(TrainingError) as info:
+        fit(cfg, out=tmp_path / "run", model=_NaNAfter(1))
+    assert "NaN/inf at iteration 2; no checkpoint was saved yet. Lower --lr" in str(info.value)
+    assert "None" not in str(info.value)
+    assert read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]["status"] == "failed"
+    with pytest.raises(TrainingError, match=r"the run has no folder \(out\), so no checkpoint"):
+        fit(cfg, model=_NaNAfter(1))
+
+
+def test_stale_temporaries_go_when_the_run_is_resumed_or_overwritten(tmp_path, capsys):
+    run = tmp_path / "run"
+    fit(tiny(iterations=2, eval_every=2), out=run)
+    stale = [run / "checkpoints" / n for n in (".ckpt-0000004.pt.tmp-4242", ".best.tmp")]
+    stale.append(run / "metrics.tmp")
+    for p in stale:
+        p.write_bytes(b"half-written")
+    capsys.readouterr()
+    with pytest.raises(TrainingError, match="already holds a run"):
+        fit(tiny(iterations=2, eval_every=2), out=run)
+    assert all(p.exists() for p in stale)  # not our folder to clean without resume/overwrite
+    fit(Config(), out=run, resume=True)
+    assert (
+        f"removed 3 temporary file(s) left in {run} by an interrupted run"
+        in capsys.readouterr().out
+    )
+    assert not any(p.exists() for p in stale)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "ckpt-0000002.pt"]
+    stale[0].write_bytes(b"half-written")
+    fit(tiny(iterations=2, eval_every=2), out=run, overwrite=True)
+    assert "removed 1 temporary file(s)" in capsys.readouterr().out
+
+
+def _fail_checkpoint_at(monkeypatch, iteration: int, error: Exception) -> None:
+    """The checkpoint of ``iteration`` fails part-way through writing its file."""
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if obj.get("iteration") == iteration and isinstance(f, io.BufferedWriter):
+            f.write(b"PK\x03\x04partial")
+            raise error
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_a_failed_checkpoint_write_stops_the_run_and_resume_finishes_it_exactly(
+    tmp_path, monkeypatch, capsys
+):
+    from semimatch.cli import main
+
+    args = [*CLI[3:], "--iterations", "8", "--eval-every", "2"]  # the same run, shorter
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert main([*args, "--out", str(ref)]) == 0
+    # What torch raises when the disk fills under its zip writer.
+    full = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 768 vs 662")
+    _fail_checkpoint_at(monkeypatch, 4, full)
+    capsys.readouterr()
+    assert main([*args, "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    folder = run / "checkpoints"
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(
+        f"semimatch train: error: cannot write ckpt-0000004.pt in {folder}: the write stopped "
+        "part-way (torch: unexpected pos 768 vs 662); free space there: "
+    )
+    assert "the checkpoint needs " in err
+    assert err.rstrip().endswith(
+        f"Training stopped at iteration 4; fix the cause, then `semimatch train --resume {run}` "
+        "continues from ckpt-0000002.pt (iteration 2)"
+    )
+    assert sorted(p.name for p in folder.iterdir()) == ["best.pt", "ckpt-0000002.pt"]
+    end = read_jsonl(run / "metrics.jsonl")[-1]
+    assert end["kind"] == "end" and end["status"] == "failed" and end["iteration"] == 4
+    monkeypatch.undo()
+    assert ckpt.load(folder / "ckpt-0000002.pt")["iteration"] == 2
+    assert main(["train", "--resume", str(run)]) == 0
+    _assert_same_run(ref, run, iterations=8)
+
+
+def test_the_python_api_raises_the_checkpoint_error(tmp_path, monkeypatch):
+    _fail_checkpoint_at(monkeypatch, 2, OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(ckpt.CheckpointError) as info:
+        fit(tiny(iterations=4, eval_every=2), out=tmp_path)
+    message = str(info.value)
+    assert "No space left on device (ENOSPC); free space there:" in message
+    assert message.endswith(
+        "no checkpoint was saved yet: fix the cause, then restart with --overwrite"
+    )
+    assert not [p for p in (tmp_path / "checkpoints").iterdir()]
+
+
+def test_an_interrupt_whose_checkpoint_fails_says_both(tmp_path, monkeypatch):
+    from semimatch import engine
+
+    class _Requested(engine._InterruptFlag):
+        def __enter__(self):  # as if Ctrl-C came during the first iteration
+            self.requested = True
+            return self
+
+    monkeypatch.setattr(engine, "_InterruptFlag", _Requested)
+    _fail_checkpoint_at(monkeypatch, 1, OSError(errno.EACCES, "Permission denied"))
+    with pytest.raises(ckpt.CheckpointError) as info:
+        fit(tiny(iterations=4, eval_every=2), out=tmp_path)
+    assert str(info.value).startswith(
+        "interrupted after iteration 1, then cannot write ckpt-0000001.pt in "
+        f"{tmp_path / 'checkpoints'}: Permission denied (EACCES)"
+    )
+    end = read_jsonl(tmp_path / "metrics.jsonl")[-1]
+    assert end["status"] == "failed" and end["iteration"] == 1
+    assert not list((tmp_path / "checkpoints").iterdir())
+
+
+def test_a_failed_metrics_write_stops_the_run_with_the_reason(tmp_path, monkeypatch):
+    from semimatch.metrics import JsonlWriter
+
+    real_write = JsonlWriter.write
+
+    def write(self, record):
+        if record["kind"] == "eval" and record["iteration"] == 4:
+            raise OSError(errno.EROFS, "Read-only file system")
+        real_write(self, record)
+
+    monkeypatch.setattr(JsonlWriter, "write", write)
+    with pytest.raises(TrainingError) as info:
+        fit(tiny(iterations=6, eval_every=2), out=tmp_path)
+    assert str(info.value).startswith(
+        f"cannot write metrics.jsonl in {tmp_path}: Read-only file system (EROFS); free space"
+    )
+    assert "continues from ckpt-0000002.pt (iteration 2)" in str(info.value)
+    assert read_jsonl(tmp_path / "metrics.jsonl")[-1]["status"] == "failed"
+
+
 def _final_state(run_dir: Path) -> dict:
     return ckpt.load(ckpt.latest(run_dir / "checkpoints"))
 
@@ -221,9 +357,9 @@ CLI = [
 ]
 
 
-def _assert_same_run(a: Path, b: Path) -> None:
+def _assert_same_run(a: Path, b: Path, iterations: int = 16) -> None:
     sa, sb = _final_state(a), _final_state(b)
-    assert sa["iteration"] == sb["iteration"] == 16
+    assert sa["iteration"] == sb["iteration"] == iterations
     for part in ("model", "ema", "algorithm", "optimizer"):
         flat_a, flat_b = _flatten(sa[part]), _flatten(sb[part])
         assert flat_a.keys() == flat_b.keys()

@@ -23,6 +23,7 @@ from semimatch.data import SSLDataset, load_dataset
 from semimatch.ema import ModelEMA
 from semimatch.engine import Run, fit, load_dataset_info, select_device
 from semimatch.engine import _dataset_options as dataset_options
+from semimatch.log import logger
 from semimatch.models import InputNormalizer, build_model
 
 __all__ = ["train", "make_config", "load_run", "evaluate", "predict", "load_images", "Augmentation"]
@@ -259,20 +260,31 @@ def evaluate(
     return run.evaluate(source, model=model)
 
 
+# Prediction fits every image to the model's input as training did (cover, centre-crop); past
+# these limits that changes the picture enough to be worth a warning.
+MAX_CROPPED_AREA = 0.25  # a centre crop that drops more than a quarter of the image
+MAX_UPSCALE = 4.0  # an image enlarged more than 4x per side is mostly interpolation
+
+
 def load_images(paths: list[str | os.PathLike], size: tuple[int, int], channels: int) -> np.ndarray:
     """Read image files into a uint8 (N, H, W, C) array at the model's size and channels.
 
     Decoded exactly as an image folder is for training (scale to cover ``size``, centre-crop,
-    bicubic): a model must see at prediction the pixels it would have seen in training.
+    bicubic): a model must see at prediction the pixels it would have seen in training.  One
+    warning per call names the images this changes a lot (a crop losing more than 25% of the
+    area, or an upscale of more than 4x).
     """
-    from PIL import UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
-    from semimatch.data.datasets import decode_image
+    from semimatch.data.datasets import _fit  # decode_image's fitting, with the original size
 
-    out = []
+    size = (int(size[0]), int(size[1]))
+    out, shapes = [], []
     for p in paths:
         try:
-            arr = decode_image(os.path.expanduser(os.fspath(p)), tuple(size), channels)
+            with Image.open(os.path.expanduser(os.fspath(p))) as im:
+                shapes.append((im.size[1], im.size[0]))  # before _fit's JPEG draft shrinks it
+                arr = _fit(im, size, channels)
         except FileNotFoundError:
             raise FileNotFoundError(f"image {p} does not exist") from None
         except IsADirectoryError:
@@ -280,7 +292,49 @@ def load_images(paths: list[str | os.PathLike], size: tuple[int, int], channels:
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
             raise ValueError(f"cannot read image {p}: {e}") from None
         out.append(arr)
+    _warn_about_fitting([os.fspath(p) for p in paths], shapes, size)
     return np.stack(out) if out else np.zeros((0, size[0], size[1], channels), np.uint8)
+
+
+def _were(n: int) -> str:
+    return f"{n} {'was' if n == 1 else 'were'}"
+
+
+def _warn_about_fitting(
+    paths: list[str], shapes: list[tuple[int, int]], size: tuple[int, int]
+) -> None:
+    """One warning for the images that fitting to ``size`` = (H, W) crops or enlarges a lot."""
+    H, W = size
+    cropped: list[tuple[float, str, int, int]] = []
+    upscaled: list[tuple[float, str, int, int]] = []
+    for path, (h, w) in zip(paths, shapes):
+        aspect, target = w / h, W / H
+        lost = 1 - min(aspect, target) / max(aspect, target)  # area the centre crop drops
+        if lost > MAX_CROPPED_AREA:
+            cropped.append((lost, path, h, w))
+        scale = max(H / h, W / w)  # the cover scale _fit applies
+        if scale > MAX_UPSCALE:
+            upscaled.append((scale, path, h, w))
+    if not cropped and not upscaled:
+        return
+    parts = []
+    if cropped:
+        lost, path, h, w = max(cropped)
+        parts.append(
+            f"{_were(len(cropped))} centre-cropped to its aspect ratio, losing more than "
+            f"{MAX_CROPPED_AREA:.0%} of their area (up to {lost:.0%}: {path} is {h}x{w})"
+        )
+    if upscaled:
+        scale, path, h, w = max(upscaled)
+        parts.append(
+            f"{_were(len(upscaled))} enlarged more than {MAX_UPSCALE:g}x (up to {scale:.3g}x: "
+            f"{path} is {h}x{w})"
+        )
+    logger.warning(
+        f"predict: the model takes {H}x{W} images (height x width, the size it was trained "
+        f"at); of the {len(paths)} image(s), {' and '.join(parts)}. Predictions on them may be "
+        f"poor; crop or resize the images to {H}x{W} yourself to choose what the model sees"
+    )
 
 
 def predict(

@@ -557,6 +557,7 @@ def prepare_run_dir(
         _check_same_run(out, cfg)
         latest = ckpt.latest(out / "checkpoints")
         if latest is not None:
+            _remove_stale_temporaries(out)  # the run is ours to continue from here on
             return latest
         resume, overwrite = False, True  # stopped before its first checkpoint: start again
     if resume:
@@ -567,6 +568,7 @@ def prepare_run_dir(
         latest = ckpt.latest(out / "checkpoints")
         if latest is None:
             raise _no_checkpoint(out)
+        _remove_stale_temporaries(out)  # the run is ours to continue from here on
         return latest
     if has_run:
         if not overwrite:
@@ -574,11 +576,25 @@ def prepare_run_dir(
                 f"{out} already holds a run; pass --resume to continue it or "
                 "--overwrite to replace it (or choose another --out)"
             )
+        _remove_stale_temporaries(out)  # counted and reported before the folder goes
         for name in ("checkpoints", "tb", "report"):
             shutil.rmtree(out / name, ignore_errors=True)
         for name in ("metrics.jsonl", "summary.json", "config.json", "split.json", "dataset.json"):
             (out / name).unlink(missing_ok=True)
     return None
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete the half-written files a killed run left (checkpoint copies, the metrics log's
+    rewrite): they are never read, but can be large."""
+    removed = ckpt.remove_stale_temporaries(out / "checkpoints")
+    stale_log = out / "metrics.tmp"  # JsonlWriter.truncate_after's temporary file
+    if stale_log.is_file():
+        with contextlib.suppress(OSError):
+            stale_log.unlink()
+            removed += 1
+    if removed:
+        logger.info(f"removed {removed} temporary file(s) left in {out} by an interrupted run")
 
 
 def _no_checkpoint(out: Path) -> TrainingError:
@@ -892,7 +908,14 @@ def fit(
 
     def log(record: dict[str, Any]) -> None:
         if writer:
-            writer.write(record)
+            try:
+                writer.write(record)
+            except OSError as e:
+                raise _WriteFailed(
+                    f"{ckpt.describe_write_failure(writer.path, e)}. "
+                    f"Training stopped at iteration {record['iteration']}; "
+                    f"{_resume_hint(out_dir)}"
+                ) from e
         elif env.is_main:
             records.append(record)
 
@@ -901,13 +924,18 @@ def fit(
     def save_checkpoint(k: int, best: bool = False) -> None:
         if out_dir is None or not env.is_main:
             return
-        path = ckpt.save_atomic(
-            state.state_dict(k, cfg, device), out_dir / "checkpoints" / ckpt.checkpoint_name(k)
-        )
-        ckpt.prune(out_dir / "checkpoints", cfg.keep_checkpoints)
-        if best:
-            shutil.copyfile(path, out_dir / "checkpoints" / ".best.tmp")
-            os.replace(out_dir / "checkpoints" / ".best.tmp", out_dir / "checkpoints" / "best.pt")
+        folder = out_dir / "checkpoints"
+        try:
+            path = ckpt.save_atomic(
+                state.state_dict(k, cfg, device), folder / ckpt.checkpoint_name(k)
+            )
+            ckpt.prune(folder, cfg.keep_checkpoints)
+            if best:
+                ckpt.copy_atomic(path, folder / "best.pt")
+        except ckpt.CheckpointError as e:
+            raise ckpt.CheckpointError(
+                f"{e}. Training stopped at iteration {k}; {_resume_hint(out_dir)}"
+            ) from e
 
     # -- the stream of batches -----------------------------------------------------------------
     stream = TrainStream(
@@ -932,6 +960,7 @@ def fit(
     check_every_step = device.type == "cpu"  # reading the loss is free on CPU, a sync on GPUs
     bar = _progress(cfg, start, env.is_main)
     status, message, k, completed = "finished", "", start, start
+    failure: Exception | None = None  # a failed write that ended the run
     t_window = t_eval = time.perf_counter()
     t_start = time.perf_counter() - history["wall_time"]
     interrupted = _InterruptFlag()
@@ -1042,22 +1071,33 @@ def fit(
     except KeyboardInterrupt:
         status = "interrupted"
         history["wall_time"] = time.perf_counter() - t_start
-        if clean_stop and completed > start:
-            # Stopped between iterations: every piece of state is consistent, save it.
-            save_checkpoint(completed)
         message = (
             f"interrupted after iteration {completed}; resume with "
             f"`semimatch train --resume {out_dir}`"
             if out_dir
             else f"interrupted after iteration {completed}"
         )
+        if clean_stop and completed > start:
+            # Stopped between iterations: every piece of state is consistent, save it.
+            try:
+                save_checkpoint(completed)
+            except ckpt.CheckpointError as e:
+                status, failure = "failed", e
+                message = f"interrupted after iteration {completed}, then {e}"
+    except (ckpt.CheckpointError, _WriteFailed) as e:
+        # Iteration k trained and was logged; only its record or checkpoint failed to write.
+        status, failure, message, completed = "failed", e, str(e), k + 1
     except _NonFinite as e:
         status = "failed"
-        last = ckpt.latest(out_dir / "checkpoints") if out_dir else None
+        if out_dir is None:
+            last = "the run has no folder (out), so no checkpoint was saved"
+        elif (path := ckpt.latest(out_dir / "checkpoints")) is None:
+            last = "no checkpoint was saved yet"
+        else:
+            last = f"the last good checkpoint is {path}"
         message = (
-            f"the loss became NaN/inf at iteration {e.iteration + 1}; the last good "
-            f"checkpoint is {last}. Lower --lr, set --clip-grad-norm, or use "
-            f"--precision fp32"
+            f"the loss became NaN/inf at iteration {e.iteration + 1}; {last}. Lower --lr, set "
+            "--clip-grad-norm, or use --precision fp32"
         )
     finally:
         if bar is not None:
@@ -1067,21 +1107,32 @@ def fit(
     summary = _summary(
         cfg, algorithm_name, history, status, wall, info.class_names, completed, len(split.labeled)
     )
-    log(
-        {
-            "kind": "end",
-            "iteration": completed,
-            "time": time.time(),
-            "status": status,
-            "message": message,
-        }
-    )
+    end = {
+        "kind": "end",
+        "iteration": completed,
+        "time": time.time(),
+        "status": status,
+        "message": message,
+    }
+    if status == "failed":  # the folder may be full or read-only: the message matters more
+        with contextlib.suppress(_WriteFailed):
+            log(end)
+    else:
+        log(end)
     if writer and status == "finished":
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        try:
+            (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        except OSError as e:
+            raise TrainingError(
+                f"training finished and its last checkpoint is saved, but "
+                f"{ckpt.describe_write_failure(out_dir / 'summary.json', e)}"
+            ) from e
     if tb is not None:
         tb.close()
+    if isinstance(failure, ckpt.CheckpointError):
+        raise ckpt.CheckpointError(message) from failure
     if status == "failed":
-        raise TrainingError(message)
+        raise TrainingError(message) from failure
     if status == "interrupted":
         _say(env.is_main, message)
         raise KeyboardInterrupt(message if env.is_main else "")  # the CLI prints it once
@@ -1190,6 +1241,22 @@ class _TrainState:
         if device.type == "cuda" and "cuda" in saved["rng"]:
             torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), device)
         return int(saved["iteration"])
+
+
+def _resume_hint(out: Path) -> str:
+    """Where a run that stopped on a failed write can continue from, once the cause is fixed."""
+    found = ckpt.list_checkpoints(out / "checkpoints")
+    if not found:
+        return "no checkpoint was saved yet: fix the cause, then restart with --overwrite"
+    iteration, path = found[-1]
+    return (
+        f"fix the cause, then `semimatch train --resume {out}` continues from {path.name} "
+        f"(iteration {iteration})"
+    )
+
+
+class _WriteFailed(TrainingError):
+    """The metrics log could not be written (the message says where, why and what next)."""
 
 
 class _NonFinite(Exception):
