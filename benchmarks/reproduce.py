@@ -19,6 +19,7 @@ variable SEMIMATCH_CIFAR10_JPEG), e.g. the JPEG copy of CIFAR-10 unpacked.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -120,6 +121,27 @@ def train_cell(setting: str, algorithm: str, seed: int, args: argparse.Namespace
     cfg = config_for(setting, algorithm, seed, args)
     print(f"== {setting} {algorithm} seed {seed} -> {out}", flush=True)
     fit(cfg, out=out, resume=resume and not args.overwrite, overwrite=args.overwrite)
+    # Which CPU made the log: bf16 kernels round differently per CPU family, so a rerun is
+    # bit-exact only on the same kind of machine (tests/benchmarks/test_reproduce.py).
+    (out / "machine.json").write_text(json.dumps(machine(), indent=2) + "\n")
+
+
+def machine() -> dict[str, str]:
+    """CPU vendor and model (from /proc/cpuinfo on Linux) and the torch version."""
+    import platform
+
+    import torch
+
+    info = {"vendor": platform.machine(), "model": platform.processor() or platform.machine()}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "vendor_id":
+                info["vendor"] = value.strip()
+            elif key.strip() == "model name":
+                info["model"] = value.strip()
+                break
+    return {**info, "torch": torch.__version__}
 
 
 def run_cells(
