@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,7 @@ TRAIN = [
     "1",
     "--precision",
     "fp32",
-    "--tensorboard",
-    "false",
+    "--no-tensorboard",
 ]
 
 
@@ -280,3 +280,64 @@ def test_help_states_the_algorithms_real_defaults(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "confidence threshold (default: 0.95)" in out
     assert "(default: off)" in out and "clip the gradient norm to this value (default: off)" in out
+
+
+def _parse_error(argv: list[str], capsys) -> str:
+    """argparse's message for ``argv`` (it exits with 2)."""
+    from semimatch.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_switches_take_no_prefix_and_old_values(capsys):
+    """--x / --no-x, and --x true|false for commands written before the switches."""
+    from semimatch.cli import _build_config, build_parser
+
+    def config(*argv: str):
+        return _build_config(build_parser().parse_args(["train", *argv]))
+
+    assert config("--deterministic").deterministic is True
+    assert config("--deterministic", "false").deterministic is False
+    assert config("--deterministic=True").deterministic is True  # str(True) in old scripts
+    assert config("--no-tensorboard").tensorboard is False
+    assert config("--no-nesterov", "--download").download is True
+    assert config("--no-nesterov").nesterov is False
+    # bool | None: auto (None) is the default, decided when the run starts
+    assert config("--progress").progress is True
+    assert config("--no-progress").progress is False
+    assert config("--preset", "cifar10-40-softmatch", "--ema-warmup", "auto").ema_warmup is None
+    assert config("--per-class", "none").per_class is None
+    assert "--no-deterministic takes no value" in _parse_error(
+        ["train", "--no-deterministic", "true"], capsys
+    )
+    err = _parse_error(["train", "--deterministic", "auto"], capsys)
+    assert "argument --deterministic: expected true or false" in err and "'auto'" in err
+    err = _parse_error(["train", "--progress", "maybe"], capsys)
+    assert "expected true, false or auto" in err
+
+
+def test_help_shows_what_each_option_takes(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for shown in (
+        "--deterministic [BOOL], --no-deterministic",
+        "--download [BOOL], --no-download",
+        "--progress [BOOL|auto], --no-progress",
+        "--data-root PATH",
+        "--test-dir PATH",
+        "--iterations INT",
+        "--lr FLOAT",
+        "--device DEVICE",
+        "--augment-device DEVICE",
+        "--backbone STR",
+        "--algorithm {supervised,pseudolabel,fixmatch,softmatch}",
+        "--stats-on {aligned,raw,auto}",
+        "--out PATH",
+    ):
+        assert shown in out, shown
+    assert not re.search(r"--[\w-]+ V\b", out)  # the old catch-all metavar
+    assert "(default: false)" in out and "(default: False)" not in out

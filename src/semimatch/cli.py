@@ -12,11 +12,13 @@ import csv
 import json
 import re
 import sys
+import types
+import typing
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from semimatch.config import PRESETS, Config, ConfigError, coerce, load_preset
+from semimatch.config import PRESETS, Config, ConfigError, coerce, field_types, load_preset
 
 __all__ = ["main"]
 
@@ -30,17 +32,121 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+#: Values a switch takes after ``--x`` (old commands spell ``--deterministic true``).
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+#: What an optional switch (``bool | None``) takes for its default, decided at run start.
+_AUTO = ("auto", "none", "null")
+
+
+class _Switch(argparse.Action):
+    """``--x`` sets True, ``--no-x`` False; ``--x VALUE`` still takes true/false (yes/no, on/off,
+    1/0) so older commands keep working, and ``auto`` (= None) where the field may be None."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, optional: bool, **kw: Any) -> None:
+        self.optional = optional
+        kw.setdefault("metavar", "BOOL|auto" if optional else "BOOL")
+        super().__init__(option_strings, dest, nargs="?", const=True, **kw)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        on, off = self.option_strings
+        if option_string == off:
+            if values is not True:  # argparse passes const (True) when no value follows
+                parser.error(f"{off} takes no value (to set one: {on} {values})")
+            value: bool | None = False
+        elif values is True or values.lower() in _TRUE:  # True: a bare --x
+            value = True
+        elif values.lower() in _FALSE:
+            value = False
+        elif self.optional and values.lower() in _AUTO:
+            value = None
+        else:
+            allowed = "true, false or auto" if self.optional else "true or false"
+            parser.error(
+                f"argument {on}: expected {allowed} (or just {on} / {off}); got {values!r}"
+            )
+        setattr(namespace, self.dest, value)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows a switch as ``--x [BOOL], --no-x``: the value belongs to the first spelling only."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, _Switch):
+            on, off = action.option_strings
+            return f"{on} [{action.metavar}], {off}"
+        return super()._format_action_invocation(action)
+
+
+#: Fields whose value is a file-system path (shown as PATH in --help).
+_PATH_SUFFIXES = ("_root", "_dir", "_path", "_file")
+
+
+def _members(kind: Any) -> list[Any]:
+    """The types of a union (``int | None`` -> [int, NoneType]); ``[kind]`` otherwise."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        return list(typing.get_args(kind))
+    return [kind]
+
+
+def _metavar(name: str, kind: Any) -> str:
+    """How ``--help`` shows the value of field ``name`` of type ``kind``."""
+    members = _members(kind)
+    options = [o for o in members if o is not type(None)]
+    if typing.get_origin(options[0]) is Literal:
+        choices = [str(c) for c in typing.get_args(options[0])]
+        if type(None) in members and "auto" not in choices:
+            choices.append("auto")  # None: the algorithm's (or the run's) own choice
+        return "{" + ",".join(choices) + "}"
+    if name.endswith(_PATH_SUFFIXES):
+        return "PATH"
+    if name.endswith("device"):
+        return "DEVICE"
+    return {int: "INT", float: "FLOAT"}.get(options[0], "STR")
+
+
+def _shown_default(f: Any) -> str:
+    if f.default is None:
+        return str(f.metadata.get("none", "auto"))
+    if isinstance(f.default, bool):
+        return str(f.default).lower()
+    return str(f.default)
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("options (each overrides the preset / config file)")
+    group = parser.add_argument_group(
+        "options (each overrides the preset / config file)",
+        "Switches: --x turns an option on, --no-x off (--x true / --x false also work); "
+        "switches marked [BOOL|auto] also take auto, their default.",
+    )
+    kinds = field_types()
     for f in _cli_fields():
-        flag = _flag(f.name)
-        default = f.default if f.default is not None else f.metadata.get("none", "auto")
+        help_text = f"{f.metadata['help']} (default: {_shown_default(f)})".replace("%", "%%")
+        kind = kinds[f.name]
+        options = _members(kind)
+        if bool in options:
+            group.add_argument(
+                _flag(f.name),
+                "--no-" + f.name.replace("_", "-"),
+                dest=f.name,
+                action=_Switch,
+                optional=type(None) in options,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+            continue
         group.add_argument(
-            flag,
+            _flag(f.name),
             dest=f.name,
             default=argparse.SUPPRESS,
-            metavar="V",
-            help=f"{f.metadata['help']} (default: {default})".replace("%", "%%"),
+            metavar=_metavar(f.name, kind),
+            help=help_text,
         )
 
 
@@ -53,9 +159,13 @@ def _train_parser(sub: Any) -> None:
             "is a field of the config; --preset loads a paper setting first."
         ),
     )
-    p.add_argument("--preset", help="start from a paper preset (see `semimatch presets`)")
-    p.add_argument("--config", help="start from a config.json (e.g. another run's)")
-    p.add_argument("--out", help="run directory (config, split, metrics.jsonl, checkpoints)")
+    p.add_argument(
+        "--preset", metavar="NAME", help="start from a paper preset (see `semimatch presets`)"
+    )
+    p.add_argument("--config", metavar="PATH", help="start from a config.json (e.g. another run's)")
+    p.add_argument(
+        "--out", metavar="PATH", help="run directory (config, split, metrics.jsonl, checkpoints)"
+    )
     p.add_argument(
         "--resume",
         metavar="RUN_DIR|auto",
@@ -187,6 +297,7 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -216,10 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="test accuracy of a trained run")
     p.add_argument("run_dir")
     p.add_argument("--model", choices=["ema", "raw"], default="ema")
-    p.add_argument("--checkpoint", default="best", help="best | last | path to a checkpoint")
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--checkpoint", default="best", metavar="best|last|PATH", help="the checkpoint to load"
+    )
+    p.add_argument("--device", default="auto", metavar="DEVICE")
     p.add_argument(
         "--test-dir",
+        metavar="PATH",
         help="score labeled images DIR/<class>/<image> instead of the run's test set "
         "(class folders named like the run's classes)",
     )
@@ -229,14 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("images", nargs="+", help="image files, or folders (searched recursively)")
     p.add_argument("--model", choices=["ema", "raw"], default="ema")
-    p.add_argument("--checkpoint", default="best")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--output", help="CSV file (default: standard output)")
+    p.add_argument("--checkpoint", default="best", metavar="best|last|PATH")
+    p.add_argument("--device", default="auto", metavar="DEVICE")
+    p.add_argument("--output", metavar="PATH", help="CSV file (default: standard output)")
 
     p = sub.add_parser("report", help="HTML report + figures for one or more runs")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument(
-        "--out", help="report folder (default: RUN_DIR/report; ./semimatch-report for several runs)"
+        "--out",
+        metavar="PATH",
+        help="report folder (default: RUN_DIR/report; ./semimatch-report for several runs)",
     )
 
     sub.add_parser("presets", help="list the paper presets")
