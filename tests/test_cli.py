@@ -341,3 +341,15 @@ def test_help_shows_what_each_option_takes(capsys):
         assert shown in out, shown
     assert not re.search(r"--[\w-]+ V\b", out)  # the old catch-all metavar
     assert "(default: false)" in out and "(default: False)" not in out
+
+
+def test_version(capsys):
+    import semimatch
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"semimatch {semimatch.__version__}\n"
+    # the package metadata (pyproject.toml) states the same version
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert f'\nversion = "{semimatch.__version__}"\n' in pyproject

@@ -18,6 +18,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
 
+from semimatch import __version__
 from semimatch.config import PRESETS, Config, ConfigError, coerce, field_types, load_preset
 
 __all__ = ["main"]
@@ -320,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="semimatch",
         description=("Semi-supervised image classification with FixMatch and SoftMatch."),
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        # The running code's version (an installed copy's metadata may describe another tree).
+        version=f"%(prog)s {__version__}",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _train_parser(sub)
