@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import semimatch
 from semimatch.api import predict
 from semimatch.cli import main
 from semimatch.config import PRESETS
@@ -40,6 +44,13 @@ TRAIN = [
     "fp32",
     "--no-tensorboard",
 ]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for a ``python -m semimatch`` subprocess: this tree's code first (an
+    installed copy elsewhere would otherwise answer)."""
+    paths = [str(Path(semimatch.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
 @pytest.fixture(scope="module")
@@ -353,3 +364,32 @@ def test_version(capsys):
     # the package metadata (pyproject.toml) states the same version
     pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     assert f'\nversion = "{semimatch.__version__}"\n' in pyproject
+
+
+def test_a_closed_pipe_ends_quietly(monkeypatch):
+    """`semimatch presets | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+
+    class ClosedPipe:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["presets"]) == 141
+
+
+def test_a_closed_pipe_ends_quietly_in_a_real_process():
+    """The same through a real pipe whose reader closed before the first line was written
+    (python needs seconds to import torch, so the pipe is closed long before)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "semimatch", "presets"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert err == ""  # no traceback, no "Exception ignored"

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import csv
 import json
+import os
 import re
 import sys
 import types
@@ -404,7 +405,29 @@ def _as_flags(message: str) -> str:
     return re.sub(pattern, flag, message)
 
 
+#: Exit status when the reader of standard output has gone (128 + SIGPIPE, as a shell shows a
+#: tool that SIGPIPE killed, e.g. ``cat`` in ``cat big | head -1`` under ``set -o pipefail``).
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; return the exit status (0 ok, 2 usage or config error, 128+N signal N)."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            # Output still buffered would meet a closed pipe at interpreter exit, as an
+            # "Exception ignored" traceback; flushing here brings that error to the handler below.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left early (`semimatch presets | head -1`): stop quietly. What is still
+        # buffered goes to /dev/null, so the interpreter's last flush cannot fail again.
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # no real file descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: list[str] | None) -> int:
     from semimatch.checkpoint import CheckpointError
     from semimatch.engine import TrainingError
 
