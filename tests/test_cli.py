@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -393,3 +394,26 @@ def test_a_closed_pipe_ends_quietly_in_a_real_process():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141
     assert err == ""  # no traceback, no "Exception ignored"
+
+
+def test_sigterm_stops_training_with_143_and_one_resume_hint(tmp_path):
+    """A scheduler's SIGTERM: the run checkpoints, says once (stdout and stderr together) how
+    to resume, and exits 128 + 15 like any well-behaved tool."""
+    run = tmp_path / "run"
+    argv = [*TRAIN, "--iterations", "100000", "--eval-every", "2", "--log-every", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "semimatch", *argv, "--threads", "1", "--out", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream: a message printed twice would show here
+        text=True,
+        env=cli_env(),
+    )
+    first = proc.stdout.readline()  # the first evaluation line: training is under way
+    assert first.startswith("[     2/100000]"), first
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, rest
+    assert rest.count("interrupted") == 1, rest
+    assert "interrupted (SIGTERM) after iteration" in rest
+    assert f"resume with `semimatch train --resume {run}`" in rest
+    assert read_jsonl(run / "metrics.jsonl")[-1]["status"] == "interrupted"

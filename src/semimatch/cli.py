@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import re
+import signal
 import sys
 import types
 import typing
@@ -440,9 +441,11 @@ def _run(argv: list[str] | None) -> int:
         print(f"semimatch {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
+        # The one place the message (where it stopped, how to resume) is shown; fit does not
+        # log it. A plain KeyboardInterrupt (Ctrl-C outside the training loop) is SIGINT.
         if str(e):
             print(str(e), file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", signal.SIGINT)
 
 
 if __name__ == "__main__":

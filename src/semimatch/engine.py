@@ -57,11 +57,32 @@ from semimatch.models import InputNormalizer, build_model, set_bn_momentum
 from semimatch.step import CONF_BINS, train_step
 from semimatch.weighting import NonFiniteError
 
-__all__ = ["fit", "Run", "TrainingError", "resolve", "select_device", "evaluate_model"]
+__all__ = [
+    "fit",
+    "Run",
+    "TrainingError",
+    "TrainingInterrupted",
+    "resolve",
+    "select_device",
+    "evaluate_model",
+]
 
 
 class TrainingError(RuntimeError):
     """Training stopped for a reason the user must act on (message says which and what to do)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """``fit`` stopped on SIGINT (Ctrl-C) or SIGTERM after saving a checkpoint.
+
+    The message says where it stopped and how to resume; ``signum`` is the signal, so a
+    command can exit with ``128 + signum`` (130 for Ctrl-C, 143 for SIGTERM) as shells expect.
+    Being a ``KeyboardInterrupt``, it still stops a script that does not catch it.
+    """
+
+    def __init__(self, message: str = "", signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -970,11 +991,12 @@ def fit(
         if clean_stop and completed > start:
             # Stopped between iterations: every piece of state is consistent, save it.
             save_checkpoint(completed)
+        stopped_by = f"interrupted ({signal.Signals(interrupted.signum).name})"
         message = (
-            f"interrupted after iteration {completed}; resume with "
+            f"{stopped_by} after iteration {completed}; resume with "
             f"`semimatch train --resume {out_dir}`"
             if out_dir
-            else f"interrupted after iteration {completed}"
+            else f"{stopped_by} after iteration {completed}"
         )
     except _NonFinite as e:
         status = "failed"
@@ -1008,8 +1030,9 @@ def fit(
     if status == "failed":
         raise TrainingError(message)
     if status == "interrupted":
-        _say(env.is_main, message)
-        raise KeyboardInterrupt(message if env.is_main else "")  # the CLI prints it once
+        # Not logged here: the message travels in the exception, whose owner shows it once
+        # (the CLI prints it; a Python caller sees it in the traceback or catches it).
+        raise TrainingInterrupted(message if env.is_main else "", interrupted.signum)
     _say(env.is_main, _summary_line(summary))
     if writer:  # the whole log, including what ran before a resume
         records = read_jsonl(out_dir / "metrics.jsonl")
@@ -1125,13 +1148,16 @@ class _NonFinite(Exception):
 
 class _InterruptFlag:
     """Turn the first SIGINT/SIGTERM into a flag checked after the current iteration, so Ctrl-C
-    (or a scheduler's SIGTERM) checkpoints at a clean point; a second Ctrl-C interrupts at once."""
+    (or a scheduler's SIGTERM) checkpoints at a clean point; a second Ctrl-C interrupts at once.
+    ``signum`` is the last signal received (SIGINT for a KeyboardInterrupt from elsewhere)."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum = int(signal.SIGINT)
         self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
+        self.signum = signum
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
