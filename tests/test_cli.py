@@ -184,7 +184,7 @@ def test_datasets_lists_names(capsys):
     "argv,expected",
     [
         (["train", "--num-label", "20"], "did you mean --num-labels"),
-        (["train", "--algorithm", "mixmatch", "--out", "x"], "algorithm='mixmatch'"),
+        (["train", "--algorithm", "mixmatch", "--out", "x"], "--algorithm 'mixmatch'"),
         (["train", "--preset", "cifar10-40-softmach"], "did you mean 'cifar10-40-softmatch'"),
         (["train", "--dataset", "cifar11", "--out", "x"], "cifar10"),
     ],
@@ -213,12 +213,12 @@ def test_errors_suggest_the_flag_not_the_python_keyword(tmp_path, capsys):
     folder = ["train", "--dataset", "imagefolder", "--data-root", str(data)]
     run = [*folder, "--num-labels", "4", "--iterations", "1", "--batch-size", "2"]
     assert main(run) == 2
-    assert "or pass --skip-corrupt true to skip unreadable images" in capsys.readouterr().err
-    assert main([*run, "--skip-corrupt", "true"]) == 2
+    assert "or pass --skip-corrupt to skip unreadable images" in capsys.readouterr().err
+    assert main([*run, "--skip-corrupt"]) == 2
     err = capsys.readouterr().err
     assert "pass --image-size (e.g. --image-size 32) to resize them" in err
     out = ["--out", str(tmp_path / "run"), "--tensorboard", "false"]
-    run += ["--skip-corrupt", "true", "--image-size", "8", "--uratio", "1", *out]
+    run += ["--skip-corrupt", "--image-size", "8", "--uratio", "1", *out]
     assert main(run) == 0
     err = capsys.readouterr().err
     assert "warning: skipped 1 unreadable image file(s)" in err  # a line, not a UserWarning
@@ -234,16 +234,30 @@ def test_errors_suggest_the_flag_not_the_python_keyword(tmp_path, capsys):
 @pytest.mark.parametrize(
     "raised, shown",
     [
-        ("or pass skip_corrupt=True.", "or pass --skip-corrupt true."),
+        ("or pass skip_corrupt=True.", "or pass --skip-corrupt."),
         ("pass image_size= (e.g. image_size=32) to", "pass --image-size (e.g. --image-size 32) to"),
         ("use forward_mode='joint' with", "use --forward-mode joint with"),
         ("pass lr=0.03, then", "pass --lr 0.03, then"),
-        ("cannot read image /d/use lr=1/x.png", "cannot read image /d/use lr=1/x.png"),  # a path
-        ("lr='abc' in command line is not valid", "lr='abc' in command line is not valid"),
+        ("weight_decay=1e-3, lr=0.1.", "--weight-decay 1e-3, --lr 0.1."),  # not the full stop
+        ("got forward_mode='x'", "got --forward-mode 'x'"),  # the user's value, quoted
+        ("lr='abc' in command line is not valid", "--lr 'abc' in command line is not valid"),
+        ("threads must be >= 1 (torch's)", "--threads must be >= 1 (torch's)"),
+        ("ua_init: with uniform_alignment=False", "--ua-init: with --no-uniform-alignment"),
+        ("options ['n_sigma']; accepts ['tau', 'lr']", "options --n-sigma; accepts --tau, --lr"),
+        ("(num_labels: balanced, fold: given)", "(--num-labels: balanced, --fold: given)"),
+        ("written every eval_every iterations", "written every --eval-every iterations"),
+        ("Pass download=True (CLI: --download) to", "Pass --download to"),
+        # where a field name is not the option: a path, a quoted value, a command, English
+        ("cannot read image /d/use lr=1/x.png", "cannot read image /d/use lr=1/x.png"),
+        ("no directory at /data/my num_labels/x", "no directory at /data/my num_labels/x"),
+        ("unknown backbone 'num_labels'", "unknown backbone 'num_labels'"),
+        ("run `semimatch train --resume r`", "run `semimatch train --resume r`"),
+        ("the fold file of this dataset", "the fold file of this dataset"),
+        ("dataset.labeled: cfg.threads", "dataset.labeled: cfg.threads"),
         ("use in_channels=3", "use in_channels=3"),  # not a config field
     ],
-)
-def test_only_suggested_config_fields_become_flags(raised, shown):
+)  # fmt: skip
+def test_config_fields_in_errors_become_flags(raised, shown):
     from semimatch.cli import _as_flags
 
     assert _as_flags(raised) == shown
@@ -417,3 +431,22 @@ def test_sigterm_stops_training_with_143_and_one_resume_hint(tmp_path):
     assert "interrupted (SIGTERM) after iteration" in rest
     assert f"resume with `semimatch train --resume {run}`" in rest
     assert read_jsonl(run / "metrics.jsonl")[-1]["status"] == "interrupted"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["--num-labels", "7"], "--num-labels 7 cannot be split evenly over the 10 classes"),
+        (["--forward-mode", "x"], "--forward-mode 'x' in command line is not valid"),
+        (["--n-sigma", "1"], "option(s) --n-sigma have no effect with algorithm 'fixmatch'"),
+        (["--sgd-momentum", "0"], "with --sgd-momentum 0 pass --no-nesterov"),
+        (["--lt-n1", "5"], "apply only with --lt-gamma"),
+    ],
+)
+def test_train_errors_name_the_flags(options, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--iterations", "1", *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("semimatch train: error: ") and message in err
+    assert not list(tmp_path.iterdir())  # refused before any run folder was made

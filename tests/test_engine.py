@@ -499,7 +499,7 @@ def test_a_bad_config_never_costs_the_run_overwrite_would_replace(tmp_path):
         ({"threads": -1}, "threads must be >= 1"),
         ({"weight_decay": -1e-4}, "weight_decay must be >= 0"),
         ({"sgd_momentum": 1.0}, "sgd_momentum must be in [0, 1)"),
-        ({"sgd_momentum": 0.0}, "with --sgd-momentum 0 pass --nesterov false"),
+        ({"sgd_momentum": 0.0}, "with --sgd-momentum 0 pass --no-nesterov"),
         ({"ema_decay": 1.5}, "ema_decay must be in [0, 1)"),
         ({"bn_momentum": 0.0}, "bn_momentum must be in (0, 1]"),
         ({"augment_device": "gpu"}, "augment_device='gpu' is not a device"),

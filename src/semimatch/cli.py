@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import json
 import os
 import re
@@ -387,23 +388,60 @@ COMMANDS = {
 
 
 def _as_flags(message: str) -> str:
-    """Say the fix a library error suggests in command-line words.
+    """Say a library error in command-line words: config fields become the flags to type.
 
-    The library's errors suggest Python keywords ("pass skip_corrupt=True"); on the command
-    line that is ``--skip-corrupt true``.  Only suggestions (after "pass", "use", "e.g.") of
-    config fields are rewritten; a message quoting what the user gave stays as it is.
+    The library names Python keywords ("threads must be >= 1", "pass skip_corrupt=True",
+    "got forward_mode='x'"); the command line reads "--threads must be >= 1", "pass
+    --skip-corrupt", "got --forward-mode 'x'".  A field is rewritten only where it is an
+    identifier: ``name=value``, ``name:``, a name with an underscore, a list of names, or a name
+    opening the message.  Quoted text, `commands` and paths (tokens with a slash) are what the
+    user gave or must type as they are, so they stay untouched; "(CLI: ...)" asides go.
     """
-    names = "|".join(f.name for f in _cli_fields())
+    message = re.sub(r"\s*\(CLI: [^)]*\)", "", message)
+    return _flag_pattern().sub(_flag_words, message)
 
-    def flag(m: re.Match) -> str:
-        value = (m.group(3) or "").strip("'\"")
-        value = {"True": "true", "False": "false"}.get(value, value)
-        return f"{m.group(1)} {_flag(m.group(2))}" + (f" {value}" if value else "")
 
-    # A value is quoted, or a word / number (a sentence's full stop is not part of it).
-    value = r"'[^']*'|\"[^\"]*\"|-?\w+(?:\.\d+)?"
-    pattern = rf"(?<![/\w])(pass|use|e\.g\.) ({names})=({value})?"
-    return re.sub(pattern, flag, message)
+@functools.cache
+def _flag_pattern() -> re.Pattern[str]:
+    """The regular expression of ``_as_flags`` (built once: it lists every field name)."""
+    names = sorted((f.name for f in _cli_fields()), key=len, reverse=True)
+
+    def word(alternatives: list[str]) -> str:  # a whole name: not cfg.x, --x, a/x, x.txt
+        return rf"(?<![\w.\-/])(?:{'|'.join(alternatives)})(?![\w\-/]|\.\w)"
+
+    name, snake = word(names), word([n for n in names if "_" in n])
+    # A value is quoted, or a run of word characters, dots, colons, signs (1e-3, cuda:0,
+    # two-pass) ending in a word character: a sentence's full stop is not part of it.
+    value = r"'[^'\n]*'|\"[^\"\n]*\"|[\w.:+\-]*\w"
+    return re.compile(
+        rf"(?P<list>\[(?:'(?:{'|'.join(names)})'(?:, )?)+\])"  # ['n_sigma', 'tau']
+        r"|(?P<protected>(?<!\w)'[^'\n]*'(?!\w)|(?<!\w)\"[^\"\n]*\"(?!\w)|`[^`]*`"
+        r"|[^\s'\"`]*/[^\s'\"`]*)"  # quoted, a `command`, a path
+        rf"|(?P<assign>{name})=(?P<value>{value})?"  # lr=0.1, image_size=
+        rf"|(?P<label>{name})(?=:)"  # fold: must be in 0..9
+        rf"|(?P<snake>{snake})"  # num_labels anywhere: an identifier, not an English word
+        rf"|^(?P<first>{name})(?= )"  # lr must be > 0
+    )
+
+
+def _flag_words(m: re.Match[str]) -> str:
+    if m["protected"]:
+        return m["protected"]
+    if m["list"]:
+        return ", ".join(_flag(n) for n in re.findall(r"'([^']*)'", m["list"]))
+    if m["assign"] is None:
+        return _flag(m["label"] or m["snake"] or m["first"])
+    name, value = m["assign"], m["value"] or ""
+    if value == "True":
+        return _flag(name)
+    if value == "False":
+        return "--no-" + name.replace("_", "-")
+    if value == "None":
+        value = "none"
+    before = m.string[: m.start()]
+    if re.search(r"(?:\bpass|\buse|\be\.g\.|\bwith)\s*\(?$", before, re.IGNORECASE):
+        value = value.strip("'\"")  # a suggestion: what to type, without Python's quotes
+    return f"{_flag(name)} {value}" if value else _flag(name)
 
 
 #: Exit status when the reader of standard output has gone (128 + SIGPIPE, as a shell shows a
@@ -436,8 +474,8 @@ def _run(argv: list[str] | None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, TrainingError, CheckpointError, FileNotFoundError, ValueError) as e:
-        # Only `train` takes config flags; other commands get the message as raised.
-        message = _as_flags(str(e)) if args.command == "train" else str(e)
+        # train and demo take config flags; eval/predict/report options are not config fields.
+        message = _as_flags(str(e)) if args.command in ("train", "demo") else str(e)
         print(f"semimatch {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

@@ -256,7 +256,7 @@ def _check_ranges(cfg: Config, device: torch.device) -> None:
         if wrong:
             raise ConfigError(f"{name} must be {rule}; got {getattr(cfg, name)}")
     if cfg.nesterov and cfg.sgd_momentum == 0:
-        raise ConfigError("nesterov needs momentum; with --sgd-momentum 0 pass --nesterov false")
+        raise ConfigError("nesterov needs momentum; with --sgd-momentum 0 pass --no-nesterov")
     if cfg.augment_device is not None:
         try:
             aug = torch.device(cfg.augment_device)
@@ -311,7 +311,7 @@ def _check_split_options(cfg: Config, data: SSLDataset) -> None:
         folds = data.labeled_folds
         if not folds:
             hint = (
-                "fold_indices.txt is missing from stl10_binary; re-download with --download true"
+                "fold_indices.txt is missing from stl10_binary; re-download with --download"
                 if cfg.dataset == "stl10"
                 else "use num_labels for a balanced draw"
             )
