@@ -199,8 +199,9 @@ def test_bad_input_gets_a_clear_message(argv, expected, capsys, tmp_path, monkey
     assert expected in capsys.readouterr().err
 
 
-def test_errors_suggest_the_flag_not_the_python_keyword(tmp_path, capsys):
+def test_errors_suggest_the_flag_not_the_python_keyword(tmp_path, capsys, monkeypatch):
     """The library says "pass skip_corrupt=True"; the command line says the flag to type."""
+    monkeypatch.chdir(tmp_path)  # the runs without --out reserve a folder under ./runs
     rng = np.random.default_rng(0)
     data = tmp_path / "data"
     for name in ("a", "b"):
@@ -448,5 +449,53 @@ def test_train_errors_name_the_flags(options, message, tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--iterations", "1", *options]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("semimatch train: error: ") and message in err
-    assert not list(tmp_path.iterdir())  # refused before any run folder was made
+    assert "semimatch train: error: " in err and message in err
+    assert not list(tmp_path.iterdir())  # the reserved run folder is gone again
+
+
+QUICK = ["--iterations", "2", "--eval-every", "2", "--batch-size", "8", "--uratio", "1"]
+QUICK += ["--no-tensorboard", "--threads", "1", "--precision", "fp32"]
+
+
+def test_train_without_out_writes_a_new_run_folder(tmp_path, monkeypatch, capsys):
+    """No silent loss: without --out the run goes to runs/<dataset>-<algorithm>-N, announced
+    before training, a new N each time."""
+    monkeypatch.chdir(tmp_path)
+    for n in (1, 2):
+        assert main(["train", "--dataset", "digits", *QUICK]) == 0
+        run = Path("runs") / f"digits-fixmatch-{n}"
+        assert json.loads((run / "config.json").read_text())["iterations"] == 2
+        assert (run / "summary.json").exists()
+        err = capsys.readouterr().err
+        assert err.startswith(f"semimatch train: writing the run to {run} (pass --out to choose)")
+    assert main(["train", "--algorithm", "supervised", *QUICK]) == 0
+    assert (tmp_path / "runs" / "digits-supervised-1" / "config.json").exists()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "digits-fixmatch-1",
+        "digits-fixmatch-2",
+        "digits-supervised-1",
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--resume", "auto"], "--resume auto needs --out RUN_DIR"),
+        (["--overwrite"], "--overwrite replaces the run in --out; pass --out"),
+    ],
+)
+def test_options_that_need_out_say_so(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_torchrun_needs_out(tmp_path, monkeypatch, capsys):
+    """Each process would reserve a folder of its own: one run needs one --out."""
+    monkeypatch.chdir(tmp_path)
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    assert main(["train", *QUICK]) == 2
+    assert "under torchrun all processes must write one run: pass --out" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -17,6 +17,7 @@ import signal
 import sys
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
@@ -168,7 +169,10 @@ def _train_parser(sub: Any) -> None:
     )
     p.add_argument("--config", metavar="PATH", help="start from a config.json (e.g. another run's)")
     p.add_argument(
-        "--out", metavar="PATH", help="run directory (config, split, metrics.jsonl, checkpoints)"
+        "--out",
+        metavar="PATH",
+        help="run directory (config, split, metrics.jsonl, checkpoints); default: a new "
+        "runs/<dataset>-<algorithm>-N",
     )
     p.add_argument(
         "--resume",
@@ -201,7 +205,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume == "auto":
         if not args.out:
-            raise ConfigError("--resume auto needs --out RUN_DIR: the run to start or continue")
+            raise ConfigError(
+                "--resume auto needs --out RUN_DIR: the run to start or continue (without --out "
+                "every run gets a new folder, so there is nothing to resume)"
+            )
         if args.overwrite:
             raise ConfigError("--resume auto continues the run in --out; drop --overwrite")
         fit(_build_config(args), out=args.out, resume="auto")
@@ -222,9 +229,55 @@ def cmd_train(args: argparse.Namespace) -> int:
         fit(Config(), out=args.resume, resume=True)
         return 0
     cfg = _build_config(args)
-    out = args.out
-    fit(cfg, out=out, overwrite=args.overwrite)
+    if args.out:
+        fit(cfg, out=args.out, overwrite=args.overwrite)
+        return 0
+    if args.overwrite:
+        raise ConfigError(
+            "--overwrite replaces the run in --out; pass --out (without it every run gets a "
+            f"new folder under {RUNS}/)"
+        )
+    # No --out: a new folder rather than a run that writes nothing (and a Ctrl-C with no
+    # checkpoint to resume from); the Python API keeps out=None for callers who want that.
+    with _new_run_dir(f"{cfg.dataset}-{cfg.algorithm}", "train") as out:
+        fit(cfg, out=out)
     return 0
+
+
+#: Where commands put a run when no --out is given (relative to the working directory).
+RUNS = Path("runs")
+
+
+@contextlib.contextmanager
+def _new_run_dir(stem: str, command: str) -> Iterator[Path]:
+    """Reserve ``runs/<stem>-N`` (N >= 1, the smallest not taken) and say so on stderr.
+
+    The folder is made here, atomically, so two commands started together get two folders; if
+    the command leaves it empty (a config refused before training) it is removed again.
+    """
+    from semimatch.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():  # each process would reserve a folder of its own
+        raise ConfigError("under torchrun all processes must write one run: pass --out RUN_DIR")
+    stem = re.sub(r"[^\w.+-]+", "_", stem).strip(".") or "run"  # a name, never a path
+    made_parent = not RUNS.is_dir()
+    RUNS.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        out = RUNS / f"{stem}-{n}"
+        try:
+            out.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+    print(f"semimatch {command}: writing the run to {out} (pass --out to choose)", file=sys.stderr)
+    try:
+        yield out
+    finally:
+        with contextlib.suppress(OSError):  # not empty: the run (or part of it) is there
+            out.rmdir()
+            if made_parent:
+                RUNS.rmdir()
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
