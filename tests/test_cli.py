@@ -499,3 +499,30 @@ def test_torchrun_needs_out(tmp_path, monkeypatch, capsys):
     assert main(["train", *QUICK]) == 2
     assert "under torchrun all processes must write one run: pass --out" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_demo_writes_a_new_folder_and_keeps_an_existing_demo(tmp_path, monkeypatch, capsys):
+    """demo: runs/demo-N by default, --threads reaches every run, an --out holding a demo is
+    refused unless --overwrite."""
+    from semimatch.demo import ALGORITHMS, run_demo
+    from semimatch.engine import TrainingError
+
+    monkeypatch.chdir(tmp_path)
+    demo = ["demo", "--iterations", "1", "--threads", "1"]
+    assert main(demo) == 0
+    out = Path("runs") / "demo-1"
+    assert capsys.readouterr().err.startswith(f"semimatch demo: writing the run to {out}")
+    for algo in ALGORITHMS:
+        cfg = json.loads((out / algo / "config.json").read_text())
+        assert cfg["algorithm"] == algo and cfg["threads"] == 1 and cfg["iterations"] == 1
+    stamp = (out / "fixmatch" / "metrics.jsonl").stat().st_mtime_ns
+    assert main([*demo, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} already holds a demo (supervised, fixmatch, softmatch); pass --overwrite" in err
+    with pytest.raises(TrainingError, match="already holds a demo"):
+        run_demo(out, iterations=1, overwrite=False)  # the Python API's opt-in refusal
+    assert (out / "fixmatch" / "metrics.jsonl").stat().st_mtime_ns == stamp  # untouched
+    assert main([*demo, "--out", str(out), "--overwrite", "--seed", "1"]) == 0
+    assert json.loads((out / "fixmatch" / "config.json").read_text())["seed"] == 1
+    assert sorted(p.name for p in Path("runs").iterdir()) == ["demo-1"]
+    assert "expected an integer >= 1, got 0" in _parse_error(["demo", "--threads", "0"], capsys)

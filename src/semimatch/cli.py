@@ -341,12 +341,32 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from semimatch.demo import run_demo
+    from semimatch.demo import demo_runs, run_demo
 
-    run_demo(
-        out=Path(args.out), iterations=args.iterations, num_labels=args.num_labels, seed=args.seed
-    )
+    options = dict(iterations=args.iterations, num_labels=args.num_labels, seed=args.seed)
+    if args.out is None:  # a new folder: nothing to replace
+        with _new_run_dir("demo", "demo") as out:
+            run_demo(out, threads=args.threads, overwrite=False, **options)
+        return 0
+    held = demo_runs(Path(args.out))
+    if held and not args.overwrite:
+        raise ConfigError(
+            f"{args.out} already holds a demo ({', '.join(held)}); pass --overwrite to replace "
+            "it, or another --out (without --out the demo gets a new folder under runs/)"
+        )
+    run_demo(Path(args.out), threads=args.threads, overwrite=args.overwrite, **options)
     return 0
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (checked before the demo's first run starts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -422,10 +442,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("datasets", help="list the dataset names")
 
     p = sub.add_parser("demo", help="FixMatch vs SoftMatch vs supervised on digits (offline)")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--iterations", type=int, default=300)
-    p.add_argument("--num-labels", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out",
+        metavar="PATH",
+        help="folder of the three runs, PATH/<algorithm> (default: a new runs/demo-N)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a demo already in --out")
+    p.add_argument(
+        "--iterations", type=_positive, default=300, metavar="INT", help="per run (default: 300)"
+    )
+    p.add_argument(
+        "--num-labels",
+        type=_positive,
+        default=20,
+        metavar="INT",
+        help="labeled images, a multiple of 10 (default: 20)",
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="INT", help="random seed (default: 0)")
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        metavar="INT",
+        help="CPU threads for torch in each run (default: torch's default)",
+    )
     return parser
 
 
