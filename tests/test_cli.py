@@ -526,3 +526,20 @@ def test_demo_writes_a_new_folder_and_keeps_an_existing_demo(tmp_path, monkeypat
     assert json.loads((out / "fixmatch" / "config.json").read_text())["seed"] == 1
     assert sorted(p.name for p in Path("runs").iterdir()) == ["demo-1"]
     assert "expected an integer >= 1, got 0" in _parse_error(["demo", "--threads", "0"], capsys)
+
+
+def test_sigterm_before_the_training_loop_exits_143_and_cleans_up(tmp_path, monkeypatch):
+    """SIGTERM while the run is still starting (e.g. loading data) is no silent kill: the
+    command stops with 143, the still empty run folder it reserved is removed, and the
+    caller's SIGTERM handler is back afterwards."""
+
+    def starting(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("semimatch.engine.fit", starting)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["train", *QUICK]) == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert not list(tmp_path.iterdir())

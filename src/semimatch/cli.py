@@ -200,6 +200,42 @@ def _build_config(args: argparse.Namespace) -> Config:
     return cfg.replace(**{k: coerce(k, v, source="command line") for k, v in overrides.items()})
 
 
+#: Where commands put a run when no --out is given (relative to the working directory).
+RUNS = Path("runs")
+
+
+@contextlib.contextmanager
+def _new_run_dir(stem: str, command: str) -> Iterator[Path]:
+    """Reserve ``runs/<stem>-N`` (N >= 1, the smallest not taken) and say so on stderr.
+
+    The folder is made here, atomically, so two commands started together get two folders; if
+    the command leaves it empty (a config refused before training) it is removed again.
+    """
+    from semimatch.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():  # each process would reserve a folder of its own
+        raise ConfigError("under torchrun all processes must write one run: pass --out RUN_DIR")
+    stem = re.sub(r"[^\w.+-]+", "_", stem).strip(".") or "run"  # a name, never a path
+    made_parent = not RUNS.is_dir()
+    RUNS.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        out = RUNS / f"{stem}-{n}"
+        try:
+            out.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+    print(f"semimatch {command}: writing the run to {out} (pass --out to choose)", file=sys.stderr)
+    try:
+        yield out
+    finally:
+        with contextlib.suppress(OSError):  # not empty: the run (or part of it) is there
+            out.rmdir()
+            if made_parent:
+                RUNS.rmdir()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from semimatch.engine import fit
 
@@ -242,42 +278,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     with _new_run_dir(f"{cfg.dataset}-{cfg.algorithm}", "train") as out:
         fit(cfg, out=out)
     return 0
-
-
-#: Where commands put a run when no --out is given (relative to the working directory).
-RUNS = Path("runs")
-
-
-@contextlib.contextmanager
-def _new_run_dir(stem: str, command: str) -> Iterator[Path]:
-    """Reserve ``runs/<stem>-N`` (N >= 1, the smallest not taken) and say so on stderr.
-
-    The folder is made here, atomically, so two commands started together get two folders; if
-    the command leaves it empty (a config refused before training) it is removed again.
-    """
-    from semimatch.distributed import launched_by_torchrun
-
-    if launched_by_torchrun():  # each process would reserve a folder of its own
-        raise ConfigError("under torchrun all processes must write one run: pass --out RUN_DIR")
-    stem = re.sub(r"[^\w.+-]+", "_", stem).strip(".") or "run"  # a name, never a path
-    made_parent = not RUNS.is_dir()
-    RUNS.mkdir(parents=True, exist_ok=True)
-    n = 1
-    while True:
-        out = RUNS / f"{stem}-{n}"
-        try:
-            out.mkdir()
-            break
-        except FileExistsError:
-            n += 1
-    print(f"semimatch {command}: writing the run to {out} (pass --out to choose)", file=sys.stderr)
-    try:
-        yield out
-    finally:
-        with contextlib.suppress(OSError):  # not empty: the run (or part of it) is there
-            out.rmdir()
-            if made_parent:
-                RUNS.rmdir()
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -564,7 +564,8 @@ def _run(argv: list[str] | None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with _sigterm_as_interrupt():
+            return COMMANDS[args.command](args)
     except (ConfigError, TrainingError, CheckpointError, FileNotFoundError, ValueError) as e:
         # train and demo take config flags; eval/predict/report options are not config fields.
         message = _as_flags(str(e)) if args.command in ("train", "demo") else str(e)
@@ -576,6 +577,28 @@ def _run(argv: list[str] | None) -> int:
         if str(e):
             print(str(e), file=sys.stderr)
         return 128 + getattr(e, "signum", signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM outside the training loop (loading data, evaluating) stops the command as Ctrl-C
+    does: ``finally`` blocks run (a reserved, still empty run folder is removed) and the exit
+    status is 143, not a silent kill.  Inside the loop fit's own handler takes over: it
+    finishes the iteration and checkpoints first."""
+    from semimatch.engine import TrainingInterrupted
+
+    def stop(signum: int, frame: Any) -> None:
+        raise TrainingInterrupted("", signum)
+
+    try:
+        old = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: the signal is not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":
