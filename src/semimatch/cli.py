@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--test-dir",
         metavar="PATH",
-        help="score labeled images DIR/<class>/<image> instead of the run's test set "
+        help="score labeled images PATH/<class>/<image> instead of the run's test set "
         "(class folders named like the run's classes)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
