@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import semimatch
 from semimatch.api import predict
 from semimatch.cli import main
 from semimatch.config import PRESETS
@@ -37,9 +43,15 @@ TRAIN = [
     "1",
     "--precision",
     "fp32",
-    "--tensorboard",
-    "false",
+    "--no-tensorboard",
 ]
+
+
+def cli_env() -> dict[str, str]:
+    """The environment for a ``python -m semimatch`` subprocess: this tree's code first (an
+    installed copy elsewhere would otherwise answer)."""
+    paths = [str(Path(semimatch.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +184,7 @@ def test_datasets_lists_names(capsys):
     "argv,expected",
     [
         (["train", "--num-label", "20"], "did you mean --num-labels"),
-        (["train", "--algorithm", "mixmatch", "--out", "x"], "algorithm='mixmatch'"),
+        (["train", "--algorithm", "mixmatch", "--out", "x"], "--algorithm 'mixmatch'"),
         (["train", "--preset", "cifar10-40-softmach"], "did you mean 'cifar10-40-softmatch'"),
         (["train", "--dataset", "cifar11", "--out", "x"], "cifar10"),
     ],
@@ -187,8 +199,9 @@ def test_bad_input_gets_a_clear_message(argv, expected, capsys, tmp_path, monkey
     assert expected in capsys.readouterr().err
 
 
-def test_errors_suggest_the_flag_not_the_python_keyword(tmp_path, capsys):
+def test_errors_suggest_the_flag_not_the_python_keyword(tmp_path, capsys, monkeypatch):
     """The library says "pass skip_corrupt=True"; the command line says the flag to type."""
+    monkeypatch.chdir(tmp_path)  # the runs without --out reserve a folder under ./runs
     rng = np.random.default_rng(0)
     data = tmp_path / "data"
     for name in ("a", "b"):
@@ -201,12 +214,12 @@ def test_errors_suggest_the_flag_not_the_python_keyword(tmp_path, capsys):
     folder = ["train", "--dataset", "imagefolder", "--data-root", str(data)]
     run = [*folder, "--num-labels", "4", "--iterations", "1", "--batch-size", "2"]
     assert main(run) == 2
-    assert "or pass --skip-corrupt true to skip unreadable images" in capsys.readouterr().err
-    assert main([*run, "--skip-corrupt", "true"]) == 2
+    assert "or pass --skip-corrupt to skip unreadable images" in capsys.readouterr().err
+    assert main([*run, "--skip-corrupt"]) == 2
     err = capsys.readouterr().err
     assert "pass --image-size (e.g. --image-size 32) to resize them" in err
     out = ["--out", str(tmp_path / "run"), "--tensorboard", "false"]
-    run += ["--skip-corrupt", "true", "--image-size", "8", "--uratio", "1", *out]
+    run += ["--skip-corrupt", "--image-size", "8", "--uratio", "1", *out]
     assert main(run) == 0
     err = capsys.readouterr().err
     assert "warning: skipped 1 unreadable image file(s)" in err  # a line, not a UserWarning
@@ -222,16 +235,30 @@ def test_errors_suggest_the_flag_not_the_python_keyword(tmp_path, capsys):
 @pytest.mark.parametrize(
     "raised, shown",
     [
-        ("or pass skip_corrupt=True.", "or pass --skip-corrupt true."),
+        ("or pass skip_corrupt=True.", "or pass --skip-corrupt."),
         ("pass image_size= (e.g. image_size=32) to", "pass --image-size (e.g. --image-size 32) to"),
         ("use forward_mode='joint' with", "use --forward-mode joint with"),
         ("pass lr=0.03, then", "pass --lr 0.03, then"),
-        ("cannot read image /d/use lr=1/x.png", "cannot read image /d/use lr=1/x.png"),  # a path
-        ("lr='abc' in command line is not valid", "lr='abc' in command line is not valid"),
+        ("weight_decay=1e-3, lr=0.1.", "--weight-decay 1e-3, --lr 0.1."),  # not the full stop
+        ("got forward_mode='x'", "got --forward-mode 'x'"),  # the user's value, quoted
+        ("lr='abc' in command line is not valid", "--lr 'abc' in command line is not valid"),
+        ("threads must be >= 1 (torch's)", "--threads must be >= 1 (torch's)"),
+        ("ua_init: with uniform_alignment=False", "--ua-init: with --no-uniform-alignment"),
+        ("options ['n_sigma']; accepts ['tau', 'lr']", "options --n-sigma; accepts --tau, --lr"),
+        ("(num_labels: balanced, fold: given)", "(--num-labels: balanced, --fold: given)"),
+        ("written every eval_every iterations", "written every --eval-every iterations"),
+        ("Pass download=True (CLI: --download) to", "Pass --download to"),
+        # where a field name is not the option: a path, a quoted value, a command, English
+        ("cannot read image /d/use lr=1/x.png", "cannot read image /d/use lr=1/x.png"),
+        ("no directory at /data/my num_labels/x", "no directory at /data/my num_labels/x"),
+        ("unknown backbone 'num_labels'", "unknown backbone 'num_labels'"),
+        ("run `semimatch train --resume r`", "run `semimatch train --resume r`"),
+        ("the fold file of this dataset", "the fold file of this dataset"),
+        ("dataset.labeled: cfg.threads", "dataset.labeled: cfg.threads"),
         ("use in_channels=3", "use in_channels=3"),  # not a config field
     ],
-)
-def test_only_suggested_config_fields_become_flags(raised, shown):
+)  # fmt: skip
+def test_config_fields_in_errors_become_flags(raised, shown):
     from semimatch.cli import _as_flags
 
     assert _as_flags(raised) == shown
@@ -280,3 +307,239 @@ def test_help_states_the_algorithms_real_defaults(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "confidence threshold (default: 0.95)" in out
     assert "(default: off)" in out and "clip the gradient norm to this value (default: off)" in out
+
+
+def _parse_error(argv: list[str], capsys) -> str:
+    """argparse's message for ``argv`` (it exits with 2)."""
+    from semimatch.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_switches_take_no_prefix_and_old_values(capsys):
+    """--x / --no-x, and --x true|false for commands written before the switches."""
+    from semimatch.cli import _build_config, build_parser
+
+    def config(*argv: str):
+        return _build_config(build_parser().parse_args(["train", *argv]))
+
+    assert config("--deterministic").deterministic is True
+    assert config("--deterministic", "false").deterministic is False
+    assert config("--deterministic=True").deterministic is True  # str(True) in old scripts
+    assert config("--no-tensorboard").tensorboard is False
+    assert config("--no-nesterov", "--download").download is True
+    assert config("--no-nesterov").nesterov is False
+    # bool | None: auto (None) is the default, decided when the run starts
+    assert config("--progress").progress is True
+    assert config("--no-progress").progress is False
+    assert config("--preset", "cifar10-40-softmatch", "--ema-warmup", "auto").ema_warmup is None
+    assert config("--per-class", "none").per_class is None
+    assert "--no-deterministic takes no value" in _parse_error(
+        ["train", "--no-deterministic", "true"], capsys
+    )
+    err = _parse_error(["train", "--deterministic", "auto"], capsys)
+    assert "argument --deterministic: expected true or false" in err and "'auto'" in err
+    err = _parse_error(["train", "--progress", "maybe"], capsys)
+    assert "expected true, false or auto" in err
+
+
+def test_help_shows_what_each_option_takes(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for shown in (
+        "--deterministic [BOOL], --no-deterministic",
+        "--download [BOOL], --no-download",
+        "--progress [BOOL|auto], --no-progress",
+        "--data-root PATH",
+        "--test-dir PATH",
+        "--iterations INT",
+        "--lr FLOAT",
+        "--device DEVICE",
+        "--augment-device DEVICE",
+        "--backbone STR",
+        "--algorithm {supervised,pseudolabel,fixmatch,softmatch}",
+        "--stats-on {aligned,raw,auto}",
+        "--out PATH",
+    ):
+        assert shown in out, shown
+    assert not re.search(r"--[\w-]+ V\b", out)  # the old catch-all metavar
+    assert "(default: false)" in out and "(default: False)" not in out
+
+
+def test_version(capsys):
+    import semimatch
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"semimatch {semimatch.__version__}\n"
+    # the package metadata (pyproject.toml) states the same version
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert f'\nversion = "{semimatch.__version__}"\n' in pyproject
+
+
+def test_a_closed_pipe_ends_quietly(monkeypatch):
+    """`semimatch presets | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+
+    class ClosedPipe:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["presets"]) == 141
+
+
+def test_a_closed_pipe_ends_quietly_in_a_real_process():
+    """The same through a real pipe whose reader closed before the first line was written
+    (python needs seconds to import torch, so the pipe is closed long before)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "semimatch", "presets"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert err == ""  # no traceback, no "Exception ignored"
+
+
+def test_sigterm_stops_training_with_143_and_one_resume_hint(tmp_path):
+    """A scheduler's SIGTERM: the run checkpoints, says once (stdout and stderr together) how
+    to resume, and exits 128 + 15 like any well-behaved tool."""
+    run = tmp_path / "run"
+    argv = [*TRAIN, "--iterations", "100000", "--eval-every", "2", "--log-every", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "semimatch", *argv, "--threads", "1", "--out", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream: a message printed twice would show here
+        text=True,
+        env=cli_env(),
+    )
+    first = proc.stdout.readline()  # the first evaluation line: training is under way
+    assert first.startswith("[     2/100000]"), first
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, rest
+    assert rest.count("interrupted") == 1, rest
+    assert "interrupted (SIGTERM) after iteration" in rest
+    assert f"resume with `semimatch train --resume {run}`" in rest
+    assert read_jsonl(run / "metrics.jsonl")[-1]["status"] == "interrupted"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["--num-labels", "7"], "--num-labels 7 cannot be split evenly over the 10 classes"),
+        (["--forward-mode", "x"], "--forward-mode 'x' in command line is not valid"),
+        (["--n-sigma", "1"], "option(s) --n-sigma have no effect with algorithm 'fixmatch'"),
+        (["--sgd-momentum", "0"], "with --sgd-momentum 0 pass --no-nesterov"),
+        (["--lt-n1", "5"], "apply only with --lt-gamma"),
+    ],
+)
+def test_train_errors_name_the_flags(options, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--iterations", "1", *options]) == 2
+    err = capsys.readouterr().err
+    assert "semimatch train: error: " in err and message in err
+    assert not list(tmp_path.iterdir())  # the reserved run folder is gone again
+
+
+QUICK = ["--iterations", "2", "--eval-every", "2", "--batch-size", "8", "--uratio", "1"]
+QUICK += ["--no-tensorboard", "--threads", "1", "--precision", "fp32"]
+
+
+def test_train_without_out_writes_a_new_run_folder(tmp_path, monkeypatch, capsys):
+    """No silent loss: without --out the run goes to runs/<dataset>-<algorithm>-N, announced
+    before training, a new N each time."""
+    monkeypatch.chdir(tmp_path)
+    for n in (1, 2):
+        assert main(["train", "--dataset", "digits", *QUICK]) == 0
+        run = Path("runs") / f"digits-fixmatch-{n}"
+        assert json.loads((run / "config.json").read_text())["iterations"] == 2
+        assert (run / "summary.json").exists()
+        err = capsys.readouterr().err
+        assert err.startswith(f"semimatch train: writing the run to {run} (pass --out to choose)")
+    assert main(["train", "--algorithm", "supervised", *QUICK]) == 0
+    assert (tmp_path / "runs" / "digits-supervised-1" / "config.json").exists()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "digits-fixmatch-1",
+        "digits-fixmatch-2",
+        "digits-supervised-1",
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--resume", "auto"], "--resume auto needs --out RUN_DIR"),
+        (["--overwrite"], "--overwrite replaces the run in --out; pass --out"),
+    ],
+)
+def test_options_that_need_out_say_so(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_torchrun_needs_out(tmp_path, monkeypatch, capsys):
+    """Each process would reserve a folder of its own: one run needs one --out."""
+    monkeypatch.chdir(tmp_path)
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    assert main(["train", *QUICK]) == 2
+    assert "under torchrun all processes must write one run: pass --out" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_demo_writes_a_new_folder_and_keeps_an_existing_demo(tmp_path, monkeypatch, capsys):
+    """demo: runs/demo-N by default, --threads reaches every run, an --out holding a demo is
+    refused unless --overwrite."""
+    from semimatch.demo import ALGORITHMS, run_demo
+    from semimatch.engine import TrainingError
+
+    monkeypatch.chdir(tmp_path)
+    demo = ["demo", "--iterations", "1", "--threads", "1"]
+    assert main(demo) == 0
+    out = Path("runs") / "demo-1"
+    assert capsys.readouterr().err.startswith(f"semimatch demo: writing the run to {out}")
+    for algo in ALGORITHMS:
+        cfg = json.loads((out / algo / "config.json").read_text())
+        assert cfg["algorithm"] == algo and cfg["threads"] == 1 and cfg["iterations"] == 1
+    stamp = (out / "fixmatch" / "metrics.jsonl").stat().st_mtime_ns
+    assert main([*demo, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} already holds a demo (supervised, fixmatch, softmatch); pass --overwrite" in err
+    with pytest.raises(TrainingError, match="already holds a demo"):
+        run_demo(out, iterations=1, overwrite=False)  # the Python API's opt-in refusal
+    assert (out / "fixmatch" / "metrics.jsonl").stat().st_mtime_ns == stamp  # untouched
+    assert main([*demo, "--out", str(out), "--overwrite", "--seed", "1"]) == 0
+    assert json.loads((out / "fixmatch" / "config.json").read_text())["seed"] == 1
+    assert sorted(p.name for p in Path("runs").iterdir()) == ["demo-1"]
+    assert "expected an integer >= 1, got 0" in _parse_error(["demo", "--threads", "0"], capsys)
+
+
+def test_sigterm_before_the_training_loop_exits_143_and_cleans_up(tmp_path, monkeypatch):
+    """SIGTERM while the run is still starting (e.g. loading data) is no silent kill: the
+    command stops with 143, the still empty run folder it reserved is removed, and the
+    caller's SIGTERM handler is back afterwards."""
+
+    def starting(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("semimatch.engine.fit", starting)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["train", *QUICK]) == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert not list(tmp_path.iterdir())

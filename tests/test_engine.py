@@ -22,7 +22,7 @@ from torch import nn
 from semimatch import checkpoint as ckpt
 from semimatch.algorithms import build_algorithm
 from semimatch.config import Config
-from semimatch.engine import TrainingError, fit, lambda_curve
+from semimatch.engine import TrainingError, TrainingInterrupted, fit, lambda_curve
 from semimatch.metrics import read_jsonl
 
 # A tiny, fast recipe: digits, 20 labels, 8 labeled + 16 unlabeled per step.
@@ -291,7 +291,7 @@ def test_an_interrupt_whose_checkpoint_fails_says_both(tmp_path, monkeypatch):
     with pytest.raises(ckpt.CheckpointError) as info:
         fit(tiny(iterations=4, eval_every=2), out=tmp_path)
     assert str(info.value).startswith(
-        "interrupted after iteration 1, then cannot write ckpt-0000001.pt in "
+        "interrupted (SIGINT) after iteration 1, then cannot write ckpt-0000001.pt in "
         f"{tmp_path / 'checkpoints'}: Permission denied (EACCES)"
     )
     end = read_jsonl(tmp_path / "metrics.jsonl")[-1]
@@ -317,6 +317,45 @@ def test_a_failed_metrics_write_stops_the_run_with_the_reason(tmp_path, monkeypa
     )
     assert "continues from ckpt-0000002.pt (iteration 2)" in str(info.value)
     assert read_jsonl(tmp_path / "metrics.jsonl")[-1]["status"] == "failed"
+
+
+class _SignalAt(nn.Module):
+    """A model that sends this process ``signum`` during its n-th training forward."""
+
+    def __init__(self, n: int, signum: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(64, 10)
+        self.calls, self.n, self.signum = 0, n, signum
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.n:
+                signal.raise_signal(self.signum)
+        return self.lin(x.flatten(1))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_after_the_iteration_and_names_itself(tmp_path, capsys, signum):
+    """The first SIGTERM/SIGINT finishes the iteration, checkpoints and raises
+    TrainingInterrupted carrying the signal; the message is in the exception only (whoever
+    catches it shows it once), not also logged."""
+    before = signal.getsignal(signum)
+    with pytest.raises(TrainingInterrupted) as e:
+        fit(
+            tiny(iterations=50, eval_every=10, forward_mode="joint"),
+            out=tmp_path / "run",
+            model=_SignalAt(3, signum),
+        )
+    assert isinstance(e.value, KeyboardInterrupt) and e.value.signum == signum
+    name = signal.Signals(signum).name
+    assert str(e.value) == (
+        f"interrupted ({name}) after iteration 3; resume with "
+        f"`semimatch train --resume {tmp_path / 'run'}`"
+    )
+    assert "interrupted" not in capsys.readouterr().out
+    assert ckpt.load(ckpt.latest(tmp_path / "run" / "checkpoints"))["iteration"] == 3
+    assert signal.getsignal(signum) is before  # the caller's handler is back
 
 
 def _final_state(run_dir: Path) -> dict:
@@ -425,11 +464,12 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(tmp_path, refere
     while not (run / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=120)
     if proc.returncode == 0:  # the run finished before the signal arrived: nothing to test
         pytest.skip("training finished before SIGINT")
     assert proc.returncode == 130, err
-    assert "resume with" in err
+    assert "interrupted (SIGINT) after iteration" in err
+    assert (out + err).count("resume with") == 1  # said once, on stderr
     end = read_jsonl(run / "metrics.jsonl")[-1]
     assert end["kind"] == "end" and end["status"] == "interrupted"
     # the checkpoint is taken where the run stopped, not at the last evaluation
@@ -598,7 +638,7 @@ def test_a_bad_config_never_costs_the_run_overwrite_would_replace(tmp_path):
         ({"threads": -1}, "threads must be >= 1"),
         ({"weight_decay": -1e-4}, "weight_decay must be >= 0"),
         ({"sgd_momentum": 1.0}, "sgd_momentum must be in [0, 1)"),
-        ({"sgd_momentum": 0.0}, "with --sgd-momentum 0 pass --nesterov false"),
+        ({"sgd_momentum": 0.0}, "with --sgd-momentum 0 pass --no-nesterov"),
         ({"ema_decay": 1.5}, "ema_decay must be in [0, 1)"),
         ({"bn_momentum": 0.0}, "bn_momentum must be in (0, 1]"),
         ({"augment_device": "gpu"}, "augment_device='gpu' is not a device"),

@@ -9,14 +9,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import json
+import os
 import re
+import signal
 import sys
+import types
+import typing
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from semimatch.config import PRESETS, Config, ConfigError, coerce, load_preset
+from semimatch import __version__
+from semimatch.config import PRESETS, Config, ConfigError, coerce, field_types, load_preset
 
 __all__ = ["main"]
 
@@ -30,17 +37,121 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+#: Values a switch takes after ``--x`` (old commands spell ``--deterministic true``).
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+#: What an optional switch (``bool | None``) takes for its default, decided at run start.
+_AUTO = ("auto", "none", "null")
+
+
+class _Switch(argparse.Action):
+    """``--x`` sets True, ``--no-x`` False; ``--x VALUE`` still takes true/false (yes/no, on/off,
+    1/0) so older commands keep working, and ``auto`` (= None) where the field may be None."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, optional: bool, **kw: Any) -> None:
+        self.optional = optional
+        kw.setdefault("metavar", "BOOL|auto" if optional else "BOOL")
+        super().__init__(option_strings, dest, nargs="?", const=True, **kw)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        on, off = self.option_strings
+        if option_string == off:
+            if values is not True:  # argparse passes const (True) when no value follows
+                parser.error(f"{off} takes no value (to set one: {on} {values})")
+            value: bool | None = False
+        elif values is True or values.lower() in _TRUE:  # True: a bare --x
+            value = True
+        elif values.lower() in _FALSE:
+            value = False
+        elif self.optional and values.lower() in _AUTO:
+            value = None
+        else:
+            allowed = "true, false or auto" if self.optional else "true or false"
+            parser.error(
+                f"argument {on}: expected {allowed} (or just {on} / {off}); got {values!r}"
+            )
+        setattr(namespace, self.dest, value)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows a switch as ``--x [BOOL], --no-x``: the value belongs to the first spelling only."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, _Switch):
+            on, off = action.option_strings
+            return f"{on} [{action.metavar}], {off}"
+        return super()._format_action_invocation(action)
+
+
+#: Fields whose value is a file-system path (shown as PATH in --help).
+_PATH_SUFFIXES = ("_root", "_dir", "_path", "_file")
+
+
+def _members(kind: Any) -> list[Any]:
+    """The types of a union (``int | None`` -> [int, NoneType]); ``[kind]`` otherwise."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        return list(typing.get_args(kind))
+    return [kind]
+
+
+def _metavar(name: str, kind: Any) -> str:
+    """How ``--help`` shows the value of field ``name`` of type ``kind``."""
+    members = _members(kind)
+    options = [o for o in members if o is not type(None)]
+    if typing.get_origin(options[0]) is Literal:
+        choices = [str(c) for c in typing.get_args(options[0])]
+        if type(None) in members and "auto" not in choices:
+            choices.append("auto")  # None: the algorithm's (or the run's) own choice
+        return "{" + ",".join(choices) + "}"
+    if name.endswith(_PATH_SUFFIXES):
+        return "PATH"
+    if name.endswith("device"):
+        return "DEVICE"
+    return {int: "INT", float: "FLOAT"}.get(options[0], "STR")
+
+
+def _shown_default(f: Any) -> str:
+    if f.default is None:
+        return str(f.metadata.get("none", "auto"))
+    if isinstance(f.default, bool):
+        return str(f.default).lower()
+    return str(f.default)
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("options (each overrides the preset / config file)")
+    group = parser.add_argument_group(
+        "options (each overrides the preset / config file)",
+        "Switches: --x turns an option on, --no-x off (--x true / --x false also work); "
+        "switches marked [BOOL|auto] also take auto, their default.",
+    )
+    kinds = field_types()
     for f in _cli_fields():
-        flag = _flag(f.name)
-        default = f.default if f.default is not None else f.metadata.get("none", "auto")
+        help_text = f"{f.metadata['help']} (default: {_shown_default(f)})".replace("%", "%%")
+        kind = kinds[f.name]
+        options = _members(kind)
+        if bool in options:
+            group.add_argument(
+                _flag(f.name),
+                "--no-" + f.name.replace("_", "-"),
+                dest=f.name,
+                action=_Switch,
+                optional=type(None) in options,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+            continue
         group.add_argument(
-            flag,
+            _flag(f.name),
             dest=f.name,
             default=argparse.SUPPRESS,
-            metavar="V",
-            help=f"{f.metadata['help']} (default: {default})".replace("%", "%%"),
+            metavar=_metavar(f.name, kind),
+            help=help_text,
         )
 
 
@@ -53,9 +164,16 @@ def _train_parser(sub: Any) -> None:
             "is a field of the config; --preset loads a paper setting first."
         ),
     )
-    p.add_argument("--preset", help="start from a paper preset (see `semimatch presets`)")
-    p.add_argument("--config", help="start from a config.json (e.g. another run's)")
-    p.add_argument("--out", help="run directory (config, split, metrics.jsonl, checkpoints)")
+    p.add_argument(
+        "--preset", metavar="NAME", help="start from a paper preset (see `semimatch presets`)"
+    )
+    p.add_argument("--config", metavar="PATH", help="start from a config.json (e.g. another run's)")
+    p.add_argument(
+        "--out",
+        metavar="PATH",
+        help="run directory (config, split, metrics.jsonl, checkpoints); default: a new "
+        "runs/<dataset>-<algorithm>-N",
+    )
     p.add_argument(
         "--resume",
         metavar="RUN_DIR|auto",
@@ -82,12 +200,51 @@ def _build_config(args: argparse.Namespace) -> Config:
     return cfg.replace(**{k: coerce(k, v, source="command line") for k, v in overrides.items()})
 
 
+#: Where commands put a run when no --out is given (relative to the working directory).
+RUNS = Path("runs")
+
+
+@contextlib.contextmanager
+def _new_run_dir(stem: str, command: str) -> Iterator[Path]:
+    """Reserve ``runs/<stem>-N`` (N >= 1, the smallest not taken) and say so on stderr.
+
+    The folder is made here, atomically, so two commands started together get two folders; if
+    the command leaves it empty (a config refused before training) it is removed again.
+    """
+    from semimatch.distributed import launched_by_torchrun
+
+    if launched_by_torchrun():  # each process would reserve a folder of its own
+        raise ConfigError("under torchrun all processes must write one run: pass --out RUN_DIR")
+    stem = re.sub(r"[^\w.+-]+", "_", stem).strip(".") or "run"  # a name, never a path
+    made_parent = not RUNS.is_dir()
+    RUNS.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        out = RUNS / f"{stem}-{n}"
+        try:
+            out.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+    print(f"semimatch {command}: writing the run to {out} (pass --out to choose)", file=sys.stderr)
+    try:
+        yield out
+    finally:
+        with contextlib.suppress(OSError):  # not empty: the run (or part of it) is there
+            out.rmdir()
+            if made_parent:
+                RUNS.rmdir()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from semimatch.engine import fit
 
     if args.resume == "auto":
         if not args.out:
-            raise ConfigError("--resume auto needs --out RUN_DIR: the run to start or continue")
+            raise ConfigError(
+                "--resume auto needs --out RUN_DIR: the run to start or continue (without --out "
+                "every run gets a new folder, so there is nothing to resume)"
+            )
         if args.overwrite:
             raise ConfigError("--resume auto continues the run in --out; drop --overwrite")
         fit(_build_config(args), out=args.out, resume="auto")
@@ -108,8 +265,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         fit(Config(), out=args.resume, resume=True)
         return 0
     cfg = _build_config(args)
-    out = args.out
-    fit(cfg, out=out, overwrite=args.overwrite)
+    if args.out:
+        fit(cfg, out=args.out, overwrite=args.overwrite)
+        return 0
+    if args.overwrite:
+        raise ConfigError(
+            "--overwrite replaces the run in --out; pass --out (without it every run gets a "
+            f"new folder under {RUNS}/)"
+        )
+    # No --out: a new folder rather than a run that writes nothing (and a Ctrl-C with no
+    # checkpoint to resume from); the Python API keeps out=None for callers who want that.
+    with _new_run_dir(f"{cfg.dataset}-{cfg.algorithm}", "train") as out:
+        fit(cfg, out=out)
     return 0
 
 
@@ -174,12 +341,32 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from semimatch.demo import run_demo
+    from semimatch.demo import demo_runs, run_demo
 
-    run_demo(
-        out=Path(args.out), iterations=args.iterations, num_labels=args.num_labels, seed=args.seed
-    )
+    options = dict(iterations=args.iterations, num_labels=args.num_labels, seed=args.seed)
+    if args.out is None:  # a new folder: nothing to replace
+        with _new_run_dir("demo", "demo") as out:
+            run_demo(out, threads=args.threads, overwrite=False, **options)
+        return 0
+    held = demo_runs(Path(args.out))
+    if held and not args.overwrite:
+        raise ConfigError(
+            f"{args.out} already holds a demo ({', '.join(held)}); pass --overwrite to replace "
+            "it, or another --out (without --out the demo gets a new folder under runs/)"
+        )
+    run_demo(Path(args.out), threads=args.threads, overwrite=args.overwrite, **options)
     return 0
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (checked before the demo's first run starts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -187,6 +374,7 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -210,17 +398,26 @@ def build_parser() -> argparse.ArgumentParser:
         prog="semimatch",
         description=("Semi-supervised image classification with FixMatch and SoftMatch."),
     )
+    parser.add_argument(
+        "--version",
+        action="version",
+        # The running code's version (an installed copy's metadata may describe another tree).
+        version=f"%(prog)s {__version__}",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _train_parser(sub)
 
     p = sub.add_parser("eval", help="test accuracy of a trained run")
     p.add_argument("run_dir")
     p.add_argument("--model", choices=["ema", "raw"], default="ema")
-    p.add_argument("--checkpoint", default="best", help="best | last | path to a checkpoint")
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--checkpoint", default="best", metavar="best|last|PATH", help="the checkpoint to load"
+    )
+    p.add_argument("--device", default="auto", metavar="DEVICE")
     p.add_argument(
         "--test-dir",
-        help="score labeled images DIR/<class>/<image> instead of the run's test set "
+        metavar="PATH",
+        help="score labeled images PATH/<class>/<image> instead of the run's test set "
         "(class folders named like the run's classes)",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -229,24 +426,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("images", nargs="+", help="image files, or folders (searched recursively)")
     p.add_argument("--model", choices=["ema", "raw"], default="ema")
-    p.add_argument("--checkpoint", default="best")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--output", help="CSV file (default: standard output)")
+    p.add_argument("--checkpoint", default="best", metavar="best|last|PATH")
+    p.add_argument("--device", default="auto", metavar="DEVICE")
+    p.add_argument("--output", metavar="PATH", help="CSV file (default: standard output)")
 
     p = sub.add_parser("report", help="HTML report + figures for one or more runs")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument(
-        "--out", help="report folder (default: RUN_DIR/report; ./semimatch-report for several runs)"
+        "--out",
+        metavar="PATH",
+        help="report folder (default: RUN_DIR/report; ./semimatch-report for several runs)",
     )
 
     sub.add_parser("presets", help="list the paper presets")
     sub.add_parser("datasets", help="list the dataset names")
 
     p = sub.add_parser("demo", help="FixMatch vs SoftMatch vs supervised on digits (offline)")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--iterations", type=int, default=300)
-    p.add_argument("--num-labels", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out",
+        metavar="PATH",
+        help="folder of the three runs, PATH/<algorithm> (default: a new runs/demo-N)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a demo already in --out")
+    p.add_argument(
+        "--iterations", type=_positive, default=300, metavar="INT", help="per run (default: 300)"
+    )
+    p.add_argument(
+        "--num-labels",
+        type=_positive,
+        default=20,
+        metavar="INT",
+        help="labeled images, a multiple of 10 (default: 20)",
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="INT", help="random seed (default: 0)")
+    p.add_argument(
+        "--threads",
+        type=_positive,
+        metavar="INT",
+        help="CPU threads for torch in each run (default: torch's default)",
+    )
     return parser
 
 
@@ -262,41 +480,125 @@ COMMANDS = {
 
 
 def _as_flags(message: str) -> str:
-    """Say the fix a library error suggests in command-line words.
+    """Say a library error in command-line words: config fields become the flags to type.
 
-    The library's errors suggest Python keywords ("pass skip_corrupt=True"); on the command
-    line that is ``--skip-corrupt true``.  Only suggestions (after "pass", "use", "e.g.") of
-    config fields are rewritten; a message quoting what the user gave stays as it is.
+    The library names Python keywords ("threads must be >= 1", "pass skip_corrupt=True",
+    "got forward_mode='x'"); the command line reads "--threads must be >= 1", "pass
+    --skip-corrupt", "got --forward-mode 'x'".  A field is rewritten only where it is an
+    identifier: ``name=value``, ``name:``, a name with an underscore, a list of names, or a name
+    opening the message.  Quoted text, `commands` and paths (tokens with a slash) are what the
+    user gave or must type as they are, so they stay untouched; "(CLI: ...)" asides go.
     """
-    names = "|".join(f.name for f in _cli_fields())
+    message = re.sub(r"\s*\(CLI: [^)]*\)", "", message)
+    return _flag_pattern().sub(_flag_words, message)
 
-    def flag(m: re.Match) -> str:
-        value = (m.group(3) or "").strip("'\"")
-        value = {"True": "true", "False": "false"}.get(value, value)
-        return f"{m.group(1)} {_flag(m.group(2))}" + (f" {value}" if value else "")
 
-    # A value is quoted, or a word / number (a sentence's full stop is not part of it).
-    value = r"'[^']*'|\"[^\"]*\"|-?\w+(?:\.\d+)?"
-    pattern = rf"(?<![/\w])(pass|use|e\.g\.) ({names})=({value})?"
-    return re.sub(pattern, flag, message)
+@functools.cache
+def _flag_pattern() -> re.Pattern[str]:
+    """The regular expression of ``_as_flags`` (built once: it lists every field name)."""
+    names = sorted((f.name for f in _cli_fields()), key=len, reverse=True)
+
+    def word(alternatives: list[str]) -> str:  # a whole name: not cfg.x, --x, a/x, x.txt
+        return rf"(?<![\w.\-/])(?:{'|'.join(alternatives)})(?![\w\-/]|\.\w)"
+
+    name, snake = word(names), word([n for n in names if "_" in n])
+    # A value is quoted, or a run of word characters, dots, colons, signs (1e-3, cuda:0,
+    # two-pass) ending in a word character: a sentence's full stop is not part of it.
+    value = r"'[^'\n]*'|\"[^\"\n]*\"|[\w.:+\-]*\w"
+    return re.compile(
+        rf"(?P<list>\[(?:'(?:{'|'.join(names)})'(?:, )?)+\])"  # ['n_sigma', 'tau']
+        r"|(?P<protected>(?<!\w)'[^'\n]*'(?!\w)|(?<!\w)\"[^\"\n]*\"(?!\w)|`[^`]*`"
+        r"|[^\s'\"`]*/[^\s'\"`]*)"  # quoted, a `command`, a path
+        rf"|(?P<assign>{name})=(?P<value>{value})?"  # lr=0.1, image_size=
+        rf"|(?P<label>{name})(?=:)"  # fold: must be in 0..9
+        rf"|(?P<snake>{snake})"  # num_labels anywhere: an identifier, not an English word
+        rf"|^(?P<first>{name})(?= )"  # lr must be > 0
+    )
+
+
+def _flag_words(m: re.Match[str]) -> str:
+    if m["protected"]:
+        return m["protected"]
+    if m["list"]:
+        return ", ".join(_flag(n) for n in re.findall(r"'([^']*)'", m["list"]))
+    if m["assign"] is None:
+        return _flag(m["label"] or m["snake"] or m["first"])
+    name, value = m["assign"], m["value"] or ""
+    if value == "True":
+        return _flag(name)
+    if value == "False":
+        return "--no-" + name.replace("_", "-")
+    if value == "None":
+        value = "none"
+    before = m.string[: m.start()]
+    if re.search(r"(?:\bpass|\buse|\be\.g\.|\bwith)\s*\(?$", before, re.IGNORECASE):
+        value = value.strip("'\"")  # a suggestion: what to type, without Python's quotes
+    return f"{_flag(name)} {value}" if value else _flag(name)
+
+
+#: Exit status when the reader of standard output has gone (128 + SIGPIPE, as a shell shows a
+#: tool that SIGPIPE killed, e.g. ``cat`` in ``cat big | head -1`` under ``set -o pipefail``).
+EXIT_BROKEN_PIPE = 141
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; return the exit status (0 ok, 2 usage or config error, 128+N signal N)."""
+    try:
+        try:
+            return _run(argv)
+        finally:
+            # Output still buffered would meet a closed pipe at interpreter exit, as an
+            # "Exception ignored" traceback; flushing here brings that error to the handler below.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left early (`semimatch presets | head -1`): stop quietly. What is still
+        # buffered goes to /dev/null, so the interpreter's last flush cannot fail again.
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # no real file descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: list[str] | None) -> int:
     from semimatch.checkpoint import CheckpointError
     from semimatch.engine import TrainingError
 
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with _sigterm_as_interrupt():
+            return COMMANDS[args.command](args)
     except (ConfigError, TrainingError, CheckpointError, FileNotFoundError, ValueError) as e:
-        # Only `train` takes config flags; other commands get the message as raised.
-        message = _as_flags(str(e)) if args.command == "train" else str(e)
+        # train and demo take config flags; eval/predict/report options are not config fields.
+        message = _as_flags(str(e)) if args.command in ("train", "demo") else str(e)
         print(f"semimatch {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
+        # The one place the message (where it stopped, how to resume) is shown; fit does not
+        # log it. A plain KeyboardInterrupt (Ctrl-C outside the training loop) is SIGINT.
         if str(e):
             print(str(e), file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM outside the training loop (loading data, evaluating) stops the command as Ctrl-C
+    does: ``finally`` blocks run (a reserved, still empty run folder is removed) and the exit
+    status is 143, not a silent kill.  Inside the loop fit's own handler takes over: it
+    finishes the iteration and checkpoints first."""
+    from semimatch.engine import TrainingInterrupted
+
+    def stop(signum: int, frame: Any) -> None:
+        raise TrainingInterrupted("", signum)
+
+    try:
+        old = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: the signal is not ours to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,43 @@ from __future__ import annotations
 from pathlib import Path
 
 from semimatch.config import Config
-from semimatch.engine import fit
+from semimatch.engine import TrainingError, fit
 
 ALGORITHMS = ("supervised", "fixmatch", "softmatch")
 
 
-def run_demo(out: Path, iterations: int = 300, num_labels: int = 20, seed: int = 0) -> list[dict]:
+def demo_runs(out: Path) -> list[str]:
+    """The algorithms whose demo run folder ``out/<algorithm>`` already holds a run."""
+    out = Path(out)
+    return [
+        a
+        for a in ALGORITHMS
+        if (out / a / "config.json").exists() or (out / a / "metrics.jsonl").exists()
+    ]
+
+
+def run_demo(
+    out: Path,
+    iterations: int = 300,
+    num_labels: int = 20,
+    seed: int = 0,
+    *,
+    threads: int | None = None,
+    overwrite: bool = True,
+) -> list[dict]:
+    """Train supervised, FixMatch and SoftMatch into ``out/<algorithm>``; return their summaries.
+
+    ``threads`` sets ``Config.threads`` of the three runs (None: torch's default).
+    ``overwrite=False`` refuses an ``out`` that already holds a demo before anything trains; the
+    default ``True`` replaces it, as this function always did.
+    """
+    out = Path(out)
+    held = demo_runs(out)
+    if held and not overwrite:
+        raise TrainingError(
+            f"{out} already holds a demo ({', '.join(held)}); pass overwrite=True to replace "
+            "it or choose another folder"
+        )
     rows = []
     for algo in ALGORITHMS:
         cfg = Config(
@@ -25,6 +56,7 @@ def run_demo(out: Path, iterations: int = 300, num_labels: int = 20, seed: int =
             log_every=max(1, iterations // 20),
             batch_size=32,
             seed=seed,
+            threads=threads,
         )
         print(f"--- {algo}: {num_labels} labels, {iterations} iterations ---", flush=True)
         run = fit(cfg, out=out / algo, overwrite=True)

@@ -58,11 +58,32 @@ from semimatch.models import InputNormalizer, build_model, set_bn_momentum
 from semimatch.step import CONF_BINS, train_step
 from semimatch.weighting import NonFiniteError
 
-__all__ = ["fit", "Run", "TrainingError", "resolve", "select_device", "evaluate_model"]
+__all__ = [
+    "fit",
+    "Run",
+    "TrainingError",
+    "TrainingInterrupted",
+    "resolve",
+    "select_device",
+    "evaluate_model",
+]
 
 
 class TrainingError(RuntimeError):
     """Training stopped for a reason the user must act on (message says which and what to do)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """``fit`` stopped on SIGINT (Ctrl-C) or SIGTERM after saving a checkpoint.
+
+    The message says where it stopped and how to resume; ``signum`` is the signal, so a
+    command can exit with ``128 + signum`` (130 for Ctrl-C, 143 for SIGTERM) as shells expect.
+    Being a ``KeyboardInterrupt``, it still stops a script that does not catch it.
+    """
+
+    def __init__(self, message: str = "", signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,7 +311,7 @@ def _check_ranges(cfg: Config, device: torch.device) -> None:
         if wrong:
             raise ConfigError(f"{name} must be {rule}; got {getattr(cfg, name)}")
     if cfg.nesterov and cfg.sgd_momentum == 0:
-        raise ConfigError("nesterov needs momentum; with --sgd-momentum 0 pass --nesterov false")
+        raise ConfigError("nesterov needs momentum; with --sgd-momentum 0 pass --no-nesterov")
     if cfg.augment_device is not None:
         try:
             aug = torch.device(cfg.augment_device)
@@ -345,7 +366,7 @@ def _check_split_options(cfg: Config, data: SSLDataset) -> None:
         folds = data.labeled_folds
         if not folds:
             hint = (
-                "fold_indices.txt is missing from stl10_binary; re-download with --download true"
+                "fold_indices.txt is missing from stl10_binary; re-download with --download"
                 if cfg.dataset == "stl10"
                 else "use num_labels for a balanced draw"
             )
@@ -1071,11 +1092,12 @@ def fit(
     except KeyboardInterrupt:
         status = "interrupted"
         history["wall_time"] = time.perf_counter() - t_start
+        stopped_by = f"interrupted ({signal.Signals(interrupted.signum).name})"
         message = (
-            f"interrupted after iteration {completed}; resume with "
+            f"{stopped_by} after iteration {completed}; resume with "
             f"`semimatch train --resume {out_dir}`"
             if out_dir
-            else f"interrupted after iteration {completed}"
+            else f"{stopped_by} after iteration {completed}"
         )
         if clean_stop and completed > start:
             # Stopped between iterations: every piece of state is consistent, save it.
@@ -1083,7 +1105,7 @@ def fit(
                 save_checkpoint(completed)
             except ckpt.CheckpointError as e:
                 status, failure = "failed", e
-                message = f"interrupted after iteration {completed}, then {e}"
+                message = f"{stopped_by} after iteration {completed}, then {e}"
     except (ckpt.CheckpointError, _WriteFailed) as e:
         # Iteration k trained and was logged; only its record or checkpoint failed to write.
         status, failure, message, completed = "failed", e, str(e), k + 1
@@ -1134,8 +1156,9 @@ def fit(
     if status == "failed":
         raise TrainingError(message) from failure
     if status == "interrupted":
-        _say(env.is_main, message)
-        raise KeyboardInterrupt(message if env.is_main else "")  # the CLI prints it once
+        # Not logged here: the message travels in the exception, whose owner shows it once
+        # (the CLI prints it; a Python caller sees it in the traceback or catches it).
+        raise TrainingInterrupted(message if env.is_main else "", interrupted.signum)
     _say(env.is_main, _summary_line(summary))
     if writer:  # the whole log, including what ran before a resume
         records = read_jsonl(out_dir / "metrics.jsonl")
@@ -1267,13 +1290,16 @@ class _NonFinite(Exception):
 
 class _InterruptFlag:
     """Turn the first SIGINT/SIGTERM into a flag checked after the current iteration, so Ctrl-C
-    (or a scheduler's SIGTERM) checkpoints at a clean point; a second Ctrl-C interrupts at once."""
+    (or a scheduler's SIGTERM) checkpoints at a clean point; a second Ctrl-C interrupts at once.
+    ``signum`` is the last signal received (SIGINT for a KeyboardInterrupt from elsewhere)."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum = int(signal.SIGINT)
         self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
+        self.signum = signum
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True

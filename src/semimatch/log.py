@@ -30,6 +30,8 @@ class ConsoleHandler(logging.Handler):
                 text, stream = f"warning: {text}", sys.stderr
             tqdm.write(text, file=stream)
             stream.flush()
+        except BrokenPipeError:  # the reader left (`semimatch train | head`): no traceback
+            pass  # per line; training goes on and metrics.jsonl keeps the record
         except Exception:  # a closed stream must not stop training
             self.handleError(record)
 

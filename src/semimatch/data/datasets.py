@@ -280,7 +280,7 @@ def _missing(name: str, looked: Sequence[str], hint: str) -> FileNotFoundError:
     places = "\n  ".join(looked)
     return FileNotFoundError(
         f"dataset {name!r} not found; looked for:\n  {places}\n"
-        f"Pass download=True (CLI: --download true) to download it with torchvision, or {hint}"
+        f"Pass download=True (CLI: --download) to download it with torchvision, or {hint}"
     )
 
 
