@@ -41,8 +41,9 @@ def _fmnist(**values: Any) -> dict[str, Any]:
         batch_size=32,
         eval_every=40,
         # Pinned, not left to the library default: these runs were made with the papers'
-        # joint forward, and a rerun must train what the committed logs record.
+        # joint forward and bf16 autocast, and a rerun must train what the committed logs record.
         forward_mode="joint",
+        precision="bf16",
         **values,
     )
 
@@ -56,6 +57,7 @@ def _cifar10(**values: Any) -> dict[str, Any]:
         batch_size=64,
         eval_every=50,
         forward_mode="two-pass",  # pinned like the Fashion-MNIST cells' joint forward
+        precision="bf16",
         **values,
     )
 
@@ -70,6 +72,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         batch_size=32,
         eval_every=30,
         forward_mode="two-pass",
+        precision="bf16",
     ),
     "fmnist-40": _fmnist(num_labels=40),
     "fmnist-250": _fmnist(num_labels=250),
@@ -127,10 +130,21 @@ def train_cell(setting: str, algorithm: str, seed: int, args: argparse.Namespace
 
 
 def machine() -> dict[str, str]:
-    """CPU vendor and model (from /proc/cpuinfo on Linux) and the torch version."""
+    """CPU vendor, model (from /proc/cpuinfo on Linux), bf16 support and the torch version.
+
+    ``bf16`` is "amx", "avx512_bf16" or "emulated": the kernels, hence the rounding, of a bf16
+    run differ between the three, so a bit-exact rerun needs the same one.
+    """
     import platform
 
     import torch
+
+    if torch.cpu._is_amx_tile_supported():
+        bf16 = "amx"
+    elif torch.cpu._is_avx512_bf16_supported():
+        bf16 = "avx512_bf16"
+    else:
+        bf16 = "emulated"
 
     info = {"vendor": platform.machine(), "model": platform.processor() or platform.machine()}
     with contextlib.suppress(OSError):
@@ -141,7 +155,7 @@ def machine() -> dict[str, str]:
             elif key.strip() == "model name":
                 info["model"] = value.strip()
                 break
-    return {**info, "torch": torch.__version__}
+    return {**info, "bf16": bf16, "torch": torch.__version__}
 
 
 def run_cells(

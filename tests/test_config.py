@@ -136,9 +136,24 @@ def test_every_preset_resolves(name):
 
 
 def test_default_training_is_the_papers_exact_gradient():
-    """Exact by default: the joint forward (two-pass is an opt-in approximation)."""
-    assert Config().forward_mode == "joint"
-    assert resolve(Config(num_labels=20), tiny_data(), torch.device("cpu")).forward_mode == "joint"
+    """Exact by default: the joint forward in fp32 (two-pass and bf16 are opt-in)."""
+    assert Config().forward_mode == "joint" and Config().precision == "fp32"
+    cfg = resolve(Config(num_labels=20), tiny_data(), torch.device("cpu"))
+    assert (cfg.forward_mode, cfg.precision, cfg.channels_last) == ("joint", "fp32", False)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch, capsys, native):
+    from semimatch import engine
+
+    monkeypatch.setattr(engine, "native_bf16", lambda device: native)
+    cfg = resolve(Config(num_labels=20, precision="auto"), tiny_data(), torch.device("cpu"))
+    assert cfg.precision == ("bf16" if native else "fp32")
+    assert cfg.auto["precision"].startswith(f"{cfg.precision}: cpu with")
+    # An explicit bf16 on a CPU that emulates it trains, with a warning saying the cost.
+    resolve(Config(num_labels=20, precision="bf16"), tiny_data(), torch.device("cpu"))
+    warned = "emulates it" in capsys.readouterr().err
+    assert warned is not native
 
 
 def test_two_pass_is_refused_where_its_assumption_fails_by_construction():
@@ -199,7 +214,7 @@ def test_short_budget_derives_momenta_and_records_them():
     assert cfg.stat_momentum == pytest.approx(1 - 20 / 300)
     assert cfg.bn_momentum == pytest.approx(20 / 300)
     assert cfg.ema_warmup is True
-    for key in ("ema_decay", "stat_momentum", "bn_momentum", "backbone", "precision"):
+    for key in ("ema_decay", "stat_momentum", "bn_momentum", "backbone"):
         assert key in cfg.auto
     # Long budgets reach the paper values.
     assert budget_momentum(0.999, 2**20) == 0.999

@@ -198,7 +198,11 @@ class Config:
     # --- runtime ------------------------------------------------------------------------------
     device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
-        "auto", "autocast precision; auto = bf16 on CPU/CUDA when supported, else fp32"
+        "fp32",
+        "fp32: the papers' arithmetic (default); bf16/fp16: autocast, opt-in - several times "
+        "faster on hardware with native bf16 (CPUs with AMX or AVX512-BF16, recent GPUs), "
+        "accuracy within the seed spread in BENCHMARKS.md section 3, but emulated and 20-130x "
+        "slower on CPUs without it; auto: bf16 where the hardware has native bf16, else fp32",
     )
     channels_last: bool | None = _f(None, "channels-last memory format (None = with bf16/fp16)")
     forward_mode: ForwardMode = _f(

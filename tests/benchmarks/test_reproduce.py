@@ -169,11 +169,12 @@ def _same_machine_kind() -> tuple[bool, str]:
     """Whether this CPU is of the kind that made the committed log (its machine.json)."""
     made_on = json.loads((CELL / "machine.json").read_text())
     here = reproduce.machine()
-    same = (here["vendor"], here["model"]) == (made_on["vendor"], made_on["model"])
+    keys = ("vendor", "model", "bf16")
+    same = all(here[k] == made_on[k] for k in keys)
     return same, (
-        f"the committed log was made on {made_on['model']} ({made_on['vendor']}); this is "
-        f"{here['model']} ({here['vendor']}): bf16 convolution kernels round differently per "
-        "CPU family, so a bit-exact rerun is a promise on that kind of machine only"
+        f"the committed log was made on {', '.join(made_on[k] for k in keys)}; this CPU is "
+        f"{', '.join(here[k] for k in keys)}: bf16 kernels (AMX, AVX512-BF16 or emulated) "
+        "round differently, so a bit-exact rerun is a promise on that kind of machine only"
     )
 
 
@@ -209,6 +210,7 @@ def test_a_committed_cell_reruns_to_its_log(tmp_path: Path) -> None:
 def test_cells_record_the_machine_that_made_them() -> None:
     """machine.json beside a run: what a bit-exact rerun needs to be compared on."""
     here = reproduce.machine()
-    assert set(here) == {"vendor", "model", "torch"} and all(here.values())
+    assert set(here) == {"vendor", "model", "bf16", "torch"} and all(here.values())
+    assert here["bf16"] in ("amx", "avx512_bf16", "emulated")
     same, why = _same_machine_kind()
     assert isinstance(same, bool) and "bf16" in why
