@@ -13,9 +13,10 @@ the complete iteration *including data loading*.
 Each variant runs in its own subprocesses, on the same images, with the same batch sizes: one
 timed run, and one short run for peak memory (PSS of the whole process tree, sampled every
 50 ms; sampling costs CPU, so it never runs beside the timing).  Beside every
-variant the script measures this CPU's bf16 matmul throughput (it drifts with load and
-turbo), and reports model FLOP utilisation = FLOPs executed per iteration (counted with
-torch.utils.flop_counter on the exact forward+backward) / median step time / bf16 matmul peak.
+variant the script measures this CPU's matmul throughput in the precision the step computes in
+(it drifts with load and turbo), and reports model FLOP utilisation = FLOPs executed per
+iteration (counted with torch.utils.flop_counter on the exact forward+backward) / median step
+time / that matmul peak.
 
     python benchmarks/step.py                        # CIFAR-10 JPEG if found, else synthetic
     python benchmarks/step.py --data /path/cifar10-jpeg --iters 7 --warmup 3
@@ -46,6 +47,7 @@ SEMIMATCH_VARIANTS = {
     "semimatch-joint": {"forward_mode": "joint"},
     "semimatch-two-pass": {"forward_mode": "two-pass"},
     "semimatch-split": {"forward_mode": "split"},
+    "semimatch-bf16": {"precision": "bf16"},
 }
 
 
@@ -72,10 +74,15 @@ def load_images(data: str | None, n_per_class: int) -> tuple[np.ndarray, np.ndar
     )
 
 
-def bf16_matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
-    """Peak bf16 matrix-multiply throughput of this machine right now (median GFLOP/s)."""
-    a = torch.randn(n, n, dtype=torch.bfloat16)
-    b = torch.randn(n, n, dtype=torch.bfloat16)
+def matmul_gflops(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
+    """Peak matrix-multiply throughput of this machine right now in ``dtype`` (median GFLOP/s).
+
+    MFU is measured against the peak of the precision the step computes in: bf16 for a bf16
+    autocast step, fp32 for an fp32 one (on a CPU without native bf16, bf16 is emulated and its
+    "peak" would be meaningless).
+    """
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
     a @ b
     times = []
     for _ in range(repeats):
@@ -264,6 +271,22 @@ def run_semimatch(args: argparse.Namespace, data, split) -> dict:
     return {"times": times, "flops": flops, "config": resolved}
 
 
+def step_precision(args: argparse.Namespace) -> str:
+    """The precision a variant's step computes in (reference: fp32; semimatch: its config's)."""
+    if args.variant == "reference":
+        return "fp32"
+    from semimatch.config import Config
+    from semimatch.engine import native_bf16
+
+    overrides = json.loads(args.overrides) if args.overrides else {}
+    precision = {**overrides, **SEMIMATCH_VARIANTS[args.variant]}.get(
+        "precision", Config().precision
+    )
+    if precision == "auto":
+        return "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+    return precision
+
+
 def child(args: argparse.Namespace) -> None:
     from semimatch.data import from_arrays
     from semimatch.data.splits import balanced_split
@@ -284,10 +307,16 @@ def child(args: argparse.Namespace) -> None:
             result = run(args, data, split)
         result = {"pss_peak_gib": mem.peak / 2**30}
     else:
-        peak_before = bf16_matmul_gflops()
+        dtype = torch.float32 if step_precision(args) == "fp32" else torch.bfloat16
+        peak_before = matmul_gflops(dtype)
         result = run(args, data, split)
-        peak_after = bf16_matmul_gflops()
-        result.update(variant=args.variant, source=source, matmul_gflops=[peak_before, peak_after])
+        peak_after = matmul_gflops(dtype)
+        result.update(
+            variant=args.variant,
+            source=source,
+            matmul_gflops=[peak_before, peak_after],
+            matmul_dtype=str(dtype).removeprefix("torch."),
+        )
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -366,7 +395,7 @@ def main() -> None:
         f"| {time.strftime('%Y-%m-%d')}"
     )
     print(
-        "| variant | median s/iter | images/s | GFLOP/iter | bf16 matmul GFLOP/s | MFU | "
+        "| variant | median s/iter | images/s | GFLOP/iter | matmul GFLOP/s (dtype) | MFU | "
         "peak PSS GiB | settings |"
     )
     print("|---|--:|--:|--:|--:|--:|--:|---|")
@@ -378,7 +407,7 @@ def main() -> None:
         r.update(median_s=med, mfu=mfu)
         print(
             f"| {r['variant']} | {med:.2f} | {(B + 2 * B * MU) / med:.0f} | "
-            f"{r['flops'] / 1e9:.0f} | {peak:.0f} | {100 * mfu:.0f}% | "
+            f"{r['flops'] / 1e9:.0f} | {peak:.0f} ({r['matmul_dtype']}) | {100 * mfu:.0f}% | "
             f"{r['pss_peak_gib']:.2f} | {settings} |"
         )
     ref = [r for r in results if r["variant"] == "reference"]
