@@ -422,3 +422,27 @@ def test_predict_warns_once_about_images_it_crops_or_enlarges_a_lot(tmp_path, ca
     # At the limits (a 4:3 crop loses exactly 25%, 2x2 -> 8x8 is exactly 4x): no warning.
     semimatch.predict(run, [tmp_path / n for n in ("same.png", "fourthree.png", "x4.png")])
     assert "warning:" not in capsys.readouterr().err
+
+
+def test_importing_semimatch_first_makes_waiting_openmp_threads_sleep():
+    """OMP_WAIT_POLICY=PASSIVE unless set (a shared CPU does not collapse); after torch: unset."""
+    import os
+    import subprocess
+    import sys
+
+    show = "import os; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+
+    def policy(code: str, **extra: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", f"{code}; {show}"],
+            env={**env, **extra},
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return out.stdout.strip()
+
+    assert policy("import semimatch") == "PASSIVE"
+    assert policy("import semimatch", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+    assert policy("import torch, semimatch") == "None"
