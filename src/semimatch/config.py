@@ -220,7 +220,11 @@ class Config:
     compile: bool = _f(False, "torch.compile the model (measured slower on CPU here)")
     seed: int = _f(0, "random seed")
     deterministic: bool = _f(False, "deterministic algorithms (bit-exact reruns and resume)")
-    threads: int | None = _f(None, "CPU threads for torch (None = torch's default)")
+    threads: int | None = _f(
+        None,
+        "CPU threads for torch (None = torch's default; waiting threads sleep, see "
+        "BENCHMARKS.md section 7, so a shared CPU does not collapse)",
+    )
 
     # --- bookkeeping (not options of the method) ----------------------------------------------
     preset: str | None = _f(None, "the preset this config started from", cli=False)
