@@ -159,8 +159,8 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         lr: initial learning rate (SGD + Nesterov, cosine decay).
         weight_decay: L2 on weights (not on BatchNorm parameters and biases).
         device: ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ...
-        precision: autocast precision: ``"auto"`` (bf16 on CPUs and GPUs that support it, as
-            the other doors), ``"fp32"`` (bit-reproducible across machines), ``"bf16"``,
+        precision: ``"fp32"`` (default, as the other doors: the papers' arithmetic),
+            ``"auto"`` (bf16 where the hardware has native bf16, else fp32), ``"bf16"``,
             ``"fp16"`` (CUDA).
         random_state: seed (int), ``RandomState`` or None (a fresh seed per ``fit``).
         verbose: progress bar and evaluation lines during ``fit``.
@@ -197,7 +197,7 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         lr: float = 0.03,
         weight_decay: float = 5e-4,
         device: str = "auto",
-        precision: str = "auto",
+        precision: str = "fp32",
         random_state: int | np.random.RandomState | None = None,
         verbose: bool = False,
         unlabeled_label: Any = -1,
