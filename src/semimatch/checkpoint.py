@@ -13,8 +13,9 @@ import pickle
 import re
 import shutil
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -59,45 +60,55 @@ def save_atomic(state: dict[str, Any], path: str | os.PathLike) -> Path:
     error) removes the temporary file and raises ``CheckpointError`` saying why, with the free
     space and the space the checkpoint needs; files already in the folder are untouched.
     """
-    path = Path(path)
     payload = {"format": FORMAT_VERSION, **state}
+    # torch's zip writer reports a failed write as a RuntimeError; the size is measured only
+    # then (a second serialisation costs nothing on the normal path).
+    return _write_atomic(
+        Path(path),
+        lambda f: torch.save(payload, f),
+        lambda: _serialized_size(payload),
+        (OSError, RuntimeError),
+    )
+
+
+def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy ``src`` to ``dst`` as ``save_atomic`` writes (a failed copy leaves ``dst`` as it
+    was, removes its temporary file and raises ``CheckpointError``)."""
+    src = Path(src)
+
+    def copy(f: BinaryIO) -> None:
+        with open(src, "rb") as fsrc:
+            shutil.copyfileobj(fsrc, f)
+
+    return _write_atomic(
+        Path(dst), copy, lambda: src.stat().st_size if src.is_file() else None, (OSError,)
+    )
+
+
+def _write_atomic(
+    path: Path,
+    write: Callable[[BinaryIO], None],
+    need: Callable[[], int | None],
+    errors: tuple[type[BaseException], ...],
+) -> Path:
+    """Temporary file, ``write``, fsync, rename, fsync the folder.  On any failure the
+    temporary file goes; one of ``errors`` becomes a ``CheckpointError`` naming the folder,
+    the free space and ``need()`` bytes."""
     tmp = _temporary(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_folder(path.parent)
     except BaseException as e:
         _discard(tmp)
-        if isinstance(e, (OSError, RuntimeError)):
-            # Measured only now: a second serialisation costs nothing on the normal path.
-            raise _write_error(path, e, _serialized_size(payload)) from e
+        if isinstance(e, errors):
+            raise _write_error(path, e, need()) from e
         raise
     return path
-
-
-def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Copy ``src`` to ``dst`` as ``save_atomic`` writes (a failed copy leaves ``dst`` as it
-    was, removes its temporary file and raises ``CheckpointError``)."""
-    src, dst = Path(src), Path(dst)
-    tmp = _temporary(dst)
-    try:
-        with open(src, "rb") as fsrc, open(tmp, "wb") as fdst:
-            shutil.copyfileobj(fsrc, fdst)
-            fdst.flush()
-            os.fsync(fdst.fileno())
-        os.replace(tmp, dst)
-        _fsync_folder(dst.parent)
-    except BaseException as e:
-        _discard(tmp)
-        if isinstance(e, OSError):
-            need = src.stat().st_size if src.is_file() else None
-            raise _write_error(dst, e, need) from e
-        raise
-    return dst
 
 
 def _fsync_folder(folder: Path) -> None:
