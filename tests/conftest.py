@@ -108,3 +108,23 @@ def tiny_image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
             )
     (root / "train" / "README.txt").write_text("not an image; ignored")
     return root
+
+
+class _ClosedPipe:
+    """A standard output whose reader has gone (``... | head -1``): every write fails."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+@pytest.fixture
+def close_stdout(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Call it to replace ``sys.stdout`` by a closed pipe (``monkeypatch.undo()`` restores).
+
+    A function, not a patch at set-up: pytest's output capture sets ``sys.stdout`` again when
+    the test body starts.
+    """
+    return lambda: monkeypatch.setattr("sys.stdout", _ClosedPipe())

@@ -382,17 +382,9 @@ def test_version(capsys):
     assert f'\nversion = "{semimatch.__version__}"\n' in pyproject
 
 
-def test_a_closed_pipe_ends_quietly(monkeypatch):
+def test_a_closed_pipe_ends_quietly(close_stdout):
     """`semimatch presets | head -1`: the reader leaves early; no BrokenPipeError traceback."""
-
-    class ClosedPipe:
-        def write(self, text: str) -> int:
-            raise BrokenPipeError(32, "Broken pipe")
-
-        def flush(self) -> None:
-            raise BrokenPipeError(32, "Broken pipe")
-
-    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    close_stdout()
     assert main(["presets"]) == 141
 
 

@@ -52,18 +52,10 @@ def test_a_quiet_estimator_leaves_stdout_to_the_caller(capsys):
     assert logger.level == logging.INFO
 
 
-def test_a_closed_pipe_is_no_logging_error(monkeypatch, capsys):
+def test_a_closed_pipe_is_no_logging_error(monkeypatch, capsys, close_stdout):
     """`semimatch train | head -1`: once the reader has gone, each later line is dropped
     quietly instead of a "--- Logging error ---" traceback on stderr."""
-
-    class ClosedPipe:
-        def write(self, text: str) -> int:
-            raise BrokenPipeError(32, "Broken pipe")
-
-        def flush(self) -> None:
-            raise BrokenPipeError(32, "Broken pipe")
-
-    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    close_stdout()
     logger.info("[10/40]  top1 45.00%")
     monkeypatch.undo()
     assert capsys.readouterr().err == ""
