@@ -11,7 +11,7 @@ import torch
 
 from semimatch.config import PRESETS, Config, ConfigError, budget_momentum, load_preset
 from semimatch.data import from_arrays
-from semimatch.engine import resolve
+from semimatch.resolve import check_forward_mode, dataset_options, resolve
 
 
 def tiny_data(num_classes: int = 10, size: int = 32, channels: int = 3):
@@ -144,9 +144,9 @@ def test_default_training_is_the_papers_exact_gradient():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch, capsys, native):
-    from semimatch import engine
+    from semimatch import resolve as resolution
 
-    monkeypatch.setattr(engine, "native_bf16", lambda device: native)
+    monkeypatch.setattr(resolution, "native_bf16", lambda device: native)
     cfg = resolve(Config(num_labels=20, precision="auto"), tiny_data(), torch.device("cpu"))
     assert cfg.precision == ("bf16" if native else "fp32")
     assert cfg.auto["precision"].startswith(f"{cfg.precision}: cpu with")
@@ -158,20 +158,26 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch, caps
 
 def test_two_pass_is_refused_where_its_assumption_fails_by_construction():
     lt = Config(forward_mode="two-pass", lt_gamma=2.0, lt_n1=4, lt_m1=4, lt_reverse=True)
+    resolved = resolve(lt, tiny_data(), torch.device("cpu"))
     with pytest.raises(ConfigError, match="two-pass.*lt_reverse.*forward_mode='joint'"):
-        resolve(lt, tiny_data(), torch.device("cpu"))
-    # The joint forward takes the same split.
-    assert resolve(lt.replace(forward_mode="joint"), tiny_data(), torch.device("cpu"))
+        check_forward_mode(resolved, uses_strong=True, given_data=False)
+    # Only a strong-view student has a two-pass forward; the joint forward takes the split.
+    check_forward_mode(resolved, uses_strong=False, given_data=False)
+    check_forward_mode(resolved.replace(forward_mode="joint"), uses_strong=True, given_data=False)
 
 
 def test_two_pass_warns_once_with_the_reason_on_data_it_cannot_check(capsys):
     cpu = torch.device("cpu")
     cfg = Config(forward_mode="two-pass", num_labels=20, batch_size=32)
-    resolve(cfg, tiny_data(), cpu)  # a named loader's data, 32 labeled rows: no warning
+
+    def check(cfg: Config, given_data: bool) -> None:
+        check_forward_mode(resolve(cfg, tiny_data(), cpu), uses_strong=True, given_data=given_data)
+
+    check(cfg, given_data=False)  # a named loader's data, 32 labeled rows: no warning
     assert "warning" not in capsys.readouterr().err
-    resolve(cfg, tiny_data(), cpu, given_data=True)
-    resolve(cfg.replace(batch_size=8), tiny_data(), cpu)
-    resolve(cfg.replace(forward_mode="joint", batch_size=8), tiny_data(), cpu, given_data=True)
+    check(cfg, given_data=True)
+    check(cfg.replace(batch_size=8), given_data=False)
+    check(cfg.replace(forward_mode="joint", batch_size=8), given_data=True)
     messages = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(messages) == 2, messages
     assert "data was passed in" in messages[0] and "forward_mode='joint'" in messages[0]
@@ -179,10 +185,8 @@ def test_two_pass_warns_once_with_the_reason_on_data_it_cannot_check(capsys):
 
 
 def test_hflip_overrides_the_dataset_policy():
-    from semimatch.engine import _dataset_options
-
-    assert "hflip" not in _dataset_options(Config())
-    assert _dataset_options(Config(hflip=False))["hflip"] is False
+    assert "hflip" not in dataset_options(Config())
+    assert dataset_options(Config(hflip=False))["hflip"] is False
     assert Config.from_dict({"hflip": "false"}).hflip is False
 
 
@@ -249,23 +253,19 @@ def test_user_values_are_never_overridden_by_auto():
     assert "ema_decay" not in cfg.auto
 
 
-def test_incompatible_config_fails_before_training():
+def test_incompatible_config_fails_before_training(tmp_path):
+    from semimatch.engine import fit
+
     with pytest.raises(ConfigError, match="num_labels=40 cannot be split evenly over the 100"):
         resolve(Config(num_labels=40), tiny_data(100), torch.device("cpu"))
-    with pytest.raises(ConfigError, match="no effect with algorithm 'fixmatch'"):
-        resolve(
-            Config(algorithm="fixmatch", n_sigma=2.0, num_labels=20),
-            tiny_data(),
-            torch.device("cpu"),
-        )
-    with pytest.raises(
-        ConfigError, match=r"\['stat_momentum'\] have no effect with algorithm 'fix"
-    ):
-        resolve(
-            Config(algorithm="fixmatch", stat_momentum=0.9, num_labels=20),
-            tiny_data(),
-            torch.device("cpu"),
-        )
+    # An option the algorithm does not take stops fit before the run folder is written.
+    for option, value in (("n_sigma", 2.0), ("stat_momentum", 0.9)):
+        cfg = Config(algorithm="fixmatch", num_labels=20, iterations=2, **{option: value})
+        with pytest.raises(
+            ConfigError, match=rf"\['{option}'\] have no effect with algorithm 'fixmatch'"
+        ):
+            fit(cfg, data=tiny_data(), out=tmp_path / option)
+        assert not (tmp_path / option).exists()
     with pytest.raises(ConfigError, match="fp16 needs CUDA"):
         resolve(Config(precision="fp16", num_labels=20), tiny_data(), torch.device("cpu"))
 

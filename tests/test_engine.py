@@ -20,9 +20,8 @@ import torch
 from torch import nn
 
 from semimatch import checkpoint as ckpt
-from semimatch.algorithms import build_algorithm
 from semimatch.config import Config
-from semimatch.engine import TrainingError, TrainingInterrupted, fit, lambda_curve
+from semimatch.engine import TrainingError, TrainingInterrupted, fit
 from semimatch.metrics import read_jsonl
 
 # A tiny, fast recipe: digits, 20 labels, 8 labeled + 16 unlabeled per step.
@@ -89,13 +88,6 @@ def test_metrics_jsonl_schema(tmp_path):
     assert saved["stat_momentum"] is not None and "stat_momentum" in saved["auto"]
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert len(split["labeled"]) == 20
-
-
-def test_lambda_curve_is_the_live_weighting():
-    algo = build_algorithm("fixmatch", 10, tau=0.8)
-    curve = lambda_curve(algo, 10, torch.device("cpu"))
-    for p, w in zip(curve["p"], curve["w"]):
-        assert w == (1.0 if p >= 0.8 else 0.0)
 
 
 def test_existing_run_is_refused_without_resume_or_overwrite(tmp_path):
@@ -534,7 +526,7 @@ def test_compile_with_the_two_pass_forward_is_refused_with_the_fix(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
     # Supervised and Pseudo-Label never split off a weak no-grad half: nothing to refuse.
     from semimatch.data import load_dataset
-    from semimatch.engine import resolve
+    from semimatch.resolve import resolve
 
     CPU = torch.device("cpu")
     for algorithm in ("supervised", "pseudolabel"):

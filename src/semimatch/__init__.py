@@ -22,7 +22,8 @@ from semimatch.algorithms import ALGORITHMS, SSLAlgorithm, build_algorithm
 from semimatch.alignment import UniformAlignment
 from semimatch.api import evaluate, load_run, make_config, predict, train
 from semimatch.config import PRESETS, Config, ConfigError
-from semimatch.engine import Run, TrainingError, TrainingInterrupted
+from semimatch.errors import TrainingError, TrainingInterrupted
+from semimatch.run import Run
 from semimatch.step import train_step
 from semimatch.weighting import FixedThreshold, SoftMatchWeighting
 

@@ -6,25 +6,20 @@ overrides) and calls ``semimatch.engine.fit``.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from semimatch import checkpoint as ckpt
-from semimatch.algorithms import SSLAlgorithm, Weighting, build_algorithm
+from semimatch.algorithms import SSLAlgorithm, Weighting
 from semimatch.config import OPTION_FIELDS, Config, ConfigError, load_preset
-from semimatch.data import SSLDataset, load_dataset
-from semimatch.ema import ModelEMA
-from semimatch.engine import Run, fit, load_dataset_info, select_device
-from semimatch.engine import _dataset_options as dataset_options
+from semimatch.data import SSLDataset
+from semimatch.engine import fit
 from semimatch.log import logger
-from semimatch.models import InputNormalizer, build_model
+from semimatch.run import Run, load_run
 
 __all__ = ["train", "make_config", "load_run", "evaluate", "predict", "load_images", "Augmentation"]
 
@@ -106,15 +101,8 @@ def train(
                 f"{arg} must be a callable (img_hwc_uint8, rng) -> img_hwc_uint8; "
                 f"got {type(fn).__name__}"
             )
-    given = (["config"] if config is not None else []) + (["preset"] if preset else [])
-    if resume is True and (given or overrides):
-        raise ConfigError(
-            "resume=True continues the run in out with its saved config; drop "
-            f"{', '.join(given + sorted(overrides))} (or use resume='auto', which continues the "
-            "run only if this config is the one it was started with)"
-        )
     cfg = make_config(config, preset=preset, **overrides)
-    if model is not None and cfg.backbone in (None, "auto"):
+    if model is not None and cfg.backbone in (None, "auto") and resume is not True:
         # Record what was trained (config.json), so load_run knows to ask for the module.
         cfg = cfg.replace(backbone=f"custom:{type(model).__name__}")
     algorithm = None
@@ -148,91 +136,6 @@ def train(
         weak_augment=weak_augment,
         strong_augment=strong_augment,
     )
-
-
-def load_run(
-    run_dir: str | os.PathLike,
-    checkpoint: str = "best",
-    device: str = "auto",
-    data: SSLDataset | None = None,
-    model: nn.Module | None = None,
-) -> Run:
-    """Load a run directory for evaluation/prediction.
-
-    Args:
-        checkpoint: ``"best"`` (lowest test error), ``"last"``, or a checkpoint path.
-        data: the dataset, if it is not one semimatch can load by name (Python-API runs).
-        model: for runs trained with your own backbone (``train(model=...)``): a fresh
-            instance of that architecture; the checkpoint's weights are loaded into it.
-    """
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise FileNotFoundError(f"{run_dir} is not a semimatch run directory (no config.json)")
-    cfg = Config.load(run_dir / "config.json")
-    if checkpoint == "best":
-        path = run_dir / "checkpoints" / "best.pt"
-        if not path.exists():
-            path = ckpt.latest(run_dir / "checkpoints")
-    elif checkpoint == "last":
-        path = ckpt.latest(run_dir / "checkpoints")
-    else:
-        path = Path(checkpoint)
-    if path is None or not Path(path).exists():
-        raise FileNotFoundError(
-            f"{run_dir} has no checkpoint yet ({checkpoint!r}); "
-            "checkpoints are written at every evaluation"
-        )
-    dev = select_device(device)
-    state = ckpt.load(path, map_location=dev)
-    if data is not None:
-        info = data.info
-    elif (run_dir / "dataset.json").exists():  # no need to load the images to predict
-        info = load_dataset_info(run_dir / "dataset.json")
-    else:
-        try:
-            data = load_dataset(cfg.dataset, root=cfg.data_root, **dataset_options(cfg))
-        except (FileNotFoundError, ValueError) as e:
-            raise FileNotFoundError(
-                f"cannot reload dataset {cfg.dataset!r} for {run_dir} ({e}); pass data="
-            ) from None
-        info = data.info
-    if model is None:
-        if str(cfg.backbone).startswith("custom:"):
-            raise ValueError(
-                f"{run_dir} was trained with your own backbone ({cfg.backbone}); "
-                "pass model= a fresh instance of it"
-            )
-        model = build_model(
-            cfg.backbone, info.num_classes, in_channels=info.channels, image_size=info.image_size
-        )
-    net = InputNormalizer(model, info.mean, info.std)
-    try:
-        net.load_state_dict(state["model"])
-        ema = None
-        if state.get("ema"):
-            holder = ModelEMA(net, cfg.ema_decay or 0.999)
-            holder.load_state_dict(state["ema"])
-            ema = holder.module.to(dev).eval()
-        algorithm = None  # trained with a custom weighting: prediction does not need it
-        if state.get("algorithm_name", cfg.algorithm) == cfg.algorithm:
-            algorithm = build_algorithm(cfg.algorithm, info.num_classes, **cfg.algorithm_options())
-            if state.get("algorithm"):
-                algorithm.load_state_dict(state["algorithm"])
-    except (RuntimeError, KeyError) as e:
-        raise ckpt.CheckpointError(
-            f"checkpoint {path} does not match {run_dir}/config.json ({str(e).splitlines()[0]})"
-        ) from None
-    history = []
-    if (run_dir / "metrics.jsonl").exists():
-        from semimatch.metrics import read_jsonl
-
-        history = read_jsonl(run_dir / "metrics.jsonl")
-    summary = (
-        json.loads((run_dir / "summary.json").read_text())
-        if (run_dir / "summary.json").exists()
-        else {}
-    )
-    return Run(cfg, net.to(dev).eval(), ema, algorithm, data, run_dir, history, summary, dev, info)
 
 
 def evaluate(

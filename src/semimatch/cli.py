@@ -239,34 +239,15 @@ def _new_run_dir(stem: str, command: str) -> Iterator[Path]:
 def cmd_train(args: argparse.Namespace) -> int:
     from semimatch.engine import fit
 
-    if args.resume == "auto":
-        if not args.out:
-            raise ConfigError(
-                "--resume auto needs --out RUN_DIR: the run to start or continue (without --out "
-                "every run gets a new folder, so there is nothing to resume)"
-            )
-        if args.overwrite:
-            raise ConfigError("--resume auto continues the run in --out; drop --overwrite")
-        fit(_build_config(args), out=args.out, resume="auto")
-        return 0
-    if args.resume:
-        overrides = [f.name for f in _cli_fields() if hasattr(args, f.name)]
-        if overrides or args.preset or args.config:
-            flags = ", ".join(_flag(o) for o in overrides)
-            raise ConfigError(
-                "--resume continues the run with its saved config; drop "
-                f"{flags or '--preset/--config'}"
-            )
-        if args.out or args.overwrite:
-            raise ConfigError(
-                f"--resume {args.resume} continues that run in place; drop "
-                f"{'--out' if args.out else '--overwrite'}"
-            )
-        fit(Config(), out=args.resume, resume=True)
-        return 0
     cfg = _build_config(args)
-    if args.out:
-        fit(cfg, out=args.out, overwrite=args.overwrite)
+    if args.resume not in (None, "auto"):  # --resume RUN_DIR: that run, in place
+        if args.out:
+            raise ConfigError(f"--resume {args.resume} continues that run in place; drop --out")
+        fit(cfg, out=args.resume, resume=True, overwrite=args.overwrite)
+        return 0
+    resume = "auto" if args.resume == "auto" else False
+    if args.out or resume:  # engine.fit (run.RunStart) decides how the run starts
+        fit(cfg, out=args.out, resume=resume, overwrite=args.overwrite)
         return 0
     if args.overwrite:
         raise ConfigError(
@@ -560,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str] | None) -> int:
     from semimatch.checkpoint import CheckpointError
-    from semimatch.engine import TrainingError
+    from semimatch.errors import TrainingError
 
     args = build_parser().parse_args(argv)
     try:
@@ -585,7 +566,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     does: ``finally`` blocks run (a reserved, still empty run folder is removed) and the exit
     status is 143, not a silent kill.  Inside the loop fit's own handler takes over: it
     finishes the iteration and checkpoints first."""
-    from semimatch.engine import TrainingInterrupted
+    from semimatch.errors import TrainingInterrupted
 
     def stop(signum: int, frame: Any) -> None:
         raise TrainingInterrupted("", signum)

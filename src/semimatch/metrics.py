@@ -111,6 +111,21 @@ class JsonlWriter:
             f.flush()
             os.fsync(f.fileno())
 
+    @property
+    def temporary(self) -> Path:
+        """The file ``truncate_after`` writes before renaming it over the log."""
+        return self.path.with_suffix(".tmp")
+
+    def remove_temporary(self) -> bool:
+        """Delete the temporary file a killed ``truncate_after`` left; whether there was one."""
+        if not self.temporary.is_file():
+            return False
+        try:
+            self.temporary.unlink()
+        except OSError:
+            return False
+        return True
+
     def truncate_after(self, iteration: int) -> None:
         """On resume, drop records logged after the checkpoint we resume from (they will be
         produced again), so the log of a resumed run equals an uninterrupted one's."""
@@ -121,7 +136,7 @@ class JsonlWriter:
             for r in read_jsonl(self.path)
             if r.get("iteration", 0) <= iteration and r.get("kind") != "end"
         ]
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.temporary
         with open(tmp, "w", encoding="utf-8") as f:
             for r in keep:
                 f.write(json.dumps(r) + "\n")

@@ -1,0 +1,426 @@
+"""From a config to what a run needs: the device, the dataset, every auto field, the split.
+
+``resolve`` fills the auto (None) fields of a ``Config`` and checks it against the dataset and
+the device, before anything is trained or written: a mistake must not cost the run that
+``--overwrite`` would replace.  Each derived value is recorded in ``cfg.auto`` with its reason.
+``load_data`` is the one place a config's dataset is loaded; ``make_split`` the one place its
+labeled/unlabeled split is drawn.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from typing import Any
+
+import torch
+
+from semimatch import distributed as dist
+from semimatch.config import Config, ConfigError, budget_momentum
+from semimatch.data import Split, SSLDataset, load_dataset
+from semimatch.data.splits import balanced_split, fold_split, given_split, long_tailed_split
+from semimatch.log import logger
+
+__all__ = [
+    "check_forward_mode",
+    "dataset_options",
+    "given_data_config",
+    "load_data",
+    "make_split",
+    "native_bf16",
+    "resolve",
+    "select_device",
+]
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but CUDA is not available here; use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device='mps' but MPS is not available here; use --device cpu")
+    return dev
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (autocast then pays off; else it is emulated).
+
+    CPUs: AMX tiles or AVX512-BF16 (torch's oneDNN bf16 kernels); without them a bf16 matrix
+    product ran 130x slower than fp32 on a 2-core AVX2 EPYC.  CUDA: compute capability 8+.
+    """
+    if device.type == "cpu":
+        cpu = torch.cpu
+        return bool(cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported())
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    return False
+
+
+def resolve(
+    cfg: Config, data: SSLDataset, device: torch.device, *, custom_views: bool = False
+) -> Config:
+    """Fill the auto (None) fields and check the config against the dataset, before training.
+
+    Each derived value is recorded in ``cfg.auto`` with the reason, so the saved config shows it.
+    The algorithm's own options are checked where it is built (``recipe.build_parts``).
+    ``custom_views``: the caller passed its own per-sample view callables (``fit(weak_augment=,
+    strong_augment=)``), which run in loader workers: ``augment`` must be ``pil`` (or auto).
+    """
+    cfg = cfg.replace()  # a validated copy
+    auto: dict[str, str] = dict(cfg.auto)
+    if custom_views and cfg.augment == "batched":
+        raise ConfigError(
+            "custom weak_augment/strong_augment are per-image callables; they "
+            "need augment='pil' (or 'auto'), not 'batched'"
+        )
+    if custom_views and cfg.augment == "auto":
+        cfg.augment = "pil"
+        auto["augment"] = "pil: custom augmentation callables"
+    info = data.info
+    C = info.num_classes
+
+    def derive(name: str, value: Any, why: str) -> None:
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, value)
+            auto[name] = why
+
+    # Validation that would otherwise surface as a torch error deep inside training.
+    for name in (
+        "iterations",
+        "batch_size",
+        "eval_every",
+        "log_every",
+        "eval_batch_size",
+        "keep_checkpoints",
+    ):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1; got {getattr(cfg, name)}")
+    if cfg.uratio < 1 and cfg.algorithm != "supervised":
+        raise ConfigError(f"uratio must be >= 1 for {cfg.algorithm}; got {cfg.uratio}")
+    if cfg.exclude_labeled and cfg.algorithm == "supervised":
+        raise ConfigError("exclude_labeled shapes the unlabeled set, which supervised never uses")
+    if cfg.lr <= 0:
+        raise ConfigError(f"lr must be > 0; got {cfg.lr}")
+    _check_ranges(cfg, device)
+    ws = dist.get_world_size()
+    if cfg.batch_size % ws:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is the global batch and must be divisible "
+            f"by the number of processes ({ws})"
+        )
+    if cfg.sync_bn and ws > 1 and device.type not in ("cuda", "xpu", "hpu"):
+        raise ConfigError(
+            f"sync_bn: torch's SyncBatchNorm runs only on GPUs, not on "
+            f"{device.type}; drop --sync-bn (per-process BatchNorm, as in the "
+            "papers) or train on GPUs"
+        )
+    _check_split_options(cfg, data)
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(
+            "tensorboard=True but the tensorboard package is not installed: "
+            "pip install 'semimatch[tensorboard]', or pass tensorboard=False"
+        )
+    if cfg.num_labels is not None and cfg.lt_gamma is None and cfg.num_labels % C:
+        raise ConfigError(
+            f"num_labels={cfg.num_labels} cannot be split evenly over the {C} classes of "
+            f"{info.name}; use a multiple of {C} (e.g. {max(C, cfg.num_labels // C * C)})"
+        )
+
+    if cfg.backbone in (None, "auto"):
+        cfg.backbone = None
+        small = max(info.image_size) <= 28
+        derive("backbone", "cnn" if small else "wrn_28_2", f"{'<=' if small else '>'} 28 px images")
+    K = cfg.iterations
+    derive(
+        "bn_momentum",
+        max(0.001, min(0.1, 20.0 / K)),
+        f"budget of {K} iterations: max(0.001, min(0.1, 20/K)); paper 0.001",
+    )
+    derive(
+        "ema_decay",
+        budget_momentum(0.999, K),
+        f"budget of {K} iterations: min(0.999, max(0.9, 1 - 20/K)); paper 0.999",
+    )
+    derive("ema_warmup", cfg.preset is None, "warm-up on unless a paper preset")
+    derive(
+        "weight_decay",
+        1e-3 if info.name == "cifar100" else 5e-4,
+        f"the papers' value for {info.name} (1e-3 for CIFAR-100, 5e-4 otherwise)",
+    )
+    if cfg.algorithm == "softmatch":
+        derive(
+            "stat_momentum",
+            budget_momentum(0.999, K),
+            f"budget of {K} iterations: min(0.999, max(0.9, 1 - 20/K)); paper 0.999",
+        )
+    if cfg.precision == "auto":
+        native = native_bf16(device)
+        cfg.precision = "bf16" if native else "fp32"
+        why = "with native bf16" if native else "without native bf16"
+        auto["precision"] = f"{cfg.precision}: {device} {why}"
+    elif cfg.precision == "bf16" and device.type == "cpu" and not native_bf16(device):
+        logger.warning(
+            "precision='bf16' on a CPU without native bf16 (no AMX or AVX512-BF16): torch "
+            "emulates it, measured 20x slower convolutions and 130x slower matrix products than "
+            "fp32 on such a CPU; use precision='fp32' (the default)"
+        )
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ConfigError(
+            f"precision=fp16 needs CUDA (a grad scaler); use bf16 or fp32 on {device.type}"
+        )
+    derive(
+        "channels_last",
+        cfg.precision != "fp32" and device.type != "mps",
+        "on with reduced precision (faster convolutions)",
+    )
+    if cfg.augment == "auto":
+        cfg.augment = "batched"
+        auto["augment"] = "batched tensor augmentation (measured faster; BENCHMARKS.md)"
+    derive(
+        "num_workers",
+        0 if cfg.augment == "batched" else min(2, os.cpu_count() or 1),
+        "batched augmentation runs in the main process"
+        if cfg.augment == "batched"
+        else "PIL augmentation in worker processes",
+    )
+    derive("progress", sys.stderr.isatty(), "progress bar when the output is a terminal")
+    cfg.auto = auto
+    return cfg
+
+
+def _check_ranges(cfg: Config, device: torch.device) -> None:
+    """Numbers that torch would take and silently misuse (a negative clip flips the gradient, a
+    negative warm-up makes the learning rate negative) or reject with a deep traceback."""
+    bad = [
+        ("warmup_iterations", cfg.warmup_iterations < 0, ">= 0 (0 = no warm-up)"),
+        ("weight_decay", cfg.weight_decay is not None and cfg.weight_decay < 0, ">= 0"),
+        ("sgd_momentum", not 0 <= cfg.sgd_momentum < 1, "in [0, 1)"),
+        ("clip_grad_norm", cfg.clip_grad_norm is not None and cfg.clip_grad_norm <= 0,
+         "> 0 (None = no clipping)"),
+        ("image_size", cfg.image_size is not None and cfg.image_size < 1, ">= 1 (None = as is)"),
+        ("ema_decay", cfg.ema_decay is not None and not 0 <= cfg.ema_decay < 1,
+         "in [0, 1) (0 disables the EMA)"),
+        ("bn_momentum", cfg.bn_momentum is not None and not 0 < cfg.bn_momentum <= 1,
+         "in (0, 1] (PyTorch convention)"),
+    ]  # fmt: skip
+    for name, wrong, rule in bad:
+        if wrong:
+            raise ConfigError(f"{name} must be {rule}; got {getattr(cfg, name)}")
+    if cfg.nesterov and cfg.sgd_momentum == 0:
+        raise ConfigError("nesterov needs momentum; with --sgd-momentum 0 pass --no-nesterov")
+    if cfg.augment_device is not None:
+        try:
+            aug = torch.device(cfg.augment_device)
+        except RuntimeError:
+            raise ConfigError(
+                f"augment_device={cfg.augment_device!r} is not a device; use cpu, cuda, cuda:N, "
+                "mps or None (the training device)"
+            ) from None
+        if cfg.augment == "pil":
+            raise ConfigError(
+                "augment_device places the batched augmentation; --augment pil runs in loader "
+                "workers on the CPU - drop --augment-device or use --augment batched"
+            )
+        if aug.type not in ("cpu", device.type):
+            raise ConfigError(
+                f"augment_device={cfg.augment_device!r} on a {device.type} run; use cpu or the "
+                "training device"
+            )
+
+
+def _check_split_options(cfg: Config, data: SSLDataset) -> None:
+    """One way to choose the labeled images per run; an option the chosen way ignores is an
+    error, not a silent no-op."""
+    ways = [
+        f"{name}={getattr(cfg, name)}"
+        for name in ("num_labels", "lt_gamma", "fold")
+        if getattr(cfg, name) is not None
+    ]
+    if len(ways) > 1:
+        raise ConfigError(
+            f"{' and '.join(ways)} each choose the labeled images; pass only one "
+            "(num_labels: balanced draw, lt_gamma: long-tailed draw, fold: predefined fold); "
+            "--num-labels none clears a preset's num_labels"
+        )
+    defaults = Config()
+    if cfg.lt_gamma is None:
+        stray = [
+            n for n in ("lt_n1", "lt_m1", "lt_reverse") if getattr(cfg, n) != getattr(defaults, n)
+        ]
+        if stray:
+            raise ConfigError(
+                f"{', '.join(stray)} shape the long-tailed split and apply only with lt_gamma; "
+                "pass --lt-gamma (e.g. 100) or drop them"
+            )
+    if cfg.split_seed is not None and cfg.num_labels is None and cfg.lt_gamma is None:
+        raise ConfigError(
+            "split_seed seeds a drawn split (num_labels or lt_gamma); "
+            f"{'a predefined fold' if cfg.fold is not None else 'the given labels'} involve no "
+            "draw - drop split_seed"
+        )
+    if cfg.fold is not None:
+        folds = data.labeled_folds
+        if not folds:
+            hint = (
+                "fold_indices.txt is missing from stl10_binary; re-download with --download"
+                if cfg.dataset == "stl10"
+                else "use num_labels for a balanced draw"
+            )
+            raise ConfigError(f"fold: dataset {cfg.dataset!r} has no predefined folds; {hint}")
+        if not 0 <= cfg.fold < len(folds):
+            raise ConfigError(f"fold must be in 0..{len(folds) - 1}; got {cfg.fold}")
+
+
+def check_forward_mode(cfg: Config, uses_strong: bool, given_data: bool) -> None:
+    """The forward-mode checks that need the built algorithm (``recipe.build_parts`` calls it).
+
+    Only a strong-view student has a weak no-grad half to split off (``step.train_step``), so
+    ``forward_mode='two-pass'`` matters only then.
+    """
+    if not (cfg.forward_mode == "two-pass" and uses_strong):
+        return
+    ws = dist.get_world_size()
+    if cfg.sync_bn and ws > 1:
+        raise ConfigError(
+            "sync_bn with forward_mode='two-pass': the two-pass forward keeps BatchNorm "
+            "statistics per process; pass --forward-mode joint with --sync-bn"
+        )
+    if cfg.compile:
+        raise ConfigError(
+            "compile with forward_mode='two-pass': the two-pass forward swaps BatchNorm "
+            "behaviour between its passes, which a compiled graph would not see; pass "
+            "--forward-mode joint with --compile"
+        )
+    _check_two_pass_assumption(cfg, given_data, ws)
+
+
+def _check_two_pass_assumption(cfg: Config, given_data: bool, ws: int) -> None:
+    """Refuse or warn (once, here) where the two-pass forward's gradient estimate is poor.
+
+    Its backward estimates the weak unlabeled rows' path through the BatchNorm statistics from
+    the weak labeled rows (semimatch.two_pass), which assumes the two are alike.  Measured
+    against the joint gradient (benchmarks/two_pass_gradient.py, BENCHMARKS.md 1b): ~12%
+    relative L2 error when they are, 23% with 4 labeled rows per process, 60% when the labeled
+    inputs are shifted - worse than dropping the path.  A split that makes them differ by
+    construction is refused; data whose relation semimatch cannot check gets a warning.
+    """
+    if cfg.lt_gamma is not None and cfg.lt_reverse:
+        raise ConfigError(
+            "forward_mode='two-pass' with lt_reverse: the labeled and unlabeled class "
+            "distributions are reversed by construction, so the weak labeled rows are a poor "
+            "stand-in for the unlabeled rows' BatchNorm gradient (measured 40-60% error when "
+            "they differ); use forward_mode='joint' (the default, exact)"
+        )
+    reasons = []
+    if cfg.unlabeled_dir:
+        reasons.append("the unlabeled images come from their own folder (unlabeled_dir)")
+    if cfg.svhn_extra:
+        reasons.append("the unlabeled set includes SVHN's easier 'extra' images")
+    if given_data:
+        reasons.append(
+            "the data was passed in, so semimatch cannot check that its labeled and "
+            "unlabeled rows come from one distribution"
+        )
+    per_process = cfg.batch_size // ws
+    if per_process < 16:
+        reasons.append(
+            f"only {per_process} labeled rows per process stand in for the weak rows "
+            f"(measured 23% gradient error with 4)"
+        )
+    if reasons:
+        logger.warning(
+            "forward_mode='two-pass' estimates the weak unlabeled rows' BatchNorm gradient from "
+            "the weak labeled rows, assuming the two are alike; here "
+            + "; ".join(reasons)
+            + ". Its gradient error grows when they differ (60% measured for a one-sigma input "
+            "shift): prefer forward_mode='joint' (the default, exact)"
+        )
+
+
+def make_split(cfg: Config, data: SSLDataset) -> Split:
+    """The labeled/unlabeled split ``cfg`` asks for (its options checked by ``resolve``)."""
+    labels = data.train.labels
+    seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    C = data.info.num_classes
+    include = not cfg.exclude_labeled
+    if cfg.lt_gamma is not None:  # labeled and unlabeled draws are disjoint by construction
+        return long_tailed_split(
+            labels, C, cfg.lt_n1, cfg.lt_m1, cfg.lt_gamma, seed, reverse_unlabeled=cfg.lt_reverse
+        )
+    if cfg.fold is not None:
+        folds = data.labeled_folds or ()
+        return fold_split(folds, cfg.fold, len(labels), include_labeled_in_unlabeled=include)
+    if cfg.num_labels is None:
+        return given_split(labels, include_labeled_in_unlabeled=include)
+    return balanced_split(labels, C, cfg.num_labels, seed, include_labeled_in_unlabeled=include)
+
+
+def dataset_options(cfg: Config) -> dict[str, Any]:
+    opts: dict[str, Any] = {} if cfg.hflip is None else {"hflip": cfg.hflip}
+    if cfg.dataset == "imagefolder":
+        opts.update(
+            unlabeled_dir=cfg.unlabeled_dir, test_dir=cfg.test_dir, skip_corrupt=cfg.skip_corrupt
+        )
+        if cfg.image_size:
+            opts["image_size"] = cfg.image_size
+    elif cfg.unlabeled_dir or cfg.test_dir or cfg.image_size or cfg.skip_corrupt:
+        raise ConfigError(
+            "unlabeled_dir, test_dir, image_size and skip_corrupt apply only to "
+            f"dataset='imagefolder', not {cfg.dataset!r}"
+        )
+    if cfg.dataset == "svhn":
+        opts["extra"] = cfg.svhn_extra
+    elif cfg.svhn_extra:
+        raise ConfigError(f"svhn_extra applies only to dataset='svhn', not {cfg.dataset!r}")
+    return opts
+
+
+def given_data_config(cfg: Config, data: SSLDataset) -> Config:
+    """``fit(data=...)``: the options that say how to load a dataset would do nothing, so they
+    are refused; ``dataset`` records the name of the data that trained (config.json)."""
+    defaults = Config()
+    loading = (
+        "data_root",
+        "download",
+        "svhn_extra",
+        "unlabeled_dir",
+        "test_dir",
+        "image_size",
+        "hflip",  # the data's own DatasetInfo.hflip decides (from_arrays(hflip=...))
+    )
+    ignored = [n for n in (*loading, "skip_corrupt") if getattr(cfg, n) != getattr(defaults, n)]
+    if ignored:
+        raise ConfigError(
+            f"{', '.join(ignored)} tell semimatch how to load a dataset; with data= passed they "
+            "would do nothing - drop them, or drop data= and let semimatch load the dataset"
+        )
+    return cfg.replace(dataset=data.info.name)
+
+
+def load_data(cfg: Config) -> SSLDataset:
+    """The dataset ``cfg`` names, loaded as training loads it (every caller goes through here).
+
+    Under torchrun rank 0 downloads (``cfg.download``) while the other ranks wait at a barrier,
+    then they read the files it wrote.
+    """
+    is_main = dist.get_rank() == 0
+    if cfg.download and not is_main:
+        dist.barrier()  # rank 0 downloads the files before the other ranks read them
+    data = load_dataset(
+        cfg.dataset, root=cfg.data_root, download=cfg.download and is_main, **dataset_options(cfg)
+    )
+    if cfg.download and is_main:
+        dist.barrier()
+    return data

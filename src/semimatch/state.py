@@ -1,0 +1,126 @@
+"""``TrainState``: everything a checkpoint saves and a resume restores, in one place.
+
+Saving and restoring are written side by side so they cannot drift apart; a resumed run
+continues bit-exactly (the batches are a function of (seed, iteration), everything else is here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from semimatch import checkpoint as ckpt
+from semimatch.algorithms import SSLAlgorithm
+from semimatch.config import Config
+from semimatch.ema import ModelEMA
+from semimatch.errors import TrainingError
+from semimatch.metrics import WindowSums
+
+__all__ = ["TrainState"]
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The generators a checkpoint saves (``TrainState.restore`` sets them back)."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint saves and a resume restores, in one place for both directions."""
+
+    net: nn.Module
+    ema: ModelEMA | None
+    algorithm: SSLAlgorithm
+    algorithm_name: str
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    history: dict[str, Any] = field(
+        default_factory=lambda: {"errors": [], "best_error": None, "wall_time": 0.0}
+    )
+    log_window: WindowSums = field(default_factory=WindowSums)
+    eval_window: WindowSums = field(default_factory=WindowSums)
+
+    def state_dict(self, iteration: int, cfg: Config, device: torch.device) -> dict[str, Any]:
+        """The checkpoint after ``iteration`` iterations (tensors and primitives only)."""
+        algorithm = self.algorithm
+        return {
+            "iteration": iteration,
+            "config": json.dumps(cfg.to_dict()),
+            "model": self.net.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else {},
+            "algorithm": algorithm.state_dict() if isinstance(algorithm, nn.Module) else {},
+            "algorithm_name": self.algorithm_name,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "history": self.history,
+            "log_window": dict(self.log_window.state()),
+            "eval_window": dict(self.eval_window.state()),
+            "rng": _rng_state(device),
+        }
+
+    def save(
+        self, folder: Path, iteration: int, cfg: Config, device: torch.device, best: bool = False
+    ) -> Path:
+        """Write ``ckpt-<iteration>.pt`` atomically, keep the last ``cfg.keep_checkpoints``
+        and, with ``best``, copy it to ``best.pt``; a failure raises ``CheckpointError``."""
+        path = ckpt.save_atomic(
+            self.state_dict(iteration, cfg, device), folder / ckpt.checkpoint_name(iteration)
+        )
+        ckpt.prune(folder, cfg.keep_checkpoints)
+        if best:
+            ckpt.copy_atomic(path, folder / "best.pt")
+        return path
+
+    def restore(self, path: str | os.PathLike, cfg: Config, device: torch.device, rank: int) -> int:
+        """Load the checkpoint ``path`` into this state; return the iteration to start from."""
+        if rank != 0 and not Path(path).is_file():
+            raise ckpt.CheckpointError(
+                f"rank {rank} cannot see {path}, the checkpoint rank 0 resumes from; "
+                "with several nodes, --out must be on a file system that all nodes share"
+            )
+        saved = ckpt.load(path, map_location=device)
+        saved_name = saved.get("algorithm_name", cfg.algorithm)
+        if saved_name != self.algorithm_name:
+            weighting = saved_name.removeprefix("custom:")
+            how = (
+                f"pass the same one again (semimatch.train(..., weighting=<{weighting}>, "
+                "resume=True))"
+                if weighting != saved_name
+                else f"resume it with algorithm {saved_name!r}"
+            )
+            raise TrainingError(
+                f"{path} was trained with algorithm {saved_name!r}; this resume would "
+                f"continue it with {self.algorithm_name!r}: {how}"
+            )
+        try:
+            self.net.load_state_dict(saved["model"])
+            if self.ema is not None:
+                self.ema.load_state_dict(saved["ema"])
+            if isinstance(self.algorithm, nn.Module):
+                self.algorithm.load_state_dict(saved["algorithm"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
+            self.scaler.load_state_dict(saved["scaler"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise ckpt.CheckpointError(
+                f"checkpoint {path} does not match this run's model/config "
+                f"({str(e).splitlines()[0]}); it was written by a different configuration"
+            ) from None
+        self.history = saved["history"]
+        self.log_window.load_state(saved["log_window"])
+        self.eval_window.load_state(saved["eval_window"])
+        torch.set_rng_state(saved["rng"]["torch"].cpu())
+        if device.type == "cuda" and "cuda" in saved["rng"]:
+            torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), device)
+        return int(saved["iteration"])

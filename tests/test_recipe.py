@@ -1,0 +1,79 @@
+"""``build_parts`` (one builder for training and reloading), the optimiser and the schedule."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from semimatch.config import Config, ConfigError
+from semimatch.data import from_arrays
+from semimatch.recipe import build_parts, lr_factor, make_optimizer
+
+
+def info():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 8, 8, 1), dtype=np.uint8)
+    return from_arrays(images, np.arange(20) % 4).info
+
+
+def resolved(**kw) -> Config:
+    return Config(backbone="cnn", bn_momentum=0.1, ema_decay=0.99, ema_warmup=True, **kw)
+
+
+def test_training_and_reloading_build_the_same_parts():
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    train = build_parts(resolved(algorithm="softmatch"), info(), cpu)
+    torch.manual_seed(0)
+    reload = build_parts(resolved(algorithm="softmatch"), info(), cpu, training=False)
+    for a, b in zip(train.net.state_dict().values(), reload.net.state_dict().values()):
+        assert torch.equal(a, b)
+    assert train.algorithm_name == reload.algorithm_name == "softmatch"
+    assert train.algorithm.state_dict().keys() == reload.algorithm.state_dict().keys()
+    assert train.ema is not None and reload.ema is not None
+    bn = [m for m in train.net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn and all(m.momentum == 0.1 for m in bn)
+
+
+def test_only_training_uses_the_channels_last_layout():
+    cfg = resolved(channels_last=True)
+    weight = next(p for p in build_parts(cfg, info(), torch.device("cpu")).net.parameters()
+                  if p.dim() == 4)  # fmt: skip
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    reload = build_parts(cfg, info(), torch.device("cpu"), training=False)
+    weight = next(p for p in reload.net.parameters() if p.dim() == 4)
+    assert weight.is_contiguous()
+
+
+def test_a_reloaded_custom_weighting_run_has_no_algorithm_and_no_ema_without_decay():
+    parts = build_parts(
+        resolved().replace(ema_decay=0.0), info(), torch.device("cpu"), with_algorithm=False
+    )
+    assert parts.algorithm is None and parts.ema is None and parts.algorithm_name == "custom"
+
+
+def test_an_option_the_algorithm_rejects_is_a_config_error():
+    with pytest.raises(ConfigError, match="have no effect with algorithm 'fixmatch'"):
+        build_parts(resolved(algorithm="fixmatch", n_sigma=1.0), info(), torch.device("cpu"))
+    with pytest.raises(ValueError, match="pass model= a fresh instance"):
+        build_parts(resolved().replace(backbone="custom:Net"), info(), torch.device("cpu"))
+
+
+def test_weight_decay_skips_biases_and_batchnorm():
+    net = build_parts(resolved(weight_decay=5e-4), info(), torch.device("cpu")).net
+    decay, no_decay = make_optimizer(net, resolved(weight_decay=5e-4)).param_groups
+    assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() > 1 for p in decay["params"])
+    assert all(p.dim() <= 1 for p in no_decay["params"])
+
+
+def test_the_schedule_is_fixmatchs_cosine_after_the_warm_up():
+    f = lr_factor(Config(iterations=100, warmup_iterations=10))
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(math.cos(7 * math.pi * 9 / 1600))
+    g = lr_factor(Config(iterations=100))
+    for k in (0, 50, 99):
+        assert g(k) == pytest.approx(math.cos(7 * math.pi * k / 1600))
+    assert lr_factor(Config(iterations=100, schedule="constant"))(50) == 1.0
