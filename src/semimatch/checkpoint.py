@@ -30,9 +30,12 @@ __all__ = [
     "prune",
     "remove_stale_temporaries",
     "FORMAT_VERSION",
+    "BEST",
 ]
 
 FORMAT_VERSION = 1
+#: The copy of the checkpoint with the lowest test error so far.
+BEST = "best.pt"
 _NAME = re.compile(r"^ckpt-(\d{7,})\.pt$")
 # Temporary files of save_atomic/copy_atomic (".<name>.tmp-<pid>"), and ".best.tmp" of
 # semimatch versions before copy_atomic.

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from semimatch.config import Config
 from semimatch.engine import TrainingError, fit
+from semimatch.run import RunDir
 
 ALGORITHMS = ("supervised", "fixmatch", "softmatch")
 
@@ -16,11 +17,7 @@ ALGORITHMS = ("supervised", "fixmatch", "softmatch")
 def demo_runs(out: Path) -> list[str]:
     """The algorithms whose demo run folder ``out/<algorithm>`` already holds a run."""
     out = Path(out)
-    return [
-        a
-        for a in ALGORITHMS
-        if (out / a / "config.json").exists() or (out / a / "metrics.jsonl").exists()
-    ]
+    return [a for a in ALGORITHMS if RunDir(out / a).holds_run()]
 
 
 def run_demo(

@@ -25,7 +25,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,7 @@ from semimatch import checkpoint as ckpt
 from semimatch import distributed as dist
 from semimatch.algorithms import SSLAlgorithm
 from semimatch.config import Config, ConfigError
-from semimatch.data import Split, SSLDataset, TrainStream
+from semimatch.data import Split, SSLBatch, SSLDataset, TrainStream
 from semimatch.data.splits import load_split
 from semimatch.distributed import DistEnv
 from semimatch.errors import TrainingError, TrainingInterrupted
@@ -276,98 +276,44 @@ class _Outcome:
     wall: float = 0.0  # seconds of training, counting those before a resume
 
 
+class _Clock:
+    """Wall-clock marks of the loop: training time excludes evaluation and checkpoints."""
+
+    def __init__(self, before: float) -> None:
+        self.window = self.eval = time.perf_counter()  # starts of the log and eval windows
+        self.start = self.window - before  # ``before``: seconds trained before a resume
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.start
+
+
 def _train(t: _Training) -> _Outcome:
     """Iterations ``t.first .. cfg.iterations - 1``; a stop request ends it between two
     iterations (with a checkpoint), a failure ends it where it happened."""
-    cfg, device, state, recorder = t.cfg, t.device, t.state, t.recorder
-    net, ema, algorithm, optimizer = state.net, state.ema, state.algorithm, state.optimizer
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    check_every_step = device.type == "cpu"  # reading the loss is free on CPU, a sync on GPUs
+    cfg, state = t.cfg, t.state
     outcome = _Outcome(completed=t.first)
-    k = t.first
-    t_window = t_eval = time.perf_counter()
-    t_start = time.perf_counter() - state.history["wall_time"]
+    clock = _Clock(state.history["wall_time"])
     interrupted = _InterruptFlag()
     clean_stop = False  # the loop stopped between two iterations: the state is consistent
+    k = t.first
     t.train_net.train()
     try:
         with interrupted:
-            batches: Iterator = t.stream.batches(t.first, cfg.iterations)
+            batches = t.stream.batches(t.first, cfg.iterations)
             for k in range(t.first, cfg.iterations):
-                batch = next(batches)
-                try:
-                    with autocast(cfg, device):
-                        loss, sums = train_step(
-                            t.train_net,
-                            algorithm,
-                            batch.x_lb.contiguous(memory_format=fmt),
-                            batch.y_lb,
-                            batch.u_weak.contiguous(memory_format=fmt),
-                            None
-                            if batch.u_strong is None
-                            else batch.u_strong.contiguous(memory_format=fmt),
-                            batch.u_true,
-                            forward_mode=cfg.forward_mode,
-                        )
-                except NonFiniteError:  # the weak-view probabilities are already NaN
-                    raise _NonFinite(k) from None
-                # any_rank: a NaN on one rank stops every rank at this iteration.
-                if check_every_step and dist.any_rank(not math.isfinite(loss.item()), device):
-                    raise _NonFinite(k)
-                optimizer.zero_grad(set_to_none=True)
-                state.scaler.scale(loss).backward()
-                if cfg.clip_grad_norm:
-                    state.scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad_norm)
-                state.scaler.step(optimizer)
-                state.scaler.update()
-                state.scheduler.step()
-                dist.average_(t.buffers_to_average)
-                if ema is not None:
-                    ema.update(net, k)
-                state.log_window.add(sums)
-                state.eval_window.add(sums)
+                _step(t, next(batches), k)
                 done = k + 1
-                recorder.step()
-
+                t.recorder.step()
                 if done % cfg.log_every == 0 or done == cfg.iterations:
-                    now = time.perf_counter()
-                    record = train_record(state, done, (now - t_window) / state.log_window.steps)
-                    if not math.isfinite(record["loss"]):
-                        raise _NonFinite(k)
-                    t_window = now
-                    state.log_window.reset()
-                    recorder.train(record)
-
+                    _log(t, done, clock)
                 if done % cfg.eval_every == 0 or done == cfg.iterations:
-                    now = time.perf_counter()
-                    state.history["wall_time"] = now - t_start
-                    record = eval_record(state, t.data, cfg, device, done)
-                    window = record["window"]
-                    window["sec_per_iter"] = (now - t_eval) / max(state.eval_window.steps, 1)
-                    state.history["last_window"] = {
-                        k2: window.get(k2) for k2 in ("quantity", "quality", "pl_acc")
-                    }
-                    state.eval_window.reset()
-                    recorder.eval(record)
-                    _save_checkpoint(t, done, best=record["error"] == state.history["best_error"])
-                    # Evaluation and checkpointing are not training time.
-                    t_eval = time.perf_counter()
-                    t_window += t_eval - now
+                    _evaluate(t, done, clock)
                 outcome.completed = done
-                stop = interrupted.requested
-                if t.env.world_size > 1:
-                    # Every rank must stop after the same iteration, or the others wait in the
-                    # next collective.  The ranks agree where the loop syncs anyway: every step
-                    # on CPU, every log_every steps on accelerators.
-                    stop = (check_every_step or done % cfg.log_every == 0) and dist.any_rank(
-                        stop, device
-                    )
-                if stop:
+                if _stop_requested(t, interrupted, done):
                     clean_stop = True
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
-        state.history["wall_time"] = time.perf_counter() - t_start  # saved with the checkpoint
+        state.history["wall_time"] = clock.wall()  # saved with the checkpoint
         outcome.status, outcome.signum = "interrupted", interrupted.signum
         stopped_by = f"interrupted ({signal.Signals(interrupted.signum).name})"
         where = f"{stopped_by} after iteration {outcome.completed}"
@@ -390,9 +336,86 @@ def _train(t: _Training) -> _Outcome:
     except _NonFinite as e:
         outcome.status, outcome.message = "failed", _non_finite_message(t, e.iteration)
     finally:
-        recorder.close_progress()
-    outcome.wall = time.perf_counter() - t_start
+        t.recorder.close_progress()
+    outcome.wall = clock.wall()
     return outcome
+
+
+def _step(t: _Training, batch: SSLBatch, k: int) -> None:
+    """One iteration: the loss of batch ``k`` (``step.train_step``), its gradient, the
+    optimiser, the schedule, the BatchNorm buffers across ranks, the EMA, the metric windows."""
+    cfg, device, state = t.cfg, t.device, t.state
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    try:
+        with autocast(cfg, device):
+            loss, sums = train_step(
+                t.train_net,
+                state.algorithm,
+                batch.x_lb.contiguous(memory_format=fmt),
+                batch.y_lb,
+                batch.u_weak.contiguous(memory_format=fmt),
+                None if batch.u_strong is None else batch.u_strong.contiguous(memory_format=fmt),
+                batch.u_true,
+                forward_mode=cfg.forward_mode,
+            )
+    except NonFiniteError:  # the weak-view probabilities are already NaN
+        raise _NonFinite(k) from None
+    # Reading the loss is free on CPU but a sync on GPUs, where the log records catch a NaN.
+    # any_rank: a NaN on one rank stops every rank at this iteration.
+    if device.type == "cpu" and dist.any_rank(not math.isfinite(loss.item()), device):
+        raise _NonFinite(k)
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if cfg.clip_grad_norm:
+        state.scaler.unscale_(state.optimizer)
+        nn.utils.clip_grad_norm_(state.net.parameters(), cfg.clip_grad_norm)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    dist.average_(t.buffers_to_average)
+    if state.ema is not None:
+        state.ema.update(state.net, k)
+    state.log_window.add(sums)
+    state.eval_window.add(sums)
+
+
+def _log(t: _Training, done: int, clock: _Clock) -> None:
+    """The train record of the iterations since the last one."""
+    now = time.perf_counter()
+    record = train_record(t.state, done, (now - clock.window) / t.state.log_window.steps)
+    if not math.isfinite(record["loss"]):
+        raise _NonFinite(done - 1)
+    clock.window = now
+    t.state.log_window.reset()
+    t.recorder.train(record)
+
+
+def _evaluate(t: _Training, done: int, clock: _Clock) -> None:
+    """Evaluate, record and checkpoint (``best.pt`` too when the test error is the best yet)."""
+    state = t.state
+    now = time.perf_counter()
+    state.history["wall_time"] = now - clock.start
+    record = eval_record(state, t.data, t.cfg, t.device, done)
+    window = record["window"]
+    window["sec_per_iter"] = (now - clock.eval) / max(state.eval_window.steps, 1)
+    state.history["last_window"] = {k: window.get(k) for k in ("quantity", "quality", "pl_acc")}
+    state.eval_window.reset()
+    t.recorder.eval(record)
+    _save_checkpoint(t, done, best=record["error"] == state.history["best_error"])
+    # Evaluation and checkpointing are not training time.
+    clock.eval = time.perf_counter()
+    clock.window += clock.eval - now
+
+
+def _stop_requested(t: _Training, interrupted: _InterruptFlag, done: int) -> bool:
+    """Whether to stop after iteration ``done`` (a signal arrived, on any rank)."""
+    if t.env.world_size == 1:
+        return interrupted.requested
+    # Every rank must stop after the same iteration, or the others wait in the next
+    # collective.  The ranks agree where the loop syncs anyway: every step on CPU, every
+    # log_every steps on accelerators.
+    syncs = t.device.type == "cpu" or done % t.cfg.log_every == 0
+    return syncs and dist.any_rank(interrupted.requested, t.device)
 
 
 def _save_checkpoint(t: _Training, iteration: int, best: bool = False) -> None:
@@ -428,13 +451,12 @@ def _finish(t: _Training, outcome: _Outcome) -> Run:
     state, recorder = t.state, t.recorder
     summary = make_summary(
         t.cfg,
-        state.algorithm_name,
-        state.history,
-        outcome.status,
-        outcome.wall,
-        t.data.info.class_names,
-        outcome.completed,
-        len(t.split.labeled),
+        state,
+        t.data.info,
+        num_labels=len(t.split.labeled),
+        status=outcome.status,
+        done=outcome.completed,
+        wall=outcome.wall,
     )
     try:
         recorder.end(outcome.completed, outcome.status, outcome.message)

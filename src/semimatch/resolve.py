@@ -18,7 +18,7 @@ import torch
 
 from semimatch import distributed as dist
 from semimatch.config import Config, ConfigError, budget_momentum
-from semimatch.data import Split, SSLDataset, load_dataset
+from semimatch.data import DatasetInfo, Split, SSLDataset, load_dataset
 from semimatch.data.splits import balanced_split, fold_split, given_split, long_tailed_split
 from semimatch.log import logger
 
@@ -88,15 +88,17 @@ def resolve(
     if custom_views and cfg.augment == "auto":
         cfg.augment = "pil"
         auto["augment"] = "pil: custom augmentation callables"
+    _check(cfg, data, device)
+    _derive(cfg, data.info, device, auto)
+    cfg.auto = auto
+    return cfg
+
+
+def _check(cfg: Config, data: SSLDataset, device: torch.device) -> None:
+    """Validation that would otherwise surface as a torch error deep inside training, or as an
+    option that silently does nothing."""
     info = data.info
     C = info.num_classes
-
-    def derive(name: str, value: Any, why: str) -> None:
-        if getattr(cfg, name) is None:
-            setattr(cfg, name, value)
-            auto[name] = why
-
-    # Validation that would otherwise surface as a torch error deep inside training.
     for name in (
         "iterations",
         "batch_size",
@@ -137,6 +139,15 @@ def resolve(
             f"num_labels={cfg.num_labels} cannot be split evenly over the {C} classes of "
             f"{info.name}; use a multiple of {C} (e.g. {max(C, cfg.num_labels // C * C)})"
         )
+
+
+def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str, str]) -> None:
+    """Fill the auto (None) fields of ``cfg`` in place, recording each reason in ``auto``."""
+
+    def derive(name: str, value: Any, why: str) -> None:
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, value)
+            auto[name] = why
 
     if cfg.backbone in (None, "auto"):
         cfg.backbone = None
@@ -196,8 +207,6 @@ def resolve(
         else "PIL augmentation in worker processes",
     )
     derive("progress", sys.stderr.isatty(), "progress bar when the output is a terminal")
-    cfg.auto = auto
-    return cfg
 
 
 def _check_ranges(cfg: Config, device: torch.device) -> None:

@@ -31,6 +31,7 @@ from semimatch.log import logger
 from semimatch.metrics import JsonlWriter, median_of_last, read_jsonl
 from semimatch.recipe import build_parts
 from semimatch.resolve import load_data, select_device
+from semimatch.state import TrainState
 
 __all__ = ["Run", "RunDir", "RunStart", "load_run", "make_summary"]
 
@@ -369,21 +370,25 @@ def _to_nchw_uint8(images: np.ndarray) -> np.ndarray:
 
 def make_summary(
     cfg: Config,
-    algorithm_name: str,
-    history: dict[str, Any],
-    status: str,
-    wall: float,
-    class_names: tuple[str, ...],
-    done: int,
+    state: TrainState,
+    info: DatasetInfo,
+    *,
     num_labels: int,
+    status: str,
+    done: int,
+    wall: float,
 ) -> dict[str, Any]:
-    """``summary.json``: the run's outcome in one small file (the report's table reads it)."""
+    """``summary.json``: the run's outcome in one small file (the report's table reads it).
+
+    ``num_labels``: labeled samples of the split that trained (also for LT, fold, given splits).
+    """
+    history, class_names = state.history, info.class_names
     errors = history["errors"]
     window = history.get("last_window") or {}
     return {
-        "algorithm": algorithm_name,
+        "algorithm": state.algorithm_name,
         "dataset": cfg.dataset,
-        "num_labels": num_labels,  # of the split that trained (also for LT, fold, given splits)
+        "num_labels": num_labels,
         "num_classes": len(class_names),
         "iterations": cfg.iterations,
         "iterations_done": done,
@@ -421,7 +426,7 @@ def load_run(
         raise FileNotFoundError(f"{run_dir} is not a semimatch run directory (no config.json)")
     cfg = Config.load(layout.config)
     if checkpoint == "best":
-        path = layout.checkpoints / "best.pt"
+        path = layout.checkpoints / ckpt.BEST
         if not path.exists():
             path = layout.latest_checkpoint()
     elif checkpoint == "last":

@@ -79,7 +79,7 @@ class TrainState:
         )
         ckpt.prune(folder, cfg.keep_checkpoints)
         if best:
-            ckpt.copy_atomic(path, folder / "best.pt")
+            ckpt.copy_atomic(path, folder / ckpt.BEST)
         return path
 
     def restore(self, path: str | os.PathLike, cfg: Config, device: torch.device, rank: int) -> int:
