@@ -18,7 +18,7 @@ from torch import nn
 
 from semimatch import checkpoint as ckpt
 from semimatch.algorithms import SSLAlgorithm, Weighting, build_algorithm
-from semimatch.config import OPTION_FIELDS, Config, ConfigError, load_preset
+from semimatch.config import Config, ConfigError, load_preset
 from semimatch.data import SSLDataset, load_dataset
 from semimatch.ema import ModelEMA
 from semimatch.engine import Run, fit, load_dataset_info, select_device
@@ -119,8 +119,7 @@ def train(
         cfg = cfg.replace(backbone=f"custom:{type(model).__name__}")
     algorithm = None
     if weighting is not None:
-        field_of = {option: name for name, option in OPTION_FIELDS.items()}
-        unused = sorted(field_of.get(k, k) for k in cfg.algorithm_options() if k != "lambda_u")
+        unused = sorted(k for k in cfg.algorithm_options() if k != "lambda_u")
         if unused:
             raise ConfigError(
                 f"{', '.join(unused)} configure the built-in algorithms; weighting= replaces "

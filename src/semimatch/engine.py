@@ -33,7 +33,7 @@ from torch import nn
 from semimatch import checkpoint as ckpt
 from semimatch import distributed as dist
 from semimatch.algorithms import SSLAlgorithm, build_algorithm
-from semimatch.config import OPTION_FIELDS, Config, ConfigError, budget_momentum
+from semimatch.config import Config, ConfigError, budget_momentum
 from semimatch.data import (
     DATASETS,
     DatasetInfo,
@@ -232,11 +232,7 @@ def resolve(
     try:
         algorithm = build_algorithm(cfg.algorithm, C, **cfg.algorithm_options())
     except ValueError as e:
-        # Name the config field the user set, not the algorithm's keyword for it.
-        msg = str(e)
-        for name, option in OPTION_FIELDS.items():
-            msg = msg.replace(repr(option), repr(name))
-        raise ConfigError(msg) from None
+        raise ConfigError(str(e)) from None  # options are named as the config fields
     # Only a strong-view student has a weak no-grad half to split off (step.py).
     two_pass = cfg.forward_mode == "two-pass" and algorithm.uses_strong
     if cfg.sync_bn and ws > 1 and two_pass:
