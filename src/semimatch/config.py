@@ -84,8 +84,10 @@ def algorithm_option_fields(
     def add(cls: type) -> type:
         own: dict[str, Any] = cls.__dict__.get("__annotations__", {})
         clash = sorted(set(own) & set(options))
-        if clash or after not in own:
-            raise TypeError(f"{cls.__name__}: {clash or after} clash with the algorithm options")
+        if clash:
+            raise TypeError(f"{cls.__name__} declares algorithm option(s) {clash} itself")
+        if after not in own:
+            raise TypeError(f"{cls.__name__} has no field {after!r} to put the options after")
         annotations: dict[str, Any] = {}
         for name, kind in own.items():
             annotations[name] = kind
