@@ -28,7 +28,7 @@ def t(a: np.ndarray) -> torch.Tensor:
 
 def softmatch_oracle(num_classes: int, **options) -> AlgorithmOracle:
     """The oracle twin of ``build_algorithm("softmatch", num_classes, **options)``."""
-    m = options.get("momentum", 0.999)
+    m = options.get("stat_momentum", 0.999)
     ua_m = options.get("ua_momentum") or m
     weighting = SoftMatchOracle(
         num_classes, m, options.get("n_sigma", 2.0), options.get("per_class", False)
@@ -85,7 +85,7 @@ def test_weigh_matches_oracle(data, uniform_alignment, raw_stats, per_class, n_s
         stats_on="raw" if raw_stats and uniform_alignment else "aligned",
         per_class=per_class,
         n_sigma=n_sigma,
-        momentum=momentum,
+        stat_momentum=momentum,
     )
     algorithm = build_algorithm("softmatch", c, **options)
     oracle = softmatch_oracle(c, **options)
@@ -123,7 +123,7 @@ def test_order_update_before_weight():
     """The first step's weights already use the updated statistics: with the initial mean 1/C
     every sample would get full weight, after the update some do not."""
     probs = skewed_batches(4, 1)[0]
-    algorithm = build_algorithm("softmatch", 4, momentum=0.5, uniform_alignment=False)
+    algorithm = build_algorithm("softmatch", 4, stat_momentum=0.5, uniform_alignment=False)
     weights, _ = algorithm.weigh(t(probs))
     assert (weights < 1).any()
     fresh = SoftMatchWeighting(4, momentum=0.5)
@@ -134,7 +134,7 @@ def test_order_alignment_updated_before_applied():
     """The first batch is aligned with p_model = its own mean, not with the initial uniform
     p_model (which would leave the probabilities unchanged)."""
     probs = skewed_batches(4, 1)[0]
-    algorithm = build_algorithm("softmatch", 4, momentum=0.999)
+    algorithm = build_algorithm("softmatch", 4, stat_momentum=0.999)
     _, confidence = algorithm.weigh(t(probs))
     ua = UniformAlignmentOracle(4)
     ua.update(probs)
@@ -145,7 +145,7 @@ def test_order_alignment_updated_before_applied():
 @pytest.mark.parametrize("stats_on", ["aligned", "raw"])
 def test_stats_on_selects_the_probabilities_of_the_update(stats_on):
     batches = skewed_batches(5, 3)
-    algorithm = build_algorithm("softmatch", 5, momentum=0.5, stats_on=stats_on)
+    algorithm = build_algorithm("softmatch", 5, stat_momentum=0.5, stats_on=stats_on)
     sm, ua = SoftMatchOracle(5, 0.5), UniformAlignmentOracle(5, 0.5)
     for probs in batches:
         weights, _ = algorithm.weigh(t(probs))
@@ -161,13 +161,13 @@ def test_stats_on_selects_the_probabilities_of_the_update(stats_on):
 
 # A momentum that lets the statistics move within a few steps (with the paper's 0.999 they stay
 # near 1/C and every sample gets full weight, hiding every other option).
-BASE = {"momentum": 0.8}
+BASE = {"stat_momentum": 0.8}
 OPTION_PAIRS = {
     "uniform_alignment": ({"uniform_alignment": True}, {"uniform_alignment": False}),
     "stats_on": ({"stats_on": "aligned"}, {"stats_on": "raw"}),
     "n_sigma": ({"n_sigma": 2.0}, {"n_sigma": 1.0}),
     "per_class": ({"per_class": False}, {"per_class": True}),
-    "momentum": ({"momentum": 0.8}, {"momentum": 0.4}),
+    "stat_momentum": ({"stat_momentum": 0.8}, {"stat_momentum": 0.4}),
     "ua_momentum": ({}, {"ua_momentum": 0.3}),
     "ua_init": ({"ua_init": "batch"}, {"ua_init": "uniform"}),
 }
@@ -271,8 +271,8 @@ def test_build_invalid_values_are_named():
         build_algorithm("fixmatch", 10, tau=1.5)
     with pytest.raises(ValueError, match=r"tau.*\(0, 1\]"):
         build_algorithm("pseudolabel", 10, tau=0.0)
-    with pytest.raises(ValueError, match=r"momentum.*\[0, 1\)"):
-        build_algorithm("softmatch", 10, momentum=1.0)
+    with pytest.raises(ValueError, match=r"stat_momentum must be in \[0, 1\)"):
+        build_algorithm("softmatch", 10, stat_momentum=1.0)
     with pytest.raises(ValueError, match=r"momentum.*\[0, 1\)"):
         build_algorithm("softmatch", 10, ua_momentum=-0.5)
     with pytest.raises(ValueError, match="stats_on"):
@@ -284,8 +284,8 @@ def test_build_invalid_values_are_named():
 
 
 def test_ua_momentum_errors_name_it():
-    # The user passed ua_momentum: the message must say so, not "momentum" (which is another
-    # option of the same algorithm, the statistics' momentum).
+    # The user passed ua_momentum: the message must say so, not "stat_momentum" (which is
+    # another option of the same algorithm, the statistics' momentum).
     with pytest.raises(ValueError, match=r"ua_momentum.*\[0, 1\)"):
         build_algorithm("softmatch", 10, ua_momentum=1.0)
     # ua_momentum without alignment has no effect: an error, like stats_on='raw' without UA.
@@ -316,7 +316,7 @@ def test_weigh_rejects_bad_probs():
 
 @pytest.mark.parametrize("per_class", [False, True])
 def test_algorithm_state_dict_checkpoint_round_trip(per_class, tmp_path):
-    options = dict(momentum=0.7, per_class=per_class, n_sigma=1.5)
+    options = dict(stat_momentum=0.7, per_class=per_class, n_sigma=1.5)
     batches = skewed_batches(5, 6, seed=9)
     algorithm = build_algorithm("softmatch", 5, **options)
     run(algorithm, batches[:3])
@@ -336,8 +336,8 @@ def test_algorithm_state_dict_checkpoint_round_trip(per_class, tmp_path):
 
 def test_algorithm_moves_to_float64():
     batches = skewed_batches(5, 3, seed=10)
-    ref = build_algorithm("softmatch", 5, momentum=0.7)
-    double = build_algorithm("softmatch", 5, momentum=0.7).to(torch.float64)
+    ref = build_algorithm("softmatch", 5, stat_momentum=0.7)
+    double = build_algorithm("softmatch", 5, stat_momentum=0.7).to(torch.float64)
     for a, b in zip(run(ref, batches), run(double, batches), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
@@ -356,7 +356,7 @@ def test_per_class_raw_statistics_are_looked_up_by_the_raw_class():
     statistics it updated are class 0's (mean 0.85, above its aligned confidence 0.82), so its
     weight is Gaussian (< 1).  Looked up by the aligned class (mean still 1/C) it would be 1.
     """
-    options = dict(uniform_alignment=True, stats_on="raw", per_class=True, momentum=0.1)
+    options = dict(uniform_alignment=True, stats_on="raw", per_class=True, stat_momentum=0.1)
     algorithm = build_algorithm("softmatch", 2, **options)
     oracle = softmatch_oracle(2, **options)
     first = np.array([[0.6, 0.4], [0.6, 0.4]])

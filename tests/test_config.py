@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from semimatch.algorithms import SSLAlgorithm
 from semimatch.config import PRESETS, Config, ConfigError, budget_momentum, load_preset
 from semimatch.data import from_arrays
 from semimatch.resolve import check_forward_mode, dataset_options, resolve
@@ -270,6 +271,109 @@ def test_incompatible_config_fails_before_training(tmp_path):
         resolve(Config(precision="fp16", num_labels=20), tiny_data(), torch.device("cpu"))
 
 
-def test_algorithm_options_map_to_the_algorithm():
+def test_algorithm_options_are_the_builder_keywords():
     cfg = Config(algorithm="softmatch", stat_momentum=0.9, n_sigma=1.0, per_class=True)
-    assert cfg.algorithm_options() == {"momentum": 0.9, "n_sigma": 1.0, "per_class": True}
+    assert cfg.algorithm_options() == {"stat_momentum": 0.9, "n_sigma": 1.0, "per_class": True}
+
+
+def test_every_builder_keyword_is_a_config_field_a_flag_and_checked(capsys):
+    """The builders' signatures are the one declaration: each keyword is a Config field (type
+    ``<builder type> | None``, default None, help from the docstring) and a ``train`` flag, and
+    every field that is no builder keyword is not an algorithm option."""
+    import inspect
+    import typing
+    from dataclasses import fields
+
+    from semimatch.algorithms import ALGORITHMS, OPTIONS, docstring_args
+    from semimatch.cli import main
+    from semimatch.config import field_types
+
+    keywords = {
+        name
+        for spec in ALGORITHMS.values()
+        for name, p in inspect.signature(spec.build).parameters.items()
+        if p.kind is p.KEYWORD_ONLY
+    }
+
+    def some_value(name: str) -> object:  # a value of the option's type other than None
+        kind = OPTIONS[name].type
+        if typing.get_origin(kind) is typing.Literal:
+            return typing.get_args(kind)[-1]
+        return True if kind is bool else 0.5
+
+    every = Config(**{name: some_value(name) for name in keywords})
+    assert set(every.algorithm_options()) == keywords == set(OPTIONS)
+    by_name = {f.name: f for f in fields(Config)}
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    for algo, spec in ALGORITHMS.items():
+        hints, docs = typing.get_type_hints(spec.build), docstring_args(spec.build)
+        for name in spec.options:
+            f = by_name[name]
+            assert f.default is None and field_types()[name] == hints[name] | None
+            assert f"{algo}" in f.metadata["help"] and docs[name].rstrip(".") in f.metadata["help"]
+            assert f"--{name.replace('_', '-')}" in usage
+            assert " ".join(docs[name].rstrip(".").split()) in usage
+        for name in set(OPTIONS) - spec.options:
+            cfg = Config(algorithm=algo, num_labels=20, **{name: some_value(name)})
+            with pytest.raises(ConfigError, match=rf"\['{name}'\] have no effect with algorithm"):
+                resolve(cfg, tiny_data(), torch.device("cpu"))
+
+
+def test_a_builder_keyword_is_enough_for_a_field_and_validation():
+    """A throwaway algorithm: its keyword becomes a field with its docstring's help and default
+    text, the spec refuses an option it does not take, and a clash of types is an import-time
+    error."""
+    from dataclasses import dataclass, fields
+
+    from semimatch.algorithms import ALGORITHMS, AlgorithmSpec, algorithm_options
+    from semimatch.config import algorithm_option_fields
+
+    def toy(num_classes: int, *, gamma: float = 0.5, tau: float = 0.7) -> SSLAlgorithm:
+        """A toy.
+
+        Args:
+            num_classes: number of classes.
+            gamma: how much toy; a second line
+                continues it.
+            tau: the toy's threshold.
+        """
+        return SSLAlgorithm(None, name="toy")
+
+    registry = {"fixmatch": ALGORITHMS["fixmatch"], "toy": AlgorithmSpec(toy)}
+
+    @dataclass
+    @algorithm_option_fields(algorithm_options(registry), after="name")
+    class ToyConfig:
+        name: str = "x"
+        last: int = 0
+
+    meta = {f.name: f.metadata for f in fields(ToyConfig)}
+    assert list(meta) == ["name", "tau", "lambda_u", "gamma", "last"]
+    assert meta["gamma"]["help"] == "toy: how much toy; a second line continues it"
+    assert meta["gamma"]["none"] == "toy: 0.5"
+    assert meta["tau"]["help"] == "fixmatch: confidence threshold; toy: the toy's threshold"
+    assert meta["tau"]["none"] == "fixmatch: 0.95; toy: 0.7"
+    assert ToyConfig().gamma is None
+    with pytest.raises(ValueError, match=r"\['lambda_u'\] have no effect with algorithm 'toy'"):
+        registry["toy"].check("toy", {"gamma": 1.0, "lambda_u": 2.0})
+
+    def clash(num_classes: int, *, tau: int = 1) -> SSLAlgorithm:
+        """A clash.
+
+        Args:
+            num_classes: number of classes.
+            tau: an integer threshold.
+        """
+        return SSLAlgorithm(None)
+
+    with pytest.raises(TypeError, match="'tau'.*one name, one type"):
+        algorithm_options({**registry, "clash": AlgorithmSpec(clash)})
+
+    def undocumented(num_classes: int, *, beta: float = 1.0) -> SSLAlgorithm:
+        """No Args section."""
+        return SSLAlgorithm(None)
+
+    with pytest.raises(TypeError, match="'beta' needs a type annotation and an Args: entry"):
+        AlgorithmSpec(undocumented)

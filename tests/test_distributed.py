@@ -72,7 +72,7 @@ def run(rank: int | None) -> dict:
         "per_class": SoftMatchWeighting(C, momentum=0.7, per_class=True),
         "ua": UniformAlignment(C, momentum=0.7),
     }
-    algorithm = build_algorithm("softmatch", C, momentum=0.6, per_class=True)
+    algorithm = build_algorithm("softmatch", C, stat_momentum=0.6, per_class=True)
     model = nn.Linear(D, C)
     window = WindowSums()
     history = []
@@ -202,7 +202,7 @@ def run_empty_shard(rank: int | None) -> dict:
     """Two softmatch steps; at the first one rank 1's unlabeled shard is empty (a global
     unlabeled batch smaller than the world size, or an uneven strided share)."""
     torch.manual_seed(0)
-    algorithm = build_algorithm("softmatch", C, momentum=0.6)
+    algorithm = build_algorithm("softmatch", C, stat_momentum=0.6)
     model = nn.Linear(D, C)
     g = torch.Generator().manual_seed(7)
     losses, states = [], []

@@ -26,7 +26,7 @@ from PIL import Image
 from semimatch.config import Config
 from semimatch.engine import fit
 from semimatch.metrics import JsonlWriter, read_jsonl
-from semimatch.report import build_report, comparison_rows, format_row, load_run, run_status
+from semimatch.report import build_report, comparison_rows, format_row, read_run, run_status
 
 C = 10
 TABLE_HEADER = [
@@ -378,7 +378,7 @@ def test_crashed_real_run_with_torn_last_line(real_run: Path, tmp_path: Path) ->
 
 
 def test_running_vs_crashed_status(tmp_path: Path) -> None:
-    run = load_run(write_synthetic_run(tmp_path / "r", evals=3, finished=False))
+    run = read_run(write_synthetic_run(tmp_path / "r", evals=3, finished=False))
     assert run.end is None and run.summary is None
     mtime = run.metrics_mtime
     assert run_status(run, now=mtime + 5) == "running"
@@ -387,7 +387,7 @@ def test_running_vs_crashed_status(tmp_path: Path) -> None:
     JsonlWriter(tmp_path / "r" / "metrics.jsonl").write(
         {"kind": "end", "iteration": 30, "time": 0.0, "status": "interrupted", "message": "x"}
     )
-    assert run_status(load_run(tmp_path / "r"), now=mtime + 86400) == "interrupted"
+    assert run_status(read_run(tmp_path / "r"), now=mtime + 86400) == "interrupted"
 
 
 def test_run_without_eval_records(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ def batch(seed: int, n_lb: int = 3, n_ulb: int = 8, scale: float = 1.5):
 def oracle_for(name: str, options: dict) -> AlgorithmOracle:
     if name in ("fixmatch", "pseudolabel"):
         return AlgorithmOracle(("fixed", options.get("tau", 0.95)))
-    m = options.get("momentum", 0.999)
+    m = options.get("stat_momentum", 0.999)
     return AlgorithmOracle(SoftMatchOracle(C, m), UniformAlignmentOracle(C, m))
 
 
@@ -82,7 +82,7 @@ def logits_np(model: nn.Linear, x: torch.Tensor) -> np.ndarray:
 )
 def test_loss_and_gradients_match_oracle(seed, name, lambda_u, n_ulb):
     options = {"lambda_u": lambda_u}
-    options.update({"tau": 0.5} if name != "softmatch" else {"momentum": 0.6})
+    options.update({"tau": 0.5} if name != "softmatch" else {"stat_momentum": 0.6})
     algorithm = build_algorithm(name, C, **options)
     oracle = oracle_for(name, options)
     model = linear(seed)
@@ -175,7 +175,7 @@ def test_lambda_u_scales_only_the_unlabeled_term():
 
 @pytest.mark.parametrize("name", ["fixmatch", "softmatch"])
 def test_gradients_flow_only_through_labeled_and_strong_logits(name):
-    options = {"tau": 0.4} if name == "fixmatch" else {"momentum": 0.5}
+    options = {"tau": 0.4} if name == "fixmatch" else {"stat_momentum": 0.5}
     algorithm = build_algorithm(name, C, **options)
     model = linear(3)
     x_lb, y_lb, u_weak, u_strong, _ = batch(3, n_ulb=10, scale=3.0)
@@ -322,7 +322,7 @@ def test_monitoring_labels_never_change_the_loss():
     losses, grads = [], []
     for labels in (u_true, u_true[torch.randperm(16)], None, torch.full_like(u_true, -1)):
         model = linear(10)
-        algorithm = build_algorithm("softmatch", C, momentum=0.5)
+        algorithm = build_algorithm("softmatch", C, stat_momentum=0.5)
         loss, _ = train_step(model, algorithm, x_lb, y_lb, u_weak, u_strong, labels)
         loss.backward()
         losses.append(loss.item())
@@ -341,7 +341,7 @@ def test_pseudo_labels_come_from_raw_probabilities():
     assert ua.align(probs)[-1].argmax() == 1 and probs[-1].argmax() == 0  # the construction
     u_weak = log_probs(rows)
     u_strong = torch.zeros(8, 2, requires_grad=True)
-    algorithm = build_algorithm("softmatch", 2, momentum=0.5)
+    algorithm = build_algorithm("softmatch", 2, stat_momentum=0.5)
     loss, sums = train_step(
         nn.Identity(), algorithm, torch.zeros(1, 2), torch.tensor([0]), u_weak, u_strong
     )
@@ -462,8 +462,8 @@ def test_quantity_is_divided_by_lambda_max():
 
 
 def test_window_metrics_match_oracle_over_several_steps():
-    algorithm = build_algorithm("softmatch", C, momentum=0.6)
-    oracle = oracle_for("softmatch", {"momentum": 0.6})
+    algorithm = build_algorithm("softmatch", C, stat_momentum=0.6)
+    oracle = oracle_for("softmatch", {"stat_momentum": 0.6})
     model = linear(12)
     window = WindowSums()
     all_w, all_pseudo, all_true = [], [], []

@@ -3,12 +3,16 @@
 An algorithm is: a sample weighting function lambda(p), an optional distribution alignment, which
 view the unlabeled loss is computed on (the strong view for FixMatch/SoftMatch, the weak view
 itself for Pseudo-Label), and the unlabeled loss weight ``lambda_u``.  The table ``ALGORITHMS``
-at the bottom is the only place that knows algorithm names.
+at the bottom is the only place that knows algorithm names, and each builder's signature the
+only place that declares its options (``Config``, the command line and validation read it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import re
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -23,7 +27,23 @@ from semimatch.weighting import (
     check_num_classes,
 )
 
-__all__ = ["ALGORITHMS", "SSLAlgorithm", "Weighting", "build_algorithm", "AlgorithmSpec"]
+__all__ = [
+    "ALGORITHMS",
+    "OPTIONS",
+    "AlgorithmName",
+    "AlgorithmSpec",
+    "Option",
+    "OptionSpec",
+    "SSLAlgorithm",
+    "Weighting",
+    "algorithm_options",
+    "build_algorithm",
+    "docstring_args",
+    "fixmatch",
+    "pseudolabel",
+    "softmatch",
+    "supervised",
+]
 
 
 @runtime_checkable
@@ -137,32 +157,49 @@ class SSLAlgorithm(nn.Module):
         )
 
 
-@dataclass(frozen=True)
-class AlgorithmSpec:
-    """A named composition, and the options it accepts (anything else is a config error)."""
+# --------------------------------------------------------------------------------------------
+# The algorithms.  A builder's keyword-only parameters are the algorithm's options: their names,
+# types, defaults and the ``Args:`` text of the docstring are the one declaration that
+# ``build_algorithm`` validates against and ``semimatch.config.Config`` turns into fields (so
+# also command-line flags, config.json keys and ``--help`` text).
+# --------------------------------------------------------------------------------------------
+def supervised(num_classes: int) -> SSLAlgorithm:
+    """Labeled data only, same recipe (the baseline).
 
-    build: Callable[..., SSLAlgorithm]
-    options: frozenset[str]
-    summary: str
-
-
-def _supervised(num_classes: int) -> SSLAlgorithm:
+    Args:
+        num_classes: number of classes.
+    """
     return SSLAlgorithm(None, name="supervised")
 
 
-def _pseudolabel(num_classes: int, tau: float = 0.95, lambda_u: float = 1.0) -> SSLAlgorithm:
+def pseudolabel(num_classes: int, *, tau: float = 0.95, lambda_u: float = 1.0) -> SSLAlgorithm:
+    """Hard threshold on the weak view, no strong augmentation.
+
+    Args:
+        num_classes: number of classes.
+        tau: confidence threshold.
+        lambda_u: unlabeled loss weight.
+    """
     return SSLAlgorithm(
         FixedThreshold(tau), student_view="weak", lambda_u=lambda_u, name="pseudolabel"
     )
 
 
-def _fixmatch(num_classes: int, tau: float = 0.95, lambda_u: float = 1.0) -> SSLAlgorithm:
+def fixmatch(num_classes: int, *, tau: float = 0.95, lambda_u: float = 1.0) -> SSLAlgorithm:
+    """Step weighting at tau on the weak view, loss on the strong view.
+
+    Args:
+        num_classes: number of classes.
+        tau: confidence threshold.
+        lambda_u: unlabeled loss weight.
+    """
     return SSLAlgorithm(FixedThreshold(tau), lambda_u=lambda_u, name="fixmatch")
 
 
-def _softmatch(
+def softmatch(
     num_classes: int,
-    momentum: float = 0.999,
+    *,
+    stat_momentum: float = 0.999,
     n_sigma: float = 2.0,
     per_class: bool = False,
     uniform_alignment: bool = True,
@@ -171,18 +208,33 @@ def _softmatch(
     stats_on: Literal["aligned", "raw"] = "aligned",
     lambda_u: float = 1.0,
 ) -> SSLAlgorithm:
+    """Truncated-Gaussian weighting + Uniform Alignment (USB-code defaults).
+
+    Args:
+        num_classes: number of classes.
+        stat_momentum: EMA momentum of the Gaussian statistics (paper 0.999).
+        n_sigma: width of the Gaussian in std units (USB code 2, paper equation 1).
+        per_class: per-class mean/variance.
+        uniform_alignment: Uniform Alignment.
+        ua_momentum: EMA momentum of p_model; None = stat_momentum.
+        ua_init: p_model starts at the first batch's mean (batch, USB code) or at the uniform
+            distribution (uniform, TorchSSL).
+        stats_on: statistics on aligned (USB code) or raw (paper) probabilities.
+        lambda_u: unlabeled loss weight.
+    """
     if ua_momentum is not None:
         if not uniform_alignment:
             raise ValueError("ua_momentum has no effect with uniform_alignment=False")
         check_momentum(ua_momentum, "ua_momentum")
     if ua_init != "batch" and not uniform_alignment:
         raise ValueError("ua_init has no effect with uniform_alignment=False")
+    check_momentum(stat_momentum, "stat_momentum")  # named as the user spelled it
     weighting = SoftMatchWeighting(
-        num_classes, momentum=momentum, n_sigma=n_sigma, per_class=per_class
+        num_classes, momentum=stat_momentum, n_sigma=n_sigma, per_class=per_class
     )
     alignment = (
         UniformAlignment(
-            num_classes, momentum if ua_momentum is None else ua_momentum, init=ua_init
+            num_classes, stat_momentum if ua_momentum is None else ua_momentum, init=ua_init
         )
         if uniform_alignment
         else None
@@ -192,37 +244,140 @@ def _softmatch(
     )
 
 
+# --------------------------------------------------------------------------------------------
+# Reading the declaration.
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OptionSpec:
+    """One keyword parameter of a builder: what ``Config`` needs to make a field of it."""
+
+    name: str
+    type: Any  # the resolved annotation, e.g. ``float`` or ``Literal["batch", "uniform"]``
+    default: Any
+    help: str  # the builder docstring's ``Args:`` entry
+
+
+def docstring_args(fn: Callable[..., Any]) -> dict[str, str]:
+    """The entries of a Google-style ``Args:`` section, as ``{name: one-line text}``."""
+    lines = inspect.getdoc(fn)
+    entries: dict[str, str] = {}
+    if not lines:
+        return entries
+    inside, name = False, None
+    for line in lines.splitlines():
+        if not inside:
+            inside = line.strip() == "Args:"
+            continue
+        if line and not line.startswith(" "):  # the next section (Returns:, Raises:, ...)
+            break
+        match = re.match(r"^ {4}(\w+)(?: \([^)]*\))?: ?(.*)$", line)
+        if match:
+            name = match[1]
+            entries[name] = match[2].strip()
+        elif name is not None and line.strip():  # an indented continuation line
+            entries[name] += " " + line.strip()
+    return entries
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """A named composition: its builder ``build(num_classes, *, option=default, ...)``.
+
+    The builder's keyword-only parameters are the options the algorithm accepts (anything else
+    is an error); each needs a type annotation, a default and an ``Args:`` line in the
+    builder's docstring, checked here when the table is made.  The docstring's first line is
+    the summary.
+    """
+
+    build: Callable[..., SSLAlgorithm]
+
+    def __post_init__(self) -> None:
+        params = list(inspect.signature(self.build).parameters.values())
+        if not params or params[0].kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD:
+            raise TypeError(f"{self.build.__name__} must take num_classes first")
+        for p in params[1:]:
+            if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is p.empty:
+                raise TypeError(
+                    f"{self.build.__name__}: option {p.name!r} must be keyword-only with a default"
+                )
+        self.option_specs()  # missing annotations or docstring entries fail here, at import
+
+    @property
+    def options(self) -> frozenset[str]:
+        """The option names (the builder's keyword-only parameters)."""
+        return frozenset(self.option_specs())
+
+    @property
+    def summary(self) -> str:
+        """The first line of the builder's docstring."""
+        return (inspect.getdoc(self.build) or "").splitlines()[0].rstrip(".")
+
+    def option_specs(self) -> dict[str, OptionSpec]:
+        """Each option's type, default and help text, in the builder's parameter order."""
+        hints = typing.get_type_hints(self.build)
+        docs = docstring_args(self.build)
+        specs = {}
+        for p in list(inspect.signature(self.build).parameters.values())[1:]:
+            if p.name not in hints or p.name not in docs:
+                raise TypeError(
+                    f"{self.build.__name__}: option {p.name!r} needs a type annotation and an "
+                    "Args: entry in the docstring"
+                )
+            specs[p.name] = OptionSpec(p.name, hints[p.name], p.default, docs[p.name])
+        return specs
+
+    def check(self, name: str, options: Mapping[str, Any]) -> None:
+        """Refuse an option this algorithm does not take (it would silently do nothing)."""
+        unused = set(options) - self.options
+        if unused:
+            raise ValueError(
+                f"option(s) {sorted(unused)} have no effect with algorithm {name!r}; "
+                f"it accepts {sorted(self.options) or 'no options'}"
+            )
+
+
+@dataclass(frozen=True)
+class Option:
+    """An option across the algorithms that take it (one ``Config`` field)."""
+
+    name: str
+    type: Any
+    defaults: dict[str, Any]  # {algorithm: the builder's default}
+    helps: dict[str, str]  # {algorithm: the builder's Args: text}
+
+
+def algorithm_options(registry: Mapping[str, AlgorithmSpec]) -> dict[str, Option]:
+    """The union of the algorithms' options, in first-declared order.
+
+    One name means one thing: builders whose parameters of the same name have different types
+    are an error (raised when the registry is read, i.e. at import).
+    """
+    union: dict[str, Option] = {}
+    for algo, spec in registry.items():
+        for name, option in spec.option_specs().items():
+            known = union.setdefault(name, Option(name, option.type, {}, {}))
+            if option.type != known.type:
+                raise TypeError(
+                    f"option {name!r} is {option.type} in {algo!r} but {known.type} in "
+                    f"{next(iter(known.defaults))!r}: one name, one type"
+                )
+            known.defaults[algo] = option.default
+            known.helps[algo] = option.help
+    return union
+
+
 ALGORITHMS: dict[str, AlgorithmSpec] = {
-    "supervised": AlgorithmSpec(
-        _supervised, frozenset(), "labeled data only, same recipe (the baseline)"
-    ),
-    "pseudolabel": AlgorithmSpec(
-        _pseudolabel,
-        frozenset({"tau", "lambda_u"}),
-        "hard threshold on the weak view, no strong augmentation",
-    ),
-    "fixmatch": AlgorithmSpec(
-        _fixmatch,
-        frozenset({"tau", "lambda_u"}),
-        "step weighting at tau on the weak view, loss on the strong view",
-    ),
-    "softmatch": AlgorithmSpec(
-        _softmatch,
-        frozenset(
-            {
-                "momentum",
-                "n_sigma",
-                "per_class",
-                "uniform_alignment",
-                "ua_momentum",
-                "ua_init",
-                "stats_on",
-                "lambda_u",
-            }
-        ),
-        "truncated-Gaussian weighting + Uniform Alignment (USB-code defaults)",
-    ),
+    "supervised": AlgorithmSpec(supervised),
+    "pseudolabel": AlgorithmSpec(pseudolabel),
+    "fixmatch": AlgorithmSpec(fixmatch),
+    "softmatch": AlgorithmSpec(softmatch),
 }
+
+#: The algorithm names, as a type (``Config.algorithm``).
+AlgorithmName = Literal[tuple(ALGORITHMS)]  # type: ignore[valid-type]
+
+#: The options of all algorithms (``semimatch.config.Config`` has one field per entry).
+OPTIONS: dict[str, Option] = algorithm_options(ALGORITHMS)
 
 
 def build_algorithm(name: str, num_classes: int, **options: Any) -> SSLAlgorithm:
@@ -238,10 +393,5 @@ def build_algorithm(name: str, num_classes: int, **options: Any) -> SSLAlgorithm
         )
     check_num_classes(num_classes)
     spec = ALGORITHMS[name]
-    unused = set(options) - spec.options
-    if unused:
-        raise ValueError(
-            f"option(s) {sorted(unused)} have no effect with algorithm {name!r}; "
-            f"it accepts {sorted(spec.options) or 'no options'}"
-        )
+    spec.check(name, options)
     return spec.build(num_classes, **options)

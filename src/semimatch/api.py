@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from semimatch.algorithms import SSLAlgorithm, Weighting
-from semimatch.config import OPTION_FIELDS, Config, ConfigError, load_preset
+from semimatch.config import Config, ConfigError, load_preset
 from semimatch.data import SSLDataset
 from semimatch.engine import fit
 from semimatch.log import logger
@@ -107,8 +107,7 @@ def train(
         cfg = cfg.replace(backbone=f"custom:{type(model).__name__}")
     algorithm = None
     if weighting is not None:
-        field_of = {option: name for name, option in OPTION_FIELDS.items()}
-        unused = sorted(field_of.get(k, k) for k in cfg.algorithm_options() if k != "lambda_u")
+        unused = sorted(k for k in cfg.algorithm_options() if k != "lambda_u")
         if unused:
             raise ConfigError(
                 f"{', '.join(unused)} configure the built-in algorithms; weighting= replaces "

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import functools
 import json
 import os
 import re
@@ -18,23 +17,14 @@ import sys
 import types
 import typing
 from collections.abc import Iterator
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
 
 from semimatch import __version__
 from semimatch.config import PRESETS, Config, ConfigError, coerce, field_types, load_preset
+from semimatch.flags import as_flags, cli_fields, flag
 
-__all__ = ["main"]
-
-
-def _cli_fields() -> list:
-    return [f for f in fields(Config) if f.metadata.get("cli", True)]
-
-
-def _flag(name: str) -> str:
-    """The command-line spelling of config field ``name``."""
-    return "--" + name.replace("_", "-")
+__all__ = ["build_config", "build_parser", "main"]
 
 
 #: Values a switch takes after ``--x`` (old commands spell ``--deterministic true``).
@@ -131,13 +121,13 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         "switches marked [BOOL|auto] also take auto, their default.",
     )
     kinds = field_types()
-    for f in _cli_fields():
+    for f in cli_fields():
         help_text = f"{f.metadata['help']} (default: {_shown_default(f)})".replace("%", "%%")
         kind = kinds[f.name]
         options = _members(kind)
         if bool in options:
             group.add_argument(
-                _flag(f.name),
+                flag(f.name),
                 "--no-" + f.name.replace("_", "-"),
                 dest=f.name,
                 action=_Switch,
@@ -147,7 +137,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             )
             continue
         group.add_argument(
-            _flag(f.name),
+            flag(f.name),
             dest=f.name,
             default=argparse.SUPPRESS,
             metavar=_metavar(f.name, kind),
@@ -188,7 +178,8 @@ def _train_parser(sub: Any) -> None:
     _add_config_flags(p)
 
 
-def _build_config(args: argparse.Namespace) -> Config:
+def build_config(args: argparse.Namespace) -> Config:
+    """The config of parsed ``train`` arguments: --preset or --config, then the flags given."""
     if args.preset and args.config:
         raise ConfigError("use --preset or --config, not both")
     cfg = (
@@ -196,7 +187,7 @@ def _build_config(args: argparse.Namespace) -> Config:
         if args.preset
         else (Config.load(args.config) if args.config else Config())
     )
-    overrides = {f.name: getattr(args, f.name) for f in _cli_fields() if hasattr(args, f.name)}
+    overrides = {f.name: getattr(args, f.name) for f in cli_fields() if hasattr(args, f.name)}
     return cfg.replace(**{k: coerce(k, v, source="command line") for k, v in overrides.items()})
 
 
@@ -239,7 +230,7 @@ def _new_run_dir(stem: str, command: str) -> Iterator[Path]:
 def cmd_train(args: argparse.Namespace) -> int:
     from semimatch.engine import fit
 
-    cfg = _build_config(args)
+    cfg = build_config(args)
     if args.resume not in (None, "auto"):  # --resume RUN_DIR: that run, in place
         if args.out:
             raise ConfigError(f"--resume {args.resume} continues that run in place; drop --out")
@@ -460,63 +451,6 @@ COMMANDS = {
 }
 
 
-def _as_flags(message: str) -> str:
-    """Say a library error in command-line words: config fields become the flags to type.
-
-    The library names Python keywords ("threads must be >= 1", "pass skip_corrupt=True",
-    "got forward_mode='x'"); the command line reads "--threads must be >= 1", "pass
-    --skip-corrupt", "got --forward-mode 'x'".  A field is rewritten only where it is an
-    identifier: ``name=value``, ``name:``, a name with an underscore, a list of names, or a name
-    opening the message.  Quoted text, `commands` and paths (tokens with a slash) are what the
-    user gave or must type as they are, so they stay untouched; "(CLI: ...)" asides go.
-    """
-    message = re.sub(r"\s*\(CLI: [^)]*\)", "", message)
-    return _flag_pattern().sub(_flag_words, message)
-
-
-@functools.cache
-def _flag_pattern() -> re.Pattern[str]:
-    """The regular expression of ``_as_flags`` (built once: it lists every field name)."""
-    names = sorted((f.name for f in _cli_fields()), key=len, reverse=True)
-
-    def word(alternatives: list[str]) -> str:  # a whole name: not cfg.x, --x, a/x, x.txt
-        return rf"(?<![\w.\-/])(?:{'|'.join(alternatives)})(?![\w\-/]|\.\w)"
-
-    name, snake = word(names), word([n for n in names if "_" in n])
-    # A value is quoted, or a run of word characters, dots, colons, signs (1e-3, cuda:0,
-    # two-pass) ending in a word character: a sentence's full stop is not part of it.
-    value = r"'[^'\n]*'|\"[^\"\n]*\"|[\w.:+\-]*\w"
-    return re.compile(
-        rf"(?P<list>\[(?:'(?:{'|'.join(names)})'(?:, )?)+\])"  # ['n_sigma', 'tau']
-        r"|(?P<protected>(?<!\w)'[^'\n]*'(?!\w)|(?<!\w)\"[^\"\n]*\"(?!\w)|`[^`]*`"
-        r"|[^\s'\"`]*/[^\s'\"`]*)"  # quoted, a `command`, a path
-        rf"|(?P<assign>{name})=(?P<value>{value})?"  # lr=0.1, image_size=
-        rf"|(?P<label>{name})(?=:)"  # fold: must be in 0..9
-        rf"|(?P<snake>{snake})"  # num_labels anywhere: an identifier, not an English word
-        rf"|^(?P<first>{name})(?= )"  # lr must be > 0
-    )
-
-
-def _flag_words(m: re.Match[str]) -> str:
-    if m["protected"]:
-        return m["protected"]
-    if m["list"]:
-        return ", ".join(_flag(n) for n in re.findall(r"'([^']*)'", m["list"]))
-    if m["assign"] is None:
-        return _flag(m["label"] or m["snake"] or m["first"])
-    name, value = m["assign"], m["value"] or ""
-    if value == "True":
-        return _flag(name)
-    if value == "False":
-        return "--no-" + name.replace("_", "-")
-    if value == "None":
-        value = "none"
-    before = m.string[: m.start()]
-    if re.search(r"(?:\bpass|\buse|\be\.g\.|\bwith)\s*\(?$", before, re.IGNORECASE):
-        value = value.strip("'\"")  # a suggestion: what to type, without Python's quotes
-    return f"{_flag(name)} {value}" if value else _flag(name)
-
-
 #: Exit status when the reader of standard output has gone (128 + SIGPIPE, as a shell shows a
 #: tool that SIGPIPE killed, e.g. ``cat`` in ``cat big | head -1`` under ``set -o pipefail``).
 EXIT_BROKEN_PIPE = 141
@@ -549,7 +483,7 @@ def _run(argv: list[str] | None) -> int:
             return COMMANDS[args.command](args)
     except (ConfigError, TrainingError, CheckpointError, FileNotFoundError, ValueError) as e:
         # train and demo take config flags; eval/predict/report options are not config fields.
-        message = _as_flags(str(e)) if args.command in ("train", "demo") else str(e)
+        message = as_flags(str(e)) if args.command in ("train", "demo") else str(e)
         print(f"semimatch {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

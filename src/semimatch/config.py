@@ -3,7 +3,8 @@
 ``Config`` is a flat dataclass: every field is a command-line flag (``--field-name``), a key of
 ``config.json`` and a keyword of ``semimatch.train``, all derived from the same field list, so an
 option cannot exist in one door and silently do nothing in another.  Unknown keys and wrong types
-are errors with a suggestion.
+are errors with a suggestion.  The algorithms' options (``tau``, ``stat_momentum``, ...) are not
+written here: they are generated from the builders' signatures in ``semimatch.algorithms``.
 
 Fields whose default is ``None`` are *auto*: ``resolve`` derives them from the dataset, the device
 and the iteration budget (see "Short budgets" in the reference) and records the chosen value, so
@@ -19,12 +20,22 @@ import json
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["Config", "PRESETS", "Preset", "ConfigError", "load_preset", "budget_momentum"]
+from semimatch.algorithms import OPTIONS, AlgorithmName, Option
+
+__all__ = [
+    "Config",
+    "PRESETS",
+    "Preset",
+    "ConfigError",
+    "algorithm_option_fields",
+    "budget_momentum",
+    "load_preset",
+]
 
 
 #: How the step runs the model over (labeled, weak, strong); see ``semimatch.step.train_step``.
@@ -41,12 +52,80 @@ def _f(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - 'help' reads 
     return field(default=default, metadata={"help": help, **kw})
 
 
+def _shown(value: Any) -> str:
+    """A builder default as ``--help`` and the command line spell it."""
+    return str(value).lower() if isinstance(value, bool) or value is None else str(value)
+
+
+def _per_algorithm(values: Mapping[str, str]) -> str:
+    """``{"pseudolabel": "0.95", "fixmatch": "0.95"}`` -> ``"pseudolabel/fixmatch: 0.95"``."""
+    groups: dict[str, list[str]] = {}
+    for algorithm, text in values.items():
+        groups.setdefault(text, []).append(algorithm)
+    return "; ".join(f"{'/'.join(algos)}: {text}" for text, algos in groups.items())
+
+
+def algorithm_option_fields(
+    options: Mapping[str, Option], *, after: str, none: Mapping[str, str] | None = None
+) -> Callable[[type], type]:
+    """Give a class (before ``@dataclass``) one field per algorithm option, after field ``after``.
+
+    The algorithm builders' keyword parameters (``semimatch.algorithms``) are the one
+    declaration of the options; a class decorator that writes them into ``__annotations__``
+    keeps ``Config`` a plain dataclass, so ``fields(Config)``, ``asdict``, the command line
+    (one flag per field) and ``config.json`` (the same keys as before) see them like any other
+    field.  Each field is ``<builder type> | None`` with default None, "the algorithm's own
+    default"; its help is the builder docstring's ``Args:`` text and its ``none=`` text each
+    algorithm's default (``pseudolabel/fixmatch: 0.95``), unless ``none`` names a field whose
+    None the run derives (e.g. stat_momentum from the iteration budget).  The price: a static
+    type checker does not see these fields.
+    """
+
+    def add(cls: type) -> type:
+        own: dict[str, Any] = cls.__dict__.get("__annotations__", {})
+        clash = sorted(set(own) & set(options))
+        if clash:
+            raise TypeError(f"{cls.__name__} declares algorithm option(s) {clash} itself")
+        if after not in own:
+            raise TypeError(f"{cls.__name__} has no field {after!r} to put the options after")
+        annotations: dict[str, Any] = {}
+        for name, kind in own.items():
+            annotations[name] = kind
+            if name != after:
+                continue
+            for option in options.values():
+                annotations[option.name] = option.type | None
+                shown = {a: _shown(d) for a, d in option.defaults.items()}
+                help_text = {a: h.rstrip(".") for a, h in option.helps.items()}
+                setattr(
+                    cls,
+                    option.name,
+                    _f(
+                        None,
+                        _per_algorithm(help_text),
+                        none=(none or {}).get(option.name, _per_algorithm(shown)),
+                    ),
+                )
+        cls.__annotations__ = annotations
+        return cls
+
+    return add
+
+
+#: Algorithm options whose None the run derives (``engine.resolve``) instead of the builder.
+_DERIVED_OPTIONS = {
+    "stat_momentum": "softmatch: derived from the iteration budget K, "
+    "min(0.999, max(0.9, 1 - 20/K))",
+}
+
+
 @dataclass
+@algorithm_option_fields(OPTIONS, after="ema_warmup", none=_DERIVED_OPTIONS)
 class Config:
+    """Every option of a run (see the module docstring); ``None`` = derived or the default."""
+
     # --- what to train -------------------------------------------------------------------------
-    algorithm: Literal["supervised", "pseudolabel", "fixmatch", "softmatch"] = _f(
-        "fixmatch", "semi-supervised method"
-    )
+    algorithm: AlgorithmName = _f("fixmatch", "semi-supervised method")
     dataset: str = _f("digits", "dataset name (see `semimatch datasets`) or 'imagefolder'")
     data_root: str | None = _f(
         None,
@@ -135,34 +214,9 @@ class Config:
     ema_warmup: bool | None = _f(
         None, "EMA warm-up decay_t = min(decay, (1+t)/(10+t)); None = on unless a paper preset"
     )
-    lambda_u: float | None = _f(None, "unlabeled loss weight", none="1")
-
-    # --- pseudo-labels ------------------------------------------------------------------------
-    tau: float | None = _f(None, "fixmatch/pseudolabel: confidence threshold", none="0.95")
-    stat_momentum: float | None = _f(
-        None,
-        "softmatch: EMA momentum of the Gaussian statistics "
-        "(paper 0.999); None = derived from the budget",
-    )
-    n_sigma: float | None = _f(
-        None,
-        "softmatch: width of the Gaussian in std units (USB code 2, paper equation 1)",
-        none="2",
-    )
-    per_class: bool | None = _f(None, "softmatch: per-class mean/variance", none="false")
-    uniform_alignment: bool | None = _f(None, "softmatch: Uniform Alignment", none="true")
-    ua_momentum: float | None = _f(None, "softmatch: EMA momentum of p_model", none="stat_momentum")
-    ua_init: Literal["batch", "uniform"] | None = _f(
-        None,
-        "softmatch: p_model starts at the first batch's mean (batch, USB code) or at the "
-        "uniform distribution (uniform, TorchSSL)",
-        none="batch",
-    )
-    stats_on: Literal["aligned", "raw"] | None = _f(
-        None,
-        "softmatch: statistics on aligned (USB code) or raw (paper) probabilities",
-        none="aligned",
-    )
+    # --- the algorithm's options ----------------------------------------------------------------
+    # Generated here by @algorithm_option_fields from the builders' signatures in
+    # semimatch.algorithms: tau, lambda_u, stat_momentum, n_sigma, per_class, ...
 
     # --- augmentation -------------------------------------------------------------------------
     strong_augment: Literal["fixmatch", "usb"] = _f(
@@ -289,25 +343,9 @@ class Config:
         return cls.from_dict(data, source=str(path))
 
     def algorithm_options(self) -> dict[str, Any]:
-        """The method's options that were set (None = the algorithm's own default)."""
-        keys = {
-            "tau",
-            "lambda_u",
-            "n_sigma",
-            "per_class",
-            "uniform_alignment",
-            "ua_momentum",
-            "ua_init",
-            "stats_on",
-        }
-        opts = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
-        if self.stat_momentum is not None:
-            opts[OPTION_FIELDS["stat_momentum"]] = self.stat_momentum
-        return opts
-
-
-#: Config fields whose algorithm option has another name (``build_algorithm(**options)``).
-OPTION_FIELDS = {"stat_momentum": "momentum"}
+        """The method's options that were set (None = the algorithm's own default), keyed by
+        the builder's keyword, which is the field's name."""
+        return {k: getattr(self, k) for k in OPTIONS if getattr(self, k) is not None}
 
 
 def _unknown_message(key: str, names: set[str], source: str) -> str:

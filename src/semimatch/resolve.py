@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from semimatch import distributed as dist
+from semimatch.algorithms import ALGORITHMS
 from semimatch.config import Config, ConfigError, budget_momentum
 from semimatch.data import DatasetInfo, Split, SSLDataset, load_dataset
 from semimatch.data.splits import balanced_split, fold_split, given_split, long_tailed_split
@@ -170,7 +171,7 @@ def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str
         1e-3 if info.name == "cifar100" else 5e-4,
         f"the papers' value for {info.name} (1e-3 for CIFAR-100, 5e-4 otherwise)",
     )
-    if cfg.algorithm == "softmatch":
+    if "stat_momentum" in ALGORITHMS[cfg.algorithm].options:  # softmatch's EMA statistics
         derive(
             "stat_momentum",
             budget_momentum(0.999, K),

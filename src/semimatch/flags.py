@@ -1,0 +1,84 @@
+"""How config fields are spelled on the command line, both ways.
+
+``cli_fields`` are the ``Config`` fields that are flags, ``flag`` spells one (``num_labels`` ->
+``--num-labels``) and ``as_flags`` rewrites a library error message in those words, so the
+command line says what to type.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import Field, fields
+from typing import Any
+
+from semimatch.config import Config
+
+__all__ = ["as_flags", "cli_fields", "flag"]
+
+
+def cli_fields() -> list[Field[Any]]:
+    """The ``Config`` fields that are command-line flags (all but the bookkeeping ones)."""
+    return [f for f in fields(Config) if f.metadata.get("cli", True)]
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of config field ``name``."""
+    return "--" + name.replace("_", "-")
+
+
+def as_flags(message: str) -> str:
+    """Say a library error in command-line words: config fields become the flags to type.
+
+    The library names Python keywords ("threads must be >= 1", "pass skip_corrupt=True",
+    "got forward_mode='x'"); the command line reads "--threads must be >= 1", "pass
+    --skip-corrupt", "got --forward-mode 'x'".  A field is rewritten only where it is an
+    identifier: ``name=value``, ``name:``, a name with an underscore, a list of names, or a name
+    opening the message.  Quoted text, `commands` and paths (tokens with a slash) are what the
+    user gave or must type as they are, so they stay untouched; "(CLI: ...)" asides go.
+    """
+    message = re.sub(r"\s*\(CLI: [^)]*\)", "", message)
+    return _flag_pattern().sub(_flag_words, message)
+
+
+@functools.cache
+def _flag_pattern() -> re.Pattern[str]:
+    """The regular expression of ``as_flags`` (built once: it lists every field name)."""
+    names = sorted((f.name for f in cli_fields()), key=len, reverse=True)
+
+    def word(alternatives: list[str]) -> str:  # a whole name: not cfg.x, --x, a/x, x.txt
+        return rf"(?<![\w.\-/])(?:{'|'.join(alternatives)})(?![\w\-/]|\.\w)"
+
+    name, snake = word(names), word([n for n in names if "_" in n])
+    # A value is quoted, or a run of word characters, dots, colons, signs (1e-3, cuda:0,
+    # two-pass) ending in a word character: a sentence's full stop is not part of it.
+    value = r"'[^'\n]*'|\"[^\"\n]*\"|[\w.:+\-]*\w"
+    return re.compile(
+        rf"(?P<list>\[(?:'(?:{'|'.join(names)})'(?:, )?)+\])"  # ['n_sigma', 'tau']
+        r"|(?P<protected>(?<!\w)'[^'\n]*'(?!\w)|(?<!\w)\"[^\"\n]*\"(?!\w)|`[^`]*`"
+        r"|[^\s'\"`]*/[^\s'\"`]*)"  # quoted, a `command`, a path
+        rf"|(?P<assign>{name})=(?P<value>{value})?"  # lr=0.1, image_size=
+        rf"|(?P<label>{name})(?=:)"  # fold: must be in 0..9
+        rf"|(?P<snake>{snake})"  # num_labels anywhere: an identifier, not an English word
+        rf"|^(?P<first>{name})(?= )"  # lr must be > 0
+    )
+
+
+def _flag_words(m: re.Match[str]) -> str:
+    if m["protected"]:
+        return m["protected"]
+    if m["list"]:
+        return ", ".join(flag(n) for n in re.findall(r"'([^']*)'", m["list"]))
+    if m["assign"] is None:
+        return flag(m["label"] or m["snake"] or m["first"])
+    name, value = m["assign"], m["value"] or ""
+    if value == "True":
+        return flag(name)
+    if value == "False":
+        return "--no-" + name.replace("_", "-")
+    if value == "None":
+        value = "none"
+    before = m.string[: m.start()]
+    if re.search(r"(?:\bpass|\buse|\be\.g\.|\bwith)\s*\(?$", before, re.IGNORECASE):
+        value = value.strip("'\"")  # a suggestion: what to type, without Python's quotes
+    return f"{flag(name)} {value}" if value else flag(name)
