@@ -75,7 +75,8 @@ def resolve(
     """Fill the auto (None) fields and check the config against the dataset, before training.
 
     Each derived value is recorded in ``cfg.auto`` with the reason, so the saved config shows it.
-    The algorithm's own options are checked where it is built (``recipe.build_parts``).
+    Options the algorithm does not take are refused here; their values are checked where it
+    is built (``recipe.build_parts``).
     ``custom_views``: the caller passed its own per-sample view callables (``fit(weak_augment=,
     strong_augment=)``), which run in loader workers: ``augment`` must be ``pil`` (or auto).
     """
@@ -117,6 +118,10 @@ def _check(cfg: Config, data: SSLDataset, device: torch.device) -> None:
     if cfg.lr <= 0:
         raise ConfigError(f"lr must be > 0; got {cfg.lr}")
     _check_ranges(cfg, device)
+    try:  # by the builder's declaration; its value checks run where it is built
+        ALGORITHMS[cfg.algorithm].check(cfg.algorithm, cfg.algorithm_options())
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     ws = dist.get_world_size()
     if cfg.batch_size % ws:
         raise ConfigError(
