@@ -303,14 +303,15 @@ def freematch_fairness_loss(
             f"{tuple(mask.shape)}"
         )
     num_classes = logits_strong.shape[1]
-    keep = (mask.detach() > 0).float()
-    prob = torch.softmax(logits_strong.float(), dim=1)
+    dtype = torch.float64 if logits_strong.dtype == torch.float64 else torch.float32
+    keep = (mask.detach() > 0).to(dtype)
+    prob = torch.softmax(logits_strong.to(dtype), dim=1)
     n = keep.sum()
     safe_n = n.clamp(min=1.0)
-    hist_s = (F.one_hot(prob.detach().argmax(dim=1), num_classes).float() * keep[:, None]).sum(0)
-    hist_s = hist_s / safe_n
+    onehot = F.one_hot(prob.detach().argmax(dim=1), num_classes).to(dtype)
+    hist_s = (onehot * keep[:, None]).sum(dim=0) / safe_n
     mean_prob = (prob * keep[:, None]).sum(dim=0) / safe_n
-    a = p_model.float() * _inverse_or_zero(label_hist.float())
+    a = p_model.to(dtype) * _inverse_or_zero(label_hist.to(dtype))
     a = a / a.sum().clamp(min=1e-30)
     b = mean_prob * _inverse_or_zero(hist_s)
     b = b / b.sum().clamp(min=1e-30)
