@@ -83,4 +83,5 @@ def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0; got {temperature}")
-    return torch.softmax(torch.log(probs.float()) / temperature, dim=1).to(probs.dtype)
+    work = probs if probs.dtype == torch.float64 else probs.float()
+    return torch.softmax(torch.log(work) / temperature, dim=1).to(probs.dtype)

@@ -113,8 +113,9 @@ class FlexMatchThreshold(nn.Module):
 
     def learning_effect(self) -> torch.Tensor:
         """``beta(c)`` from the memory as it stands (Eq. 11, or Eq. 7 without warm-up)."""
-        counts = torch.bincount(self.selected_label + 1, minlength=self.num_classes + 1)
-        counts = counts.to(torch.float64)
+        bucket = self.selected_label + 1  # 0: never selected, 1 + c: class c
+        counts = torch.zeros(self.num_classes + 1, dtype=torch.float64, device=bucket.device)
+        counts.index_add_(0, bucket, torch.ones_like(bucket, dtype=torch.float64))
         sigma = counts[1:]
         denom = counts.max() if self.warmup else sigma.max()
         return (sigma / denom.clamp(min=1.0)).to(self.beta.dtype)
