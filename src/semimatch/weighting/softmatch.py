@@ -41,16 +41,17 @@ class SoftMatchWeighting(nn.Module):
     Under torch.distributed the batch statistics are those of the **global** batch: counts,
     sums and sums of squares (centred on the running mean, for float32 accuracy) are all-reduced.
 
-    ``shape`` selects lambda(p) below the mean for the ablation of the weighting function
-    (SoftMatch section 4.4); every shape is ``lambda_max`` for ``q >= mu_t`` and uses the same
-    width ``s = sigma_t / n_sigma``, with ``d = mu_t - q > 0``:
+    ``shape`` selects lambda(p) below the mean, for the ablation of the weighting function.
+    Every shape is ``lambda_max`` for ``q >= mu_t`` and has the same width
+    ``s = sigma_t / n_sigma``; with ``d = mu_t - q > 0``:
 
-    - ``"gaussian"`` (default, the paper's Eq. 8 with the code's n_sigma): ``exp(-d^2 / (2 s^2))``;
+    - ``"gaussian"`` (default: the paper's truncated Gaussian): ``exp(-d^2 / (2 s^2))``;
     - ``"quadratic"``: ``max(0, 1 - d^2 / (2 s^2))``, the Gaussian's second-order expansion;
     - ``"linear"``: ``max(0, 1 - d / (sqrt(2) s))``, zero at the same point ``d = sqrt(2) s``.
 
-    The paper names linear and quadratic alternatives but USB ships only the Gaussian; these two
-    are semimatch's instantiation (same truncation and width, so only the decay differs).
+    The paper's ablation compares linear and quadratic alternatives; neither USB nor TorchSSL
+    ships them, so these two are semimatch's instantiation (same truncation point and width,
+    only the decay differs), not a transcription of the paper's formulas.
     """
 
     mean: torch.Tensor

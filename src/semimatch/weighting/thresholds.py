@@ -64,10 +64,11 @@ class FlexMatchThreshold(nn.Module):
     """FlexMatch's curriculum pseudo-labelling (Zhang et al., NeurIPS 2021).
 
     ``w = lambda_max * 1[q >= T(c)]`` with the class-wise threshold ``T(c) = M(beta(c)) * tau``,
-    ``M(x) = x / (2 - x)`` (the convex mapping, Eq. 9) and the learning effect
-    ``beta(c) = sigma(c) / max(max_k sigma(k), N - sum_k sigma(k))`` (Eq. 11, threshold
+    ``M(x) = x / (2 - x)`` (the paper's convex mapping) and the learning effect
+    ``beta(c) = sigma(c) / max(max_k sigma(k), N - sum_k sigma(k))`` (threshold
     warm-up: the unused count is in the normaliser; ``warmup=False``: ``max_k sigma(k)`` only,
-    Eq. 7).  ``sigma(c)`` counts the unlabeled samples whose memory ``selected_label`` holds c.
+    the normalised learning effect).  ``sigma(c)`` counts the unlabeled samples whose memory
+    ``selected_label`` holds c.
 
     Memory (buffer ``selected_label``, one entry per unlabeled sample, -1 = never selected):
     each update writes ``selected_label[i] = c_i`` for the batch rows with ``q_i >= tau``.
@@ -112,7 +113,7 @@ class FlexMatchThreshold(nn.Module):
         self.register_buffer("beta", torch.zeros(self.num_classes))
 
     def learning_effect(self) -> torch.Tensor:
-        """``beta(c)`` from the memory as it stands (Eq. 11, or Eq. 7 without warm-up)."""
+        """``beta(c)`` from the memory as it stands (with or without the warm-up)."""
         bucket = self.selected_label + 1  # 0: never selected, 1 + c: class c
         counts = torch.zeros(self.num_classes + 1, dtype=torch.float64, device=bucket.device)
         counts.index_add_(0, bucket, torch.ones_like(bucket, dtype=torch.float64))
@@ -185,13 +186,13 @@ class FlexMatchThreshold(nn.Module):
 
 
 class FreeMatchThreshold(nn.Module):
-    """FreeMatch's self-adaptive thresholds (Wang et al., ICLR 2023), section 3.2.
+    """FreeMatch's self-adaptive thresholds (Wang et al., ICLR 2023): SAT.
 
-    Per update, from the global batch: ``tau_t = m tau_{t-1} + (1-m) mean(q)`` (Eq. 4; the
+    Per update, from the global batch: ``tau_t = m tau_{t-1} + (1-m) mean(q)`` (the
     0.8-quantile of q with ``use_quantile``, a USB option, default off; ``clip`` clips tau_t to
-    at most 0.95, another USB option), ``p_t = m p_{t-1} + (1-m) mean_rows(p)`` (Eq. 5) and the
+    at most 0.95, another USB option), ``p_t = m p_{t-1} + (1-m) mean_rows(p)`` and the
     histogram ``h_t = m h_{t-1} + (1-m) hist(c) / n`` used by the fairness loss; all start at
-    ``1/C``.  Weight: ``lambda_max * 1[q >= tau_t * MaxNorm(p_t)(c)]`` (Eq. 6), after the update.
+    ``1/C``.  Weight: ``lambda_max * 1[q >= tau_t * MaxNorm(p_t)(c)]``, after the update.
 
     The code (USB, TorchSSL) and the paper agree on these equations; the mask uses ``>=``.
     ``fairness_loss`` gives the paper's self-adaptive fairness term with this module's state.
@@ -283,7 +284,7 @@ def freematch_fairness_loss(
     p_model: torch.Tensor,
     label_hist: torch.Tensor,
 ) -> torch.Tensor:
-    """FreeMatch's self-adaptive fairness term ``L_f`` (Eq. 9-10), in USB's form.
+    """FreeMatch's self-adaptive fairness term ``L_f`` (SAF), in USB's form.
 
     Over the rows kept by ``mask`` (``mask > 0``) of the *strong* view, ``P = softmax(logits)``:
     ``h_s = hist(argmax P) / n`` and ``pbar = mean(P)``; with SumNorm(v) = v / sum(v) and
@@ -321,7 +322,7 @@ def freematch_fairness_loss(
 
 
 class AdaMatchThreshold(nn.Module):
-    """AdaMatch's relative confidence threshold (Berthelot et al., ICLR 2022), section 3.2.
+    """AdaMatch's relative confidence threshold (Berthelot et al., ICLR 2022).
 
     ``w = lambda_max * 1[q >= tau * mean_i max_c p_lb(i)]``: tau times the mean confidence of
     the weak **labeled** batch.  **The step must pass the labeled probabilities**:
@@ -370,7 +371,7 @@ class AdaMatchThreshold(nn.Module):
 
 
 class DashThreshold(nn.Module):
-    """Dash's dynamic threshold on the per-sample loss (Xu et al., ICML 2021), Eq. 5-7.
+    """Dash's dynamic threshold on the per-sample loss (Xu et al., ICML 2021).
 
     ``w = lambda_max * 1[loss(p) <= rho_t]`` with ``rho_t = max(C * gamma^(-k) * rho_hat,
     rho_min)`` and ``k = floor(t / period)`` the number of decays so far (t = 0, 1, ... counts

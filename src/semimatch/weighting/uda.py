@@ -1,4 +1,4 @@
-"""UDA's confidence-masked, sharpened consistency (Xie et al., NeurIPS 2020), section 3.2.
+"""UDA's confidence-masked, sharpened consistency (Xie et al., NeurIPS 2020).
 
 The weighting is the confidence mask ``w = lambda_max * 1[max_c p >= tau]`` (USB: tau = 0.8);
 the target is **soft**: ``sharpen(p, T) = softmax(weak logits / T)`` (USB: T = 0.4), and the
