@@ -412,3 +412,19 @@ def test_meta_device_has_no_host_sync(name):
     else:
         module.update(p)
     assert module(p).shape[0] == 6
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_protocol_and_describe(name):
+    """nn.Modules with update/__call__; describe() is JSON-ready for the logs."""
+    import json
+
+    module = FACTORIES[name]()
+    _drive(module, np.random.default_rng(3), 2)
+    assert isinstance(module, torch.nn.Module)
+    assert callable(module.update) and callable(module.describe)
+    info = module.describe()
+    assert isinstance(info["type"], str)
+    json.dumps(info)
+    if not isinstance(module, DistributionAlignment):
+        assert module.lambda_max == 1.0

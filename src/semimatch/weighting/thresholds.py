@@ -123,7 +123,7 @@ class FlexMatchThreshold(nn.Module):
 
     def thresholds(self) -> torch.Tensor:
         """Class-wise thresholds ``T(c) = tau * beta(c) / (2 - beta(c))`` the weights use."""
-        return self.tau * self.beta / (2.0 - self.beta)
+        return self.tau * (self.beta / (2.0 - self.beta))  # USB's order of operations
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor, indices: torch.Tensor | None = None) -> None:
@@ -248,7 +248,7 @@ class FreeMatchThreshold(nn.Module):
 
     def thresholds(self) -> torch.Tensor:
         """Class-wise thresholds ``tau_t * p_t(c) / max_k p_t(k)``."""
-        return self.time_p * self.p_model / self.p_model.max()
+        return self.time_p * (self.p_model / self.p_model.max())  # USB's order of operations
 
     def forward(self, probs: torch.Tensor) -> torch.Tensor:
         check_probs(probs, self.num_classes)
@@ -355,7 +355,7 @@ class AdaMatchThreshold(nn.Module):
         conf = probs_lb.float().max(dim=1).values
         count = torch.tensor([float(conf.shape[0])], device=conf.device)
         total, count = all_reduce_sums(conf.sum().reshape(1), count)
-        new = self.tau * total / count.clamp(min=1.0)
+        new = total / count.clamp(min=1.0) * self.tau
         self.threshold.copy_(torch.where(count > 0, new, self.threshold).squeeze(0))
 
     def forward(self, probs: torch.Tensor) -> torch.Tensor:
