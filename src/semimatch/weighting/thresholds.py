@@ -79,15 +79,15 @@ class FlexMatchThreshold(nn.Module):
     previous batch), then writes this batch into the memory; ``module(probs)`` uses that
     ``beta``.  So the first batch sees ``beta = 0`` (threshold 0, every sample kept), as in USB.
 
-    Paper vs code: the paper counts ``sigma_t(c)`` over the *current* predictions of all
-    unlabeled data; the code (and this module) keeps the last confident prediction of each
-    sample, which is never reset.  The paper's mask is ``q > T(c)``, the code's ``q >= T(c)``
-    (used here).  USB skips the beta update while one bucket holds all N samples (only all -1
-    in practice); here beta is computed every time (identical but for the case where all N
-    samples are selected as one class).  Under torchrun USB keeps one memory per process; here
-    the (index, class) pairs of the global batch are all-gathered and every rank holds the same
-    memory.  When an index occurs twice in the global batch, the later row (in rank order, then
-    row order) wins, deterministically.
+    Paper vs code: the paper defines ``sigma_t(c)`` over the model's *current* predictions on
+    all unlabeled data; the code (and this module) approximates it with the last confident
+    prediction of each sample, which is never reset.  Comparisons are USB's ``>=``.  USB skips
+    the beta update while one bucket holds all N samples (only all -1 in practice); here beta
+    is computed every time (identical but for the case where all N samples are selected as one
+    class).  Under torchrun USB keeps one memory per process; here the (index, class) pairs of
+    the global batch are all-gathered and every rank holds the same memory.  When an index
+    occurs twice in the global batch, the later row (in rank order, then row order) wins,
+    deterministically.
     """
 
     selected_label: torch.Tensor
