@@ -97,9 +97,9 @@ class DistributionAlignment(nn.Module):
     **The step must pass the labeled probabilities**: ``update(probs, probs_lb=...)``.
     Statistics are those of the global batch under torchrun (USB all-gathers them).
 
-    Paper vs code: the paper aligns with the *current* batch's expectations
-    ``E[p_lb] / E[p_ulb]``; USB's code uses these EMAs (m = 0.999).  AdaMatch's pseudo-labels
-    and mask come from the aligned probabilities.
+    Paper vs code: USB's code uses these EMAs (m = 0.999); the paper (as recalled, its text
+    not re-read here) aligns with the current batch's expectations ``E[p_lb] / E[p_ulb]``.
+    AdaMatch's pseudo-labels and mask come from the aligned probabilities.
     """
 
     p_model: torch.Tensor

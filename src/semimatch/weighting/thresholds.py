@@ -329,9 +329,10 @@ class AdaMatchThreshold(nn.Module):
     ``update(probs, probs_lb=softmax(logits_lb))``; the threshold is kept in the buffer
     ``threshold`` (starts at tau; an empty global labeled batch keeps it).
 
-    Paper vs code: the paper computes the labeled confidences after random logit interpolation
-    and uses tau = 0.9; USB uses the labeled logits of the joint forward and tau = 0.95 (and the
-    per-process labeled batch under DDP; here the global one).  AdaMatch weighs and
+    Paper vs code (the paper as recalled, its text not re-read here): the paper takes the
+    labeled confidences from its random logit interpolation and uses tau = 0.9; USB uses the
+    labeled logits of the joint forward and tau = 0.95 (and the per-process labeled batch
+    under DDP; here the global one).  AdaMatch weighs and
     pseudo-labels the **aligned** unlabeled probabilities (``semimatch.alignment.
     DistributionAlignment``), unlike SoftMatch.
     """
@@ -385,8 +386,9 @@ class DashThreshold(nn.Module):
 
     ``target(probs)`` returns the matching target distribution for the unlabeled loss.
     ``rho_hat`` must be set once after a supervised warm-up (``set_rho_init``, or the
-    constructor): the paper uses the labeled training loss at the end of the warm-up; USB
-    uses the loss on its evaluation set after ``num_wu_iter`` = 2048 supervised iterations.
+    constructor).  USB uses the loss on its evaluation set after ``num_wu_iter`` = 2048
+    supervised iterations; the paper (as recalled) the loss on the labeled training data,
+    which is what a run without test-set leakage should pass.
     ``rho_min`` and the soft-to-hard switch at ``rho_min`` follow USB's code.
     """
 

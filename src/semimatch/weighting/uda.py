@@ -9,10 +9,10 @@ consistency loss is on the strong view:
 with ``H(t, q) = -sum_k t_k log q_k``.  ``UDAWeighting.target(probs)`` gives the targets; the
 step must use them instead of ``argmax p`` (soft cross-entropy).
 
-Paper vs code: the paper's consistency term is a KL divergence to the sharpened target, which
-differs from the cross-entropy by the target's entropy, a constant for the gradient; USB uses
-the cross-entropy.  UDA's training-signal annealing (TSA) masks the *labeled* loss
-(``tsa_threshold``, off by default in USB's classic-CV configs).
+Paper vs code: the paper writes the consistency term as a KL divergence to the sharpened
+target, which differs from USB's cross-entropy by the target's entropy, a constant for the
+gradient (the target carries no gradient).  UDA's training-signal annealing (TSA) masks the
+*labeled* loss (``tsa_threshold``, off by default in USB's classic-CV configs).
 """
 
 from __future__ import annotations
