@@ -118,6 +118,11 @@ def test_flexmatch_needs_valid_indices():
         module.update(p, torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="num_unlabeled"):
         FlexMatchThreshold(3, 0)
+    with pytest.raises(ValueError, match="num_unlabeled"):
+        FlexMatchThreshold(3, 2.5)
+    assert FlexMatchThreshold(3, np.int64(8)).num_unlabeled == 8  # a dataset length from numpy
+    with pytest.raises(ValueError, match="move them together"):
+        module.update(p.to("meta"), torch.tensor([0, 1]))
 
 
 def test_flexmatch_memory_keeps_last_confident_prediction():

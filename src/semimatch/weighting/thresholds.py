@@ -13,6 +13,8 @@ Notation: ``q = max_c p``, ``c = argmax_c p``.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,6 +37,16 @@ __all__ = [
     "AdaMatchThreshold",
     "DashThreshold",
 ]
+
+
+def _positive_int(value: int, name: str) -> int:
+    try:
+        out = operator.index(value)
+    except TypeError:
+        out = 0
+    if out < 1:
+        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+    return out
 
 
 class FixedThreshold(nn.Module):
@@ -103,9 +115,7 @@ class FlexMatchThreshold(nn.Module):
     ) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
-        if not (isinstance(num_unlabeled, int) and num_unlabeled >= 1):
-            raise ValueError(f"num_unlabeled must be an integer >= 1; got {num_unlabeled!r}")
-        self.num_unlabeled = num_unlabeled
+        self.num_unlabeled = _positive_int(num_unlabeled, "num_unlabeled")
         self.tau = check_tau(tau)
         self.warmup = bool(warmup)
         self.lambda_max = check_lambda_max(lambda_max)
@@ -141,6 +151,10 @@ class FlexMatchThreshold(nn.Module):
             )
         if indices.is_floating_point() or indices.dtype == torch.bool:
             raise ValueError(f"indices must be an integer tensor; got {indices.dtype}")
+        if indices.device != probs.device:
+            raise ValueError(
+                f"indices are on {indices.device} but probs on {probs.device}; move them together"
+            )
         if indices.device.type == "cpu" and indices.numel():
             lo, hi = int(indices.min()), int(indices.max())
             if lo < 0 or hi >= self.num_unlabeled:
@@ -412,12 +426,10 @@ class DashThreshold(nn.Module):
             raise ValueError(f"C must be > 0; got {C}")
         if not rho_min >= 0:
             raise ValueError(f"rho_min must be >= 0; got {rho_min}")
-        if not (isinstance(period, int) and period >= 1):
-            raise ValueError(f"period must be an integer >= 1; got {period!r}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0; got {temperature}")
         self.gamma, self.C, self.rho_min = float(gamma), float(C), float(rho_min)
-        self.period = period
+        self.period = _positive_int(period, "period")
         self.temperature = float(temperature)
         self.lambda_max = check_lambda_max(lambda_max)
         self.register_buffer("rho_init", torch.tensor(float("nan"), dtype=torch.float64))
