@@ -32,6 +32,14 @@ __all__ = [
     "pseudo_label_metrics",
     "random_probs",
     "prob_batches",
+    "softmatch_shape_weight",
+    "FlexMatchOracle",
+    "FreeMatchOracle",
+    "freematch_fairness_oracle",
+    "adamatch_weights",
+    "DistributionAlignmentOracle",
+    "sharpen_oracle",
+    "DashOracle",
 ]
 
 
@@ -302,3 +310,223 @@ def prob_batches(draw, num_classes: int | None = None, steps: int | None = None,
             )
         )
     return c, out
+
+
+# --- SoftMatch ablation shapes and the threshold family (reference, "The threshold family") ----
+
+
+def softmatch_shape_weight(
+    q: float, mu: float, var: float, n_sigma: float, shape: str, lambda_max: float = 1.0
+) -> float:
+    """lambda(q) of a SoftMatch shape: ``lambda_max`` at or above mu; below it, with
+    ``s^2 = var / n_sigma^2`` and ``d = mu - q``: gaussian ``exp(-d^2 / (2 s^2))``, quadratic
+    ``max(0, 1 - d^2 / (2 s^2))``, linear ``max(0, 1 - d / sqrt(2 s^2))``."""
+    if q >= mu:
+        return lambda_max
+    two_s2 = 2 * var / n_sigma**2
+    d = mu - q
+    if shape == "gaussian":
+        return lambda_max * math.exp(-(d**2) / two_s2)
+    if shape == "quadratic":
+        return lambda_max * max(0.0, 1 - d**2 / two_s2)
+    if shape == "linear":
+        return lambda_max * max(0.0, 1 - d / math.sqrt(two_s2))
+    raise ValueError(shape)
+
+
+def _argmax(row) -> int:
+    best = 0
+    for k in range(1, len(row)):
+        if row[k] > row[best]:
+            best = k
+    return best
+
+
+class FlexMatchOracle:
+    """FlexMatch, in USB's order: weigh with the class-wise values of the previous step, then
+    write the confident rows into the memory, then recompute beta.
+
+    ``beta(k) = count(sel == k) / max(count over the classes and the -1 bucket)`` with warm-up;
+    without it the max runs over the classes only (beta stays 0 while nothing is selected).
+    ``T(k) = tau * beta(k) / (2 - beta(k))``; ``w = lambda_max * 1[q >= T(argmax)]``.
+    """
+
+    def __init__(self, num_classes, num_unlabeled, tau=0.95, warmup=True, lambda_max=1.0):
+        self.c, self.n, self.tau, self.warmup = num_classes, num_unlabeled, tau, warmup
+        self.lambda_max = lambda_max
+        self.sel = [-1] * num_unlabeled
+        self.beta = [0.0] * num_classes
+
+    def threshold(self, k: int) -> float:
+        return self.tau * self.beta[k] / (2.0 - self.beta[k])
+
+    def step(self, probs: np.ndarray, indices: np.ndarray) -> np.ndarray:
+        probs = np.asarray(probs, dtype=np.float64)
+        w = []
+        for row in probs:
+            k = _argmax(row)
+            w.append(self.lambda_max if max(row) >= self.threshold(k) else 0.0)
+        for row, i in zip(probs, indices, strict=True):
+            if max(row) >= self.tau:
+                self.sel[int(i)] = _argmax(row)
+        counts = {b: 0 for b in range(-1, self.c)}
+        for s in self.sel:
+            counts[s] += 1
+        buckets = range(-1, self.c) if self.warmup else range(self.c)  # -1: unused samples
+        denom = max(counts[b] for b in buckets)
+        self.beta = [counts[k] / denom if denom > 0 else 0.0 for k in range(self.c)]
+        return np.array(w)
+
+
+def _quantile(values: list[float], level: float) -> float:
+    """Linear interpolation between order statistics (numpy's and torch's default)."""
+    v = sorted(values)
+    pos = level * (len(v) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (pos - lo) * (v[hi] - v[lo])
+
+
+class FreeMatchOracle:
+    """FreeMatch: update ``tau_t`` (mean or 0.8-quantile of q, optional clip at 0.95), ``p_t``
+    and the histogram ``h_t`` (all from 1/C, momentum m), then weigh
+    ``1[q >= tau_t * p_t(c) / max p_t]``."""
+
+    def __init__(self, num_classes, momentum=0.999, use_quantile=False, clip=False):
+        self.c, self.m, self.use_quantile, self.clip = num_classes, momentum, use_quantile, clip
+        self.time_p = 1.0 / num_classes
+        self.p_model = [1.0 / num_classes] * num_classes
+        self.label_hist = [1.0 / num_classes] * num_classes
+
+    def update(self, probs: np.ndarray) -> None:
+        probs = np.asarray(probs, dtype=np.float64)
+        n = probs.shape[0]
+        if n == 0:
+            return
+        qs = [float(max(row)) for row in probs]
+        level = _quantile(qs, 0.8) if self.use_quantile else sum(qs) / n
+        m = self.m
+        self.time_p = m * self.time_p + (1 - m) * level
+        if self.clip:
+            self.time_p = min(max(self.time_p, 0.0), 0.95)
+        for k in range(self.c):
+            mean_k = sum(probs[i, k] for i in range(n)) / n
+            hist_k = sum(1 for row in probs if _argmax(row) == k) / n
+            self.p_model[k] = m * self.p_model[k] + (1 - m) * mean_k
+            self.label_hist[k] = m * self.label_hist[k] + (1 - m) * hist_k
+
+    def weights(self, probs: np.ndarray, lambda_max: float = 1.0) -> np.ndarray:
+        top = max(self.p_model)
+        out = []
+        for row in np.asarray(probs, dtype=np.float64):
+            k = _argmax(row)
+            out.append(lambda_max if max(row) >= self.time_p * self.p_model[k] / top else 0.0)
+        return np.array(out)
+
+
+def freematch_fairness_oracle(logits_strong, mask, p_model, label_hist) -> float:
+    """``sum_k a_k log(b_k + 1e-12)``, ``a = SumNorm(p_model / label_hist)``,
+    ``b = SumNorm(mean(P_s) / hist(argmax P_s))`` over the masked strong rows (1/0 := 0);
+    0 when no row is masked."""
+    rows = [
+        softmax(np.asarray(z, dtype=np.float64)[None])[0]
+        for z, m in zip(logits_strong, mask)
+        if m > 0
+    ]
+    if not rows:
+        return 0.0
+    c = len(p_model)
+    n = len(rows)
+    hist = [sum(1 for r in rows if _argmax(r) == k) / n for k in range(c)]
+    mean = [sum(r[k] for r in rows) / n for k in range(c)]
+    a = [p_model[k] * (1.0 / label_hist[k] if label_hist[k] > 0 else 0.0) for k in range(c)]
+    b = [mean[k] * (1.0 / hist[k] if hist[k] > 0 else 0.0) for k in range(c)]
+    sa, sb = sum(a), sum(b)
+    return sum((a[k] / sa) * math.log(b[k] / sb + 1e-12) for k in range(c))
+
+
+def adamatch_weights(probs, probs_lb, tau, lambda_max=1.0) -> np.ndarray:
+    """``lambda_max * 1[max p >= tau * mean(max p_lb)]``."""
+    lb = np.asarray(probs_lb, dtype=np.float64)
+    cut = tau * sum(float(max(r)) for r in lb) / len(lb)
+    return np.array(
+        [lambda_max if max(r) >= cut else 0.0 for r in np.asarray(probs, dtype=np.float64)]
+    )
+
+
+class DistributionAlignmentOracle:
+    """AdaMatch DA (USB): ``p_model`` = first unlabeled batch mean then EMA, ``p_target`` =
+    1/C then EMA of the labeled batch mean; ``normalize(p (p_target + eps) / (p_model + eps))``."""
+
+    def __init__(self, num_classes, momentum=0.999, target="model", eps=1e-6):
+        self.c, self.m, self.target, self.eps = num_classes, momentum, target, eps
+        self.p_model = None
+        self.p_target = [1.0 / num_classes] * num_classes
+
+    def update(self, probs, probs_lb=None) -> None:
+        probs = np.asarray(probs, dtype=np.float64)
+        m = self.m
+        if probs.shape[0]:
+            mean = [sum(r[k] for r in probs) / probs.shape[0] for k in range(self.c)]
+            if self.p_model is None:
+                self.p_model = mean
+            else:
+                self.p_model = [m * a + (1 - m) * b for a, b in zip(self.p_model, mean)]
+        if self.target == "model" and len(probs_lb):
+            lb = np.asarray(probs_lb, dtype=np.float64)
+            mean = [sum(r[k] for r in lb) / lb.shape[0] for k in range(self.c)]
+            self.p_target = [m * a + (1 - m) * b for a, b in zip(self.p_target, mean)]
+
+    def align(self, probs) -> np.ndarray:
+        p_model = self.p_model or [1.0 / self.c] * self.c
+        out = []
+        for row in np.asarray(probs, dtype=np.float64):
+            s = [
+                row[k] * (self.p_target[k] + self.eps) / (p_model[k] + self.eps)
+                for k in range(self.c)
+            ]
+            total = sum(s)
+            out.append([v / total for v in s])
+        return np.array(out).reshape(-1, self.c)
+
+
+def sharpen_oracle(probs, temperature) -> np.ndarray:
+    """``p^(1/T) / sum_k p_k^(1/T)`` per row."""
+    out = []
+    for row in np.asarray(probs, dtype=np.float64):
+        s = [v ** (1.0 / temperature) for v in row]
+        total = sum(s)
+        out.append([v / total for v in s])
+    return np.array(out).reshape(-1, np.asarray(probs).shape[1])
+
+
+class DashOracle:
+    """Dash: ``rho_t = max(C gamma^-floor(t / period) rho_hat, rho_min)`` at the t-th update
+    (t = 0, 1, ...); loss of row i = ``-sum_k s_k log p_k`` with ``s = sharpen(p, T)`` while
+    ``rho_t > rho_min``, else ``-log max p``; ``w = 1[loss <= rho_t]``."""
+
+    def __init__(self, rho_hat, gamma=1.27, C=1.0001, rho_min=0.05, period=10240, T=0.5):  # noqa: N803
+        self.rho_hat, self.gamma, self.C = rho_hat, gamma, C
+        self.rho_min, self.period, self.T = rho_min, period, T
+        self.t = -1
+
+    def update(self) -> None:
+        self.t += 1
+
+    def rho(self) -> float:
+        k = max(self.t, 0) // self.period
+        return max(self.C * self.gamma ** (-k) * self.rho_hat, self.rho_min)
+
+    def losses(self, probs) -> np.ndarray:
+        hard = self.rho() <= self.rho_min
+        out = []
+        for row, s in zip(np.asarray(probs, dtype=np.float64), sharpen_oracle(probs, self.T)):
+            if hard:
+                out.append(-math.log(max(row)))
+            else:
+                out.append(-sum(sk * math.log(pk) for sk, pk in zip(s, row) if sk > 0))
+        return np.array(out)
+
+    def weights(self, probs) -> np.ndarray:
+        rho = self.rho()
+        return np.array([1.0 if v <= rho else 0.0 for v in self.losses(probs)])

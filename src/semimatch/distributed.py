@@ -66,6 +66,27 @@ def all_reduce_sums(*tensors: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate, along dim 0 and in rank order, ``tensor`` from every process.
+
+    The first dimension may differ between ranks (an uneven or empty shard); the other
+    dimensions, the dtype and the device must agree.  One process: ``tensor`` itself.  The sizes
+    travel first (one small all-gather read on the host), then the padded tensors.
+    """
+    if not is_distributed():
+        return tensor
+    world = get_world_size()
+    size = torch.tensor([tensor.shape[0]], dtype=torch.int64, device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    counts = [int(s.item()) for s in sizes]
+    padded = tensor.new_zeros((max(max(counts), 1), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, counts)])
+
+
 @dataclass(frozen=True)
 class DistEnv:
     """Where this process sits in the job (rank 0 of 1 outside torchrun)."""

@@ -1,107 +1,28 @@
-"""Sample weighting functions lambda(p) over the weak-view confidence (SoftMatch, section 3).
+"""SoftMatch's truncated Gaussian weighting and the shapes its ablation compares (Chen et al. 2023).
 
-A weighting function is a small ``nn.Module`` with the protocol
-
-    weighting.update(probs)      # update running statistics from a batch (N, C) of probabilities
-    weights = weighting(probs)   # (N,) weights in [0, lambda_max]
-
-Running state lives in registered buffers, so ``state_dict``, ``.to(device)``, checkpoints and
-DDP need no special code.  Any object with this protocol can be passed to the training step
-(see ``semimatch.algorithms``); ``describe()`` is optional and feeds the logs and reports.
+Reference: ``shared/docs/reference.md``, "SoftMatch" steps 2-3.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import nn
 
 from semimatch.distributed import all_reduce_sums
+from semimatch.weighting.base import (
+    check_lambda_max,
+    check_momentum,
+    check_num_classes,
+    check_probs,
+)
 
-__all__ = [
-    "FixedThreshold",
-    "SoftMatchWeighting",
-    "NonFiniteError",
-    "check_probs",
-    "check_momentum",
-]
+__all__ = ["SoftMatchWeighting", "SHAPES"]
 
-
-class NonFiniteError(ValueError):
-    """Probabilities contain NaN/inf: the model diverged (the engine reports the iteration)."""
-
-
-def check_probs(probs: torch.Tensor, num_classes: int | None = None, name: str = "probs") -> None:
-    """Validate a batch of probabilities: shape (N, C), finite, non-negative rows summing to 1.
-
-    Value checks read the tensor, which would force a host-device synchronisation on an
-    accelerator, so they run only for CPU tensors; shape checks always run.
-    """
-    if not isinstance(probs, torch.Tensor) or probs.dim() != 2:
-        shape = tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__
-        raise ValueError(f"{name} must be a 2-D tensor of shape (N, C); got {shape}")
-    if num_classes is not None and probs.shape[1] != num_classes:
-        raise ValueError(
-            f"{name} has {probs.shape[1]} columns but this module was built for "
-            f"num_classes={num_classes}; pass probabilities of shape (N, {num_classes})"
-        )
-    if not probs.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor; got {probs.dtype}")
-    if probs.device.type == "cpu" and probs.numel():
-        p = probs.detach().double()
-        if not torch.isfinite(p).all():
-            raise NonFiniteError(f"{name} contains NaN or inf (did the model diverge?)")
-        if (p < 0).any():
-            raise ValueError(f"{name} must be non-negative (softmax outputs)")
-        worst = (p.sum(dim=1) - 1).abs().max().item()
-        if worst > 1e-3:
-            raise ValueError(
-                f"rows of {name} must sum to 1 (max deviation {worst:.3g}); pass softmax(logits)"
-            )
-
-
-def check_momentum(momentum: float, name: str = "momentum") -> float:
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"{name} must be in [0, 1); got {momentum}")
-    return float(momentum)
-
-
-def check_num_classes(num_classes: int) -> int:
-    try:
-        ok = float(num_classes).is_integer() and float(num_classes) >= 2
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
-        raise ValueError(f"num_classes must be an integer >= 2; got {num_classes}")
-    return int(num_classes)
-
-
-class FixedThreshold(nn.Module):
-    """FixMatch's step: ``w = lambda_max * 1[max_c p >= tau]`` (reference, FixMatch weight)."""
-
-    def __init__(self, tau: float = 0.95, lambda_max: float = 1.0) -> None:
-        super().__init__()
-        if not 0.0 < tau <= 1.0:
-            raise ValueError(f"tau must be in (0, 1]; got {tau}")
-        if lambda_max <= 0:
-            raise ValueError(f"lambda_max must be > 0; got {lambda_max}")
-        self.tau = float(tau)
-        self.lambda_max = float(lambda_max)
-
-    def update(self, probs: torch.Tensor) -> None:
-        """A fixed threshold has no running statistics."""
-        check_probs(probs)
-
-    def forward(self, probs: torch.Tensor) -> torch.Tensor:
-        check_probs(probs)
-        return (probs.max(dim=1).values >= self.tau).to(probs.dtype) * self.lambda_max
-
-    def describe(self) -> dict:
-        return {"type": "fixed", "tau": self.tau}
-
-    def extra_repr(self) -> str:
-        return f"tau={self.tau}, lambda_max={self.lambda_max}"
+Shape = Literal["gaussian", "linear", "quadratic"]
+SHAPES: tuple[str, ...] = ("gaussian", "linear", "quadratic")
 
 
 class SoftMatchWeighting(nn.Module):
@@ -119,6 +40,18 @@ class SoftMatchWeighting(nn.Module):
 
     Under torch.distributed the batch statistics are those of the **global** batch: counts,
     sums and sums of squares (centred on the running mean, for float32 accuracy) are all-reduced.
+
+    ``shape`` selects lambda(p) below the mean, for the ablation of the weighting function.
+    Every shape is ``lambda_max`` for ``q >= mu_t`` and has the same width
+    ``s = sigma_t / n_sigma``; with ``d = mu_t - q > 0``:
+
+    - ``"gaussian"`` (default: the paper's truncated Gaussian): ``exp(-d^2 / (2 s^2))``;
+    - ``"quadratic"``: ``max(0, 1 - d^2 / (2 s^2))``, the Gaussian's second-order expansion;
+    - ``"linear"``: ``max(0, 1 - d / (sqrt(2) s))``, zero at the same point ``d = sqrt(2) s``.
+
+    The paper's ablation compares linear and quadratic alternatives; neither USB nor TorchSSL
+    ships them, so these two are semimatch's instantiation (same truncation point and width,
+    only the decay differs), not a transcription of the paper's formulas.
     """
 
     mean: torch.Tensor
@@ -131,17 +64,19 @@ class SoftMatchWeighting(nn.Module):
         n_sigma: float = 2.0,
         per_class: bool = False,
         lambda_max: float = 1.0,
+        shape: Shape = "gaussian",
     ) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
         self.momentum = check_momentum(momentum)
         if not n_sigma > 0:
             raise ValueError(f"n_sigma must be > 0; got {n_sigma}")
-        if lambda_max <= 0:
-            raise ValueError(f"lambda_max must be > 0; got {lambda_max}")
+        if shape not in SHAPES:
+            raise ValueError(f"shape must be one of {SHAPES}; got {shape!r}")
         self.n_sigma = float(n_sigma)
         self.per_class = bool(per_class)
-        self.lambda_max = float(lambda_max)
+        self.lambda_max = check_lambda_max(lambda_max)
+        self.shape = shape
         size = self.num_classes if self.per_class else 1
         self.register_buffer("mean", torch.full((size,), 1.0 / self.num_classes))
         self.register_buffer("var", torch.ones(size))
@@ -189,8 +124,13 @@ class SoftMatchWeighting(nn.Module):
         mu = self.mean[cls] if self.per_class else self.mean.expand_as(q)
         var = self.var[cls] if self.per_class else self.var.expand_as(q)
         # Guard var -> 0 (a batch of identical confidences) against division by zero.
-        gauss = torch.exp(-((q - mu) ** 2) / (2 * var.clamp(min=1e-12) / self.n_sigma**2))
-        w = torch.where(q >= mu, torch.ones_like(q), gauss) * self.lambda_max
+        if self.shape == "gaussian":
+            below = torch.exp(-((q - mu) ** 2) / (2 * var.clamp(min=1e-12) / self.n_sigma**2))
+        else:
+            # u = d / (sqrt(2) s), so that the Gaussian is exp(-u^2).
+            u = (mu - q) / torch.sqrt(2 * var.clamp(min=1e-12) / self.n_sigma**2)
+            below = (1 - u if self.shape == "linear" else 1 - u * u).clamp(min=0.0)
+        w = torch.where(q >= mu, torch.ones_like(q), below) * self.lambda_max
         return w.to(probs.dtype)
 
     def describe(self) -> dict:
@@ -198,10 +138,13 @@ class SoftMatchWeighting(nn.Module):
         std = [math.sqrt(max(v, 0.0)) for v in self.var.tolist()]
         if not self.per_class:
             mean, std = mean[0], std[0]
-        return {"type": "softmatch", "mean": mean, "std": std, "n_sigma": self.n_sigma}
+        info = {"type": "softmatch", "mean": mean, "std": std, "n_sigma": self.n_sigma}
+        if self.shape != "gaussian":
+            info["shape"] = self.shape
+        return info
 
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, momentum={self.momentum}, "
-            f"n_sigma={self.n_sigma}, per_class={self.per_class}"
+            f"n_sigma={self.n_sigma}, per_class={self.per_class}, shape={self.shape!r}"
         )
