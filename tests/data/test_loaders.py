@@ -169,7 +169,7 @@ def test_batched_augmentation_elsewhere_hands_batches_to_the_training_device(rgb
     device stands in for the GPU: tensors move there, values are not kept)."""
     on_cpu = _stream(rgb, split, augment="batched").batch(1)
     elsewhere = _stream(rgb, split, augment="batched", device="meta", augment_device="cpu")
-    assert elsewhere._weak_batched is not None
+    assert elsewhere.views.batched
     batch = elsewhere.batch(1)
     for name, t in zip(batch._fields, batch, strict=True):
         assert t.device.type == "meta", name
