@@ -19,12 +19,12 @@ from torch import nn
 from semimatch import checkpoint as ckpt
 from semimatch.algorithms import SSLAlgorithm, Weighting, build_algorithm
 from semimatch.config import OPTION_FIELDS, Config, ConfigError, load_preset
-from semimatch.data import SSLDataset, load_dataset
+from semimatch.data import SSLDataset, load_dataset, wrap_model
 from semimatch.ema import ModelEMA
 from semimatch.engine import Run, fit, load_dataset_info, select_device
 from semimatch.engine import _dataset_options as dataset_options
 from semimatch.log import logger
-from semimatch.models import InputNormalizer, build_model
+from semimatch.models import build_model
 
 __all__ = ["train", "make_config", "load_run", "evaluate", "predict", "load_images", "Augmentation"]
 
@@ -205,7 +205,7 @@ def load_run(
         model = build_model(
             cfg.backbone, info.num_classes, in_channels=info.channels, image_size=info.image_size
         )
-    net = InputNormalizer(model, info.mean, info.std)
+    net = wrap_model(model, info)
     try:
         net.load_state_dict(state["model"])
         ema = None

@@ -54,6 +54,7 @@ __all__ = [
     "SSLBatch",
     "TrainStream",
     "eval_batches",
+    "view_generator",
 ]
 
 STREAM_LABELED = 0
@@ -119,6 +120,16 @@ def _torch_seed(*parts: int) -> int:
     """A 63-bit seed mixed from ``parts`` by numpy's SeedSequence (well-spread, reproducible)."""
     lo, hi = np.random.SeedSequence(list(parts)).generate_state(2, np.uint32)
     return (int(hi) << 32 | int(lo)) & ((1 << 63) - 1)
+
+
+def view_generator(seed: int, k: int, rank: int, view: int) -> torch.Generator:
+    """The CPU generator of batched view ``view`` at iteration ``k`` on ``rank``: the only
+    randomness of a batched view (module docstring), so a batch is a function of these four."""
+    # A CPU generator: batched views draw on the generator's device, and CPU draws keep an
+    # accelerator free of syncs and make the draws device-independent.
+    gen = torch.Generator()
+    gen.manual_seed(_torch_seed(seed, k, rank, view))
+    return gen
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
@@ -463,11 +474,7 @@ class TrainStream:
         return SSLBatch(x_lb, y_lb, u_weak, u_strong, u_true)
 
     def _generator(self, k: int, view: int) -> torch.Generator:
-        # A CPU generator: batched_augment draws parameters on the generator's device, and CPU
-        # draws keep an accelerator free of syncs and make the draws device-independent.
-        gen = torch.Generator()
-        gen.manual_seed(_torch_seed(self.seed, k, self.rank, view))
-        return gen
+        return view_generator(self.seed, k, self.rank, view)
 
 
 class _EvalChunks(Dataset):
