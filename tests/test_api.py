@@ -389,7 +389,7 @@ def test_predict_decodes_image_files_as_training_does(tmp_path):
     """Prediction must see the pixels training saw: cover + centre-crop + bicubic, not a
     squashing resize (35 grey levels apart on average for a 24x40 photo before the fix)."""
     from semimatch.api import load_images
-    from semimatch.data.datasets import image_files
+    from semimatch.data.folders import image_files
 
     rng = np.random.default_rng(0)
     for cls in ("a", "b"):
