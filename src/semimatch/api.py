@@ -312,7 +312,7 @@ def _warn_about_fitting(
         lost = 1 - min(aspect, target) / max(aspect, target)  # area the centre crop drops
         if lost > MAX_CROPPED_AREA:
             cropped.append((lost, path, h, w))
-        scale = max(H / h, W / w)  # the cover scale _fit applies
+        scale = max(H / h, W / w)  # the cover scale fit_image applies
         if scale > MAX_UPSCALE:
             upscaled.append((scale, path, h, w))
     if not cropped and not upscaled:
