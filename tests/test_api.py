@@ -389,7 +389,7 @@ def test_predict_decodes_image_files_as_training_does(tmp_path):
     """Prediction must see the pixels training saw: cover + centre-crop + bicubic, not a
     squashing resize (35 grey levels apart on average for a 24x40 photo before the fix)."""
     from semimatch.api import load_images
-    from semimatch.data.datasets import image_files
+    from semimatch.data.folders import image_files
 
     rng = np.random.default_rng(0)
     for cls in ("a", "b"):
@@ -447,3 +447,22 @@ def test_importing_semimatch_first_makes_waiting_openmp_threads_sleep():
     # kept by os.environ.setdefault.
     assert policy("import semimatch") == "PASSIVE"
     assert policy("import torch, semimatch") == "None"
+
+
+def test_feature_vectors_train_reload_and_predict_through_the_python_api(tmp_path):
+    """Any modality goes through the same front door: (N, D) features get an MLP by default."""
+    from sklearn.datasets import load_digits
+
+    from semimatch.data import from_features
+
+    X, y = load_digits(return_X_y=True)
+    y = y.copy()
+    y[60:] = -1
+    run = semimatch.train(
+        data=from_features(X, y), iterations=4, eval_every=2, out=tmp_path / "run", threads=1
+    )
+    assert (run.config.backbone, run.config.channels_last) == ("mlp", False)
+    again = load_run(tmp_path / "run", checkpoint="last")
+    assert np.array_equal(again.predict_proba(X[:7]), run.predict_proba(X[:7]))
+    with pytest.raises(ConfigError, match="backbone='cnn' takes images"):
+        semimatch.train(data=from_features(X, y), backbone="cnn", iterations=2)

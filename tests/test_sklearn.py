@@ -17,14 +17,9 @@ from sklearn.preprocessing import MinMaxScaler
 from sklearn.utils.estimator_checks import check_classifiers_classes, parametrize_with_checks
 from torch import nn
 
-from semimatch.models import InputNormalizer
-from semimatch.sklearn import (
-    FeatureDecoder,
-    FeaturePerturbation,
-    SemiSupervisedClassifier,
-    decode_features,
-    encode_features,
-)
+from semimatch.data import FeatureViews
+from semimatch.models import MLP
+from semimatch.sklearn import SemiSupervisedClassifier
 
 #: Settings small enough for dozens of fits in a test run (CPU, a few hundred ms each).
 FAST = dict(
@@ -190,32 +185,40 @@ def test_uint8_and_float_images_give_the_same_model(digits_split):
         fast().fit(images * 2.0, y)
 
 
-def test_features_travel_exactly_through_the_image_pipeline():
-    z = np.random.default_rng(0).normal(scale=50, size=(5, 7)).astype(np.float32)
-    z[0, 0] = np.float32(1e-30)
-    images = encode_features(z)
-    assert images.shape == (5, 4, 7, 1) and images.dtype == np.uint8
-    assert np.array_equal(decode_features(images[2]), z[2])
-    # the engine's model wrapper (mean 0, std 1/255) hands FeatureDecoder the byte values
+def test_features_train_as_a_native_float_stream(digits_split):
+    """(N, D) input: a feature dataset, float32 (N, D) batches straight into the MLP."""
+    X, y, X_te, _, _ = digits_split
+    est = fast(max_iter=3).fit(X, y)
+    info = est.run_.info
+    assert est.input_kind_ == "features" and info.kind == "features"
+    assert info.input_shape == (64,) and info.image_size == ()
+    assert isinstance(est.run_.model, MLP)  # no image wrapper, no byte decoding
+    assert est.config_.augment == "batched" and est.config_.num_workers == 0
+    # the standardisation of fit is the one predict applies (run.predict_proba on raw X)
+    scale = X.astype(np.float32).std(axis=0)
+    np.testing.assert_array_equal(est.feature_mean_, X.astype(np.float32).mean(axis=0))
+    np.testing.assert_array_equal(est.feature_scale_, np.where(scale > 1e-12, scale, 1))
     seen = []
-    probe = nn.Module()
-    probe.forward = lambda v: seen.append(v) or v[:, :2]
-    net = InputNormalizer(FeatureDecoder(probe), (0.0,), (1 / 255,))
-    net(torch.from_numpy(images).permute(0, 3, 1, 2))
-    assert torch.equal(seen[0], torch.from_numpy(z))
+    hook = est.model_.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    est.predict_proba(X_te[:4])
+    hook.remove()
+    expected = (X_te[:4].astype(np.float32) - est.feature_mean_) / est.feature_scale_
+    assert seen[0].dtype == torch.float32
+    np.testing.assert_array_equal(seen[0][:4].numpy(), expected)
 
 
-def test_feature_perturbations_follow_their_definition():
-    z = np.ones(20000, dtype=np.float32)
-    img = encode_features(z[None])[0]
-    weak = decode_features(FeaturePerturbation(0.1)(img, np.random.default_rng(0)))
-    assert np.std(weak - z) == pytest.approx(0.1, rel=0.05)
-    strong = decode_features(FeaturePerturbation(0.0, 0.3)(img, np.random.default_rng(0)))
-    assert set(np.unique(strong)) == {0.0, 1.0} and np.mean(strong == 0) == pytest.approx(
-        0.3, abs=0.02
-    )
-    again = FeaturePerturbation(0.3, 0.3)(img, np.random.default_rng(4))
-    assert np.array_equal(again, FeaturePerturbation(0.3, 0.3)(img, np.random.default_rng(4)))
+def test_feature_views_follow_the_estimator_parameters(digits_split, monkeypatch):
+    import semimatch.sklearn as sk
+
+    made = []
+    real = sk.from_features
+    monkeypatch.setattr(sk, "from_features", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    X, y, _, _, _ = digits_split
+    fast(max_iter=1, weak_noise=0.2, strong_noise=0.7, strong_dropout=0.25).fit(X, y)
+    views = made[0].views
+    assert isinstance(views, FeatureViews)
+    assert (views.weak.noise, views.weak.dropout) == (0.2, 0.0)
+    assert (views.strong.noise, views.strong.dropout) == (0.7, 0.25)
 
 
 class FeatureNet(nn.Module):
@@ -237,7 +240,7 @@ def test_a_custom_backbone_module_is_copied_and_trained(digits_split):
     before = net.fc.weight.detach().clone()
     est = fast(backbone=net, max_iter=5).fit(X, y)
     assert torch.equal(net.fc.weight, before) and not net.shapes  # the parameter is untouched
-    trained = est.run_.model.model.model  # InputNormalizer -> FeatureDecoder -> the copy
+    trained = est.run_.model  # the copy itself: feature batches need no wrapper
     assert isinstance(trained, FeatureNet) and trained.shapes == {(64,)}
     assert est.config_.backbone == "custom:FeatureNet"
     assert est.predict(X_te).shape == (360,)

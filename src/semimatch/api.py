@@ -149,7 +149,7 @@ def evaluate(
     ``test_dir``: score labeled images ``test_dir/<class>/<image>`` instead of the run's test
     set (class folders named like the run's classes; decoded as training decodes images).
     """
-    from semimatch.data.datasets import labeled_folder
+    from semimatch.data.folders import labeled_folder
 
     if not isinstance(run, Run):
         run = load_run(run, checkpoint=checkpoint, device=device)
@@ -178,15 +178,15 @@ def load_images(paths: list[str | os.PathLike], size: tuple[int, int], channels:
     """
     from PIL import Image, UnidentifiedImageError
 
-    from semimatch.data.datasets import _fit  # decode_image's fitting, with the original size
+    from semimatch.data.folders import fit_image  # decode_image's fitting, original size
 
     size = (int(size[0]), int(size[1]))
     out, shapes = [], []
     for p in paths:
         try:
             with Image.open(os.path.expanduser(os.fspath(p))) as im:
-                shapes.append((im.size[1], im.size[0]))  # before _fit's JPEG draft shrinks it
-                arr = _fit(im, size, channels)
+                shapes.append((im.size[1], im.size[0]))  # before the JPEG draft shrinks it
+                arr = fit_image(im, size, channels)
         except FileNotFoundError:
             raise FileNotFoundError(f"image {p} does not exist") from None
         except IsADirectoryError:
@@ -214,7 +214,7 @@ def _warn_about_fitting(
         lost = 1 - min(aspect, target) / max(aspect, target)  # area the centre crop drops
         if lost > MAX_CROPPED_AREA:
             cropped.append((lost, path, h, w))
-        scale = max(H / h, W / w)  # the cover scale _fit applies
+        scale = max(H / h, W / w)  # the cover scale fit_image applies
         if scale > MAX_UPSCALE:
             upscaled.append((scale, path, h, w))
     if not cropped and not upscaled:
@@ -252,7 +252,7 @@ def predict(
     Returns one dict per image: ``{"class": name, "index": i, "confidence": p}``, with
     ``"path"`` as well when files were given.
     """
-    from semimatch.data.datasets import image_files
+    from semimatch.data.folders import image_files
 
     if not isinstance(run, Run):
         run = load_run(run, checkpoint=checkpoint, device=device)

@@ -20,9 +20,9 @@ from torch import nn
 from semimatch import distributed as dist
 from semimatch.algorithms import SSLAlgorithm, build_algorithm
 from semimatch.config import Config, ConfigError
-from semimatch.data import DatasetInfo
+from semimatch.data import DatasetInfo, wrap_model
 from semimatch.ema import ModelEMA
-from semimatch.models import InputNormalizer, build_model, set_bn_momentum
+from semimatch.models import build_model, set_bn_momentum
 
 __all__ = [
     "Parts",
@@ -70,11 +70,9 @@ def build_parts(
                 f"this run was trained with your own backbone ({cfg.backbone}); pass model= a "
                 "fresh instance of it"
             )
-        model = build_model(
-            cfg.backbone, info.num_classes, in_channels=info.channels, image_size=info.image_size
-        )
+        model = _build_backbone(cfg, info)
     set_bn_momentum(model, cfg.bn_momentum)
-    net = InputNormalizer(model, info.mean, info.std).to(device)
+    net = wrap_model(model, info).to(device)  # images: normalised inside; features: as is
     if training and cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if algorithm is None and with_algorithm:
@@ -93,6 +91,20 @@ def build_parts(
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     ema = ModelEMA(net, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay else None
     return Parts(net, ema, algorithm, name)
+
+
+def _build_backbone(cfg: Config, info: DatasetInfo) -> nn.Module:
+    """The config's backbone for the dataset's inputs (images, or (N, D) feature vectors)."""
+    if info.kind == "features":
+        if cfg.backbone != "mlp":
+            raise ConfigError(
+                f"backbone={cfg.backbone!r} takes images; feature vectors train with "
+                "backbone='mlp' (the default for them) or your own model (model=)"
+            )
+        return build_model("mlp", info.num_classes, in_features=info.channels, image_size=(1, 1))
+    return build_model(
+        cfg.backbone, info.num_classes, in_channels=info.channels, image_size=info.image_size
+    )
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:

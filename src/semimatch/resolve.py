@@ -155,10 +155,15 @@ def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str
             setattr(cfg, name, value)
             auto[name] = why
 
+    images = info.kind == "image"
     if cfg.backbone in (None, "auto"):
         cfg.backbone = None
-        small = max(info.image_size) <= 28
-        derive("backbone", "cnn" if small else "wrn_28_2", f"{'<=' if small else '>'} 28 px images")
+        if not images:
+            derive("backbone", "mlp", f"{info.channels} features per sample")
+        else:
+            small = max(info.image_size) <= 28
+            why = f"{'<=' if small else '>'} 28 px images"
+            derive("backbone", "cnn" if small else "wrn_28_2", why)
     K = cfg.iterations
     derive(
         "bn_momentum",
@@ -197,6 +202,8 @@ def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str
         raise ConfigError(
             f"precision=fp16 needs CUDA (a grad scaler); use bf16 or fp32 on {device.type}"
         )
+    if not images:
+        derive("channels_last", False, "a memory layout of images; these are feature vectors")
     derive(
         "channels_last",
         cfg.precision != "fp32" and device.type != "mps",

@@ -23,7 +23,7 @@ from torch import nn
 from semimatch import checkpoint as ckpt
 from semimatch.algorithms import SSLAlgorithm
 from semimatch.config import Config, ConfigError
-from semimatch.data import DATASETS, DatasetInfo, Split, SSLDataset
+from semimatch.data import DATASETS, DatasetInfo, Split, SSLDataset, to_model_input
 from semimatch.data.splits import save_split
 from semimatch.errors import TrainingError
 from semimatch.evaluation import evaluate_model, pad_rows
@@ -332,17 +332,11 @@ class Run:
 
     @torch.no_grad()
     def predict_proba(self, images: np.ndarray, model: str = "ema") -> np.ndarray:
-        """Class probabilities for uint8 images (N, H, W[, C]) of the training size."""
+        """Class probabilities for raw inputs: uint8 images (N, H, W[, C]) of the training size,
+        or (N, D) feature vectors for a run on features (``semimatch.data.to_model_input``)."""
         net = self.eval_model(model).eval()
-        x = torch.as_tensor(_to_nchw_uint8(images))
         assert self.info is not None
-        want = (self.info.channels, *self.info.image_size)
-        if len(x) and tuple(x.shape[1:]) != want:
-            raise ValueError(
-                f"images are {x.shape[2]}x{x.shape[3]} with {x.shape[1]} channel(s); this model "
-                f"takes {want[1]}x{want[2]} with {want[0]}: resize them first "
-                "(semimatch.predict(run, [paths]) reads and resizes image files for you)"
-            )
+        x = to_model_input(images, self.info)
         out = []
         rows = self.config.eval_batch_size
         for i in range(0, len(x), rows):  # fixed-size forwards: see pad_rows
@@ -353,19 +347,6 @@ class Run:
 
     def predict(self, images: np.ndarray, model: str = "ema") -> np.ndarray:
         return self.predict_proba(images, model).argmax(axis=1)
-
-
-def _to_nchw_uint8(images: np.ndarray) -> np.ndarray:
-    arr = np.asarray(images)
-    if arr.ndim == 3:
-        arr = arr[..., None]
-    if arr.ndim != 4:
-        raise ValueError(f"images must have shape (N, H, W) or (N, H, W, C); got {arr.shape}")
-    if arr.dtype != np.uint8:
-        if arr.size and (arr.min() < 0 or arr.max() > 1.0 + 1e-6):
-            raise ValueError("float images must be in [0, 1]; pass uint8 for 0..255 pixels")
-        arr = np.round(arr * 255).astype(np.uint8)
-    return np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
 
 
 def make_summary(

@@ -15,20 +15,17 @@ Inputs ``X``:
   [0, 1]: the image pipeline (weak = random crop [+ flip], strong = RandAugment + Cutout;
   reference "Weak view" / "Strong view") and an image backbone (``backbone="auto"``: the small
   CNN up to 28 px, WRN-28-2 above).
-* **feature vectors** ``(N, D)``: standardised with the mean/std of the ``fit`` data and fed
+* **feature vectors** ``(N, D)``: a feature dataset (``semimatch.data.from_features``):
+  standardised with the mean/std of the ``fit`` data and fed, as float32 ``(N, D)`` batches,
   to an MLP (``hidden_layer_sizes``). Images have no meaning here, so the two views are
-  perturbations in the standardised feature space, drawn per sample from a generator seeded by
-  ``(seed, iteration, rank, view)`` (the contract of the image streams):
+  perturbations in the standardised feature space (``semimatch.data.views.FeatureViews``),
+  drawn for the whole batch at once from a ``torch.Generator`` seeded by
+  ``(seed, iteration, rank, view)`` (the contract of the batched image views):
 
   - weak view:   ``z + weak_noise * e``                 (``e ~ N(0, I)``)
   - strong view: ``m * z + strong_noise * e``, where ``m`` zeroes each feature with
     probability ``strong_dropout`` (a zeroed standardised feature sits at its mean, i.e.
     "feature missing"), so the student sees a harder, partly-masked view.
-
-  They are the engine's per-sample augmentation callables (``weak_augment`` /
-  ``strong_augment``); since the data pipeline carries uint8 images, each vector travels as the
-  4 x D "image" of its float32 bytes (exact, nothing is quantised) and ``FeatureDecoder`` turns
-  the bytes back into floats in front of the MLP.
 
 Labels ``y``: any values (ints, strings, ...), mapped through ``classes_``; unlabeled rows carry
 ``unlabeled_label`` (default ``-1``, scikit-learn's semi-supervised convention). For string
@@ -56,17 +53,12 @@ from torch import nn
 
 from semimatch.algorithms import ALGORITHMS
 from semimatch.config import Config, ConfigError
-from semimatch.data.datasets import _to_uint8_images, from_arrays
+from semimatch.data import SSLDataset
+from semimatch.data.arrays import from_arrays, from_features, to_uint8_images
 from semimatch.log import quiet
 from semimatch.models import build_model
 
-__all__ = [
-    "FeatureDecoder",
-    "FeaturePerturbation",
-    "SemiSupervisedClassifier",
-    "decode_features",
-    "encode_features",
-]
+__all__ = ["SemiSupervisedClassifier"]
 
 # Config fields the estimator sets from its own parameters (``config=`` may not override them).
 _OWN_FIELDS = {
@@ -75,70 +67,6 @@ _OWN_FIELDS = {
     "device": "device", "precision": "precision", "seed": "random_state",
     "progress": "verbose", "num_labels": "y == unlabeled_label", "dataset": "X",
 }  # fmt: skip
-
-
-# ----------------------------------------------------------------------------------------------
-# Feature vectors through the image pipeline
-# ----------------------------------------------------------------------------------------------
-# The data pipeline moves uint8 images (contracts); a feature vector z (D float32 values) travels
-# as the 4 x D "image" of its bytes, so nothing is quantised: the augmentation callables decode,
-# perturb and re-encode it, and FeatureDecoder turns the bytes back into z inside the model.
-def encode_features(z: np.ndarray) -> np.ndarray:
-    """``(N, D)`` float -> ``(N, 4, D, 1)`` uint8: the float32 bytes of each value, exactly."""
-    z = np.ascontiguousarray(z, dtype=np.float32)
-    n, d = z.shape
-    return np.ascontiguousarray(z.view(np.uint8).reshape(n, d, 4).transpose(0, 2, 1))[..., None]
-
-
-def decode_features(img: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`encode_features` for one image ``(4, D, 1)`` -> ``(D,)`` float32."""
-    return np.ascontiguousarray(img[:, :, 0].T).view(np.float32).reshape(-1)
-
-
-class FeaturePerturbation:
-    """A feature-space view as an augmentation callable ``(img, rng) -> img`` (module docstring).
-
-    ``z -> m * z + noise * e`` with ``e ~ N(0, I)`` and ``m_j ~ Bernoulli(1 - dropout)``; all
-    randomness from ``rng`` (the loader seeds it per sample, view and position).
-    """
-
-    def __init__(self, noise: float, dropout: float = 0.0) -> None:
-        self.noise, self.dropout = float(noise), float(dropout)
-
-    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        z = decode_features(img)
-        if self.dropout > 0:
-            z = z * (rng.random(z.shape[0]) >= self.dropout)
-        if self.noise > 0:
-            z = z + self.noise * rng.standard_normal(z.shape[0], dtype=np.float32)
-        return encode_features(z[None])[0]
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(noise={self.noise}, dropout={self.dropout})"
-
-
-class FeatureDecoder(nn.Module):
-    """Runs ``model`` on the feature vectors encoded in a batch of byte images.
-
-    Input: float ``(N, 1, 4, D)`` holding byte values 0..255 (what ``InputNormalizer`` with mean
-    0 and std 1/255 makes of the uint8 batch); output: ``model((N, D) float32)``.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, d = x.shape[0], x.shape[3]
-        b = x.detach().round().clamp(0, 255).to(torch.uint8)[:, 0]  # (N, 4, D); exact bytes
-        z = b.transpose(1, 2).reshape(n * d, 4).contiguous().view(torch.float32)
-        return self.model(z.reshape(n, d))
-
-
-def _standardize(
-    X: np.ndarray, feature_mean_: np.ndarray, feature_scale_: np.ndarray
-) -> np.ndarray:
-    return (X.astype(np.float32) - feature_mean_) / feature_scale_
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,7 +112,8 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         model_: the trained network used for prediction (the EMA model when EMA is on).
         run_: the ``semimatch.Run`` (config, raw and EMA models, summary; no copy of the data).
         config_: the resolved ``semimatch.Config`` that was trained.
-        feature_mean_, feature_scale_: feature vectors only: the standardisation of ``X``.
+        feature_mean_, feature_scale_: feature vectors only: the standardisation of ``X``
+            (float32; ``run_.info.mean``/``std`` hold the same numbers).
     """
 
     def __init__(
@@ -306,13 +235,14 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
     def _make_config(self, backbone: str, features: bool) -> Config:
         # Defaults the user's config may change: one evaluation at the end (there is no test
-        # set; it logs pseudo-label stats), and for feature views, which are cheap numpy calls,
-        # no worker processes (they would cost more than they save).
+        # set; it logs pseudo-label stats); for feature vectors, whose views are batched tensor
+        # ops in the main process, no worker processes (they would cost more than they save)
+        # and no channels_last (a layout of 4-d image tensors; feature batches are 2-d).
         settings: dict[str, Any] = {
             "eval_every": self.max_iter,
             "log_every": min(20, self.max_iter),
             "tensorboard": False,
-            **({"num_workers": 0} if features else {}),
+            **({"num_workers": 0, "channels_last": False} if features else {}),
         }
         settings.update(self.config or {})
         try:
@@ -334,6 +264,39 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             )
         except ConfigError as e:
             raise ValueError(f"{type(self).__name__}: {e}") from None
+
+    def _dataset(
+        self, X: np.ndarray, labels: np.ndarray, names: list[str]
+    ) -> tuple[SSLDataset, str | nn.Module]:
+        """The training data (a feature dataset for ``(N, D)`` ``X``, else images) and the
+        backbone to train on it (``"auto"`` resolved to ``"mlp"`` for features)."""
+        backbone = self.backbone
+        if not isinstance(backbone, (str, nn.Module)):
+            raise ValueError(
+                f"backbone must be a model name or an nn.Module; got {type(backbone).__name__}"
+            )
+        if X.ndim == 2:
+            if backbone == "auto":
+                backbone = "mlp"
+            if isinstance(backbone, str) and backbone != "mlp":
+                raise ValueError(
+                    f"backbone={backbone!r} takes images; for (N, D) feature vectors "
+                    "use 'auto'/'mlp' or an nn.Module, or reshape X to (N, H, W[, C])"
+                )
+            return from_features(
+                X,
+                labels,
+                name="sklearn",
+                class_names=names,
+                weak_noise=self.weak_noise,
+                strong_noise=self.strong_noise,
+                strong_dropout=self.strong_dropout,
+            ), backbone
+        try:
+            data = from_arrays(X, labels, name="sklearn", class_names=names, hflip=bool(self.hflip))
+        except ValueError as e:
+            raise ValueError(f"X: {e}") from None
+        return data, backbone
 
     # -- fit -------------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any) -> SemiSupervisedClassifier:
@@ -371,55 +334,14 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
 
         names = [str(c) for c in classes]
         input_shape = X.shape[1:]
-        backbone = self.backbone
-        if not isinstance(backbone, (str, nn.Module)):
-            raise ValueError(
-                f"backbone must be a model name or an nn.Module; got {type(backbone).__name__}"
-            )
-        hooks: dict[str, Any] = {}
-        learned: dict[str, Any] = {}  # set on self only once training succeeded
-        if X.ndim == 2:
-            X = X.astype(np.float32)
-            scale = X.std(axis=0)
-            learned = {
-                "feature_mean_": X.mean(axis=0),
-                # a constant feature keeps its values (nothing to scale)
-                "feature_scale_": np.where(scale > 1e-12, scale, 1.0).astype(np.float32),
-            }
-            if backbone == "auto":
-                backbone = "mlp"
-            if isinstance(backbone, str) and backbone != "mlp":
-                raise ValueError(
-                    f"backbone={backbone!r} takes images; for (N, D) feature vectors "
-                    "use 'auto'/'mlp' or an nn.Module, or reshape X to (N, H, W[, C])"
-                )
-            # mean 0, std 1/255: the model wrapper hands the raw byte values to FeatureDecoder.
-            data = from_arrays(
-                encode_features(_standardize(X, **learned)),
-                labels,
-                name="sklearn",
-                class_names=names,
-                hflip=False,
-                mean=(0.0,),
-                std=(1 / 255,),
-            )
-            hooks = {
-                "weak_augment": FeaturePerturbation(self.weak_noise),
-                "strong_augment": FeaturePerturbation(self.strong_noise, self.strong_dropout),
-            }
-        else:
-            try:
-                data = from_arrays(
-                    X, labels, name="sklearn", class_names=names, hflip=bool(self.hflip)
-                )
-            except ValueError as e:
-                raise ValueError(f"X: {e}") from None
+        features = X.ndim == 2
+        data, backbone = self._dataset(X, labels, names)
 
         model: nn.Module | None = None
         if isinstance(backbone, nn.Module):
             model = copy.deepcopy(backbone)  # fit must not change the parameter's weights
             backbone = f"custom:{type(backbone).__name__}"
-        cfg = self._make_config(backbone, features=bool(hooks))
+        cfg = self._make_config(backbone, features=features)
         if backbone == "mlp":
             # Built here (fit cannot: it needs in_features), seeded like fit seeds its models.
             with torch.random.fork_rng(devices=[]):
@@ -431,15 +353,14 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                     in_features=in_features,
                     hidden=tuple(self.hidden_layer_sizes),
                 )
-        if hooks and model is not None:
-            model = FeatureDecoder(model)
 
         with contextlib.nullcontext() if self.verbose else quiet():
-            run = train(cfg, data=data, model=model, **hooks)
+            run = train(cfg, data=data, model=model)
         run.data = None  # keep the fitted estimator small (it is pickled by GridSearchCV etc.)
-        for name, value in learned.items():
-            setattr(self, name, value)
-        self.input_kind_ = "features" if learned else "images"
+        if features:  # the standardisation from_features applied (and predict applies)
+            self.feature_mean_ = np.asarray(run.info.mean, dtype=np.float32)
+            self.feature_scale_ = np.asarray(run.info.std, dtype=np.float32)
+        self.input_kind_ = "features" if features else "images"
         self.input_shape_ = input_shape
         self.classes_ = classes
         self.run_ = run
@@ -454,11 +375,9 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         """Class probabilities, shape ``(n_samples, n_classes)``, columns in ``classes_`` order."""
         check_is_fitted(self)
         X, _ = self._validate_X(X, reset=False)
-        if self.input_kind_ == "images":
-            images = _to_uint8_images(X, "X")
-        else:
-            images = encode_features(_standardize(X, self.feature_mean_, self.feature_scale_))
-        return self.run_.predict_proba(images).astype(np.float64)
+        # Images as uint8; feature vectors as they are (the run standardises them, as in fit).
+        inputs = to_uint8_images(X, "X") if self.input_kind_ == "images" else X
+        return self.run_.predict_proba(inputs).astype(np.float64)
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted labels (values of ``classes_``)."""

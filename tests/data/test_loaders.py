@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from semimatch.data import (
     ArraySource,
+    FeatureViews,
     TrainStream,
     balanced_split,
     eval_batches,
     from_arrays,
+    from_features,
     given_split,
+)
+from semimatch.data.loaders import (
+    VIEW_LABELED_WEAK,
+    VIEW_UNLABELED_STRONG,
+    VIEW_UNLABELED_WEAK,
+    view_generator,
 )
 from semimatch.data.splits import Split
 
@@ -169,7 +179,7 @@ def test_batched_augmentation_elsewhere_hands_batches_to_the_training_device(rgb
     device stands in for the GPU: tensors move there, values are not kept)."""
     on_cpu = _stream(rgb, split, augment="batched").batch(1)
     elsewhere = _stream(rgb, split, augment="batched", device="meta", augment_device="cpu")
-    assert elsewhere._weak_batched is not None
+    assert elsewhere.views.batched
     batch = elsewhere.batch(1)
     for name, t in zip(batch._fields, batch, strict=True):
         assert t.device.type == "meta", name
@@ -226,3 +236,91 @@ def test_eval_batches_cover_each_sample_once(rgb):
     assert [len(b[0]) for b in batches] == [5, 5, 3] and len(batches[0]) == 2
     with pytest.raises(ValueError, match="rank"):
         eval_batches(rgb.test, 4, rank=3, world_size=2)
+
+
+# --- feature vectors -----------------------------------------------------------------------------
+D = 6
+
+
+@pytest.fixture(scope="module")
+def feats():
+    """50 feature vectors (D=6), 2 classes, 20 labeled; a 9-vector test set."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(2.0, 3.0, (50, D))
+    y = np.where(np.arange(50) < 20, np.arange(50) % 2, -1)
+    return from_features(x, y, rng.normal(2.0, 3.0, (9, D)), np.arange(9) % 2)
+
+
+def test_feature_batches_are_float_vectors(feats):
+    s = _stream(feats, given_split(feats.train.labels))
+    assert s.augment == "batched" and s.views.batched
+    b = s.batch(0)
+    assert b.x_lb.shape == (B, D) and b.x_lb.dtype == torch.float32
+    assert b.u_weak.shape == b.u_strong.shape == (MU * B, D)
+    assert b.u_weak.dtype == b.u_strong.dtype == torch.float32
+    assert b.y_lb.dtype == b.u_true.dtype == torch.int64
+    # weak view = the standardised vectors plus N(0, 0.1^2) noise
+    lb, _ = s.indices(0)
+    assert (b.x_lb - torch.from_numpy(feats.train.gather(lb))).abs().max() < 0.1 * 6
+    assert torch.equal(b.y_lb, torch.from_numpy(feats.train.labels[lb]))
+    assert not torch.equal(b.u_weak, b.u_strong)
+    none = _stream(feats, given_split(feats.train.labels), use_unlabeled=False).batch(0)
+    assert none.u_weak.shape == (0, D) and none.u_weak.dtype == torch.float32
+    assert none.u_strong is None
+
+
+def test_a_feature_batch_is_a_function_of_seed_iteration_rank_and_view(feats):
+    """Recomputed from its definition: gathered raw vectors + each view's seeded draw."""
+    split = given_split(feats.train.labels)
+    s = _stream(feats, split, world_size=2, rank=1)
+    k = 5
+    b = s.batch(k)
+    lb, pool = s.indices(k)
+    raw_u = feats.train.gather(split.unlabeled[pool])
+    weak, strong = feats.views.weak, feats.views.strong
+    raw_lb = torch.from_numpy(feats.train.gather(lb))
+    assert torch.equal(b.x_lb, weak(raw_lb, view_generator(11, k, 1, VIEW_LABELED_WEAK)))
+    u = torch.from_numpy(raw_u)
+    assert torch.equal(b.u_weak, weak(u, view_generator(11, k, 1, VIEW_UNLABELED_WEAK)))
+    assert torch.equal(b.u_strong, strong(u, view_generator(11, k, 1, VIEW_UNLABELED_STRONG)))
+    # the same four numbers give the same batch in a fresh stream, through the loader too
+    _assert_batches_equal(b, _stream(feats, split, world_size=2, rank=1).batch(k))
+    looped = list(_stream(feats, split, world_size=2, rank=1, num_workers=1).batches(k, k + 1))
+    _assert_batches_equal(b, looped[0])
+    other = _stream(feats, split, world_size=2, rank=0).batch(k)
+    assert not torch.equal(b.u_weak, other.u_weak)
+
+
+def test_feature_streams_refuse_image_pipelines(feats):
+    split = given_split(feats.train.labels)
+    with pytest.raises(ValueError, match="augment='pil' is the per-image PIL pipeline"):
+        _stream(feats, split, augment="pil")
+    with pytest.raises(ValueError, match="feature vectors have batched views"):
+        TrainStream(
+            dataclasses.replace(feats, views=None),
+            split,
+            batch_size=B,
+            uratio=MU,
+            seed=0,
+            weak_augment=lambda x, rng: x,
+        )
+
+
+def test_explicit_views_replace_the_datasets(feats):
+    split = given_split(feats.train.labels)
+    quiet = FeatureViews(0.0, 0.0, 0.0)
+    b = _stream(feats, split, views=quiet).batch(2)
+    lb, _ = _stream(feats, split).indices(2)
+    assert torch.equal(b.x_lb, torch.from_numpy(feats.train.gather(lb)))
+    assert torch.equal(b.u_weak, b.u_strong)
+
+
+def test_eval_batches_of_feature_vectors(feats):
+    seen = []
+    for rank in (0, 1):
+        for x, y, i in eval_batches(feats.test, 4, rank=rank, world_size=2, return_indices=True):
+            assert x.dtype == torch.float32 and x.shape[1:] == (D,) and len(x) <= 4
+            np.testing.assert_array_equal(x.numpy(), feats.test.gather(i.numpy()))
+            np.testing.assert_array_equal(y.numpy(), feats.test.labels[i.numpy()])
+            seen += i.tolist()
+    assert sorted(seen) == list(range(9))

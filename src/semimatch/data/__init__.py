@@ -1,24 +1,31 @@
-"""Data: datasets, labeled/unlabeled splits, augmentations and training/eval loaders.
+"""Data: datasets of any modality, labeled/unlabeled splits, views and training/eval loaders.
 
-``load_dataset`` / ``from_arrays`` give an :class:`SSLDataset`; a :class:`Split` picks its
-labeled and unlabeled indices; :class:`TrainStream` turns both into seeded, sharded
-:class:`SSLBatch` es and :func:`eval_batches` into un-augmented test batches.
+``load_dataset`` / ``from_arrays`` (images) / ``from_features`` (feature vectors) give an
+:class:`SSLDataset`; a :class:`Split` picks its labeled and unlabeled indices;
+:class:`TrainStream` turns both into seeded, sharded :class:`SSLBatch` es and
+:func:`eval_batches` into un-augmented test batches.
+
+Layout: ``sources`` (source types, ``DatasetInfo``, ``SSLDataset``), ``named`` (CIFAR, SVHN,
+STL-10, MNIST, Fashion-MNIST, digits), ``folders`` (image folders), ``arrays`` (in-memory
+arrays), ``views`` (weak/strong views per modality), ``modality`` (samples and raw inputs ->
+model tensors), ``loaders`` (the streams), ``splits``, ``augment``/``batched_augment`` (image
+views), ``adapters`` (torch datasets).
 """
 
 from semimatch.data.adapters import TorchImageSource, from_torch
-from semimatch.data.datasets import (
-    DATASETS,
+from semimatch.data.arrays import from_arrays, from_features
+from semimatch.data.loaders import SSLBatch, TrainStream, eval_batches
+from semimatch.data.modality import to_model_input, wrap_model
+from semimatch.data.named import DATASETS, default_root, load_dataset, read_idx
+from semimatch.data.sources import (
     ArraySource,
     DatasetInfo,
+    FeatureSource,
     ImageSource,
     LazyImageSource,
+    SampleSource,
     SSLDataset,
-    default_root,
-    from_arrays,
-    load_dataset,
-    read_idx,
 )
-from semimatch.data.loaders import SSLBatch, TrainStream, eval_batches
 from semimatch.data.splits import (
     Split,
     balanced_split,
@@ -30,23 +37,31 @@ from semimatch.data.splits import (
     save_split,
     split_summary,
 )
+from semimatch.data.views import BatchViews, FeatureViews, SampleViews, Views
 
 __all__ = [
     "DATASETS",
     "ArraySource",
+    "BatchViews",
     "DatasetInfo",
+    "FeatureSource",
+    "FeatureViews",
     "ImageSource",
     "LazyImageSource",
     "SSLBatch",
     "SSLDataset",
+    "SampleSource",
+    "SampleViews",
     "TorchImageSource",
     "Split",
     "TrainStream",
+    "Views",
     "balanced_split",
     "default_root",
     "eval_batches",
     "fold_split",
     "from_arrays",
+    "from_features",
     "from_torch",
     "given_split",
     "load_dataset",
@@ -56,4 +71,6 @@ __all__ = [
     "read_idx",
     "save_split",
     "split_summary",
+    "to_model_input",
+    "wrap_model",
 ]

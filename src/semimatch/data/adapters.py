@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from semimatch.data.datasets import (
+from semimatch.data.sources import (
     SMALL_IMAGE_MAX_SIDE,
     ArraySource,
     ImageSource,

@@ -35,6 +35,9 @@ __all__ = [
     "StrongAugment",
     "WeakAugment",
     "apply_op",
+    "check_image_size",
+    "check_pad_frac",
+    "check_variant",
     "crop_padding",
     "cutout_box",
     "cutout_side",
@@ -100,7 +103,8 @@ VARIANTS: dict[str, RandAugmentVariant] = {
 }
 
 
-def _check_variant(variant: str) -> RandAugmentVariant:
+def check_variant(variant: str) -> RandAugmentVariant:
+    """The :data:`VARIANTS` entry named ``variant`` (shared by the PIL and batched views)."""
     if variant not in VARIANTS:
         raise ValueError(
             f"variant={variant!r} is not a RandAugment variant; use one of {sorted(VARIANTS)}"
@@ -108,7 +112,8 @@ def _check_variant(variant: str) -> RandAugmentVariant:
     return VARIANTS[variant]
 
 
-def _check_image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
+def check_image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """``image_size`` (an int or (H, W)) as two positive ints (H, W)."""
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
         raise ValueError(
@@ -117,7 +122,8 @@ def _check_image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def _check_pad_frac(pad_frac: float) -> float:
+def check_pad_frac(pad_frac: float) -> float:
+    """``pad_frac`` (the weak crop's padding per side, a fraction of it) checked in [0, 1)."""
     if not (isinstance(pad_frac, (int, float)) and 0.0 <= pad_frac < 1.0):
         raise ValueError(f"pad_frac={pad_frac!r} must be a number in [0, 1), e.g. 0.125")
     return float(pad_frac)
@@ -151,7 +157,7 @@ def sample_ops(rng: np.random.Generator, variant: str = "fixmatch") -> list[tupl
     ``num_ops`` ops are drawn uniformly with replacement; each is kept with probability
     ``apply_prob`` (FixMatch 0.5, USB 1), so the list may be shorter than ``num_ops``.
     """
-    spec = _check_variant(variant)
+    spec = check_variant(variant)
     ids = rng.integers(len(OP_NAMES), size=spec.num_ops)
     keep = rng.random(spec.num_ops) < spec.apply_prob
     units = rng.random(spec.num_ops)
@@ -164,7 +170,7 @@ def sample_ops(rng: np.random.Generator, variant: str = "fixmatch") -> list[tupl
 
 def cutout_side(width: int, variant: str, u: float) -> int:
     """Cutout side in pixels: int(cutout_frac * width), times ``u`` ~ U[0,1) for USB's variant."""
-    spec = _check_variant(variant)
+    spec = check_variant(variant)
     frac = spec.cutout_frac * u if spec.random_cutout_size else spec.cutout_frac
     return int(frac * width)
 
@@ -254,9 +260,9 @@ class WeakAugment:
     """
 
     def __init__(self, image_size: tuple[int, int], hflip: bool, pad_frac: float = 0.125) -> None:
-        self.image_size = _check_image_size(image_size)
+        self.image_size = check_image_size(image_size)
         self.hflip = bool(hflip)
-        self.pad_frac = _check_pad_frac(pad_frac)
+        self.pad_frac = check_pad_frac(pad_frac)
         self.padding = crop_padding(self.image_size, self.pad_frac)
 
     def __repr__(self) -> str:
@@ -299,7 +305,7 @@ class StrongAugment:
         pad_frac: float = 0.125,
     ) -> None:
         self.variant = variant
-        self.spec = _check_variant(variant)
+        self.spec = check_variant(variant)
         self.weak = WeakAugment(image_size, hflip, pad_frac)
         self.image_size = self.weak.image_size
 

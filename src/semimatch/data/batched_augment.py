@@ -30,9 +30,9 @@ from semimatch.data.augment import (
     INTEGER_OPS,
     OP_NAMES,
     OP_RANGES,
-    _check_image_size,
-    _check_pad_frac,
-    _check_variant,
+    check_image_size,
+    check_pad_frac,
+    check_variant,
     crop_padding,
 )
 
@@ -313,9 +313,9 @@ class BatchedWeakAugment(nn.Module):
 
     def __init__(self, image_size: tuple[int, int], hflip: bool, pad_frac: float = 0.125) -> None:
         super().__init__()
-        self.image_size = _check_image_size(image_size)
+        self.image_size = check_image_size(image_size)
         self.hflip = bool(hflip)
-        self.pad_frac = _check_pad_frac(pad_frac)
+        self.pad_frac = check_pad_frac(pad_frac)
         self.padding = crop_padding(self.image_size, self.pad_frac)
 
     def extra_repr(self) -> str:
@@ -382,7 +382,7 @@ class BatchedStrongAugment(nn.Module):
     ) -> None:
         super().__init__()
         self.variant = variant
-        self.spec = _check_variant(variant)
+        self.spec = check_variant(variant)
         self.weak = BatchedWeakAugment(image_size, hflip, pad_frac)
         self.image_size = self.weak.image_size
 

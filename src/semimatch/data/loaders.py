@@ -13,12 +13,16 @@ Training batches are a **stateless function of (seed, iteration)** (see ``notes/
   ``default_rng([seed, stream_id, v, g])`` (views: 0 labeled weak, 1 unlabeled weak,
   2 unlabeled strong). A batch is therefore bit-identical for any ``num_workers`` and any
   number of processes, and resuming needs nothing but the iteration number.
-* ``augment="batched"``: the loader only gathers raw uint8 images; the batched tensor
-  augmentations run on ``device`` with a CPU ``torch.Generator`` seeded from
+* ``augment="batched"``, and feature vectors (always): the loader only gathers raw samples;
+  the batched views run on ``augment_device`` with a CPU ``torch.Generator`` seeded from
   ``(seed, k, rank, view)``. Sample selection is still rank-independent, but the random
   augmentation draws **depend on the rank**: changing ``world_size`` changes the
-  augmentations (not which images are used). They do not depend on ``num_workers`` or on
+  augmentations (not which samples are used). They do not depend on ``num_workers`` or on
   the device.
+
+Samples may be of any modality (``DatasetInfo.kind``): the views come from
+:mod:`semimatch.data.views` (the dataset's own, else the modality's defaults) and the batch
+tensors from :mod:`semimatch.data.modality` (uint8 NCHW images, float32 ``(N, D)`` features).
 
 The DataLoader's item ``k`` is a whole per-rank batch (``batch_size=None``), so worker
 processes prepare upcoming iterations while the model trains on the current one.
@@ -35,9 +39,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from semimatch.data.augment import StrongAugment, WeakAugment
-from semimatch.data.datasets import ImageSource, SSLDataset
+from semimatch.data.modality import modality
+from semimatch.data.sources import SampleSource, SSLDataset
 from semimatch.data.splits import Split
+from semimatch.data.views import Views
 
 __all__ = [
     "AUGMENT_MODES",
@@ -49,6 +54,7 @@ __all__ = [
     "SSLBatch",
     "TrainStream",
     "eval_batches",
+    "view_generator",
 ]
 
 STREAM_LABELED = 0
@@ -61,11 +67,15 @@ _VARIANTS = ("fixmatch", "usb")
 
 
 class SSLBatch(NamedTuple):
-    """One training step's (per-rank) batch; images are uint8 NCHW on the training device."""
+    """One training step's (per-rank) batch on the training device.
 
-    x_lb: torch.Tensor  # (B, C, H, W) uint8, weak view of labeled images
+    Sample tensors are uint8 NCHW images or float32 ``(N, D)`` feature vectors (the data's
+    modality); below, ``S`` is the per-sample shape (``C, H, W`` or ``D``).
+    """
+
+    x_lb: torch.Tensor  # (B, *S), weak view of labeled samples
     y_lb: torch.Tensor  # (B,) int64
-    u_weak: torch.Tensor  # (mu*B, C, H, W) uint8; (0, C, H, W) without unlabeled data
+    u_weak: torch.Tensor  # (mu*B, *S); (0, *S) without unlabeled data
     u_strong: torch.Tensor | None  # None when no strong view is used (or no unlabeled data)
     u_true: torch.Tensor  # (mu*B,) int64 ground truth, -1 unknown; monitoring only
 
@@ -112,8 +122,14 @@ def _torch_seed(*parts: int) -> int:
     return (int(hi) << 32 | int(lo)) & ((1 << 63) - 1)
 
 
-def _to_nchw(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+def view_generator(seed: int, k: int, rank: int, view: int) -> torch.Generator:
+    """The CPU generator of batched view ``view`` at iteration ``k`` on ``rank``: the only
+    randomness of a batched view (module docstring), so a batch is a function of these four."""
+    # A CPU generator: batched views draw on the generator's device, and CPU draws keep an
+    # accelerator free of syncs and make the draws device-independent.
+    gen = torch.Generator()
+    gen.manual_seed(_torch_seed(seed, k, rank, view))
+    return gen
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
@@ -137,11 +153,14 @@ class _StepBatches(Dataset):
         self.batch_size = stream.batch_size
         self.u_batch_size = stream.u_batch_size
         self.rank, self.world_size = stream.rank, stream.world_size
-        self.mode = stream.augment
+        self.batched = stream.views.batched
         self.use_unlabeled, self.use_strong = stream.use_unlabeled, stream.use_strong
-        self.image_shape = stream.image_shape
-        self.weak = stream._weak_pil
-        self.strong = stream._strong_pil
+        self.sample_shape = stream.sample_shape
+        self.dtype = self.train.dtype
+        self.stack = modality(stream.dataset.info).stack
+        # Per-sample views run here (in workers); batched ones stay in the main process.
+        self.weak = None if self.batched else stream.views.weak
+        self.strong = None if self.batched else stream.views.strong
         self.lb_order = _EpochOrder(len(self.labeled), self.seed, STREAM_LABELED)
         n_pool = len(self.unlabeled) + (len(self.extra) if self.extra is not None else 0)
         self.ulb_order = _EpochOrder(max(n_pool, 1), self.seed, STREAM_UNLABELED)
@@ -176,13 +195,13 @@ class _StepBatches(Dataset):
             out[~in_train] = self.extra.labels[e_idx]
         return out
 
-    def _pool_image(self, p: int) -> np.ndarray:
+    def _pool_sample(self, p: int) -> np.ndarray:
         n = len(self.unlabeled)
         return self.train[int(self.unlabeled[p])] if p < n else self.extra[int(p - n)]
 
     def _pool_gather(self, pool_idx: np.ndarray) -> np.ndarray:
         in_train, t_idx, e_idx = self._pool_split(pool_idx)
-        out = np.empty((len(pool_idx), *self.image_shape), dtype=np.uint8)
+        out = np.empty((len(pool_idx), *self.sample_shape), dtype=self.dtype)
         out[in_train] = self.train.gather(t_idx)
         if e_idx.size:
             out[~in_train] = self.extra.gather(e_idx)
@@ -196,15 +215,15 @@ class _StepBatches(Dataset):
         positions: np.ndarray,
         views: Iterable[tuple[int, int, Any]],
     ) -> list[torch.Tensor]:
-        """Augment each image once per view with its (seed, stream, view, position) rng."""
+        """Augment each sample once per view with its (seed, stream, view, position) rng."""
         views = list(views)
-        outs = [np.empty((len(idx), *self.image_shape), dtype=np.uint8) for _ in views]
+        outs = [np.empty((len(idx), *self.sample_shape), dtype=self.dtype) for _ in views]
         for j, (i, g) in enumerate(zip(idx.tolist(), positions.tolist(), strict=True)):
             img = fetch(i)
             for out, (stream_id, view, aug) in zip(outs, views, strict=True):
                 res = aug(img, _sample_rng(self.seed, stream_id, view, g))
-                out[j] = res.reshape(self.image_shape)
-        return [_to_nchw(o) for o in outs]
+                out[j] = res.reshape(self.sample_shape)
+        return [self.stack(o) for o in outs]
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         k = int(k)
@@ -213,9 +232,9 @@ class _StepBatches(Dataset):
             "y_lb": torch.from_numpy(self.train.labels[lb_idx].copy()),
             "u_true": torch.from_numpy(self._pool_labels(pool_idx)),
         }
-        if self.mode == "batched":
-            item["x_lb"] = _to_nchw(self.train.gather(lb_idx))
-            item["u_raw"] = _to_nchw(self._pool_gather(pool_idx))
+        if self.batched:
+            item["x_lb"] = self.stack(self.train.gather(lb_idx))
+            item["u_raw"] = self.stack(self._pool_gather(pool_idx))
             return item
         lb_pos = self.positions(k, self.batch_size)
         (item["x_lb"],) = self._augment(
@@ -230,7 +249,7 @@ class _StepBatches(Dataset):
         if self.use_strong:
             views.append((STREAM_UNLABELED, VIEW_UNLABELED_STRONG, self.strong))
         u_pos = self.positions(k, self.u_batch_size)
-        outs = self._augment(self._pool_image, pool_idx, u_pos, views)
+        outs = self._augment(self._pool_sample, pool_idx, u_pos, views)
         item["u_weak"] = outs[0]
         if self.use_strong:
             item["u_strong"] = outs[1]
@@ -246,6 +265,11 @@ class TrainStream:
     ``batch_size`` is the **global** labeled batch B (each of ``world_size`` processes gets
     ``B // world_size``); the unlabeled batch is ``uratio * B``. The unlabeled pool is
     ``train[split.unlabeled]`` followed by ``dataset.extra_unlabeled``.
+
+    Views (:mod:`semimatch.data.views`): ``views`` if given, else ``dataset.views``, else the
+    modality's defaults; for images ``augment`` (default ``"pil"``) picks the PIL per-image
+    pipelines (``weak_augment``/``strong_augment`` replace them) or the batched tensor ones.
+    Feature vectors have batched views only (``augment`` defaults to ``"batched"``).
     """
 
     def __init__(
@@ -259,7 +283,7 @@ class TrainStream:
         use_unlabeled: bool = True,
         use_strong: bool = True,
         strong_variant: str = "fixmatch",
-        augment: str = "pil",
+        augment: str | None = None,
         device: str | torch.device = "cpu",
         augment_device: str | torch.device | None = None,
         rank: int = 0,
@@ -269,6 +293,7 @@ class TrainStream:
         pad_frac: float = 0.125,
         weak_augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
         strong_augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+        views: Views | None = None,
     ) -> None:
         self.dataset, self.split = dataset, split
         self.world_size = _check_int(world_size, "world_size", 1)
@@ -287,6 +312,9 @@ class TrainStream:
         self.seed = _check_int(seed, "seed", 0)
         self.num_workers = _check_int(num_workers, "num_workers", 0)
         self.prefetch_factor = _check_int(prefetch_factor, "prefetch_factor", 1)
+        if augment is None:  # the modality's default: PIL for images, batched otherwise
+            kind = getattr(getattr(dataset, "info", None), "kind", "image")  # checked below
+            augment = "pil" if kind == "image" else "batched"
         if augment not in AUGMENT_MODES:
             raise ValueError(f"augment: must be one of {AUGMENT_MODES}, got {augment!r}")
         if strong_variant not in _VARIANTS:
@@ -301,28 +329,24 @@ class TrainStream:
         self._check_data()
 
         info = dataset.info
-        self.image_shape = (*info.image_size, info.channels)
-        if (weak_augment is not None or strong_augment is not None) and augment != "pil":
+        self.sample_shape = info.sample_shape
+        self.modality = modality(info)
+        if augment == "pil" and info.kind != "image":
             raise ValueError(
-                "weak_augment/strong_augment are per-image callables (img, rng) -> "
-                "img; they need augment='pil', not 'batched'"
+                f"augment='pil' is the per-image PIL pipeline; {info.kind} data has batched "
+                "views: use augment='batched' (or 'auto')"
             )
-        # Per-image callables (img_hwc_uint8, rng) -> img_hwc_uint8; user ones replace ours.
-        self._weak_pil = weak_augment or WeakAugment(info.image_size, info.hflip, pad_frac)
-        self._strong_pil = strong_augment or StrongAugment(
-            info.image_size, info.hflip, strong_variant, pad_frac
-        )
-        self._weak_batched: torch.nn.Module | None = None
-        self._strong_batched: torch.nn.Module | None = None
-        if augment == "batched":
-            from semimatch.data.batched_augment import BatchedStrongAugment, BatchedWeakAugment
-
-            self._weak_batched = BatchedWeakAugment(info.image_size, info.hflip, pad_frac=pad_frac)
-            self._strong_batched = BatchedStrongAugment(
-                info.image_size, info.hflip, variant=strong_variant, pad_frac=pad_frac
+        custom = weak_augment is not None or strong_augment is not None
+        if views is None and not custom:
+            views = dataset.views
+        if views is None:  # the modality's own; user callables replace the PIL pipelines
+            views = self.modality.default_views(
+                info, augment, strong_variant, pad_frac, weak_augment, strong_augment
             )
-            self._weak_batched.to(self.augment_device)
-            self._strong_batched.to(self.augment_device)
+        elif custom:
+            raise ValueError("weak_augment/strong_augment: pass them or views=, not both")
+        #: The weak/strong views (``views.batched``: applied in ``_finish``, else in workers).
+        self.views = views.to(self.augment_device)
         self._steps = _StepBatches(self)
 
     def _check_data(self) -> None:
@@ -343,11 +367,19 @@ class TrainStream:
                 f"split: labeled index {i} has label {int(train.labels[i])}, outside 0.."
                 f"{info.num_classes - 1}; labeled indices must point at labeled images"
             )
-        expected = (*info.image_size, info.channels)
+        expected = info.sample_shape
         for what, src in (("train", train), ("extra_unlabeled", ds.extra_unlabeled)):
-            if src is not None and tuple(src.image_shape) != expected:
+            if src is None:
+                continue
+            if src.kind != info.kind:
                 raise ValueError(
-                    f"dataset.{what}: images are {src.image_shape} (H, W, C) but the dataset "
+                    f"dataset.{what}: holds {src.kind} samples but the dataset info says "
+                    f"{info.kind!r}"
+                )
+            if tuple(src.sample_shape) != expected:
+                layout = "(H, W, C)" if info.kind == "image" else "(D,)"
+                raise ValueError(
+                    f"dataset.{what}: samples are {src.sample_shape} {layout} but the dataset "
                     f"info says {expected}; resize them to a common size"
                 )
         n_extra = len(ds.extra_unlabeled) if ds.extra_unlabeled is not None else 0
@@ -405,34 +437,31 @@ class TrainStream:
             num_workers=self.num_workers,
             # Pinned pages make the copy to a GPU asynchronous; the first copy goes where the
             # batched augmentation runs, or straight to the training device.
-            pin_memory=(self.augment_device if self.augment == "batched" else self.device).type
-            == "cuda",
+            pin_memory=(self.augment_device if self.views.batched else self.device).type == "cuda",
             **kwargs,
         )
         for k, item in zip(itertools.count(start), loader):
             yield self._finish(item, k)
 
     def _finish(self, item: dict[str, torch.Tensor], k: int) -> SSLBatch:
-        """Move a CPU batch to the device and, in batched mode, augment it on augment_device."""
+        """Move a CPU batch to the device and, for batched views, augment it on augment_device."""
         dev, nb = self.device, self.device.type == "cuda"
-        c, h, w = self.image_shape[2], self.image_shape[0], self.image_shape[1]
         y_lb = item["y_lb"].to(dev, non_blocking=nb)
         u_true = item["u_true"].to(dev, non_blocking=nb)
         u_weak = u_strong = None
-        if self.augment == "batched":
+        if self.views.batched:
             adev, anb = self.augment_device, self.augment_device.type == "cuda"
+            weak, strong = self.views.weak, self.views.strong
 
             def view(x: torch.Tensor, aug: torch.nn.Module, which: int) -> torch.Tensor:
                 return aug(x, self._generator(k, which)).to(dev, non_blocking=nb)
 
-            x_lb = view(
-                item["x_lb"].to(adev, non_blocking=anb), self._weak_batched, VIEW_LABELED_WEAK
-            )
+            x_lb = view(item["x_lb"].to(adev, non_blocking=anb), weak, VIEW_LABELED_WEAK)
             if self.use_unlabeled:
                 u_raw = item["u_raw"].to(adev, non_blocking=anb)
-                u_weak = view(u_raw, self._weak_batched, VIEW_UNLABELED_WEAK)
+                u_weak = view(u_raw, weak, VIEW_UNLABELED_WEAK)
                 if self.use_strong:
-                    u_strong = view(u_raw, self._strong_batched, VIEW_UNLABELED_STRONG)
+                    u_strong = view(u_raw, strong, VIEW_UNLABELED_STRONG)
         else:
             x_lb = item["x_lb"].to(dev, non_blocking=nb)
             if self.use_unlabeled:
@@ -440,32 +469,30 @@ class TrainStream:
                 if self.use_strong:
                     u_strong = item["u_strong"].to(dev, non_blocking=nb)
         if u_weak is None:
-            u_weak = torch.empty((0, c, h, w), dtype=torch.uint8, device=dev)
+            shape = (0, *self.dataset.info.input_shape)
+            u_weak = torch.empty(shape, dtype=self.modality.dtype, device=dev)
         return SSLBatch(x_lb, y_lb, u_weak, u_strong, u_true)
 
     def _generator(self, k: int, view: int) -> torch.Generator:
-        # A CPU generator: batched_augment draws parameters on the generator's device, and CPU
-        # draws keep an accelerator free of syncs and make the draws device-independent.
-        gen = torch.Generator()
-        gen.manual_seed(_torch_seed(self.seed, k, self.rank, view))
-        return gen
+        return view_generator(self.seed, k, self.rank, view)
 
 
 class _EvalChunks(Dataset):
-    def __init__(self, source: ImageSource, chunks: list[np.ndarray]) -> None:
+    def __init__(self, source: SampleSource, chunks: list[np.ndarray]) -> None:
         self.source, self.chunks = source, chunks
+        self.stack = modality(source.kind).stack
 
     def __len__(self) -> int:
         return len(self.chunks)
 
     def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = self.chunks[b]
-        x = _to_nchw(self.source.gather(idx))
+        x = self.stack(self.source.gather(idx))
         return x, torch.from_numpy(self.source.labels[idx].copy()), torch.from_numpy(idx)
 
 
 def eval_batches(
-    source: ImageSource,
+    source: SampleSource,
     batch_size: int,
     device: str | torch.device = "cpu",
     rank: int = 0,
@@ -474,7 +501,8 @@ def eval_batches(
     num_workers: int = 0,
     return_indices: bool = False,
 ) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Un-augmented ``(uint8 NCHW images, int64 labels)`` batches on ``device``.
+    """Un-augmented ``(samples, int64 labels)`` batches on ``device``: uint8 NCHW images or
+    float32 ``(N, D)`` feature vectors, as the source's modality stacks them.
 
     Rank ``r`` of ``world_size`` gets indices ``r, r+W, r+2W, ...`` so every sample is
     evaluated exactly once across ranks (shares differ by at most one sample; sum counts

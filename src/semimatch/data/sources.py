@@ -1,0 +1,389 @@
+"""Sample sources and the dataset they make up: what every modality's data looks like.
+
+A *source* is an indexable collection of same-shaped samples with int64 labels (``-1`` =
+unknown; see ``notes/contracts.md``). Each modality has its own source type and sample layout:
+
+* ``kind="image"``: :class:`ImageSource`, uint8 ``(H, W, C)`` images with ``C`` in {1, 3}
+  (:class:`ArraySource` in memory, :class:`LazyImageSource` decoded from files on access,
+  :class:`STLBinarySource` memory-mapped);
+* ``kind="features"``: :class:`FeatureSource`, float32 ``(D,)`` feature vectors in memory.
+
+An :class:`SSLDataset` holds the labeled pool (``train``), an optional ``test`` set and optional
+``extra_unlabeled`` samples; its :class:`DatasetInfo` says what the samples are. The
+labeled/unlabeled split of ``train`` is made separately (:mod:`semimatch.data.splits`), so the
+same dataset serves every ``num_labels`` setting. How a modality's samples become views and
+model inputs lives in :mod:`semimatch.data.modality`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from semimatch.data.views import Views
+
+__all__ = [
+    "KINDS",
+    "SMALL_IMAGE_MAX_SIDE",
+    "ArraySource",
+    "DatasetInfo",
+    "FeatureSource",
+    "ImageRecord",
+    "ImageSource",
+    "LazyImageSource",
+    "SSLDataset",
+    "STLBinarySource",
+    "SampleSource",
+    "channel_stats",
+    "check_labels",
+    "info_for_source",
+]
+
+#: Images whose (target) longest side is at most this are decoded once and kept in memory.
+SMALL_IMAGE_MAX_SIDE = 96
+
+#: The modalities a dataset may hold (``DatasetInfo.kind``).
+KINDS = ("image", "features")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is: classes, sample geometry and how inputs are normalised.
+
+    Images (``kind="image"``): ``image_size`` is (H, W), ``channels`` C, ``mean``/``std`` per
+    channel in [0, 1] pixel units (the model wrapper normalises), ``hflip`` whether the weak view
+    may flip horizontally. Feature vectors (``kind="features"``): ``channels`` is the number of
+    features D (a vector is one position with D channels, as in ``BatchNorm1d``), ``image_size``
+    is ``()``, ``mean``/``std`` the per-feature standardisation the data layer applies to raw
+    inputs (the stored samples are already standardised), ``hflip`` False. ``kind`` defaults to
+    ``"image"`` so a ``dataset.json`` written before it existed still loads.
+    """
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    image_size: tuple[int, ...]
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    hflip: bool
+    kind: str = "image"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"DatasetInfo.kind: must be one of {KINDS}, got {self.kind!r}")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample as the model takes it: ``(C, H, W)`` for images, ``(D,)`` for features."""
+        return (int(self.channels), *(int(s) for s in self.image_size))
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """One sample as a source stores it: ``(H, W, C)`` for images, ``(D,)`` for features."""
+        return (*(int(s) for s in self.image_size), int(self.channels))
+
+
+class SampleSource(abc.ABC):
+    """Indexable collection of same-shaped samples of one modality with int64 labels."""
+
+    #: The modality of the samples (``DatasetInfo.kind``).
+    kind: ClassVar[str]
+    #: The dtype of every sample.
+    dtype: ClassVar[np.dtype]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @abc.abstractmethod
+    def __getitem__(self, i: int) -> np.ndarray:
+        """Sample ``i`` as an array of shape :attr:`sample_shape`."""
+
+    @property
+    @abc.abstractmethod
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape shared by every sample."""
+
+    def as_array(self) -> np.ndarray | None:
+        """All samples as one ``(N, *sample_shape)`` array if held in memory, else ``None``."""
+        return None
+
+    def gather(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Samples at ``indices`` stacked into a new ``(n, *sample_shape)`` array."""
+        idx = np.asarray(indices, dtype=np.int64)
+        arr = self.as_array()
+        if arr is not None:
+            return arr[idx]
+        out = np.empty((len(idx), *self.sample_shape), dtype=self.dtype)
+        for j, i in enumerate(idx):
+            out[j] = self[int(i)]
+        return out
+
+
+class ImageSource(SampleSource):
+    """Indexable collection of same-sized uint8 ``(H, W, C)`` images with int64 labels."""
+
+    kind: ClassVar[str] = "image"
+    dtype: ClassVar[np.dtype] = np.dtype(np.uint8)
+
+    @property
+    @abc.abstractmethod
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)`` shared by every image."""
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.image_shape)
+
+
+class FeatureSource(SampleSource):
+    """Feature vectors held in memory as one float32 ``(N, D)`` array (already standardised:
+    the samples are what the model sees; see :func:`semimatch.data.arrays.from_features`)."""
+
+    kind: ClassVar[str] = "features"
+    dtype: ClassVar[np.dtype] = np.dtype(np.float32)
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray) -> None:
+        if features.dtype != np.float32 or features.ndim != 2 or features.shape[1] < 1:
+            raise ValueError(
+                f"features: expected a float32 (N, D) array with D >= 1, got {features.dtype} "
+                f"{features.shape}; use from_features() to convert other inputs"
+            )
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if labels.shape[0] != features.shape[0]:
+            raise ValueError(
+                f"labels: {labels.shape[0]} labels for {features.shape[0]} feature vectors; "
+                "pass one label per row (-1 = unknown)"
+            )
+        self.features = features
+        self.labels = labels
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.features[i]
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (int(self.features.shape[1]),)
+
+    def as_array(self) -> np.ndarray:
+        return self.features
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One readable image file of an image folder, as the folder reader found it.
+
+    ``array`` holds the decoded uint8 ``(H, W, C)`` image when it is small enough to keep in
+    memory (else ``None``: decoded on access); ``gray`` says the file itself is grayscale.
+    """
+
+    path: str
+    label: int
+    array: np.ndarray | None
+    gray: bool
+
+
+class ArraySource(ImageSource):
+    """Images held in memory as one ``(N, H, W, C)`` uint8 array."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3):
+            raise ValueError(
+                f"images: expected a uint8 (N, H, W, C) array with C in {{1, 3}}, got "
+                f"{images.dtype} {images.shape}; use from_arrays() to convert other layouts"
+            )
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if labels.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"labels: {labels.shape[0]} labels for {images.shape[0]} images; "
+                "pass one label per image (-1 = unknown)"
+            )
+        self.images = images
+        self.labels = labels
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        h, w, c = self.images.shape[1:]
+        return int(h), int(w), int(c)
+
+    def as_array(self) -> np.ndarray:
+        return self.images
+
+
+class LazyImageSource(ImageSource):
+    """Image files decoded on access, converted to ``channels`` and fitted to ``size``.
+
+    Used for image folders whose images are larger than ``SMALL_IMAGE_MAX_SIDE``: keeping
+    them decoded would not fit in memory, and DataLoader workers decode them in parallel.
+    """
+
+    def __init__(
+        self, paths: Sequence[str], labels: np.ndarray, size: tuple[int, int], channels: int
+    ) -> None:
+        self.paths = list(paths)
+        self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if len(self.paths) != self.labels.shape[0]:
+            raise ValueError(f"labels: {len(self.labels)} labels for {len(self.paths)} paths")
+        self.size = (int(size[0]), int(size[1]))
+        self.channels = int(channels)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        from semimatch.data.folders import decode_image  # folders builds these sources
+
+        path = self.paths[i]
+        try:
+            return decode_image(path, self.size, self.channels)
+        except (OSError, ValueError, SyntaxError) as err:  # PIL raises all three on bad files
+            raise ValueError(
+                f"cannot read image {path}: {err}; fix or remove the file and reload the "
+                "dataset (skip_corrupt=True only checks file headers for large images)"
+            ) from err
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.size[0], self.size[1], self.channels
+
+
+class STLBinarySource(ImageSource):
+    """STL-10 ``*_X.bin`` images read through a memory map (the unlabeled split is 2.7 GB).
+
+    The file stores each image as ``(C, W, H)`` (column-major); ``__getitem__`` returns HWC.
+    The map is reopened lazily so pickling (DataLoader workers under ``spawn``) stays cheap.
+    """
+
+    def __init__(self, path: str, labels: np.ndarray, side: int = 96) -> None:
+        self.path = path
+        self.side = side
+        self.labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        self._map: np.ndarray | None = None
+
+    def _images(self) -> np.ndarray:
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r").reshape(
+                -1, 3, self.side, self.side
+            )
+        return self._map
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.ascontiguousarray(self._images()[i].transpose(2, 1, 0))
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.side, self.side, 3
+
+    def gather(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64)
+        return np.ascontiguousarray(self._images()[idx].transpose(0, 3, 2, 1))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_map"] = None
+        return state
+
+
+@dataclass
+class SSLDataset:
+    """A dataset ready for splitting: labeled pool, optional test set and extra unlabeled data.
+
+    Every source holds samples of ``info.kind`` (images or feature vectors).
+
+    ``train`` labels are known for the dataset's own images (``-1`` only for rows a user left
+    unlabeled, e.g. :func:`from_arrays`); ``extra_unlabeled.labels`` carry ground truth where it
+    exists (SVHN-extra) and ``-1`` otherwise - used only to monitor pseudo-label quality.
+    """
+
+    info: DatasetInfo
+    train: SampleSource
+    test: SampleSource | None
+    extra_unlabeled: SampleSource | None
+    #: Predefined labeled folds (indices into ``train``), e.g. STL-10's ten folds of 1,000.
+    labeled_folds: tuple[np.ndarray, ...] | None = None
+    #: The weak/strong views this data asks for (e.g. the feature noise of
+    #: :func:`~semimatch.data.arrays.from_features`); ``None``: the modality's default views.
+    views: Views | None = None
+
+
+def channel_stats(source: ImageSource, max_images: int = 4096) -> tuple[tuple, tuple]:
+    """Per-channel mean and (population) std in [0, 1] units, over up to ``max_images`` images
+    (512 for sources decoded on access, where each image costs a file decode).
+
+    Subsamples are drawn with a fixed seed so the numbers are reproducible.
+    """
+    n = len(source)
+    if n == 0:
+        raise ValueError("cannot compute normalisation statistics of an empty image set")
+    arr = source.as_array()
+    if arr is None:
+        max_images = min(max_images, 512)
+    if arr is None or n > max_images:
+        idx = np.arange(n)
+        if n > max_images:
+            idx = np.sort(np.random.default_rng(0).choice(n, max_images, replace=False))
+        arr = source.gather(idx)
+    c = arr.shape[3]
+    total = np.zeros(c, dtype=np.float64)
+    total_sq = np.zeros(c, dtype=np.float64)
+    count = 0
+    # Chunked float64 accumulation: exact enough and bounded memory for big arrays.
+    for start in range(0, arr.shape[0], 1024):
+        chunk = arr[start : start + 1024].reshape(-1, c).astype(np.float64) / 255.0
+        total += chunk.sum(axis=0)
+        total_sq += np.square(chunk).sum(axis=0)
+        count += chunk.shape[0]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+    std = np.maximum(std, 1e-3)  # a constant channel would otherwise divide by zero
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+
+
+def check_labels(labels: np.ndarray, num_classes: int, what: str, allow_unknown: bool) -> None:
+    """Raise a ValueError naming the first label outside ``0..num_classes-1`` (or ``-1``)."""
+    low = -1 if allow_unknown else 0
+    bad = (labels < low) | (labels >= num_classes)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        allowed = f"0..{num_classes - 1}"
+        if allow_unknown:
+            allowed = "-1 (unknown) or " + allowed
+        raise ValueError(
+            f"{what}: label {int(labels[i])} at index {i} is out of range; labels must be "
+            f"{allowed} for {num_classes} classes ({int(bad.sum())} bad labels in total)"
+        )
+
+
+def info_for_source(
+    name: str,
+    train: ImageSource,
+    num_classes: int,
+    class_names: Sequence[str] | None,
+    hflip: bool,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> DatasetInfo:
+    """DatasetInfo of user-provided images; mean/std computed from ``train`` when not given."""
+    if mean is None or std is None:
+        m, s = channel_stats(train)
+        mean = m if mean is None else mean
+        std = s if std is None else std
+    h, w, c = train.image_shape
+    if len(mean) != c or len(std) != c:
+        raise ValueError(f"mean/std: need {c} values (one per channel), got {mean} / {std}")
+    return DatasetInfo(
+        name,
+        int(num_classes),
+        tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes)),
+        (int(h), int(w)),
+        int(c),
+        tuple(float(v) for v in mean),
+        tuple(float(v) for v in std),
+        bool(hflip),
+    )
