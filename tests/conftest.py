@@ -128,3 +128,67 @@ def close_stdout(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
     the test body starts.
     """
     return lambda: monkeypatch.setattr("sys.stdout", _ClosedPipe())
+
+
+#: The WordPiece vocabulary of the tiny BERT (``tiny_bert_dir``): special tokens, then words.
+TINY_BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
+    "the",
+    "a",
+    "an",
+    "of",
+    "in",
+    "on",
+    "to",
+    "is",
+    "was",
+    "and",
+    "world",
+    "sport",
+    "business",
+    "science",
+    "news",
+    "team",
+    "game",
+    "market",
+    "price",
+    "stock",
+    "company",
+    "win",
+    "lose",
+    "cat",
+    "dog",
+    "##s",
+    "##ing",
+    "##ed",
+]
+
+
+def write_tiny_bert(folder: Path, num_layers: int = 2, seed: int = 0) -> Path:
+    """Save a randomly initialised tiny BERT (hidden 16, ``num_layers`` layers, 2 heads) with
+    ``save_pretrained`` and a WordPiece ``vocab.txt`` into ``folder``; nothing is downloaded."""
+    import torch
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=len(TINY_BERT_VOCAB),
+        hidden_size=16,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.BertModel(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    (folder / "vocab.txt").write_text("\n".join(TINY_BERT_VOCAB) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Hugging Face folder of a tiny random BERT (2 layers, hidden 16) and its vocabulary:
+    ``config.json``, ``model.safetensors`` and ``vocab.txt`` (``write_tiny_bert``)."""
+    pytest.importorskip("transformers")
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert") / "tiny-bert")

@@ -6,7 +6,9 @@ for ``"mlp"``, float (N, D) vectors) to logits (N, num_classes).  Built-in names
 0.001), ``cnn`` (``SmallCNN``, BN momentum 0.1) and ``mlp`` (``MLP``, needs ``in_features``).
 Adapters: ``"torchvision:<name>"`` for any ``torchvision.models`` classifier (random init,
 ``weights=None``) and ``"timm:<name>"`` when timm is installed; both are probed with one forward
-so an unsupported input size fails when the model is built.
+so an unsupported input size fails when the model is built.  ``"hf:<model name or local
+folder>"`` builds a Hugging Face text classifier (``hf.py``: token ids and attention mask in,
+logits out; transformers is imported only then).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ _BUILTINS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
 }
 MODELS: tuple[str, ...] = tuple(_BUILTINS)
-_PREFIXES = ("torchvision:", "timm:")
+_PREFIXES = ("torchvision:", "timm:", "hf:")
 # Arguments build_model fills itself; passing them again through **kwargs is an error.
 _RESERVED = {"num_classes", "in_channels", "bn_momentum", "image_size"}
 
@@ -77,7 +79,8 @@ def _unknown_model(name: str) -> ValueError:
     return ValueError(
         f"unknown model name {name!r}.{_suggest(name, MODELS)} Valid names: {valid}, "
         "'torchvision:<name>' (any torchvision.models classifier, e.g. 'torchvision:resnet18') "
-        "or 'timm:<name>' (needs timm)."
+        "'timm:<name>' (needs timm) or 'hf:<model name or local folder>' (a Hugging Face "
+        "transformer for text; needs the 'text' extra)."
     )
 
 
@@ -274,6 +277,14 @@ def build_model(
     if sep:
         if f"{prefix}:" not in _PREFIXES or not arch:
             raise _unknown_model(name)
+        if prefix == "hf":  # text: in_channels and image_size do not apply
+            from semimatch.models.hf import build_hf
+
+            _check_kwargs(name, build_hf, kwargs)
+            model = build_hf(arch, num_classes, **kwargs)
+            if bn_momentum is not None:
+                set_bn_momentum(model, bn_momentum)
+            return model
         build = _build_torchvision if prefix == "torchvision" else _build_timm
         model = build(arch, num_classes, in_channels, kwargs)
         _probe(model, name, num_classes, in_channels, size)

@@ -1,0 +1,195 @@
+"""Tests of semimatch.models.hf: ``hf:`` backbones on a tiny BERT built by the test, offline."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from semimatch.models import build_model  # noqa: E402
+from semimatch.models.hf import HFClassifier, load_tokenizer, pack_text  # noqa: E402
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a network connection fails the test."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def _batch(lengths: list[int], width: int, seed: int = 0) -> torch.Tensor:
+    """(N, 2, width) ids and mask: row i has ``lengths[i]`` tokens ([CLS] ... [SEP]), then [PAD]."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 30, (len(lengths), width), generator=g)
+    mask = (torch.arange(width) < torch.tensor(lengths)[:, None]).long()
+    ids[:, 0] = 2
+    for i, n in enumerate(lengths):
+        ids[i, n - 1] = 3
+    return pack_text(ids * mask, mask)
+
+
+def test_local_folder_loads_offline_with_pretrained_weights(
+    tiny_bert_dir: Path, no_network: None
+) -> None:
+    import transformers
+
+    model = build_model(f"hf:{tiny_bert_dir}", 4)
+    assert isinstance(model, HFClassifier)
+    saved = transformers.BertModel.from_pretrained(tiny_bert_dir, local_files_only=True)
+    for name, p in saved.named_parameters():
+        if not name.startswith("pooler."):
+            assert torch.equal(model.backbone.get_parameter(name), p), name
+    assert model.backbone.pooler is None  # unused by mean pooling
+    model.eval()
+    assert model(_batch([5, 3, 8], 8)).shape == (3, 4)
+
+
+def test_random_init_from_config(tiny_bert_dir: Path, no_network: None) -> None:
+    pre = build_model(f"hf:{tiny_bert_dir}", 3)
+    torch.manual_seed(1)
+    a = build_model(f"hf:{tiny_bert_dir}", 3, pretrained=False)
+    torch.manual_seed(1)
+    b = build_model(f"hf:{tiny_bert_dir}", 3, pretrained=False)
+    name = "backbone.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(a.get_parameter(name), b.get_parameter(name))  # the global generator
+    assert not torch.equal(a.get_parameter(name), pre.get_parameter(name))
+    assert [n for n, _ in a.named_parameters()] == [n for n, _ in pre.named_parameters()]
+
+
+def test_mean_pooling_ignores_padding(tiny_bert_dir: Path) -> None:
+    model = build_model(f"hf:{tiny_bert_dir}", 4, head="linear").eval()
+    x = _batch([6, 3, 9], 9)
+    with torch.no_grad():
+        ref = model(x)
+        # 7 more padding columns: same logits.
+        padded = torch.cat([x, torch.zeros(3, 2, 7, dtype=torch.long)], dim=2)
+        assert torch.allclose(model(padded), ref, atol=1e-6, rtol=0)
+        # Each row alone, cut to its own length: same logits (batch-mates do not matter).
+        for i, n in enumerate([6, 3, 9]):
+            assert torch.allclose(model(x[i : i + 1, :, :n]), ref[i : i + 1], atol=1e-6, rtol=0)
+        # The pooled features are the mean over the real tokens of the last hidden states.
+        hidden = model.backbone(input_ids=x[1:2, 0, :3]).last_hidden_state
+        assert torch.allclose(model.features(x[1:2]), hidden.mean(dim=1), atol=1e-6, rtol=0)
+
+
+def test_all_padding_row_is_finite_and_harmless(tiny_bert_dir: Path) -> None:
+    """Evaluation pads a batch with zero rows (ids 0, mask 0): finite, others unchanged."""
+    model = build_model(f"hf:{tiny_bert_dir}", 4).eval()
+    x = _batch([4, 7], 7)
+    with torch.no_grad():
+        out = model(torch.cat([x, torch.zeros(2, 2, 7, dtype=torch.long)]))
+        assert torch.isfinite(out).all()
+        assert torch.allclose(out[:2], model(x), atol=1e-6, rtol=0)
+
+
+def test_input_formats_agree_and_bad_inputs_are_named(tiny_bert_dir: Path) -> None:
+    model = build_model(f"hf:{tiny_bert_dir}", 2).eval()
+    x = _batch([5, 2], 6)
+    ids, mask = x[:, 0], x[:, 1]
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.equal(model((ids, mask)), ref)
+        assert torch.equal(model({"input_ids": ids, "attention_mask": mask}), ref)
+        assert torch.equal(model(x.int()), ref)  # any integer dtype
+    for bad, match in [
+        (torch.zeros(2, 6, dtype=torch.long), r"\(N, 2, L\)"),
+        (torch.zeros(2, 2, 6), "integer"),
+        ({"input_ids": ids}, "attention_mask"),
+        ((ids, mask[:, :3]), "differ in shape"),
+        ("some text", "input must be"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            model(bad)
+    with pytest.raises(ValueError, match="pack_text"):
+        pack_text(ids, mask[:1])
+
+
+def test_head_shapes_dropout_and_every_parameter_gets_a_gradient(tiny_bert_dir: Path) -> None:
+    mlp = build_model(f"hf:{tiny_bert_dir}", 5)
+    assert [type(m).__name__ for m in mlp.head] == ["Linear", "GELU", "Linear"]
+    assert mlp.head[0].weight.shape == (16, 16) and mlp.head[2].weight.shape == (5, 16)
+    assert mlp.dropout.p == 0.1
+    linear = build_model(f"hf:{tiny_bert_dir}", 5, head="linear", dropout=0.2)
+    assert isinstance(linear.head, torch.nn.Linear) and linear.head.weight.shape == (5, 16)
+    assert linear.dropout.p == 0.2
+    mlp.train()
+    out = mlp(_batch([5, 8, 3], 8))
+    assert out.shape == (3, 5)
+    out.square().sum().backward()
+    # token_type_embeddings: only type 0 is used, but its row has a gradient.
+    assert [n for n, p in mlp.named_parameters() if p.grad is None] == []
+
+
+def test_layer_ids_follow_usb_grouping(tiny_bert_dir: Path) -> None:
+    model = build_model(f"hf:{tiny_bert_dir}", 3)
+    ids, num_layers = model.layer_ids()
+    assert num_layers == 4  # embeddings, 2 blocks, top
+    assert set(ids) == {n for n, _ in model.named_parameters()}
+    for name, i in ids.items():
+        if name.startswith("backbone.embeddings."):
+            assert i == 0
+        elif name.startswith("backbone.encoder.layer."):
+            assert i == int(name.split(".")[3]) + 1
+        else:
+            assert name.startswith("head.") and i == 3, name
+
+
+def test_missing_folder_and_name_say_where_they_looked(tmp_path: Path, no_network: None) -> None:
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match=f"no model folder at {missing}"):
+        build_model(f"hf:{missing}", 2)
+    with pytest.raises(FileNotFoundError, match="no model folder"):
+        load_tokenizer(str(missing) + "/")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(OSError, match=f"looked in the local folder {empty}"):
+        build_model(f"hf:{empty}", 2)
+    with pytest.raises(OSError, match=r"looked in .*Hugging Face cache.*not the Hub"):
+        build_model("hf:semimatch-test/no-such-model", 2, local_files_only=True)
+
+
+def test_bad_options(tiny_bert_dir: Path) -> None:
+    with pytest.raises(ValueError, match="unexpected option"):
+        build_model(f"hf:{tiny_bert_dir}", 2, pooling="cls")
+    with pytest.raises(ValueError, match="head must be"):
+        build_model(f"hf:{tiny_bert_dir}", 2, head="cls")
+    with pytest.raises(ValueError, match="dropout"):
+        build_model(f"hf:{tiny_bert_dir}", 2, dropout=1.0)
+    with pytest.raises(ValueError, match="unknown model name"):
+        build_model("hf:", 2)
+
+
+def test_tokenizer_loads_offline(tiny_bert_dir: Path, no_network: None) -> None:
+    vocab = (tiny_bert_dir / "vocab.txt").read_text(encoding="utf-8").split()
+    for name in (str(tiny_bert_dir), f"hf:{tiny_bert_dir}"):
+        tok = load_tokenizer(name)
+        enc = tok(["the dogs win", "market"], padding=True, return_tensors="pt")
+        words = ["[CLS]", "the", "dog", "##s", "win", "[SEP]"]
+        assert enc["input_ids"][0].tolist() == [vocab.index(w) for w in words]
+        assert enc["attention_mask"].tolist() == [[1] * 6, [1, 1, 1, 0, 0, 0]]
+    model = build_model(f"hf:{tiny_bert_dir}", 2).eval()
+    with torch.no_grad():  # the tokenizer's output is a valid input as a mapping and packed
+        packed = pack_text(enc["input_ids"], enc["attention_mask"])
+        assert torch.equal(model(dict(enc)), model(packed))
+
+
+def test_import_semimatch_does_not_import_transformers() -> None:
+    code = (
+        "import sys, semimatch, semimatch.models, semimatch.recipe; "
+        "print([m for m in ('transformers', 'tokenizers', 'safetensors') if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
