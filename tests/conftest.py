@@ -131,35 +131,10 @@ def close_stdout(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
 
 
 #: The WordPiece vocabulary of the tiny BERT (``tiny_bert_dir``): special tokens, then words.
-TINY_BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
-    "the",
-    "a",
-    "an",
-    "of",
-    "in",
-    "on",
-    "to",
-    "is",
-    "was",
-    "and",
-    "world",
-    "sport",
-    "business",
-    "science",
-    "news",
-    "team",
-    "game",
-    "market",
-    "price",
-    "stock",
-    "company",
-    "win",
-    "lose",
-    "cat",
-    "dog",
-    "##s",
-    "##ing",
-    "##ed",
+TINY_BERT_VOCAB = [
+    *("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "an", "of", "in", "on", "to"),
+    *("is", "was", "and", "world", "sport", "business", "science", "news", "team", "game"),
+    *("market", "price", "stock", "company", "win", "lose", "cat", "dog", "##s", "##ing", "##ed"),
 ]
 
 
