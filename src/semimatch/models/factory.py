@@ -4,9 +4,10 @@
 for ``"mlp"``, float (N, D) vectors) to logits (N, num_classes).  Built-in names (``MODELS``):
 ``wrn_28_2``, ``wrn_28_8``, ``wrn_37_2`` (reference "Shared recipe": Backbones; BN momentum
 0.001), ``cnn`` (``SmallCNN``, BN momentum 0.1) and ``mlp`` (``MLP``, needs ``in_features``).
-Adapters: ``"torchvision:<name>"`` for any ``torchvision.models`` classifier (random init,
-``weights=None``) and ``"timm:<name>"`` when timm is installed; both are probed with one forward
-so an unsupported input size fails when the model is built.  ``"hf:<model name or local
+Adapters: ``"torchvision:<name>"`` for any ``torchvision.models`` classifier and
+``"timm:<name>"`` when timm is installed (random init, or ``pretrained=True``/a weights file:
+``pretrained.py``); both are probed with one forward so an unsupported input size fails when
+the model is built.  ``"hf:<model name or local
 folder>"`` builds a Hugging Face text classifier (``hf.py``: token ids and attention mask in,
 logits out; transformers is imported only then).
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from semimatch.models.cnn import MLP, SmallCNN
+from semimatch.models.pretrained import load_pretrained, load_state_dict_file, torchvision_state
 from semimatch.models.wrn import wrn_28_2, wrn_28_8, wrn_37_2
 
 __all__ = ["MODELS", "build_model", "count_parameters", "set_bn_momentum"]
@@ -38,6 +41,21 @@ MODELS: tuple[str, ...] = tuple(_BUILTINS)
 _PREFIXES = ("torchvision:", "timm:", "hf:")
 # Arguments build_model fills itself; passing them again through **kwargs is an error.
 _RESERVED = {"num_classes", "in_channels", "bn_momentum", "image_size"}
+
+
+_AUX = ("aux1.", "aux2.", "AuxLogits.")
+
+
+def _pretrained(value: Any) -> bool:
+    """Whether ``pretrained`` asks for weights: True or a path (None/False: random init)."""
+    if value is None or value is False:
+        return False
+    if value is True or isinstance(value, (str, os.PathLike)):
+        return True
+    raise ValueError(
+        f"build_model: pretrained must be True (the library's weights), False or the path of a "
+        f"weights file, got {value!r}"
+    )
 
 
 def set_bn_momentum(model: nn.Module, momentum: float) -> int:
@@ -114,11 +132,15 @@ def _check_kwargs(name: str, fn: Callable[..., nn.Module], kwargs: dict[str, Any
         )
 
 
-def _replace_first_conv(model: nn.Module, in_channels: int, name: str) -> None:
+def _replace_first_conv(
+    model: nn.Module, in_channels: int, name: str, pretrained: bool = False
+) -> None:
     """Swap the stem convolution (first Conv2d taking 3 channels) for one taking ``in_channels``.
 
     The new weight repeats the old one's RGB slices cyclically, so each element keeps the
     distribution of the model's own initialisation scheme (torchvision init is per-model).
+    With pretrained weights, one channel gets the sum of the RGB slices (a gray image then
+    acts as the same image in RGB) and ``C`` channels the cyclic repeat scaled by ``3 / C``.
     """
     stem = next(
         (
@@ -151,7 +173,11 @@ def _replace_first_conv(model: nn.Module, in_channels: int, name: str) -> None:
         padding_mode=module.padding_mode,
     )
     with torch.no_grad():
-        new.weight.copy_(module.weight[:, [c % 3 for c in range(in_channels)]])
+        cyclic = module.weight[:, [c % 3 for c in range(in_channels)]]
+        if pretrained and in_channels == 1:
+            new.weight.copy_(module.weight.sum(dim=1, keepdim=True))
+        else:
+            new.weight.copy_(cyclic * (3 / in_channels) if pretrained else cyclic)
         if module.bias is not None:
             new.bias.copy_(module.bias)
     parent_name, _, attr = qualname.rpartition(".")
@@ -170,10 +196,11 @@ def _build_torchvision(arch: str, num_classes: int, in_channels: int, kwargs: di
         )
     if kwargs.get("weights") is not None:
         raise ValueError(
-            "build_model: pretrained weights are not supported (no downloads); leave 'weights' "
-            "unset and load a state_dict yourself if you have one"
+            "build_model: pass pretrained=True (torchvision's weights, downloaded) or "
+            "pretrained=<path of a weights file> rather than 'weights'"
         )
-    kwargs = {k: v for k, v in kwargs.items() if k != "weights"}
+    pretrained = kwargs.get("pretrained")
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("weights", "pretrained")}
     if arch in ("googlenet", "inception_v3"):
         # Auxiliary heads make train-mode forward return a tuple instead of logits.
         kwargs.setdefault("aux_logits", False)
@@ -182,8 +209,15 @@ def _build_torchvision(arch: str, num_classes: int, in_channels: int, kwargs: di
         model = tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
     except TypeError as e:
         raise ValueError(f"build_model('torchvision:{arch}'): bad option: {e}") from e
+    if _pretrained(pretrained):
+        if pretrained is True:
+            state, source = torchvision_state(arch), f"torchvision's weights of {arch}"
+        else:
+            state, source = load_state_dict_file(pretrained), f"the weights in {pretrained}"
+        # googlenet/inception_v3 are built without their auxiliary heads.
+        load_pretrained(model, state, num_classes, source=source, ignore=_AUX)
     if in_channels != 3:
-        _replace_first_conv(model, in_channels, f"torchvision:{arch}")
+        _replace_first_conv(model, in_channels, f"torchvision:{arch}", _pretrained(pretrained))
     return model
 
 
@@ -198,15 +232,25 @@ def _build_timm(arch: str, num_classes: int, in_channels: int, kwargs: dict) -> 
     if not timm.is_model(arch):
         valid = timm.list_models()
         raise ValueError(f"unknown timm model {arch!r}.{_suggest(arch, valid)}")
-    if kwargs.get("pretrained"):
-        raise ValueError("build_model: pretrained timm weights are not supported (no downloads)")
+    pretrained = kwargs.get("pretrained")
     kwargs = {k: v for k, v in kwargs.items() if k != "pretrained"}
-    try:
-        return timm.create_model(
-            arch, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs
+    from_file = _pretrained(pretrained) and pretrained is not True
+    try:  # True: timm's own weights (downloaded; timm resets the head and adapts in_chans)
+        model = timm.create_model(
+            arch,
+            pretrained=pretrained is True,
+            num_classes=num_classes,
+            in_chans=3 if from_file else in_channels,
+            **kwargs,
         )
     except TypeError as e:
         raise ValueError(f"build_model('timm:{arch}'): bad option: {e}") from e
+    if from_file:
+        state = load_state_dict_file(pretrained)
+        load_pretrained(model, state, num_classes, source=f"the weights in {pretrained}")
+        if in_channels != 3:
+            _replace_first_conv(model, in_channels, f"timm:{arch}", pretrained=True)
+    return model
 
 
 def _probe(model: nn.Module, name: str, num_classes: int, in_channels: int, size: tuple) -> None:
@@ -253,7 +297,12 @@ def build_model(
             torchvision); a number is applied to every BatchNorm layer via ``set_bn_momentum``.
         **kwargs: passed to the constructor, e.g. ``hidden`` (and ``in_features``, default
             ``in_channels*H*W``: flattened images) for ``"mlp"``,
-            ``width`` for ``"cnn"``, ``drop_rate`` for built-ins.
+            ``width`` for ``"cnn"``, ``drop_rate`` for built-ins.  Adapters take
+            ``pretrained``: True (the library's weights, downloaded on a machine with internet)
+            or the path of a ``.pth``/``.safetensors`` state dict (``pretrained.py``; the
+            classifier is re-initialised when sized for other classes).  ``"hf:"`` takes
+            ``pretrained`` (default True: the folder's weights), ``dropout``, ``head``,
+            ``local_files_only`` (``hf.build_hf``) and ignores ``in_channels``/``image_size``.
     """
     if not isinstance(name, str):
         raise ValueError(f"build_model: name must be a str, got {type(name).__name__}")
