@@ -141,3 +141,34 @@ def test_input_spec() -> None:
     assert spec.mean == (0.485, 0.456, 0.406) and spec.std == (0.229, 0.224, 0.225)
     with pytest.raises(ValueError, match="not a 'torchvision:' or 'timm:'"):
         input_spec("wrn_28_2")
+
+
+def test_timm_adapter_loads_a_local_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, imagenet_state: dict[str, torch.Tensor]
+) -> None:
+    """The timm glue with a stand-in timm module (timm is optional): a file is loaded by
+    semimatch, never by timm (``pretrained=False`` reaches ``create_model``)."""
+    import sys
+    import types
+
+    calls = []
+
+    def create_model(arch: str, pretrained: bool, num_classes: int, in_chans: int) -> object:
+        calls.append((arch, pretrained, num_classes, in_chans))
+        model = tvm.get_model(ARCH, weights=None, num_classes=num_classes)
+        if in_chans != 3:  # timm adapts the stem itself
+            model.features[0][0] = torch.nn.Conv2d(in_chans, 16, 3, 2, 1, bias=False)
+        return model
+
+    fake = types.ModuleType("timm")
+    fake.is_model = lambda arch: arch == "fake_net"
+    fake.create_model = create_model
+    monkeypatch.setitem(sys.modules, "timm", fake)
+    path = tmp_path / "w.pth"
+    torch.save(imagenet_state, path)
+    model = build_model("timm:fake_net", 10, in_channels=1, pretrained=path)
+    assert calls == [("fake_net", False, 10, 3)]
+    _check_loaded(model, {k: v for k, v in imagenet_state.items() if "features.0.0" not in k})
+    assert model.features[0][0].weight.shape[1] == 1
+    build_model("timm:fake_net", 10, in_channels=1, pretrained=True)  # timm's own weights
+    assert calls[-1] == ("fake_net", True, 10, 1)
