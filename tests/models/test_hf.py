@@ -51,6 +51,7 @@ def test_local_folder_loads_offline_with_pretrained_weights(
         if not name.startswith("pooler."):
             assert torch.equal(model.backbone.get_parameter(name), p), name
     assert model.backbone.pooler is None  # unused by mean pooling
+    assert model.max_positions == 64
     model.eval()
     assert model(_batch([5, 3, 8], 8)).shape == (3, 4)
 

@@ -219,6 +219,13 @@ class HFClassifier(nn.Module):
             self.head = nn.Linear(hidden, num_classes)
         self.head_kind = head
 
+    @property
+    def max_positions(self) -> int | None:
+        """The longest sequence the encoder takes (``max_position_embeddings``; None if unset):
+        the cap of ``--max-length`` (BERT and MiniLM: 512)."""
+        value = getattr(self.backbone.config, "max_position_embeddings", None)
+        return int(value) if value else None
+
     def features(self, x: Any) -> torch.Tensor:
         """The pooled features ``(N, H)``: mean of the dropped-out last hidden states over the
         tokens whose mask is 1 (a row with no token gives zeros)."""
