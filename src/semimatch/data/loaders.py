@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -147,6 +147,21 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
+class _Pool(Sequence):
+    """A read-only sequence of ``n`` samples fetched on access."""
+
+    def __init__(self, fetch: Callable[[int], Any], n: int) -> None:
+        self.fetch, self.n = fetch, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, p: int) -> Any:  # type: ignore[override]
+        if not 0 <= p < self.n:
+            raise IndexError(p)
+        return self.fetch(p)
+
+
 # --------------------------------------------------------------------------------------------
 # Per-rank batch construction (runs in DataLoader workers)
 # --------------------------------------------------------------------------------------------
@@ -211,10 +226,11 @@ class _StepBatches(Dataset):
         n = len(self.unlabeled)
         return self.train[int(self.unlabeled[p])] if p < n else self.extra[int(p - n)]
 
-    def pool(self) -> list[Any]:
-        """Every stored sample of the unlabeled pool, in pool order (for :meth:`Views.fit`)."""
+    def pool(self) -> _Pool:
+        """The unlabeled pool's stored samples, read lazily in pool order (:meth:`Views.fit`;
+        views that learn nothing never read an image)."""
         n = len(self.unlabeled) + (len(self.extra) if self.extra is not None else 0)
-        return [self._pool_sample(p) for p in range(n)]
+        return _Pool(self._pool_sample, n)
 
     def _pool_gather(self, pool_idx: np.ndarray) -> np.ndarray:
         in_train, t_idx, e_idx = self._pool_split(pool_idx)
@@ -378,7 +394,10 @@ class TrainStream:
         self.views = views.to(self.augment_device)
         self._steps = _StepBatches(self)
         if self.use_unlabeled:  # e.g. UDA's TF-IDF statistics of the unlabeled texts
-            self.views.fit(self._steps.pool())
+            fitted = self.views.fit(self._steps.pool())
+            if fitted is not self.views:
+                self.views = fitted
+                self._steps = _StepBatches(self)
 
     def _check_data(self) -> None:
         ds, split = self.dataset, self.split

@@ -33,6 +33,7 @@ keeps the keywords that carry the class.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -256,10 +257,15 @@ class TextViews(SampleViews):
     pool (UDA's TF-IDF) before the stream starts."""
 
     def fit(self, pool: Sequence[Any]) -> TextViews:
-        for view in (self.weak, self.strong):
+        """Views fitted on ``pool``: a copy when a view learns (so streams over different
+        splits of one dataset do not share statistics), else ``self``."""
+        if not any(hasattr(v, "fit") for v in (self.weak, self.strong)):
+            return self
+        weak, strong = copy.deepcopy(self.weak), copy.deepcopy(self.strong)
+        for view in (weak, strong):
             if hasattr(view, "fit"):
                 view.fit(pool)
-        return self
+        return TextViews(weak, strong)
 
 
 def text_views(strong: str | Any = None, precomputed: bool = False) -> TextViews:

@@ -66,8 +66,8 @@ class Views(abc.ABC):
 
     def fit(self, pool: Any) -> Views:
         """Fit views that learn from the unlabeled pool (``pool[i]`` is a stored sample; UDA's
-        TF-IDF text view); the training stream calls it once before its first batch. No-op by
-        default; ``self``."""
+        TF-IDF text view); the training stream calls it once before its first batch and uses
+        the views it returns (a fitted copy, or ``self`` when nothing learns: the default)."""
         return self
 
     def __repr__(self) -> str:
