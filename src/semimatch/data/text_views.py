@@ -72,9 +72,9 @@ def _join(words: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(words).astype(np.int32) if len(words) else np.zeros(0, np.int32)
 
 
-def _check_prob(value: float, what: str, high: float = 1.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
-        raise ValueError(f"{what}: expected a number in [0, {high}], got {value!r}")
+def _check_prob(value: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{what}: expected a number in [0, 1], got {value!r}")
     return float(value)
 
 
