@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_tokenizer import tiny_tokenizer
 from torch import nn
 
 from semimatch.data import (
@@ -22,6 +23,12 @@ from semimatch.data import (
 )
 from semimatch.data.text import stack_text_views, stack_texts
 from semimatch.data.text_views import Precomputed, TfIdfReplace
+
+
+@pytest.fixture(scope="module")
+def tiny_tok(tmp_path_factory):
+    return tiny_tokenizer(tmp_path_factory.mktemp("tiny_tokenizer"))
+
 
 TEXTS = [
     "the cat sat on the mat",

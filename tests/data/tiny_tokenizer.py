@@ -1,12 +1,10 @@
-"""Fixtures of the data tests: a tiny BERT WordPiece tokenizer built from a vocabulary written
-here (no download, no network)."""
+"""The text tests' tiny BERT WordPiece tokenizer, built from a vocabulary written here (no
+download, no network). A helper module, not a conftest (which would shadow tests/conftest.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 #: The tiny tokenizer's vocabulary: BERT's special tokens, some words and a suffix piece.
 TINY_VOCAB = [
@@ -56,9 +54,3 @@ def tiny_tokenizer(folder: Path) -> Any:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n")
     return BertTokenizer.from_pretrained(str(folder))
-
-
-@pytest.fixture(scope="session")
-def tiny_tok(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """The tiny tokenizer (session-wide)."""
-    return tiny_tokenizer(tmp_path_factory.mktemp("tiny_tokenizer"))
