@@ -222,3 +222,53 @@ def test_tfidf_is_fitted_on_the_unlabeled_pool_per_stream(tiny_tok):
     st = _stream(ds)
     assert st.views is not ds.views and st.views.strong.num_docs == len(ds.train)
     assert ds.views.strong.num_docs == 0  # the dataset's views stay unfitted
+
+
+def test_supervised_text_stream_has_no_unlabeled_views(tiny_tok):
+    ds = _ds(tiny_tok)
+    b = _stream(ds, use_unlabeled=False, uratio=0).batch(0)
+    assert b.u_strong is None and b.u_weak.shape == (0, *b.x_lb.shape[1:])
+    assert b.u_weak.dtype == torch.int64
+
+
+def test_ranks_share_the_single_process_batch(tiny_tok):
+    ds = _ds(tiny_tok)
+
+    def rows(x):  # each row's unpadded ids (padding differs between ranks)
+        return [r[0][r[1] > 0].tolist() for r in x]
+
+    whole = _stream(ds).batch(2)
+    ranks = [_stream(ds, rank=r, world_size=2).batch(2) for r in range(2)]
+    for field in ("x_lb", "u_weak", "u_strong"):
+        want = rows(getattr(whole, field))
+        got = [rows(getattr(b, field)) for b in ranks]
+        assert got[0] == want[0::2] and got[1] == want[1::2]
+
+
+def test_text_info_survives_a_json_round_trip(tiny_tok):
+    import dataclasses
+    import json
+
+    from semimatch.data import DatasetInfo
+
+    info = _ds(tiny_tok).info
+    d = json.loads(json.dumps(dataclasses.asdict(info)))  # as run.py writes dataset.json
+    back = DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    assert back == info and back.input_shape == (2, 16)
+    old = {k: v for k, v in d.items() if k not in ("kind", "tokenizer", "max_length")}
+    assert DatasetInfo(**old).kind == "image"  # a dataset.json from before text still loads
+
+
+def test_load_dataset_text_options(tmp_path):
+    from semimatch.data import load_dataset
+
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"t": "the cat", "y": "a"}\n{"t": "dogs", "y": "b"}\n{"t": "x", "y": ""}\n')
+    test = tmp_path / "test.jsonl"
+    test.write_text('{"t": "a cat", "y": "b"}\n')
+    ds = load_dataset("text", train, test_dir=str(test), text_column="t", label_column="y")
+    assert ds.train.labels.tolist() == [0, 1, -1] and ds.test.labels.tolist() == [1]
+    with pytest.raises(ValueError, match="text needs root="):
+        load_dataset("text")
+    with pytest.raises(ValueError, match="does not take option"):
+        load_dataset("text", train, image_size=32)
