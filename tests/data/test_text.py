@@ -272,3 +272,19 @@ def test_load_dataset_text_options(tmp_path):
         load_dataset("text")
     with pytest.raises(ValueError, match="does not take option"):
         load_dataset("text", train, image_size=32)
+
+
+def test_carving_a_test_set_checks_its_size(tmp_path):
+    from semimatch.data import load_text
+
+    path = tmp_path / "a.csv"
+    path.write_text("label,text\n" + "".join(f"{c},text {i}\n" for i in range(3) for c in "ab"))
+    ds = load_text(path, test_size=2, test_seed=1)
+    assert len(ds.test) == 2 and sorted(ds.test.labels.tolist()) == [0, 1] and len(ds.train) == 4
+    assert load_text(path, test_size=2, test_seed=1).test.texts == ds.test.texts  # seeded
+    with pytest.raises(ValueError, match="not divisible by the 2 classes"):
+        load_text(path, test_size=3)
+    with pytest.raises(ValueError, match="would leave class 'a' .3 labeled texts. none to train"):
+        load_text(path, test_size=6)
+    with pytest.raises(ValueError, match="has a test set already"):
+        load_text(path, test=path, test_size=2)

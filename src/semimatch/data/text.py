@@ -488,10 +488,21 @@ def _carve_test(ds: SSLDataset, test_size: int, seed: int) -> SSLDataset:
 
     if ds.test is not None:
         raise ValueError("test_size: the data has a test set already; drop test_size or test")
-    try:
-        carve = balanced_split(ds.train.labels, ds.info.num_classes, test_size, seed, False)
-    except ValueError as err:
-        raise ValueError(f"test_size: {err}".replace("num_labels: ", "")) from err
+    c = ds.info.num_classes
+    if isinstance(test_size, bool) or not isinstance(test_size, int) or test_size < c:
+        raise ValueError(
+            f"test_size: expected an integer >= {c} (one text per class), got {test_size!r}"
+        )
+    if test_size % c:
+        raise ValueError(f"test_size: {test_size} is not divisible by the {c} classes")
+    counts = np.bincount(ds.train.labels[ds.train.labels >= 0], minlength=c)
+    if counts.min() <= test_size // c:
+        raise ValueError(
+            f"test_size: {test_size // c} test texts per class would leave class "
+            f"{ds.info.class_names[int(counts.argmin())]!r} ({int(counts.min())} labeled texts) "
+            "none to train on; lower test_size"
+        )
+    carve = balanced_split(ds.train.labels, c, test_size, seed, False)
     src: TextSource = ds.train  # type: ignore[assignment]
 
     def part(idx: np.ndarray) -> TextSource:
