@@ -125,14 +125,15 @@ def test_prediction_input_matches_training(tiny_tok):
         to_model_input(["a", 3], ds.info)
 
 
-def test_the_model_wrapper_splits_ids_and_mask(tiny_tok):
+def test_text_models_are_not_wrapped_and_token_input_splits_the_batch(tiny_tok):
     class Mean(nn.Module):
         def forward(self, ids, mask):
             return (ids * mask).sum(1, keepdim=True).float()
 
     ds = _ds(tiny_tok)
-    net = wrap_model(Mean(), ds.info)
-    assert isinstance(net, TokenInput)
+    model = Mean()
+    assert wrap_model(model, ds.info) is model  # text models take the packed batch as it is
+    net = TokenInput(model)  # the adapter for a forward(input_ids, attention_mask)
     x = stack_texts([ds.train[0], ds.train[1]], ds.train.encoding)
     assert torch.equal(net(x), (x[:, 0] * x[:, 1]).sum(1, keepdim=True).float())
     assert list(net.state_dict()) == []  # Mean has no parameters; keys would be model.*

@@ -14,9 +14,11 @@ input normalisation it needs). A new modality (e.g. text token sequences) adds o
   the model takes the batch as it is and is not wrapped.
 * ``text``: int64 ``(N, 2, L)`` batches, ``[:, 0]`` input ids and ``[:, 1]`` attention mask,
   padded to the longest text of the batch (the three views of a training step to one common
-  ``L``; :mod:`semimatch.data.text`); the model, taking ``(input_ids, attention_mask)``, is
-  wrapped in :class:`~semimatch.data.text.TokenInput`. A *ragged* modality: samples differ in
-  length, so stacking takes a list of samples and the source's ``encoding``.
+  ``L``; :mod:`semimatch.data.text`). The model takes that packed tensor as it is (as the
+  ``hf:`` backbones' ``HFClassifier`` does) and is not wrapped; a module whose forward takes
+  ``(input_ids, attention_mask)`` can be adapted with :class:`~semimatch.data.text.TokenInput`.
+  A *ragged* modality: samples differ in length, so stacking takes a list of samples and the
+  source's ``encoding``.
 """
 
 from __future__ import annotations
@@ -186,9 +188,7 @@ def _text_views(
 
 
 def _wrap_text_model(model: nn.Module, info: DatasetInfo) -> nn.Module:
-    from semimatch.data.text import TokenInput
-
-    return TokenInput(model)
+    return model  # text models take the packed (N, 2, L) batch (module docstring)
 
 
 MODALITIES: dict[str, Modality] = {
@@ -238,6 +238,6 @@ def to_model_input(inputs: Any, info: DatasetInfo) -> torch.Tensor:
 
 def wrap_model(model: nn.Module, info: DatasetInfo) -> nn.Module:
     """The network that trains and predicts: ``model`` plus the input normalisation of
-    ``info``'s modality (images: ``InputNormalizer``; features: ``model`` itself; text:
-    ``TokenInput``, which calls ``model(input_ids, attention_mask)``)."""
+    ``info``'s modality (images: ``InputNormalizer``; features and text: ``model`` itself,
+    taking the standardised vectors / the packed ``(N, 2, L)`` token batch)."""
     return modality(info).wrap_model(model, info)

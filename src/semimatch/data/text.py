@@ -21,8 +21,9 @@ Batches (:func:`stack_texts`): int64 ``(N, 2, L)``, row ``[:, 0]`` the input ids
 ``[:, 1]`` the attention mask, ``L`` the longest sequence of the batch (special tokens
 included) capped by ``max_length`` - dynamic padding. One tensor rather than two so the step
 concatenates the labeled, weak and strong views along dim 0 as it does images: the training
-stream pads the three views of a step to one common ``L`` (:func:`stack_text_views`), and
-:class:`TokenInput` splits the tensor for a model taking ``(input_ids, attention_mask)``.
+stream pads the three views of a step to one common ``L`` (:func:`stack_text_views`). Text
+models take this packed tensor (``models.hf.HFClassifier`` does); :class:`TokenInput` adapts a
+module whose forward takes ``(input_ids, attention_mask)``.
 """
 
 from __future__ import annotations
