@@ -289,3 +289,17 @@ def test_carving_a_test_set_checks_its_size(tmp_path):
         load_text(path, test_size=6)
     with pytest.raises(ValueError, match="has a test set already"):
         load_text(path, test=path, test_size=2)
+
+
+def test_a_tokenizer_is_loaded_from_its_folder(tmp_path):
+    from semimatch.data.text import _TOKENIZERS, load_tokenizer
+
+    tok = tiny_tokenizer(tmp_path / "tok")
+    tok.save_pretrained(str(tmp_path / "saved"))
+    name = str(tmp_path / "saved")
+    _TOKENIZERS.pop(name, None)
+    loaded = load_tokenizer(name)  # from the folder, offline
+    assert loaded("dogs run")["input_ids"] == tok("dogs run")["input_ids"]
+    assert load_tokenizer(name) is loaded  # cached
+    with pytest.raises((ValueError, OSError), match="nowhere"):
+        load_tokenizer(str(tmp_path / "nowhere"))

@@ -195,12 +195,20 @@ def register_tokenizer(name: str, tokenizer: Any) -> None:
 
 
 def load_tokenizer(name: str) -> Any:
-    """The tokenizer called ``name``: a registered one, else ``AutoTokenizer.from_pretrained``
-    (a local folder never touches the network; a missing one says where it looked)."""
+    """The tokenizer called ``name``: a registered one, else ``semimatch.models.hf``'s
+    ``load_tokenizer`` when it exists, else ``AutoTokenizer.from_pretrained`` (a local folder
+    never touches the network; a missing one says where it looked)."""
     if name in _TOKENIZERS:
         return _TOKENIZERS[name]
     if not name:
         raise ValueError("this text dataset names no tokenizer; tokenize it first")
+    try:  # the hf: backbones' loader, when present, says where it looked
+        from semimatch.models.hf import load_tokenizer as hf_load_tokenizer
+    except ImportError:
+        hf_load_tokenizer = None
+    if hf_load_tokenizer is not None:
+        _TOKENIZERS[name] = hf_load_tokenizer(name)
+        return _TOKENIZERS[name]
     from transformers import AutoTokenizer
 
     local = os.path.isdir(os.path.expanduser(name))
