@@ -56,7 +56,8 @@ def test_the_model_wrapper_follows_the_modality():
 
 
 def test_modalities_are_looked_up_by_kind():
-    assert set(MODALITIES) == {"image", "features"}
+    assert set(MODALITIES) == {"image", "features", "text"}
     assert modality("features").dtype == torch.float32 and modality("image").dtype == torch.uint8
-    with pytest.raises(ValueError, match="unknown data kind 'text'"):
-        modality("text")
+    assert modality("text").dtype == torch.int64 and modality("text").ragged
+    with pytest.raises(ValueError, match="unknown data kind 'audio'"):
+        modality("audio")

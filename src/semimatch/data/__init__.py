@@ -1,13 +1,15 @@
 """Data: datasets of any modality, labeled/unlabeled splits, views and training/eval loaders.
 
-``load_dataset`` / ``from_arrays`` (images) / ``from_features`` (feature vectors) give an
+``load_dataset`` / ``from_arrays`` (images) / ``from_features`` (feature vectors) /
+``load_text`` and ``from_texts`` (texts, tokenized once by ``tokenize_dataset``) give an
 :class:`SSLDataset`; a :class:`Split` picks its labeled and unlabeled indices;
 :class:`TrainStream` turns both into seeded, sharded :class:`SSLBatch` es and
 :func:`eval_batches` into un-augmented test batches.
 
 Layout: ``sources`` (source types, ``DatasetInfo``, ``SSLDataset``), ``named`` (CIFAR, SVHN,
 STL-10, MNIST, Fashion-MNIST, digits), ``folders`` (image folders), ``arrays`` (in-memory
-arrays), ``views`` (weak/strong views per modality), ``modality`` (samples and raw inputs ->
+arrays), ``text``/``text_readers``/``text_views`` (texts, their files and views), ``views``
+(weak/strong views per modality), ``modality`` (samples and raw inputs ->
 model tensors), ``loaders`` (the streams), ``splits``, ``augment``/``batched_augment`` (image
 views), ``adapters`` (torch datasets).
 """
@@ -37,10 +39,34 @@ from semimatch.data.splits import (
     save_split,
     split_summary,
 )
+from semimatch.data.text import (
+    TextEncoding,
+    TextSample,
+    TextSource,
+    TokenInput,
+    from_texts,
+    load_text,
+    load_tokenizer,
+    register_tokenizer,
+    tokenize_dataset,
+)
+from semimatch.data.text_views import STRONG_TEXT_VIEWS, TextViews, text_views
 from semimatch.data.views import BatchViews, FeatureViews, SampleViews, Views
 
 __all__ = [
     "DATASETS",
+    "STRONG_TEXT_VIEWS",
+    "TextEncoding",
+    "TextSample",
+    "TextSource",
+    "TextViews",
+    "TokenInput",
+    "from_texts",
+    "load_text",
+    "load_tokenizer",
+    "register_tokenizer",
+    "text_views",
+    "tokenize_dataset",
     "ArraySource",
     "BatchViews",
     "DatasetInfo",

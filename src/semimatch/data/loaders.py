@@ -22,7 +22,14 @@ Training batches are a **stateless function of (seed, iteration)** (see ``notes/
 
 Samples may be of any modality (``DatasetInfo.kind``): the views come from
 :mod:`semimatch.data.views` (the dataset's own, else the modality's defaults) and the batch
-tensors from :mod:`semimatch.data.modality` (uint8 NCHW images, float32 ``(N, D)`` features).
+tensors from :mod:`semimatch.data.modality` (uint8 NCHW images, float32 ``(N, D)`` features,
+int64 ``(N, 2, L)`` token ids + attention masks). Views that learn from the unlabeled pool
+(UDA's TF-IDF text view) are fitted once, in the constructor, on the pool's stored samples.
+
+* Text (per-sample views on token ids, seeded like ``augment="pil"``; the ``augment``
+  argument does not apply): the three views of a step are padded to **one common length**
+  ``L`` (the longest of the step's sequences, at most ``max_length``), so the step can
+  concatenate them along dim 0; ``L`` changes from step to step (dynamic padding).
 
 The DataLoader's item ``k`` is a whole per-rank batch (``batch_size=None``), so worker
 processes prepare upcoming iterations while the model trains on the current one.
@@ -32,7 +39,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -69,8 +76,10 @@ _VARIANTS = ("fixmatch", "usb")
 class SSLBatch(NamedTuple):
     """One training step's (per-rank) batch on the training device.
 
-    Sample tensors are uint8 NCHW images or float32 ``(N, D)`` feature vectors (the data's
-    modality); below, ``S`` is the per-sample shape (``C, H, W`` or ``D``).
+    Sample tensors are uint8 NCHW images, float32 ``(N, D)`` feature vectors or int64
+    ``(N, 2, L)`` texts (``[:, 0]`` input ids, ``[:, 1]`` attention mask; ``x_lb``, ``u_weak``
+    and ``u_strong`` share one ``L`` per step) - the data's modality; below, ``S`` is the
+    per-sample shape (``C, H, W``, ``D`` or ``2, L``).
     """
 
     x_lb: torch.Tensor  # (B, *S), weak view of labeled samples
@@ -138,6 +147,21 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
+class _Pool(Sequence):
+    """A read-only sequence of ``n`` samples fetched on access."""
+
+    def __init__(self, fetch: Callable[[int], Any], n: int) -> None:
+        self.fetch, self.n = fetch, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, p: int) -> Any:  # type: ignore[override]
+        if not 0 <= p < self.n:
+            raise IndexError(p)
+        return self.fetch(p)
+
+
 # --------------------------------------------------------------------------------------------
 # Per-rank batch construction (runs in DataLoader workers)
 # --------------------------------------------------------------------------------------------
@@ -157,7 +181,10 @@ class _StepBatches(Dataset):
         self.use_unlabeled, self.use_strong = stream.use_unlabeled, stream.use_strong
         self.sample_shape = stream.sample_shape
         self.dtype = self.train.dtype
-        self.stack = modality(stream.dataset.info).stack
+        self.modality = modality(stream.dataset.info)
+        self.ragged = self.modality.ragged
+        #: How the modality stacks this data's samples (text: the tokenizer's encoding).
+        self.encoding = self.train.encoding
         # Per-sample views run here (in workers); batched ones stay in the main process.
         self.weak = None if self.batched else stream.views.weak
         self.strong = None if self.batched else stream.views.strong
@@ -199,6 +226,12 @@ class _StepBatches(Dataset):
         n = len(self.unlabeled)
         return self.train[int(self.unlabeled[p])] if p < n else self.extra[int(p - n)]
 
+    def pool(self) -> _Pool:
+        """The unlabeled pool's stored samples, read lazily in pool order (:meth:`Views.fit`;
+        views that learn nothing never read an image)."""
+        n = len(self.unlabeled) + (len(self.extra) if self.extra is not None else 0)
+        return _Pool(self._pool_sample, n)
+
     def _pool_gather(self, pool_idx: np.ndarray) -> np.ndarray:
         in_train, t_idx, e_idx = self._pool_split(pool_idx)
         out = np.empty((len(pool_idx), *self.sample_shape), dtype=self.dtype)
@@ -214,16 +247,22 @@ class _StepBatches(Dataset):
         idx: np.ndarray,
         positions: np.ndarray,
         views: Iterable[tuple[int, int, Any]],
-    ) -> list[torch.Tensor]:
-        """Augment each sample once per view with its (seed, stream, view, position) rng."""
+    ) -> list[Any]:
+        """Augment each sample once per view with its (seed, stream, view, position) rng: one
+        ``(n, *sample_shape)`` array per view (a list of samples for ragged modalities)."""
         views = list(views)
-        outs = [np.empty((len(idx), *self.sample_shape), dtype=self.dtype) for _ in views]
+        outs: list[Any] = [
+            [None] * len(idx)
+            if self.ragged
+            else np.empty((len(idx), *self.sample_shape), dtype=self.dtype)
+            for _ in views
+        ]
         for j, (i, g) in enumerate(zip(idx.tolist(), positions.tolist(), strict=True)):
             img = fetch(i)
             for out, (stream_id, view, aug) in zip(outs, views, strict=True):
                 res = aug(img, _sample_rng(self.seed, stream_id, view, g))
-                out[j] = res.reshape(self.sample_shape)
-        return [self.stack(o) for o in outs]
+                out[j] = res if self.ragged else res.reshape(self.sample_shape)
+        return outs
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         k = int(k)
@@ -232,27 +271,29 @@ class _StepBatches(Dataset):
             "y_lb": torch.from_numpy(self.train.labels[lb_idx].copy()),
             "u_true": torch.from_numpy(self._pool_labels(pool_idx)),
         }
+        stack = self.modality.stack
         if self.batched:
-            item["x_lb"] = self.stack(self.train.gather(lb_idx))
-            item["u_raw"] = self.stack(self._pool_gather(pool_idx))
+            item["x_lb"] = stack(self.train.gather(lb_idx), self.encoding)
+            item["u_raw"] = stack(self._pool_gather(pool_idx), self.encoding)
             return item
         lb_pos = self.positions(k, self.batch_size)
-        (item["x_lb"],) = self._augment(
+        groups = self._augment(
             lambda i: self.train[i],
             lb_idx,
             lb_pos,
             [(STREAM_LABELED, VIEW_LABELED_WEAK, self.weak)],
         )
-        if not self.use_unlabeled:
-            return item
-        views = [(STREAM_UNLABELED, VIEW_UNLABELED_WEAK, self.weak)]
-        if self.use_strong:
-            views.append((STREAM_UNLABELED, VIEW_UNLABELED_STRONG, self.strong))
-        u_pos = self.positions(k, self.u_batch_size)
-        outs = self._augment(self._pool_sample, pool_idx, u_pos, views)
-        item["u_weak"] = outs[0]
-        if self.use_strong:
-            item["u_strong"] = outs[1]
+        names = ["x_lb"]
+        if self.use_unlabeled:
+            views = [(STREAM_UNLABELED, VIEW_UNLABELED_WEAK, self.weak)]
+            names.append("u_weak")
+            if self.use_strong:
+                views.append((STREAM_UNLABELED, VIEW_UNLABELED_STRONG, self.strong))
+                names.append("u_strong")
+            u_pos = self.positions(k, self.u_batch_size)
+            groups += self._augment(self._pool_sample, pool_idx, u_pos, views)
+        # Stacked together: text pads the step's views to one common length.
+        item.update(zip(names, self.modality.stack_groups(groups, self.encoding), strict=True))
         return item
 
 
@@ -269,7 +310,9 @@ class TrainStream:
     Views (:mod:`semimatch.data.views`): ``views`` if given, else ``dataset.views``, else the
     modality's defaults; for images ``augment`` (default ``"pil"``) picks the PIL per-image
     pipelines (``weak_augment``/``strong_augment`` replace them) or the batched tensor ones.
-    Feature vectors have batched views only (``augment`` defaults to ``"batched"``).
+    Feature vectors have batched views only (``augment`` defaults to ``"batched"``); text has
+    per-sample views on token ids (``augment`` does not apply) and must be tokenized
+    (:func:`semimatch.data.text.tokenize_dataset`).
     """
 
     def __init__(
@@ -331,7 +374,7 @@ class TrainStream:
         info = dataset.info
         self.sample_shape = info.sample_shape
         self.modality = modality(info)
-        if augment == "pil" and info.kind != "image":
+        if augment == "pil" and info.kind not in ("image", "text"):
             raise ValueError(
                 f"augment='pil' is the per-image PIL pipeline; {info.kind} data has batched "
                 "views: use augment='batched' (or 'auto')"
@@ -345,9 +388,16 @@ class TrainStream:
             )
         elif custom:
             raise ValueError("weak_augment/strong_augment: pass them or views=, not both")
+        if self.modality.ragged and views.batched:
+            raise ValueError(f"{info.kind} data needs per-sample views (SampleViews)")
         #: The weak/strong views (``views.batched``: applied in ``_finish``, else in workers).
         self.views = views.to(self.augment_device)
         self._steps = _StepBatches(self)
+        if self.use_unlabeled:  # e.g. UDA's TF-IDF statistics of the unlabeled texts
+            fitted = self.views.fit(self._steps.pool())
+            if fitted is not self.views:
+                self.views = fitted
+                self._steps = _StepBatches(self)
 
     def _check_data(self) -> None:
         ds, split = self.dataset, self.split
@@ -376,6 +426,13 @@ class TrainStream:
                     f"dataset.{what}: holds {src.kind} samples but the dataset info says "
                     f"{info.kind!r}"
                 )
+            if info.kind == "text":
+                if src.encoding is None:
+                    raise ValueError(
+                        f"dataset.{what}: the texts are not tokenized; call "
+                        "semimatch.data.tokenize_dataset(dataset, tokenizer, max_length) first"
+                    )
+                continue
             if tuple(src.sample_shape) != expected:
                 layout = "(H, W, C)" if info.kind == "image" else "(D,)"
                 raise ValueError(
@@ -469,7 +526,7 @@ class TrainStream:
                 if self.use_strong:
                     u_strong = item["u_strong"].to(dev, non_blocking=nb)
         if u_weak is None:
-            shape = (0, *self.dataset.info.input_shape)
+            shape = (0, *x_lb.shape[1:])
             u_weak = torch.empty(shape, dtype=self.modality.dtype, device=dev)
         return SSLBatch(x_lb, y_lb, u_weak, u_strong, u_true)
 
@@ -481,13 +538,14 @@ class _EvalChunks(Dataset):
     def __init__(self, source: SampleSource, chunks: list[np.ndarray]) -> None:
         self.source, self.chunks = source, chunks
         self.stack = modality(source.kind).stack
+        self.encoding = source.encoding
 
     def __len__(self) -> int:
         return len(self.chunks)
 
     def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = self.chunks[b]
-        x = self.stack(self.source.gather(idx))
+        x = self.stack(self.source.gather(idx), self.encoding)
         return x, torch.from_numpy(self.source.labels[idx].copy()), torch.from_numpy(idx)
 
 
@@ -501,8 +559,9 @@ def eval_batches(
     num_workers: int = 0,
     return_indices: bool = False,
 ) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Un-augmented ``(samples, int64 labels)`` batches on ``device``: uint8 NCHW images or
-    float32 ``(N, D)`` feature vectors, as the source's modality stacks them.
+    """Un-augmented ``(samples, int64 labels)`` batches on ``device``: uint8 NCHW images,
+    float32 ``(N, D)`` feature vectors or int64 ``(N, 2, L)`` tokens (each batch padded to its
+    own longest text), as the source's modality stacks them.
 
     Rank ``r`` of ``world_size`` gets indices ``r, r+W, r+2W, ...`` so every sample is
     evaluated exactly once across ranks (shares differ by at most one sample; sum counts

@@ -12,6 +12,13 @@ input normalisation it needs). A new modality (e.g. text token sequences) adds o
 * ``features``: float32 ``(N, D)`` batches of standardised vectors; the data layer
   standardises (:func:`semimatch.data.arrays.standardize` with ``DatasetInfo.mean/std``), so
   the model takes the batch as it is and is not wrapped.
+* ``text``: int64 ``(N, 2, L)`` batches, ``[:, 0]`` input ids and ``[:, 1]`` attention mask,
+  padded to the longest text of the batch (the three views of a training step to one common
+  ``L``; :mod:`semimatch.data.text`). The model takes that packed tensor as it is (as the
+  ``hf:`` backbones' ``HFClassifier`` does) and is not wrapped; a module whose forward takes
+  ``(input_ids, attention_mask)`` can be adapted with :class:`~semimatch.data.text.TokenInput`.
+  A *ragged* modality: samples differ in length, so stacking takes a list of samples and the
+  source's ``encoding``.
 """
 
 from __future__ import annotations
@@ -38,8 +45,9 @@ class Modality:
     kind: str
     #: dtype of the batch tensors (an empty unlabeled batch is made with it).
     dtype: torch.dtype
-    #: Gathered samples ``(n, *sample_shape)`` -> the batch tensor ``(n, *input_shape)``.
-    stack: Callable[[np.ndarray], torch.Tensor]
+    #: ``(gathered samples, source.encoding)`` -> the batch tensor ``(n, *input_shape)``;
+    #: fixed-shape samples come as one ``(n, *sample_shape)`` array, ragged ones as a list.
+    stack: Callable[[Any, Any], torch.Tensor]
     #: ``(info, augment, strong_variant, pad_frac, weak, strong) -> Views`` when the data
     #: brings none.
     default_views: Callable[..., Views]
@@ -47,12 +55,23 @@ class Modality:
     to_model_input: Callable[[Any, DatasetInfo], torch.Tensor]
     #: ``(model, info) -> network`` taking the batch tensors.
     wrap_model: Callable[[nn.Module, DatasetInfo], nn.Module]
+    #: Samples differ in shape (text): gathered as lists, no common ``sample_shape``.
+    ragged: bool = False
+    #: ``(groups of gathered samples, encoding) -> tensors`` for the views of one training
+    #: step (text pads them to one common length); ``None``: ``stack`` each group.
+    stack_views: Callable[[Any, Any], list[torch.Tensor]] | None = None
+
+    def stack_groups(self, groups: list[Any], encoding: Any) -> list[torch.Tensor]:
+        """The batch tensors of one step's views (``stack_views``, else ``stack`` each)."""
+        if self.stack_views is not None:
+            return self.stack_views(groups, encoding)
+        return [self.stack(g, encoding) for g in groups]
 
 
 # --------------------------------------------------------------------------------------------
 # Images
 # --------------------------------------------------------------------------------------------
-def _stack_images(images: np.ndarray) -> torch.Tensor:
+def _stack_images(images: np.ndarray, encoding: Any = None) -> torch.Tensor:
     """uint8 NHWC -> contiguous uint8 NCHW."""
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
 
@@ -99,7 +118,7 @@ def _image_views(
 # --------------------------------------------------------------------------------------------
 # Feature vectors
 # --------------------------------------------------------------------------------------------
-def _stack_features(features: np.ndarray) -> torch.Tensor:
+def _stack_features(features: np.ndarray, encoding: Any = None) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
 
 
@@ -131,6 +150,47 @@ def _wrap_feature_model(model: nn.Module, info: DatasetInfo) -> nn.Module:
     return model  # the batches are standardised already (module docstring)
 
 
+# --------------------------------------------------------------------------------------------
+# Text
+# --------------------------------------------------------------------------------------------
+def _stack_text(samples: Any, encoding: Any) -> torch.Tensor:
+    from semimatch.data.text import stack_texts
+
+    return stack_texts(samples, encoding)
+
+
+def _stack_text_views(groups: Any, encoding: Any) -> list[torch.Tensor]:
+    from semimatch.data.text import stack_text_views
+
+    return stack_text_views(groups, encoding)
+
+
+def _text_to_model_input(texts: Any, info: DatasetInfo) -> torch.Tensor:
+    from semimatch.data.text import texts_to_model_input
+
+    return texts_to_model_input(texts, info)
+
+
+def _text_views(
+    info: DatasetInfo,
+    augment: str = "pil",
+    strong_variant: str = "fixmatch",
+    pad_frac: float = 0.125,
+    weak: Any = None,
+    strong: Any = None,
+) -> Views:
+    from semimatch.data.text_views import TextViews, text_views
+
+    if weak is not None or strong is not None:
+        base = text_views()
+        return TextViews(weak or base.weak, strong or base.strong)
+    return text_views()
+
+
+def _wrap_text_model(model: nn.Module, info: DatasetInfo) -> nn.Module:
+    return model  # text models take the packed (N, 2, L) batch (module docstring)
+
+
 MODALITIES: dict[str, Modality] = {
     "image": Modality(
         "image", torch.uint8, _stack_images, _image_views, _images_to_model_input, _wrap_image_model
@@ -142,6 +202,16 @@ MODALITIES: dict[str, Modality] = {
         _feature_views,
         _features_to_model_input,
         _wrap_feature_model,
+    ),
+    "text": Modality(
+        "text",
+        torch.int64,
+        _stack_text,
+        _text_views,
+        _text_to_model_input,
+        _wrap_text_model,
+        ragged=True,
+        stack_views=_stack_text_views,
     ),
 }
 
@@ -159,12 +229,15 @@ def to_model_input(inputs: Any, info: DatasetInfo) -> torch.Tensor:
 
     Images ``(N, H, W[, C])``, uint8 or float in [0, 1], of the training size and channels ->
     uint8 NCHW; feature vectors ``(N, D)`` -> float32 ``(N, D)`` standardised with
-    ``info.mean``/``info.std``. Wrong shapes raise a ValueError saying what the model takes.
+    ``info.mean``/``info.std``; a list of strings -> int64 ``(N, 2, L)`` token ids and attention
+    mask, tokenized by ``info.tokenizer`` (``semimatch.data.text.load_tokenizer``). Wrong
+    shapes raise a ValueError saying what the model takes.
     """
     return modality(info).to_model_input(inputs, info)
 
 
 def wrap_model(model: nn.Module, info: DatasetInfo) -> nn.Module:
     """The network that trains and predicts: ``model`` plus the input normalisation of
-    ``info``'s modality (images: ``InputNormalizer``; features: ``model`` itself)."""
+    ``info``'s modality (images: ``InputNormalizer``; features and text: ``model`` itself,
+    taking the standardised vectors / the packed ``(N, 2, L)`` token batch)."""
     return modality(info).wrap_model(model, info)

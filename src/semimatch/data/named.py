@@ -466,6 +466,26 @@ def _load_digits(hflip: bool | None = None) -> SSLDataset:
     return SSLDataset(info, train, test, None)
 
 
+def _load_text_files(
+    root: str | None,
+    download: bool,
+    unlabeled_dir: str | None = None,
+    test_dir: str | None = None,
+    skip_corrupt: bool = False,
+    **options: Any,
+) -> SSLDataset:
+    """``text``: ``root`` is a text file or a folder of class folders of ``.txt`` files, the
+    options those of :func:`semimatch.data.text.load_text` (``test_dir``/``unlabeled_dir``:
+    a test / unlabeled file or folder; ``skip_corrupt``: skip bad rows with a count)."""
+    from semimatch.data.text import load_text
+
+    if root is None:
+        raise ValueError("root: text needs root= (data_root) pointing at a text file or folder")
+    if download:
+        raise ValueError("download: text reads local files; there is nothing to download")
+    return load_text(root, test_dir, unlabeled_dir, skip_bad=skip_corrupt, **options)
+
+
 # --------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------
@@ -481,6 +501,19 @@ _LOADERS: dict[str, tuple[Callable[..., SSLDataset], tuple[str, ...]]] = {
         ("unlabeled_dir", "test_dir", "image_size", "skip_corrupt", "channels", "hflip"),
     ),
     "digits": (_load_digits, ("hflip",)),
+    "text": (
+        _load_text_files,
+        (
+            "unlabeled_dir",
+            "test_dir",
+            "skip_corrupt",
+            "text_column",
+            "label_column",
+            "class_names",
+            "test_size",
+            "test_seed",
+        ),
+    ),
 }
 
 #: Names :func:`load_dataset` accepts.
@@ -497,7 +530,11 @@ def load_dataset(
     the extra split as unlabeled data), and for ``imagefolder``: ``unlabeled_dir``,
     ``test_dir``, ``image_size`` (int or (H, W); required when images differ in size),
     ``skip_corrupt`` (skip unreadable files with a warning), ``channels`` (1 or 3; default:
-    1 if every image is grayscale).
+    1 if every image is grayscale). ``text``: ``root`` is a CSV/TSV/JSONL/USB-JSON file or a
+    folder ``root/<class>/*.txt``; ``test_dir``/``unlabeled_dir`` name test / unlabeled files
+    or folders, ``skip_corrupt`` skips bad rows, and ``text_column``, ``label_column``,
+    ``class_names``, ``test_size``, ``test_seed`` are those of
+    :func:`semimatch.data.text.load_text`.
     """
     key = str(name).strip().lower().replace("-", "_")
     if key not in _LOADERS:
@@ -525,6 +562,6 @@ def load_dataset(
         if options.get(opt) is not None:
             options[opt] = os.path.expanduser(os.fspath(options[opt]))
     root = None if root is None else os.path.expanduser(os.fspath(root))
-    if key in ("mnist", "fashion_mnist", "imagefolder"):
+    if key in ("mnist", "fashion_mnist", "imagefolder", "text"):
         return fn(root, download, **options)
     return fn(root if root is not None else default_root(), download, **options)

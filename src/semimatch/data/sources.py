@@ -6,7 +6,9 @@ unknown; see ``notes/contracts.md``). Each modality has its own source type and 
 * ``kind="image"``: :class:`ImageSource`, uint8 ``(H, W, C)`` images with ``C`` in {1, 3}
   (:class:`ArraySource` in memory, :class:`LazyImageSource` decoded from files on access,
   :class:`STLBinarySource` memory-mapped);
-* ``kind="features"``: :class:`FeatureSource`, float32 ``(D,)`` feature vectors in memory.
+* ``kind="features"``: :class:`FeatureSource`, float32 ``(D,)`` feature vectors in memory;
+* ``kind="text"``: :class:`~semimatch.data.text.TextSource`, strings tokenized once into
+  variable-length token ids (a *ragged* modality: samples have no common shape).
 
 An :class:`SSLDataset` holds the labeled pool (``train``), an optional ``test`` set and optional
 ``extra_unlabeled`` samples; its :class:`DatasetInfo` says what the samples are. The
@@ -48,7 +50,7 @@ __all__ = [
 SMALL_IMAGE_MAX_SIDE = 96
 
 #: The modalities a dataset may hold (``DatasetInfo.kind``).
-KINDS = ("image", "features")
+KINDS = ("image", "features", "text")
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,12 @@ class DatasetInfo:
     may flip horizontally. Feature vectors (``kind="features"``): ``channels`` is the number of
     features D (a vector is one position with D channels, as in ``BatchNorm1d``), ``image_size``
     is ``()``, ``mean``/``std`` the per-feature standardisation the data layer applies to raw
-    inputs (the stored samples are already standardised), ``hflip`` False. ``kind`` defaults to
-    ``"image"`` so a ``dataset.json`` written before it existed still loads.
+    inputs (the stored samples are already standardised), ``hflip`` False. Text
+    (``kind="text"``): ``image_size``/``mean``/``std`` are ``()``, ``channels`` 2 (a batch row
+    is ``(input_ids, attention_mask)``), ``tokenizer`` names the tokenizer (a Hugging Face name
+    or folder, ``""`` before tokenization) and ``max_length`` caps the tokens per text, special
+    tokens included (0 before tokenization). ``kind`` defaults to ``"image"`` and the text
+    fields to their empty values, so a ``dataset.json`` written before they existed still loads.
     """
 
     name: str
@@ -73,6 +79,8 @@ class DatasetInfo:
     std: tuple[float, ...]
     hflip: bool
     kind: str = "image"
+    tokenizer: str = ""
+    max_length: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -80,12 +88,18 @@ class DatasetInfo:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """One sample as the model takes it: ``(C, H, W)`` for images, ``(D,)`` for features."""
+        """One sample as the model takes it: ``(C, H, W)`` for images, ``(D,)`` for features,
+        ``(2, max_length)`` at most for text (batches are padded to their longest text)."""
+        if self.kind == "text":
+            return (2, int(self.max_length))
         return (int(self.channels), *(int(s) for s in self.image_size))
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        """One sample as a source stores it: ``(H, W, C)`` for images, ``(D,)`` for features."""
+        """One sample as a source stores it: ``(H, W, C)`` for images, ``(D,)`` for features,
+        ``()`` for text (token sequences differ in length)."""
+        if self.kind == "text":
+            return ()
         return (*(int(s) for s in self.image_size), int(self.channels))
 
 
@@ -97,6 +111,9 @@ class SampleSource(abc.ABC):
     #: The dtype of every sample.
     dtype: ClassVar[np.dtype]
     labels: np.ndarray
+    #: How the modality's ``stack`` turns samples into tensors, when the source decides it
+    #: (text: the :class:`~semimatch.data.text.TextEncoding` of its tokenizer); else ``None``.
+    encoding: Any = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

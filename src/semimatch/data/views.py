@@ -11,7 +11,8 @@ A :class:`Views` object holds a modality's two views and says how they run:
   ``(seed, k, rank, view)``. Images with ``augment="batched"``
   (:mod:`semimatch.data.batched_augment`) and feature vectors (:class:`FeatureViews`).
 
-Both keep a batch a pure function of (seed, iteration) (``semimatch.data.loaders``).
+Both keep a batch a pure function of (seed, iteration) (``semimatch.data.loaders``). Text views
+(per-sample, on token ids) live in :mod:`semimatch.data.text_views`.
 
 Feature views (FixMatch's weak/strong idea moved to a feature space; the same math as the
 estimator's former per-sample ``FeaturePerturbation``), on standardised vectors ``z``:
@@ -61,6 +62,12 @@ class Views(abc.ABC):
 
     def to(self, device: str | torch.device) -> Views:
         """Move batched views' state to ``device`` (no-op for per-sample views); ``self``."""
+        return self
+
+    def fit(self, pool: Any) -> Views:
+        """Fit views that learn from the unlabeled pool (``pool[i]`` is a stored sample; UDA's
+        TF-IDF text view); the training stream calls it once before its first batch and uses
+        the views it returns (a fitted copy, or ``self`` when nothing learns: the default)."""
         return self
 
     def __repr__(self) -> str:

@@ -1,0 +1,157 @@
+"""Text files: CSV/TSV/JSONL (gzipped or not), class folders of .txt, USB's NLP JSON, and the
+errors naming the file and row for every kind of bad input (through ``load_text``)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semimatch.data import load_dataset, load_text
+from semimatch.data.text_readers import read_rows, text_format
+
+CSV = "label,text\nWorld,the market rises\nSports,the team wins\n,an old game\n-1,a new bank\n"
+
+
+def _write(path: Path, text: str | bytes, gz: bool = False) -> Path:
+    data = text.encode() if isinstance(text, str) else text
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def test_csv_with_names_and_unlabeled_rows(tmp_path):
+    ds = load_text(_write(tmp_path / "a.csv", CSV))
+    assert ds.info.kind == "text" and ds.info.class_names == ("Sports", "World")
+    assert ds.train.texts == ["the market rises", "the team wins", "an old game", "a new bank"]
+    assert ds.train.labels.tolist() == [1, 0, -1, -1]
+    assert ds.test is None and ds.extra_unlabeled is None
+
+
+def test_tsv_with_configured_columns_and_integer_labels(tmp_path):
+    tsv = "id\tbody\ty\n1\tthe cat, sat\t1\n2\ta dog\t0\n3\tthe mat\t\n"
+    ds = load_text(_write(tmp_path / "a.tsv", tsv), text_column="body", label_column="y")
+    assert ds.train.texts == ["the cat, sat", "a dog", "the mat"]
+    assert ds.train.labels.tolist() == [1, 0, -1] and ds.info.class_names == ("0", "1")
+
+
+def test_jsonl_with_null_and_minus_one_labels(tmp_path):
+    rows = [{"text": "a", "label": 2}, {"text": "b", "label": None}, {"text": "c", "label": -1}]
+    rows += [{"text": "d", "label": 0}, {"text": "e"}]
+    path = _write(tmp_path / "a.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n\n")
+    ds = load_text(path)
+    assert ds.train.labels.tolist() == [2, -1, -1, 0, -1] and ds.info.num_classes == 3
+
+
+def test_gzip_is_recognised_by_its_magic_bytes(tmp_path):
+    by_name = load_text(_write(tmp_path / "a.csv.gz", CSV, gz=True))
+    by_magic = load_text(_write(tmp_path / "b.csv", CSV, gz=True))  # gzipped, plain name
+    assert (
+        by_name.train.texts
+        == by_magic.train.texts
+        == load_text(_write(tmp_path / "c.csv", CSV)).train.texts
+    )
+
+
+def test_class_folders_of_txt_files(tmp_path):
+    for cls, texts in {"neg": ["bad game", "old bank"], "pos": ["a win"]}.items():
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i, t in enumerate(texts):
+            (tmp_path / "train" / cls / f"{i}.txt").write_text(t + "\n")
+    (tmp_path / "unl").mkdir()
+    (tmp_path / "unl" / "x.txt").write_text("the new team")
+    ds = load_text(tmp_path / "train", unlabeled=tmp_path / "unl")
+    assert ds.info.class_names == ("neg", "pos") and ds.train.labels.tolist() == [0, 0, 1]
+    assert ds.train.texts[2] == "a win\n" and ds.extra_unlabeled.texts == ["the new team"]
+    assert ds.extra_unlabeled.labels.tolist() == [-1]
+    named = load_dataset("text", tmp_path / "train", unlabeled_dir=str(tmp_path / "unl"))
+    assert named.train.texts == ds.train.texts
+
+
+def test_usb_json_keeps_the_back_translations(tmp_path):
+    usb = {
+        "0": {"ori": "the cat sat", "aug_0": "a cat sat", "aug_1": "the cat sits", "label": "1"},
+        "1": {"ori": "stock market", "aug_0": "the market", "aug_1": "stocks", "label": "0"},
+    }
+    ds = load_text(_write(tmp_path / "train.json", json.dumps(usb)))
+    assert ds.train.texts == ["the cat sat", "stock market"]
+    assert ds.train.augmentations == [("a cat sat", "the cat sits"), ("the market", "stocks")]
+    assert ds.train.labels.tolist() == [1, 0] and ds.train.has_augmentations
+
+
+def test_a_test_file_and_its_unknown_labels(tmp_path):
+    train = _write(tmp_path / "train.csv", CSV)
+    ds = load_text(train, test=_write(tmp_path / "test.csv", "label,text\nWorld,big rates\n"))
+    assert ds.test.labels.tolist() == [1]
+    bad = _write(tmp_path / "bad.csv", "label,text\nWorld,x\nBusiness,big rates\n")
+    with pytest.raises(ValueError, match=r"bad\.csv:line 3: label 'Business' in the test set is "):
+        load_text(train, test=bad)
+    unl = _write(tmp_path / "unl.csv", "label,text\nWorld,x\n,y\n")
+    with pytest.raises(ValueError, match=r"unl\.csv:line 3: a test text without a label"):
+        load_text(train, test=unl)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("a.csv", "label,body\nWorld,x\n", r"a\.csv:line 1: no text column 'text' in the header"),
+        ("a.csv", "label,text\nWorld,x\nSports,  \n", r"a\.csv:line 3: empty text"),
+        ("a.csv", b"label,text\nWorld,x\nSports,caf\xe9\n", r"a\.csv:line 3: undecodable bytes"),
+        ("a.csv", b"\x89PNG\r\n\x1a\n\x00\x00", r"a\.csv: this is a PNG image, not a text file"),
+        ("a.csv", '{"text": "x"}\n', r"a\.csv: this looks like JSON, not CSV"),
+        ("a.csv", "label,text\nWorld,x,y\n", r"a\.csv:line 2: 3 fields where the header has 2"),
+        ("a.csv", "label,text\nWorld,x\n1,y\n", r"a\.csv:line 3.*names and numbers|a name but"),
+        ("a.csv.gz", "label,text\nWorld,x\n", r"a\.csv\.gz: the name ends in \.gz but the file"),
+        ("a.jsonl", '{"text": "x"}\nlabel,text\n', r"a\.jsonl:line 2: not a JSON object"),
+        ("a.jsonl", '{"body": "x"}\n', r"a\.jsonl:line 1: no text column 'text'"),
+        ("a.jsonl", '{"text": 3, "label": 0}\n', r"a\.jsonl:line 1: the text is a int"),
+        ("a.json", '[{"ori": "x"}]', r"a\.json: expected USB's layout"),
+        ("a.json", '{"0": {"text": "x"}}', r'a\.json: entry "0": expected an object with an "ori"'),
+        ("a.json", "label,text\n", r"a\.json:line 1: not valid JSON"),
+        ("a.txt", "x", r"a\.txt: cannot tell the format from the extension '\.txt'"),
+    ],
+)
+def test_bad_input_names_the_file_and_row(tmp_path, name, content, message):
+    path = _write(tmp_path / name, content)
+    with pytest.raises(ValueError, match=message):
+        load_text(path)
+
+
+def test_a_missing_file_and_a_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.csv does not exist"):
+        load_text(tmp_path / "nope.csv")
+    with pytest.raises(ValueError, match="no class folders"):
+        (tmp_path / "empty").mkdir()
+        load_text(tmp_path / "empty")
+
+
+def test_skip_bad_skips_and_counts(tmp_path, capsys):
+    path = _write(tmp_path / "a.csv", "label,text\nWorld,x\nSports, \nWorld,\nSports,y\n")
+    ds = load_text(path, skip_bad=True)
+    assert ds.train.texts == ["x", "y"]
+    err = capsys.readouterr().err
+    assert "skipped 2 bad row(s) (skip_bad)" in err and "a.csv:line 3: empty text" in err
+
+
+def test_readers_directly(tmp_path):
+    assert text_format("x.TSV.gz") == "tsv" and text_format("x.ndjson") == "jsonl"
+    rows = read_rows(_write(tmp_path / "a.csv", CSV))
+    assert [r.where.rsplit(":", 1)[1] for r in rows] == ["line 2", "line 3", "line 4", "line 5"]
+    quoted = read_rows(_write(tmp_path / "q.csv", 'text,label\n"a, ""quoted""\nline",1\n'))
+    assert quoted[0].text == 'a, "quoted"\nline' and quoted[0].label == "1"
+
+
+AG_NEWS = Path("/work/shared/data/ag_news/ag_news_test.csv.gz")
+
+
+@pytest.mark.skipif(not AG_NEWS.exists(), reason="the AG News file is not on this machine")
+def test_ag_news_loads_with_7600_texts_in_4_classes():
+    ds = load_text(AG_NEWS)
+    assert len(ds.train) == 7600
+    assert ds.info.class_names == ("Business", "Sci/Tech", "Sports", "World")
+    assert np.bincount(ds.train.labels).tolist() == [1900] * 4
+    carved = load_dataset("text", AG_NEWS, test_size=2000, test_seed=0)
+    assert len(carved.train) == 5600 and np.bincount(carved.test.labels).tolist() == [500] * 4
+    assert sorted(carved.train.texts + carved.test.texts) == sorted(ds.train.texts)
