@@ -44,12 +44,11 @@ from semimatch.data.text import (
     TextSample,
     TextSource,
     TokenInput,
-    from_texts,
-    load_text,
     load_tokenizer,
     register_tokenizer,
     tokenize_dataset,
 )
+from semimatch.data.text_datasets import from_texts, load_text
 from semimatch.data.text_views import STRONG_TEXT_VIEWS, TextViews, text_views
 from semimatch.data.views import BatchViews, FeatureViews, SampleViews, Views
 

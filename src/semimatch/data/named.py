@@ -475,9 +475,9 @@ def _load_text_files(
     **options: Any,
 ) -> SSLDataset:
     """``text``: ``root`` is a text file or a folder of class folders of ``.txt`` files, the
-    options those of :func:`semimatch.data.text.load_text` (``test_dir``/``unlabeled_dir``:
+    options those of :func:`semimatch.data.text_datasets.load_text` (``test_dir``/``unlabeled_dir``:
     a test / unlabeled file or folder; ``skip_corrupt``: skip bad rows with a count)."""
-    from semimatch.data.text import load_text
+    from semimatch.data.text_datasets import load_text
 
     if root is None:
         raise ValueError("root: text needs root= (data_root) pointing at a text file or folder")
@@ -534,7 +534,7 @@ def load_dataset(
     folder ``root/<class>/*.txt``; ``test_dir``/``unlabeled_dir`` name test / unlabeled files
     or folders, ``skip_corrupt`` skips bad rows, and ``text_column``, ``label_column``,
     ``class_names``, ``test_size``, ``test_seed`` are those of
-    :func:`semimatch.data.text.load_text`.
+    :func:`semimatch.data.text_datasets.load_text`.
     """
     key = str(name).strip().lower().replace("-", "_")
     if key not in _LOADERS:
