@@ -114,8 +114,10 @@ def algorithm_option_fields(
 
 #: Algorithm options whose None the run derives (``engine.resolve``) instead of the builder.
 _DERIVED_OPTIONS = {
-    "stat_momentum": "softmatch: derived from the iteration budget K, "
+    "stat_momentum": "softmatch/freematch/adamatch: derived from the iteration budget K, "
     "min(0.999, max(0.9, 1 - 20/K))",
+    "dash_warmup": "dash: derived from the iteration budget K, min(2048, K // 20)",
+    "rho_period": "dash: derived from the iteration budget K, max(1, round(K * 10/1024))",
 }
 
 
