@@ -502,6 +502,41 @@ _ALGO_VALUES: dict[str, dict[str, Any]] = {
     },
     "supervised": {"algorithm": "supervised"},
     "pseudolabel": {"algorithm": "pseudolabel", "tau": 0.95},
+    # The rest of the family, with USB's classic-CV values (config/classic_cv/<algo>/
+    # <algo>_cifar10_40_0.yaml; the same in its CIFAR-10-250/4000, CIFAR-100, SVHN and STL-10
+    # files but for FreeMatch's clip_thresh on SVHN, see _SETTING_ALGO_VALUES).
+    "freematch": {
+        "algorithm": "freematch",
+        "stat_momentum": 0.999,  # ema_p
+        "lambda_e": 0.001,  # ent_loss_ratio
+        "use_quantile": False,
+        "clip_thresh": False,
+        "lambda_u": 1.0,
+    },
+    "adamatch": {"algorithm": "adamatch", "tau": 0.95, "stat_momentum": 0.999, "lambda_u": 1.0},
+    "dash": {
+        "algorithm": "dash",
+        "temperature": 0.5,
+        "dash_gamma": 1.27,
+        "dash_c": 1.0001,
+        "rho_min": 0.05,
+        "rho_period": 10 * 1024,  # 10 epochs of 1024 iterations
+        "dash_warmup": 2048,  # num_wu_iter
+        "lambda_u": 1.0,
+    },
+    "uda": {"algorithm": "uda", "tau": 0.8, "temperature": 0.4, "lambda_u": 1.0},
+}
+#: Where USB's config for one setting differs from its CIFAR-10-40 file.
+_SETTING_ALGO_VALUES: dict[tuple[str, str], dict[str, Any]] = {
+    ("svhn-40", "freematch"): {"clip_thresh": True},
+    ("svhn-250", "freematch"): {"clip_thresh": True},
+}
+#: Presets of the algorithms added for issue 19 exist for the classic-CV settings only: USB's
+#: long-tailed configs (classic_cv_imb) are other recipes, not checked here.
+_FAMILY = ("freematch", "adamatch", "dash", "uda")
+_NOTES = {
+    "dash": "; the 2048 supervised warm-up iterations count in the budget (USB runs them "
+    "before it) and rho_init is the labeled loss after them (USB: its test-set loss)",
 }
 _SETTINGS: dict[str, tuple[dict[str, Any], str, str]] = {
     "cifar10-40": (
@@ -581,9 +616,14 @@ def _build_presets() -> dict[str, Preset]:
     presets = {}
     for setting, (values, description, runtime) in _SETTINGS.items():
         for algo, algo_values in _ALGO_VALUES.items():
+            if algo in _FAMILY and setting.startswith("cifar10lt"):
+                continue
             name = f"{setting}-{algo}"
-            merged = {**_PAPER_COMMON, **values, **algo_values, "preset": name}
-            presets[name] = Preset(name, f"{description}; {algo} (paper settings)", merged, runtime)
+            extra = _SETTING_ALGO_VALUES.get((setting, algo), {})
+            merged = {**_PAPER_COMMON, **values, **algo_values, **extra, "preset": name}
+            source = "USB classic-CV settings" if algo in _FAMILY else "paper settings"
+            text = f"{description}; {algo} ({source}){_NOTES.get(algo, '')}"
+            presets[name] = Preset(name, text, merged, runtime)
     return presets
 
 
