@@ -7,7 +7,9 @@ says as plain attributes what else it needs: pseudo-labels from the raw or the a
 probabilities (``pseudo_from``), soft targets ``t`` from its weighting (``soft_targets``: the
 unlabeled term is then ``-sum_k t_k log_softmax(student)_k``), the labeled probabilities for its
 update (``labeled_probs``), an extra loss term on the student logits (``extra_loss``, weighted by
-``extra_loss_weight``) and a supervised warm-up (``warmup``, ``end_warmup``).  It returns the loss and a dict of *sums* (counts, weight sums, per-class sums, a confidence
+``extra_loss_weight``) and a supervised warm-up (``warmup``, ``end_warmup``).
+
+It returns the loss and a dict of *sums* (counts, weight sums, per-class sums, a confidence
 histogram).  Sums accumulate on the device without host synchronisation and all-reduce exactly
 under DDP; ``semimatch.metrics.summarize`` turns them into quantity/quality/accuracy.
 """
