@@ -255,10 +255,9 @@ class SSLAlgorithm(nn.Module):
         if self.weighting is None:
             return {"weighting": {"type": "none"}, "p_model": None}
         describe = getattr(self.weighting, "describe", None)
-        if not self.weights_defined():
-            info = {"type": type(self.weighting).__name__, "warmup": True}
-        else:
-            info = describe() if callable(describe) else {"type": type(self.weighting).__name__}
+        info = describe() if callable(describe) else {"type": type(self.weighting).__name__}
+        if not self.weights_defined():  # in the warm-up: its state is not in use yet
+            info = {"type": info.get("type"), "warmup": True}
         p_model = getattr(self.alignment, "p_model", None)
         return {"weighting": info, "p_model": None if p_model is None else p_model.tolist()}
 
