@@ -447,7 +447,11 @@ def uda(
     temperature: float = 0.4,
     lambda_u: float = 1.0,
 ) -> SSLAlgorithm:
-    """Confidence mask + sharpened soft targets, consistency on the strong view (USB code).
+    """Confidence mask + sharpened soft targets, consistency on the strong view.
+
+    The paper sharpens with T = 0.4, as USB's config says; USB 0.3.2's code passes
+    probabilities to its pseudo-label hook with ``softmax=False``, which returns them unchanged,
+    so its targets are ``p`` (``temperature=1`` here).
 
     Args:
         num_classes: number of classes.
