@@ -278,7 +278,7 @@ def test_help_states_the_algorithms_real_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "confidence threshold (default: pseudolabel/fixmatch: 0.95)" in out
+    assert "(default: pseudolabel/fixmatch/adamatch: 0.95; uda: 0.8)" in out
     assert "(default: off)" in out and "clip the gradient norm to this value (default: off)" in out
 
 
