@@ -34,9 +34,11 @@ MOVING = {
 
 @pytest.fixture(autouse=True)
 def _quiet():
-    logging.getLogger("semimatch").setLevel(logging.WARNING)
+    logger = logging.getLogger("semimatch")
+    before = logger.level
+    logger.setLevel(logging.WARNING)
     yield
-    logging.getLogger("semimatch").setLevel(logging.NOTSET)
+    logger.setLevel(before)
 
 
 def _stop_after(monkeypatch, iteration: int) -> None:
