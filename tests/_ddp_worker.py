@@ -54,6 +54,18 @@ BASE = dict(
 )
 
 
+#: ``CASE`` may name another algorithm after a colon (``nobn:dash``): these options replace
+#: SoftMatch's (each makes that algorithm's state move within the six steps).
+FAMILY = {
+    "freematch": dict(algorithm="freematch", stat_momentum=0.5, lambda_e=0.5),
+    "adamatch": dict(algorithm="adamatch", stat_momentum=0.5, tau=0.5),
+    "dash": dict(
+        algorithm="dash", stat_momentum=None, dash_warmup=2, rho_period=1, dash_gamma=2.0,
+        rho_min=0.2,
+    ),
+}  # fmt: skip
+
+
 def backbone(case: str) -> nn.Module:
     """``bn``: the SmallCNN (per-process BatchNorm); ``nobn``: a small CNN without BatchNorm."""
     torch.manual_seed(0)
@@ -116,13 +128,14 @@ def run_case(
     case: str, out: Path, fail_at: int | None = None, resume_auto: bool = False
 ) -> dict[str, Any]:
     """Train ``case`` with ``fit`` (DDP under torchrun); return the recorded per-rank result."""
-    cfg = Config(**BASE)
+    net_case, _, algo = case.partition(":")
+    cfg = Config(**{**BASE, **FAMILY.get(algo, {})})
     algorithm = build_algorithm(cfg.algorithm, 10, **cfg.algorithm_options())
-    recorder = Recorder(backbone(case), algorithm, fail_at)
+    recorder = Recorder(backbone(net_case), algorithm, fail_at)
     try:
         run = fit(
             cfg,
-            out=out / case,
+            out=out / case.replace(":", "-"),
             model=recorder,
             algorithm=algorithm,
             resume="auto" if resume_auto else False,
@@ -152,7 +165,7 @@ def main() -> None:
     fail_at = args.fail_at if (rank == args.fail_rank and first_attempt) else None
     for case in args.cases:
         result = run_case(case, args.out, fail_at, args.resume_auto)
-        torch.save(result, args.out / f"{case}-rank{rank}.pt")
+        torch.save(result, args.out / f"{case.replace(':', '-')}-rank{rank}.pt")
 
 
 if __name__ == "__main__":

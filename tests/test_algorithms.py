@@ -202,7 +202,9 @@ def test_lambda_u_is_carried():
 
 
 def test_algorithm_table_and_defaults():
-    assert set(ALGORITHMS) == {"supervised", "pseudolabel", "fixmatch", "softmatch"}
+    assert set(ALGORITHMS) == {
+        "supervised", "pseudolabel", "fixmatch", "softmatch", "freematch", "adamatch", "dash", "uda"
+    }  # fmt: skip
     sup = build_algorithm("supervised", 10)
     assert not sup.uses_unlabeled and not sup.uses_strong
     assert sup.describe() == {"weighting": {"type": "none"}, "p_model": None}

@@ -259,7 +259,7 @@ def test_help_states_the_algorithms_real_defaults(capsys):
     checked = 0
     for algo, spec in ALGORITHMS.items():
         for name, param in list(inspect.signature(spec.build).parameters.items())[1:]:
-            if name == "stat_momentum":  # derived from the iteration budget when unset
+            if name in ("stat_momentum", "dash_warmup", "rho_period"):  # derived from the budget
                 assert "iteration budget" in labels[name]
                 continue
             shown = re.search(rf"(?:^|[/ ]){algo}(?:/\w+)*: ([^;]+)", labels[name])[1]
@@ -267,14 +267,18 @@ def test_help_states_the_algorithms_real_defaults(capsys):
                 assert shown == str(param.default).lower(), name
             elif isinstance(param.default, float):
                 assert float(shown) == param.default, name
+            elif isinstance(param.default, int):
+                assert int(shown) == param.default, name
             else:
                 assert shown == param.default, name
             checked += 1
-    assert checked == 11  # tau x2, lambda_u x3, n_sigma, per_class, UA, ua_momentum/init, stats_on
+    # tau x4, lambda_u x7, n_sigma, per_class, UA, ua_momentum/init, stats_on, shape, lambda_e,
+    # use_quantile, clip_thresh, temperature x2, dash_gamma, dash_c, rho_min
+    assert checked == 26
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "confidence threshold (default: pseudolabel/fixmatch: 0.95)" in out
+    assert "(default: pseudolabel/fixmatch/adamatch: 0.95; uda: 0.8)" in out
     assert "(default: off)" in out and "clip the gradient norm to this value (default: off)" in out
 
 
@@ -330,7 +334,9 @@ def test_help_shows_what_each_option_takes(capsys):
         "--device DEVICE",
         "--augment-device DEVICE",
         "--backbone STR",
-        "--algorithm {supervised,pseudolabel,fixmatch,softmatch}",
+        "--algorithm {supervised,pseudolabel,fixmatch,softmatch,freematch,adamatch,dash,uda}",
+        "--shape {gaussian,linear,quadratic,auto}",
+        "--dash-warmup INT",
         "--stats-on {aligned,raw,auto}",
         "--out PATH",
     ):

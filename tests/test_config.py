@@ -299,7 +299,7 @@ def test_every_builder_keyword_is_a_config_field_a_flag_and_checked(capsys):
         kind = OPTIONS[name].type
         if typing.get_origin(kind) is typing.Literal:
             return typing.get_args(kind)[-1]
-        return True if kind is bool else 0.5
+        return True if kind is bool else 2 if kind is int else 0.5
 
     every = Config(**{name: some_value(name) for name in keywords})
     assert set(every.algorithm_options()) == keywords == set(OPTIONS)

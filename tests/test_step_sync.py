@@ -18,12 +18,17 @@ from semimatch.models import InputNormalizer, build_model
 from semimatch.step import train_step
 
 
-@pytest.mark.parametrize("algorithm", ["supervised", "pseudolabel", "fixmatch", "softmatch"])
+@pytest.mark.parametrize(
+    "algorithm",
+    ["supervised", "pseudolabel", "fixmatch", "softmatch", "freematch", "adamatch", "dash", "uda"],
+)
 @pytest.mark.parametrize("forward_mode", ["two-pass", "joint", "split"])
 def test_training_iteration_has_no_host_sync(algorithm, forward_mode):
     meta = torch.device("meta")
     net = InputNormalizer(build_model("cnn", 10, in_channels=1), (0.5,), (0.25,)).to(meta)
     options = {"per_class": True} if algorithm == "softmatch" else {}
+    if algorithm == "dash":  # step 0 is the warm-up, step 1 sets rho_init
+        options = {"dash_warmup": 1}
     algo = build_algorithm(algorithm, 10, **options).to(meta)
     ema = ModelEMA(net, 0.99, warmup=True)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, foreach=True)
@@ -33,7 +38,15 @@ def test_training_iteration_has_no_host_sync(algorithm, forward_mode):
     t = torch.empty(16, dtype=torch.long, device=meta)
     for step in range(2):
         loss, sums = train_step(
-            net, algo, x, y, u, u if algo.uses_strong else None, t, forward_mode=forward_mode
+            net,
+            algo,
+            x,
+            y,
+            u,
+            u if algo.uses_strong else None,
+            t,
+            forward_mode=forward_mode,
+            iteration=step,
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()

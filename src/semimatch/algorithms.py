@@ -2,27 +2,37 @@
 
 An algorithm is: a sample weighting function lambda(p), an optional distribution alignment, which
 view the unlabeled loss is computed on (the strong view for FixMatch/SoftMatch, the weak view
-itself for Pseudo-Label), and the unlabeled loss weight ``lambda_u``.  The table ``ALGORITHMS``
+itself for Pseudo-Label), and the unlabeled loss weight ``lambda_u``; members of the family that
+need more say so as plain attributes the step reads (``pseudo_from``, ``soft_targets``,
+``labeled_probs``, ``extra_loss``, ``warmup``/``end_warmup``).  The table ``ALGORITHMS``
 at the bottom is the only place that knows algorithm names, and each builder's signature the
 only place that declares its options (``Config``, the command line and validation read it).
 """
 
 from __future__ import annotations
 
-import inspect
-import re
-import typing
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from semimatch.alignment import UniformAlignment
+from semimatch.alignment import DistributionAlignment, UniformAlignment
+from semimatch.options import (
+    AlgorithmSpec,
+    Option,
+    OptionSpec,
+    algorithm_options,
+    docstring_args,
+)
 from semimatch.weighting import (
+    SHAPES,
+    AdaMatchThreshold,
+    DashThreshold,
     FixedThreshold,
+    FreeMatchThreshold,
     SoftMatchWeighting,
+    UDAWeighting,
     check_momentum,
     check_num_classes,
 )
@@ -36,13 +46,17 @@ __all__ = [
     "OptionSpec",
     "SSLAlgorithm",
     "Weighting",
+    "adamatch",
     "algorithm_options",
     "build_algorithm",
+    "dash",
     "docstring_args",
     "fixmatch",
+    "freematch",
     "pseudolabel",
     "softmatch",
     "supervised",
+    "uda",
 ]
 
 
@@ -56,7 +70,8 @@ class Weighting(Protocol):
 
 
 class SSLAlgorithm(nn.Module):
-    """A composition ``(alignment, weighting, student_view, lambda_u)``.
+    """A composition ``(alignment, weighting, student_view, lambda_u)`` and what else the step
+    must do for it.
 
     Holding the weighting and the alignment as submodules puts their running state in
     ``algorithm.state_dict()``, so checkpoints and ``.to(device)`` cover it.
@@ -64,13 +79,27 @@ class SSLAlgorithm(nn.Module):
     Args:
         weighting: lambda(p) with ``update``/``__call__``; ``None`` means supervised only.
         alignment: applied to the weak-view probabilities before the weighting (update, then
-            apply); pseudo-labels always come from the raw probabilities.
+            apply).
         student_view: ``"strong"`` (FixMatch, SoftMatch) or ``"weak"`` (Pseudo-Label: the loss
             is on the weak view's own logits, so no strong augmentation is computed).
         stats_on: ``"aligned"`` (USB code, default) or ``"raw"`` (paper, TorchSSL): which
             probabilities update the weighting's running statistics.  Weights are always
             computed from the aligned probabilities.
         lambda_u: weight of the unlabeled loss.
+        pseudo_from: which probabilities give the pseudo-label ``argmax``: ``"raw"`` (every
+            method but AdaMatch; SoftMatch aligns only for the weights) or ``"aligned"``
+            (AdaMatch).
+        soft_targets: the unlabeled loss uses the weighting's ``target(probs)`` (N, C) soft
+            targets, ``-sum_k t_k log_softmax(student)_k``, instead of ``argmax`` (UDA, Dash).
+        labeled_probs: the alignment's and the weighting's ``update`` take
+            ``probs_lb=softmax(labeled weak logits)`` (detached) as well (AdaMatch).
+        extra_loss: an extra loss term ``extra_loss(logits_student, weights) -> scalar``,
+            computed after the weights (its state already updated), with the student logits'
+            gradient; added as ``extra_loss_weight * extra_loss`` (FreeMatch's fairness loss).
+        extra_loss_weight: its weight (FreeMatch's lambda_e).
+        warmup: the first ``warmup`` iterations are supervised only (Dash).
+        end_warmup: called once with the (global) mean labeled loss of the first iteration
+            after the warm-up, before that iteration's weights (Dash's ``set_rho_init``).
     """
 
     def __init__(
@@ -81,6 +110,14 @@ class SSLAlgorithm(nn.Module):
         stats_on: Literal["aligned", "raw"] = "aligned",
         lambda_u: float = 1.0,
         name: str = "custom",
+        *,
+        pseudo_from: Literal["raw", "aligned"] = "raw",
+        soft_targets: bool = False,
+        labeled_probs: bool = False,
+        extra_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        extra_loss_weight: float = 0.0,
+        warmup: int = 0,
+        end_warmup: Callable[[torch.Tensor], None] | None = None,
     ) -> None:
         super().__init__()
         if weighting is not None and not isinstance(weighting, Weighting):
@@ -99,6 +136,16 @@ class SSLAlgorithm(nn.Module):
             )
         if lambda_u < 0:
             raise ValueError(f"lambda_u must be >= 0; got {lambda_u}")
+        if pseudo_from not in ("raw", "aligned"):
+            raise ValueError(f"pseudo_from must be 'raw' or 'aligned'; got {pseudo_from!r}")
+        if soft_targets and not callable(getattr(weighting, "target", None)):
+            raise ValueError("soft_targets needs a weighting with a target(probs) method")
+        if extra_loss is not None and not callable(extra_loss):
+            raise ValueError("extra_loss must be callable (logits_student, weights) -> loss")
+        if extra_loss_weight < 0:
+            raise ValueError(f"extra_loss_weight must be >= 0; got {extra_loss_weight}")
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"warmup must be an integer >= 0; got {warmup!r}")
         # Plain attributes for non-Module weightings (any object with the protocol works).
         self.weighting = weighting
         self.alignment = alignment
@@ -106,6 +153,17 @@ class SSLAlgorithm(nn.Module):
         self.stats_on = stats_on
         self.lambda_u = float(lambda_u)
         self.name = name
+        self.pseudo_from = pseudo_from
+        self.soft_targets = bool(soft_targets)
+        self.labeled_probs = bool(labeled_probs)
+        self.extra_loss = extra_loss
+        self.extra_loss_weight = float(extra_loss_weight)
+        self.warmup = int(warmup)
+        self._end_warmup = end_warmup
+        if end_warmup is not None:
+            # The warm-up's state is a buffer, so a checkpoint holds it (only for algorithms
+            # with a warm-up: the others' state_dict is unchanged).
+            self.register_buffer("warmed_up", torch.tensor(False))
 
     @property
     def uses_unlabeled(self) -> bool:
@@ -119,27 +177,78 @@ class SSLAlgorithm(nn.Module):
     def lambda_max(self) -> float:
         return float(getattr(self.weighting, "lambda_max", 1.0))
 
+    def supervised_at(self, iteration: int | None) -> bool:
+        """Whether iteration ``iteration`` (0-based) trains on the labeled batch only."""
+        return not self.uses_unlabeled or (iteration is not None and iteration < self.warmup)
+
+    @property
+    def has_warmup_end(self) -> bool:
+        """Whether this algorithm must be told when its warm-up ends (``end_warmup``)."""
+        return self._end_warmup is not None
+
+    def ends_warmup_at(self, iteration: int | None) -> bool:
+        """Whether iteration ``iteration`` is the first after the warm-up."""
+        return self.has_warmup_end and iteration == self.warmup
+
     @torch.no_grad()
-    def weigh(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def end_warmup(self, labeled_loss: torch.Tensor) -> None:
+        """Once, at the first iteration after the warm-up, before its weights: hand the mean
+        labeled loss of the model after the warm-up to the weighting (Dash's rho_init)."""
+        if self._end_warmup is None:
+            raise RuntimeError(f"{self.name} has no warm-up to end")
+        self._end_warmup(labeled_loss)
+        self.warmed_up.fill_(True)
+
+    @torch.no_grad()
+    def weigh(
+        self, probs: torch.Tensor, probs_lb: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference order: align (update, then apply) -> update statistics -> weight.
 
         Returns ``(weights, confidence)`` where ``confidence`` is the max of the probabilities
         the weighting function saw (logged as the confidence histogram).
         """
+        weights, confidence, _ = self._weigh(probs, probs_lb)
+        return weights, confidence
+
+    @torch.no_grad()
+    def label(
+        self, probs: torch.Tensor, probs_lb: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``weigh``, then the pseudo-labels and (with ``soft_targets``) the soft targets.
+
+        Returns ``(weights, confidence, pseudo, targets)``: ``pseudo = argmax`` of the raw or
+        the aligned probabilities (``pseudo_from``); ``targets`` is ``None`` for hard
+        pseudo-labels, else the weighting's ``target`` of those probabilities, (N, C).
+        """
+        weights, confidence, aligned = self._weigh(probs, probs_lb)
+        source = aligned if self.pseudo_from == "aligned" else probs
+        pseudo = source.argmax(dim=1)
+        targets = self.weighting.target(source) if self.soft_targets else None  # type: ignore[union-attr]
+        return weights, confidence, pseudo, targets
+
+    def _weigh(
+        self, probs: torch.Tensor, probs_lb: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         assert self.weighting is not None
+        if self.labeled_probs and probs_lb is None:
+            raise ValueError(
+                f"{self.name} needs probs_lb: softmax of the weak labeled logits (detached)"
+            )
+        extra = {"probs_lb": probs_lb} if self.labeled_probs else {}
         aligned = probs
         if self.alignment is not None:
-            self.alignment.update(probs)
+            self.alignment.update(probs, **extra)
             aligned = self.alignment(probs)
         stats = aligned if self.stats_on == "aligned" else probs
-        self.weighting.update(stats)
+        self.weighting.update(stats, **extra)
         if stats is not aligned and getattr(self.weighting, "per_class", False):
             # Per-class statistics grouped by the raw argmax are looked up by the raw argmax
             # too: one class index per row for the update and the weight.
             weights = self.weighting(aligned, classes=stats.float().max(dim=1).indices)
         else:
             weights = self.weighting(aligned)
-        return weights, aligned.max(dim=1).values
+        return weights, aligned.max(dim=1).values, aligned
 
     def describe(self) -> dict[str, Any]:
         """Weighting/alignment state for the logs (``{"type": "none"}`` when supervised)."""
@@ -147,14 +256,33 @@ class SSLAlgorithm(nn.Module):
             return {"weighting": {"type": "none"}, "p_model": None}
         describe = getattr(self.weighting, "describe", None)
         info = describe() if callable(describe) else {"type": type(self.weighting).__name__}
+        if not self.weights_defined():  # in the warm-up: its state is not in use yet
+            info = {"type": info.get("type"), "warmup": True}
         p_model = getattr(self.alignment, "p_model", None)
         return {"weighting": info, "p_model": None if p_model is None else p_model.tolist()}
 
+    def weights_defined(self) -> bool:
+        """False while a warm-up has not yet given the weighting what it needs (Dash's rho)."""
+        if self.weighting is None:
+            return False
+        return not self.has_warmup_end or bool(self.warmed_up)
+
     def extra_repr(self) -> str:
-        return (
+        text = (
             f"name={self.name!r}, student_view={self.student_view!r}, "
             f"stats_on={self.stats_on!r}, lambda_u={self.lambda_u}"
         )
+        if self.pseudo_from != "raw":
+            text += f", pseudo_from={self.pseudo_from!r}"
+        if self.soft_targets:
+            text += ", soft_targets=True"
+        if self.labeled_probs:
+            text += ", labeled_probs=True"
+        if self.extra_loss is not None:
+            text += f", extra_loss_weight={self.extra_loss_weight}"
+        if self.warmup:
+            text += f", warmup={self.warmup}"
+        return text
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,6 +334,7 @@ def softmatch(
     ua_momentum: float | None = None,
     ua_init: Literal["batch", "uniform"] = "batch",
     stats_on: Literal["aligned", "raw"] = "aligned",
+    shape: Literal["gaussian", "linear", "quadratic"] = "gaussian",
     lambda_u: float = 1.0,
 ) -> SSLAlgorithm:
     """Truncated-Gaussian weighting + Uniform Alignment (USB-code defaults).
@@ -220,6 +349,8 @@ def softmatch(
         ua_init: p_model starts at the first batch's mean (batch, USB code) or at the uniform
             distribution (uniform, TorchSSL).
         stats_on: statistics on aligned (USB code) or raw (paper) probabilities.
+        shape: lambda(p) below the mean, for the paper's ablation: gaussian (the paper's),
+            or semimatch's linear / quadratic with the same width and truncation point.
         lambda_u: unlabeled loss weight.
     """
     if ua_momentum is not None:
@@ -229,8 +360,10 @@ def softmatch(
     if ua_init != "batch" and not uniform_alignment:
         raise ValueError("ua_init has no effect with uniform_alignment=False")
     check_momentum(stat_momentum, "stat_momentum")  # named as the user spelled it
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}; got {shape!r}")
     weighting = SoftMatchWeighting(
-        num_classes, momentum=stat_momentum, n_sigma=n_sigma, per_class=per_class
+        num_classes, momentum=stat_momentum, n_sigma=n_sigma, per_class=per_class, shape=shape
     )
     alignment = (
         UniformAlignment(
@@ -244,126 +377,132 @@ def softmatch(
     )
 
 
-# --------------------------------------------------------------------------------------------
-# Reading the declaration.
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class OptionSpec:
-    """One keyword parameter of a builder: what ``Config`` needs to make a field of it."""
+def freematch(
+    num_classes: int,
+    *,
+    stat_momentum: float = 0.999,
+    lambda_e: float = 0.001,
+    use_quantile: bool = False,
+    clip_thresh: bool = False,
+    lambda_u: float = 1.0,
+) -> SSLAlgorithm:
+    """Self-adaptive class-wise thresholds + the self-adaptive fairness loss (USB-code defaults).
 
-    name: str
-    type: Any  # the resolved annotation, e.g. ``float`` or ``Literal["batch", "uniform"]``
-    default: Any
-    help: str  # the builder docstring's ``Args:`` entry
-
-
-def docstring_args(fn: Callable[..., Any]) -> dict[str, str]:
-    """The entries of a Google-style ``Args:`` section, as ``{name: one-line text}``."""
-    lines = inspect.getdoc(fn)
-    entries: dict[str, str] = {}
-    if not lines:
-        return entries
-    inside, name = False, None
-    for line in lines.splitlines():
-        if not inside:
-            inside = line.strip() == "Args:"
-            continue
-        if line and not line.startswith(" "):  # the next section (Returns:, Raises:, ...)
-            break
-        match = re.match(r"^ {4}(\w+)(?: \([^)]*\))?: ?(.*)$", line)
-        if match:
-            name = match[1]
-            entries[name] = match[2].strip()
-        elif name is not None and line.strip():  # an indented continuation line
-            entries[name] += " " + line.strip()
-    return entries
-
-
-@dataclass(frozen=True)
-class AlgorithmSpec:
-    """A named composition: its builder ``build(num_classes, *, option=default, ...)``.
-
-    The builder's keyword-only parameters are the options the algorithm accepts (anything else
-    is an error); each needs a type annotation, a default and an ``Args:`` line in the
-    builder's docstring, checked here when the table is made.  The docstring's first line is
-    the summary.
+    Args:
+        num_classes: number of classes.
+        stat_momentum: EMA momentum of the global threshold, p_model and the label histogram
+            (USB ema_p 0.999).
+        lambda_e: weight of the self-adaptive fairness loss (USB ent_loss_ratio; CIFAR-10-40
+            0.001).
+        use_quantile: the 0.8-quantile of the batch confidence instead of its mean (USB option).
+        clip_thresh: clip the global threshold to at most 0.95 (USB option).
+        lambda_u: unlabeled loss weight.
     """
-
-    build: Callable[..., SSLAlgorithm]
-
-    def __post_init__(self) -> None:
-        params = list(inspect.signature(self.build).parameters.values())
-        if not params or params[0].kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD:
-            raise TypeError(f"{self.build.__name__} must take num_classes first")
-        for p in params[1:]:
-            if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is p.empty:
-                raise TypeError(
-                    f"{self.build.__name__}: option {p.name!r} must be keyword-only with a default"
-                )
-        self.option_specs()  # missing annotations or docstring entries fail here, at import
-
-    @property
-    def options(self) -> frozenset[str]:
-        """The option names (the builder's keyword-only parameters)."""
-        return frozenset(self.option_specs())
-
-    @property
-    def summary(self) -> str:
-        """The first line of the builder's docstring."""
-        return (inspect.getdoc(self.build) or "").splitlines()[0].rstrip(".")
-
-    def option_specs(self) -> dict[str, OptionSpec]:
-        """Each option's type, default and help text, in the builder's parameter order."""
-        hints = typing.get_type_hints(self.build)
-        docs = docstring_args(self.build)
-        specs = {}
-        for p in list(inspect.signature(self.build).parameters.values())[1:]:
-            if p.name not in hints or p.name not in docs:
-                raise TypeError(
-                    f"{self.build.__name__}: option {p.name!r} needs a type annotation and an "
-                    "Args: entry in the docstring"
-                )
-            specs[p.name] = OptionSpec(p.name, hints[p.name], p.default, docs[p.name])
-        return specs
-
-    def check(self, name: str, options: Mapping[str, Any]) -> None:
-        """Refuse an option this algorithm does not take (it would silently do nothing)."""
-        unused = set(options) - self.options
-        if unused:
-            raise ValueError(
-                f"option(s) {sorted(unused)} have no effect with algorithm {name!r}; "
-                f"it accepts {sorted(self.options) or 'no options'}"
-            )
+    check_momentum(stat_momentum, "stat_momentum")
+    if not lambda_e >= 0:
+        raise ValueError(f"lambda_e must be >= 0; got {lambda_e}")
+    weighting = FreeMatchThreshold(
+        num_classes, momentum=stat_momentum, use_quantile=use_quantile, clip=clip_thresh
+    )
+    return SSLAlgorithm(
+        weighting,
+        lambda_u=lambda_u,
+        name="freematch",
+        extra_loss=weighting.fairness_loss,
+        extra_loss_weight=lambda_e,
+    )
 
 
-@dataclass(frozen=True)
-class Option:
-    """An option across the algorithms that take it (one ``Config`` field)."""
+def adamatch(
+    num_classes: int,
+    *,
+    tau: float = 0.95,
+    stat_momentum: float = 0.999,
+    lambda_u: float = 1.0,
+) -> SSLAlgorithm:
+    """Relative threshold (tau x mean labeled confidence) + distribution alignment (USB code).
 
-    name: str
-    type: Any
-    defaults: dict[str, Any]  # {algorithm: the builder's default}
-    helps: dict[str, str]  # {algorithm: the builder's Args: text}
-
-
-def algorithm_options(registry: Mapping[str, AlgorithmSpec]) -> dict[str, Option]:
-    """The union of the algorithms' options, in first-declared order.
-
-    One name means one thing: builders whose parameters of the same name have different types
-    are an error (raised when the registry is read, i.e. at import).
+    Args:
+        num_classes: number of classes.
+        tau: relative confidence threshold, times the mean confidence of the weak labeled batch.
+        stat_momentum: EMA momentum of the distribution alignment's p_model and p_target (USB
+            ema_p 0.999).
+        lambda_u: unlabeled loss weight.
     """
-    union: dict[str, Option] = {}
-    for algo, spec in registry.items():
-        for name, option in spec.option_specs().items():
-            known = union.setdefault(name, Option(name, option.type, {}, {}))
-            if option.type != known.type:
-                raise TypeError(
-                    f"option {name!r} is {option.type} in {algo!r} but {known.type} in "
-                    f"{next(iter(known.defaults))!r}: one name, one type"
-                )
-            known.defaults[algo] = option.default
-            known.helps[algo] = option.help
-    return union
+    check_momentum(stat_momentum, "stat_momentum")
+    return SSLAlgorithm(
+        AdaMatchThreshold(tau),
+        DistributionAlignment(num_classes, momentum=stat_momentum, target="model"),
+        lambda_u=lambda_u,
+        name="adamatch",
+        pseudo_from="aligned",
+        labeled_probs=True,
+    )
+
+
+def uda(
+    num_classes: int,
+    *,
+    tau: float = 0.8,
+    temperature: float = 0.4,
+    lambda_u: float = 1.0,
+) -> SSLAlgorithm:
+    """Confidence mask + sharpened soft targets, consistency on the strong view.
+
+    The paper sharpens with T = 0.4, as USB's config says; USB 0.3.2's code passes
+    probabilities to its pseudo-label hook with ``softmax=False``, which returns them unchanged,
+    so its targets are ``p`` (``temperature=1`` here).
+
+    Args:
+        num_classes: number of classes.
+        tau: confidence threshold of the mask (USB p_cutoff 0.8).
+        temperature: sharpening temperature T of the soft targets softmax(weak logits / T)
+            (uda: USB 0.4; dash: USB 0.5).
+        lambda_u: unlabeled loss weight.
+    """
+    return SSLAlgorithm(
+        UDAWeighting(tau, temperature), lambda_u=lambda_u, name="uda", soft_targets=True
+    )
+
+
+def dash(
+    num_classes: int,
+    *,
+    temperature: float = 0.5,
+    dash_gamma: float = 1.27,
+    dash_c: float = 1.0001,
+    rho_min: float = 0.05,
+    rho_period: int = 10 * 1024,
+    dash_warmup: int = 2048,
+    lambda_u: float = 1.0,
+) -> SSLAlgorithm:
+    """Threshold on the per-sample loss, decayed over training, after a supervised warm-up.
+
+    Args:
+        num_classes: number of classes.
+        temperature: sharpening temperature T of the soft targets softmax(weak logits / T)
+            (uda: USB 0.4; dash: USB 0.5).
+        dash_gamma: decay factor gamma of the loss threshold rho (USB 1.27).
+        dash_c: scale C of the loss threshold rho = C gamma^-k rho_init (USB 1.0001).
+        rho_min: floor of the loss threshold; hard pseudo-labels once reached (USB 0.05).
+        rho_period: iterations between two decays of rho (USB 10 epochs = 10240).
+        dash_warmup: supervised iterations before rho_init is set from the labeled loss (USB
+            num_wu_iter 2048).
+        lambda_u: unlabeled loss weight.
+    """
+    if isinstance(dash_warmup, bool) or not isinstance(dash_warmup, int) or dash_warmup < 0:
+        raise ValueError(f"dash_warmup must be an integer >= 0; got {dash_warmup!r}")
+    weighting = DashThreshold(
+        gamma=dash_gamma, C=dash_c, rho_min=rho_min, period=rho_period, temperature=temperature
+    )
+    return SSLAlgorithm(
+        weighting,
+        lambda_u=lambda_u,
+        name="dash",
+        soft_targets=True,
+        warmup=dash_warmup,
+        end_warmup=weighting.set_rho_init,
+    )
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
@@ -371,6 +510,10 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
     "pseudolabel": AlgorithmSpec(pseudolabel),
     "fixmatch": AlgorithmSpec(fixmatch),
     "softmatch": AlgorithmSpec(softmatch),
+    "freematch": AlgorithmSpec(freematch),
+    "adamatch": AlgorithmSpec(adamatch),
+    "dash": AlgorithmSpec(dash),
+    "uda": AlgorithmSpec(uda),
 }
 
 #: The algorithm names, as a type (``Config.algorithm``).

@@ -1,4 +1,4 @@
-"""Typed configuration and the paper presets: the one place where options are defined.
+"""Typed configuration: the one place where options are defined (presets: ``semimatch.presets``).
 
 ``Config`` is a flat dataclass: every field is a command-line flag (``--field-name``), a key of
 ``config.json`` and a keyword of ``semimatch.train``, all derived from the same field list, so an
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from semimatch.algorithms import OPTIONS, AlgorithmName, Option
+from semimatch.presets import PRESETS, Preset
 
 __all__ = [
     "Config",
@@ -114,8 +115,10 @@ def algorithm_option_fields(
 
 #: Algorithm options whose None the run derives (``engine.resolve``) instead of the builder.
 _DERIVED_OPTIONS = {
-    "stat_momentum": "softmatch: derived from the iteration budget K, "
+    "stat_momentum": "softmatch/freematch/adamatch: derived from the iteration budget K, "
     "min(0.999, max(0.9, 1 - 20/K))",
+    "dash_warmup": "dash: derived from the iteration budget K, min(2048, K // 20)",
+    "rho_period": "dash: derived from the iteration budget K, max(1, round(K * 10/1024))",
 }
 
 
@@ -451,141 +454,6 @@ def budget_momentum(paper: float, iterations: int, floor: float = 0.9) -> float:
     and never below ``floor``.
     """
     return float(min(paper, max(floor, 1.0 - 20.0 / max(iterations, 1))))
-
-
-# --------------------------------------------------------------------------------------------
-# Presets: the papers' settings as code.
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    description: str
-    values: dict[str, Any]
-    runtime: str  # what a user should expect on typical hardware
-
-
-_PAPER_COMMON: dict[str, Any] = {
-    "iterations": 2**20,
-    "batch_size": 64,
-    "uratio": 7,
-    "lr": 0.03,
-    "sgd_momentum": 0.9,
-    "nesterov": True,
-    "weight_decay": 5e-4,
-    "schedule": "cosine",
-    "ema_decay": 0.999,
-    "ema_warmup": False,
-    "bn_momentum": 0.001,
-    # FixMatch evaluates every 1,024 iterations (its "epoch"); "median of the last 20
-    # evaluations" then spans the papers' last ~20k iterations.
-    "eval_every": 1024,
-    # The papers trained in fp32; bf16 autocast is a flag (--precision bf16), see README.
-    "precision": "fp32",
-    "strong_augment": "fixmatch",
-    "forward_mode": "joint",  # the papers' single forward (also the default)
-}
-_RUNTIME_28_2 = (
-    "2**20 iterations: ~1 week on one V100; on a 2-core CPU ~20 s/iteration in fp32 (AVX2), "
-    "~2 s (~24 days) with --precision bf16 on AMX"
-)
-_RUNTIME_28_8 = "2**20 iterations: ~3 weeks on one V100; not practical on a CPU"
-_ALGO_VALUES: dict[str, dict[str, Any]] = {
-    "fixmatch": {"algorithm": "fixmatch", "tau": 0.95},
-    "softmatch": {
-        "algorithm": "softmatch",
-        "stat_momentum": 0.999,
-        "n_sigma": 2.0,
-        "uniform_alignment": True,
-        "stats_on": "aligned",
-    },
-    "supervised": {"algorithm": "supervised"},
-    "pseudolabel": {"algorithm": "pseudolabel", "tau": 0.95},
-}
-_SETTINGS: dict[str, tuple[dict[str, Any], str, str]] = {
-    "cifar10-40": (
-        {"dataset": "cifar10", "num_labels": 40, "backbone": "wrn_28_2"},
-        "CIFAR-10, 4 labels per class, WRN-28-2",
-        _RUNTIME_28_2,
-    ),
-    "cifar10-250": (
-        {"dataset": "cifar10", "num_labels": 250, "backbone": "wrn_28_2"},
-        "CIFAR-10, 25 labels per class, WRN-28-2",
-        _RUNTIME_28_2,
-    ),
-    "cifar10-4000": (
-        {"dataset": "cifar10", "num_labels": 4000, "backbone": "wrn_28_2"},
-        "CIFAR-10, 400 labels per class, WRN-28-2",
-        _RUNTIME_28_2,
-    ),
-    "cifar100-400": (
-        {"dataset": "cifar100", "num_labels": 400, "backbone": "wrn_28_8", "weight_decay": 1e-3},
-        "CIFAR-100, 4 labels per class, WRN-28-8, wd 1e-3",
-        _RUNTIME_28_8,
-    ),
-    "cifar100-2500": (
-        {"dataset": "cifar100", "num_labels": 2500, "backbone": "wrn_28_8", "weight_decay": 1e-3},
-        "CIFAR-100, 25 labels per class, WRN-28-8",
-        _RUNTIME_28_8,
-    ),
-    "svhn-40": (
-        {"dataset": "svhn", "num_labels": 40, "backbone": "wrn_28_2"},
-        "SVHN, 4 labels per class, WRN-28-2, no flip",
-        _RUNTIME_28_2,
-    ),
-    "svhn-250": (
-        {"dataset": "svhn", "num_labels": 250, "backbone": "wrn_28_2"},
-        "SVHN, 25 labels per class, WRN-28-2, no flip",
-        _RUNTIME_28_2,
-    ),
-    "stl10-40": (
-        {"dataset": "stl10", "num_labels": 40, "backbone": "wrn_37_2"},
-        "STL-10 (96 px) with its 100k unlabeled images, WRN-37-2",
-        "2**20 iterations: ~2 weeks on one V100",
-    ),
-    "stl10-1000": (
-        {"dataset": "stl10", "num_labels": 1000, "backbone": "wrn_37_2"},
-        "STL-10, 1000 labels drawn balanced (FixMatch's folds: --num-labels none --fold k), "
-        "WRN-37-2",
-        "2**20 iterations: ~2 weeks on one V100",
-    ),
-    "cifar10lt-100": (
-        {
-            "dataset": "cifar10",
-            "backbone": "wrn_28_2",
-            "lt_gamma": 100.0,
-            "lt_n1": 1500,
-            "lt_m1": 3000,
-            "iterations": 2**18,
-        },
-        "CIFAR-10-LT, gamma 100, N_1 1500, M_1 3000 (SoftMatch section 4.3)",
-        "2**18 iterations: ~2 days on one V100",
-    ),
-    "cifar10lt-150": (
-        {
-            "dataset": "cifar10",
-            "backbone": "wrn_28_2",
-            "lt_gamma": 150.0,
-            "lt_n1": 1500,
-            "lt_m1": 3000,
-            "iterations": 2**18,
-        },
-        "CIFAR-10-LT, gamma 150, N_1 1500, M_1 3000",
-        "2**18 iterations: ~2 days on one V100",
-    ),
-}
-
-
-def _build_presets() -> dict[str, Preset]:
-    presets = {}
-    for setting, (values, description, runtime) in _SETTINGS.items():
-        for algo, algo_values in _ALGO_VALUES.items():
-            name = f"{setting}-{algo}"
-            merged = {**_PAPER_COMMON, **values, **algo_values, "preset": name}
-            presets[name] = Preset(name, f"{description}; {algo} (paper settings)", merged, runtime)
-    return presets
-
-
-PRESETS: dict[str, Preset] = _build_presets()
 
 
 def load_preset(name: str) -> Config:

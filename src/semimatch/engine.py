@@ -357,6 +357,7 @@ def _step(t: _Training, batch: SSLBatch, k: int) -> None:
                 None if batch.u_strong is None else batch.u_strong.contiguous(memory_format=fmt),
                 batch.u_true,
                 forward_mode=cfg.forward_mode,
+                iteration=k,
             )
     except NonFiniteError:  # the weak-view probabilities are already NaN
         raise _NonFinite(k) from None

@@ -89,8 +89,8 @@ def lambda_curve(algorithm: SSLAlgorithm, num_classes: int, device: torch.device
     A row with max probability q puts q on one class and spreads 1-q over the others; per-class
     weightings are averaged over which class holds the max.
     """
-    if algorithm.weighting is None:
-        return None
+    if algorithm.weighting is None or not algorithm.weights_defined():
+        return None  # supervised, or a warm-up that has not yet defined the weights (Dash)
     grid = torch.linspace(1.0 / num_classes, 1.0, 51, device=device)
     ws = []
     for c in range(num_classes):

@@ -70,6 +70,8 @@ def summarize(sums: Mapping[str, Any]) -> dict[str, Any]:
         "quality": _div(sums.get("weight_correct", 0.0), sums.get("weight_known", 0.0)),
         "pl_acc": _div(sums.get("correct", 0.0), sums.get("known", 0.0)),
     }
+    if "extra_loss_sum" in sums:  # only algorithms with an extra loss term (FreeMatch)
+        out["extra_loss"] = _div(sums["extra_loss_sum"], n_ulb)
     if n_ulb > 0:
         counts = sums["class_count"]
         out["per_class_quantity"] = [_div(w, c) for w, c in zip(sums["class_weight"], counts)]

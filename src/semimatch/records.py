@@ -119,8 +119,14 @@ class Recorder:
 def train_record(state: TrainState, done: int, sec_per_iter: float) -> dict[str, Any]:
     """The "train" record of metrics.jsonl: the log window's averages (one sync)."""
     s = summarize(state.log_window.reduce())
-    loss = (s["sup_loss"] or 0.0) + state.algorithm.lambda_u * (s["unsup_loss"] or 0.0)
-    keys = ("sup_loss", "unsup_loss", "quantity", "quality", "pl_acc", "full_weight_frac")
+    algorithm = state.algorithm
+    loss = (s["sup_loss"] or 0.0) + algorithm.lambda_u * (s["unsup_loss"] or 0.0)
+    keys: tuple[str, ...] = (
+        "sup_loss", "unsup_loss", "quantity", "quality", "pl_acc", "full_weight_frac"
+    )  # fmt: skip
+    if "extra_loss" in s:  # an extra loss term (FreeMatch's fairness loss), weighted
+        loss += getattr(algorithm, "extra_loss_weight", 0.0) * (s["extra_loss"] or 0.0)
+        keys = (*keys, "extra_loss")
     return {
         "kind": "train",
         "iteration": done,

@@ -147,6 +147,11 @@ def _check(cfg: Config, data: SSLDataset, device: torch.device) -> None:
         )
 
 
+def dash_warmup(iterations: int) -> int:
+    """Dash's supervised warm-up for a budget of ``iterations``: USB's 2048, at most 5% of it."""
+    return int(min(2048, iterations // 20))
+
+
 def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str, str]) -> None:
     """Fill the auto (None) fields of ``cfg`` in place, recording each reason in ``auto``."""
 
@@ -181,11 +186,29 @@ def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str
         1e-3 if info.name == "cifar100" else 5e-4,
         f"the papers' value for {info.name} (1e-3 for CIFAR-100, 5e-4 otherwise)",
     )
-    if "stat_momentum" in ALGORITHMS[cfg.algorithm].options:  # softmatch's EMA statistics
+    options = ALGORITHMS[cfg.algorithm].options
+    if "stat_momentum" in options:  # softmatch/freematch/adamatch's EMA statistics
         derive(
             "stat_momentum",
             budget_momentum(0.999, K),
             f"budget of {K} iterations: min(0.999, max(0.9, 1 - 20/K)); paper 0.999",
+        )
+    if "dash_warmup" in options:  # Dash: USB's 2048 and 10240 iterations are for K = 2**20
+        derive(
+            "dash_warmup",
+            dash_warmup(K),
+            f"budget of {K} iterations: min(2048, K // 20), 5% of the run; USB 2048",
+        )
+        derive(
+            "rho_period",
+            max(1, round(K * 10 / 1024)),
+            f"budget of {K} iterations: max(1, round(K * 10/1024)), USB's 10 epochs of 1024 "
+            "iterations as a share of 2**20; USB 10240",
+        )
+    if "dash_warmup" in options and cfg.dash_warmup >= K:
+        raise ConfigError(
+            f"dash_warmup={cfg.dash_warmup} leaves no semi-supervised iteration of the "
+            f"{K}; pass --dash-warmup below --iterations"
         )
     if cfg.precision == "auto":
         native = native_bf16(device)

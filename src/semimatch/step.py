@@ -2,7 +2,13 @@
 
     L = mean_B H(y, f(weak(x))) + lambda_u * (1/(mu B)) * sum_i w_i H(y_hat_i, f(student(u_i)))
 
-One function for all methods: the algorithm only decides the weights (and the student view).
+One function for all methods: the algorithm decides the weights (and the student view), and
+says as plain attributes what else it needs: pseudo-labels from the raw or the aligned
+probabilities (``pseudo_from``), soft targets ``t`` from its weighting (``soft_targets``: the
+unlabeled term is then ``-sum_k t_k log_softmax(student)_k``), the labeled probabilities for its
+update (``labeled_probs``), an extra loss term on the student logits (``extra_loss``, weighted by
+``extra_loss_weight``) and a supervised warm-up (``warmup``, ``end_warmup``).
+
 It returns the loss and a dict of *sums* (counts, weight sums, per-class sums, a confidence
 histogram).  Sums accumulate on the device without host synchronisation and all-reduce exactly
 under DDP; ``semimatch.metrics.summarize`` turns them into quantity/quality/accuracy.
@@ -16,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semimatch import distributed as dist
 from semimatch.algorithms import SSLAlgorithm
 from semimatch.config import ForwardMode
 from semimatch.two_pass import two_pass_forward
@@ -36,6 +43,7 @@ def train_step(
     u_strong: torch.Tensor | None = None,
     u_true: torch.Tensor | None = None,
     forward_mode: ForwardMode = "joint",
+    iteration: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Compute the loss of one step and its metric sums.
 
@@ -55,6 +63,11 @@ def train_step(
             ``"split"`` runs the weak view alone without grad, which changes the BN batch
             statistics (it lost accuracy, BENCHMARKS.md); both of its forwards update the BN
             running statistics, as USB's ``use_cat=False`` forwards do.
+        iteration: the 0-based iteration, for an algorithm with a supervised warm-up (Dash):
+            before ``algorithm.warmup`` the step is supervised only (the labeled batch alone,
+            as a supervised run); at ``algorithm.warmup`` the (global) mean labeled loss of
+            this batch, under the model the warm-up left, goes to ``algorithm.end_warmup``
+            before the weights.  ``None``: no warm-up.
 
     Returns:
         ``(loss, sums)``: the scalar loss and a dict of detached tensors (see ``metric_sums``).
@@ -67,7 +80,7 @@ def train_step(
 
     # An empty unlabeled shard (possible on one rank) still takes the unlabeled path, so every
     # rank joins the all-reduces of the weighting/alignment statistics.
-    if not algorithm.uses_unlabeled or u_weak is None:
+    if algorithm.supervised_at(iteration) or u_weak is None:
         logits_lb = model(x_lb)
         sup_loss = F.cross_entropy(logits_lb.float(), y_lb)
         return sup_loss, metric_sums(algorithm, logits_lb, y_lb, sup_loss, None)
@@ -102,15 +115,34 @@ def train_step(
         logits_lb, logits_student = logits[:n_lb], logits[n_lb:]
 
     sup_loss = F.cross_entropy(logits_lb.float(), y_lb)
+    if algorithm.ends_warmup_at(iteration):
+        algorithm.end_warmup(_global_mean(sup_loss.detach(), n_lb))
     probs = torch.softmax(logits_weak.float(), dim=1)
-    weights, confidence = algorithm.weigh(probs)
-    pseudo = probs.argmax(dim=1)  # pseudo-labels from the raw (unaligned) probabilities
-    per_sample = F.cross_entropy(logits_student.float(), pseudo, reduction="none")
+    probs_lb = torch.softmax(logits_lb.detach().float(), dim=1) if algorithm.labeled_probs else None
+    # Pseudo-labels from the raw probabilities, unless the algorithm says aligned (AdaMatch).
+    weights, confidence, pseudo, targets = algorithm.label(probs, probs_lb)
+    if targets is None:
+        per_sample = F.cross_entropy(logits_student.float(), pseudo, reduction="none")
+    else:  # soft targets (UDA, Dash): -sum_k t_k log_softmax(student)_k
+        log_q = torch.log_softmax(logits_student.float(), dim=1)
+        per_sample = -(targets.detach().float() * log_q).sum(dim=1)
     # Mean over *all* mu*B unlabeled samples, not only the weighted ones (reference).
     unsup_loss = (weights.detach() * per_sample).sum() / max(n_ulb, 1)
     loss = sup_loss + algorithm.lambda_u * unsup_loss
-    unlabeled = (weights, confidence, pseudo, u_true, unsup_loss)
+    extra = None
+    if algorithm.extra_loss is not None:  # FreeMatch's fairness loss: gradient via the student
+        extra = algorithm.extra_loss(logits_student, weights.detach())
+        loss = loss + algorithm.extra_loss_weight * extra
+    unlabeled = (weights, confidence, pseudo, u_true, unsup_loss, extra)
     return loss, metric_sums(algorithm, logits_lb, y_lb, sup_loss, unlabeled)
+
+
+def _global_mean(loss: torch.Tensor, n: int) -> torch.Tensor:
+    """The mean of a per-process mean ``loss`` over ``n`` rows, over every process's rows."""
+    total, count = dist.all_reduce_sums(
+        loss.float().reshape(1) * n, torch.tensor([float(n)], device=loss.device)
+    )
+    return (total / count.clamp(min=1.0)).squeeze(0)
 
 
 @torch.no_grad()
@@ -126,7 +158,9 @@ def metric_sums(
     Keys: ``n_lb, sup_loss_sum, lb_correct`` for the labeled batch; for the unlabeled batch
     ``n_ulb, unsup_loss_sum, weight_sum, full_weight, known, correct, weight_known,
     weight_correct`` and per predicted class ``class_count, class_weight, class_known,
-    class_correct``; and ``conf_hist`` (CONF_BINS bins over [0, 1]).
+    class_correct``; and ``conf_hist`` (CONF_BINS bins over [0, 1]).  An algorithm with an
+    extra loss term (FreeMatch) also has ``extra_loss_sum`` (the term times ``n_ulb``); the keys
+    are the same at every step of one algorithm, warm-up included.
     """
     device, num_classes = logits_lb.device, logits_lb.shape[1]
     f32 = dict(device=device, dtype=torch.float32)
@@ -152,9 +186,12 @@ def metric_sums(
         for key in ("class_count", "class_weight", "class_known", "class_correct"):
             sums[key] = zeros_c.clone()
         sums["conf_hist"] = torch.zeros(CONF_BINS, **f32)
+        if algorithm.extra_loss is not None:
+            sums["extra_loss_sum"] = torch.zeros((), **f32)
         return sums
 
-    weights, confidence, pseudo, u_true, unsup_loss = unlabeled
+    weights, confidence, pseudo, u_true, unsup_loss, *rest = unlabeled
+    extra = rest[0] if rest else None
     w = weights.detach().float()
     n_ulb = w.shape[0]
     if u_true is None:
@@ -177,4 +214,7 @@ def metric_sums(
         class_correct=zeros_c.index_add(0, pseudo, correct),
         conf_hist=torch.histc(confidence.float(), bins=CONF_BINS, min=0.0, max=1.0),
     )
+    if algorithm.extra_loss is not None:
+        value = torch.zeros((), **f32) if extra is None else extra.detach().float()
+        sums["extra_loss_sum"] = value * n_ulb
     return sums

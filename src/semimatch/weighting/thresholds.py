@@ -439,7 +439,16 @@ class DashThreshold(nn.Module):
 
     @torch.no_grad()
     def set_rho_init(self, rho_init: float | torch.Tensor) -> None:
-        """Set ``rho_hat`` (after the supervised warm-up); must be finite and > 0."""
+        """Set ``rho_hat`` (after the supervised warm-up); must be finite and > 0.
+
+        A tensor on an accelerator is copied without reading it (no host synchronisation), so
+        unchecked; a number or a CPU tensor is checked.
+        """
+        if isinstance(rho_init, torch.Tensor) and rho_init.device.type != "cpu":
+            if rho_init.numel() != 1:
+                raise ValueError(f"rho_init must be a scalar; got shape {tuple(rho_init.shape)}")
+            self.rho_init.copy_(rho_init.detach().reshape(()).to(self.rho_init.dtype))
+            return
         value = float(rho_init)
         if not (value > 0 and value < float("inf")):
             raise ValueError(f"rho_init must be a finite loss > 0; got {rho_init}")

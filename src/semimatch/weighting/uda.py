@@ -11,7 +11,10 @@ step must use them instead of ``argmax p`` (soft cross-entropy).
 
 Paper vs code: the paper writes the consistency term as a KL divergence to the sharpened
 target, which differs from USB's cross-entropy by the target's entropy, a constant for the
-gradient (the target carries no gradient).  UDA's training-signal annealing (TSA) masks the
+gradient (the target carries no gradient).  USB 0.3.2's config sets T = 0.4, but its code hands
+the pseudo-label hook probabilities with ``softmax=False``, which returns them unchanged: its
+targets are ``p`` itself, i.e. ``temperature=1`` here (read in semilearn's ``uda.py`` and
+``hooks/pseudo_label.py``).  UDA's training-signal annealing (TSA) masks the
 *labeled* loss (``tsa_threshold``, off by default in USB's classic-CV configs).
 """
 

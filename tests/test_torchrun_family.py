@@ -1,0 +1,73 @@
+"""FreeMatch, AdaMatch and Dash under torchrun (2 CPU processes, gloo): the ranks hold the same
+model and algorithm state after every step, and the statistics are the global batch's (equal to
+one process on the concatenated batch, on a backbone without BatchNorm).
+
+FreeMatch's fairness loss is computed from each rank's own rows, as in USB (DDP averages the
+gradients), so after its first step a FreeMatch run on 2 processes is not one process's; its
+statistics are compared on the first step only.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import _ddp_worker as worker
+from test_torchrun import WORKER, load, steps, torchrun
+
+CASES = ("nobn:freematch", "nobn:adamatch", "nobn:dash")
+
+
+def _file(case: str, rank: int) -> str:
+    return f"{case.replace(':', '-')}-rank{rank}.pt"
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("ddp-family")
+    proc = torchrun(str(WORKER), str(out), *CASES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {(c, r): load(out / _file(c, r)) for c in CASES for r in (0, 1)}
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("single-family")
+    return {c: worker.run_case(c, out) for c in CASES}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_ranks_hold_identical_state_after_every_step(ddp, case):
+    r0, r1 = ddp[case, 0], ddp[case, 1]
+    assert r0["world_size"] == 2
+    for k, (a, b) in enumerate(zip(steps(r0), steps(r1), strict=True)):
+        assert a.keys() == b.keys()
+        for key in a:  # bit-identical (Dash's rho_init is NaN until the warm-up ends)
+            torch.testing.assert_close(
+                a[key], b[key], rtol=0, atol=0, equal_nan=True, msg=f"{case}: {key} at step {k}"
+            )
+    moved = [k for k in r0["final"] if k.startswith("algorithm.")]
+    first = steps(r0)[0]
+    assert any(not torch.equal(first[k], r0["final"][k]) for k in moved), case
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_statistics_are_those_of_the_global_batch(ddp, single, case):
+    got, ref = steps(ddp[case, 0]), steps(single[case])
+    upto = 2 if case.endswith("freematch") else len(ref)  # see the module docstring
+    for k in range(upto):
+        for key in ref[k]:
+            if key.startswith("algorithm.") and ref[k][key].is_floating_point():
+                torch.testing.assert_close(
+                    got[k][key].double(),
+                    ref[k][key].double(),
+                    rtol=1e-5,
+                    atol=1e-6,
+                    equal_nan=True,
+                    msg=f"{case}: {key} at step {k}",
+                )
+    if case.endswith("dash"):
+        final = ddp[case, 0]["final"]
+        assert bool(final["algorithm.warmed_up"]) and torch.isfinite(
+            final["algorithm.weighting.rho_init"]
+        )
