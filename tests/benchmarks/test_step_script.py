@@ -21,5 +21,7 @@ def test_step_benchmark_times_and_measures_memory_separately(tmp_path: Path) -> 
     (result,) = json.loads(out.read_text())
     assert result["source"] == "synthetic uint8 noise" and len(result["times"]) == 2
     assert result["flops"] > 1e12  # the joint WRN-28-2 step: > 1 TFLOP
-    assert 0 < result["mfu"] < 1.5 and 0.5 < result["pss_peak_gib"] < 2.7
+    # The default step is the exact joint fp32 forward: 4.70 GiB peak PSS measured with 64 + 448
+    # rows (BENCHMARKS.md 1); bf16 and the two-pass forward need less.
+    assert 0 < result["mfu"] < 1.5 and 0.5 < result["pss_peak_gib"] < 6.0
     assert b"| semimatch |" in printed
