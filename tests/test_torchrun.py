@@ -291,7 +291,8 @@ def test_cli_under_torchrun_and_config_errors_on_every_rank(tmp_path):
     assert proc.returncode != 0
     assert (
         proc.stderr.count(
-            "--batch-size 7 is the global batch and must be divisible by the number of processes (2)"
+            "--batch-size 7 is the global batch and must be divisible by the number of "
+            "processes (2)"
         )
         == 2
     )
