@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from semimatch.metrics import median_of_last, read_jsonl
+from semimatch.run import RunDir
 
 __all__ = [
     "RunData",
@@ -82,8 +83,9 @@ def read_run(run_dir: str | Path) -> RunData:
             f"run directory {str(path)!r} does not exist; pass the folder "
             "given to `semimatch train --out`"
         )
-    metrics = path / "metrics.jsonl"
-    if not (path / "config.json").exists() and not metrics.exists():
+    layout = RunDir(path)
+    metrics = layout.metrics
+    if not layout.holds_run():
         raise FileNotFoundError(
             f"{str(path)!r} is not a run directory (no config.json and no "
             "metrics.jsonl); pass the folder given to `semimatch train --out`"
@@ -104,8 +106,8 @@ def read_run(run_dir: str | Path) -> RunData:
     return RunData(
         path,
         name,
-        _read_json(path / "config.json") or {},
-        _read_json(path / "summary.json"),
+        _read_json(layout.config) or {},
+        _read_json(layout.summary),
         records,
         unparsed,
         mtime,
