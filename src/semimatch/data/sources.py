@@ -159,6 +159,17 @@ class ImageSource(SampleSource):
         return tuple(self.image_shape)
 
 
+def _one_label_per_sample(labels: Any, n: int, samples: str, sample: str) -> np.ndarray:
+    """``labels`` as int64 ``(n,)``; a count that differs from the samples' is an error."""
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if labels.shape[0] != n:
+        raise ValueError(
+            f"labels: {labels.shape[0]} labels for {n} {samples}; "
+            f"pass one label per {sample} (-1 = unknown)"
+        )
+    return labels
+
+
 class FeatureSource(SampleSource):
     """Feature vectors held in memory as one float32 ``(N, D)`` array (already standardised:
     the samples are what the model sees; see :func:`semimatch.data.arrays.from_features`)."""
@@ -172,14 +183,8 @@ class FeatureSource(SampleSource):
                 f"features: expected a float32 (N, D) array with D >= 1, got {features.dtype} "
                 f"{features.shape}; use from_features() to convert other inputs"
             )
-        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-        if labels.shape[0] != features.shape[0]:
-            raise ValueError(
-                f"labels: {labels.shape[0]} labels for {features.shape[0]} feature vectors; "
-                "pass one label per row (-1 = unknown)"
-            )
         self.features = features
-        self.labels = labels
+        self.labels = _one_label_per_sample(labels, len(features), "feature vectors", "row")
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.features[i]
@@ -215,14 +220,8 @@ class ArraySource(ImageSource):
                 f"images: expected a uint8 (N, H, W, C) array with C in {{1, 3}}, got "
                 f"{images.dtype} {images.shape}; use from_arrays() to convert other layouts"
             )
-        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-        if labels.shape[0] != images.shape[0]:
-            raise ValueError(
-                f"labels: {labels.shape[0]} labels for {images.shape[0]} images; "
-                "pass one label per image (-1 = unknown)"
-            )
         self.images = images
-        self.labels = labels
+        self.labels = _one_label_per_sample(labels, len(images), "images", "image")
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.images[i]
