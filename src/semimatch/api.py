@@ -147,7 +147,8 @@ def evaluate(
     """Test-set accuracy of a run (EMA model by default).
 
     ``test_dir``: score labeled images ``test_dir/<class>/<image>`` instead of the run's test
-    set (class folders named like the run's classes; decoded as training decodes images).
+    set (class folders named like the run's classes; decoded as training decodes images); for
+    a text run, a labeled text file or folder (``load_text``), tokenized as training did.
     """
     from semimatch.data.folders import labeled_folder
 
@@ -156,6 +157,19 @@ def evaluate(
     if test_dir is None:
         return run.evaluate(model=model)
     info = run.info
+    if info.kind == "text":
+        from semimatch.data.text import load_tokenizer, tokenize_dataset
+        from semimatch.data.text_datasets import load_text
+
+        cfg = run.config
+        texts = load_text(
+            test_dir,
+            text_column=cfg.text_column,
+            label_column=cfg.label_column,
+            class_names=info.class_names,
+        )
+        tok = load_tokenizer(info.tokenizer)
+        return run.evaluate(tokenize_dataset(texts, tok, info.max_length).train, model=model)
     source = labeled_folder(
         test_dir, info.class_names, info.image_size, info.channels, run.config.skip_corrupt
     )
@@ -247,9 +261,10 @@ def predict(
     device: str = "auto",
 ) -> list[dict[str, Any]]:
     """Predict classes for an image array, or for image files and folders (a folder stands
-    for the images under it, recursively, sorted).
+    for the images under it, recursively, sorted); for a text run, ``images`` is a list of
+    texts (strings), tokenized as the run's texts were.
 
-    Returns one dict per image: ``{"class": name, "index": i, "confidence": p}``, with
+    Returns one dict per image (text): ``{"class": name, "index": i, "confidence": p}``, with
     ``"path"`` as well when files were given.
     """
     from semimatch.data.folders import image_files
@@ -258,7 +273,9 @@ def predict(
         run = load_run(run, checkpoint=checkpoint, device=device)
     info = run.info
     paths: list[str] | None = None
-    if isinstance(images, (list, tuple, str, os.PathLike)):
+    if info.kind != "image":  # texts or feature vectors: the inputs themselves
+        pass
+    elif isinstance(images, (list, tuple, str, os.PathLike)):
         paths = []
         for given in [images] if isinstance(images, (str, os.PathLike)) else images:
             given = os.path.expanduser(os.fspath(given))

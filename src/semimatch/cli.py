@@ -253,40 +253,47 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from semimatch.api import evaluate
+    from semimatch.api import evaluate, load_run
 
-    result = evaluate(
-        args.run_dir,
-        model=args.model,
-        checkpoint=args.checkpoint,
-        device=args.device,
-        test_dir=args.test_dir,
-    )
+    run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    result = evaluate(run, model=args.model, test_dir=args.test_dir)
+    what = "texts" if run.info.kind == "text" else "images"
     result.pop("confusion", None)
     if args.json:
         print(json.dumps(result))
     else:
         print(
             f"{args.run_dir}: top-1 {100 * result['top1']:.2f}%  error "
-            f"{100 * result['error']:.2f}%  ({result['n']} test images"
+            f"{100 * result['error']:.2f}%  ({result['n']} test {what}"
             f"{f' from {args.test_dir}' if args.test_dir else ''}, {result['model']} model)"
         )
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from semimatch.api import predict
+    from semimatch.api import load_run, predict
 
-    rows = predict(
-        args.run_dir, args.images, model=args.model, checkpoint=args.checkpoint, device=args.device
-    )
+    run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
+    if run.info.kind == "text":  # files of texts (or stdin) -> one CSV row per text
+        from semimatch.data.text_readers import read_texts
+
+        column = args.text_column or run.config.text_column
+        texts = [row for source in args.images for row in read_texts(source, column)]
+        rows = predict(run, [t.text for t in texts], model=args.model)
+        header, first = ["source", "class", "confidence", "text"], [t.where for t in texts]
+    else:
+        if args.text_column:
+            raise ConfigError(f"--text-column: {args.run_dir} classifies images, not texts")
+        rows = predict(run, args.images, model=args.model)
+        header, first = ["path", "class", "confidence"], [row["path"] for row in rows]
     with (
         open(args.output, "w", newline="") if args.output else contextlib.nullcontext(sys.stdout)
     ) as out:
         w = csv.writer(out)
-        w.writerow(["path", "class", "confidence"])
-        for row in rows:
-            w.writerow([row["path"], row["class"], f"{row['confidence']:.6f}"])
+        w.writerow(header)
+        for n, (where, row) in enumerate(zip(first, rows)):
+            line = [where, row["class"], f"{row['confidence']:.6f}"]
+            w.writerow(line + [texts[n].text] if run.info.kind == "text" else line)
     return 0
 
 
@@ -390,13 +397,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-dir",
         metavar="PATH",
         help="score labeled images PATH/<class>/<image> instead of the run's test set "
-        "(class folders named like the run's classes)",
+        "(class folders named like the run's classes); for a text run a labeled text file "
+        "or folder",
     )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    p = sub.add_parser("predict", help="classify image files with a trained run (CSV output)")
+    p = sub.add_parser(
+        "predict", help="classify image files or texts with a trained run (CSV output)"
+    )
     p.add_argument("run_dir")
-    p.add_argument("images", nargs="+", help="image files, or folders (searched recursively)")
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, or folders (searched recursively); for a text run: files of texts "
+        "(.txt: one per line; .csv/.tsv/.jsonl/.json: the text column), folders of .txt files, "
+        "or - for standard input (one text per line)",
+    )
+    p.add_argument(
+        "--text-column",
+        metavar="NAME",
+        help="text runs: the column of a table holding the text (default: the run's)",
+    )
     p.add_argument("--model", choices=["ema", "raw"], default="ema")
     p.add_argument("--checkpoint", default="best", metavar="best|last|PATH")
     p.add_argument("--device", default="auto", metavar="DEVICE")

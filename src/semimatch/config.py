@@ -180,12 +180,44 @@ class Config:
         none="off",
     )
 
+    # --- text (dataset='text' or texts passed in) ------------------------------------------------
+    text_column: str = _f("text", "text: the column (CSV/TSV header, JSONL key) holding the text")
+    label_column: str = _f(
+        "label", "text: the column holding the label (empty or -1 = unlabeled; names or indices)"
+    )
+    test_size: int | None = _f(
+        None,
+        "text: carve a class-balanced test set of this many texts out of data_root "
+        "(seeded by test_seed, the same for every seed of the run) instead of test_dir",
+        none="none",
+    )
+    test_seed: int = _f(0, "text: seed of the test set carved by test_size")
+    max_length: int | None = _f(
+        None,
+        "text: tokens per text, special tokens included (longer texts are truncated; batches "
+        "are padded to their longest text); USB uses 512",
+        none="128 (AG News: 99% of texts are shorter)",
+    )
+    text_strong: str | None = _f(
+        None,
+        "text: the strong view - precomputed (the data's aug_0/aug_1, USB's back-translations), "
+        "tfidf (UDA's TF-IDF word replacement), deletion, swap, cutoff",
+        none="precomputed when the data has augmentations, else tfidf",
+    )
+
     # --- model -------------------------------------------------------------------------------
     backbone: str | None = _f(
         None,
         "wrn_28_2 | wrn_28_8 | wrn_37_2 | cnn | mlp | "
         "torchvision:<name> | timm:<name>; None = cnn for images "
         "<= 28 px, wrn_28_2 otherwise",
+    )
+    pretrained: bool | str | None = _f(
+        None,
+        "timm:/torchvision: true = the library's weights (downloaded on a machine with "
+        "internet) or the path of a .pth/.safetensors state dict; hf: false = the encoder's "
+        "architecture with random weights",
+        none="hf: the folder's (or Hub model's) weights; other backbones: random init",
     )
     bn_momentum: float | None = _f(
         None,
@@ -195,10 +227,24 @@ class Config:
     sync_bn: bool = _f(False, "synchronise BatchNorm statistics across processes (torchrun)")
 
     # --- optimisation ------------------------------------------------------------------------
+    optimizer: Literal["sgd", "adamw"] | None = _f(
+        None,
+        "sgd: SGD + Nesterov, decay on conv/linear weights (the classic-CV papers); adamw: "
+        "AdamW with USB's decay groups and layer_decay (USB's fine-tuning recipe)",
+        none="adamw for hf: backbones, sgd otherwise",
+    )
+    layer_decay: float | None = _f(
+        None,
+        "adamw: layer-wise learning-rate decay, lr * layer_decay**(depth from the top) "
+        "(USB's NLP configs: 0.65-0.75)",
+        none="1.0 (none) with adamw",
+    )
     iterations: int = _f(1000, "total training iterations (the paper: 2**20)")
     batch_size: int = _f(64, "GLOBAL labeled batch per iteration (split across processes)")
     uratio: int = _f(7, "unlabeled-to-labeled batch ratio mu")
-    lr: float = _f(0.03, "initial learning rate")
+    lr: float | None = _f(
+        None, "initial learning rate", none="0.03 with sgd (FixMatch), 5e-5 with adamw (USB NLP)"
+    )
     sgd_momentum: float = _f(0.9, "SGD momentum (Nesterov)")
     nesterov: bool = _f(True, "Nesterov momentum")
     weight_decay: float | None = _f(
@@ -207,9 +253,15 @@ class Config:
         none="auto: 1e-3 for cifar100, 5e-4 otherwise (the papers')",
     )
     schedule: Literal["cosine", "constant"] = _f(
-        "cosine", "cosine: lr0 * cos(7 pi k / (16 K)) per iteration"
+        "cosine",
+        "cosine: lr0 * cos(7 pi k / (16 K)) per iteration (sgd, FixMatch); with adamw USB's "
+        "get_cosine_schedule_with_warmup, cos(7 pi (k - W) / (16 (K - W))) after the warm-up",
     )
-    warmup_iterations: int = _f(0, "linear learning-rate warm-up iterations")
+    warmup_iterations: int = _f(
+        0,
+        "linear learning-rate warm-up iterations W (sgd: lr0 * min(1, (k+1)/W); adamw: "
+        "lr0 * k/W, USB's; its NLP configs: 5120 of 102,400)",
+    )
     clip_grad_norm: float | None = _f(None, "clip the gradient norm to this value", none="off")
     ema_decay: float | None = _f(
         None, "EMA of weights (paper 0.999); 0 disables; None = derived from the iteration budget"

@@ -58,6 +58,7 @@ from semimatch.resolve import (
     load_data,
     make_split,
     native_bf16,
+    prepare_text,
     resolve,
     select_device,
 )
@@ -160,9 +161,11 @@ def _set_up(
     that ``overwrite`` would replace."""
     given_data = data is not None
     if data is None:
-        data = load_data(cfg)
-    elif not start.resuming:  # data passed in: record what trained, refuse loader options
-        cfg = given_data_config(cfg, data)
+        data = load_data(cfg)  # texts come tokenized for the config's encoder
+    else:
+        if not start.resuming:  # data passed in: record what trained, refuse loader options
+            cfg = given_data_config(cfg, data)
+        data = prepare_text(cfg, data)
     custom_views = weak_augment is not None or strong_augment is not None
     if not start.resuming:  # a resumed run's saved config is already resolved
         cfg = resolve(cfg, data, device, custom_views=custom_views)
@@ -201,6 +204,8 @@ def _set_up(
         split = new_split if new_split is not None else make_split(cfg, data)
     if env.is_main and run_dir is not None and not resumed:
         run_dir.write_start(cfg, split, data.info)
+        if data.info.kind == "text":  # the tokenizer (and encoder config) prediction needs
+            run_dir.write_text_model(data.info, parts.net)
     first = state.restore(checkpoint, cfg, device, env.rank) if resumed else 0
     recorder = Recorder(run_dir, cfg, first, resumed, env.is_main)
     stream = TrainStream(

@@ -23,6 +23,7 @@ from semimatch.config import Config, ConfigError
 from semimatch.data import DatasetInfo, wrap_model
 from semimatch.ema import ModelEMA
 from semimatch.models import build_model, set_bn_momentum
+from semimatch.optim import make_adamw, warmup_schedule
 
 __all__ = [
     "Parts",
@@ -94,7 +95,28 @@ def build_parts(
 
 
 def _build_backbone(cfg: Config, info: DatasetInfo) -> nn.Module:
-    """The config's backbone for the dataset's inputs (images, or (N, D) feature vectors)."""
+    """The config's backbone for the dataset's inputs (images, (N, D) feature vectors, texts)."""
+    name = str(cfg.backbone)
+    pretrained = {} if cfg.pretrained is None else {"pretrained": cfg.pretrained}
+    if pretrained and not name.startswith(("timm:", "torchvision:", "hf:")):
+        raise ConfigError(
+            f"pretrained loads the weights of timm:, torchvision: and hf: backbones; "
+            f"{name!r} has none - drop pretrained"
+        )
+    if info.kind == "text":
+        if isinstance(cfg.pretrained, str):
+            raise ConfigError(
+                "pretrained: an hf: backbone's weights are those of its folder (or Hub model); "
+                "pass true (the default) or false (random weights), not a file"
+            )
+        model = build_model(name, info.num_classes, **pretrained)
+        longest = getattr(model, "max_positions", None)
+        if longest is not None and info.max_length > longest:
+            raise ConfigError(
+                f"max_length={info.max_length} exceeds the {longest} positions of {name}; "
+                f"pass --max-length {longest} or less"
+            )
+        return model
     if info.kind == "features":
         if cfg.backbone != "mlp":
             raise ConfigError(
@@ -103,12 +125,19 @@ def _build_backbone(cfg: Config, info: DatasetInfo) -> nn.Module:
             )
         return build_model("mlp", info.num_classes, in_features=info.channels, image_size=(1, 1))
     return build_model(
-        cfg.backbone, info.num_classes, in_channels=info.channels, image_size=info.image_size
+        name, info.num_classes, in_channels=info.channels, image_size=info.image_size, **pretrained
     )
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """SGD + Nesterov; weight decay on conv/linear weights only (not BN parameters, not biases)."""
+    """``cfg.optimizer``: ``sgd``, SGD + Nesterov with weight decay on conv/linear weights only
+    (not BN parameters, not biases); ``adamw``, USB's fine-tuning AdamW (``optim.make_adamw``:
+    its decay groups and layer-wise learning-rate decay ``layer_decay``)."""
+    if cfg.optimizer == "adamw":
+        try:
+            return make_adamw(model, cfg.lr, cfg.weight_decay, cfg.layer_decay or 1.0)
+        except ValueError as e:  # e.g. layer_decay on a model without a layer structure
+            raise ConfigError(str(e)) from None
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -127,7 +156,10 @@ def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
 
 
 def lr_factor(cfg: Config) -> Callable[[int], float]:
-    """``lr_k = lr0 * cos(7 pi k / (16 K))`` (FixMatch), after an optional linear warm-up."""
+    """``lr_k = lr0 * cos(7 pi k / (16 K))`` (FixMatch), after an optional linear warm-up; with
+    AdamW USB's ``get_cosine_schedule_with_warmup`` (``optim.warmup_schedule``)."""
+    if cfg.optimizer == "adamw":  # resolve checked warmup_iterations < iterations
+        return warmup_schedule(cfg.iterations, cfg.warmup_iterations, cfg.schedule)
 
     def factor(k: int) -> float:
         warm = min(1.0, (k + 1) / cfg.warmup_iterations) if cfg.warmup_iterations else 1.0

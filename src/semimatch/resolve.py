@@ -21,6 +21,8 @@ from semimatch.algorithms import ALGORITHMS
 from semimatch.config import Config, ConfigError, budget_momentum
 from semimatch.data import DatasetInfo, Split, SSLDataset, load_dataset
 from semimatch.data.splits import balanced_split, fold_split, given_split, long_tailed_split
+from semimatch.data.text import DEFAULT_MAX_LENGTH, has_augmentations
+from semimatch.data.text_views import DEFAULT_STRONG, STRONG_TEXT_VIEWS
 from semimatch.log import logger
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "load_data",
     "make_split",
     "native_bf16",
+    "prepare_text",
     "resolve",
     "select_device",
 ]
@@ -91,6 +94,14 @@ def resolve(
         cfg.augment = "pil"
         auto["augment"] = "pil: custom augmentation callables"
     _check(cfg, data, device)
+    if data.info.kind == "text" and cfg.text_strong is None:  # what prepare_text chose
+        augs = has_augmentations(data)
+        cfg.text_strong = "precomputed" if augs else DEFAULT_STRONG
+        auto["text_strong"] = (
+            "the data's own augmentations (USB's back-translations)"
+            if augs
+            else "the data has no augmentations: UDA's TF-IDF word replacement"
+        )
     _derive(cfg, data.info, device, auto)
     cfg.auto = auto
     return cfg
@@ -115,9 +126,11 @@ def _check(cfg: Config, data: SSLDataset, device: torch.device) -> None:
         raise ConfigError(f"uratio must be >= 1 for {cfg.algorithm}; got {cfg.uratio}")
     if cfg.exclude_labeled and cfg.algorithm == "supervised":
         raise ConfigError("exclude_labeled shapes the unlabeled set, which supervised never uses")
-    if cfg.lr <= 0:
+    if cfg.lr is not None and cfg.lr <= 0:
         raise ConfigError(f"lr must be > 0; got {cfg.lr}")
     _check_ranges(cfg, device)
+    _check_modality(cfg, data)
+    _check_optimizer(cfg)
     try:  # by the builder's declaration; its value checks run where it is built
         ALGORITHMS[cfg.algorithm].check(cfg.algorithm, cfg.algorithm_options())
     except ValueError as e:
@@ -147,6 +160,108 @@ def _check(cfg: Config, data: SSLDataset, device: torch.device) -> None:
         )
 
 
+def _is_hf(cfg: Config) -> bool:
+    return str(cfg.backbone or "").startswith("hf:")
+
+
+def _text_backbone(cfg: Config) -> str:
+    """The ``hf:`` encoder text data trains with, or the error that says how to choose one."""
+    if _is_hf(cfg):
+        return str(cfg.backbone)
+    if str(cfg.backbone or "").startswith("custom:"):
+        raise ConfigError(
+            "texts for your own model (model=) must come tokenized: build them with "
+            "semimatch.data.from_texts(..., tokenizer=<your tokenizer>)"
+        )
+    got = "no backbone" if cfg.backbone is None else f"backbone={cfg.backbone!r}"
+    raise ConfigError(
+        f"text data trains a text encoder, and {got} is not one: pass --backbone "
+        "hf:<model name or local folder> (backbone='hf:...'), e.g. hf:bert-base-uncased "
+        "(USB's) or a folder saved by save_pretrained"
+    )
+
+
+def _check_modality(cfg: Config, data: SSLDataset) -> None:
+    """Options of one modality given with data of another would silently do nothing."""
+    info = data.info
+    text_only = [n for n in ("max_length", "text_strong") if getattr(cfg, n) is not None]
+    if info.kind != "text":
+        if text_only:
+            raise ConfigError(
+                f"{', '.join(text_only)} shape text inputs; {info.name} holds {info.kind} data "
+                "- drop them"
+            )
+        if _is_hf(cfg):
+            raise ConfigError(
+                f"backbone={cfg.backbone!r} is a text encoder; {info.name} holds {info.kind} "
+                "data - choose an image backbone (see --backbone in `semimatch train --help`)"
+            )
+        return
+    custom = str(cfg.backbone or "").startswith("custom:")
+    if not _is_hf(cfg) and not (custom and info.tokenizer):  # your model, your tokenizer
+        _text_backbone(cfg)
+    defaults = Config()
+    image_only = [
+        f"{n}={getattr(cfg, n)}"
+        for n in ("strong_augment", "augment_device")
+        if getattr(cfg, n) != getattr(defaults, n)
+    ]
+    if cfg.augment == "batched":
+        image_only.append("augment=batched")
+    if cfg.channels_last:
+        image_only.append("channels_last=True")
+    if image_only:
+        raise ConfigError(
+            f"{', '.join(image_only)} apply to images; text views are per-sample edits of the "
+            "token ids, chosen with --text-strong - drop them"
+        )
+    if cfg.max_length is not None and cfg.max_length < 3:
+        raise ConfigError(
+            f"max_length must be >= 3 (room for the special tokens); got {cfg.max_length}"
+        )
+    if cfg.max_length is not None and info.tokenizer and cfg.max_length != info.max_length:
+        raise ConfigError(
+            f"max_length={cfg.max_length}, but the texts passed in were tokenized with "
+            f"max_length={info.max_length}; drop max_length or tokenize them again"
+        )
+    if cfg.text_strong is not None and cfg.text_strong not in STRONG_TEXT_VIEWS:
+        raise ConfigError(
+            f"text_strong={cfg.text_strong!r} is not a text view; choose one of "
+            f"{', '.join(STRONG_TEXT_VIEWS)}"
+        )
+    if cfg.text_strong == "precomputed" and not has_augmentations(data):
+        raise ConfigError(
+            "text_strong='precomputed' takes the strong views the data brings (USB's JSON "
+            "aug_0/aug_1, from_texts(augmentations=...)), and this data has none; choose "
+            f"another of {', '.join(v for v in STRONG_TEXT_VIEWS if v != 'precomputed')}"
+        )
+
+
+def _check_optimizer(cfg: Config) -> None:
+    """Each optimiser's own options; one given to the other optimiser would do nothing."""
+    optimizer = cfg.optimizer or ("adamw" if _is_hf(cfg) else "sgd")
+    defaults = Config()
+    if optimizer == "sgd" and cfg.layer_decay is not None:
+        raise ConfigError(
+            "layer_decay is AdamW's layer-wise learning-rate decay; pass --optimizer adamw "
+            "or drop it"
+        )
+    sgd_only = [n for n in ("sgd_momentum", "nesterov") if getattr(cfg, n) != getattr(defaults, n)]
+    if optimizer == "adamw" and sgd_only:
+        why = "" if cfg.optimizer else " (the default for hf: backbones)"
+        raise ConfigError(
+            f"{', '.join(sgd_only)} configure SGD, and the optimizer is adamw{why}; drop them "
+            "or pass --optimizer sgd"
+        )
+    if optimizer == "adamw" and cfg.warmup_iterations >= cfg.iterations:
+        raise ConfigError(
+            f"warmup_iterations={cfg.warmup_iterations} leaves none of the {cfg.iterations} "
+            "iterations after the warm-up; pass fewer"
+        )
+    if cfg.layer_decay is not None and not 0 < cfg.layer_decay <= 1:
+        raise ConfigError(f"layer_decay must be in (0, 1] (1 = none); got {cfg.layer_decay}")
+
+
 def dash_warmup(iterations: int) -> int:
     """Dash's supervised warm-up for a budget of ``iterations``: USB's 2048, at most 5% of it."""
     return int(min(2048, iterations // 20))
@@ -160,7 +275,7 @@ def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str
             setattr(cfg, name, value)
             auto[name] = why
 
-    images = info.kind == "image"
+    images, text = info.kind == "image", info.kind == "text"
     if cfg.backbone in (None, "auto"):
         cfg.backbone = None
         if not images:
@@ -170,6 +285,24 @@ def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str
             why = f"{'<=' if small else '>'} 28 px images"
             derive("backbone", "cnn" if small else "wrn_28_2", why)
     K = cfg.iterations
+    hf = _is_hf(cfg)
+    derive(
+        "optimizer",
+        "adamw" if hf else "sgd",
+        "USB's fine-tuning recipe for hf: encoders" if hf else "SGD + Nesterov, the papers'",
+    )
+    adamw = cfg.optimizer == "adamw"
+    derive("lr", 5e-5 if adamw else 0.03, "USB's AG News value" if adamw else "FixMatch's")
+    if adamw:
+        derive("layer_decay", 1.0, "no layer-wise decay unless asked (USB's NLP configs: 0.65)")
+    if hf:
+        derive("ema_decay", 0.0, "USB's NLP recipe fine-tunes without a weight EMA")
+    if text:
+        derive(
+            "max_length",
+            info.max_length or DEFAULT_MAX_LENGTH,
+            "128 (the CPU-sized default; USB uses 512), within the encoder's positions",
+        )
     derive(
         "bn_momentum",
         max(0.001, min(0.1, 20.0 / K)),
@@ -184,7 +317,9 @@ def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str
     derive(
         "weight_decay",
         1e-3 if info.name == "cifar100" else 5e-4,
-        f"the papers' value for {info.name} (1e-3 for CIFAR-100, 5e-4 otherwise)",
+        "USB's NLP configs' value"
+        if adamw
+        else f"the papers' value for {info.name} (1e-3 for CIFAR-100, 5e-4 otherwise)",
     )
     options = ALGORITHMS[cfg.algorithm].options
     if "stat_momentum" in options:  # softmatch/freematch/adamatch's EMA statistics
@@ -226,7 +361,11 @@ def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str
             f"precision=fp16 needs CUDA (a grad scaler); use bf16 or fp32 on {device.type}"
         )
     if not images:
-        derive("channels_last", False, "a memory layout of images; these are feature vectors")
+        derive("channels_last", False, f"a memory layout of images; these are {info.kind}")
+    if text and cfg.augment == "auto":
+        cfg.augment = "pil"
+        auto["augment"] = "pil: text views are per-sample edits of the token ids"
+        derive("num_workers", 0, "text views are cheap id edits, made in the main process")
     derive(
         "channels_last",
         cfg.precision != "fp32" and device.type != "mps",
@@ -412,6 +551,10 @@ def make_split(cfg: Config, data: SSLDataset) -> Split:
     return balanced_split(labels, C, cfg.num_labels, seed, include_labeled_in_unlabeled=include)
 
 
+#: Options of ``dataset='text'`` that say how to read its files.
+_TEXT_FILE_OPTIONS = ("text_column", "label_column", "test_size", "test_seed")
+
+
 def dataset_options(cfg: Config) -> dict[str, Any]:
     opts: dict[str, Any] = {} if cfg.hflip is None else {"hflip": cfg.hflip}
     if cfg.dataset == "imagefolder":
@@ -420,11 +563,25 @@ def dataset_options(cfg: Config) -> dict[str, Any]:
         )
         if cfg.image_size:
             opts["image_size"] = cfg.image_size
-    elif cfg.unlabeled_dir or cfg.test_dir or cfg.image_size or cfg.skip_corrupt:
+    elif cfg.image_size or (
+        cfg.dataset != "text" and (cfg.unlabeled_dir or cfg.test_dir or cfg.skip_corrupt)
+    ):
         raise ConfigError(
             "unlabeled_dir, test_dir, image_size and skip_corrupt apply only to "
-            f"dataset='imagefolder', not {cfg.dataset!r}"
+            f"dataset='imagefolder' (and all but image_size to 'text'), not {cfg.dataset!r}"
         )
+    if cfg.dataset == "text":
+        opts.update(
+            unlabeled_dir=cfg.unlabeled_dir, test_dir=cfg.test_dir, skip_corrupt=cfg.skip_corrupt
+        )
+        opts.update({n: getattr(cfg, n) for n in _TEXT_FILE_OPTIONS})
+    else:
+        defaults = Config()
+        stray = [n for n in _TEXT_FILE_OPTIONS if getattr(cfg, n) != getattr(defaults, n)]
+        if stray:
+            raise ConfigError(
+                f"{', '.join(stray)} apply only to dataset='text' (text files), not {cfg.dataset!r}"
+            )
     if cfg.dataset == "svhn":
         opts["extra"] = cfg.svhn_extra
     elif cfg.svhn_extra:
@@ -444,6 +601,7 @@ def given_data_config(cfg: Config, data: SSLDataset) -> Config:
         "test_dir",
         "image_size",
         "hflip",  # the data's own DatasetInfo.hflip decides (from_arrays(hflip=...))
+        *_TEXT_FILE_OPTIONS,
     )
     ignored = [n for n in (*loading, "skip_corrupt") if getattr(cfg, n) != getattr(defaults, n)]
     if ignored:
@@ -468,4 +626,28 @@ def load_data(cfg: Config) -> SSLDataset:
     )
     if cfg.download and is_main:
         dist.barrier()
-    return data
+    return prepare_text(cfg, data)
+
+
+def prepare_text(cfg: Config, data: SSLDataset) -> SSLDataset:
+    """Text data tokenized once for ``cfg``'s encoder (other data as it is).
+
+    The tokenizer is the ``hf:`` backbone's (``models.hf.load_tokenizer``: a local folder never
+    touches the network), ``max_length`` and the strong view (``text_strong``) are the
+    config's; texts passed in tokenized already (``from_texts(tokenizer=...)``) stay as they are.
+    """
+    if data.info.kind != "text" or data.info.tokenizer:
+        return data
+    from semimatch.data.text import tokenize_dataset
+    from semimatch.models.hf import load_tokenizer, max_positions
+
+    source = _text_backbone(cfg).removeprefix("hf:")
+    max_length = cfg.max_length  # auto: the default, within the encoder's positions
+    if max_length is None:
+        max_length = min(DEFAULT_MAX_LENGTH, max_positions(source) or DEFAULT_MAX_LENGTH)
+    try:
+        return tokenize_dataset(
+            data, load_tokenizer(source), max_length, name=source, strong=cfg.text_strong
+        )
+    except ValueError as e:  # max_length or the strong view's name: the config's options
+        raise ConfigError(str(e)) from None

@@ -51,7 +51,9 @@ class RunDir:
     ``config.json`` (the resolved config), ``split.json`` (labeled/unlabeled indices),
     ``dataset.json`` (what prediction needs without the data), ``metrics.jsonl`` (one record
     per log/eval), ``summary.json`` (written when the run finishes), ``checkpoints/`` (the last
-    ``keep_checkpoints`` and ``best.pt``), ``tb/`` (TensorBoard) and ``report/``.
+    ``keep_checkpoints`` and ``best.pt``), ``tb/`` (TensorBoard), ``report/`` and, for text
+    runs, ``hf/`` (the tokenizer and the encoder's ``config.json``: prediction needs neither the
+    data nor the model folder the run started from).
     """
 
     path: Path
@@ -64,6 +66,7 @@ class RunDir:
     checkpoints = property(lambda self: self.path / "checkpoints")
     tensorboard = property(lambda self: self.path / "tb")
     report = property(lambda self: self.path / "report")
+    hf = property(lambda self: self.path / "hf")
 
     def holds_run(self) -> bool:
         return self.config.exists() or self.metrics.exists()
@@ -78,6 +81,13 @@ class RunDir:
         save_split(split, self.split)
         save_dataset_info(info, self.dataset)
 
+    def write_text_model(self, info: DatasetInfo, net: nn.Module) -> None:
+        """Text runs: the tokenizer and the encoder's config into ``hf/`` (``load_run``)."""
+        from semimatch.data.text import load_tokenizer
+        from semimatch.models.hf import save_for_reload
+
+        save_for_reload(self.hf, load_tokenizer(info.tokenizer), net)
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         try:
             self.summary.write_text(json.dumps(summary, indent=2) + "\n")
@@ -90,7 +100,7 @@ class RunDir:
     def clear(self) -> None:
         """Delete a previous run's files (``overwrite``); other files stay."""
         self.remove_stale_temporaries()  # counted and reported before the folder goes
-        for folder in (self.checkpoints, self.tensorboard, self.report):
+        for folder in (self.checkpoints, self.tensorboard, self.report, self.hf):
             shutil.rmtree(folder, ignore_errors=True)
         for file in (self.metrics, self.summary, self.config, self.split, self.dataset):
             file.unlink(missing_ok=True)
@@ -438,9 +448,16 @@ def load_run(
             f"{run_dir} was trained with your own backbone ({cfg.backbone}); "
             "pass model= a fresh instance of it"
         )
+    build_cfg = cfg
+    if layout.hf.is_dir():  # a text run: its own tokenizer and encoder config, not the source's
+        info = dataclasses.replace(info, tokenizer=str(layout.hf))
+        if str(cfg.backbone).startswith("hf:") and (layout.hf / "config.json").exists():
+            build_cfg = cfg.replace(backbone=f"hf:{layout.hf}", pretrained=False)
     # A run trained with a custom weighting reloads without it: prediction does not need it.
     same_algorithm = state.get("algorithm_name", cfg.algorithm) == cfg.algorithm
-    parts = build_parts(cfg, info, dev, model=model, training=False, with_algorithm=same_algorithm)
+    parts = build_parts(
+        build_cfg, info, dev, model=model, training=False, with_algorithm=same_algorithm
+    )
     try:
         parts.net.load_state_dict(state["model"])
         if parts.ema is not None and state.get("ema"):

@@ -46,6 +46,7 @@ __all__ = [
     "TextSample",
     "TextSource",
     "TokenInput",
+    "has_augmentations",
     "load_tokenizer",
     "register_tokenizer",
     "stack_text_views",
@@ -344,6 +345,12 @@ class TokenInput(nn.Module):
         return self.model(x[:, 0], x[:, 1])
 
 
+def has_augmentations(dataset: SSLDataset) -> bool:
+    """Whether the training texts bring precomputed strong views (USB's ``aug_0``/``aug_1``)."""
+    sources = (dataset.train, dataset.extra_unlabeled)
+    return any(getattr(s, "has_augmentations", False) for s in sources if s is not None)
+
+
 def tokenize_dataset(
     dataset: SSLDataset,
     tokenizer: Any,
@@ -370,7 +377,7 @@ def tokenize_dataset(
         return None if src is None else src.tokenize(tokenizer, enc)
 
     train, test, extra = tok(dataset.train), tok(dataset.test), tok(dataset.extra_unlabeled)
-    has_augs = any(s is not None and s.has_augmentations for s in (train, extra))
+    has_augs = has_augmentations(dataclasses.replace(dataset, train=train, extra_unlabeled=extra))
     info = dataclasses.replace(dataset.info, tokenizer=name, max_length=int(max_length))
     views = text_views(strong, precomputed=has_augs)
     return dataclasses.replace(

@@ -21,7 +21,14 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TEXT_SUFFIXES", "RawRow", "read_rows", "read_text_folder", "text_format"]
+__all__ = [
+    "TEXT_SUFFIXES",
+    "RawRow",
+    "read_rows",
+    "read_text_folder",
+    "read_texts",
+    "text_format",
+]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 #: File suffixes (before an optional ``.gz``) and the format each names.
@@ -245,4 +252,33 @@ def read_text_folder(root: str | os.PathLike, labeled: bool = True) -> list[RawR
             rows.append(RawRow(_decode(p, _read_bytes(p)), label, (), p))
     if not rows:
         raise ValueError(f"{root}: no .txt files found")
+    return rows
+
+
+def read_texts(source: str | os.PathLike, text_column: str = "text") -> list[RawRow]:
+    """Texts to classify (``semimatch predict``), labels ignored: ``"-"`` (standard input) or
+    a ``.txt`` file, one text per non-blank line; a folder of ``.txt`` files, one text per
+    file; or a table/JSON file as :func:`read_rows` reads it (``text_column``)."""
+    if os.fspath(source) == "-":
+        import sys
+
+        return _lines("stdin", sys.stdin.read())
+    path = os.fspath(os.path.expanduser(source))
+    if os.path.isdir(path):
+        return read_text_folder(path, labeled=False)
+    name = path.lower().removesuffix(".gz")
+    if name.endswith(".txt"):
+        return _lines(path, _decode(path, _read_bytes(path)))
+    rows = read_rows(path, text_column, label_column="\0")  # no label column: none read
+    return [RawRow(r.text, None, (), r.where) for r in rows]
+
+
+def _lines(where: str, text: str) -> list[RawRow]:
+    rows = [
+        RawRow(line, None, (), f"{where}:line {n}")
+        for n, line in enumerate(text.splitlines(), 1)
+        if line.strip()
+    ]
+    if not rows:
+        raise ValueError(f"{where}: no texts (one text per line)")
     return rows

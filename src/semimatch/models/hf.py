@@ -24,8 +24,9 @@ Input format (what the training step passes as ``x``), recommended first:
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,11 @@ from torch import nn
 __all__ = [
     "HFClassifier",
     "build_hf",
+    "max_positions",
     "load_tokenizer",
     "pack_text",
     "resolve_hf_source",
+    "save_for_reload",
 ]
 
 HEADS = ("mlp", "linear")
@@ -110,6 +113,32 @@ def _not_found(name: str, source: str, local: bool, what: str, err: Exception) -
         f"hf: cannot load the {what} of {name!r}; looked in {'; '.join(where)}. "
         f"{type(err).__name__}: {err}"
     )
+
+
+@contextlib.contextmanager
+def _quiet(transformers: Any) -> Iterator[None]:
+    """No "Loading weights" progress bar in a training log (restored afterwards)."""
+    hf_logging = transformers.utils.logging
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
+def max_positions(name_or_folder: str, *, local_files_only: bool | None = None) -> int | None:
+    """The longest sequence the encoder takes (its config's ``max_position_embeddings``; None
+    if unset), read without loading the weights."""
+    transformers = _import_transformers()
+    source, local = resolve_hf_source(name_or_folder, local_files_only)
+    try:
+        config = transformers.AutoConfig.from_pretrained(source, local_files_only=local)
+    except (OSError, ValueError) as e:
+        raise _not_found(name_or_folder, source, local, "config", e) from e
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if value else None
 
 
 def load_tokenizer(name_or_folder: str, *, local_files_only: bool | None = None) -> Any:
@@ -295,14 +324,29 @@ def build_hf(
     source, local = resolve_hf_source(name, local_files_only)
     what = "weights" if pretrained else "config"
     try:
-        if pretrained:
-            backbone = transformers.AutoModel.from_pretrained(
-                source, local_files_only=local, dtype=torch.float32
-            )
-        else:
-            config = transformers.AutoConfig.from_pretrained(source, local_files_only=local)
-            backbone = transformers.AutoModel.from_config(config)
+        with _quiet(transformers):
+            if pretrained:
+                backbone = transformers.AutoModel.from_pretrained(
+                    source, local_files_only=local, dtype=torch.float32
+                )
+            else:
+                config = transformers.AutoConfig.from_pretrained(source, local_files_only=local)
+                backbone = transformers.AutoModel.from_config(config)
     except (OSError, ValueError) as e:
         raise _not_found(name, source, local, what, e) from e
     backbone = backbone.float()
     return HFClassifier(backbone, num_classes, dropout=dropout, head=head)
+
+
+def save_for_reload(folder: str | os.PathLike, tokenizer: Any, model: nn.Module) -> None:
+    """Write ``tokenizer`` and the ``config.json`` of ``model``'s ``transformers`` encoder (if
+    it has one) into ``folder``: with the checkpoint's weights, all a reload needs, so a run
+    predicts after its source model folder is gone (``build_hf(folder, pretrained=False)``)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(str(folder))
+    encoder = getattr(model, "backbone", None)
+    config = getattr(encoder, "config", None)
+    if isinstance(model, HFClassifier) and hasattr(config, "save_pretrained"):
+        config.save_pretrained(str(folder))
