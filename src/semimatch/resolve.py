@@ -215,25 +215,30 @@ def _check_modality(cfg: Config, data: SSLDataset) -> None:
             f"{', '.join(image_only)} apply to images; text views are per-sample edits of the "
             "token ids, chosen with --text-strong - drop them"
         )
-    if cfg.max_length is not None and cfg.max_length < 3:
-        raise ConfigError(
-            f"max_length must be >= 3 (room for the special tokens); got {cfg.max_length}"
-        )
     if cfg.max_length is not None and info.tokenizer and cfg.max_length != info.max_length:
         raise ConfigError(
             f"max_length={cfg.max_length}, but the texts passed in were tokenized with "
             f"max_length={info.max_length}; drop max_length or tokenize them again"
         )
-    if cfg.text_strong is not None and cfg.text_strong not in STRONG_TEXT_VIEWS:
-        raise ConfigError(
-            f"text_strong={cfg.text_strong!r} is not a text view; choose one of "
-            f"{', '.join(STRONG_TEXT_VIEWS)}"
-        )
+    _check_text_options(cfg)
     if cfg.text_strong == "precomputed" and not has_augmentations(data):
         raise ConfigError(
             "text_strong='precomputed' takes the strong views the data brings (USB's JSON "
             "aug_0/aug_1, from_texts(augmentations=...)), and this data has none; choose "
             f"another of {', '.join(v for v in STRONG_TEXT_VIEWS if v != 'precomputed')}"
+        )
+
+
+def _check_text_options(cfg: Config) -> None:
+    """The text options whose values need no data (checked before the texts are tokenized)."""
+    if cfg.max_length is not None and cfg.max_length < 3:
+        raise ConfigError(
+            f"max_length must be >= 3 (room for the special tokens); got {cfg.max_length}"
+        )
+    if cfg.text_strong is not None and cfg.text_strong not in STRONG_TEXT_VIEWS:
+        raise ConfigError(
+            f"text_strong={cfg.text_strong!r} is not a text view; choose one of "
+            f"{', '.join(STRONG_TEXT_VIEWS)}"
         )
 
 
@@ -642,6 +647,7 @@ def prepare_text(cfg: Config, data: SSLDataset) -> SSLDataset:
     from semimatch.models.hf import load_tokenizer, max_positions
 
     source = _text_backbone(cfg).removeprefix("hf:")
+    _check_text_options(cfg)
     max_length = cfg.max_length  # auto: the default, within the encoder's positions
     if max_length is None:
         max_length = min(DEFAULT_MAX_LENGTH, max_positions(source) or DEFAULT_MAX_LENGTH)

@@ -27,6 +27,12 @@ Inputs ``X``:
     probability ``strong_dropout`` (a zeroed standardised feature sits at its mean, i.e.
     "feature missing"), so the student sees a harder, partly-masked view.
 
+* **texts**: a list (or 1-d array, or pandas Series) of strings, with
+  ``backbone="hf:<model name or local folder>"`` (a Hugging Face encoder): tokenized once with
+  the encoder's tokenizer (``max_length`` and the strong view ``text_strong`` through
+  ``config=``), weak view = the text, strong view = UDA's TF-IDF word replacement, and USB's
+  fine-tuning recipe (AdamW, learning rate 5e-5 unless ``lr`` is given, no weight EMA).
+
 Labels ``y``: any values (ints, strings, ...), mapped through ``classes_``; unlabeled rows carry
 ``unlabeled_label`` (default ``-1``, scikit-learn's semi-supervised convention). For string
 labels either pass e.g. ``unlabeled_label="unlabeled"`` or use an object array with ``-1``; in
@@ -76,15 +82,18 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     """FixMatch / SoftMatch (or Pseudo-Label, supervised) as a scikit-learn classifier.
 
     Parameters:
-        algorithm: ``"softmatch"``, ``"fixmatch"``, ``"pseudolabel"`` or ``"supervised"``.
+        algorithm: any of ``semimatch.algorithms.ALGORITHMS`` (``"softmatch"``,
+            ``"fixmatch"``, ``"freematch"``, ``"supervised"``, ...).
         backbone: ``"auto"`` (MLP for feature vectors; small CNN for images <= 28 px, WRN-28-2
             above), a ``semimatch.models`` name (``"cnn"``, ``"wrn_28_2"``, ``"mlp"``,
-            ``"torchvision:resnet18"``, ...) or an ``nn.Module`` (float NCHW images in - float
-            ``(N, D)`` for feature vectors - logits out; copied at each ``fit``).
+            ``"torchvision:resnet18"``, ...), ``"hf:<model name or folder>"`` (texts; required
+            for them) or an ``nn.Module`` (float NCHW images in - float ``(N, D)`` for feature
+            vectors - logits out; copied at each ``fit``).
         max_iter: training iterations (optimizer steps).
         batch_size: labeled samples per iteration.
         uratio: unlabeled samples per labeled sample in a batch (mu).
-        lr: initial learning rate (SGD + Nesterov, cosine decay).
+        lr: initial learning rate; None: 0.03 with SGD + Nesterov (images, features), 5e-5
+            with AdamW (``hf:`` backbones), each with its cosine decay.
         weight_decay: L2 on weights (not on BatchNorm parameters and biases).
         device: ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ...
         precision: ``"fp32"`` (default, as the other doors: the papers' arithmetic),
@@ -108,7 +117,7 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             image height for images, as scikit-learn counts n-d input); ``input_shape_`` holds
             the whole per-sample shape.
         feature_names_in_: column names when ``X`` was a DataFrame with string column names.
-        input_kind_: ``"features"`` or ``"images"``.
+        input_kind_: ``"features"``, ``"images"`` or ``"texts"``.
         model_: the trained network used for prediction (the EMA model when EMA is on).
         run_: the ``semimatch.Run`` (config, raw and EMA models, summary; no copy of the data).
         config_: the resolved ``semimatch.Config`` that was trained.
@@ -123,7 +132,7 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         max_iter: int = 1000,
         batch_size: int = 64,
         uratio: int = 7,
-        lr: float = 0.03,
+        lr: float | None = None,
         weight_decay: float = 5e-4,
         device: str = "auto",
         precision: str = "fp32",
@@ -180,6 +189,31 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         if isinstance(ul, numbers.Number) and not isinstance(ul, bool):
             return y == ul
         return np.zeros(len(y), dtype=bool)
+
+    def _texts(self, X: Any, reset: bool) -> list[str] | None:
+        """``X`` as a list of strings when it is texts (a list, 1-d array or Series of
+        ``str``), else None."""
+        if isinstance(X, str):
+            raise ValueError("X: expected a list of texts, got one string; wrap it in a list")
+        if isinstance(X, (list, tuple)) or (getattr(X, "ndim", None) == 1):
+            items = list(X.tolist() if hasattr(X, "tolist") else X)
+            if items and all(isinstance(t, str) for t in items):
+                if not reset and getattr(self, "input_kind_", None) != "texts":
+                    raise ValueError(
+                        f"X: texts, but this {type(self).__name__} was fitted on {self.input_kind_}"
+                    )
+                return items
+            if any(isinstance(t, str) for t in items):
+                bad = next(i for i, t in enumerate(items) if not isinstance(t, str))
+                raise ValueError(
+                    f"X: item {bad} is a {type(items[bad]).__name__}, not a string; texts must "
+                    "all be strings"
+                )
+        if not reset and getattr(self, "input_kind_", None) == "texts":
+            raise ValueError(
+                f"X: this {type(self).__name__} was fitted on texts; pass a list of strings"
+            )
+        return None
 
     def _validate_X(self, X: Any, reset: bool, y: Any = None) -> tuple[np.ndarray, Any]:
         """Checked ``X`` (and 1-d ``y``): numeric, finite, 2-d features or 3/4-d images."""
@@ -298,6 +332,19 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"X: {e}") from None
         return data, backbone
 
+    def _text_dataset(
+        self, texts: list[str], labels: np.ndarray, names: list[str]
+    ) -> tuple[SSLDataset, str]:
+        """Texts as a text dataset (tokenized by ``fit`` with the ``hf:`` backbone's tokenizer)."""
+        from semimatch.data.text_datasets import from_texts
+
+        if not (isinstance(self.backbone, str) and self.backbone.startswith("hf:")):
+            raise ValueError(
+                f"backbone={self.backbone!r} cannot read texts; pass backbone='hf:<model name or "
+                "local folder>' (a Hugging Face encoder, e.g. 'hf:bert-base-uncased')"
+            )
+        return from_texts(texts, labels, name="sklearn", class_names=names), self.backbone
+
     # -- fit -------------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any) -> SemiSupervisedClassifier:
         """Train on ``X`` with labels ``y`` (``unlabeled_label`` marks unlabeled rows).
@@ -307,8 +354,18 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         from semimatch.api import train
 
         self._check_params()
-        X, y = self._validate_X(X, reset=True, y=y)
-        y = np.asarray(y)
+        texts = self._texts(X, reset=True)
+        if texts is not None:
+            y = np.asarray(y)
+            if y.ndim == 2 and y.shape[1] == 1:
+                y = y.ravel()
+            if y.shape != (len(texts),):
+                raise ValueError(f"y: {y.shape} labels for {len(texts)} texts")
+            for attr in ("n_features_in_", "feature_names_in_"):  # a refit on texts
+                self.__dict__.pop(attr, None)
+        else:
+            X, y = self._validate_X(X, reset=True, y=y)
+            y = np.asarray(y)
         unlabeled = self._unlabeled_mask(y)
         y_lab = y[~unlabeled]
         if y_lab.size == 0:
@@ -333,9 +390,12 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         labels[~unlabeled] = y_idx.reshape(-1)
 
         names = [str(c) for c in classes]
-        input_shape = X.shape[1:]
-        features = X.ndim == 2
-        data, backbone = self._dataset(X, labels, names)
+        input_shape = (None,) if texts is not None else X.shape[1:]
+        features = texts is None and X.ndim == 2
+        if texts is not None:
+            data, backbone = self._text_dataset(texts, labels, names)
+        else:
+            data, backbone = self._dataset(X, labels, names)
 
         model: nn.Module | None = None
         if isinstance(backbone, nn.Module):
@@ -360,7 +420,7 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         if features:  # the standardisation from_features applied (and predict applies)
             self.feature_mean_ = np.asarray(run.info.mean, dtype=np.float32)
             self.feature_scale_ = np.asarray(run.info.std, dtype=np.float32)
-        self.input_kind_ = "features" if features else "images"
+        self.input_kind_ = "texts" if texts is not None else "features" if features else "images"
         self.input_shape_ = input_shape
         self.classes_ = classes
         self.run_ = run
@@ -374,6 +434,9 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, shape ``(n_samples, n_classes)``, columns in ``classes_`` order."""
         check_is_fitted(self)
+        texts = self._texts(X, reset=False)
+        if texts is not None:
+            return self.run_.predict_proba(texts).astype(np.float64)
         X, _ = self._validate_X(X, reset=False)
         # Images as uint8; feature vectors as they are (the run standardises them, as in fit).
         inputs = to_uint8_images(X, "X") if self.input_kind_ == "images" else X

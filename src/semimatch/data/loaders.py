@@ -131,6 +131,15 @@ def _torch_seed(*parts: int) -> int:
     return (int(hi) << 32 | int(lo)) & ((1 << 63) - 1)
 
 
+def _own_generator(seed: int) -> torch.Generator:
+    """A DataLoader's own generator. Without one, every iterator a DataLoader starts draws its
+    workers' base seed from the *global* torch generator, which also draws the model's dropout
+    masks: a resumed run (one iterator started after the restored checkpoint) would then see
+    other masks than the uninterrupted run. Samples are seeded by ``(seed, k, rank, view)``, not
+    by this base seed."""
+    return torch.Generator().manual_seed(seed)
+
+
 def view_generator(seed: int, k: int, rank: int, view: int) -> torch.Generator:
     """The CPU generator of batched view ``view`` at iteration ``k`` on ``rank``: the only
     randomness of a batched view (module docstring), so a batch is a function of these four."""
@@ -495,6 +504,7 @@ class TrainStream:
             # Pinned pages make the copy to a GPU asynchronous; the first copy goes where the
             # batched augmentation runs, or straight to the training device.
             pin_memory=(self.augment_device if self.views.batched else self.device).type == "cuda",
+            generator=_own_generator(self.seed),
             **kwargs,
         )
         for k, item in zip(itertools.count(start), loader):
@@ -583,6 +593,7 @@ def eval_batches(
         shuffle=False,
         num_workers=_check_int(num_workers, "num_workers", 0),
         pin_memory=nb,
+        generator=_own_generator(0),
     )
 
     # Arguments are checked above, when eval_batches is called, not at the first next().
