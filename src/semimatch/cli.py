@@ -403,8 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="PATH", help="CSV file (default: standard output)")
 
     p = sub.add_parser("report", help="HTML report + figures for one or more runs")
-    p.add_argument("run_dirs", nargs="+")
     p.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run folders, or folders of runs (every run folder under them, sorted)",
+    )
+    p.add_argument(
+        "-o",
         "--out",
         metavar="PATH",
         help="report folder (default: RUN_DIR/report; ./semimatch-report for several runs)",
