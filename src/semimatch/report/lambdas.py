@@ -204,6 +204,6 @@ def final_lambda(run: RunData) -> tuple[LambdaCurve | None, str]:
             dict(state),
             C,
         )
-        return curve, f"{kind} state at iteration {rec.get('iteration')}"
+        return curve, f"rebuilt from the logged {kind} state"
     curve = _sampled(rec, why)
     return curve, why if curve else why.split(":")[0]
