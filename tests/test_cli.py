@@ -475,7 +475,7 @@ def test_demo_writes_a_new_folder_and_keeps_an_existing_demo(tmp_path, monkeypat
     from semimatch.engine import TrainingError
 
     monkeypatch.chdir(tmp_path)
-    demo = ["demo", "--iterations", "1", "--threads", "1"]
+    demo = ["demo", "--iterations", "1", "--threads", "1", "--no-report"]  # report: test_demo
     assert main(demo) == 0
     out = Path("runs") / "demo-1"
     assert capsys.readouterr().err.startswith(f"semimatch demo: writing the run to {out}")

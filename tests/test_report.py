@@ -275,6 +275,7 @@ def test_real_run_report_has_every_figure(real_run: Path, real_report: Path) -> 
     expected = {
         "fig-error.png",
         "fig-pseudo-labels.png",
+        "fig-lambda-overlay.png",
         "fig-lambda-run.png",
         "fig-per-class-run.png",
         "fig-confusion-run.png",
@@ -369,6 +370,7 @@ def test_crashed_real_run_with_torn_last_line(real_run: Path, tmp_path: Path) ->
     assert refs == {
         "fig-error.png",
         "fig-pseudo-labels.png",
+        "fig-lambda-overlay.png",
         "fig-lambda-crashed.png",
         "fig-per-class-crashed.png",
         "fig-confusion-crashed.png",
@@ -413,7 +415,12 @@ def test_no_test_set_and_no_quality(tmp_path: Path) -> None:
     run = write_synthetic_run(tmp_path / "blind", test_set=False, quality=False)
     index = build_report([run])
     text, (cells,), refs = parse(index)
-    assert refs == {"fig-pseudo-labels.png", "fig-lambda-blind.png", "fig-per-class-blind.png"}
+    assert refs == {
+        "fig-pseudo-labels.png",
+        "fig-lambda-overlay.png",
+        "fig-lambda-blind.png",
+        "fig-per-class-blind.png",
+    }
     for ref in refs:
         assert_png(index.parent / ref)
     assert "No test set" in text and "quality is not available" in text

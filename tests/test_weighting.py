@@ -61,7 +61,7 @@ def test_fixed_threshold_has_no_state():
     for _ in range(3):
         module.update(torch.softmax(torch.randn(16, 2), 1))
     torch.testing.assert_close(module(probs), before)
-    assert module.describe() == {"type": "fixed", "tau": 0.7}
+    assert module.describe() == {"type": "fixed", "tau": 0.7, "lambda_max": 1.0}
 
 
 # --- SoftMatchWeighting: initial state, single steps, closed forms -------------------------------

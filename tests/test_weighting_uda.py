@@ -64,7 +64,12 @@ def test_uda_validation_and_describe():
         UDAWeighting(1.5)
     module = UDAWeighting()
     assert (module.tau, module.temperature) == (0.8, 0.4)  # USB's classic-CV values
-    assert module.describe() == {"type": "uda", "tau": 0.8, "temperature": 0.4}
+    assert module.describe() == {
+        "type": "uda",
+        "tau": 0.8,
+        "temperature": 0.4,
+        "lambda_max": 1.0,
+    }
     assert dict(module.state_dict()) == {}
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from semimatch import __version__
+from semimatch.algorithms import ALGORITHMS
 from semimatch.config import PRESETS, Config, ConfigError, coerce, field_types, load_preset
 from semimatch.flags import as_flags, cli_fields, flag
 
@@ -320,9 +321,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from semimatch.demo import demo_runs, run_demo
+    from semimatch.demo import demo_runs, parse_methods, run_demo
 
-    options = dict(iterations=args.iterations, num_labels=args.num_labels, seed=args.seed)
+    options = dict(
+        iterations=args.iterations,
+        num_labels=args.num_labels,
+        seed=args.seed,
+        methods=parse_methods(args.methods),  # a typo fails before a folder is made
+        report=args.report,
+    )
     if args.out is None:  # a new folder: nothing to replace
         with _new_run_dir("demo", "demo") as out:
             run_demo(out, threads=args.threads, overwrite=False, **options)
@@ -425,8 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="PATH", help="CSV file (default: standard output)")
 
     p = sub.add_parser("report", help="HTML report + figures for one or more runs")
-    p.add_argument("run_dirs", nargs="+")
     p.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run folders, or folders of runs (every run folder under them, sorted)",
+    )
+    p.add_argument(
+        "-o",
         "--out",
         metavar="PATH",
         help="report folder (default: RUN_DIR/report; ./semimatch-report for several runs)",
@@ -435,11 +448,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list the paper presets")
     sub.add_parser("datasets", help="list the dataset names")
 
-    p = sub.add_parser("demo", help="FixMatch vs SoftMatch vs supervised on digits (offline)")
+    p = sub.add_parser(
+        "demo", help="supervised vs FixMatch vs SoftMatch (or --methods) on digits (offline)"
+    )
     p.add_argument(
         "--out",
         metavar="PATH",
-        help="folder of the three runs, PATH/<algorithm> (default: a new runs/demo-N)",
+        help="folder of the runs, PATH/<algorithm>, and of their report, PATH/report "
+        "(default: a new runs/demo-N)",
+    )
+    p.add_argument(
+        "--methods",
+        metavar="LIST",
+        help="comma-separated algorithms to compare, from: "
+        f"{', '.join(ALGORITHMS)} (default: supervised,fixmatch,softmatch)",
+    )
+    p.add_argument(
+        "--report",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the comparison report to PATH/report (default: on)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a demo already in --out")
     p.add_argument(

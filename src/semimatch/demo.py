@@ -1,23 +1,52 @@
-"""``semimatch demo``: supervised vs FixMatch vs SoftMatch on scikit-learn's digits, offline.
+"""``semimatch demo``: a chosen list of methods on scikit-learn's digits, offline.
 
-Same seed, same labeled split, same budget for the three; prints a small results table.
+Same seed, same labeled split, same budget for every method (default: supervised vs FixMatch vs
+SoftMatch); prints a small results table and writes the comparison report of the runs.
 """
 
 from __future__ import annotations
 
+import difflib
+import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
-from semimatch.config import Config
+from semimatch.algorithms import ALGORITHMS as REGISTERED
+from semimatch.config import Config, ConfigError
 from semimatch.engine import TrainingError, fit
 from semimatch.run import RunDir
 
+#: The default methods of the demo, in table order.
 ALGORITHMS = ("supervised", "fixmatch", "softmatch")
+
+
+def parse_methods(methods: str | Iterable[str] | None) -> tuple[str, ...]:
+    """The demo's methods: names of registered algorithms (a list, or one comma-separated
+    string), in order, without repeats; None gives the default ``ALGORITHMS``.
+
+    An unknown name is a ``ConfigError`` that suggests the closest registered one.
+    """
+    if methods is None:
+        return ALGORITHMS
+    items = methods.split(",") if isinstance(methods, str) else list(methods)
+    names = [str(m).strip().lower() for m in items if str(m).strip()]
+    if not names:
+        raise ConfigError(f"no method given; choose from {', '.join(REGISTERED)}")
+    for name in names:
+        if name not in REGISTERED:
+            hint = difflib.get_close_matches(name, REGISTERED, n=1)
+            raise ConfigError(
+                f"unknown method {name!r}"
+                + (f" (did you mean {hint[0]}?)" if hint else "")
+                + f"; choose from {', '.join(REGISTERED)}"
+            )
+    return tuple(dict.fromkeys(names))
 
 
 def demo_runs(out: Path) -> list[str]:
     """The algorithms whose demo run folder ``out/<algorithm>`` already holds a run."""
     out = Path(out)
-    return [a for a in ALGORITHMS if RunDir(out / a).holds_run()]
+    return [a for a in REGISTERED if RunDir(out / a).holds_run()]
 
 
 def run_demo(
@@ -26,24 +55,37 @@ def run_demo(
     num_labels: int = 20,
     seed: int = 0,
     *,
+    methods: str | Iterable[str] | None = None,
     threads: int | None = None,
     overwrite: bool = True,
+    report: bool = True,
 ) -> list[dict]:
-    """Train supervised, FixMatch and SoftMatch into ``out/<algorithm>``; return their summaries.
+    """Train each of ``methods`` into ``out/<algorithm>``; return their summaries.
 
-    ``threads`` sets ``Config.threads`` of the three runs (None: torch's default).
+    ``methods``: registered algorithm names (``semimatch.algorithms.ALGORITHMS``), a list or a
+    comma-separated string; default supervised, FixMatch and SoftMatch.  Checked before
+    anything trains.  ``threads`` sets ``Config.threads`` of every run (None: torch's default).
     ``overwrite=False`` refuses an ``out`` that already holds a demo before anything trains; the
-    default ``True`` replaces it, as this function always did.
+    default ``True`` replaces it (its report and the runs of methods not chosen this time are
+    removed, so the folder holds one demo).  ``report``: write the comparison report to
+    ``out/report``.
     """
     out = Path(out)
+    chosen = parse_methods(methods)
     held = demo_runs(out)
     if held and not overwrite:
         raise TrainingError(
             f"{out} already holds a demo ({', '.join(held)}); pass overwrite=True to replace "
             "it or choose another folder"
         )
+    stale = [out / a for a in held if a not in chosen]
+    if held and (out / "report" / "index.html").exists():
+        stale.append(out / "report")  # the report of the demo this one replaces
+    for path in stale:
+        shutil.rmtree(path)
+        print(f"removed {path} (of the demo this one replaces)", flush=True)
     rows = []
-    for algo in ALGORITHMS:
+    for algo in chosen:
         cfg = Config(
             algorithm=algo,
             dataset="digits",
@@ -63,7 +105,11 @@ def run_demo(
         f"digits, {num_labels} labels, {iterations} iterations, seed {seed} "
         f"(EMA model, test error; lower is better)"
     )
-    print(f"{'algorithm':<12} {'error':>8} {'best':>8} {'quantity':>9} {'quality':>8} {'s/it':>7}")
+    width = max(12, *(len(a) for a in chosen))
+    print(
+        f"{'algorithm':<{width}} {'error':>8} {'best':>8} {'quantity':>9} {'quality':>8} "
+        f"{'s/it':>7}"
+    )
     for r in rows:
 
         def pct(v: float | None) -> str:
@@ -73,9 +119,16 @@ def run_demo(
             return "n/a" if v is None else f"{v:.3f}"
 
         print(
-            f"{r['algorithm']:<12} {pct(r['final_error']):>8} {pct(r['best_error']):>8} "
+            f"{r['algorithm']:<{width}} {pct(r['final_error']):>8} {pct(r['best_error']):>8} "
             f"{num(r['final_quantity']):>9} {num(r['final_quality']):>8} "
             f"{r['sec_per_iter']:7.3f}"
         )
-    print(f"\nrun directories: {out}/<algorithm>; figures: semimatch report {out}/*")
+    print(f"\nrun directories: {out}/<algorithm>")
+    if report:
+        from semimatch.report import build_report
+
+        index = build_report([out / a for a in chosen], out=out / "report")
+        print(f"report (λ(p), quantity and quality of the runs overlaid): {index}")
+    else:
+        print(f"figures: semimatch report {out}")
     return rows

@@ -86,18 +86,19 @@ def evaluate_model(
 def lambda_curve(algorithm: SSLAlgorithm, num_classes: int, device: torch.device) -> dict | None:
     """The live weighting function evaluated on a grid of confidences in [1/C, 1].
 
-    A row with max probability q puts q on one class and spreads 1-q over the others; per-class
-    weightings are averaged over which class holds the max.
+    A row with max probability q puts q on one class and spreads 1-q over the others; weights
+    that depend on which class holds the max (SoftMatch per class, FlexMatch's and FreeMatch's
+    class-wise thresholds) are averaged over that class.  Every class is sampled: a weighting
+    need not declare that it is class-wise.
     """
     if algorithm.weighting is None or not algorithm.weights_defined():
         return None  # supervised, or a warm-up that has not yet defined the weights (Dash)
     grid = torch.linspace(1.0 / num_classes, 1.0, 51, device=device)
-    ws = []
-    for c in range(num_classes):
-        probs = ((1 - grid) / (num_classes - 1)).unsqueeze(1).repeat(1, num_classes)
-        probs[:, c] = grid
-        ws.append(algorithm.weighting(probs).float())
-        if not getattr(algorithm.weighting, "per_class", False):
-            break
-    w = torch.stack(ws).mean(dim=0)
+    rows = torch.arange(num_classes, device=device).repeat_interleave(grid.shape[0])
+    q = grid.repeat(num_classes)
+    probs = ((1 - q) / (num_classes - 1)).unsqueeze(1).repeat(1, num_classes)
+    probs[torch.arange(q.shape[0], device=device), rows] = q
+    ws = algorithm.weighting(probs).float().reshape(num_classes, -1)
+    # The same curve for every class: keep it as is (no rounding from averaging equal values).
+    w = ws[0] if bool((ws == ws[0]).all()) else ws.mean(dim=0)
     return {"p": [round(v, 6) for v in grid.tolist()], "w": w.tolist()}

@@ -8,8 +8,10 @@ the final confusion matrix and a table comparing the runs.
 
 Works on finished, running and crashed runs: it reads whatever has been logged (a torn last line
 is skipped by ``read_jsonl``) and says in the HTML what is missing and why.  ``runs.py`` reads
-the run directories (``read_run`` -> ``RunData``) and makes the comparison table, ``figures.py``
-draws, ``page.py`` writes the HTML.
+the run directories (``read_run`` -> ``RunData``; a folder of runs stands for the runs under it)
+and makes the comparison table, ``lambdas.py`` rebuilds each run's lambda(p) from its logged
+weighting state (one formula per weighting type, for the overlay of runs of different methods),
+``figures.py`` draws, ``page.py`` writes the HTML.
 """
 
 from semimatch.report.page import build_report

@@ -12,13 +12,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from semimatch.report.runs import RunData, pseudo_label_series, series
+from semimatch.report.lambdas import LambdaCurve, final_lambda
+from semimatch.report.runs import RunData, pseudo_label_series, run_label, series
 
 __all__ = [
     "Figures",
     "confusion_figure",
     "error_figure",
     "lambda_figure",
+    "lambda_overlay_figure",
     "per_class_figure",
     "pseudo_label_figure",
 ]
@@ -50,6 +52,8 @@ class Figures:
 
         self._figure, self._canvas = Figure, FigureCanvasAgg
         self.out = out
+        #: The saved figures by file name (their axes and lines, for tests and callers).
+        self.drawn: dict[str, Any] = {}
 
     def new(self, width: float, height: float) -> Any:
         """A figure of ``width`` x ``height`` inches on its own Agg canvas."""
@@ -63,6 +67,7 @@ class Figures:
         fig.savefig(buf, format="png", dpi=100)
         data = buf.getvalue()
         (self.out / filename).write_bytes(data)
+        self.drawn[filename] = fig
         return filename, base64.b64encode(data).decode("ascii")
 
 
@@ -82,7 +87,7 @@ def error_figure(figs: Figures, runs: list[RunData]) -> tuple[str, str] | None:
             marker="o" if len(x) < 30 else None,
             ms=3,
             color=COLORS[i % len(COLORS)],
-            label=run.name,
+            label=run_label(run),
         )
     ax.set_xlabel("iteration")
     ax.set_ylabel("test error (%)")
@@ -108,7 +113,7 @@ def pseudo_label_figure(figs: Figures, runs: list[RunData]) -> tuple[str, str] |
     ax = axes[0]
     for i, run, pts in quantity:
         x, y = zip(*pts, strict=True)
-        ax.plot(x, y, color=COLORS[i % len(COLORS)], label=run.name)
+        ax.plot(x, y, color=COLORS[i % len(COLORS)], label=run_label(run))
     # SoftMatch's claim (reference): quantity stays >= lambda_max / 2 throughout training.
     ax.axhline(0.5, color="gray", ls=":", lw=1, label="λmax / 2")
     ax.set_ylim(-0.02, 1.02)
@@ -119,21 +124,18 @@ def pseudo_label_figure(figs: Figures, runs: list[RunData]) -> tuple[str, str] |
     ax.legend(fontsize=8)
     if quality:
         ax = axes[1]
+        dashed = False
         for i, run, pts, acc in quality:
             color = COLORS[i % len(COLORS)]
             x, y = zip(*pts, strict=True)
-            ax.plot(x, y, color=color, label=f"{run.name}: quality (weighted)")
+            ax.plot(x, y, color=color, label=run_label(run))
             if acc:
                 x, y = zip(*acc, strict=True)
-                ax.plot(
-                    x,
-                    y,
-                    color=color,
-                    ls="--",
-                    lw=1,
-                    alpha=0.7,
-                    label=f"{run.name}: unweighted accuracy",
-                )
+                # "_" labels stay out of the legend: one entry per run, one for all dashes.
+                ax.plot(x, y, color=color, ls="--", lw=1, alpha=0.7, label="_unweighted")
+                dashed = True
+        if dashed:
+            ax.plot([], [], color="gray", ls="--", lw=1, label="dashed: unweighted accuracy")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("iteration")
         ax.set_ylabel("quality  (weighted pseudo-label accuracy)")
@@ -141,6 +143,45 @@ def pseudo_label_figure(figs: Figures, runs: list[RunData]) -> tuple[str, str] |
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return figs.save(fig, "fig-pseudo-labels.png")
+
+
+def lambda_overlay_figure(
+    figs: Figures, runs: list[RunData]
+) -> tuple[tuple[str, str] | None, list[tuple[RunData, LambdaCurve | None, str]]]:
+    """lambda(p) of every run at its last evaluation, overlaid (one line per run).
+
+    Returns the figure (None when no run has a curve) and, per run, its curve (None when
+    lambda(p) is not defined or not known) with a note on where it came from.
+    """
+    found = [(run, *final_lambda(run)) for run in runs]
+    lines = [(i, run, curve) for i, (run, curve, _) in enumerate(found) if curve is not None]
+    if not lines:
+        return None, found
+    fig = figs.new(10, 4.4)
+    ax = fig.add_subplot()
+    for i, run, curve in lines:
+        color = COLORS[i % len(COLORS)]
+        label = f"{run_label(run)}, it {curve.iteration}"
+        if curve.source == "sampled":
+            label += " (sampled)"
+        ax.plot(
+            curve.p,
+            curve.w,
+            color=color,
+            lw=2,
+            ls="-" if curve.source == "formula" else "--",
+            label=label,
+        )
+        if curve.low is not None and curve.high is not None:
+            ax.fill_between(curve.p, curve.low, curve.high, color=color, alpha=0.12, lw=0)
+    ax.set_xlim(0, 1.0)
+    ax.set_ylim(-0.02, max(1.0, *(max(c.w) for _, _, c in lines)) * 1.05)
+    ax.set_xlabel("confidence  max p")
+    ax.set_ylabel("weight λ(p)")
+    ax.set_title("Weighting function λ(p) of each run at its last evaluation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return figs.save(fig, "fig-lambda-overlay.png"), found
 
 
 def _snapshots(evals: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:

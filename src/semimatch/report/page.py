@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from semimatch.report.figures import (
     confusion_figure,
     error_figure,
     lambda_figure,
+    lambda_overlay_figure,
     per_class_figure,
     pseudo_label_figure,
 )
@@ -23,6 +25,7 @@ from semimatch.report.runs import (
     format_row,
     pseudo_label_series,
     read_runs,
+    run_label,
     run_row,
     series,
 )
@@ -156,6 +159,7 @@ def build_report(run_dirs: list[Path], out: Path | str | None = None) -> Path:
         "weighted pseudo-label accuracy (SoftMatch, section 2).</p>",
         _comparison_table(rows),
         *_curves(figs, runs),
+        *_lambda_section(figs, runs),
     ]
     taken: set[str] = set()
     for run, row in zip(runs, rows, strict=True):
@@ -215,6 +219,49 @@ def _curves(figs: Figures, runs: list[RunData]) -> list[str]:
         if fig
         else '<p class="note">No pseudo-label statistics logged by any run (supervised '
         "runs or no log window yet).</p>"
+    )
+    return parts
+
+
+#: Confidences at which the λ(p) table gives each run's weight.
+LAMBDA_TABLE_AT = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def _lambda_section(figs: Figures, runs: list[RunData]) -> list[str]:
+    """λ(p) of every run overlaid, and a table of its values at ``LAMBDA_TABLE_AT``."""
+    parts = ["<h2>Weighting functions λ(p)</h2>"]
+    fig, found = lambda_overlay_figure(figs, runs)
+    if fig is None:
+        parts.append(
+            '<p class="note">No run has a weighting function to draw (supervised runs, '
+            "no evaluation record yet, or a warm-up).</p>"
+        )
+    else:
+        parts.append(
+            _img(
+                fig,
+                "λ(p) of each run at its last evaluation, rebuilt from the weighting state it "
+                "recorded (per-class methods: the class mean, shaded from the lowest to the "
+                "highest class; dashed: the engine's sampled curve where no formula applies)",
+            )
+        )
+    head = "".join(f"<th>λ({p:g})</th>" for p in LAMBDA_TABLE_AT)
+    parts.append(
+        f'<table id="lambda-table"><thead><tr><th>run</th><th>iteration</th>{head}'
+        "<th>from</th></tr></thead><tbody>"
+    )
+    for run, curve, note in found:
+        cells = [run_label(run), str(curve.iteration) if curve else "n/a"]
+        cells += [
+            "n/a" if curve is None or math.isnan(v := curve.at(p)) else f"{v:.3f}"
+            for p in LAMBDA_TABLE_AT
+        ]
+        cells.append(note)
+        parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    parts.append(
+        '</tbody></table><p class="caption">λ at a confidence max p whose remaining mass is '
+        "spread evenly over the other classes (per-class methods: mean over the class holding "
+        "the max).</p>"
     )
     return parts
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -21,11 +22,13 @@ from semimatch.run import RunDir
 __all__ = [
     "RunData",
     "comparison_rows",
+    "expand_run_dirs",
     "format_row",
     "last_value",
     "pseudo_label_series",
     "read_run",
     "read_runs",
+    "run_label",
     "run_row",
     "run_status",
     "series",
@@ -48,6 +51,7 @@ class RunData:
     records: list[dict[str, Any]]
     unparsed_lines: int = 0
     metrics_mtime: float | None = None
+    dataset: dict[str, Any] | None = None  # dataset.json (classes, ...), None when absent
     train: list[dict[str, Any]] = field(init=False)
     evals: list[dict[str, Any]] = field(init=False)
     end: dict[str, Any] | None = field(init=False)
@@ -88,7 +92,8 @@ def read_run(run_dir: str | Path) -> RunData:
     if not layout.holds_run():
         raise FileNotFoundError(
             f"{str(path)!r} is not a run directory (no config.json and no "
-            "metrics.jsonl); pass the folder given to `semimatch train --out`"
+            "metrics.jsonl) and holds none; pass the folder given to `semimatch train --out`, "
+            "or a folder of such folders"
         )
     records: list[dict[str, Any]] = []
     unparsed, mtime = 0, None
@@ -111,6 +116,7 @@ def read_run(run_dir: str | Path) -> RunData:
         records,
         unparsed,
         mtime,
+        _read_json(layout.dataset),
     )
 
 
@@ -160,6 +166,21 @@ def last_value(records: list[dict[str, Any]], key: str) -> Any:
 def pseudo_label_series(run: RunData, key: str) -> list[tuple[int, float]]:
     """Train log windows (finest grain); the eval windows when no train record has the key."""
     return series(run.train, key) or window_series(run.evals, key)
+
+
+def run_method(run: RunData) -> str:
+    """What trained: summary.json's algorithm (a custom weighting), else config.json's."""
+    return str((run.summary or {}).get("algorithm") or run.setting("algorithm") or "unknown")
+
+
+def run_label(run: RunData) -> str:
+    """The legend label of a run in the overlaid figures: method (run name, seed)."""
+    method = run_method(run)
+    extras = [] if run.name == method else [run.name]
+    seed = run.setting("seed")
+    if seed is not None:
+        extras.append(f"seed {seed}")
+    return f"{method} ({', '.join(extras)})" if extras else method
 
 
 def _labels(run: RunData) -> Any:
@@ -225,13 +246,32 @@ def read_runs(run_dirs: list[Path]) -> list[RunData]:
         raise ValueError("run_dirs must be a list of run directories; wrap a single one in [...]")
     if not run_dirs:
         raise ValueError("run_dirs is empty; pass at least one run directory")
-    runs = [read_run(p) for p in run_dirs]
+    runs = [read_run(p) for p in expand_run_dirs(run_dirs)]
     # Two runs with the same folder name (runs/a/softmatch, runs/b/softmatch): tell them apart.
     names = [r.name for r in runs]
     for r in runs:
         if names.count(r.name) > 1:
             r.name = f"{r.path.resolve().parent.name}/{r.name}"
     return runs
+
+
+def expand_run_dirs(paths: list[Path]) -> list[Path]:
+    """Each path that holds a run, in order; a folder that holds none stands for the run
+    folders under it (found recursively, sorted by path; a run's own folder is not searched).
+    A path that is neither is kept, for ``read_run`` to report."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir() or RunDir(path).holds_run():
+            out.append(path)
+            continue
+        found = []
+        for root, dirs, _ in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            if root != str(path) and RunDir(Path(root)).holds_run():
+                found.append(Path(root))
+                dirs[:] = []  # a run's checkpoints/, tb/, report/ hold no other run
+        out.extend(found or [path])
+    return out
 
 
 def _pct(v: Any) -> str:

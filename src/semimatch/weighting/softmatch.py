@@ -138,7 +138,13 @@ class SoftMatchWeighting(nn.Module):
         std = [math.sqrt(max(v, 0.0)) for v in self.var.tolist()]
         if not self.per_class:
             mean, std = mean[0], std[0]
-        info = {"type": "softmatch", "mean": mean, "std": std, "n_sigma": self.n_sigma}
+        info = {
+            "type": "softmatch",
+            "mean": mean,
+            "std": std,
+            "n_sigma": self.n_sigma,
+            "lambda_max": self.lambda_max,
+        }
         if self.shape != "gaussian":
             info["shape"] = self.shape
         return info

@@ -66,7 +66,7 @@ class FixedThreshold(nn.Module):
         return (probs.max(dim=1).values >= self.tau).to(probs.dtype) * self.lambda_max
 
     def describe(self) -> dict:
-        return {"type": "fixed", "tau": self.tau}
+        return {"type": "fixed", "tau": self.tau, "lambda_max": self.lambda_max}
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, lambda_max={self.lambda_max}"
@@ -190,6 +190,7 @@ class FlexMatchThreshold(nn.Module):
             "tau": self.tau,
             "thresholds": self.thresholds().tolist(),
             "unused": unused,
+            "lambda_max": self.lambda_max,
         }
 
     def extra_repr(self) -> str:
@@ -278,6 +279,7 @@ class FreeMatchThreshold(nn.Module):
             "type": "freematch",
             "tau": float(self.time_p),
             "thresholds": self.thresholds().tolist(),
+            "lambda_max": self.lambda_max,
         }
 
     def extra_repr(self) -> str:
@@ -379,7 +381,12 @@ class AdaMatchThreshold(nn.Module):
         return (q >= self.threshold).to(probs.dtype) * self.lambda_max
 
     def describe(self) -> dict:
-        return {"type": "adamatch", "tau": self.tau, "threshold": float(self.threshold)}
+        return {
+            "type": "adamatch",
+            "tau": self.tau,
+            "threshold": float(self.threshold),
+            "lambda_max": self.lambda_max,
+        }
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, lambda_max={self.lambda_max}"
@@ -494,7 +501,13 @@ class DashThreshold(nn.Module):
         return keep.to(probs.dtype) * self.lambda_max
 
     def describe(self) -> dict:
-        return {"type": "dash", "rho": float(self.rho()), "hard": bool(self.hard())}
+        return {
+            "type": "dash",
+            "rho": float(self.rho()),
+            "hard": bool(self.hard()),
+            "temperature": self.temperature,
+            "lambda_max": self.lambda_max,
+        }
 
     def extra_repr(self) -> str:
         return (

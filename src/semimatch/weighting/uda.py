@@ -56,7 +56,12 @@ class UDAWeighting(nn.Module):
         return sharpen(probs, self.temperature)
 
     def describe(self) -> dict:
-        return {"type": "uda", "tau": self.tau, "temperature": self.temperature}
+        return {
+            "type": "uda",
+            "tau": self.tau,
+            "temperature": self.temperature,
+            "lambda_max": self.lambda_max,
+        }
 
     def extra_repr(self) -> str:
         return f"tau={self.tau}, temperature={self.temperature}, lambda_max={self.lambda_max}"
