@@ -26,6 +26,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from semimatch.algorithms import SSLAlgorithm, build_algorithm
 from semimatch.config import Config
+from semimatch.data import SSLDataset
 from semimatch.distributed import get_rank
 from semimatch.engine import fit
 from semimatch.models import build_model
@@ -66,9 +67,29 @@ FAMILY = {
 }  # fmt: skip
 
 
-def backbone(case: str) -> nn.Module:
-    """``bn``: the SmallCNN (per-process BatchNorm); ``nobn``: a small CNN without BatchNorm."""
+#: The ``text`` case: 4 classes, 8 labels; the text views are per-sample (augment="pil").
+TEXT = dict(num_labels=8, optimizer="adamw", lr=1e-3, backbone="custom:Recorder")
+
+
+def text_data(out: Path) -> SSLDataset:
+    """``text``: 160 texts of 4 classes tokenized by the tiny BERT the test wrote to
+    ``out/bert`` (no dropout, so one process on the global batch is the reference)."""
+    from conftest import text_corpus
+    from semimatch.data import from_texts
+    from semimatch.models.hf import load_tokenizer
+
+    texts, names = text_corpus(160, seed=4)
+    return from_texts(texts, names, tokenizer=load_tokenizer(str(out / "bert")), max_length=24)
+
+
+def backbone(case: str, out: Path | None = None) -> nn.Module:
+    """``bn``: the SmallCNN (per-process BatchNorm); ``nobn``: a small CNN without BatchNorm;
+    ``text``: the tiny BERT of ``out/bert`` (LayerNorm only), without dropout."""
     torch.manual_seed(0)
+    if case == "text":
+        from semimatch.models.hf import build_hf
+
+        return build_hf(str(out / "bert"), 4, dropout=0.0)
     if case == "bn":
         return build_model("cnn", 10, in_channels=1, image_size=(8, 8), width=8)
     if case == "nobn":
@@ -129,13 +150,15 @@ def run_case(
 ) -> dict[str, Any]:
     """Train ``case`` with ``fit`` (DDP under torchrun); return the recorded per-rank result."""
     net_case, _, algo = case.partition(":")
-    cfg = Config(**{**BASE, **FAMILY.get(algo, {})})
-    algorithm = build_algorithm(cfg.algorithm, 10, **cfg.algorithm_options())
-    recorder = Recorder(backbone(net_case), algorithm, fail_at)
+    text = net_case == "text"
+    cfg = Config(**{**BASE, **FAMILY.get(algo, {}), **(TEXT if text else {})})
+    algorithm = build_algorithm(cfg.algorithm, 4 if text else 10, **cfg.algorithm_options())
+    recorder = Recorder(backbone(net_case, out), algorithm, fail_at)
     try:
         run = fit(
             cfg,
             out=out / case.replace(":", "-"),
+            data=text_data(out) if text else None,
             model=recorder,
             algorithm=algorithm,
             resume="auto" if resume_auto else False,

@@ -153,7 +153,7 @@ def test_texts_passed_in_train_and_record_their_tokenizer(tmp_path, tiny_bert_di
     "values, message",
     [
         (dict(backbone=None), "pass --backbone hf:<model name or local folder>"),
-        (dict(backbone="cnn"), "backbone='cnn' is not one"),
+        (dict(backbone="cnn"), "backbone='cnn' is not one: pass --backbone"),
         (dict(text_strong="rot13"), "text_strong='rot13' is not a text view"),
         (dict(text_strong="precomputed"), "this data has none"),
         (dict(max_length=2), "max_length must be >= 3"),

@@ -173,9 +173,9 @@ def _text_backbone(cfg: Config) -> str:
             "texts for your own model (model=) must come tokenized: build them with "
             "semimatch.data.from_texts(..., tokenizer=<your tokenizer>)"
         )
-    got = "no backbone" if cfg.backbone is None else f"backbone={cfg.backbone!r}"
+    got = "no backbone is set" if cfg.backbone is None else f"backbone={cfg.backbone!r} is not one"
     raise ConfigError(
-        f"text data trains a text encoder, and {got} is not one: pass --backbone "
+        f"text data trains a text encoder, and {got}: pass --backbone "
         "hf:<model name or local folder> (backbone='hf:...'), e.g. hf:bert-base-uncased "
         "(USB's) or a folder saved by save_pretrained"
     )
