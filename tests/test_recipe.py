@@ -20,7 +20,7 @@ def info():
 
 
 def resolved(**kw) -> Config:
-    return Config(backbone="cnn", bn_momentum=0.1, ema_decay=0.99, ema_warmup=True, **kw)
+    return Config(backbone="cnn", bn_momentum=0.1, ema_decay=0.99, ema_warmup=True, lr=0.03, **kw)
 
 
 def test_training_and_reloading_build_the_same_parts():
@@ -77,3 +77,25 @@ def test_the_schedule_is_fixmatchs_cosine_after_the_warm_up():
     for k in (0, 50, 99):
         assert g(k) == pytest.approx(math.cos(7 * math.pi * k / 1600))
     assert lr_factor(Config(iterations=100, schedule="constant"))(50) == 1.0
+
+
+def test_adamw_is_usbs_recipe_with_layer_decay_and_its_schedule(tiny_bert_dir):
+    from semimatch.models.hf import build_hf
+    from semimatch.optim import param_group_lrs, warmup_schedule
+
+    net = build_hf(str(tiny_bert_dir), 4)  # 2 layers: depths 0 (embeddings) .. 3 (head)
+    cfg = Config(optimizer="adamw", lr=1e-3, weight_decay=5e-4, layer_decay=0.5,
+                 iterations=100, warmup_iterations=10)  # fmt: skip
+    opt = make_optimizer(net, cfg)
+    assert isinstance(opt, torch.optim.AdamW)
+    lrs = param_group_lrs(opt)
+    assert lrs["head.0.weight"] == (1e-3, 5e-4) and lrs["head.0.bias"] == (1e-3, 0.0)
+    assert lrs["backbone.encoder.layer.1.output.dense.weight"] == (5e-4, 5e-4)
+    assert lrs["backbone.encoder.layer.0.output.dense.weight"] == (2.5e-4, 5e-4)
+    assert lrs["backbone.embeddings.word_embeddings.weight"] == (1.25e-4, 5e-4)
+    assert lrs["backbone.embeddings.LayerNorm.weight"] == (1.25e-4, 0.0)
+    factor, want = lr_factor(cfg), warmup_schedule(100, 10)
+    assert [factor(k) for k in range(100)] == [want(k) for k in range(100)]
+    assert factor(0) == 0.0 and factor(10) == 1.0  # USB's warm-up: 0 at the first iteration
+    sgd = Config(iterations=100, warmup_iterations=10)
+    assert lr_factor(sgd)(0) == pytest.approx(0.1)  # SGD keeps FixMatch's min(1, (k+1)/W)

@@ -131,12 +131,7 @@ def _torch_seed(*parts: int) -> int:
     return (int(hi) << 32 | int(lo)) & ((1 << 63) - 1)
 
 
-def _own_generator(seed: int) -> torch.Generator:
-    """A DataLoader's own generator. Without one, every iterator a DataLoader starts draws its
-    workers' base seed from the *global* torch generator, which also draws the model's dropout
-    masks: a resumed run (one iterator started after the restored checkpoint) would then see
-    other masks than the uninterrupted run. Samples are seeded by ``(seed, k, rank, view)``, not
-    by this base seed."""
+def _own_generator(seed: int) -> torch.Generator:  # not the global (dropout's): exact resume
     return torch.Generator().manual_seed(seed)
 
 
