@@ -74,9 +74,9 @@ TEXT = dict(num_labels=8, optimizer="adamw", lr=1e-3, backbone="custom:Recorder"
 def text_data(out: Path) -> SSLDataset:
     """``text``: 160 texts of 4 classes tokenized by the tiny BERT the test wrote to
     ``out/bert`` (no dropout, so one process on the global batch is the reference)."""
-    from conftest import text_corpus
     from semimatch.data import from_texts
     from semimatch.models.hf import load_tokenizer
+    from text_helpers import text_corpus
 
     texts, names = text_corpus(160, seed=4)
     return from_texts(texts, names, tokenizer=load_tokenizer(str(out / "bert")), max_length=24)

@@ -17,13 +17,13 @@ import pytest
 import torch
 
 import semimatch
-from conftest import text_corpus, write_text_corpus, write_tiny_bert
 from semimatch import checkpoint as ckpt
 from semimatch.config import Config, ConfigError
 from semimatch.data import from_texts
 from semimatch.engine import fit
 from semimatch.metrics import read_jsonl
 from test_engine import _assert_same_run
+from text_helpers import text_corpus, write_text_corpus, write_tiny_bert
 
 pytest.importorskip("transformers")
 

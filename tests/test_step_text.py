@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import text_corpus, write_tiny_bert
 from reference_impl import (
     AlgorithmOracle,
     SoftMatchOracle,
@@ -22,6 +21,7 @@ from semimatch.algorithms import build_algorithm
 from semimatch.data import TrainStream, from_texts
 from semimatch.data.splits import balanced_split
 from semimatch.step import train_step
+from text_helpers import text_corpus, write_tiny_bert
 
 pytest.importorskip("transformers")
 C = 4

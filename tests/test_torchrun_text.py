@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import _ddp_worker as worker
-from conftest import write_tiny_bert
 from test_torchrun import WORKER, load, steps, torchrun
+from text_helpers import write_tiny_bert
 
 pytest.importorskip("transformers")
 
