@@ -414,6 +414,21 @@ def _flatten(obj, prefix=""):
     return out
 
 
+def kill_after_first_checkpoint(cmd: list[str], run: Path, jitter: float = 0.5) -> None:
+    """Start ``cmd --out run`` and SIGKILL it at a random moment after its first checkpoint
+    exists (mid-window, mid-iteration)."""
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while ckpt.latest(run / "checkpoints") is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, jitter))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.latest(run / "checkpoints") is not None
+
+
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory) -> Path:
     """One uninterrupted deterministic run, compared against the interrupted ones."""
@@ -426,17 +441,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, reference_run):
     ref = reference_run
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [*CLI, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    # Kill at a random moment after the first checkpoint exists (mid-window, mid-iteration).
-    deadline = time.time() + 120
-    while ckpt.latest(run / "checkpoints") is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 0.5))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert ckpt.latest(run / "checkpoints") is not None
+    kill_after_first_checkpoint(CLI, run)
     subprocess.run(
         [sys.executable, "-m", "semimatch", "train", "--resume", str(run)],
         check=True,

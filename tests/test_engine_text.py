@@ -5,24 +5,20 @@ the options that do not apply to text (or only to it)."""
 from __future__ import annotations
 
 import json
-import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import semimatch
-from semimatch import checkpoint as ckpt
 from semimatch.config import Config, ConfigError
 from semimatch.data import from_texts
 from semimatch.engine import fit
 from semimatch.metrics import read_jsonl
-from test_engine import _assert_same_run
+from test_engine import _assert_same_run, kill_after_first_checkpoint
 from text_helpers import text_corpus, write_text_corpus, write_tiny_bert
 
 pytest.importorskip("transformers")
@@ -108,16 +104,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_text_run(tmp_path, corpus,
     args += ["--deterministic", "true"]
     ref, run = tmp_path / "ref", tmp_path / "killed"
     subprocess.run([*args, "--out", str(ref)], check=True, capture_output=True, timeout=300)
-    proc = subprocess.Popen(
-        [*args, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 120
-    while ckpt.latest(run / "checkpoints") is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 0.3))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert ckpt.latest(run / "checkpoints") is not None
+    kill_after_first_checkpoint(args, run, jitter=0.3)
     subprocess.run(
         [*SEMIMATCH, "train", "--resume", str(run)], check=True, capture_output=True, timeout=300
     )
