@@ -10,6 +10,7 @@ import torch
 
 from semimatch.config import Config, ConfigError
 from semimatch.data import from_arrays
+from semimatch.models import ResizeInput
 from semimatch.recipe import build_parts, lr_factor, make_optimizer
 
 
@@ -20,7 +21,8 @@ def info():
 
 
 def resolved(**kw) -> Config:
-    return Config(backbone="cnn", bn_momentum=0.1, ema_decay=0.99, ema_warmup=True, lr=0.03, **kw)
+    values = dict(backbone="cnn", bn_momentum=0.1, ema_decay=0.99, ema_warmup=True, lr=0.03)
+    return Config(**{**values, **kw})
 
 
 def test_training_and_reloading_build_the_same_parts():
@@ -99,3 +101,68 @@ def test_adamw_is_usbs_recipe_with_layer_decay_and_its_schedule(tiny_bert_dir):
     assert factor(0) == 0.0 and factor(10) == 1.0  # USB's warm-up: 0 at the first iteration
     sgd = Config(iterations=100, warmup_iterations=10)
     assert lr_factor(sgd)(0) == pytest.approx(0.1)  # SGD keeps FixMatch's min(1, (k+1)/W)
+
+
+def rgb_info(side: int = 32):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, side, side, 3), dtype=np.uint8)
+    return from_arrays(images, np.arange(8) % 2).info
+
+
+@pytest.fixture(scope="module")
+def small_weights(tmp_path_factory) -> str:
+    """A local weights file for torchvision's mobilenet_v3_small (random, seeded; 1000 classes
+    like ImageNet's): nothing is downloaded."""
+    import torchvision.models as tvm
+
+    torch.manual_seed(5)
+    path = tmp_path_factory.mktemp("weights") / "mobilenet.pth"
+    torch.save(tvm.get_model("mobilenet_v3_small", weights=None).state_dict(), path)
+    return str(path)
+
+
+def test_a_pretrained_image_backbone_sees_its_weights_resolution_and_normalisation(
+    small_weights,
+):
+    """Issue 18: inputs resized to the backbone's resolution (224 px for torchvision's
+    mobilenet_v3_small, bilinear) and normalised with ImageNet's mean/std, not the dataset's;
+    augmentation stays at the native 32 px (the resize happens inside the model)."""
+    from semimatch.models.pretrained import input_spec
+
+    cfg = resolved(backbone="torchvision:mobilenet_v3_small", pretrained=small_weights)
+    net = build_parts(cfg, rgb_info(), torch.device("cpu")).net.eval()
+    spec = input_spec("torchvision:mobilenet_v3_small")
+    assert spec.size == (224, 224) and spec.interpolation == "bilinear"
+    backbone = net.model.model  # InputNormalizer(ResizeInput(backbone))
+    seen = []
+    backbone.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        out = net(x)
+        big = torch.nn.functional.interpolate(
+            x.float() / 255, size=(224, 224), mode="bilinear", align_corners=False
+        )
+        mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std).view(1, 3, 1, 1)
+        manual = backbone((big - mean) / std)
+    assert tuple(seen[0]) == (2, 3, 224, 224)
+    torch.testing.assert_close(out, manual, rtol=1e-4, atol=1e-4)
+    assert net.mean == pytest.approx(spec.mean) and net.std == pytest.approx(spec.std)
+
+
+def test_random_init_backbones_keep_the_native_resolution_and_the_data_s_statistics():
+    data = rgb_info()
+    net = build_parts(
+        resolved(backbone="torchvision:mobilenet_v3_small"), data, torch.device("cpu")
+    )
+    assert not isinstance(net.net.model, ResizeInput)
+    assert net.net.mean == pytest.approx(data.mean)
+
+
+def test_pretrained_gray_images_use_the_weights_average_statistics(small_weights):
+    rng = np.random.default_rng(0)
+    gray = from_arrays(rng.integers(0, 256, (8, 32, 32, 1), dtype=np.uint8), np.arange(8) % 2)
+    cfg = resolved(backbone="torchvision:mobilenet_v3_small", pretrained=small_weights)
+    net = build_parts(cfg, gray.info, torch.device("cpu")).net
+    assert net.mean == pytest.approx((sum((0.485, 0.456, 0.406)) / 3,))
+    assert isinstance(net.model, ResizeInput) and net.model.size == (224, 224)

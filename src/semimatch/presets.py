@@ -4,6 +4,14 @@ One preset per setting (dataset, labels, backbone) and algorithm; ``semimatch.co
 load_preset`` turns one into a validated ``Config``.  FixMatch, SoftMatch, Pseudo-Label and
 supervised follow the papers (FixMatch's recipe); FreeMatch, AdaMatch, Dash and UDA follow USB's
 classic-CV configuration files (``config/classic_cv/<algo>/<algo>_<setting>_0.yaml``).
+
+The USB NLP presets (``ag_news-40-softmatch``, ...) mirror USB's text configs
+(``config/usb_nlp/<algo>/<algo>_<dataset>_<labels>_0.yaml``): BERT-base fine-tuned with AdamW,
+layer-wise lr decay and a linear warm-up, no EMA, on USB's JSON data (``--data-root`` at USB's
+``data/<dataset>/`` folder: ``train.json`` gives the labeled draw and the unlabeled pool with
+its back-translations, ``test.json`` the test set).  USB's Pseudo-Label (its unlabeled-loss
+ramp ``unsup_warm_up``) and UDA (``tsa_schedule: exp``) NLP configs use mechanisms semimatch does
+not implement, so they have no preset rather than an inexact one.
 """
 
 from __future__ import annotations
@@ -92,7 +100,7 @@ _SETTING_ALGO_VALUES: dict[tuple[str, str], dict[str, Any]] = {
 _FAMILY = ("freematch", "adamatch", "dash", "uda")
 _NOTES = {
     "dash": "; the 2048 supervised warm-up iterations count in the budget (USB runs them "
-    "before it) and rho_init is the labeled loss after them (USB: its test-set loss)",
+    "before it) and rho_init is the labeled loss after them (USB: its evaluation-set loss)",
 }
 _SETTINGS: dict[str, tuple[dict[str, Any], str, str]] = {
     "cifar10-40": (
@@ -168,6 +176,86 @@ _SETTINGS: dict[str, tuple[dict[str, Any], str, str]] = {
 }
 
 
+#: USB's NLP configs, common to every dataset and algorithm (``config/usb_nlp``, checked
+#: against microsoft/Semi-supervised-learning at 1ef4cbe): num_train_iter, num_warmup_iter,
+#: num_eval_iter, num_log_iter, batch_size, eval_batch_size, uratio, optim, weight_decay,
+#: ema_m, amp, clip, net, max_length; the strong view is the data's back-translations.
+_USB_NLP_COMMON: dict[str, Any] = {
+    "dataset": "text",
+    "backbone": "hf:bert-base-uncased",
+    "iterations": 102_400,
+    "warmup_iterations": 5120,
+    "eval_every": 2048,
+    "log_every": 256,
+    "batch_size": 8,
+    "eval_batch_size": 8,
+    "uratio": 1,
+    "optimizer": "adamw",
+    "schedule": "cosine",  # with adamw: USB's get_cosine_schedule_with_warmup
+    "weight_decay": 5e-4,
+    "ema_decay": 0.0,  # ema_m: 0.0
+    "precision": "fp32",  # amp: False
+    "max_length": 512,
+    "text_strong": "precomputed",  # USB's aug_0/aug_1 back-translations
+    "forward_mode": "joint",
+}
+#: Per dataset (USB's names; IMDb is its ``aclImdb``): classes, the two label counts, lr and
+#: layer_decay of its configs (the same for every algorithm), and the batches' length.
+_USB_NLP_DATASETS: dict[str, tuple[str, str, int, tuple[int, int], float, float, bool]] = {
+    "ag_news": ("ag_news", "AG News", 4, (40, 200), 5e-5, 0.65, False),
+    "yelp_review": ("yelp_review", "Yelp Review (5 stars)", 5, (250, 1000), 5e-5, 0.75, True),
+    "amazon_review": ("amazon_review", "Amazon Review (5 stars)", 5, (250, 1000), 1e-5, 0.75, True),
+    "yahoo_answers": ("yahoo_answers", "Yahoo! Answers", 10, (500, 2000), 1e-4, 0.65, True),
+    "imdb": ("aclImdb", "IMDb", 2, (20, 100), 5e-5, 0.75, True),
+}
+_USB_NLP_ALGOS = ("supervised", "fixmatch", "softmatch", *(a for a in _FAMILY if a != "uda"))
+#: USB's NLP values where they differ from its classic-CV ones (FreeMatch's ent_loss_ratio).
+_USB_NLP_ALGO_VALUES: dict[str, dict[str, Any]] = {"freematch": {"lambda_e": 0.001}}
+
+
+def _usb_nlp_runtime(long_texts: bool, algorithm: str) -> str:
+    """An estimate, not a measurement: a step costs ~6 x 110M parameters x its tokens (the
+    labeled, weak and strong batches of 8 texts, each padded to its longest text), run in fp32
+    at an assumed ~8 TFLOP/s sustained on a V100 and ~13 on an A100 (no TF32), plus 50
+    evaluations of the test set at eval_batch_size 8."""
+    texts = 8 if algorithm == "supervised" else 24
+    if long_texts:  # batches reach max_length 512: ~6.3 TFLOP + attention per 24 texts
+        gpu = "~1 day on one V100, ~15 h on one A100" if texts == 24 else "~8 h on one V100"
+    else:  # AG News: ~45 tokens per text, ~90 per padded batch: ~1 TFLOP per 24 texts
+        gpu = "~5-8 h on one V100, ~3-5 h on one A100" if texts == 24 else "~2-3 h on one V100"
+    return (
+        f"102,400 iterations of BERT-base, {texts} texts per step, max_length 512: {gpu} "
+        "(estimated from 6 x 110M params x tokens per step at ~8/13 TFLOP/s fp32 sustained, "
+        "plus 50 test-set evaluations; not measured); not practical on a CPU (~100 GFLOP/s: "
+        "weeks to months)"
+    )
+
+
+def _usb_nlp_presets() -> dict[str, Preset]:
+    presets = {}
+    for key, (folder, title, classes, counts, lr, decay, long_texts) in _USB_NLP_DATASETS.items():
+        for labels in counts:
+            for algo in _USB_NLP_ALGOS:
+                name = f"{key}-{labels}-{algo}"
+                values = {
+                    **_USB_NLP_COMMON,
+                    "num_labels": labels,
+                    "lr": lr,
+                    "layer_decay": decay,
+                    **_ALGO_VALUES[algo],
+                    **_USB_NLP_ALGO_VALUES.get(algo, {}),
+                    "preset": name,
+                }
+                text = (
+                    f"{title}, {labels // classes} labels per class, BERT-base (USB NLP: "
+                    f"config/usb_nlp/{algo}/{algo}_{folder}_{labels}_0.yaml); needs --data-root "
+                    f"at USB's data/{folder}/ (train.json, test.json); {algo}"
+                    f"{_NOTES.get(algo, '')}"
+                )
+                presets[name] = Preset(name, text, values, _usb_nlp_runtime(long_texts, algo))
+    return presets
+
+
 def _build_presets() -> dict[str, Preset]:
     presets = {}
     for setting, (values, description, runtime) in _SETTINGS.items():
@@ -180,7 +268,7 @@ def _build_presets() -> dict[str, Preset]:
             source = "USB classic-CV settings" if algo in _FAMILY else "paper settings"
             text = f"{description}; {algo} ({source}){_NOTES.get(algo, '')}"
             presets[name] = Preset(name, text, merged, runtime)
-    return presets
+    return {**presets, **_usb_nlp_presets()}
 
 
 PRESETS: dict[str, Preset] = _build_presets()

@@ -22,7 +22,8 @@ from semimatch.algorithms import SSLAlgorithm, build_algorithm
 from semimatch.config import Config, ConfigError
 from semimatch.data import DatasetInfo, wrap_model
 from semimatch.ema import ModelEMA
-from semimatch.models import build_model, set_bn_momentum
+from semimatch.models import InputNormalizer, ResizeInput, build_model, set_bn_momentum
+from semimatch.models.pretrained import InputSpec, input_spec
 from semimatch.optim import make_adamw, warmup_schedule
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "build_parts",
     "lr_factor",
     "make_optimizer",
+    "pretrained_input",
     "process_state_restored",
     "seed_everything",
 ]
@@ -65,15 +67,21 @@ def build_parts(
     ``algorithm=None``: prediction does not need it.  The global torch generator draws the
     initial weights (``fit`` seeds it first).
     """
+    if model is None and str(cfg.backbone).startswith("custom:"):
+        raise ValueError(
+            f"this run was trained with your own backbone ({cfg.backbone}); pass model= a "
+            "fresh instance of it"
+        )
+    spec = pretrained_input(cfg, info)
     if model is None:
-        if str(cfg.backbone).startswith("custom:"):
-            raise ValueError(
-                f"this run was trained with your own backbone ({cfg.backbone}); pass model= a "
-                "fresh instance of it"
-            )
-        model = _build_backbone(cfg, info)
+        model = _build_backbone(cfg, info, spec)
     set_bn_momentum(model, cfg.bn_momentum)
-    net = wrap_model(model, info).to(device)  # images: normalised inside; features: as is
+    if spec is None:
+        net = wrap_model(model, info).to(device)  # images: normalised inside; features: as is
+    else:  # the pretrained weights' resolution and normalisation, not the dataset's
+        mean, std = _channel_stats(spec, info.channels)
+        net = InputNormalizer(ResizeInput(model, spec.size, spec.interpolation), mean, std)
+        net = net.to(device)
     if training and cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
     if algorithm is None and with_algorithm:
@@ -94,8 +102,41 @@ def build_parts(
     return Parts(net, ema, algorithm, name)
 
 
-def _build_backbone(cfg: Config, info: DatasetInfo) -> nn.Module:
-    """The config's backbone for the dataset's inputs (images, (N, D) feature vectors, texts)."""
+def pretrained_input(cfg: Config, info: DatasetInfo) -> InputSpec | None:
+    """The input resolution and normalisation of a pretrained ``timm:``/``torchvision:`` image
+    backbone (``models.pretrained.input_spec``: its weights' metadata), else None.
+
+    Issue 18's recipe: pretrained weights see inputs as they were trained, at their resolution
+    (e.g. 224 px) and normalised with their mean/std, so ``build_parts`` resizes every batch
+    inside the model (``ResizeInput``), after augmentation at the data's native resolution.
+    """
+    name = str(cfg.backbone or "")
+    if info.kind != "image" or cfg.pretrained in (None, False):
+        return None
+    if not name.startswith(("timm:", "torchvision:")):
+        return None  # _build_backbone refuses pretrained for the others
+    try:
+        return input_spec(name)
+    except ValueError as e:
+        raise ConfigError(
+            f"pretrained: {e}; semimatch resizes and normalises inputs as the weights were "
+            "trained, and knows that only for architectures the library has weights for"
+        ) from None
+
+
+def _channel_stats(spec: InputSpec, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The weights' mean/std for ``channels`` input channels: as they are for 3; their average
+    for another count (the adapted stem of ``factory._replace_first_conv``; approximate unless
+    the weights' channels share one mean and std)."""
+    if channels == len(spec.mean):
+        return spec.mean, spec.std
+    mean, std = sum(spec.mean) / len(spec.mean), sum(spec.std) / len(spec.std)
+    return (mean,) * channels, (std,) * channels
+
+
+def _build_backbone(cfg: Config, info: DatasetInfo, spec: InputSpec | None = None) -> nn.Module:
+    """The config's backbone for the dataset's inputs (images, (N, D) feature vectors, texts);
+    a pretrained image backbone is built for its weights' resolution ``spec.size``."""
     name = str(cfg.backbone)
     pretrained = {} if cfg.pretrained is None else {"pretrained": cfg.pretrained}
     if pretrained and not name.startswith(("timm:", "torchvision:", "hf:")):
@@ -124,8 +165,9 @@ def _build_backbone(cfg: Config, info: DatasetInfo) -> nn.Module:
                 "backbone='mlp' (the default for them) or your own model (model=)"
             )
         return build_model("mlp", info.num_classes, in_features=info.channels, image_size=(1, 1))
+    size = info.image_size if spec is None else spec.size
     return build_model(
-        name, info.num_classes, in_channels=info.channels, image_size=info.image_size, **pretrained
+        name, info.num_classes, in_channels=info.channels, image_size=size, **pretrained
     )
 
 

@@ -81,6 +81,25 @@ def test_usb_json_keeps_the_back_translations(tmp_path):
     assert ds.train.labels.tolist() == [1, 0] and ds.train.has_augmentations
 
 
+def test_usb_s_nlp_folder_is_train_json_and_test_json(tmp_path):
+    """USB's data/<dataset>/: train.json is the pool, test.json the test set, dev.json unused;
+    test_size carves from train.json instead, test_dir replaces test.json."""
+    row = {"ori": "the cat", "aug_0": "a cat", "aug_1": "the cats", "label": "0"}
+    pool = {str(i): {**row, "label": str(i % 2)} for i in range(6)}
+    _write(tmp_path / "train.json", json.dumps(pool))
+    _write(tmp_path / "dev.json", json.dumps({"0": {"ori": "dev", "label": "0"}}))
+    _write(tmp_path / "test.json", json.dumps({"0": {"ori": "a test", "label": "1"}}))
+    ds = load_dataset("text", tmp_path)
+    assert (len(ds.train), ds.test.texts, ds.test.labels.tolist()) == (6, ["a test"], [1])
+    assert ds.train.has_augmentations
+    carved = load_dataset("text", tmp_path, test_size=2)
+    assert (len(carved.train), len(carved.test)) == (4, 2)
+    assert load_dataset("text", tmp_path, test_dir=str(tmp_path / "dev.json")).test.texts == ["dev"]
+    (tmp_path / "test.json").unlink()
+    with pytest.raises(ValueError, match="needs its test.json too; add it, or pass test_dir"):
+        load_dataset("text", tmp_path)
+
+
 def test_a_test_file_and_its_unknown_labels(tmp_path):
     train = _write(tmp_path / "train.csv", CSV)
     ds = load_text(train, test=_write(tmp_path / "test.csv", "label,text\nWorld,big rates\n"))

@@ -1,11 +1,11 @@
-"""Tests of semimatch.models.normalize: InputNormalizer."""
+"""Tests of semimatch.models.normalize: InputNormalizer and ResizeInput."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from semimatch.models import InputNormalizer, SmallCNN, wrn_28_2
+from semimatch.models import InputNormalizer, ResizeInput, SmallCNN, wrn_28_2
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2471, 0.2435, 0.2616)
@@ -79,3 +79,30 @@ def test_autocast_bf16_close_to_fp32() -> None:
     err = (out.float() - ref).abs().max() / ref.abs().max()
     assert err < 0.05
     assert torch.equal(out.float().argmax(1), ref.argmax(1))
+
+
+@pytest.mark.parametrize(
+    ("side", "mode", "antialias"),
+    [(8, "bilinear", False), (40, "bicubic", True), (8, "nearest", None)],
+)
+def test_resize_input_interpolates_to_its_size(side, mode, antialias) -> None:
+    """Upsizing plain, downsizing antialiased (PIL's and torchvision's behaviour)."""
+    seen = []
+    inner = torch.nn.Flatten()
+    inner.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    wrapped = ResizeInput(inner, (16, 16), mode)
+    x = torch.rand(2, 3, side, side)
+    wrapped(x)
+    assert tuple(seen[-1].shape) == (2, 3, 16, 16)
+    kw = {} if antialias is None else dict(align_corners=False, antialias=antialias)
+    expected = torch.nn.functional.interpolate(x, size=(16, 16), mode=mode, **kw)
+    torch.testing.assert_close(seen[-1], expected, rtol=0, atol=0)
+    wrapped(seen[-1])  # already at its size: passed through unchanged
+    assert seen[-1] is seen[-2] or torch.equal(seen[-1], seen[-2])
+
+
+def test_resize_input_rejects_what_it_cannot_do() -> None:
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        ResizeInput(torch.nn.Identity(), (16, 16), "lanczos")
+    with pytest.raises(ValueError, match="size must be"):
+        ResizeInput(torch.nn.Identity(), (16, 0), "bilinear")

@@ -480,7 +480,11 @@ def _load_text_files(
     from semimatch.data.text_datasets import load_text
 
     if root is None:
-        raise ValueError("root: text needs root= (data_root) pointing at a text file or folder")
+        raise ValueError(
+            "root: text needs root= (--data-root) at a CSV/TSV/JSONL/USB-JSON file, a folder "
+            "root/<class>/*.txt, or USB's NLP folder data/<dataset>/ with train.json and "
+            "test.json (what the USB NLP presets such as ag_news-40-softmatch read)"
+        )
     if download:
         raise ValueError("download: text reads local files; there is nothing to download")
     return load_text(root, test_dir, unlabeled_dir, skip_bad=skip_corrupt, **options)

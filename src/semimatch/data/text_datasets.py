@@ -194,6 +194,24 @@ def _carve_test(ds: SSLDataset, test_size: int, seed: int) -> SSLDataset:
     return dataclasses.replace(ds, train=part(carve.unlabeled), test=part(carve.labeled))
 
 
+def usb_folder(
+    path: str | os.PathLike, test: str | os.PathLike | None, test_size: int | None = None
+) -> tuple[str | os.PathLike, str | os.PathLike | None]:
+    """``(train.json, test.json)`` of USB's NLP folder ``data/<dataset>/`` (``test.json`` unless
+    ``test`` or ``test_size`` is given); any other path as it is."""
+    folder = os.path.expanduser(path)
+    if not os.path.isfile(os.path.join(folder, "train.json")):
+        return path, test
+    if test is None and test_size is None:
+        test = os.path.join(folder, "test.json")
+        if not os.path.isfile(test):
+            raise ValueError(
+                f"{folder}: a USB NLP folder (it holds train.json) needs its test.json too; "
+                "add it, or pass test_dir (--test-dir) or test_size (--test-size)"
+            )
+    return os.path.join(folder, "train.json"), test
+
+
 def load_text(
     path: str | os.PathLike,
     test: str | os.PathLike | None = None,
@@ -215,7 +233,10 @@ def load_text(
     a class-balanced test set of that many texts out of ``path`` with ``test_seed``.
     ``unlabeled``: extra unlabeled texts (a file, whose labels are ignored, or a folder of
     ``.txt``). The texts are not tokenized yet: :func:`tokenize_dataset` does it once.
+    A folder holding ``train.json`` is USB's NLP folder ``data/<dataset>/`` (the USB NLP
+    presets): ``train.json`` is the pool, ``test.json`` the test set (``dev.json`` is unused).
     """
+    path, test = usb_folder(path, test, test_size)
     train = _Rows(_read(path, True, text_column, label_column), skip_bad, os.fspath(path))
     tst = None
     if test is not None:

@@ -1,5 +1,6 @@
 """``InputNormalizer``: a model wrapper that takes the pipeline's raw uint8 (or [0, 1] float)
-images and normalises them per channel in one fused multiply-add."""
+images and normalises them per channel in one fused multiply-add; ``ResizeInput``: one that
+resizes them to a pretrained backbone's resolution."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["InputNormalizer"]
+__all__ = ["InputNormalizer", "ResizeInput"]
 
 
 class InputNormalizer(nn.Module):
@@ -89,3 +90,50 @@ class InputNormalizer(nn.Module):
         mean = ", ".join(f"{v:.4f}" for v in self.mean)
         std = ", ".join(f"{v:.4f}" for v in self.std)
         return f"mean=({mean}), std=({std})"
+
+
+class ResizeInput(nn.Module):
+    """Wrap ``model`` so every batch is resized to ``size`` (H, W) first: the resolution that
+    pretrained weights were trained at (``pretrained.input_spec``).
+
+    ``F.interpolate`` on the float batch with the weights' ``interpolation`` (bilinear/bicubic,
+    ``align_corners=False`` like torchvision's tensor ``Resize``; nearest), antialiased when a side
+    shrinks (as PIL and torchvision's ``antialias=True`` do).  Augmentation stays at the data's
+    native resolution; only the model's input is resized (the cheapest place: one interpolation
+    of the batch, no bigger images in the augmentation pipeline).  Resizing and the per-channel
+    affine normalisation commute (interpolation weights sum to 1), so it may sit inside
+    ``InputNormalizer``.  Unlike torchvision's PIL pipeline the resized values are not rounded
+    to uint8 nor clamped.
+    """
+
+    def __init__(self, model: nn.Module, size: Sequence[int], interpolation: str) -> None:
+        super().__init__()
+        modes = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest"}
+        if interpolation not in modes:
+            raise ValueError(
+                f"ResizeInput: interpolation must be one of {', '.join(modes)}, got "
+                f"{interpolation!r}"
+            )
+        if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+            raise ValueError(f"ResizeInput: size must be (height, width) > 0, got {size!r}")
+        self.model = model
+        self.size = (int(size[0]), int(size[1]))
+        self.mode = modes[interpolation]
+
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (float NCHW) at ``size`` (unchanged when it is already)."""
+        if tuple(x.shape[-2:]) == self.size:
+            return x
+        shrinks = x.shape[-2] > self.size[0] or x.shape[-1] > self.size[1]
+        if self.mode == "nearest":
+            return nn.functional.interpolate(x, size=self.size, mode="nearest")
+        return nn.functional.interpolate(
+            x, size=self.size, mode=self.mode, align_corners=False, antialias=shrinks
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the wrapped model on the resized batch."""
+        return self.model(self.resize(x))
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, mode={self.mode}"

@@ -150,7 +150,11 @@ class LambdaCurve:
 
 def num_classes(run: RunData) -> int | None:
     """C from dataset.json, else the records (p_model, confusion, the lambda_curve grid)."""
-    classes = (run.dataset or {}).get("classes")
+    info = run.dataset or {}  # DatasetInfo as saved: num_classes and class_names
+    count = info.get("num_classes")
+    if isinstance(count, int) and not isinstance(count, bool) and count >= 2:
+        return count
+    classes = info.get("class_names")
     if isinstance(classes, list) and len(classes) >= 2:
         return len(classes)
     for rec in reversed(run.evals):

@@ -302,6 +302,12 @@ def _run_section(
             f"<p>Weighting state at iteration {last.get('iteration')}: <code>"
             f"{html.escape(json.dumps(weighting))}</code></p>"
         )
+    names = (run.dataset or {}).get("class_names")
+    if isinstance(names, list) and names and any(str(n) != str(i) for i, n in enumerate(names)):
+        pairs = ", ".join(f"{i} = {n}" for i, n in enumerate(names))
+        parts.append(
+            f'<p class="classes">Classes (the figures\' indices): {html.escape(pairs)}</p>'
+        )
     for maker, caption in _RUN_FIGURES:
         fig = maker(figs, run, slug)
         if fig:

@@ -51,7 +51,7 @@ class RunData:
     records: list[dict[str, Any]]
     unparsed_lines: int = 0
     metrics_mtime: float | None = None
-    dataset: dict[str, Any] | None = None  # dataset.json (classes, ...), None when absent
+    dataset: dict[str, Any] | None = None  # dataset.json (class_names, kind...), None: absent
     train: list[dict[str, Any]] = field(init=False)
     evals: list[dict[str, Any]] = field(init=False)
     end: dict[str, Any] | None = field(init=False)
