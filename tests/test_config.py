@@ -287,12 +287,13 @@ def test_every_builder_keyword_is_a_config_field_a_flag_and_checked(capsys):
     from semimatch.algorithms import ALGORITHMS, OPTIONS, docstring_args
     from semimatch.cli import main
     from semimatch.config import field_types
+    from semimatch.options import DATA_INPUTS
 
     keywords = {
         name
         for spec in ALGORITHMS.values()
         for name, p in inspect.signature(spec.build).parameters.items()
-        if p.kind is p.KEYWORD_ONLY
+        if p.kind is p.KEYWORD_ONLY and name not in DATA_INPUTS
     }
 
     def some_value(name: str) -> object:  # a value of the option's type other than None
@@ -304,6 +305,7 @@ def test_every_builder_keyword_is_a_config_field_a_flag_and_checked(capsys):
     every = Config(**{name: some_value(name) for name in keywords})
     assert set(every.algorithm_options()) == keywords == set(OPTIONS)
     by_name = {f.name: f for f in fields(Config)}
+    assert DATA_INPUTS and not DATA_INPUTS & set(by_name)  # the data's, not the user's
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     usage = " ".join(capsys.readouterr().out.split())

@@ -365,9 +365,9 @@ def flexmatch(
 
     Args:
         num_classes: number of classes.
-        tau: confidence threshold, the class-wise thresholds' ceiling (USB p_cutoff 0.95).
-        threshold_warmup: FlexMatch's threshold warm-up: the never-selected count is in the
-            learning effect's normaliser (USB thresh_warmup True).
+        tau: confidence threshold, the ceiling of the per-class thresholds (USB p_cutoff 0.95).
+        threshold_warmup: threshold warmup: the samples never selected count in the normaliser
+            of the learning effect (USB thresh_warmup True).
         lambda_u: unlabeled loss weight.
     """
     if num_unlabeled is None:  # a data input (options.DATA_INPUTS): the engine passes it
