@@ -136,6 +136,22 @@ def test_every_preset_resolves(name):
     assert "precision" not in resolved.auto
 
 
+def test_flexmatch_presets_take_usb_classic_cv_values():
+    """USB's flexmatch classic-CV config: p_cutoff 0.95, thresh_warmup, ulb_loss_ratio 1; no
+    long-tailed preset."""
+    names = [n for n in PRESETS if n.endswith("-flexmatch")]
+    assert "cifar10-40-flexmatch" in names and "stl10-40-flexmatch" in names
+    assert not [n for n in names if n.startswith("cifar10lt")]
+    for name in names:
+        cfg = load_preset(name)
+        assert (cfg.algorithm, cfg.tau, cfg.threshold_warmup, cfg.lambda_u) == (
+            "flexmatch",
+            0.95,
+            True,
+            1.0,
+        )
+
+
 def test_default_training_is_the_papers_exact_gradient():
     """Exact by default: the joint forward in fp32 (two-pass and bf16 are opt-in)."""
     assert Config().forward_mode == "joint" and Config().precision == "fp32"
