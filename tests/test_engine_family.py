@@ -117,6 +117,21 @@ def test_flexmatch_memory_survives_sigkill_bit_exactly(tmp_path):
         fit(out=run, resume=True)
 
 
+def test_a_flexmatch_weighting_of_your_own_gets_the_pool_indices():
+    """weighting=FlexMatchThreshold(...) declares sample_indices: the step passes u_idx; a
+    memory sized for another pool is refused before training, naming the size to use."""
+    from semimatch.data import load_dataset
+    from semimatch.weighting import FlexMatchThreshold
+
+    pool = len(load_dataset("digits").train)  # digits: every training image is unlabeled too
+    weighting = FlexMatchThreshold(10, pool, tau=0.125)
+    run = semimatch.train(**{**SHORT, "iterations": 2}, weighting=weighting)
+    assert run.algorithm.sample_indices and run.algorithm.weighting is weighting
+    assert (weighting.selected_label >= 0).any()  # the memory was written
+    with pytest.raises(semimatch.TrainingError, match=f"num_unlabeled={pool}"):
+        semimatch.train(**{**SHORT, "iterations": 2}, weighting=FlexMatchThreshold(10, 5))
+
+
 def test_dash_logs_its_warm_up_as_supervised(tmp_path):
     cfg = Config(**SHORT, algorithm="dash", **MOVING["dash"])
     fit(cfg, out=tmp_path / "run")

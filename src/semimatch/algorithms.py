@@ -105,7 +105,8 @@ class SSLAlgorithm(nn.Module):
             after the warm-up, before that iteration's weights (Dash's ``set_rho_init``).
         sample_indices: the weighting's ``update`` and ``__call__`` take ``indices=``, the
             unlabeled rows' indices in the unlabeled pool (FlexMatch's per-sample memory); its
-            ``num_unlabeled`` (the pool size) is recorded in checkpoints.
+            ``num_unlabeled`` (the pool size) is recorded in checkpoints.  ``None``: the
+            weighting's own ``sample_indices`` attribute says (``FlexMatchThreshold``: True).
     """
 
     def __init__(
@@ -124,7 +125,7 @@ class SSLAlgorithm(nn.Module):
         extra_loss_weight: float = 0.0,
         warmup: int = 0,
         end_warmup: Callable[[torch.Tensor], None] | None = None,
-        sample_indices: bool = False,
+        sample_indices: bool | None = None,
     ) -> None:
         super().__init__()
         if weighting is not None and not isinstance(weighting, Weighting):
@@ -167,7 +168,8 @@ class SSLAlgorithm(nn.Module):
         self.extra_loss_weight = float(extra_loss_weight)
         self.warmup = int(warmup)
         self._end_warmup = end_warmup
-        self.sample_indices = bool(sample_indices)
+        declared = getattr(weighting, "sample_indices", False)
+        self.sample_indices = bool(declared if sample_indices is None else sample_indices)
         if end_warmup is not None:
             # The warm-up's state is a buffer, so a checkpoint holds it (only for algorithms
             # with a warm-up: the others' state_dict is unchanged).
@@ -309,8 +311,6 @@ class SSLAlgorithm(nn.Module):
             text += f", extra_loss_weight={self.extra_loss_weight}"
         if self.warmup:
             text += f", warmup={self.warmup}"
-        if self.sample_indices:
-            text += ", sample_indices=True"
         return text
 
 
@@ -376,7 +376,7 @@ def flexmatch(
             "build_algorithm('flexmatch', C, num_unlabeled=len(pool)); training passes it"
         )
     weighting = FlexMatchThreshold(num_classes, num_unlabeled, tau=tau, warmup=threshold_warmup)
-    return SSLAlgorithm(weighting, lambda_u=lambda_u, name="flexmatch", sample_indices=True)
+    return SSLAlgorithm(weighting, lambda_u=lambda_u, name="flexmatch")  # sample_indices
 
 
 def softmatch(
