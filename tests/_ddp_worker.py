@@ -26,7 +26,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from semimatch.algorithms import SSLAlgorithm, build_algorithm
 from semimatch.config import Config
-from semimatch.data import SSLDataset
+from semimatch.data import SSLDataset, load_dataset
 from semimatch.distributed import get_rank
 from semimatch.engine import fit
 from semimatch.models import build_model
@@ -60,6 +60,7 @@ BASE = dict(
 FAMILY = {
     "freematch": dict(algorithm="freematch", stat_momentum=0.5, lambda_e=0.5),
     "adamatch": dict(algorithm="adamatch", stat_momentum=0.5, tau=0.5),
+    "flexmatch": dict(algorithm="flexmatch", stat_momentum=None, tau=0.5),
     "dash": dict(
         algorithm="dash", stat_momentum=None, dash_warmup=2, rho_period=1, dash_gamma=2.0,
         rho_min=0.2,
@@ -152,7 +153,12 @@ def run_case(
     net_case, _, algo = case.partition(":")
     text = net_case == "text"
     cfg = Config(**{**BASE, **FAMILY.get(algo, {}), **(TEXT if text else {})})
-    algorithm = build_algorithm(cfg.algorithm, 4 if text else 10, **cfg.algorithm_options())
+    # FlexMatch's memory: one entry per unlabeled sample (digits: the whole training set, the
+    # labeled samples included); the engine refuses a memory of another size.
+    pool = None if text else len(load_dataset("digits").train)
+    algorithm = build_algorithm(
+        cfg.algorithm, 4 if text else 10, num_unlabeled=pool, **cfg.algorithm_options()
+    )
     recorder = Recorder(backbone(net_case, out), algorithm, fail_at)
     try:
         run = fit(

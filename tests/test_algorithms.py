@@ -15,9 +15,9 @@ from reference_impl import (
     fixed_threshold_weights,
     prob_batches,
 )
-from semimatch.algorithms import ALGORITHMS, SSLAlgorithm, build_algorithm
+from semimatch.algorithms import ALGORITHMS, OPTIONS, SSLAlgorithm, build_algorithm
 from semimatch.alignment import UniformAlignment
-from semimatch.weighting import FixedThreshold, SoftMatchWeighting
+from semimatch.weighting import FixedThreshold, FlexMatchThreshold, SoftMatchWeighting
 
 FAST = settings(max_examples=20, deadline=None)
 
@@ -203,7 +203,8 @@ def test_lambda_u_is_carried():
 
 def test_algorithm_table_and_defaults():
     assert set(ALGORITHMS) == {
-        "supervised", "pseudolabel", "fixmatch", "softmatch", "freematch", "adamatch", "dash", "uda"
+        "supervised", "pseudolabel", "fixmatch", "flexmatch", "softmatch", "freematch",
+        "adamatch", "dash", "uda",
     }  # fmt: skip
     sup = build_algorithm("supervised", 10)
     assert not sup.uses_unlabeled and not sup.uses_strong
@@ -227,6 +228,26 @@ def test_algorithm_table_and_defaults():
     assert sm.alignment.momentum == 0.999 and sm.lambda_max == 1.0
     d = sm.describe()
     assert d["weighting"]["type"] == "softmatch" and len(d["p_model"]) == 10
+
+
+def test_flexmatch_builds_with_the_pool_size_as_a_data_input():
+    flex = build_algorithm("flexmatch", 10, num_unlabeled=37)
+    assert flex.uses_strong and flex.sample_indices and flex.num_unlabeled == 37
+    assert isinstance(flex.weighting, FlexMatchThreshold)
+    w = flex.weighting
+    assert (w.tau, w.warmup, flex.lambda_u) == (0.95, True, 1.0)  # USB classic-CV config
+    assert w.selected_label.shape == (37,) and "weighting.selected_label" in flex.state_dict()
+    assert not build_algorithm(
+        "flexmatch", 3, num_unlabeled=5, threshold_warmup=False
+    ).weighting.warmup
+    # A data input, not an option: no Config field / flag; the others ignore it.
+    assert "num_unlabeled" not in OPTIONS and "num_unlabeled" not in ALGORITHMS["flexmatch"].options
+    assert build_algorithm("fixmatch", 3, num_unlabeled=5).num_unlabeled is None
+    with pytest.raises(ValueError, match="flexmatch needs num_unlabeled"):
+        build_algorithm("flexmatch", 3)
+    probs = torch.softmax(torch.randn(4, 10), dim=1)
+    with pytest.raises(ValueError, match="needs indices"):
+        flex.label(probs)
 
 
 @pytest.mark.parametrize(

@@ -254,11 +254,15 @@ def test_help_states_the_algorithms_real_defaults(capsys):
 
     from semimatch.algorithms import ALGORITHMS
     from semimatch.config import Config
+    from semimatch.options import DATA_INPUTS
 
     labels = {f.name: f.metadata.get("none") for f in fields(Config)}
     checked = 0
     for algo, spec in ALGORITHMS.items():
         for name, param in list(inspect.signature(spec.build).parameters.items())[1:]:
+            if name in DATA_INPUTS:  # the data's (FlexMatch's pool size): no field, no flag
+                assert name not in labels
+                continue
             if name in ("stat_momentum", "dash_warmup", "rho_period"):  # derived from the budget
                 assert "iteration budget" in labels[name]
                 continue
@@ -272,13 +276,14 @@ def test_help_states_the_algorithms_real_defaults(capsys):
             else:
                 assert shown == param.default, name
             checked += 1
-    # tau x4, lambda_u x7, n_sigma, per_class, UA, ua_momentum/init, stats_on, shape, lambda_e,
-    # use_quantile, clip_thresh, temperature x2, dash_gamma, dash_c, rho_min
-    assert checked == 26
+    # tau x5, lambda_u x8, threshold_warmup, n_sigma, per_class, UA, ua_momentum/init,
+    # stats_on, shape, lambda_e, use_quantile, clip_thresh, temperature x2, dash_gamma,
+    # dash_c, rho_min
+    assert checked == 29
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "(default: pseudolabel/fixmatch/adamatch: 0.95; uda: 0.8)" in out
+    assert "(default: pseudolabel/fixmatch/flexmatch/adamatch: 0.95; uda: 0.8)" in out
     assert "(default: off)" in out and "clip the gradient norm to this value (default: off)" in out
 
 
@@ -334,7 +339,8 @@ def test_help_shows_what_each_option_takes(capsys):
         "--device DEVICE",
         "--augment-device DEVICE",
         "--backbone STR",
-        "--algorithm {supervised,pseudolabel,fixmatch,softmatch,freematch,adamatch,dash,uda}",
+        "--algorithm {supervised,pseudolabel,fixmatch,flexmatch,softmatch,freematch,adamatch,"
+        "dash,uda}",
         "--shape {gaussian,linear,quadratic,auto}",
         "--dash-warmup INT",
         "--stats-on {aligned,raw,auto}",

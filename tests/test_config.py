@@ -139,6 +139,22 @@ def test_every_preset_resolves(name):
     assert "precision" not in resolved.auto
 
 
+def test_flexmatch_presets_take_usb_classic_cv_values():
+    """USB's flexmatch classic-CV config: p_cutoff 0.95, thresh_warmup, ulb_loss_ratio 1; no
+    long-tailed preset."""
+    names = [n for n in PRESETS if n.endswith("-flexmatch")]
+    assert "cifar10-40-flexmatch" in names and "stl10-40-flexmatch" in names
+    assert not [n for n in names if n.startswith("cifar10lt")]
+    for name in names:
+        cfg = load_preset(name)
+        assert (cfg.algorithm, cfg.tau, cfg.threshold_warmup, cfg.lambda_u) == (
+            "flexmatch",
+            0.95,
+            True,
+            1.0,
+        )
+
+
 def test_default_training_is_the_papers_exact_gradient():
     """Exact by default: the joint forward in fp32 (two-pass and bf16 are opt-in)."""
     assert Config().forward_mode == "joint" and Config().precision == "fp32"
@@ -290,12 +306,13 @@ def test_every_builder_keyword_is_a_config_field_a_flag_and_checked(capsys):
     from semimatch.algorithms import ALGORITHMS, OPTIONS, docstring_args
     from semimatch.cli import main
     from semimatch.config import field_types
+    from semimatch.options import DATA_INPUTS
 
     keywords = {
         name
         for spec in ALGORITHMS.values()
         for name, p in inspect.signature(spec.build).parameters.items()
-        if p.kind is p.KEYWORD_ONLY
+        if p.kind is p.KEYWORD_ONLY and name not in DATA_INPUTS
     }
 
     def some_value(name: str) -> object:  # a value of the option's type other than None
@@ -307,6 +324,7 @@ def test_every_builder_keyword_is_a_config_field_a_flag_and_checked(capsys):
     every = Config(**{name: some_value(name) for name in keywords})
     assert set(every.algorithm_options()) == keywords == set(OPTIONS)
     by_name = {f.name: f for f in fields(Config)}
+    assert DATA_INPUTS and not DATA_INPUTS & set(by_name)  # the data's, not the user's
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     usage = " ".join(capsys.readouterr().out.split())

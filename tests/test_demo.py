@@ -28,7 +28,7 @@ def test_methods_are_checked_against_the_registered_algorithms(tmp_path, monkeyp
     assert err.startswith(
         "semimatch demo: error: unknown method 'softmach' (did you mean softmatch?)"
     )
-    assert "choose from supervised, pseudolabel, fixmatch, softmatch, freematch" in err
+    assert "choose from supervised, pseudolabel, fixmatch, flexmatch, softmatch, freematch" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no runs/demo-N was made
 
 

@@ -1,10 +1,12 @@
-"""The rest of the family in the loop: exact resume of every new state (FreeMatch's thresholds
-and histograms, AdaMatch's alignment and threshold, Dash's warm-up, rho and schedule, UDA), and
-each algorithm selectable from the three front doors."""
+"""The rest of the family in the loop: exact resume of every new state (FlexMatch's per-sample
+memory, FreeMatch's thresholds and histograms, AdaMatch's alignment and threshold, Dash's
+warm-up, rho and schedule, UDA), and each algorithm selectable from the three front doors."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,12 +20,13 @@ from semimatch.config import Config
 from semimatch.engine import TrainingInterrupted, fit
 from semimatch.metrics import read_jsonl
 from semimatch.sklearn import SemiSupervisedClassifier
-from test_engine import TINY, _assert_same_run
+from test_engine import CLI, TINY, _assert_same_run, kill_after_first_checkpoint
 
-FAMILY = ("freematch", "adamatch", "dash", "uda")
+FAMILY = ("flexmatch", "freematch", "adamatch", "dash", "uda")
 SHORT = dict(TINY, iterations=6, eval_every=2, log_every=1, deterministic=True)
 #: Options that make each new state move within six iterations.
 MOVING = {
+    "flexmatch": dict(tau=0.5),
     "freematch": dict(stat_momentum=0.5, lambda_e=0.5),
     "adamatch": dict(stat_momentum=0.5, tau=0.5),
     "dash": dict(dash_warmup=2, rho_period=1, dash_gamma=3.0, rho_min=0.2),
@@ -57,7 +60,15 @@ def _stop_after(monkeypatch, iteration: int) -> None:
 
 @pytest.mark.parametrize(
     ("algorithm", "stop"),
-    [("freematch", 3), ("adamatch", 3), ("uda", 3), ("dash", 1), ("dash", 3), ("softmatch", 3)],
+    [
+        ("flexmatch", 3),
+        ("freematch", 3),
+        ("adamatch", 3),
+        ("uda", 3),
+        ("dash", 1),
+        ("dash", 3),
+        ("softmatch", 3),
+    ],  # fmt: skip
 )
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, algorithm, stop):
     cfg = Config(**SHORT, algorithm=algorithm, **MOVING[algorithm])
@@ -70,14 +81,55 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, alg
     monkeypatch.undo()
     fit(out=run, resume=True)
     _assert_same_run(ref, run, iterations=6)
-    state = ckpt.load(ckpt.latest(ref / "checkpoints"))["algorithm"]
-    initial = semimatch.algorithms.build_algorithm(algorithm, 10, **MOVING[algorithm])
+    saved = ckpt.load(ckpt.latest(ref / "checkpoints"))
+    state, pool = saved["algorithm"], saved["num_unlabeled"]
+    assert (pool is not None) == (algorithm == "flexmatch")
+    initial = semimatch.algorithms.build_algorithm(
+        algorithm, 10, num_unlabeled=pool, **MOVING[algorithm]
+    )
     moved = [k for k, v in initial.state_dict().items() if not torch.equal(state[k], v)]
     if initial.state_dict():  # UDA has no running state
         assert moved, f"{algorithm}: no state moved, the resume check would be vacuous"
     if algorithm == "dash":
         assert bool(state["warmed_up"]) and int(state["weighting.num_updates"]) == 4
         assert torch.isfinite(state["weighting.rho_init"])
+
+
+def test_flexmatch_memory_survives_sigkill_bit_exactly(tmp_path):
+    """SIGKILL at a random moment after the first checkpoint, then resume: the same memory,
+    model and records as an uninterrupted run; a resume on another pool size is refused."""
+    cmd = [*CLI, "--algorithm", "flexmatch", "--tau", "0.5"]  # the later flag wins
+    ref, run = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run([*cmd, "--out", str(ref)], check=True, capture_output=True, timeout=300)
+    kill_after_first_checkpoint(cmd, run)
+    resume = [sys.executable, "-m", "semimatch", "train", "--resume", str(run)]
+    subprocess.run(resume, check=True, capture_output=True, timeout=300)
+    _assert_same_run(ref, run)
+    final = ckpt.load(ckpt.latest(run / "checkpoints"))
+    memory = final["algorithm"]["weighting.selected_label"]
+    assert final["num_unlabeled"] == memory.numel() and (memory >= 0).any()
+    reloaded = semimatch.load_run(run, checkpoint="last", device="cpu")
+    assert torch.equal(reloaded.algorithm.weighting.selected_label, memory)
+    # A checkpoint of another pool (as if the data had changed) is refused, with the fix.
+    path = ckpt.latest(run / "checkpoints")
+    ckpt.save_atomic({**final, "num_unlabeled": memory.numel() + 1}, path)
+    with pytest.raises(ckpt.CheckpointError, match="unlabeled pool of .* same data"):
+        fit(out=run, resume=True)
+
+
+def test_a_flexmatch_weighting_of_your_own_gets_the_pool_indices():
+    """weighting=FlexMatchThreshold(...) declares sample_indices: the step passes u_idx; a
+    memory sized for another pool is refused before training, naming the size to use."""
+    from semimatch.data import load_dataset
+    from semimatch.weighting import FlexMatchThreshold
+
+    pool = len(load_dataset("digits").train)  # digits: every training image is unlabeled too
+    weighting = FlexMatchThreshold(10, pool, tau=0.125)
+    run = semimatch.train(**{**SHORT, "iterations": 2}, weighting=weighting)
+    assert run.algorithm.sample_indices and run.algorithm.weighting is weighting
+    assert (weighting.selected_label >= 0).any()  # the memory was written
+    with pytest.raises(semimatch.TrainingError, match=f"num_unlabeled={pool}"):
+        semimatch.train(**{**SHORT, "iterations": 2}, weighting=FlexMatchThreshold(10, 5))
 
 
 def test_dash_logs_its_warm_up_as_supervised(tmp_path):

@@ -29,8 +29,11 @@ def test_the_usb_nlp_settings_and_algorithms_have_presets():
         *("imdb-20", "imdb-100"),
     }
     algorithms = {n.rsplit("-", 1)[1] for n in NLP}
-    assert algorithms == {"supervised", "fixmatch", "softmatch", "freematch", "adamatch", "dash"}
-    assert len(NLP) == 10 * 6
+    assert algorithms == {
+        *("supervised", "fixmatch", "softmatch"),
+        *("flexmatch", "freematch", "adamatch", "dash"),
+    }
+    assert len(NLP) == 10 * 7
 
 
 def _texts(num_classes: int) -> semimatch.data.SSLDataset:

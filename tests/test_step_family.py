@@ -1,4 +1,5 @@
-"""train_step for the rest of the family (FreeMatch, AdaMatch, UDA, Dash, SoftMatch's shapes)
+"""train_step for the rest of the family (FlexMatch, FreeMatch, AdaMatch, UDA, Dash, SoftMatch's
+shapes)
 against the float64 oracles of ``reference_impl``: loss, its parts and its gradient, over random
 batches and several steps."""
 
@@ -16,6 +17,7 @@ from reference_impl import (
     AlgorithmOracle,
     DashOracle,
     DistributionAlignmentOracle,
+    FlexMatchOracle,
     FreeMatchOracle,
     SoftMatchOracle,
     UniformAlignmentOracle,
@@ -218,6 +220,50 @@ def test_loss_parts_and_gradient_match_the_float64_oracle(case, seed):
         for p, q in ((model.weight, ref_model.weight), (model.bias, ref_model.bias)):
             torch.testing.assert_close(p.grad.double(), q.grad, atol=2e-5, rtol=1e-4)
         opt.step()
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("warmup", [True, False])
+def test_flexmatch_step_matches_the_float64_oracle(seed, warmup):
+    """FlexMatch's step: weights from the memory of the previous steps (the threshold warm-up
+    or not), the memory written from the global pool indices u_idx, loss and gradient."""
+    n_pool, tau, lambda_u = 10, 0.5, 0.7  # tau an exact binary fraction
+    options = {"tau": tau, "threshold_warmup": warmup, "lambda_u": lambda_u}
+    algorithm = build_algorithm("flexmatch", C, num_unlabeled=n_pool, **options)
+    oracle = FlexMatchOracle(C, n_pool, tau=tau, warmup=warmup)
+    model = linear(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    rng = np.random.default_rng(seed)
+    kept, dropped = 0, 0
+    for it in range(5):
+        x_lb, y_lb, u_weak, u_strong, u_true = batch(seed * 31 + it)
+        u_idx = torch.from_numpy(rng.integers(0, n_pool, size=len(u_weak)))  # repeats too
+        z_lb, z_weak, z_strong = (logits_np(model, x) for x in (x_lb, u_weak, u_strong))
+        p = softmax(z_weak)
+        q, cls = p.max(axis=1), p.argmax(axis=1)
+        thresholds = np.array([oracle.threshold(int(k)) for k in cls])
+        # No row within rounding of tau or of its threshold: no CPU's rounding decides a side.
+        assert np.min(np.abs(q - tau)) > 1e-6 and np.min(np.abs(q - thresholds)) > 1e-6
+        w = oracle.step(p, u_idx.numpy())
+        sup = float(np.mean(cross_entropy(z_lb, y_lb.numpy())))
+        unsup = float(np.sum(w * cross_entropy(z_strong, cls))) / len(w)
+        opt.zero_grad()
+        loss, sums = train_step(model, algorithm, x_lb, y_lb, u_weak, u_strong, u_true, u_idx=u_idx)
+        assert loss.item() == pytest.approx(sup + lambda_u * unsup, abs=2e-5), it
+        assert sums["weight_sum"].item() == float(np.sum(w))
+        np.testing.assert_array_equal(algorithm.weighting.selected_label.numpy(), oracle.sel)
+        effect = algorithm.weighting.learning_effect().numpy()  # what the next step uses
+        np.testing.assert_allclose(effect, oracle.beta, atol=1e-6)
+        loss.backward()
+        ref_model, ref = torch_loss(model, x_lb, y_lb, u_strong, w, cls, None, None, options, "")
+        ref.backward()
+        for a, b in ((model.weight, ref_model.weight), (model.bias, ref_model.bias)):
+            torch.testing.assert_close(a.grad.double(), b.grad, atol=2e-5, rtol=1e-4)
+        opt.step()
+        kept, dropped = kept + int(w.sum()), dropped + int((w == 0).sum())
+    assert kept and dropped and max(oracle.beta) > 0  # the thresholds did select
+    with pytest.raises(ValueError, match="needs indices"):
+        train_step(model, algorithm, x_lb, y_lb, u_weak, u_strong, u_true)
 
 
 def test_the_cases_are_not_vacuous():

@@ -20,7 +20,17 @@ from semimatch.step import train_step
 
 @pytest.mark.parametrize(
     "algorithm",
-    ["supervised", "pseudolabel", "fixmatch", "softmatch", "freematch", "adamatch", "dash", "uda"],
+    [
+        "supervised",
+        "pseudolabel",
+        "fixmatch",
+        "flexmatch",
+        "softmatch",
+        "freematch",
+        "adamatch",
+        "dash",
+        "uda",
+    ],  # fmt: skip
 )
 @pytest.mark.parametrize("forward_mode", ["two-pass", "joint", "split"])
 def test_training_iteration_has_no_host_sync(algorithm, forward_mode):
@@ -29,7 +39,7 @@ def test_training_iteration_has_no_host_sync(algorithm, forward_mode):
     options = {"per_class": True} if algorithm == "softmatch" else {}
     if algorithm == "dash":  # step 0 is the warm-up, step 1 sets rho_init
         options = {"dash_warmup": 1}
-    algo = build_algorithm(algorithm, 10, **options).to(meta)
+    algo = build_algorithm(algorithm, 10, num_unlabeled=40, **options).to(meta)
     ema = ModelEMA(net, 0.99, warmup=True)
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, foreach=True)
     x = torch.empty(8, 1, 28, 28, dtype=torch.uint8, device=meta)
@@ -47,6 +57,7 @@ def test_training_iteration_has_no_host_sync(algorithm, forward_mode):
             t,
             forward_mode=forward_mode,
             iteration=step,
+            u_idx=t,  # FlexMatch's memory update is on the device too
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()

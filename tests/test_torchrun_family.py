@@ -1,6 +1,8 @@
-"""FreeMatch, AdaMatch and Dash under torchrun (2 CPU processes, gloo): the ranks hold the same
-model and algorithm state after every step, and the statistics are the global batch's (equal to
-one process on the concatenated batch, on a backbone without BatchNorm).
+"""FlexMatch, FreeMatch, AdaMatch and Dash under torchrun (2 CPU processes, gloo): the ranks
+hold the same model and algorithm state after every step, and the statistics are the global
+batch's (equal to one process on the concatenated batch, on a backbone without BatchNorm).
+FlexMatch's per-sample memory is indexed by the global pool indices of the rows, all-gathered:
+both ranks hold the one process's memory.
 
 FreeMatch's fairness loss is computed from each rank's own rows, as in USB (DDP averages the
 gradients), so after its first step a FreeMatch run on 2 processes is not one process's; its
@@ -15,7 +17,7 @@ import torch
 import _ddp_worker as worker
 from test_torchrun import WORKER, load, steps, torchrun
 
-CASES = ("nobn:freematch", "nobn:adamatch", "nobn:dash")
+CASES = ("nobn:flexmatch", "nobn:freematch", "nobn:adamatch", "nobn:dash")
 
 
 def _file(case: str, rank: int) -> str:
@@ -66,6 +68,12 @@ def test_statistics_are_those_of_the_global_batch(ddp, single, case):
                     equal_nan=True,
                     msg=f"{case}: {key} at step {k}",
                 )
+    if case.endswith("flexmatch"):  # the memory (integers): the same entries, exactly
+        for k in range(upto):
+            key = "algorithm.weighting.selected_label"
+            assert torch.equal(got[k][key], ref[k][key]), f"memory at step {k}"
+        memory = ddp[case, 0]["final"]["algorithm.weighting.selected_label"]
+        assert (memory >= 0).sum() > 32  # rows of both ranks were written (32 per step)
     if case.endswith("dash"):
         final = ddp[case, 0]["final"]
         assert bool(final["algorithm.warmed_up"]) and torch.isfinite(

@@ -1,10 +1,10 @@
 """semimatch: semi-supervised image classification with FixMatch, SoftMatch and its family.
 
-The family: FreeMatch, AdaMatch, Dash and UDA (``ALGORITHMS``; FlexMatch's weighting exists in
-``semimatch.weighting``).  Public names: ``train``, ``evaluate``, ``predict``, ``load_run``,
-``Config``, ``PRESETS``, the building blocks (``FixedThreshold``, ``SoftMatchWeighting``,
-``UniformAlignment``, ``SSLAlgorithm``, ``build_algorithm``, ``train_step``), ``Run`` and the
-exceptions (``ConfigError``, ``TrainingError``, ``TrainingInterrupted``).
+The family: FlexMatch, FreeMatch, AdaMatch, Dash and UDA (``ALGORITHMS``).  Public names:
+``train``, ``evaluate``, ``predict``, ``load_run``, ``Config``, ``PRESETS``, the building blocks
+(``FixedThreshold``, ``SoftMatchWeighting``, ``UniformAlignment``, ``SSLAlgorithm``,
+``build_algorithm``, ``train_step``), ``Run`` and the exceptions (``ConfigError``,
+``TrainingError``, ``TrainingInterrupted``).
 
 Importing semimatch before torch sets ``OMP_WAIT_POLICY=PASSIVE`` (unless it is set already):
 torch's OpenMP threads then sleep instead of spinning while they wait, so a run that shares the

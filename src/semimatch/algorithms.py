@@ -4,9 +4,10 @@ An algorithm is: a sample weighting function lambda(p), an optional distribution
 view the unlabeled loss is computed on (the strong view for FixMatch/SoftMatch, the weak view
 itself for Pseudo-Label), and the unlabeled loss weight ``lambda_u``; members of the family that
 need more say so as plain attributes the step reads (``pseudo_from``, ``soft_targets``,
-``labeled_probs``, ``extra_loss``, ``warmup``/``end_warmup``).  The table ``ALGORITHMS``
-at the bottom is the only place that knows algorithm names, and each builder's signature the
-only place that declares its options (``Config``, the command line and validation read it).
+``labeled_probs``, ``extra_loss``, ``warmup``/``end_warmup``, ``sample_indices``).  The table
+``ALGORITHMS`` at the bottom is the only place that knows algorithm names, and each builder's
+signature the only place that declares its options (``Config``, the command line and validation
+read it).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from semimatch.weighting import (
     AdaMatchThreshold,
     DashThreshold,
     FixedThreshold,
+    FlexMatchThreshold,
     FreeMatchThreshold,
     SoftMatchWeighting,
     UDAWeighting,
@@ -52,6 +54,7 @@ __all__ = [
     "dash",
     "docstring_args",
     "fixmatch",
+    "flexmatch",
     "freematch",
     "pseudolabel",
     "softmatch",
@@ -100,6 +103,10 @@ class SSLAlgorithm(nn.Module):
         warmup: the first ``warmup`` iterations are supervised only (Dash).
         end_warmup: called once with the (global) mean labeled loss of the first iteration
             after the warm-up, before that iteration's weights (Dash's ``set_rho_init``).
+        sample_indices: the weighting's ``update`` and ``__call__`` take ``indices=``, the
+            unlabeled rows' indices in the unlabeled pool (FlexMatch's per-sample memory); its
+            ``num_unlabeled`` (the pool size) is recorded in checkpoints.  ``None``: the
+            weighting's own ``sample_indices`` attribute says (``FlexMatchThreshold``: True).
     """
 
     def __init__(
@@ -118,6 +125,7 @@ class SSLAlgorithm(nn.Module):
         extra_loss_weight: float = 0.0,
         warmup: int = 0,
         end_warmup: Callable[[torch.Tensor], None] | None = None,
+        sample_indices: bool | None = None,
     ) -> None:
         super().__init__()
         if weighting is not None and not isinstance(weighting, Weighting):
@@ -160,6 +168,8 @@ class SSLAlgorithm(nn.Module):
         self.extra_loss_weight = float(extra_loss_weight)
         self.warmup = int(warmup)
         self._end_warmup = end_warmup
+        declared = getattr(weighting, "sample_indices", False)
+        self.sample_indices = bool(declared if sample_indices is None else sample_indices)
         if end_warmup is not None:
             # The warm-up's state is a buffer, so a checkpoint holds it (only for algorithms
             # with a warm-up: the others' state_dict is unchanged).
@@ -172,6 +182,11 @@ class SSLAlgorithm(nn.Module):
     @property
     def uses_strong(self) -> bool:
         return self.uses_unlabeled and self.student_view == "strong"
+
+    @property
+    def num_unlabeled(self) -> int | None:
+        """The unlabeled pool size the per-sample state is for (``None``: no such state)."""
+        return getattr(self.weighting, "num_unlabeled", None) if self.sample_indices else None
 
     @property
     def lambda_max(self) -> float:
@@ -201,41 +216,55 @@ class SSLAlgorithm(nn.Module):
 
     @torch.no_grad()
     def weigh(
-        self, probs: torch.Tensor, probs_lb: torch.Tensor | None = None
+        self,
+        probs: torch.Tensor,
+        probs_lb: torch.Tensor | None = None,
+        indices: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference order: align (update, then apply) -> update statistics -> weight.
 
         Returns ``(weights, confidence)`` where ``confidence`` is the max of the probabilities
         the weighting function saw (logged as the confidence histogram).
         """
-        weights, confidence, _ = self._weigh(probs, probs_lb)
+        weights, confidence, _ = self._weigh(probs, probs_lb, indices)
         return weights, confidence
 
     @torch.no_grad()
     def label(
-        self, probs: torch.Tensor, probs_lb: torch.Tensor | None = None
+        self,
+        probs: torch.Tensor,
+        probs_lb: torch.Tensor | None = None,
+        indices: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``weigh``, then the pseudo-labels and (with ``soft_targets``) the soft targets.
 
         Returns ``(weights, confidence, pseudo, targets)``: ``pseudo = argmax`` of the raw or
         the aligned probabilities (``pseudo_from``); ``targets`` is ``None`` for hard
         pseudo-labels, else the weighting's ``target`` of those probabilities, (N, C).
+        ``indices``: the rows' unlabeled-pool indices, required with ``sample_indices``.
         """
-        weights, confidence, aligned = self._weigh(probs, probs_lb)
+        weights, confidence, aligned = self._weigh(probs, probs_lb, indices)
         source = aligned if self.pseudo_from == "aligned" else probs
         pseudo = source.argmax(dim=1)
         targets = self.weighting.target(source) if self.soft_targets else None  # type: ignore[union-attr]
         return weights, confidence, pseudo, targets
 
     def _weigh(
-        self, probs: torch.Tensor, probs_lb: torch.Tensor | None
+        self, probs: torch.Tensor, probs_lb: torch.Tensor | None, indices: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         assert self.weighting is not None
         if self.labeled_probs and probs_lb is None:
             raise ValueError(
                 f"{self.name} needs probs_lb: softmax of the weak labeled logits (detached)"
             )
+        if self.sample_indices and indices is None:
+            raise ValueError(
+                f"{self.name} needs indices: the unlabeled rows' indices in the unlabeled pool "
+                "(SSLBatch.u_idx; train_step(..., u_idx=))"
+            )
         extra = {"probs_lb": probs_lb} if self.labeled_probs else {}
+        if self.sample_indices:
+            extra["indices"] = indices
         aligned = probs
         if self.alignment is not None:
             self.alignment.update(probs, **extra)
@@ -322,6 +351,32 @@ def fixmatch(num_classes: int, *, tau: float = 0.95, lambda_u: float = 1.0) -> S
         lambda_u: unlabeled loss weight.
     """
     return SSLAlgorithm(FixedThreshold(tau), lambda_u=lambda_u, name="fixmatch")
+
+
+def flexmatch(
+    num_classes: int,
+    *,
+    num_unlabeled: int | None = None,
+    tau: float = 0.95,
+    threshold_warmup: bool = True,
+    lambda_u: float = 1.0,
+) -> SSLAlgorithm:
+    """Curriculum class-wise thresholds tau * M(beta(c)), M(x) = x / (2 - x) (USB code).
+
+    Args:
+        num_classes: number of classes.
+        tau: confidence threshold, the ceiling of the per-class thresholds (USB p_cutoff 0.95).
+        threshold_warmup: threshold warmup: the samples never selected count in the normaliser
+            of the learning effect (USB thresh_warmup True).
+        lambda_u: unlabeled loss weight.
+    """
+    if num_unlabeled is None:  # a data input (options.DATA_INPUTS): the engine passes it
+        raise ValueError(
+            "flexmatch needs num_unlabeled, the unlabeled pool size (its per-sample memory): "
+            "build_algorithm('flexmatch', C, num_unlabeled=len(pool)); training passes it"
+        )
+    weighting = FlexMatchThreshold(num_classes, num_unlabeled, tau=tau, warmup=threshold_warmup)
+    return SSLAlgorithm(weighting, lambda_u=lambda_u, name="flexmatch")  # sample_indices
 
 
 def softmatch(
@@ -509,6 +564,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
     "supervised": AlgorithmSpec(supervised),
     "pseudolabel": AlgorithmSpec(pseudolabel),
     "fixmatch": AlgorithmSpec(fixmatch),
+    "flexmatch": AlgorithmSpec(flexmatch),
     "softmatch": AlgorithmSpec(softmatch),
     "freematch": AlgorithmSpec(freematch),
     "adamatch": AlgorithmSpec(adamatch),
@@ -523,8 +579,11 @@ AlgorithmName = Literal[tuple(ALGORITHMS)]  # type: ignore[valid-type]
 OPTIONS: dict[str, Option] = algorithm_options(ALGORITHMS)
 
 
-def build_algorithm(name: str, num_classes: int, **options: Any) -> SSLAlgorithm:
-    """Build a named algorithm; an option the algorithm does not use is an error, not ignored."""
+def build_algorithm(
+    name: str, num_classes: int, *, num_unlabeled: int | None = None, **options: Any
+) -> SSLAlgorithm:
+    """Build a named algorithm; an option the algorithm does not use is an error, not ignored.
+    ``num_unlabeled`` (pool size, a data input) goes to the builders that declare it."""
     if name not in ALGORITHMS:
         import difflib
 
@@ -537,4 +596,5 @@ def build_algorithm(name: str, num_classes: int, **options: Any) -> SSLAlgorithm
     check_num_classes(num_classes)
     spec = ALGORITHMS[name]
     spec.check(name, options)
-    return spec.build(num_classes, **options)
+    data = {"num_unlabeled": num_unlabeled} if "num_unlabeled" in spec.data_inputs else {}
+    return spec.build(num_classes, **data, **options)

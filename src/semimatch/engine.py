@@ -175,8 +175,10 @@ def _set_up(
             "no test error and best.pt is simply the latest evaluated checkpoint"
         )
     new_split = None if start.resuming else make_split(cfg, data)
-
-    parts = build_parts(cfg, data.info, device, model=model, algorithm=algorithm)
+    pool = _pool_size(data, new_split if new_split is not None else _saved_split(start, cfg, data))
+    parts = build_parts(
+        cfg, data.info, device, model=model, algorithm=algorithm, num_unlabeled=pool
+    )
     assert parts.algorithm is not None
     if not start.resuming:
         check_forward_mode(cfg, parts.algorithm.uses_strong, given_data)
@@ -226,10 +228,28 @@ def _set_up(
         weak_augment=weak_augment,
         strong_augment=strong_augment,
     )
+    if parts.algorithm.num_unlabeled not in (None, stream.num_unlabeled):
+        raise TrainingError(
+            f"the algorithm's per-sample memory is for {parts.algorithm.num_unlabeled} unlabeled "
+            f"samples but the unlabeled pool has {stream.num_unlabeled}; build it with "
+            f"num_unlabeled={stream.num_unlabeled}"
+        )
     return _Training(
         cfg, env, device, data, split, run_dir, state, train_net, buffers_to_average, stream,
         recorder, first,
     )  # fmt: skip
+
+
+def _saved_split(start: RunStart, cfg: Config, data: SSLDataset) -> Split:
+    """The split a resumed run trains on: the saved one, else the config's."""
+    saved = start.run_dir.split if start.run_dir is not None else None
+    return load_split(saved) if saved is not None and saved.exists() else make_split(cfg, data)
+
+
+def _pool_size(data: SSLDataset, split: Split) -> int:
+    """The unlabeled pool's size: ``split.unlabeled`` then the extra unlabeled data."""
+    extra = data.extra_unlabeled
+    return len(split.unlabeled) + (len(extra) if extra is not None else 0)
 
 
 def _warn_unsaved_state(algorithm: SSLAlgorithm) -> None:
@@ -363,6 +383,7 @@ def _step(t: _Training, batch: SSLBatch, k: int) -> None:
                 batch.u_true,
                 forward_mode=cfg.forward_mode,
                 iteration=k,
+                u_idx=batch.u_idx,
             )
     except NonFiniteError:  # the weak-view probabilities are already NaN
         raise _NonFinite(k) from None

@@ -15,7 +15,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["AlgorithmSpec", "Option", "OptionSpec", "algorithm_options", "docstring_args"]
+__all__ = [
+    "DATA_INPUTS",
+    "AlgorithmSpec",
+    "Option",
+    "OptionSpec",
+    "algorithm_options",
+    "docstring_args",
+]
+
+#: Keyword parameters of a builder that the data, not the user, supplies (FlexMatch's memory
+#: size): not options - no ``Config`` field, flag or validation; ``build_algorithm`` passes
+#: them to the builders that declare them.
+DATA_INPUTS: frozenset[str] = frozenset({"num_unlabeled"})
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,11 @@ class AlgorithmSpec:
         self.option_specs()  # missing annotations or docstring entries fail here, at import
 
     @property
+    def data_inputs(self) -> frozenset[str]:
+        """The ``DATA_INPUTS`` this builder declares (e.g. ``num_unlabeled``)."""
+        return frozenset(inspect.signature(self.build).parameters) & DATA_INPUTS
+
+    @property
     def options(self) -> frozenset[str]:
         """The option names (the builder's keyword-only parameters)."""
         return frozenset(self.option_specs())
@@ -89,6 +106,8 @@ class AlgorithmSpec:
         docs = docstring_args(self.build)
         specs = {}
         for p in list(inspect.signature(self.build).parameters.values())[1:]:
+            if p.name in DATA_INPUTS:
+                continue
             if p.name not in hints or p.name not in docs:
                 raise TypeError(
                     f"{self.build.__name__}: option {p.name!r} needs a type annotation and an "

@@ -2,8 +2,8 @@
 
 One preset per setting (dataset, labels, backbone) and algorithm; ``semimatch.config.
 load_preset`` turns one into a validated ``Config``.  FixMatch, SoftMatch, Pseudo-Label and
-supervised follow the papers (FixMatch's recipe); FreeMatch, AdaMatch, Dash and UDA follow USB's
-classic-CV configuration files (``config/classic_cv/<algo>/<algo>_<setting>_0.yaml``).
+supervised follow the papers (FixMatch's recipe); FlexMatch, FreeMatch, AdaMatch, Dash and UDA
+follow USB's classic-CV configuration files (``config/classic_cv/<algo>/<algo>_<setting>_0.yaml``).
 
 The USB NLP presets (``ag_news-40-softmatch``, ...) mirror USB's text configs
 (``config/usb_nlp/<algo>/<algo>_<dataset>_<labels>_0.yaml``): BERT-base fine-tuned with AdamW,
@@ -69,6 +69,9 @@ _ALGO_VALUES: dict[str, dict[str, Any]] = {
     # The rest of the family, with USB's classic-CV values (config/classic_cv/<algo>/
     # <algo>_cifar10_40_0.yaml; the same in its CIFAR-10-250/4000, CIFAR-100, SVHN and STL-10
     # files but for FreeMatch's clip_thresh on SVHN, see _SETTING_ALGO_VALUES).
+    # FlexMatch: p_cutoff 0.95, thresh_warmup True, hard_label True, ulb_loss_ratio 1.0 (its T
+    # 0.5 is unused with hard labels).
+    "flexmatch": {"algorithm": "flexmatch", "tau": 0.95, "threshold_warmup": True, "lambda_u": 1.0},
     "freematch": {
         "algorithm": "freematch",
         "stat_momentum": 0.999,  # ema_p
@@ -97,7 +100,7 @@ _SETTING_ALGO_VALUES: dict[tuple[str, str], dict[str, Any]] = {
 }
 #: Presets of the algorithms added for issue 19 exist for the classic-CV settings only: USB's
 #: long-tailed configs (classic_cv_imb) are other recipes, not checked here.
-_FAMILY = ("freematch", "adamatch", "dash", "uda")
+_FAMILY = ("flexmatch", "freematch", "adamatch", "dash", "uda")
 _NOTES = {
     "dash": "; the 2048 supervised warm-up iterations count in the budget (USB runs them "
     "before it) and rho_init is the labeled loss after them (USB: its evaluation-set loss)",

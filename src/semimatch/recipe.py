@@ -57,6 +57,7 @@ def build_parts(
     algorithm: SSLAlgorithm | None = None,
     training: bool = True,
     with_algorithm: bool = True,
+    num_unlabeled: int | None = None,
 ) -> Parts:
     """The model, its EMA and the algorithm that ``cfg`` describes, on ``device``.
 
@@ -64,8 +65,9 @@ def build_parts(
     adds what only training uses: the channels-last layout of the weights and, under torchrun
     with ``sync_bn``, synchronised BatchNorm.  A reloaded run (``training=False``) whose
     checkpoint was trained by a custom weighting passes ``with_algorithm=False`` and gets
-    ``algorithm=None``: prediction does not need it.  The global torch generator draws the
-    initial weights (``fit`` seeds it first).
+    ``algorithm=None``: prediction does not need it.  ``num_unlabeled`` is the unlabeled pool
+    size, for an algorithm with per-sample state (FlexMatch).  The global torch generator draws
+    the initial weights (``fit`` seeds it first).
     """
     if model is None and str(cfg.backbone).startswith("custom:"):
         raise ValueError(
@@ -86,7 +88,12 @@ def build_parts(
         net = net.to(memory_format=torch.channels_last)
     if algorithm is None and with_algorithm:
         try:
-            algorithm = build_algorithm(cfg.algorithm, info.num_classes, **cfg.algorithm_options())
+            algorithm = build_algorithm(
+                cfg.algorithm,
+                info.num_classes,
+                num_unlabeled=num_unlabeled,
+                **cfg.algorithm_options(),
+            )
         except ValueError as e:  # an option the algorithm rejects: the user's config is wrong
             raise ConfigError(str(e)) from None
     if isinstance(algorithm, nn.Module):

@@ -456,7 +456,13 @@ def load_run(
     # A run trained with a custom weighting reloads without it: prediction does not need it.
     same_algorithm = state.get("algorithm_name", cfg.algorithm) == cfg.algorithm
     parts = build_parts(
-        build_cfg, info, dev, model=model, training=False, with_algorithm=same_algorithm
+        build_cfg,
+        info,
+        dev,
+        model=model,
+        training=False,
+        with_algorithm=same_algorithm,
+        num_unlabeled=state.get("num_unlabeled"),
     )
     try:
         parts.net.load_state_dict(state["model"])

@@ -60,6 +60,8 @@ class TrainState:
             "ema": self.ema.state_dict() if self.ema is not None else {},
             "algorithm": algorithm.state_dict() if isinstance(algorithm, nn.Module) else {},
             "algorithm_name": self.algorithm_name,
+            # The unlabeled pool size of per-sample state (FlexMatch's memory), else None.
+            "num_unlabeled": getattr(algorithm, "num_unlabeled", None),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -102,6 +104,16 @@ class TrainState:
             raise TrainingError(
                 f"{path} was trained with algorithm {saved_name!r}; this resume would "
                 f"continue it with {self.algorithm_name!r}: {how}"
+            )
+        pool, saved_pool = (
+            getattr(self.algorithm, "num_unlabeled", None),
+            saved.get("num_unlabeled"),
+        )
+        if pool is not None and saved_pool is not None and pool != saved_pool:
+            raise ckpt.CheckpointError(
+                f"{path} holds the per-sample memory of an unlabeled pool of {saved_pool} "
+                f"samples but this run's pool has {pool}: resume with the same data, split and "
+                "extra unlabeled data, or start a new run"
             )
         try:
             self.net.load_state_dict(saved["model"])

@@ -7,7 +7,8 @@ says as plain attributes what else it needs: pseudo-labels from the raw or the a
 probabilities (``pseudo_from``), soft targets ``t`` from its weighting (``soft_targets``: the
 unlabeled term is then ``-sum_k t_k log_softmax(student)_k``), the labeled probabilities for its
 update (``labeled_probs``), an extra loss term on the student logits (``extra_loss``, weighted by
-``extra_loss_weight``) and a supervised warm-up (``warmup``, ``end_warmup``).
+``extra_loss_weight``), a supervised warm-up (``warmup``, ``end_warmup``) and the unlabeled
+rows' pool indices (``sample_indices``: FlexMatch's per-sample memory).
 
 It returns the loss and a dict of *sums* (counts, weight sums, per-class sums, a confidence
 histogram).  Sums accumulate on the device without host synchronisation and all-reduce exactly
@@ -44,6 +45,7 @@ def train_step(
     u_true: torch.Tensor | None = None,
     forward_mode: ForwardMode = "joint",
     iteration: int | None = None,
+    u_idx: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Compute the loss of one step and its metric sums.
 
@@ -68,6 +70,9 @@ def train_step(
             as a supervised run); at ``algorithm.warmup`` the (global) mean labeled loss of
             this batch, under the model the warm-up left, goes to ``algorithm.end_warmup``
             before the weights.  ``None``: no warm-up.
+        u_idx: the unlabeled rows' indices in the unlabeled pool (``SSLBatch.u_idx``, global
+            under torchrun); required by an algorithm with ``sample_indices`` (FlexMatch),
+            which gets them as ``indices=``; the others never read them.
 
     Returns:
         ``(loss, sums)``: the scalar loss and a dict of detached tensors (see ``metric_sums``).
@@ -120,7 +125,8 @@ def train_step(
     probs = torch.softmax(logits_weak.float(), dim=1)
     probs_lb = torch.softmax(logits_lb.detach().float(), dim=1) if algorithm.labeled_probs else None
     # Pseudo-labels from the raw probabilities, unless the algorithm says aligned (AdaMatch).
-    weights, confidence, pseudo, targets = algorithm.label(probs, probs_lb)
+    indices = u_idx if algorithm.sample_indices else None
+    weights, confidence, pseudo, targets = algorithm.label(probs, probs_lb, indices)
     if targets is None:
         per_sample = F.cross_entropy(logits_student.float(), pseudo, reduction="none")
     else:  # soft targets (UDA, Dash): -sum_k t_k log_softmax(student)_k

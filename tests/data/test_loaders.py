@@ -164,10 +164,43 @@ def test_u_true_carries_ground_truth_and_extra_is_unknown(rgb):
     assert (b.u_weak[torch.from_numpy(pool >= n)] == 0).all()
 
 
+@pytest.mark.parametrize("augment", ["pil", "batched"])
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_u_idx_covers_the_pool_once_per_epoch_on_any_world_size(rgb, augment, world_size):
+    """FlexMatch's memory is indexed by u_idx: the global pool order (split.unlabeled, then the
+    extra data), each index exactly once per pass across the ranks, the same on resume."""
+    extra = ArraySource(np.zeros((6, 16, 16, 3), np.uint8), np.full(6, -1))
+    ds = type(rgb)(rgb.info, rgb.train, rgb.test, extra)
+    sp = balanced_split(rgb.train.labels, 3, 24, seed=0)
+    n_pool = len(sp.unlabeled) + 6  # 76 (the 10 rows labeled -1 are in it)
+    kw = dict(augment=augment, batch_size=4, uratio=5, world_size=world_size)  # 20 per step
+    ranks = [_stream(ds, sp, rank=r, **kw) for r in range(world_size)]
+    assert all(s.num_unlabeled == n_pool for s in ranks)
+    steps = 8  # 160 positions: two passes over the pool (the second ends mid-batch)
+    shares = [list(s.batches(0, steps)) for s in ranks]
+    order = torch.empty(steps * 20, dtype=torch.long)
+    for r, batches in enumerate(shares):
+        for k, b in enumerate(batches):
+            assert b.u_idx.dtype == torch.int64 and b.u_idx.shape == (20 // world_size,)
+            np.testing.assert_array_equal(b.u_idx.numpy(), ranks[r].indices(k)[1])
+            # The rows are the indexed samples (their ground truth; -1 for the extra images).
+            pool_labels = np.concatenate([rgb.train.labels[sp.unlabeled], np.full(6, -1)])
+            np.testing.assert_array_equal(b.u_true.numpy(), pool_labels[b.u_idx.numpy()])
+            order[k * 20 + r : (k + 1) * 20 : world_size] = b.u_idx  # rank r: positions r mod W
+    for epoch in range(2):
+        seen = order[epoch * n_pool : (epoch + 1) * n_pool]
+        assert sorted(seen.tolist()) == list(range(n_pool)), epoch
+    one = _stream(ds, sp, augment=augment, batch_size=4, uratio=5)
+    whole = torch.cat([b.u_idx for b in one.batches(0, steps)])
+    assert torch.equal(whole, order)  # what one process sees, for any world size
+    resumed = next(iter(ranks[-1].batches(5, 6)))  # a resume recomputes the same indices
+    assert torch.equal(resumed.u_idx, shares[-1][5].u_idx)
+
+
 def test_supervised_and_weak_only_streams(rgb, split):
     sup = _stream(rgb, split, use_unlabeled=False, uratio=0).batch(0)
     assert sup.u_weak.shape == (0, 3, 16, 16) and sup.u_strong is None
-    assert sup.u_true.shape == (0,)
+    assert sup.u_true.shape == (0,) and sup.u_idx.shape == (0,)
     weak_only = _stream(rgb, split, use_strong=False).batch(0)
     assert weak_only.u_strong is None and weak_only.u_weak.shape[0] == MU * B
     batched = _stream(rgb, split, use_unlabeled=False, uratio=0, augment="batched").batch(1)

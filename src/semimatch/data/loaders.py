@@ -38,7 +38,6 @@ processes prepare upcoming iterations while the model trains on the current one.
 from __future__ import annotations
 
 import itertools
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -47,6 +46,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from semimatch.data.modality import modality
+from semimatch.data.order import (
+    EpochOrder,
+    check_int,
+    own_generator,
+    sample_rng,
+    view_generator,
+)
 from semimatch.data.sources import SampleSource, SSLDataset
 from semimatch.data.splits import Split
 from semimatch.data.views import Views
@@ -87,68 +93,9 @@ class SSLBatch(NamedTuple):
     u_weak: torch.Tensor  # (mu*B, *S); (0, *S) without unlabeled data
     u_strong: torch.Tensor | None  # None when no strong view is used (or no unlabeled data)
     u_true: torch.Tensor  # (mu*B,) int64 ground truth, -1 unknown; monitoring only
-
-
-# --------------------------------------------------------------------------------------------
-# Index arithmetic
-# --------------------------------------------------------------------------------------------
-class _EpochOrder:
-    """Maps stream positions to indices in ``[0, n)`` via per-epoch seeded permutations."""
-
-    def __init__(self, n: int, seed: int, stream_id: int, cache_size: int = 4) -> None:
-        self.n, self.seed, self.stream_id = n, seed, stream_id
-        self.cache_size = cache_size
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-
-    def permutation(self, epoch: int) -> np.ndarray:
-        perm = self._cache.get(epoch)
-        if perm is None:
-            rng = np.random.default_rng([self.seed, self.stream_id, epoch])
-            perm = rng.permutation(self.n)
-            self._cache[epoch] = perm
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(epoch)
-        return perm
-
-    def __call__(self, positions: np.ndarray) -> np.ndarray:
-        epochs, offsets = np.divmod(positions, self.n)
-        out = np.empty(len(positions), dtype=np.int64)
-        for e in np.unique(epochs):
-            sel = epochs == e
-            out[sel] = self.permutation(int(e))[offsets[sel]]
-        return out
-
-
-def _sample_rng(seed: int, stream_id: int, view: int, position: int) -> np.random.Generator:
-    return np.random.default_rng([seed, stream_id, view, position])
-
-
-def _torch_seed(*parts: int) -> int:
-    """A 63-bit seed mixed from ``parts`` by numpy's SeedSequence (well-spread, reproducible)."""
-    lo, hi = np.random.SeedSequence(list(parts)).generate_state(2, np.uint32)
-    return (int(hi) << 32 | int(lo)) & ((1 << 63) - 1)
-
-
-def _own_generator(seed: int) -> torch.Generator:  # not the global (dropout's): exact resume
-    return torch.Generator().manual_seed(seed)
-
-
-def view_generator(seed: int, k: int, rank: int, view: int) -> torch.Generator:
-    """The CPU generator of batched view ``view`` at iteration ``k`` on ``rank``: the only
-    randomness of a batched view (module docstring), so a batch is a function of these four."""
-    # A CPU generator: batched views draw on the generator's device, and CPU draws keep an
-    # accelerator free of syncs and make the draws device-independent.
-    gen = torch.Generator()
-    gen.manual_seed(_torch_seed(seed, k, rank, view))
-    return gen
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
+    #: (mu*B,) int64 indices into the unlabeled pool (``split.unlabeled`` then the extra
+    #: unlabeled data): global, the same under any world size and on resume (FlexMatch's memory)
+    u_idx: torch.Tensor | None = None
 
 
 class _Pool(Sequence):
@@ -192,9 +139,9 @@ class _StepBatches(Dataset):
         # Per-sample views run here (in workers); batched ones stay in the main process.
         self.weak = None if self.batched else stream.views.weak
         self.strong = None if self.batched else stream.views.strong
-        self.lb_order = _EpochOrder(len(self.labeled), self.seed, STREAM_LABELED)
+        self.lb_order = EpochOrder(len(self.labeled), self.seed, STREAM_LABELED)
         n_pool = len(self.unlabeled) + (len(self.extra) if self.extra is not None else 0)
-        self.ulb_order = _EpochOrder(max(n_pool, 1), self.seed, STREAM_UNLABELED)
+        self.ulb_order = EpochOrder(max(n_pool, 1), self.seed, STREAM_UNLABELED)
 
     # positions ------------------------------------------------------------------------------
     def positions(self, k: int, global_batch: int) -> np.ndarray:
@@ -264,7 +211,7 @@ class _StepBatches(Dataset):
         for j, (i, g) in enumerate(zip(idx.tolist(), positions.tolist(), strict=True)):
             img = fetch(i)
             for out, (stream_id, view, aug) in zip(outs, views, strict=True):
-                res = aug(img, _sample_rng(self.seed, stream_id, view, g))
+                res = aug(img, sample_rng(self.seed, stream_id, view, g))
                 out[j] = res if self.ragged else res.reshape(self.sample_shape)
         return outs
 
@@ -274,6 +221,7 @@ class _StepBatches(Dataset):
         item: dict[str, torch.Tensor] = {
             "y_lb": torch.from_numpy(self.train.labels[lb_idx].copy()),
             "u_true": torch.from_numpy(self._pool_labels(pool_idx)),
+            "u_idx": torch.from_numpy(np.ascontiguousarray(pool_idx, dtype=np.int64)),
         }
         stack = self.modality.stack
         if self.batched:
@@ -343,22 +291,22 @@ class TrainStream:
         views: Views | None = None,
     ) -> None:
         self.dataset, self.split = dataset, split
-        self.world_size = _check_int(world_size, "world_size", 1)
-        self.rank = _check_int(rank, "rank", 0)
+        self.world_size = check_int(world_size, "world_size", 1)
+        self.rank = check_int(rank, "rank", 0)
         if self.rank >= self.world_size:
             raise ValueError(f"rank: must be < world_size={self.world_size}, got {rank}")
-        self.batch_size = _check_int(batch_size, "batch_size", 1)
+        self.batch_size = check_int(batch_size, "batch_size", 1)
         if self.batch_size % self.world_size:
             raise ValueError(
                 f"batch_size: the global batch {self.batch_size} is not divisible by "
                 f"world_size={self.world_size}; use a multiple of {self.world_size}"
             )
         self.use_unlabeled, self.use_strong = bool(use_unlabeled), bool(use_strong)
-        self.uratio = _check_int(uratio, "uratio", 1 if self.use_unlabeled else 0)
+        self.uratio = check_int(uratio, "uratio", 1 if self.use_unlabeled else 0)
         self.u_batch_size = self.uratio * self.batch_size if self.use_unlabeled else 0
-        self.seed = _check_int(seed, "seed", 0)
-        self.num_workers = _check_int(num_workers, "num_workers", 0)
-        self.prefetch_factor = _check_int(prefetch_factor, "prefetch_factor", 1)
+        self.seed = check_int(seed, "seed", 0)
+        self.num_workers = check_int(num_workers, "num_workers", 0)
+        self.prefetch_factor = check_int(prefetch_factor, "prefetch_factor", 1)
         if augment is None:  # the modality's default: PIL for images, batched otherwise
             kind = getattr(getattr(dataset, "info", None), "kind", "image")  # checked below
             augment = "pil" if kind == "image" else "batched"
@@ -472,11 +420,11 @@ class TrainStream:
         """This rank's indices at iteration ``k``: (train indices of the labeled images,
         unlabeled-pool indices, where ``p < len(split.unlabeled)`` means
         ``train[split.unlabeled[p]]`` and larger ``p`` index ``extra_unlabeled``)."""
-        return self._steps.indices(_check_int(k, "k", 0))
+        return self._steps.indices(check_int(k, "k", 0))
 
     def batch(self, k: int) -> SSLBatch:
         """The batch of iteration ``k``, computed in this process (no workers)."""
-        return self._finish(self._steps[_check_int(k, "k", 0)], int(k))
+        return self._finish(self._steps[check_int(k, "k", 0)], int(k))
 
     def batches(self, start: int, stop: int | None) -> Iterator[SSLBatch]:
         """Batches of iterations ``start .. stop-1`` (``stop=None``: endless), on ``device``.
@@ -484,8 +432,8 @@ class TrainStream:
         Each call starts its own DataLoader workers, so iterate one long range (e.g. resume
         iteration to the end of training) rather than many short ones.
         """
-        start = _check_int(start, "start", 0)
-        if stop is not None and _check_int(stop, "stop", 0) < start:
+        start = check_int(start, "start", 0)
+        if stop is not None and check_int(stop, "stop", 0) < start:
             raise ValueError(f"stop: must be >= start={start}, got {stop}")
         sampler: Iterable[int] = range(start, stop) if stop is not None else itertools.count(start)
         kwargs: dict[str, Any] = {}
@@ -499,7 +447,7 @@ class TrainStream:
             # Pinned pages make the copy to a GPU asynchronous; the first copy goes where the
             # batched augmentation runs, or straight to the training device.
             pin_memory=(self.augment_device if self.views.batched else self.device).type == "cuda",
-            generator=_own_generator(self.seed),
+            generator=own_generator(self.seed),
             **kwargs,
         )
         for k, item in zip(itertools.count(start), loader):
@@ -510,6 +458,7 @@ class TrainStream:
         dev, nb = self.device, self.device.type == "cuda"
         y_lb = item["y_lb"].to(dev, non_blocking=nb)
         u_true = item["u_true"].to(dev, non_blocking=nb)
+        u_idx = item["u_idx"].to(dev, non_blocking=nb)
         u_weak = u_strong = None
         if self.views.batched:
             adev, anb = self.augment_device, self.augment_device.type == "cuda"
@@ -533,7 +482,7 @@ class TrainStream:
         if u_weak is None:
             shape = (0, *x_lb.shape[1:])
             u_weak = torch.empty(shape, dtype=self.modality.dtype, device=dev)
-        return SSLBatch(x_lb, y_lb, u_weak, u_strong, u_true)
+        return SSLBatch(x_lb, y_lb, u_weak, u_strong, u_true, u_idx)
 
     def _generator(self, k: int, view: int) -> torch.Generator:
         return view_generator(self.seed, k, self.rank, view)
@@ -573,9 +522,9 @@ def eval_batches(
     across ranks rather than averaging per-rank means). ``return_indices=True`` adds a third
     tensor with the samples' indices in ``source`` (CPU).
     """
-    batch_size = _check_int(batch_size, "batch_size", 1)
-    world_size = _check_int(world_size, "world_size", 1)
-    rank = _check_int(rank, "rank", 0)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    world_size = check_int(world_size, "world_size", 1)
+    rank = check_int(rank, "rank", 0)
     if rank >= world_size:
         raise ValueError(f"rank: must be < world_size={world_size}, got {rank}")
     device = torch.device(device)
@@ -586,9 +535,9 @@ def eval_batches(
         _EvalChunks(source, chunks),
         batch_size=None,
         shuffle=False,
-        num_workers=_check_int(num_workers, "num_workers", 0),
+        num_workers=check_int(num_workers, "num_workers", 0),
         pin_memory=nb,
-        generator=_own_generator(0),
+        generator=own_generator(0),
     )
 
     # Arguments are checked above, when eval_batches is called, not at the first next().

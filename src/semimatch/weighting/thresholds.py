@@ -104,6 +104,8 @@ class FlexMatchThreshold(nn.Module):
 
     selected_label: torch.Tensor
     beta: torch.Tensor
+    #: The step must pass each unlabeled row's pool index (``SSLAlgorithm.sample_indices``).
+    sample_indices = True
 
     def __init__(
         self,
