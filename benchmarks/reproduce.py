@@ -32,7 +32,7 @@ from typing import Any
 ALGORITHMS = ("supervised", "pseudolabel", "fixmatch", "softmatch")
 # The rest of the sample-weighting family (issue 19), run on the Fashion-MNIST-40 and digits
 # settings under the same recipe; ``--all`` runs ALGORITHMS unless ``--algorithms`` says more.
-FAMILY = ("freematch", "adamatch", "dash", "uda")
+FAMILY = ("flexmatch", "freematch", "adamatch", "dash", "uda")
 
 
 def _fmnist(**values: Any) -> dict[str, Any]:
