@@ -8,9 +8,12 @@ perturbed text), done two ways in ONE process, interleaved (ours, reference, ref
   semimatch  the library's data path and step: texts tokenized once and cached
              (``data.tokenize_dataset``), batches from ``data.TrainStream`` (the default strong
              text view, dynamic padding of the step's three views to their longest text),
-             ``step.train_step`` under the library's ``precision`` autocast (``auto``: bf16 on a
-             CPU with native bf16), AdamW (``optim.make_adamw``).  Timed: fetching the batch
-             from the stream + forward + backward + optimiser step.
+             ``step.train_step`` under the library's ``precision`` autocast (``--precision
+             auto``, the library's opt-in: bf16 on a CPU with native bf16), AdamW
+             (``optim.make_adamw``).  Timed: fetching the batch from the stream + forward +
+             backward + optimiser step.
+  semimatch-fp32  the same with the library's default precision (fp32, exact by default):
+             the part of the speed-up that the data path alone gives.
   reference  the way USB's NLP pipeline is usually run on a CPU: fp32, every text padded to
              ``max_length`` (default 128, the library's CPU default; USB uses 512), the
              tokenizer called inside the step on the step's strings (labeled, weak, strong).
@@ -214,6 +217,7 @@ def time_batch(args: argparse.Namespace, batch: int, peaks: list[float]) -> dict
     """Interleaved timing of both variants at labeled batch ``batch`` (+ ``batch`` unlabeled)."""
     bench = Bench(args.model, args.data, batch, args.max_length, args.precision)
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    load_before = os.getloadavg()[0]  # the CPU is shared: record how busy it was
     sums: dict[str, Any] = {}
     for r in range(args.warmup + args.repeats):
         bench.prepare_reference(r)
@@ -225,6 +229,9 @@ def time_batch(args: argparse.Namespace, batch: int, peaks: list[float]) -> dict
             dt = time.perf_counter() - t
             if r >= args.warmup:
                 times[variant].append(dt)
+        done = " ".join(f"{v} {times[v][-1]:.2f}s" for v in VARIANTS if times[v])
+        total = args.warmup + args.repeats
+        print(f"[{batch}+{batch}] step {r + 1}/{total} {done}", file=sys.stderr, flush=True)
     peaks.append(matmul_gflops(n=args.matmul_size))
     flops_of: dict[int, float] = {}
     rows = 3 * batch  # labeled + weak + strong in the joint forward
@@ -245,6 +252,7 @@ def time_batch(args: argparse.Namespace, batch: int, peaks: list[float]) -> dict
             "weight_sum": float(sums[variant]["weight_sum"]),
         }
     out["strong_view"] = bench.strong_view
+    out["load_avg_1min"] = [load_before, os.getloadavg()[0]]
     out["speedup"] = out["reference"]["median_s"] / out["semimatch"]["median_s"]
     out["speedup_fp32"] = out["reference"]["median_s"] / out["semimatch-fp32"]["median_s"]
     return out
