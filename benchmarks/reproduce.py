@@ -78,7 +78,16 @@ def _cifar10(**values: Any) -> dict[str, Any]:
 AGNEWS = Path("/work/shared/data/ag_news/ag_news_test.csv.gz")
 #: USB's NLP warm-up, 5,120 of its 102,400 iterations, as a fraction of the budget.
 USB_NLP_WARMUP = 5120 / 102_400
-AGNEWS_ITERATIONS = 2000
+#: The budget of an AG News cell: ~27 minutes of one core for an SSL cell. Measured on this
+#: 2-core AMD EPYC (AVX512-BF16) on 2026-12-03 while other jobs shared it, as user CPU time
+#: (`/usr/bin/time`) of `--setting agnews-40 --algorithm softmatch --seed 0 --threads 1` with
+#: `--iterations 20` (80.9 s) and 40 (110.9 s): 1.50 s per SoftMatch iteration (8 + 8 + 8
+#: texts, joint forward and backward in bf16) and ~51 s fixed (start-up, tokenizing the 7,600
+#: texts, the one evaluation of the 2,000 test texts, a checkpoint). An evaluation pushes
+#: 194,848 padded tokens forward, ~40 s at the step's rate (~2,300 tokens forward and backward
+#: in 1.5 s). 800 iterations: ~1,200 s of steps + 10 evaluations (~400 s) = ~1,600 s. A
+#: supervised step has 8 texts (a third of the tokens): an estimated ~15 min per cell.
+AGNEWS_ITERATIONS = 800
 
 
 def _agnews(**values: Any) -> dict[str, Any]:
