@@ -62,9 +62,10 @@ __all__ = [
 HEADS = ("mlp", "linear")
 
 #: The cost of one more encoder call in token equivalents (``chunk_plan``): measured on
-#: MiniLM-L6 (1 thread, bf16 autocast, forward + backward, 24 rows of 32 tokens in 1, 4 or 8
-#: calls): ~58 ms per extra call against ~0.74 ms per token, mostly the dense gradient of the
-#: word embedding (30,522 x 384) that every call's backward builds.  See BENCHMARKS.md 9.
+#: MiniLM-L6 (``benchmarks/chunk_overhead.py``: 1 thread, bf16 autocast, forward + backward,
+#: 24 rows of 32 tokens in 1, 4 or 8 calls): ~58 ms per extra call against ~0.74 ms per token,
+#: mostly the dense gradient of the word embedding (30,522 x 384) that every call's backward
+#: builds.  See BENCHMARKS.md section 9.
 CHUNK_OVERHEAD = 80.0
 
 
