@@ -318,6 +318,8 @@ def test_chunked_forward_equals_the_padded_forward(nodrop_bert: Path) -> None:
 
 
 def test_chunks_restore_the_row_order_and_keep_eval_finite(nodrop_bert: Path) -> None:
+    from semimatch.models.hf import sort_into_chunks
+
     chunked, plain = _pair(nodrop_bert, overhead=0.0)
     chunked.eval()
     x = _batch([3, 20, 5, 20, 1, 11], 24, seed=3)
@@ -330,6 +332,8 @@ def test_chunks_restore_the_row_order_and_keep_eval_finite(nodrop_bert: Path) ->
         zeros = torch.zeros(3, 2, 5, dtype=torch.long)
         torch.testing.assert_close(chunked(zeros), plain(zeros))
         assert torch.isfinite(chunked(zeros)).all()
+    rows, chunks = sort_into_chunks(torch.zeros(3, 0, dtype=torch.long))  # no column at all
+    assert rows.numel() == 0 and chunks == []
 
 
 def test_left_padding_is_chunked_by_extent(nodrop_bert: Path) -> None:

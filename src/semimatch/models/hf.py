@@ -63,9 +63,9 @@ HEADS = ("mlp", "linear")
 
 #: The cost of one more encoder call in token equivalents (``chunk_plan``): measured on
 #: MiniLM-L6 (``benchmarks/chunk_overhead.py``: 1 thread, bf16 autocast, forward + backward,
-#: 24 rows of 32 tokens in 1, 4 or 8 calls): ~58 ms per extra call against ~0.74 ms per token,
-#: mostly the dense gradient of the word embedding (30,522 x 384) that every call's backward
-#: builds.  See BENCHMARKS.md section 9.
+#: 24 rows of 32 tokens in 1, 4 or 8 calls): 43-46 ms per extra call against 0.565 ms per
+#: token (76-81 tokens), mostly the dense gradient of the word embedding (30,522 x 384) that
+#: every call's backward builds.  See BENCHMARKS.md section 9b.
 CHUNK_OVERHEAD = 80.0
 
 
@@ -280,7 +280,10 @@ def sort_into_chunks(
     """
     width = attention_mask.shape[1]
     positions = torch.arange(1, width + 1, device=attention_mask.device)
-    extent = (positions * (attention_mask != 0)).amax(dim=1) if width else attention_mask[:, 0]
+    if width:
+        extent = (positions * (attention_mask != 0)).amax(dim=1)
+    else:  # no column: every row is empty
+        extent = attention_mask.new_zeros(attention_mask.shape[0])
     order = torch.sort(extent, stable=True).indices
     lengths = extent[order].tolist()
     empty = sum(1 for n in lengths if n == 0)
