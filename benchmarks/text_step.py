@@ -7,27 +7,31 @@ perturbed text), done two ways in ONE process, interleaved (ours, reference, ref
 
   semimatch  the library's data path and step: texts tokenized once and cached
              (``data.tokenize_dataset``), batches from ``data.TrainStream`` (the default strong
-             text view, dynamic padding of the step's three views to their longest text),
-             ``step.train_step`` under the library's ``precision`` autocast (``--precision
-             auto``, the library's opt-in: bf16 on a CPU with native bf16), AdamW
-             (``optim.make_adamw``).  Timed: fetching the batch from the stream + forward +
-             backward + optimiser step.
+             text view, dynamic padding of the step's three views to their longest text), the
+             ``hf:`` model's default length-sorted chunks (each encoder call trimmed to its
+             chunk's longest row, ``models.hf.chunk_plan``), ``step.train_step`` under the
+             library's ``precision`` autocast (``--precision auto``, the library's opt-in: bf16
+             on a CPU with native bf16), AdamW (``optim.make_adamw``).  Timed: fetching the
+             batch from the stream + forward + backward + optimiser step.
   semimatch-fp32  the same with the library's default precision (fp32, exact by default):
              the part of the speed-up that the data path alone gives.
+  semimatch-unchunked  ``semimatch`` with ``length_chunks=False`` (one encoder call over the
+             step padded to its longest text): the part that the chunks give.
   reference  the way USB's NLP pipeline is usually run on a CPU: fp32, every text padded to
-             ``max_length`` (default 128, the library's CPU default; USB uses 512), the
-             tokenizer called inside the step on the step's strings (labeled, weak, strong).
-             The strong strings are the decoded ids of the same strong view, prepared before the
-             clock starts (they stand in for USB's stored back-translations ``aug_0``/``aug_1``).
-             Same model factory, loss (``step.train_step``), optimiser and texts.  Timed:
-             tokenization + forward + backward + optimiser step.
+             ``max_length`` (default 128, the library's CPU default; USB uses 512) and run as
+             padded (``length_chunks=False``), the tokenizer called inside the step on the
+             step's strings (labeled, weak, strong).  The strong strings are the decoded ids of
+             the same strong view, prepared before the clock starts (they stand in for USB's
+             stored back-translations ``aug_0``/``aug_1``).  Same model factory, loss
+             (``step.train_step``), optimiser and texts.  Timed: tokenization + forward +
+             backward + optimiser step.
 
-Model FLOP utilisation = FLOPs of the step's forward + backward (counted with
+Model FLOP utilisation = FLOPs of the step's forward + backward as executed (counted with
 ``torch.utils.flop_counter.FlopCounterMode`` on one row per distinct sequence length, times the
-rows: every op is per row) / median step time / this process's bf16 matmul throughput (a large
-bf16 matrix product timed before, between and after the variants).  Peak memory: the RSS
-high-water mark (VmHWM) of a separate process per variant and batch, which sets up
-the same data and model and runs a few steps.
+rows of every encoder call at that length: every op is per row) / median step time / this
+process's bf16 matmul throughput (a large bf16 matrix product timed before, between and after
+the variants).  Peak memory: the RSS high-water mark (VmHWM) of a separate process per variant
+and batch, which sets up the same data and model and runs a few steps.
 
     python benchmarks/text_step.py                          # 8+8 and 32+32, 1 thread
     python benchmarks/text_step.py --batches 8 --repeats 21 --json out.json
@@ -51,7 +55,10 @@ import torch
 AG_NEWS = "/work/shared/data/ag_news/ag_news_test.csv.gz"
 RESULTS = Path(__file__).resolve().parent / "results" / "text_step.json"
 #: semimatch-fp32 (the library's data path without bf16) splits the speed-up into its parts.
-VARIANTS = ("semimatch", "reference", "semimatch-fp32")
+#: semimatch-unchunked (one padded encoder call) splits off what the length-sorted chunks give.
+VARIANTS = ("semimatch", "reference", "semimatch-fp32", "semimatch-unchunked")
+#: The variants whose model runs the step as padded (``HFClassifier(length_chunks=False)``).
+UNCHUNKED = ("reference", "semimatch-unchunked")
 
 
 def minilm_folder() -> str:
@@ -96,14 +103,22 @@ class Bench:
         self.nets, self.algorithms, self.optimizers = {}, {}, {}
         for variant in variants:  # the same initial weights for each
             torch.manual_seed(0)
-            self.nets[variant] = build_model(f"hf:{model}", classes).train()
+            chunks = variant not in UNCHUNKED
+            self.nets[variant] = build_model(f"hf:{model}", classes, length_chunks=chunks)
+            self.nets[variant].train()
             self.algorithms[variant] = build_algorithm("softmatch", classes)
             self.optimizers[variant] = _adamw(self.nets[variant])
-        self.precision = {"semimatch": precision, "semimatch-fp32": "fp32"}
+        self.precision = {
+            "semimatch": precision,
+            "semimatch-fp32": "fp32",
+            "semimatch-unchunked": precision,
+        }
         self.autocast = lambda p: autocast(Config(precision=p), torch.device("cpu"))
         self._batches: dict[str, Any] = {}
         self._texts: dict[int, tuple[list[str], list[str], list[str], torch.Tensor]] = {}
         self.lengths: dict[str, list[int]] = {v: [] for v in VARIANTS}
+        #: (rows, L) of every encoder call of every step, per variant (the executed FLOPs).
+        self.calls: dict[str, list[list[list[int]]]] = {v: [] for v in VARIANTS}
 
     # -- semimatch ---------------------------------------------------------------------------
     def step_semimatch(self, k: int, variant: str = "semimatch") -> dict[str, torch.Tensor]:
@@ -120,6 +135,7 @@ class Bench:
         loss.backward()
         opt.step()
         self.lengths[variant].append(int(b.x_lb.shape[-1]))
+        self.calls[variant].append(encoder_calls(net, torch.cat([b.x_lb, b.u_weak, b.u_strong])))
         return sums
 
     # -- reference ---------------------------------------------------------------------------
@@ -157,6 +173,7 @@ class Bench:
         loss.backward()
         opt.step()
         self.lengths["reference"].append(int(views[0].shape[-1]))
+        self.calls["reference"].append(encoder_calls(net, torch.cat(views)))
         return sums
 
     def step(self, variant: str, k: int) -> dict[str, torch.Tensor]:
@@ -174,6 +191,16 @@ class Bench:
             net(x).sum().backward()
         net.zero_grad(set_to_none=True)
         return float(counter.get_total_flops())
+
+
+def encoder_calls(net: torch.nn.Module, x: torch.Tensor) -> list[list[int]]:
+    """[rows, L] of each encoder call of ``net``'s forward on the packed batch ``x``."""
+    from semimatch.models.hf import sort_into_chunks
+
+    if not net.length_chunks:
+        return [[int(x.shape[0]), int(x.shape[-1])]]
+    _, chunks = sort_into_chunks(x[:, 1], net.chunk_overhead)
+    return [[len(rows), length] for rows, length in chunks]
 
 
 def _adamw(net: torch.nn.Module) -> torch.optim.Optimizer:
@@ -234,19 +261,20 @@ def time_batch(args: argparse.Namespace, batch: int, peaks: list[float]) -> dict
         print(f"[{batch}+{batch}] step {r + 1}/{total} {done}", file=sys.stderr, flush=True)
     peaks.append(matmul_gflops(n=args.matmul_size))
     flops_of: dict[int, float] = {}
-    rows = 3 * batch  # labeled + weak + strong in the joint forward
     out: dict[str, Any] = {"batch": f"{batch}+{batch}", "labeled": batch, "unlabeled": batch}
     for variant in VARIANTS:
         lengths = bench.lengths[variant][args.warmup :]
-        for length in set(lengths):
+        calls = bench.calls[variant][args.warmup :]  # joint forward: labeled + weak + strong
+        for length in sorted({length for step in calls for _, length in step}):
             if length not in flops_of:
                 flops_of[length] = bench.row_flops(length)
-        flops = [rows * flops_of[length] for length in lengths]
+        flops = [sum(rows * flops_of[length] for rows, length in step) for step in calls]
         out[variant] = {
             "times": times[variant],
             "median_s": statistics.median(times[variant]),
             "lengths": lengths,
             "median_length": statistics.median(lengths),
+            "encoder_calls": calls,
             "gflop_per_step": [f / 1e9 for f in flops],
             "n_ulb": float(sums[variant]["n_ulb"]),
             "weight_sum": float(sums[variant]["weight_sum"]),
@@ -255,6 +283,7 @@ def time_batch(args: argparse.Namespace, batch: int, peaks: list[float]) -> dict
     out["load_avg_1min"] = [load_before, os.getloadavg()[0]]
     out["speedup"] = out["reference"]["median_s"] / out["semimatch"]["median_s"]
     out["speedup_fp32"] = out["reference"]["median_s"] / out["semimatch-fp32"]["median_s"]
+    out["speedup_chunks"] = out["semimatch-unchunked"]["median_s"] / out["semimatch"]["median_s"]
     return out
 
 
@@ -366,7 +395,9 @@ def print_table(result: dict[str, Any]) -> None:
             )
         print(
             f"speed-up at {row['batch']} (reference / semimatch medians): {row['speedup']:.2f}x; "
-            f"from dynamic padding alone (reference / semimatch-fp32): {row['speedup_fp32']:.2f}x"
+            f"reference / semimatch-fp32: {row['speedup_fp32']:.2f}x; from the chunks "
+            f"(semimatch-unchunked / semimatch): {row['speedup_chunks']:.2f}x; load "
+            f"{row['load_avg_1min'][0]:.1f} -> {row['load_avg_1min'][1]:.1f}"
         )
     print(f"(bf16 matmul median {peak:.0f} GFLOP/s)")
 

@@ -56,10 +56,23 @@ def test_interleaved_variants_report_times_lengths_flops_and_mfu(args) -> None:
     # (the tiny corpus: at most 12 words + [CLS]/[SEP]), so it counts fewer FLOPs.
     assert row["reference"]["lengths"] == [32, 32]
     assert all(length <= 14 for length in row["semimatch"]["lengths"])
-    assert row["semimatch"]["lengths"] == row["semimatch-fp32"]["lengths"]  # same batches
+    for variant in ("semimatch-fp32", "semimatch-unchunked"):  # the same batches
+        assert row[variant]["lengths"] == row["semimatch"]["lengths"]
     assert min(row["reference"]["gflop_per_step"]) > max(row["semimatch"]["gflop_per_step"])
+    # Executed FLOPs: one padded call for the reference and unchunked, the chunks' otherwise.
+    assert row["reference"]["encoder_calls"] == [[[6, 32]], [[6, 32]]]
+    unchunked = row["semimatch-unchunked"]
+    assert unchunked["encoder_calls"] == [[[6, n]] for n in unchunked["lengths"]]
+    for calls, n in zip(row["semimatch"]["encoder_calls"], row["semimatch"]["lengths"]):
+        assert sum(rows for rows, _ in calls) == 6 and max(length for _, length in calls) == n
+    assert row["semimatch"]["encoder_calls"] == row["semimatch-fp32"]["encoder_calls"]
+    for a, b in zip(row["semimatch"]["gflop_per_step"], unchunked["gflop_per_step"]):
+        assert a <= b
     assert row["speedup"] == pytest.approx(
         row["reference"]["median_s"] / row["semimatch"]["median_s"]
+    )
+    assert row["speedup_chunks"] == pytest.approx(
+        unchunked["median_s"] / row["semimatch"]["median_s"]
     )
 
 

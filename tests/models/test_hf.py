@@ -214,3 +214,170 @@ def test_minilm_pooling_equals_sentence_transformers(no_network: None) -> None:
     )
     unit = torch.nn.functional.normalize
     assert torch.allclose(unit(ours, dim=1), unit(theirs.float(), dim=1), atol=1e-5)
+
+
+# -- length-sorted chunks ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def nodrop_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from text_helpers import write_tiny_bert
+
+    return write_tiny_bert(tmp_path_factory.mktemp("chunks") / "nodrop", num_layers=2, dropout=0.0)
+
+
+def _pair(folder: Path, overhead: float = 8.0) -> tuple[HFClassifier, HFClassifier]:
+    """The same float64 weights, chunked (``overhead`` tokens per call) and unchunked."""
+    torch.manual_seed(0)
+    chunked = build_model(f"hf:{folder}", 3, dropout=0.0, chunk_overhead=overhead).double()
+    plain = build_model(f"hf:{folder}", 3, dropout=0.0, length_chunks=False).double()
+    plain.load_state_dict(chunked.state_dict())
+    return chunked.train(), plain.train()
+
+
+def _record_lengths(model: HFClassifier) -> list[tuple[int, int]]:
+    """(rows, L) of every encoder call of ``model`` (a forward pre-hook on the backbone)."""
+    calls: list[tuple[int, int]] = []
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        calls.append(tuple(kwargs["input_ids"].shape))
+        assert kwargs["attention_mask"].shape == kwargs["input_ids"].shape
+
+    model.backbone.register_forward_pre_hook(hook, with_kwargs=True)
+    return calls
+
+
+def _brute_force_cost(lengths: list[int], overhead: float) -> float:
+    """The cheapest split of ascending ``lengths`` into contiguous chunks, by enumeration."""
+    n = len(lengths)
+    best = float("inf")
+    for mask in range(2 ** (n - 1)):
+        cuts = [0] + [i + 1 for i in range(n - 1) if mask >> i & 1] + [n]
+        cost = sum((b - a) * lengths[b - 1] + overhead for a, b in zip(cuts, cuts[1:]))
+        best = min(best, cost)
+    return best
+
+
+def test_chunk_plan_is_the_cheapest_split() -> None:
+    from semimatch.models.hf import chunk_plan
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        n = int(torch.randint(1, 11, (1,), generator=g))
+        lengths = sorted(torch.randint(1, 60, (n,), generator=g).tolist())
+        overhead = [0.0, 5.0, 40.0, 1e6][trial % 4]
+        plan = chunk_plan(lengths, overhead)
+        assert plan[0][0] == 0 and plan[-1][1] == n
+        assert all(b == c for (_, b), (c, _) in zip(plan, plan[1:]))  # contiguous, covering
+        cost = sum((b - a) * lengths[b - 1] + overhead for a, b in plan)
+        assert cost == pytest.approx(_brute_force_cost(lengths, overhead))
+        for a, _ in plan[1:]:  # never a break inside a run of equal lengths
+            assert lengths[a - 1] != lengths[a]
+    assert chunk_plan([4, 4, 9, 30], 1e6) == [(0, 4)]  # a huge call cost: one chunk
+    assert chunk_plan([4, 4, 9, 30], 0.0) == [(0, 2), (2, 3), (3, 4)]  # free calls: per length
+    # 3 rows of 10 and 3 of 20: one call costs 6*20 + c, two cost 3*10 + 3*20 + 2c.
+    assert chunk_plan([10] * 3 + [20] * 3, 29.0) == [(0, 3), (3, 6)]
+    assert chunk_plan([10] * 3 + [20] * 3, 31.0) == [(0, 6)]
+    assert chunk_plan([], 8.0) == []
+    with pytest.raises(ValueError, match="ascending"):
+        chunk_plan([3, 2], 8.0)
+
+
+def test_chunked_forward_equals_the_padded_forward(nodrop_bert: Path) -> None:
+    """Logits and every parameter gradient equal the single padded forward (float64), on many
+    random length mixes, one row, equal lengths and all-padding rows; each encoder call sees
+    its chunk's longest row, in the cost model's plan."""
+    from semimatch.models.hf import chunk_plan
+
+    chunked, plain = _pair(nodrop_bert)
+    calls = _record_lengths(chunked)
+    g = torch.Generator().manual_seed(1)
+    mixes = [[7], [9, 9, 9, 9], [0, 5, 0, 12], [1, 30, 2, 29, 3], [0, 0, 4]]
+    for _ in range(25):
+        n = int(torch.randint(2, 25, (1,), generator=g))
+        mixes.append(torch.randint(1, 48, (n,), generator=g).tolist())
+    several = 0
+    for k, lengths in enumerate(mixes):
+        width = max(lengths) + k % 3  # sometimes with all-padding columns at the end
+        x = _batch([max(n, 1) for n in lengths], width, seed=k)
+        x[torch.tensor(lengths) == 0] = 0  # an all-padding row, as evaluation's filler rows
+        calls.clear()
+        out = chunked(x)
+        ref = plain(x)
+        torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+        out.sin().sum().backward()
+        ref.sin().sum().backward()
+        for (name, p), q in zip(chunked.named_parameters(), plain.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-12, rtol=1e-9, msg=name)
+        chunked.zero_grad(set_to_none=True)
+        plain.zero_grad(set_to_none=True)
+        # The plan: the rows with a token, sorted, split as chunk_plan says; L = chunk maximum.
+        real = sorted(n for n in lengths if n)
+        plan = chunk_plan(real, 8.0)
+        assert calls == [(b - a, real[b - 1]) for a, b in plan], lengths
+        several += len(calls) > 1
+    assert several >= 20  # most random mixes ran in several chunks
+
+
+def test_chunks_restore_the_row_order_and_keep_eval_finite(nodrop_bert: Path) -> None:
+    from semimatch.models.hf import sort_into_chunks
+
+    chunked, plain = _pair(nodrop_bert, overhead=0.0)
+    chunked.eval()
+    x = _batch([3, 20, 5, 20, 1, 11], 24, seed=3)
+    with torch.no_grad():
+        out = chunked(x)
+        for i in range(6):  # row i's logits are those of row i alone, cut to its length
+            n = int(x[i, 1].sum())
+            torch.testing.assert_close(out[i : i + 1], plain(x[i : i + 1, :, :n]))
+        # All rows padding (a rank's filler batch in evaluation): finite, as the plain forward.
+        zeros = torch.zeros(3, 2, 5, dtype=torch.long)
+        torch.testing.assert_close(chunked(zeros), plain(zeros))
+        assert torch.isfinite(chunked(zeros)).all()
+    rows, chunks = sort_into_chunks(torch.zeros(3, 0, dtype=torch.long))  # no column at all
+    assert rows.numel() == 0 and chunks == []
+
+
+def test_left_padding_is_chunked_by_extent(nodrop_bert: Path) -> None:
+    """Chunks trim to the last position whose mask is 1: left-padded rows are not cut."""
+    chunked, plain = _pair(nodrop_bert, overhead=0.0)
+    calls = _record_lengths(chunked)
+    x = _batch([4, 9, 6], 12, seed=4).flip(-1)  # padding first, tokens at the end
+    with torch.no_grad():
+        torch.testing.assert_close(chunked(x), plain(x), atol=1e-12, rtol=1e-10)
+    assert calls == [(3, 12)]
+
+
+def test_dropout_is_drawn_per_chunk_and_seeded(tiny_bert_dir: Path) -> None:
+    """With dropout on, chunking is a different draw (deterministic under the seed) with the
+    same expectation: off, it is the plain forward."""
+    torch.manual_seed(0)
+    model = build_model(f"hf:{tiny_bert_dir}", 3, chunk_overhead=0.0).double().train()
+    x = _batch([3, 12, 5, 12, 2, 8], 12, seed=5)
+    torch.manual_seed(7)
+    a = model(x)
+    torch.manual_seed(7)
+    assert torch.equal(model(x), a)  # deterministic under the seed
+    model.length_chunks = False
+    torch.manual_seed(7)
+    b = model(x)
+    assert not torch.allclose(a, b)  # another draw of the masks
+    with torch.no_grad():  # the means over many draws agree within 5 standard errors
+        model.length_chunks = True
+        da = torch.stack([model(x) for _ in range(400)])
+        model.length_chunks = False
+        db = torch.stack([model(x) for _ in range(400)])
+    se = ((da.var(0) + db.var(0)) / 400).sqrt()
+    assert ((da.mean(0) - db.mean(0)).abs() < 5 * se).all()
+    assert (se > 0).all()  # dropout is on in both
+
+
+def test_length_chunks_off_is_one_padded_call_and_options_are_checked(tiny_bert_dir: Path) -> None:
+    plain = build_model(f"hf:{tiny_bert_dir}", 3, length_chunks=False)
+    calls = _record_lengths(plain)
+    plain(_batch([3, 9, 2], 11))
+    assert calls == [(3, 11)]
+    assert "length_chunks=off" in repr(plain)
+    assert "length_chunks=80" in repr(build_model(f"hf:{tiny_bert_dir}", 3))
+    with pytest.raises(ValueError, match="chunk_overhead must be a finite number"):
+        build_model(f"hf:{tiny_bert_dir}", 3, chunk_overhead=-1.0)
+    with pytest.raises(ValueError, match="length_chunks must be True or False"):
+        build_model(f"hf:{tiny_bert_dir}", 3, length_chunks="yes")

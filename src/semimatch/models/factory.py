@@ -302,7 +302,8 @@ def build_model(
             or the path of a ``.pth``/``.safetensors`` state dict (``pretrained.py``; the
             classifier is re-initialised when sized for other classes).  ``"hf:"`` takes
             ``pretrained`` (default True: the folder's weights), ``dropout``, ``head``,
-            ``local_files_only`` (``hf.build_hf``) and ignores ``in_channels``/``image_size``.
+            ``local_files_only``, ``length_chunks``, ``chunk_overhead`` (``hf.build_hf``) and
+            ignores ``in_channels``/``image_size``.
     """
     if not isinstance(name, str):
         raise ValueError(f"build_model: name must be a str, got {type(name).__name__}")

@@ -9,6 +9,19 @@ here the mean is masked, so appending padding never changes a text's logits.  An
 own pooler (unused by mean pooling) is removed, so every parameter receives a gradient (DDP
 needs no ``find_unused_parameters``).
 
+Length-sorted chunks (on by default; ``HFClassifier(..., length_chunks=False)`` or
+``build_model("hf:...", length_chunks=False)`` turns them off).  A batch is padded to its
+longest text (the training step pads all three views to the longest of the step), so most of
+its tokens can be padding.  The forward sorts the rows by their extent (the last position whose
+mask is 1), splits them into a few chunks (``chunk_plan``: the split that minimises the sum
+over chunks of rows x longest row + a per-call overhead), trims every chunk's padding to its own
+longest row, runs the encoder per chunk and puts the pooled features back in the input's row
+order.  In a BERT-style encoder a row's output does not depend on its batch-mates (masked
+attention, per-token LayerNorm, no BatchNorm) nor on trailing padding, so the logits are those
+of the single padded forward up to float rounding: exact math, hence the default.  What
+changes: the rounding, and dropout draws its masks chunk by chunk (a different draw from the
+same distribution, deterministic under the seed).  Image backbones are not affected.
+
 Input format (what the training step passes as ``x``), recommended first:
 
 * an integer tensor ``(N, 2, L)``: ``x[:, 0]`` the token ids, ``x[:, 1]`` the attention mask
@@ -34,8 +47,11 @@ import torch
 from torch import nn
 
 __all__ = [
+    "CHUNK_OVERHEAD",
     "HFClassifier",
     "build_hf",
+    "chunk_plan",
+    "sort_into_chunks",
     "max_positions",
     "load_tokenizer",
     "pack_text",
@@ -44,6 +60,13 @@ __all__ = [
 ]
 
 HEADS = ("mlp", "linear")
+
+#: The cost of one more encoder call in token equivalents (``chunk_plan``): measured on
+#: MiniLM-L6 (``benchmarks/chunk_overhead.py``: 1 thread, bf16 autocast, forward + backward,
+#: 24 rows of 32 tokens in 1, 4 or 8 calls): 43-46 ms per extra call against 0.565 ms per
+#: token (76-81 tokens), mostly the dense gradient of the word embedding (30,522 x 384) that
+#: every call's backward builds.  See BENCHMARKS.md section 9b.
+CHUNK_OVERHEAD = 80.0
 
 
 def _import_transformers() -> Any:
@@ -210,6 +233,65 @@ def _layer_stack(backbone: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
+def chunk_plan(lengths: list[int], overhead: float = CHUNK_OVERHEAD) -> list[tuple[int, int]]:
+    """The chunks ``[(start, end), ...]`` of ascending ``lengths`` that minimise
+    ``sum over chunks of (end - start) * lengths[end - 1] + overhead``.
+
+    The cost model counts the tokens an encoder call processes (rows x its longest row: the
+    linear layers, ``24 H^2`` FLOPs per token and layer, dominate the attention scores'
+    ``4 L H``, a ratio ``L / 6H``: <= 6% for MiniLM at L = 128) plus a fixed cost per call.
+    Chunks only break between different lengths (a break inside a run of equal lengths only
+    adds an overhead); a dynamic program over the runs, O(runs^2), ties going to fewer and
+    earlier breaks, so the plan is deterministic.
+    """
+    if any(b < a for a, b in zip(lengths, lengths[1:])):
+        raise ValueError("chunk_plan: lengths must be sorted in ascending order")
+    if not lengths:
+        return []
+    ends = [
+        i + 1 for i in range(len(lengths)) if i + 1 == len(lengths) or lengths[i + 1] != lengths[i]
+    ]
+    starts = [0] + ends[:-1]
+    best = [0.0] + [float("inf")] * len(ends)  # best[j]: the cheapest plan of runs 0..j-1
+    back = [0] * (len(ends) + 1)
+    for j in range(1, len(ends) + 1):
+        longest = lengths[ends[j - 1] - 1]
+        for i in range(j):
+            cost = best[i] + (ends[j - 1] - starts[i]) * longest + overhead
+            if cost < best[j]:
+                best[j], back[j] = cost, i
+    plan, j = [], len(ends)
+    while j:
+        i = back[j]
+        plan.append((starts[i], ends[j - 1]))
+        j = i
+    return plan[::-1]
+
+
+def sort_into_chunks(
+    attention_mask: torch.Tensor, overhead: float = CHUNK_OVERHEAD
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, int]]]:
+    """The length-sorted chunks of a batch: ``(rows, chunks)``.
+
+    ``rows`` are the indices of the rows with at least one token (an all-padding row pools to
+    zeros and needs no encoder call), sorted by extent (the last position whose mask is 1, so
+    left padding is handled, without gain); ``chunks`` are ``(row indices, length)`` per
+    encoder call, ``length`` the chunk's longest extent, as ``chunk_plan`` splits them.
+    """
+    width = attention_mask.shape[1]
+    positions = torch.arange(1, width + 1, device=attention_mask.device)
+    if width:
+        extent = (positions * (attention_mask != 0)).amax(dim=1)
+    else:  # no column: every row is empty
+        extent = attention_mask.new_zeros(attention_mask.shape[0])
+    order = torch.sort(extent, stable=True).indices
+    lengths = extent[order].tolist()
+    empty = sum(1 for n in lengths if n == 0)
+    rows, lengths = order[empty:], lengths[empty:]
+    plan = chunk_plan(lengths, overhead)
+    return rows, [(rows[a:b], lengths[b - 1]) for a, b in plan]
+
+
 class HFClassifier(nn.Module):
     """A transformer encoder, masked mean pooling, dropout and a classification head.
 
@@ -217,22 +299,49 @@ class HFClassifier(nn.Module):
     docstring (recommended: an ``(N, 2, L)`` integer tensor, ids then mask).  Dropout (USB: 0.1)
     acts on the last hidden states before pooling, as in USB.
 
+    By default the encoder runs on length-sorted chunks, each trimmed to its own longest row
+    (module docstring, ``chunk_plan``): the same logits as one padded forward up to float
+    rounding, fewer padding FLOPs; dropout draws its masks chunk by chunk.
+
     Args:
         backbone: a ``transformers`` encoder (``AutoModel``) returning ``last_hidden_state``.
         num_classes: number of classes.
         dropout: dropout probability on the last hidden states.
         head: ``"mlp"`` (USB's: Linear(H, H), GELU, Linear(H, C)) or ``"linear"``
             (Linear(H, C)).
+        length_chunks: run the encoder on length-sorted chunks trimmed to their longest row
+            (default); False: one forward over the batch as padded (the previous behaviour,
+            e.g. to reproduce its dropout draws).
+        chunk_overhead: the cost of one more encoder call in tokens (``chunk_plan``); larger
+            values give fewer chunks.
     """
 
     def __init__(
-        self, backbone: nn.Module, num_classes: int, dropout: float = 0.1, head: str = "mlp"
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        dropout: float = 0.1,
+        head: str = "mlp",
+        *,
+        length_chunks: bool = True,
+        chunk_overhead: float = CHUNK_OVERHEAD,
     ) -> None:
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"HFClassifier: head must be one of {HEADS}, got {head!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"HFClassifier: dropout must be in [0, 1), got {dropout!r}")
+        if not isinstance(length_chunks, bool):
+            raise ValueError(
+                f"HFClassifier: length_chunks must be True or False, got {length_chunks!r}"
+            )
+        if not (isinstance(chunk_overhead, (int, float)) and 0 <= chunk_overhead < float("inf")):
+            raise ValueError(
+                "HFClassifier: chunk_overhead must be a finite number of tokens >= 0 (the cost "
+                f"of one more encoder call), got {chunk_overhead!r}"
+            )
+        self.length_chunks = length_chunks
+        self.chunk_overhead = float(chunk_overhead)
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None  # unused by mean pooling: no parameter without a gradient
         self.backbone = backbone
@@ -257,8 +366,24 @@ class HFClassifier(nn.Module):
 
     def features(self, x: Any) -> torch.Tensor:
         """The pooled features ``(N, H)``: mean of the dropped-out last hidden states over the
-        tokens whose mask is 1 (a row with no token gives zeros)."""
+        tokens whose mask is 1 (a row with no token gives zeros), by length-sorted chunks
+        unless ``length_chunks=False``."""
         kwargs = _unpack(x)
+        if not self.length_chunks:
+            return self._pool(kwargs)
+        rows, chunks = sort_into_chunks(kwargs["attention_mask"], self.chunk_overhead)
+        n = kwargs["attention_mask"].shape[0]
+        if not chunks:  # no token in the batch (or no row): the plain forward gives zeros
+            return self._pool(kwargs)
+        if len(chunks) == 1 and len(rows) == n:  # one chunk of every row: trim, keep the order
+            return self._pool({k: v[:, : chunks[0][1]] for k, v in kwargs.items()})
+        pooled = torch.cat(
+            [self._pool({k: v[r, :L] for k, v in kwargs.items()}) for r, L in chunks]
+        )
+        return pooled.new_zeros(n, pooled.shape[1]).index_copy(0, rows, pooled)
+
+    def _pool(self, kwargs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One encoder call on the batch as given, dropout, masked mean."""
         hidden = self.backbone(**kwargs).last_hidden_state
         hidden = self.dropout(hidden)
         mask = kwargs["attention_mask"].to(hidden.dtype).unsqueeze(-1)
@@ -293,7 +418,11 @@ class HFClassifier(nn.Module):
         return ids, top + 1
 
     def extra_repr(self) -> str:
-        return f"pooling=masked-mean, head={self.head_kind}, num_classes={self.num_classes}"
+        chunks = f"{self.chunk_overhead:g}" if self.length_chunks else "off"
+        return (
+            f"pooling=masked-mean, head={self.head_kind}, num_classes={self.num_classes}, "
+            f"length_chunks={chunks}"
+        )
 
 
 def build_hf(
@@ -304,6 +433,8 @@ def build_hf(
     dropout: float = 0.1,
     head: str = "mlp",
     local_files_only: bool | None = None,
+    length_chunks: bool = True,
+    chunk_overhead: float = CHUNK_OVERHEAD,
 ) -> HFClassifier:
     """``HFClassifier`` on ``AutoModel`` of a model name or local folder (``"hf:"`` optional).
 
@@ -319,6 +450,7 @@ def build_hf(
         head: ``"mlp"`` (USB) or ``"linear"``.
         local_files_only: for Hub names, None follows ``HF_HUB_OFFLINE``; folders are always
             local.
+        length_chunks, chunk_overhead: the length-sorted chunked forward (``HFClassifier``).
     """
     transformers = _import_transformers()
     source, local = resolve_hf_source(name, local_files_only)
@@ -335,7 +467,14 @@ def build_hf(
     except (OSError, ValueError) as e:
         raise _not_found(name, source, local, what, e) from e
     backbone = backbone.float()
-    return HFClassifier(backbone, num_classes, dropout=dropout, head=head)
+    return HFClassifier(
+        backbone,
+        num_classes,
+        dropout=dropout,
+        head=head,
+        length_chunks=length_chunks,
+        chunk_overhead=chunk_overhead,
+    )
 
 
 def save_for_reload(folder: str | os.PathLike, tokenizer: Any, model: nn.Module) -> None:
