@@ -52,6 +52,12 @@ from typing import Any
 
 import torch
 
+# The sibling benchmark scripts (this script's folder is on sys.path when run as a script, not
+# when a test loads it by path): step.py's matmul peak, reproduce.py's machine record.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reproduce import machine as reproduce_machine  # noqa: E402
+from step import matmul_gflops  # noqa: E402
+
 AG_NEWS = "/work/shared/data/ag_news/ag_news_test.csv.gz"
 RESULTS = Path(__file__).resolve().parent / "results" / "text_step.json"
 #: semimatch-fp32 (the library's data path without bf16) splits the speed-up into its parts.
@@ -210,18 +216,6 @@ def _adamw(net: torch.nn.Module) -> torch.optim.Optimizer:
     return make_adamw(net, 5e-5, 1e-4)
 
 
-def matmul_gflops(dtype: torch.dtype = torch.bfloat16, n: int = 2048, repeats: int = 5) -> float:
-    """Median throughput (GFLOP/s) of an n x n by n x n matrix product in ``dtype``, now."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times) / 1e9
-
-
 def resolve_precision(precision: str) -> str:
     """``auto``: bf16 on a CPU with native bf16 (the library's rule, resolve.native_bf16)."""
     if precision != "auto":
@@ -259,7 +253,7 @@ def time_batch(args: argparse.Namespace, batch: int, peaks: list[float]) -> dict
         done = " ".join(f"{v} {times[v][-1]:.2f}s" for v in VARIANTS if times[v])
         total = args.warmup + args.repeats
         print(f"[{batch}+{batch}] step {r + 1}/{total} {done}", file=sys.stderr, flush=True)
-    peaks.append(matmul_gflops(n=args.matmul_size))
+    peaks.append(matmul_gflops(torch.bfloat16, n=args.matmul_size))
     flops_of: dict[int, float] = {}
     out: dict[str, Any] = {"batch": f"{batch}+{batch}", "labeled": batch, "unlabeled": batch}
     for variant in VARIANTS:
@@ -330,10 +324,7 @@ def peak_memory(args: argparse.Namespace, batch: int, variant: str) -> dict[str,
 
 def machine() -> dict[str, Any]:
     """The CPU, its bf16 kind (as benchmarks/reproduce.py records it), cores and versions."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import transformers
-
-    from reproduce import machine as reproduce_machine
 
     return {
         **reproduce_machine(),
@@ -346,7 +337,7 @@ def machine() -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Everything: interleaved timing per batch size, bf16 peaks, memory subprocesses."""
-    peaks = [matmul_gflops(n=args.matmul_size)]
+    peaks = [matmul_gflops(torch.bfloat16, n=args.matmul_size)]
     rows = []
     for batch in args.batches:
         rows.append(time_batch(args, batch, peaks))
