@@ -266,20 +266,24 @@ def figures(folder: Path) -> set[str]:
     return {p.name for p in folder.glob("*.png")}
 
 
+#: The figures of a SoftMatch run's report (a text run's report has the same set).
+SOFTMATCH_FIGURES = {
+    "fig-error.png",
+    "fig-pseudo-labels.png",
+    "fig-lambda-overlay.png",
+    "fig-lambda-run.png",
+    "fig-per-class-run.png",
+    "fig-confusion-run.png",
+}
+
+
 # ----------------------------------------------------------------------------------------------
 # Tests
 # ----------------------------------------------------------------------------------------------
 def test_real_run_report_has_every_figure(real_run: Path, real_report: Path) -> None:
     index = real_report
     assert index == real_run / "report" / "index.html"
-    expected = {
-        "fig-error.png",
-        "fig-pseudo-labels.png",
-        "fig-lambda-overlay.png",
-        "fig-lambda-run.png",
-        "fig-per-class-run.png",
-        "fig-confusion-run.png",
-    }
+    expected = SOFTMATCH_FIGURES
     assert figures(index.parent) == expected
     for name in expected:
         assert_png(index.parent / name)

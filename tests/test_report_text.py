@@ -17,20 +17,11 @@ from semimatch.engine import fit
 from semimatch.report import read_run
 from semimatch.report.lambdas import final_lambda, num_classes
 from semimatch.report.runs import RunData
+from test_report import SOFTMATCH_FIGURES as FIGURES
 from test_report import assert_png, figures, parse
 from text_helpers import write_text_corpus
 
 pytest.importorskip("transformers")
-
-#: The figures of a SoftMatch run (test_report.py: the same set for the digits run).
-FIGURES = {
-    "fig-error.png",
-    "fig-pseudo-labels.png",
-    "fig-lambda-overlay.png",
-    "fig-lambda-run.png",
-    "fig-per-class-run.png",
-    "fig-confusion-run.png",
-}
 
 
 @pytest.fixture(scope="module")
