@@ -7,13 +7,13 @@ import argparse
 import csv
 import importlib.util
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from test_reproduce import committed_mean_std
 
 from semimatch.data.named import load_dataset
 from semimatch.data.text_views import DEFAULT_STRONG, STRONG_TEXT_VIEWS
@@ -187,7 +187,6 @@ def test_a_cell_trains_end_to_end_and_the_tables_show_it(args, tmp_path) -> None
 def test_readme_agnews_errors_are_the_committed_runs() -> None:
     """README's AG News table: mean ± std over the 3 committed seeds of the best error and of
     the median of the last evaluations, for every method."""
-    results = ROOT / "benchmarks" / "results" / "reproduce" / SETTING
     lines = (ROOT / "README.md").read_text().splitlines()
     start = lines.index("| AG News, 40 labels | supervised | FixMatch | SoftMatch |")
     rows = {line.split("|")[1].strip(): line for line in lines[start + 2 : start + 4]}
@@ -197,7 +196,4 @@ def test_readme_agnews_errors_are_the_committed_runs() -> None:
     ):
         cells = [c.strip().strip("*") for c in rows[label].split("|")[2:-1]]
         for algorithm, cell in zip(("supervised", "fixmatch", "softmatch"), cells):
-            paths = sorted((results / algorithm).glob("seed*/summary.json"))
-            errors = [100 * json.loads(p.read_text())[key] for p in paths]
-            assert len(errors) == 3, algorithm
-            assert cell == f"{statistics.mean(errors):.1f} ± {statistics.stdev(errors):.1f}"
+            assert cell == committed_mean_std(SETTING, algorithm, key)
