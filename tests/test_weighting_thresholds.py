@@ -402,6 +402,20 @@ def test_state_dict_round_trip_is_bit_exact(name):
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_update_under_float64_default_dtype(name):
+    """``torch.set_default_dtype(torch.float64)`` (common in numerical tests) must not break the
+    statistics, which are kept in float32 whatever the default: no mixed-dtype index_add_."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        module = FACTORIES[name]()
+        weights = _drive(module, np.random.default_rng(4), 3)
+    finally:
+        torch.set_default_dtype(old)
+    assert all(bool(torch.isfinite(w).all()) for w in weights)
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_meta_device_has_no_host_sync(name):
     """On a device without data (meta), update and weighting run: no value is read on the host
     (outside torchrun; there FlexMatch and FreeMatch's quantile read the gathered sizes)."""

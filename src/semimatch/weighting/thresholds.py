@@ -243,8 +243,10 @@ class FreeMatchThreshold(nn.Module):
         check_probs(probs, self.num_classes)
         p = probs.float()
         q, cls = p.max(dim=1)
-        count = torch.tensor([float(p.shape[0])], device=p.device)
-        hist = torch.zeros(self.num_classes, device=p.device).index_add_(0, cls, torch.ones_like(q))
+        # float32 like ``p``, whatever torch's default dtype: index_add_ needs one dtype.
+        count = torch.tensor([float(p.shape[0])], dtype=p.dtype, device=p.device)
+        hist = torch.zeros(self.num_classes, dtype=p.dtype, device=p.device)
+        hist.index_add_(0, cls, torch.ones_like(q))
         total, hist, q_sum, count = all_reduce_sums(p.sum(dim=0), hist, q.sum().reshape(1), count)
         n = count.clamp(min=1.0)
         if self.use_quantile:
@@ -372,7 +374,7 @@ class AdaMatchThreshold(nn.Module):
             )
         check_probs(probs_lb, probs.shape[1], name="probs_lb")
         conf = probs_lb.float().max(dim=1).values
-        count = torch.tensor([float(conf.shape[0])], device=conf.device)
+        count = torch.tensor([float(conf.shape[0])], dtype=conf.dtype, device=conf.device)
         total, count = all_reduce_sums(conf.sum().reshape(1), count)
         new = total / count.clamp(min=1.0) * self.tau
         self.threshold.copy_(torch.where(count > 0, new, self.threshold).squeeze(0))
