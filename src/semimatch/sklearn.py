@@ -22,10 +22,10 @@ Inputs ``X``:
   drawn for the whole batch at once from a ``torch.Generator`` seeded by
   ``(seed, iteration, rank, view)`` (the contract of the batched image views):
 
-  - weak view:   ``z + weak_noise * e``                 (``e ~ N(0, I)``)
-  - strong view: ``m * z + strong_noise * e``, where ``m`` zeroes each feature with
-    probability ``strong_dropout`` (a zeroed standardised feature sits at its mean, i.e.
-    "feature missing"), so the student sees a harder, partly-masked view.
+    - weak view:   ``z + weak_noise * e``                 (``e ~ N(0, I)``)
+    - strong view: ``m * z + strong_noise * e``, where ``m`` zeroes each feature with
+      probability ``strong_dropout`` (a zeroed standardised feature sits at its mean, i.e.
+      "feature missing"), so the student sees a harder, partly-masked view.
 
 * **texts**: a list (or 1-d array, or pandas Series) of strings, with
   ``backbone="hf:<model name or local folder>"`` (a Hugging Face encoder): tokenized once with
