@@ -108,3 +108,17 @@ def test_a_command_with_an_unknown_flag_is_caught() -> None:
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(argv(command))
     assert e.value.code == 2
+
+
+def test_the_config_reference_lists_every_field() -> None:
+    import dataclasses
+
+    from semimatch import Config
+
+    hook = _hook()
+    page = (DOCS / "reference/config.md").read_text()
+    assert hook.CONFIG_MARKER in page
+    text = hook.on_page_markdown(page, None, None, None)
+    for f in dataclasses.fields(Config):
+        assert f"| `{f.name}` |" in text
+    assert "| `num_labels` | `--num-labels` |" in text
