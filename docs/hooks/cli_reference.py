@@ -19,7 +19,7 @@ MARKER = "<!-- cli-reference -->"
 CONFIG_MARKER = "<!-- config-fields -->"
 #: The column width argparse wraps the help at (it reads $COLUMNS): fixed, so the page does not
 #: depend on the terminal that built it.
-WIDTH = "100"
+WIDTH = "80"
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
