@@ -265,7 +265,7 @@ def test_pipeline_and_grid_search(digits_split):
 
 
 # ----------------------------------------------------------------------------------------------
-# The comparison the README quotes
+# The comparison the estimator guide quotes (docs/guides/sklearn.md)
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("as_images", [False, True], ids=["features", "images"])

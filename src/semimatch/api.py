@@ -71,7 +71,8 @@ def train(
     ``.evaluate()`` and ``.predict()``.
 
     Args:
-        config / preset / overrides: the configuration (see ``semimatch.Config``).
+        config: the configuration (see ``semimatch.Config``): a Config, a dict or a JSON file.
+        preset: a paper preset to start from instead of ``config``.
         out: run directory (config, split, metrics, checkpoints); None keeps everything in memory.
         resume: ``True`` continues the run in ``out``; ``"auto"`` starts it or continues it if
             ``out`` already holds this run (a restartable call, e.g. under torchrun restarts).
@@ -81,16 +82,20 @@ def train(
         model: your own backbone ``nn.Module`` (float NCHW in, logits out); recorded as
             ``backbone="custom:<class name>"`` unless ``backbone`` is set, and reloaded with
             ``load_run(run_dir, model=<fresh instance>)``.
-        weighting / alignment: your own weighting function (any object with ``update(probs)`` and
-            ``__call__(probs) -> weights``) and optional alignment; the rest of the recipe
+        weighting: your own weighting function (any object with ``update(probs)`` and
+            ``__call__(probs) -> weights``); the rest of the recipe
             (student view = strong, loss, schedule) is the config's. The run records
             ``custom:<class name>`` as its algorithm (summary.json, report, checkpoints); resume
             it by passing the same weighting again.
-        weak_augment / strong_augment: your own augmentations, callables
+        alignment: an optional alignment to go with ``weighting`` (the same interface).
+        weak_augment: your own weak augmentation, a callable
             ``(img: uint8 (H, W, C) array, rng: numpy.random.Generator) -> uint8 (H, W, C)``
-            replacing the weak / strong PIL pipelines (they force ``augment="pil"``; draw all
-            randomness from ``rng`` to keep runs reproducible). A *string* ``strong_augment`` is
+            replacing the weak PIL pipeline (it forces ``augment="pil"``; draw all
+            randomness from ``rng`` to keep runs reproducible).
+        strong_augment: your own strong augmentation (the same kind of callable, replacing the
+            strong PIL pipeline). A *string* ``strong_augment`` is
             the config field of that name (the RandAugment variant, ``"fixmatch"`` or ``"usb"``).
+        **overrides: any ``Config`` field, applied over ``config`` or ``preset``.
     """
     if isinstance(strong_augment, str):  # the config's RandAugment variant, not a callable
         overrides["strong_augment"] = strong_augment

@@ -22,10 +22,10 @@ Inputs ``X``:
   drawn for the whole batch at once from a ``torch.Generator`` seeded by
   ``(seed, iteration, rank, view)`` (the contract of the batched image views):
 
-  - weak view:   ``z + weak_noise * e``                 (``e ~ N(0, I)``)
-  - strong view: ``m * z + strong_noise * e``, where ``m`` zeroes each feature with
-    probability ``strong_dropout`` (a zeroed standardised feature sits at its mean, i.e.
-    "feature missing"), so the student sees a harder, partly-masked view.
+    - weak view:   ``z + weak_noise * e``                 (``e ~ N(0, I)``)
+    - strong view: ``m * z + strong_noise * e``, where ``m`` zeroes each feature with
+      probability ``strong_dropout`` (a zeroed standardised feature sits at its mean, i.e.
+      "feature missing"), so the student sees a harder, partly-masked view.
 
 * **texts**: a list (or 1-d array, or pandas Series) of strings, with
   ``backbone="hf:<model name or local folder>"`` (a Hugging Face encoder): tokenized once with
@@ -105,8 +105,10 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         hflip: images only: whether the weak view may flip horizontally (off by default: safe
             for digits and text; turn on for natural images).
         hidden_layer_sizes: feature vectors with the MLP: widths of the hidden layers.
-        weak_noise, strong_noise, strong_dropout: feature vectors only: the perturbations of the
-            weak and strong views (module docstring), in units of each feature's std. The
+        weak_noise: feature vectors only: the weak view's noise (module docstring), in units of
+            each feature's std.
+        strong_noise: feature vectors only: the strong view's noise, in the same units.
+        strong_dropout: feature vectors only: the strong view's feature-masking probability. The
             defaults (and the 512-wide MLP) were the best of a small sweep on digits features.
         config: further ``semimatch.Config`` fields as a dict (e.g. ``{"tau": 0.9,
             "ema_decay": 0, "threads": 1}``); fields set by the parameters above are refused.

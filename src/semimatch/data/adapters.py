@@ -261,7 +261,8 @@ def from_torch(
             ``classes`` attribute, else ``max(label) + 1``.
         class_names: class names (default: ``labeled.classes`` if present, else "0".."C-1").
         hflip: whether the weak view may flip horizontally.
-        mean / std: per-channel normalisation in [0, 1] units (default: statistics of
+        mean: per-channel mean in [0, 1] units (default: statistics of ``labeled``).
+        std: per-channel standard deviation in [0, 1] units (default: statistics of
             ``labeled``).
         in_memory: force (True) or forbid (False) holding the images in memory; default
             decides by size (<= ``SMALL_IMAGE_MAX_SIDE`` px per side: in memory).
