@@ -41,8 +41,8 @@ def test_jsonl_with_null_and_minus_one_labels(tmp_path):
     rows = [{"text": "a", "label": 2}, {"text": "b", "label": None}, {"text": "c", "label": -1}]
     rows += [{"text": "d", "label": 0}, {"text": "e"}]
     path = _write(tmp_path / "a.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n\n")
-    ds = load_text(path)
-    assert ds.train.labels.tolist() == [2, -1, -1, 0, -1] and ds.info.num_classes == 3
+    ds = load_text(path)  # 0 and 2 are not 0..C-1: the classes named "0" and "2"
+    assert ds.train.labels.tolist() == [1, -1, -1, 0, -1] and ds.info.class_names == ("0", "2")
 
 
 def test_gzip_is_recognised_by_its_magic_bytes(tmp_path):
@@ -148,10 +148,11 @@ def test_a_missing_file_and_a_missing_folder(tmp_path):
 
 def test_skip_bad_skips_and_counts(tmp_path, capsys):
     path = _write(tmp_path / "a.csv", "label,text\nWorld,x\nSports, \nWorld,\nSports,y\n")
-    ds = load_text(path, skip_bad=True)
+    ds = load_text(path, skip_corrupt=True)
     assert ds.train.texts == ["x", "y"]
     err = capsys.readouterr().err
-    assert "skipped 2 bad row(s) (skip_bad)" in err and "a.csv:line 3: empty text" in err
+    assert "skipped 2 bad row(s) (skip_corrupt)" in err and "a.csv:line 3: empty text" in err
+    assert load_text(path, skip_bad=True).train.texts == ["x", "y"]  # the former name
 
 
 def test_readers_directly(tmp_path):
