@@ -195,7 +195,7 @@ class Config:
     )
     label_kind: Literal["index", "name"] | None = _f(
         None,
-        "text: how labels read - index: class indices 0..C-1; name: class names (1..4 are "
+        "text: how labels are read - index: class indices 0..C-1; name: class names (1..4: "
         "4 classes named '1'..'4')",
         none="auto: indices when the integer labels are exactly 0..C-1, else names (recorded "
         "in config.json)",
