@@ -85,6 +85,7 @@ def assert_refused(capsys, argv: list[str], *expected: str) -> str:
         ("headerless", ["--no-header", "--text-column", "body"], ["columns are numbered from 0", "--text-column 1"]),  # noqa: E501
         ("headerless", ["--no-header", "--text-column", "5"], ["no text column at position 5; the first row has 2 column(s)"]),  # noqa: E501
         ("jsonl", ["--no-header"], ["--no-header applies to CSV/TSV files"]),
+        ("names", ["--no-header"], ["line 1: ('label', 'text') reads like a header row", "drop --no-header"]),  # noqa: E501
         # labels: 1..4 read as indices only when asked, and then refused (class 0 is empty)
         ("one", ["--label-kind", "index"], ["class index 0 has no labeled text (the labels are 1..4", "--label-kind name"]),  # noqa: E501
         ("names", ["--label-kind", "index"], ["is not a class index", "--label-kind name"]),

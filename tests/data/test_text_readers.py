@@ -227,6 +227,12 @@ def test_headerless_tables_address_columns_by_position(tmp_path):
         load_text(swapped, header=False, text_column="0")
     with pytest.raises(ValueError, match=r"header=False applies to CSV/TSV files"):
         load_text(_write(tmp_path / "a.jsonl", '{"text": "x", "label": "a"}\n'), header=False)
+    with pytest.raises(ValueError, match=r"line 1: .'label', 'text'. reads like a header row"):
+        load_text(_write(tmp_path / "h.csv", CSV), header=False)  # not a class named "label"
+    (tmp_path / "f" / "a").mkdir(parents=True)
+    (tmp_path / "f" / "a" / "0.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"header=False applies to CSV/TSV files; .* folder"):
+        load_text(tmp_path / "f", header=False)
 
 
 def test_skip_corrupt_skips_undecodable_rows_and_files(tmp_path, capsys):

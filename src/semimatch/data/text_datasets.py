@@ -347,6 +347,11 @@ def load_text(
     """
     skip = bool(skip_corrupt if skip_bad is None else skip_bad)
     path, test = usb_folder(path, test, test_size)
+    given = [os.path.expanduser(p) for p in (path, test, unlabeled) if p is not None]
+    if not header and all(os.path.isdir(p) for p in given):
+        raise ValueError(
+            f"header=False applies to CSV/TSV files; {os.fspath(path)} is a folder of .txt files"
+        )
     reading = (text_column, label_column, header, skip)
     train = _Rows(_read(path, True, *reading), skip, os.fspath(path))
     tst = None

@@ -225,6 +225,11 @@ def _table_rows(
                 f"{path}: text_column and label_column name the same column ({t}); with "
                 "header=False give each its position"
             )
+        if first[t].strip() == "text" or (lab is not None and first[lab].strip() == "label"):
+            raise ValueError(  # its header would become a text of a class named "label"
+                f"{path}:line 1: ({_shown_cells(first)}) reads like a header row, but "
+                "header=False reads it as data; drop header=False"
+            )
         pending = [first]
         shape = f"line 1 has {width}"
     rows: list[RawRow] = []
