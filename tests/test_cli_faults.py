@@ -170,6 +170,7 @@ def test_eval_refuses_a_test_file_that_does_not_name_the_run_s_classes(
 
 
 def test_eval_reads_a_test_file_of_the_run_s_class_names(capsys, files, named_run):
+    assert_refused(capsys, ["eval", str(named_run), "--no-header"], "read --test-dir; pass it")
     assert main(["eval", str(named_run), "--test-dir", str(files["names"]), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 48
     flags = ["--no-header", "--text-column", "0", "--label-column", "1"]

@@ -258,8 +258,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
     reading = {k: getattr(args, k) for k in ("text_column", "label_column", "header")}
-    if any(v is not None for v in reading.values()) and not args.test_dir:
-        raise ConfigError("--text-column, --label-column and --header read --test-dir; pass it")
+    if (args.skip_corrupt or any(v is not None for v in reading.values())) and not args.test_dir:
+        raise ConfigError(
+            "--text-column, --label-column, --header and --skip-corrupt read --test-dir; pass it"
+        )
     if run.info.kind != "text" and any(v is not None for v in reading.values()):
         raise ConfigError(f"{args.run_dir} classifies images: --test-dir is a folder of images")
     skip = True if args.skip_corrupt else None  # default: the run's
@@ -285,8 +287,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from semimatch.data.text_readers import read_texts
 
         column = args.text_column or run.config.text_column
-        header = run.config.header
-        texts = [row for source in args.images for row in read_texts(source, column, header)]
+        has_header = run.config.header
+        texts = [row for source in args.images for row in read_texts(source, column, has_header)]
         rows = predict(run, [t.text for t in texts], model=args.model)
         header, first = ["source", "class", "confidence", "text"], [t.where for t in texts]
     else:
