@@ -148,12 +148,20 @@ def evaluate(
     checkpoint: str = "best",
     device: str = "auto",
     test_dir: str | os.PathLike | None = None,
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    header: bool | None = None,
+    skip_corrupt: bool | None = None,
 ) -> dict[str, Any]:
     """Test-set accuracy of a run (EMA model by default).
 
     ``test_dir``: score labeled images ``test_dir/<class>/<image>`` instead of the run's test
     set (class folders named like the run's classes; decoded as training decodes images); for
-    a text run, a labeled text file or folder (``load_text``), tokenized as training did.
+    a text run, a labeled text file or folder (``load_text``), tokenized as training did and
+    read with the run's ``text_column``, ``label_column``, ``header`` and ``skip_corrupt``
+    unless given here. Its labels must be the run's class names (an integer label is the class
+    of that name: indices only for a run whose classes are 0..C-1); others are refused.
     """
     from semimatch.data.folders import labeled_folder
 
@@ -167,16 +175,30 @@ def evaluate(
         from semimatch.data.text_datasets import load_text
 
         cfg = run.config
+
+        def given(value: Any, default: Any) -> Any:
+            return default if value is None else value
+
         texts = load_text(
             test_dir,
-            text_column=cfg.text_column,
-            label_column=cfg.label_column,
+            text_column=given(text_column, cfg.text_column),
+            label_column=given(label_column, cfg.label_column),
+            header=given(header, cfg.header),
+            skip_corrupt=given(skip_corrupt, cfg.skip_corrupt),
             class_names=info.class_names,
         )
         tok = load_tokenizer(info.tokenizer)
         return run.evaluate(tokenize_dataset(texts, tok, info.max_length).train, model=model)
+    if (text_column, label_column, header) != (None, None, None):
+        raise ValueError(
+            "text_column, label_column and header read text files; this run classifies images"
+        )
     source = labeled_folder(
-        test_dir, info.class_names, info.image_size, info.channels, run.config.skip_corrupt
+        test_dir,
+        info.class_names,
+        info.image_size,
+        info.channels,
+        run.config.skip_corrupt if skip_corrupt is None else skip_corrupt,
     )
     return run.evaluate(source, model=model)
 

@@ -257,7 +257,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from semimatch.api import evaluate, load_run
 
     run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
-    result = evaluate(run, model=args.model, test_dir=args.test_dir)
+    reading = {k: getattr(args, k) for k in ("text_column", "label_column", "header")}
+    if (args.skip_corrupt or any(v is not None for v in reading.values())) and not args.test_dir:
+        raise ConfigError(
+            "--text-column, --label-column, --header and --skip-corrupt read --test-dir; pass it"
+        )
+    if run.info.kind != "text" and any(v is not None for v in reading.values()):
+        raise ConfigError(f"{args.run_dir} classifies images: --test-dir is a folder of images")
+    skip = True if args.skip_corrupt else None  # default: the run's
+    result = evaluate(run, model=args.model, test_dir=args.test_dir, skip_corrupt=skip, **reading)
     what = "texts" if run.info.kind == "text" else "images"
     result.pop("confusion", None)
     if args.json:
@@ -279,7 +287,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from semimatch.data.text_readers import read_texts
 
         column = args.text_column or run.config.text_column
-        texts = [row for source in args.images for row in read_texts(source, column)]
+        has_header = run.config.header
+        texts = [row for source in args.images for row in read_texts(source, column, has_header)]
         rows = predict(run, [t.text for t in texts], model=args.model)
         header, first = ["source", "class", "confidence", "text"], [t.where for t in texts]
     else:
@@ -407,6 +416,22 @@ def build_parser() -> argparse.ArgumentParser:
         "(class folders named like the run's classes); for a text run a labeled text file "
         "or folder",
     )
+    p.add_argument(
+        "--text-column", metavar="NAME", help="text runs: the test file's text column (default: "
+        "the run's; a 0-based position with --no-header)"
+    )  # fmt: skip
+    p.add_argument(
+        "--label-column", metavar="NAME", help="text runs: the test file's label column "
+        "(default: the run's); its labels must be the run's class names"
+    )  # fmt: skip
+    p.add_argument(
+        "--header", action=argparse.BooleanOptionalAction, default=None,
+        help="text runs: whether the test file (CSV/TSV) has a header row (default: the run's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--skip-corrupt", action="store_true", help="skip unreadable images / bad text rows of "
+        "--test-dir with a count (default: the run's setting)"
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = sub.add_parser(
@@ -532,8 +557,9 @@ def _run(argv: list[str] | None) -> int:
         with _sigterm_as_interrupt():
             return COMMANDS[args.command](args)
     except (ConfigError, TrainingError, CheckpointError, FileNotFoundError, ValueError) as e:
-        # train and demo take config flags; eval/predict/report options are not config fields.
-        message = as_flags(str(e)) if args.command in ("train", "demo") else str(e)
+        # train and demo take config flags, eval those that read a test file (text columns,
+        # header, skip_corrupt); predict/report options are not config fields.
+        message = as_flags(str(e)) if args.command in ("train", "demo", "eval") else str(e)
         print(f"semimatch {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

@@ -146,7 +146,9 @@ class Config:
         None, "imagefolder: resize images to this square size", none="no resize"
     )
     skip_corrupt: bool = _f(
-        False, "imagefolder: skip unreadable images (with a count) instead of stopping"
+        False,
+        "imagefolder: skip unreadable images; text: skip bad rows (empty texts, undecodable "
+        "bytes); with a count, instead of stopping",
     )
     hflip: bool | None = _f(
         None,
@@ -184,6 +186,19 @@ class Config:
     text_column: str = _f("text", "text: the column (CSV/TSV header, JSONL key) holding the text")
     label_column: str = _f(
         "label", "text: the column holding the label (empty or -1 = unlabeled; names or indices)"
+    )
+    header: bool = _f(
+        True,
+        "text: CSV/TSV files start with a header row naming the columns; with --no-header "
+        "they do not, and --text-column/--label-column are 0-based positions (default: "
+        "label 0, text 1)",
+    )
+    label_kind: Literal["index", "name"] | None = _f(
+        None,
+        "text: how labels are read - index: class indices 0..C-1; name: class names (1..4: "
+        "4 classes named '1'..'4')",
+        none="auto: indices when the integer labels are exactly 0..C-1, else names (recorded "
+        "in config.json)",
     )
     test_size: int | None = _f(
         None,

@@ -22,6 +22,7 @@ from semimatch.config import Config, ConfigError, budget_momentum
 from semimatch.data import DatasetInfo, Split, SSLDataset, load_dataset
 from semimatch.data.splits import balanced_split, fold_split, given_split, long_tailed_split
 from semimatch.data.text import DEFAULT_MAX_LENGTH, has_augmentations
+from semimatch.data.text_datasets import TEXT_FILE_OPTIONS, label_reason
 from semimatch.data.text_views import DEFAULT_STRONG, STRONG_TEXT_VIEWS
 from semimatch.forward_checks import check_forward_mode
 from semimatch.log import logger
@@ -103,6 +104,9 @@ def resolve(
             if augs
             else "the data has no augmentations: UDA's TF-IDF word replacement"
         )
+    if data.info.kind == "text" and cfg.label_kind is None and data.label_kind is not None:
+        cfg.label_kind = data.label_kind  # how the labels were read (a resume reads them so)
+        auto["label_kind"] = label_reason(data.label_kind, data.info.class_names)
     _derive(cfg, data.info, device, auto)
     cfg.auto = auto
     return cfg
@@ -491,10 +495,6 @@ def make_split(cfg: Config, data: SSLDataset) -> Split:
     return balanced_split(labels, C, cfg.num_labels, seed, include_labeled_in_unlabeled=include)
 
 
-#: Options of ``dataset='text'`` that say how to read its files.
-_TEXT_FILE_OPTIONS = ("text_column", "label_column", "test_size", "test_seed")
-
-
 def dataset_options(cfg: Config) -> dict[str, Any]:
     opts: dict[str, Any] = {} if cfg.hflip is None else {"hflip": cfg.hflip}
     if cfg.dataset == "imagefolder":
@@ -514,10 +514,10 @@ def dataset_options(cfg: Config) -> dict[str, Any]:
         opts.update(
             unlabeled_dir=cfg.unlabeled_dir, test_dir=cfg.test_dir, skip_corrupt=cfg.skip_corrupt
         )
-        opts.update({n: getattr(cfg, n) for n in _TEXT_FILE_OPTIONS})
+        opts.update({n: getattr(cfg, n) for n in TEXT_FILE_OPTIONS})
     else:
         defaults = Config()
-        stray = [n for n in _TEXT_FILE_OPTIONS if getattr(cfg, n) != getattr(defaults, n)]
+        stray = [n for n in TEXT_FILE_OPTIONS if getattr(cfg, n) != getattr(defaults, n)]
         if stray:
             raise ConfigError(
                 f"{', '.join(stray)} apply only to dataset='text' (text files), not {cfg.dataset!r}"
@@ -541,7 +541,7 @@ def given_data_config(cfg: Config, data: SSLDataset) -> Config:
         "test_dir",
         "image_size",
         "hflip",  # the data's own DatasetInfo.hflip decides (from_arrays(hflip=...))
-        *_TEXT_FILE_OPTIONS,
+        *TEXT_FILE_OPTIONS,
     )
     ignored = [n for n in (*loading, "skip_corrupt") if getattr(cfg, n) != getattr(defaults, n)]
     if ignored:

@@ -345,7 +345,9 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                 f"backbone={self.backbone!r} cannot read texts; pass backbone='hf:<model name or "
                 "local folder>' (a Hugging Face encoder, e.g. 'hf:bert-base-uncased')"
             )
-        return from_texts(texts, labels, name="sklearn", class_names=names), self.backbone
+        # The labels are indices into classes_ (np.unique of y), whatever y's values were.
+        data = from_texts(texts, labels, name="sklearn", class_names=names, label_kind="index")
+        return data, self.backbone
 
     # -- fit -------------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any) -> SemiSupervisedClassifier:
