@@ -285,6 +285,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         if args.text_column:
             raise ConfigError(f"--text-column: {args.run_dir} classifies images, not texts")
+        if "-" in args.images:
+            raise ConfigError(
+                f"- (standard input) is for text runs; {args.run_dir} classifies images: pass "
+                "image files or folders"
+            )
         rows = predict(run, args.images, model=args.model)
         header, first = ["path", "class", "confidence"], [row["path"] for row in rows]
     with (
