@@ -187,7 +187,8 @@ def _texts(n: int = 40):
 
 def test_batch_defaults_follow_the_data_and_are_recorded():
     """Images and feature vectors: FixMatch's 64 + 7 x 64; texts: USB's NLP 8 + 8, which a CPU
-    trains ~50x faster per step than 64 + 448 (BENCHMARKS.md section 10). Given values stay."""
+    trains ~50x faster per step than 64 + 448 (BENCHMARKS.md, "Text defaults on a CPU").
+    Given values stay."""
     from semimatch.data import from_features
 
     cpu = torch.device("cpu")

@@ -3,7 +3,7 @@
 ``select_device`` turns ``--device`` into a ``torch.device``; ``native_bf16`` says whether bf16
 autocast pays off there (``--precision auto`` asks it); ``fp32_hint`` is the one line a run on
 a CPU with native bf16 prints when it uses fp32 only because fp32 is the default, with the
-factor measured on such a CPU (BENCHMARKS.md section 10).
+factor measured on such a CPU (BENCHMARKS.md, "Text defaults on a CPU").
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ __all__ = ["BF16_SPEEDUP", "fp32_hint", "native_bf16", "select_device"]
 
 #: Per kind of data: the step, its seconds per iteration in fp32 and with ``--precision bf16``
 #: (measured in the same run on a 2-core AMD EPYC with AVX512-BF16) and what is known of
-#: bf16's accuracy (BENCHMARKS.md section 10): the standard image step (WRN-28-2, SoftMatch,
-#: 64 + 448 CIFAR-10 images) and the MiniLM-L6 text step (SoftMatch, 8 + 8 AG News texts).
+#: bf16's accuracy: the standard image step (WRN-28-2, SoftMatch, 64 + 448 CIFAR-10 images) and
+#: the MiniLM-L6 text step (SoftMatch, 8 + 8 AG News texts: BENCHMARKS.md 9b, the quietest
+#: run; the command line's 1.5x under load agrees); BENCHMARKS.md, "Text defaults on a CPU".
 BF16_SPEEDUP: dict[str, tuple[str, float, float, str]] = {
     "image": (
         "the standard image step (WRN-28-2, 64 + 448 images)", 11.45, 3.71,
