@@ -243,12 +243,12 @@ class Config:
     batch_size: int | None = _f(
         None,
         "GLOBAL labeled batch per iteration (split across processes)",
-        none="64 for images and feature vectors (FixMatch's), 8 for hf: text encoders (USB's NLP)",
+        none="64 for images and feature vectors (FixMatch's), 8 for texts (USB's NLP batch)",
     )
     uratio: int | None = _f(
         None,
         "unlabeled-to-labeled batch ratio mu",
-        none="7 for images and feature vectors (FixMatch's), 1 for hf: text encoders (USB's NLP)",
+        none="7 for images and feature vectors (FixMatch's), 1 for texts (USB's NLP batch)",
     )
     lr: float | None = _f(
         None, "initial learning rate", none="0.03 with sgd (FixMatch), 5e-5 with adamw (USB NLP)"
@@ -320,7 +320,7 @@ class Config:
         "faster on hardware with native bf16 (CPUs with AMX or AVX512-BF16, recent GPUs), "
         "accuracy within the seed spread in BENCHMARKS.md section 3, but emulated and 20-130x "
         "slower on CPUs without it; auto: bf16 where the hardware has native bf16, else fp32",
-        none="fp32, with a one-line hint where the hardware has native bf16",
+        none="fp32, with a one-line hint on a CPU with native bf16",
     )
     channels_last: bool | None = _f(None, "channels-last memory format (None = with bf16/fp16)")
     forward_mode: ForwardMode = _f(
