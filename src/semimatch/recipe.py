@@ -226,7 +226,8 @@ def lr_factor(cfg: Config) -> Callable[[int], float]:
 
 
 def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
-    if cfg.precision == "fp32":
+    """The config's mixed precision; fp32 (or None, the unresolved default fp32): none."""
+    if cfg.precision in ("fp32", None):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)
