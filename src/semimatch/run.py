@@ -310,8 +310,9 @@ class Run:
             if self.config.dataset not in DATASETS:
                 raise ValueError(
                     f"this run trained on data passed to fit (dataset {self.config.dataset!r}), "
-                    "which semimatch cannot load by name; pass the test images: "
-                    "run.evaluate(source), or load_run(run_dir, data=...)"
+                    "which semimatch cannot load by name; score labeled test data with "
+                    "`semimatch eval RUN --test-dir DIR` or semimatch.evaluate(run, "
+                    "test_dir=DIR), or pass it: run.evaluate(source), load_run(run_dir, data=...)"
                 )
             self.data = load_data(self.config)
         source = source if source is not None else (self.data.test if self.data else None)
