@@ -286,14 +286,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if run.info.kind == "text":  # files of texts (or stdin) -> one CSV row per text
         from semimatch.data.text_readers import read_texts
 
-        column = args.text_column or run.config.text_column
-        has_header = run.config.header
-        texts = [row for source in args.images for row in read_texts(source, column, has_header)]
+        column, header = args.text_column or run.config.text_column, run.config.header
+        texts = [row for source in args.images for row in read_texts(source, column, header)]
         rows = predict(run, [t.text for t in texts], model=args.model)
         header, first = ["source", "class", "confidence", "text"], [t.where for t in texts]
     else:
         if args.text_column:
             raise ConfigError(f"--text-column: {args.run_dir} classifies images, not texts")
+        if "-" in args.images:
+            raise ConfigError(
+                f"- (standard input) is for text runs; {args.run_dir} classifies images: pass "
+                "image files or folders"
+            )
         rows = predict(run, args.images, model=args.model)
         header, first = ["path", "class", "confidence"], [row["path"] for row in rows]
     with (

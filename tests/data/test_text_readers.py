@@ -163,6 +163,17 @@ def test_readers_directly(tmp_path):
     assert quoted[0].text == 'a, "quoted"\nline' and quoted[0].label == "1"
 
 
+def test_texts_to_classify_name_every_format_they_take(tmp_path):
+    """``semimatch predict``'s reader takes .txt files (one text per line): its error lists
+    them with the tables' extensions."""
+    from semimatch.data.text_readers import read_texts
+
+    rows = read_texts(_write(tmp_path / "q.txt", "one\n\ntwo\n"))
+    assert [r.text for r in rows] == ["one", "two"]
+    with pytest.raises(ValueError, match=r"extension '\.md'; .*\.txt file .*\.csv, \.tsv"):
+        read_texts(_write(tmp_path / "notes.md", "a text\n"))
+
+
 AG_NEWS = Path("/work/shared/data/ag_news/ag_news_test.csv.gz")
 
 

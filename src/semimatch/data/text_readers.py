@@ -403,6 +403,13 @@ def read_texts(
     name = path.lower().removesuffix(".gz")
     if name.endswith(".txt"):
         return _lines(path, _decode(path, _read_bytes(path)))
+    if os.path.splitext(name)[1] not in TEXT_SUFFIXES:  # text_format's list, with .txt
+        raise ValueError(
+            f"{path}: cannot tell the format from the extension "
+            f"{os.path.splitext(name)[1] or '(none)'!r}; texts to classify are in a .txt file "
+            f"(one per line) or a table ending in one of {', '.join(TEXT_SUFFIXES)} "
+            "(optionally + .gz), a folder of .txt files, or - (standard input)"
+        )
     rows = read_rows(path, text_column, label_column=None, header=header)
     return [RawRow(r.text, None, (), r.where) for r in rows]
 
