@@ -129,8 +129,10 @@ def train(
             "alignment= needs weighting= as well (an alignment only changes the "
             "probabilities a weighting function sees)"
         )
+    given = {k: getattr(cfg, k) for k in overrides}  # a resume takes exactly these
+    plain = resume is True and config is None and preset is None
     return fit(
-        cfg,
+        given if plain else cfg,
         out=out,
         resume=resume,
         overwrite=overwrite,

@@ -188,8 +188,13 @@ def build_config(args: argparse.Namespace) -> Config:
         if args.preset
         else (Config.load(args.config) if args.config else Config())
     )
+    return cfg.replace(**given_options(args))
+
+
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The config flags given on the command line, checked (a resume takes exactly these)."""
     overrides = {f.name: getattr(args, f.name) for f in cli_fields() if hasattr(args, f.name)}
-    return cfg.replace(**{k: coerce(k, v, source="command line") for k, v in overrides.items()})
+    return {k: coerce(k, v, source="command line") for k, v in overrides.items()}
 
 
 #: Where commands put a run when no --out is given (relative to the working directory).
@@ -235,7 +240,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume not in (None, "auto"):  # --resume RUN_DIR: that run, in place
         if args.out:
             raise ConfigError(f"--resume {args.resume} continues that run in place; drop --out")
-        fit(cfg, out=args.resume, resume=True, overwrite=args.overwrite)
+        if args.preset or args.config:
+            raise ConfigError(
+                f"--resume {args.resume} continues that run with its saved config; drop "
+                f"{'--preset' if args.preset else '--config'}"
+            )
+        # Exactly the flags given: `--iterations 1000` extends a run even though 1000 is the
+        # default.
+        fit(given_options(args), out=args.resume, resume=True, overwrite=args.overwrite)
         return 0
     resume = "auto" if args.resume == "auto" else False
     if args.out or resume:  # engine.fit (run.RunStart) decides how the run starts
