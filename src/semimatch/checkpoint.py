@@ -144,14 +144,14 @@ def model_only(state: dict[str, Any]) -> dict[str, Any]:
     return {**{k: state[k] for k in MODEL_KEYS if k in state}, "model_only": True}
 
 
-def save_best(path: Path, state: dict[str, Any], weights_only: bool) -> Path:
+def save_best(path: Path, state: dict[str, Any], only_weights: bool) -> Path:
     """Make ``best.pt`` next to ``path`` (just written from ``state``) refer to it: a hard link,
-    or where the file system has none, a copy of ``state``'s weights (``weights_only``) or of
-    the whole file."""
+    or where the file system has none, a copy of ``state``'s weights (``only_weights``: as
+    ``model_only``) or of the whole file."""
     best = path.parent / BEST
     if link_atomic(path, best):
         return best
-    if weights_only:
+    if only_weights:
         return save_atomic(model_only(state), best)
     return copy_atomic(path, best)
 
