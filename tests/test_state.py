@@ -124,6 +124,24 @@ def test_a_disabled_ema_stores_no_second_copy_of_the_model(tmp_path):
     assert saved["ema"] == {}
 
 
+def _die_at_change(n: int) -> None:
+    """Make this process exit at once (no clean-up: as SIGKILL) at its n-th rename, link or
+    deletion of a file."""
+    count = [0]
+
+    def dying(real):
+        def call(*args, **kwargs):
+            if count[0] == n:
+                os._exit(3)
+            count[0] += 1
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in ("replace", "link", "unlink"):
+        setattr(os, name, dying(getattr(os, name)))
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="simulates SIGKILL with fork + os._exit")
 def test_a_kill_at_any_moment_of_saving_leaves_a_loadable_best_and_last(tmp_path):
     """The child process dies (os._exit: no clean-up, as SIGKILL) at the n-th file-system
@@ -137,19 +155,7 @@ def test_a_kill_at_any_moment_of_saving_leaves_a_loadable_best_and_last(tmp_path
         folder.mkdir()
         pid = os.fork()
         if pid == 0:  # the child: save, dying at the n-th change
-            count = [0]
-
-            def dying(real):
-                def call(*args, **kwargs):
-                    if count[0] == n:
-                        os._exit(3)
-                    count[0] += 1
-                    return real(*args, **kwargs)
-
-                return call
-
-            for name in ("replace", "link", "unlink"):
-                setattr(os, name, dying(getattr(os, name)))
+            _die_at_change(n)
             for k, best in plan:
                 s.save(folder, k, Config(), CPU, best=best)
             os._exit(0)
