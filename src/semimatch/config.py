@@ -372,7 +372,11 @@ class Config:
 
     # --- bookkeeping (not options of the method) ----------------------------------------------
     preset: str | None = _f(None, "the preset this config started from", cli=False)
-    auto: dict[str, str] = _f(None, "which fields were derived automatically, and how", cli=False)
+    auto: dict[str, str] = _f(
+        None,
+        "which fields were derived automatically, and how (iterations: how resumes extended it)",
+        cli=False,
+    )
 
     def __post_init__(self) -> None:
         if self.auto is None:

@@ -87,7 +87,9 @@ class Recorder:
             return
         history = cfg.auto.get("iterations")
         cfg.auto["iterations"] = f"{history}; {note}" if history else note
-        self.run_dir.rewrite_config(cfg)
+        # The saved config with the new budget (this launch's runtime options stay its own).
+        saved = Config.load(self.run_dir.config)
+        self.run_dir.rewrite_config(saved.replace(iterations=planned, auto=dict(cfg.auto)))
         self.run_dir.summary.unlink(missing_ok=True)
         self.write(
             {

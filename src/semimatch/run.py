@@ -61,9 +61,10 @@ class RunDir:
     ``config.json`` (the resolved config), ``split.json`` (labeled/unlabeled indices),
     ``dataset.json`` (what prediction needs without the data), ``metrics.jsonl`` (one record
     per log/eval), ``summary.json`` (written when the run finishes), ``checkpoints/`` (the last
-    ``keep_checkpoints`` and ``best.pt``), ``tb/`` (TensorBoard), ``report/`` and, for text
-    runs, ``hf/`` (the tokenizer and the encoder's ``config.json``: prediction needs neither the
-    data nor the model folder the run started from).
+    ``keep_checkpoints`` and ``best.pt``, a hard link to the best of them or its weights only),
+    ``tb/`` (TensorBoard), ``report/`` and, for text runs, ``hf/`` (the tokenizer and the
+    encoder's ``config.json``: prediction needs neither the data nor the model folder the run
+    started from).
     """
 
     path: Path
