@@ -169,10 +169,12 @@ def _train_parser(sub: Any) -> None:
         "--resume",
         metavar="RUN_DIR|auto",
         help=(
-            "RUN_DIR: continue the run in RUN_DIR exactly, with its saved config. 'auto' (with "
-            "--out and the usual options): start the run, or continue it if --out already holds "
-            "it; a "
-            "restartable command for torchrun --max-restarts (a folder named auto: ./auto)"
+            "RUN_DIR: continue the run in RUN_DIR exactly, with its saved config (flags that "
+            "change only speed, display or disk use may be given, e.g. --threads; --iterations "
+            "N above its budget extends it, the learning rate then following the schedule "
+            "planned for N). 'auto' (with --out and the usual options): start the run, or "
+            "continue it if --out already holds it; a restartable command for torchrun "
+            "--max-restarts (a folder named auto: ./auto)"
         ),
     )
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
