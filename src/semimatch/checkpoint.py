@@ -35,6 +35,7 @@ __all__ = [
     "load",
     "model_only",
     "save_best",
+    "same_file",
     "latest",
     "prune",
     "remove_stale_temporaries",
