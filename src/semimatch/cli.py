@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from semimatch import __version__
 from semimatch.algorithms import ALGORITHMS
-from semimatch.config import PRESETS, Config, ConfigError, coerce, field_types, load_preset
-from semimatch.flags import as_flags, cli_fields, flag
+from semimatch.config import PRESETS, Config, ConfigError, field_types, load_preset
+from semimatch.flags import as_flags, cli_fields, flag, given_flags
 
 __all__ = ["build_config", "build_parser", "main"]
 
@@ -169,10 +169,10 @@ def _train_parser(sub: Any) -> None:
         "--resume",
         metavar="RUN_DIR|auto",
         help=(
-            "RUN_DIR: continue the run in RUN_DIR exactly, with its saved config. 'auto' (with "
+            "RUN_DIR: continue the run in RUN_DIR exactly, with its saved config (but for speed "
+            "or display flags, e.g. --threads; a larger --iterations extends it). 'auto' (with "
             "--out and the usual options): start the run, or continue it if --out already holds "
-            "it; a "
-            "restartable command for torchrun --max-restarts (a folder named auto: ./auto)"
+            "it; a restartable command for torchrun --max-restarts (a folder named auto: ./auto)"
         ),
     )
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
@@ -188,8 +188,7 @@ def build_config(args: argparse.Namespace) -> Config:
         if args.preset
         else (Config.load(args.config) if args.config else Config())
     )
-    overrides = {f.name: getattr(args, f.name) for f in cli_fields() if hasattr(args, f.name)}
-    return cfg.replace(**{k: coerce(k, v, source="command line") for k, v in overrides.items()})
+    return cfg.replace(**given_flags(args))
 
 
 #: Where commands put a run when no --out is given (relative to the working directory).
@@ -233,9 +232,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     if args.resume not in (None, "auto"):  # --resume RUN_DIR: that run, in place
-        if args.out:
-            raise ConfigError(f"--resume {args.resume} continues that run in place; drop --out")
-        fit(cfg, out=args.resume, resume=True, overwrite=args.overwrite)
+        drop = [f"--{n}" for n in ("out", "preset", "config") if getattr(args, n)]
+        if drop:  # the run's own folder, with its saved config
+            raise ConfigError(f"--resume {args.resume} continues that run in place; drop {drop[0]}")
+        fit(given_flags(args), out=args.resume, resume=True, overwrite=args.overwrite)
         return 0
     resume = "auto" if args.resume == "auto" else False
     if args.out or resume:  # engine.fit (run.RunStart) decides how the run starts
