@@ -507,7 +507,7 @@ def test_a_saved_run_predicts_without_reloading_its_dataset(tmp_path):
     # the reloaded run asks for the test images instead of scoring it on digits.
     assert json.loads((tmp_path / "r" / "config.json").read_text())["dataset"] == "arrays"
     run = semimatch.load_run(tmp_path / "r")
-    with pytest.raises(ValueError, match=r"pass the test images: run.evaluate\(source\)"):
+    with pytest.raises(ValueError, match=r"or pass it: run.evaluate\(source\)"):
         run.evaluate()
     with pytest.raises(ValueError, match="20 of the 40 images to evaluate have no label"):
         run.evaluate(data.train)
