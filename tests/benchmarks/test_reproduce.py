@@ -12,6 +12,7 @@ import pytest
 
 from semimatch.config import Config
 from semimatch.metrics import read_jsonl
+from semimatch.run import RUNTIME_FIELDS
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "reproduce"
@@ -114,7 +115,8 @@ def test_seed_table_lists_every_committed_run() -> None:
 def test_every_committed_run_is_what_its_cell_runs_today(tmp_path: Path) -> None:
     """Rerunning a cell must run the committed config: a changed library default must not
     silently change what `reproduce.py --setting ... --seed ...` trains."""
-    machine = {"data_root", "test_dir", "threads", "progress", "auto"}  # where, not what
+    # Where and how fast, not what: the data's place and the options a resume may change.
+    machine = {"data_root", "test_dir", "auto", *RUNTIME_FIELDS}
     paths = sorted(RESULTS.glob("*/*/seed*/config.json"))
     assert paths
     defaults = Config()
