@@ -38,7 +38,7 @@ __all__ = ["Run", "RunDir", "RunStart", "load_run", "make_summary"]
 Resume = bool | Literal["auto"]
 
 # Fields that may differ between two launches of the same run (speed and display only).
-RUNTIME_FIELDS = ("auto", "progress", "num_workers", "threads")
+RUNTIME_FIELDS = ("auto", "progress", "num_workers", "threads", "memory_check")
 
 
 # ----------------------------------------------------------------------------------------------
