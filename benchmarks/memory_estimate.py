@@ -71,7 +71,7 @@ def child(backbone: str, batch: int, uratio: int, precision: str, text: str | No
     )  # fmt: skip
     if text is None:  # synthetic CIFAR-sized images (the estimate does not look at pixels)
         rng = np.random.default_rng(0)
-        data = from_arrays(rng.integers(0, 256, (4000, 32, 32, 3), np.uint8), np.arange(4000) % 10)
+        data = from_arrays(rng.integers(0, 256, (1000, 32, 32, 3), np.uint8), np.arange(1000) % 10)
     else:
         cfg.dataset, cfg.max_length = "text", 128
         data = prepare_text(cfg, load_text(text))

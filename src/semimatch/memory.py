@@ -411,6 +411,8 @@ def is_out_of_memory(e: BaseException) -> bool:
     if isinstance(e, oom_type):
         return True
     text = str(e)
+    # torch's CPU allocator: "DefaultCPUAllocator: can't allocate memory" (newer: "not enough
+    # memory"); other backends say "out of memory".
     return isinstance(e, RuntimeError) and (
-        "can't allocate memory" in text or "out of memory" in text.lower()
+        "DefaultCPUAllocator" in text or "out of memory" in text.lower()
     )
