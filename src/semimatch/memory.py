@@ -21,10 +21,12 @@ the difference is the cost of two rows, the rest ``a0`` (e.g. bf16 copies of the
 Texts are probed at the longest sampled text; the ``hf:`` models' length-sorted chunks trim
 every encoder call to its rows, so a step costs about rows x the mean length, and a padded
 model rows x the longest (the attention's L^2 part makes per-token cost at the longest an
-upper bound).  Everything the probe's forward changes (BatchNorm statistics, dropout's random
-stream) is put back.  The backward then frees those activations as it makes the gradients,
-so the peak is close to the sum above (``BENCHMARKS.md``, "Memory estimate": estimate vs the
-measured high-water mark).
+upper bound).  The backward frees those activations as it makes the gradients but holds a
+layer's output and input gradients at once: two of the largest activation are added per row.
+Estimate vs the measured high-water mark of a real step: ``BENCHMARKS.md``, "10. The
+pre-flight memory estimate" (0.95-1.23x on the standard image and MiniLM steps).  The probe
+runs on a copy of the model (BatchNorm statistics, a model's own state) with the random
+streams put back: the run is the one it would have been without the check.
 
 The sum minus what is resident is compared with the memory available now: on CUDA
 ``torch.cuda.mem_get_info`` (plus what torch's allocator holds unused), elsewhere
@@ -36,6 +38,7 @@ within ``MARGIN`` of it: a warning.  ``memory_check=False`` skips the check.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Iterable
@@ -139,8 +142,12 @@ def estimate_step(
     if ema is not None:
         resident += _nbytes(ema.parameters()) + _nbytes(ema.buffers())
     n1, n2 = _PROBE_ROWS
-    s1, _ = saved_bytes(net, _rows(samples, n1).to(device), cfg, device)
-    s2, largest = saved_bytes(net, _rows(samples, n2).to(device), cfg, device)
+    # A copy runs the probe: a forward changes BatchNorm statistics, and a model may count
+    # its calls or keep other state that the run must not see.
+    probe = copy.deepcopy(net).train()
+    s1, _ = saved_bytes(probe, _rows(samples, n1).to(device), cfg, device)
+    s2, largest = saved_bytes(probe, _rows(samples, n2).to(device), cfg, device)
+    del probe
     per_row = max(s2 - s1, 0) / (n2 - n1)
     # The backward frees activations as it goes but holds the gradients of a layer's output
     # and input at once: two of the largest activation.
@@ -178,10 +185,9 @@ def estimate_step(
 def saved_bytes(
     net: nn.Module, x: torch.Tensor, cfg: Config, device: torch.device
 ) -> tuple[int, int]:
-    """Bytes autograd keeps for the backward of ``net(x)`` in train mode under ``cfg``'s
-    precision (distinct storages, the parameters' own excluded), and the largest of them.
-    Nothing of ``net``'s state (buffers, train/eval mode, ``.grad``) nor the random streams
-    changes."""
+    """Bytes autograd keeps for the backward of ``net(x)`` under ``cfg``'s precision (distinct
+    storages, the parameters' own excluded), and the largest of them.  The random streams are
+    left as they were; ``net`` runs as it is (``estimate_step`` hands it a copy in train mode)."""
     from semimatch.recipe import autocast  # recipe builds models: imported where used
 
     own = {t.untyped_storage().data_ptr() for t in (*net.parameters(), *net.buffers())}
@@ -197,21 +203,12 @@ def saved_bytes(
             seen[ptr] = storage.nbytes()
         return t
 
-    buffers = [b.detach().clone() for b in net.buffers()]
-    was_training = net.training
     rng_devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
-            net.train()
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(cfg, device):
-                out = net(x)
-            seen.setdefault(-1, out.numel() * out.element_size())  # the logits themselves
-            del out
-    finally:
-        net.train(was_training)
-        with torch.no_grad():
-            for b, old in zip(net.buffers(), buffers):
-                b.copy_(old)
+    with torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(cfg, device):
+            out = net(x)
+        seen.setdefault(-1, out.numel() * out.element_size())  # the logits themselves
+        del out
     return sum(seen.values()), max(seen.values())
 
 
