@@ -2,10 +2,11 @@
 
 Each case runs in a fresh process: it builds the data, model, optimiser and EMA as ``fit``
 does, takes the estimate ``fit`` would check (``memory.probe_samples`` + ``estimate_step``),
-reads its resident memory (VmRSS), runs one real training step (a batch from
-``data.TrainStream``, ``step.train_step``, backward, optimiser step, EMA update) and reads the
-high-water mark (VmHWM of ``/proc/self/status``).  "measured" is VmHWM - VmRSS before the step:
-what the step added, the quantity the check compares with the available memory.
+reads its resident memory (VmRSS) where ``fit`` runs the check, then runs the check's probe
+and one real training step (a batch from ``data.TrainStream``, ``step.train_step``, backward,
+optimiser step, EMA update) and reads the high-water mark (VmHWM of ``/proc/self/status``).
+"measured" is VmHWM - VmRSS at the check: what the process grew by from the check to the end of
+the first step, the quantity the check compares with the available memory.
 
 Cases: the standard image step (``benchmarks/step.py``: WRN-28-2, 64 labeled + 448 unlabeled
 32x32 images, weak and strong views, the joint forward; fp32 and bf16; synthetic images) and the
@@ -80,12 +81,14 @@ def child(backbone: str, batch: int, uratio: int, precision: str, text: str | No
     split = balanced_split(data.train.labels, classes, 4 * classes, seed=0)
     parts = build_parts(cfg, data.info, device, num_unlabeled=len(split.unlabeled))
     optimizer = make_optimizer(parts.net, cfg)
+    stream = TrainStream(data, split, batch_size=batch, uratio=uratio, seed=0, num_workers=0)
+    batches = stream.batches(0, 10)
+    before = _status("VmRSS")  # where fit checks: what the check and the step add from here
     start = time.perf_counter()
     est = memory.preflight(cfg, data, parts.net, parts.algorithm, optimizer, parts.ema, device)
     probe_s = time.perf_counter() - start
-    stream = TrainStream(data, split, batch_size=batch, uratio=uratio, seed=0, num_workers=0)
-    b = next(stream.batches(0, 10))
-    before = _status("VmRSS")
+    b = next(batches)
+    parts.net.train()  # as fit's loop does (a Hugging Face model loads in eval mode)
     with autocast(cfg, device):
         loss, _ = train_step(
             parts.net, parts.algorithm, b.x_lb, b.y_lb, b.u_weak, b.u_strong, b.u_true,
@@ -100,7 +103,7 @@ def child(backbone: str, batch: int, uratio: int, precision: str, text: str | No
     return {
         "estimate_mib": est.extra(batch) / 2**20,
         "measured_mib": (hwm - before) / 2**20,
-        "rss_before_mib": before / 2**20,
+        "rss_at_check_mib": before / 2**20,
         "hwm_mib": hwm / 2**20,
         "probe_s": probe_s,
         "step_length": int(b.x_lb.shape[-1]) if text is not None else None,
@@ -119,7 +122,7 @@ def run_case(name: str, spec: tuple[str, int, int, str], text: str) -> dict[str,
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print("| case | batch | estimate MiB | measured MiB (HWM - RSS before) | ratio | probe s |")
+    print("| case | batch | estimate MiB | measured MiB (HWM - RSS at check) | ratio | probe s |")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:
         ratio = r["estimate_mib"] / max(r["measured_mib"], 1e-9)

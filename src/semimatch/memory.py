@@ -8,7 +8,7 @@ The peak of a step, per process, at ``b`` labeled rows (``B / world_size``), is
   + gradients (one copy of the trainable parameters)
   + optimiser state (SGD momentum: one copy; AdamW: two moments)
   + transient (one more copy: the fused ``foreach`` updates of the optimiser and the EMA;
-    DDP's gradient buckets add another)
+    DDP's gradient buckets add another; the probe's copy of the model, below)
   + activations(rows) = a0 + a1 * rows, rows = the rows the backward runs over:
     b (1 + 2 mu) for the joint forward, b (1 + mu) for two-pass/split (the weak view runs
     without grad) or for a weak-view student, b when supervised
@@ -167,7 +167,10 @@ def estimate_step(
     data_rows = 1.0 + mu + (mu if uses_strong else 0)
     # The batch in training, the next one prepared, and each worker's prefetched ones.
     data_copies = 2 + 2 * max(cfg.num_workers or 0, 0)
-    transient = p_bytes * (2 if world_size > 1 else 1)
+    # foreach updates (optimiser, EMA): one more copy of the parameters; DDP's buckets another;
+    # the probe's model copy, freed before the step but often kept by the C allocator.
+    model_bytes = _nbytes(net.parameters()) + _nbytes(net.buffers())
+    transient = p_bytes * (2 if world_size > 1 else 1) + model_bytes
     return StepMemory(
         resident=resident,
         grads=p_bytes,
@@ -186,14 +189,18 @@ def saved_bytes(
     net: nn.Module, x: torch.Tensor, cfg: Config, device: torch.device
 ) -> tuple[int, int]:
     """Bytes autograd keeps for the backward of ``net(x)`` under ``cfg``'s precision (distinct
-    storages, the parameters' own excluded), and the largest of them.  The random streams are
+    storages, the parameters' own excluded), and the largest of them that has a row per row of
+    ``x`` (an activation, not e.g. a cast copy of a weight).  The random streams are
     left as they were; ``net`` runs as it is (``estimate_step`` hands it a copy in train mode)."""
     from semimatch.recipe import autocast  # recipe builds models: imported where used
 
     own = {t.untyped_storage().data_ptr() for t in (*net.parameters(), *net.buffers())}
     seen: dict[int, int] = {}
+    rows = x.shape[0]
+    largest = 0  # the largest saved tensor with a row per input row (an activation)
 
     def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal largest
         try:
             storage = t.untyped_storage()
         except (RuntimeError, NotImplementedError):  # no plain storage (sparse, nested)
@@ -201,6 +208,8 @@ def saved_bytes(
         ptr = storage.data_ptr()
         if ptr and ptr not in own:
             seen[ptr] = storage.nbytes()
+            if t.dim() > 1 and t.shape[0] == rows:
+                largest = max(largest, t.numel() * t.element_size())
         return t
 
     rng_devices = [device] if device.type == "cuda" else []
@@ -209,7 +218,7 @@ def saved_bytes(
             out = net(x)
         seen.setdefault(-1, out.numel() * out.element_size())  # the logits themselves
         del out
-    return sum(seen.values()), max(seen.values())
+    return sum(seen.values()), largest
 
 
 def probe_samples(data: Any) -> tuple[torch.Tensor, float | None, float | None]:
