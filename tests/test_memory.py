@@ -183,3 +183,18 @@ def test_an_out_of_memory_step_ends_in_one_line_and_keeps_the_checkpoints(
     with pytest.raises(TrainingError, match=r"free memory and resume it \(`semimatch train"):
         fit(out=out, resume=True)
     assert {p.name: p.read_bytes() for p in sorted((out / "checkpoints").iterdir())} == content
+
+
+def test_a_model_the_probe_cannot_run_is_not_checked(monkeypatch) -> None:
+    """The first step reports such a model's error in full; the check does not mask it."""
+    from semimatch.data import from_arrays
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("the model's own error")
+
+    data = from_arrays(torch.zeros(8, 4, 4, 3, dtype=torch.uint8).numpy(), [0, 1] * 4)
+    algorithm = type("A", (), {"uses_unlabeled": True, "uses_strong": True,
+                               "student_view": "strong"})()  # fmt: skip
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 1)
+    assert memory.preflight(Config(), data, Broken(), algorithm, None, None, CPU) is None

@@ -392,21 +392,25 @@ def preflight(
     available = available_bytes(device)
     if available is None:
         return None
-    samples, mean_tokens, longest = probe_samples(data)
     chunked = getattr(net, "length_chunks", False)
-    est = estimate_step(
-        net,
-        cfg,
-        samples,
-        optimizer=optimizer,
-        ema=ema,
-        uses_unlabeled=algorithm.uses_unlabeled,
-        uses_strong=algorithm.uses_strong,
-        weak_student=algorithm.student_view == "weak",
-        device=device,
-        world_size=world_size,
-        tokens_per_row=mean_tokens if chunked else longest,
-    )
+    try:
+        samples, mean_tokens, longest = probe_samples(data)
+        est = estimate_step(
+            net,
+            cfg,
+            samples,
+            optimizer=optimizer,
+            ema=ema,
+            uses_unlabeled=algorithm.uses_unlabeled,
+            uses_strong=algorithm.uses_strong,
+            weak_student=algorithm.student_view == "weak",
+            device=device,
+            world_size=world_size,
+            tokens_per_row=mean_tokens if chunked else longest,
+        )
+    except Exception as e:  # a model the probe cannot run: the first step says why, in full
+        logger.debug(f"memory check skipped: the probe failed ({type(e).__name__}: {e})")
+        return None
     check_step_memory(est, cfg, available, processes=local_processes(), resuming=resuming)
     return est
 
