@@ -1,6 +1,6 @@
 """The pre-flight memory check: will one training step fit in memory?  Asked before the run
 directory is touched, so a batch that cannot fit costs nothing (``engine._set_up`` calls
-``check_step_memory`` once, on rank 0).
+``preflight`` once, on rank 0).
 
 The peak of a step, per process, at ``b`` labeled rows (``B / world_size``), is
 
@@ -24,7 +24,7 @@ model rows x the longest (the attention's L^2 part makes per-token cost at the l
 upper bound).  The backward frees those activations as it makes the gradients but holds a
 layer's output and input gradients at once: two of the largest activation are added per row.
 Estimate vs the measured high-water mark of a real step: ``BENCHMARKS.md``, "10. The
-pre-flight memory estimate" (0.95-1.23x on the standard image and MiniLM steps).  The probe
+pre-flight memory estimate" (0.76-1.19x on the standard image and MiniLM steps).  The probe
 runs on a copy of the model (BatchNorm statistics, a model's own state) with the random
 streams put back: the run is the one it would have been without the check.
 
