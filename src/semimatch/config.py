@@ -369,6 +369,12 @@ class Config:
         "CPU threads for torch (None = torch's default; waiting threads sleep, see "
         "BENCHMARKS.md section 7, so a shared CPU does not collapse)",
     )
+    memory_check: bool = _f(
+        True,
+        "before anything is written, estimate the first step's peak memory (activations at "
+        "the batch, gradients, optimiser, EMA) and refuse a batch that does not fit in the "
+        "memory available (warn within 1.5x of it); off: train anyway",
+    )
 
     # --- bookkeeping (not options of the method) ----------------------------------------------
     preset: str | None = _f(None, "the preset this config started from", cli=False)

@@ -44,6 +44,7 @@ from semimatch.errors import TrainingError, TrainingInterrupted
 from semimatch.evaluation import evaluate_model, lambda_curve
 from semimatch.hardware import select_device
 from semimatch.log import logger
+from semimatch.memory import is_out_of_memory, preflight
 from semimatch.recipe import (
     autocast,
     build_parts,
@@ -189,6 +190,11 @@ def _set_up(
     state = TrainState(
         parts.net, parts.ema, parts.algorithm, parts.algorithm_name, optimizer, scheduler, scaler
     )
+    # Will the first step fit in memory?  Refused here, before the directory is touched.
+    dist.on_main(
+        preflight, cfg, data, parts.net, parts.algorithm, optimizer, parts.ema, device,
+        env.world_size, start.resuming,
+    )  # fmt: skip
 
     # Rank 0 alone inspects (and with overwrite clears) the run directory and tells every rank
     # which checkpoint to load, so all ranks agree (or stop with the same error).  Rank 0 writes
@@ -362,6 +368,11 @@ def _train(t: _Training) -> _Outcome:
         outcome.completed = k + 1
     except _NonFinite as e:
         outcome.status, outcome.message = "failed", _non_finite_message(t, e.iteration)
+    except RuntimeError as e:  # the allocator's "can't allocate memory" (CPU) or OOM (CUDA)
+        if not is_out_of_memory(e):
+            raise
+        # Nothing of iteration k was saved; the last checkpoint on disk is intact.
+        outcome.status, outcome.message = "failed", _out_of_memory_message(t, k)
     finally:
         t.recorder.close_progress()
     outcome.wall = clock.wall()
@@ -459,13 +470,28 @@ def _save_checkpoint(t: _Training, iteration: int, best: bool = False) -> None:
         ) from e
 
 
-def _non_finite_message(t: _Training, iteration: int) -> str:
+def _last_checkpoint(t: _Training) -> str:
     if t.run_dir is None:
-        last = "the run has no folder (out), so no checkpoint was saved"
-    elif (path := t.run_dir.latest_checkpoint()) is None:
-        last = "no checkpoint was saved yet"
+        return "the run has no folder (out), so no checkpoint was saved"
+    if (path := t.run_dir.latest_checkpoint()) is None:
+        return "no checkpoint was saved yet"
+    return f"the last good checkpoint is {path}"
+
+
+def _out_of_memory_message(t: _Training, iteration: int) -> str:
+    cfg = t.cfg
+    if t.first > 0:  # a resumed run keeps its batch: its checkpoints are the work to keep
+        fix = f"free memory and resume it (`semimatch train --resume {t.run_dir.path}`)"
     else:
-        last = f"the last good checkpoint is {path}"
+        fix = f"lower --batch-size (now {cfg.batch_size}) or --uratio (now {cfg.uratio})"
+    return (
+        f"out of memory at iteration {iteration + 1} (the step's activations, optimiser and "
+        f"batch did not fit); {_last_checkpoint(t)}. {fix}"
+    )
+
+
+def _non_finite_message(t: _Training, iteration: int) -> str:
+    last = _last_checkpoint(t)
     return (
         f"the loss became NaN/inf at iteration {iteration + 1}; {last}. Lower --lr, set "
         "--clip-grad-norm, or use --precision fp32"

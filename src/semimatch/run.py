@@ -45,7 +45,7 @@ Resume = bool | Literal["auto"]
 #: ``--resume auto`` leaves them out when it compares the command with the run.
 RUNTIME_FIELDS = (
     "threads", "progress", "num_workers", "tensorboard", "log_every", "keep_checkpoints",
-    "best_model_only",
+    "best_model_only", "memory_check",
 )  # fmt: skip
 #: Not options of the method: never compared, never taken from a resume's command.
 _BOOKKEEPING = ("auto", "preset")
