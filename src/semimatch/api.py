@@ -140,7 +140,7 @@ def train(
 def evaluate(
     run: Run | str | os.PathLike,
     model: str = "ema",
-    checkpoint: str = "best",
+    checkpoint: str = "auto",
     device: str = "auto",
     test_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
@@ -257,7 +257,7 @@ def predict(
     run: Run | str | os.PathLike,
     images: np.ndarray | list[str | os.PathLike],
     model: str = "ema",
-    checkpoint: str = "best",
+    checkpoint: str = "auto",
     device: str = "auto",
 ) -> list[dict[str, Any]]:
     """Predict classes for an image array, or for image files and folders (a folder stands

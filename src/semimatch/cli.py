@@ -260,15 +260,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(run, model=args.model, test_dir=args.test_dir)
     what = "texts" if run.info.kind == "text" else "images"
     result.pop("confusion", None)
+    result["checkpoint"] = str(run.checkpoint)
+    result["selected_on"] = run.selected_on
     if args.json:
         print(json.dumps(result))
     else:
         print(
             f"{args.run_dir}: top-1 {100 * result['top1']:.2f}%  error "
             f"{100 * result['error']:.2f}%  ({result['n']} test {what}"
-            f"{f' from {args.test_dir}' if args.test_dir else ''}, {result['model']} model)"
+            f"{f' from {args.test_dir}' if args.test_dir else ''}, {result['model']} model, "
+            f"{_which_checkpoint(run)})"
         )
     return 0
+
+
+def _which_checkpoint(run: typing.Any) -> str:
+    """What chose the checkpoint ``eval`` scores: a test score of a checkpoint the same test
+    set chose is optimistic, and says so."""
+    name = run.checkpoint.name if run.checkpoint is not None else "?"
+    return {
+        "val": f"{name}, chosen on the validation set",
+        "test": f"{name}, chosen on this test set: an optimistic score (--checkpoint last for "
+        "an unbiased one)",
+        "last": f"{name}, the last checkpoint",
+    }.get(run.selected_on, name)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -379,6 +394,14 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+_CKPT_HELP = (
+    "the checkpoint to load: auto (default) = best.pt if a validation set (--val-size, "
+    "--val-dir, dev.json) chose it, else the last checkpoint - never one the test set chose; "
+    "best = best.pt even when chosen on the test set (the papers' protocol, optimistic); last; "
+    "or a checkpoint file"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="semimatch",
@@ -396,9 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="test accuracy of a trained run")
     p.add_argument("run_dir")
     p.add_argument("--model", choices=["ema", "raw"], default="ema")
-    p.add_argument(
-        "--checkpoint", default="best", metavar="best|last|PATH", help="the checkpoint to load"
-    )
+    p.add_argument("--checkpoint", default="auto", metavar="auto|best|last|PATH", help=_CKPT_HELP)
     p.add_argument("--device", default="auto", metavar="DEVICE")
     p.add_argument(
         "--test-dir",
@@ -427,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="text runs: the column of a table holding the text (default: the run's)",
     )
     p.add_argument("--model", choices=["ema", "raw"], default="ema")
-    p.add_argument("--checkpoint", default="best", metavar="best|last|PATH")
+    p.add_argument("--checkpoint", default="auto", metavar="auto|best|last|PATH", help=_CKPT_HELP)
     p.add_argument("--device", default="auto", metavar="DEVICE")
     p.add_argument("--output", metavar="PATH", help="CSV file (default: standard output)")
 
