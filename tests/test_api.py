@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 import semimatch
+from semimatch.diagnostics import LABELED_PROBE
 from semimatch.api import load_run, make_config
 from semimatch.cli import main
 from semimatch.config import ConfigError
@@ -214,8 +215,10 @@ def test_train_with_custom_augmentation_callables():
     # num_workers=0 keeps the callables in this process, so their counters are visible here.
     run = semimatch.train(weak_augment=weak, strong_augment=strong, num_workers=0, **TINY)
     k, b, mu = TINY["iterations"], TINY["batch_size"], TINY["uratio"]
-    assert weak.calls == k * (b + mu * b)  # labeled + unlabeled weak views
-    assert strong.calls == k * mu * b
+    # Each view also makes the labeled probe of the diagnostics once (semimatch.diagnostics).
+    probe = min(LABELED_PROBE, TINY["num_labels"])
+    assert weak.calls == k * (b + mu * b) + probe  # labeled + unlabeled weak views
+    assert strong.calls == k * mu * b + probe
     assert run.config.augment == "pil" and run.summary["status"] == "finished"
 
 

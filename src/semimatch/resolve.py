@@ -20,17 +20,12 @@ from semimatch import distributed as dist
 from semimatch.algorithms import ALGORITHMS
 from semimatch.config import Config, ConfigError, budget_momentum
 from semimatch.data import DatasetInfo, Split, SSLDataset, load_dataset
-from semimatch.data.splits import (
-    balanced_split,
-    carve_validation,
-    fold_split,
-    given_split,
-    long_tailed_split,
-)
+from semimatch.data.splits import balanced_split, fold_split, given_split, long_tailed_split
 from semimatch.data.text import DEFAULT_MAX_LENGTH, has_augmentations
 from semimatch.data.text_views import DEFAULT_STRONG, STRONG_TEXT_VIEWS
 from semimatch.forward_checks import check_forward_mode
 from semimatch.log import logger
+from semimatch.validation import carve, check_validation
 
 __all__ = [
     "check_forward_mode",
@@ -466,15 +461,7 @@ def _check_split_options(cfg: Config, data: SSLDataset) -> None:
             f"{'a predefined fold' if cfg.fold is not None else 'the given labels'} involve no "
             "draw - drop split_seed"
         )
-    if cfg.val_size is not None and (cfg.val_dir is not None or data.val is not None):
-        given = "--val-dir" if cfg.val_dir is not None else "the data's own validation set"
-        raise ConfigError(
-            f"--val-size carves a validation set but {given} is one already; pass only one"
-        )
-    if cfg.val_size is not None and cfg.val_size < 1:
-        raise ConfigError(f"--val-size must be a positive number of samples; got {cfg.val_size}")
-    if cfg.val_size is None and cfg.val_seed != Config().val_seed:
-        raise ConfigError("--val-seed seeds the validation set of --val-size; pass both or neither")
+    check_validation(cfg, data)
     if cfg.fold is not None:
         folds = data.labeled_folds
         if not folds:
@@ -489,17 +476,8 @@ def _check_split_options(cfg: Config, data: SSLDataset) -> None:
 
 
 def make_split(cfg: Config, data: SSLDataset) -> Split:
-    """The labeled/unlabeled split ``cfg`` asks for (its options checked by ``resolve``), with
-    ``val_size`` labeled samples moved to its validation set (``carve_validation``)."""
-    split = _draw_split(cfg, data)
-    if cfg.val_size is None:
-        return split
-    try:
-        return carve_validation(
-            split, data.train.labels, data.info.num_classes, cfg.val_size, cfg.val_seed
-        )
-    except ValueError as e:
-        raise ConfigError(str(e).replace("val_size:", "--val-size:", 1)) from None
+    """The split ``cfg`` asks for (checked by ``resolve``); ``val_size`` carved (``carve``)."""
+    return carve(cfg, data, _draw_split(cfg, data))
 
 
 def _draw_split(cfg: Config, data: SSLDataset) -> Split:
