@@ -11,12 +11,12 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 import semimatch
-from semimatch.diagnostics import LABELED_PROBE
 from semimatch.api import load_run, make_config
 from semimatch.cli import main
 from semimatch.config import ConfigError
 from semimatch.data import ArraySource, balanced_split, from_arrays, load_dataset
 from semimatch.data.adapters import TorchImageSource, from_torch, to_hwc_uint8
+from semimatch.diagnostics import LABELED_PROBE
 from semimatch.metrics import read_jsonl
 from semimatch.resolve import resolve
 from semimatch.sklearn import SemiSupervisedClassifier

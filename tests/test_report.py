@@ -36,6 +36,7 @@ TABLE_HEADER = [
     "labels",
     "iterations",
     "best error",
+    "best chosen on",
     "median-20 error",
     "final error",
     "final quantity",
