@@ -137,3 +137,17 @@ def test_without_a_validation_set_the_front_doors_load_the_last_checkpoint(tmp_p
     assert "ckpt-0000004.pt, the last checkpoint" in capsys.readouterr().out
     assert main(["eval", str(out), "--checkpoint", "best"]) == 0
     assert "chosen on this test set: an optimistic score" in capsys.readouterr().out
+
+
+def test_val_dir_is_an_image_folder_that_chooses_best_pt(tiny_image_folder, tmp_path):
+    root = tiny_image_folder
+    cfg = Config(
+        dataset="imagefolder", data_root=str(root / "train"), test_dir=str(root / "test"),
+        val_dir=str(root / "test"), iterations=2, eval_every=1, batch_size=3, uratio=1,
+        threads=1, num_workers=0, tensorboard=False,
+    )  # fmt: skip
+    run = semimatch.train(cfg, out=tmp_path / "run")
+    records = [r for r in run.metrics if r["kind"] == "eval"]
+    assert all(r["selected_on"] == "val" and r["val_error"] is not None for r in records)
+    with pytest.raises(ConfigError, match="--val-dir applies to --dataset imagefolder and text"):
+        semimatch.train(Config(**{**QUICK, "val_dir": str(root / "test")}))

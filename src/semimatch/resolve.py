@@ -25,7 +25,7 @@ from semimatch.data.text import DEFAULT_MAX_LENGTH, has_augmentations
 from semimatch.data.text_views import DEFAULT_STRONG, STRONG_TEXT_VIEWS
 from semimatch.forward_checks import check_forward_mode
 from semimatch.log import logger
-from semimatch.validation import carve, check_validation
+from semimatch.validation import carve, check_validation, with_validation
 
 __all__ = [
     "check_forward_mode",
@@ -567,9 +567,9 @@ def load_data(cfg: Config) -> SSLDataset:
     is_main = dist.get_rank() == 0
     if cfg.download and not is_main:
         dist.barrier()  # rank 0 downloads the files before the other ranks read them
-    data = load_dataset(
+    data = with_validation(cfg, load_dataset(
         cfg.dataset, root=cfg.data_root, download=cfg.download and is_main, **dataset_options(cfg)
-    )
+    ))  # fmt: skip
     if cfg.download and is_main:
         dist.barrier()
     return prepare_text(cfg, data)

@@ -8,11 +8,54 @@ then an optimistic estimate, and the front doors load the last checkpoint by def
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 from semimatch.config import Config, ConfigError
 from semimatch.data import Split, SSLDataset
 from semimatch.data.splits import carve_validation
+from semimatch.log import logger
 
-__all__ = ["carve", "check_validation"]
+__all__ = ["carve", "check_validation", "with_validation"]
+
+
+def with_validation(cfg: Config, data: SSLDataset) -> SSLDataset:
+    """``data`` with its validation set: ``val_dir`` (an image folder ``root/<class>/<image>``
+    or a labeled text file/folder, read as the test set is), else - for a USB NLP folder, as
+    USB does - its ``dev.json``, unless ``val_size`` carves one."""
+    path = cfg.val_dir
+    usb_dev = os.path.join(os.path.expanduser(cfg.data_root or ""), "dev.json")
+    folder = os.path.dirname(usb_dev)
+    usb = os.path.isfile(os.path.join(folder, "train.json")) and os.path.isfile(usb_dev)
+    if path is None and cfg.val_size is None and cfg.dataset == "text" and usb:
+        path = usb_dev
+        logger.info(f"validation set: {usb_dev} chooses best.pt (USB's dev split)")
+    if path is None:
+        return data
+    info = data.info
+    if cfg.dataset == "imagefolder":
+        from semimatch.data.folders import labeled_folder
+
+        val = labeled_folder(
+            path, info.class_names, info.image_size, info.channels, cfg.skip_corrupt
+        )
+    elif cfg.dataset == "text":
+        from semimatch.data.text_datasets import load_text
+
+        val = load_text(
+            path,
+            text_column=cfg.text_column,
+            label_column=cfg.label_column,
+            class_names=info.class_names,
+        ).train
+        if (val.labels < 0).any():
+            raise ConfigError(f"--val-dir {path}: every validation text needs a label")
+    else:
+        raise ConfigError(
+            f"--val-dir applies to --dataset imagefolder and text, not {cfg.dataset!r}; "
+            "carve a validation set with --val-size instead"
+        )
+    return dataclasses.replace(data, val=val)
 
 
 def check_validation(cfg: Config, data: SSLDataset) -> None:
@@ -24,6 +67,11 @@ def check_validation(cfg: Config, data: SSLDataset) -> None:
         )
     if cfg.val_size is not None and cfg.val_size < 1:
         raise ConfigError(f"--val-size must be a positive number of samples; got {cfg.val_size}")
+    if cfg.val_dir is not None and data.val is None:
+        raise ConfigError(
+            "--val-dir is read when semimatch loads the data (--dataset imagefolder or text); "
+            "with data passed in, set its val (SSLDataset.val) instead"
+        )
     if cfg.val_size is None and cfg.val_seed != Config().val_seed:
         raise ConfigError("--val-seed seeds the validation set of --val-size; pass both or neither")
 
