@@ -45,13 +45,14 @@ UNLABELED_PROBE = 1024
 #: Warn when the strong view keeps less than this share of the weak view's above-chance
 #: accuracy on the labeled probe, ``strong - 1/C < STRONG_KEEP * (weak - 1/C)``, in the second
 #: half of training and once the weak view is right on at least ``MIN_WEAK_ACC`` of them
-#: (before that both are near chance and the gap means nothing).  Measured on the digits demo
+#: (the model fits its labels; before, a 12-iteration digits run had 60% weak, 10% strong:
+#: not yet invariant, not a destroyed label).  Measured on the digits demo
 #: (RandAugment on 8x8 digits, a harsh but useful view): the strong view kept 61-83% of the
 #: above-chance accuracy (65-85% right against 100% weak) - over the whole run, for supervised,
 #: FixMatch and SoftMatch; a view that replaces the class cue keeps ~0% (chance), one that
 #: maps classes onto others goes below chance.  Half sits between the two.
 STRONG_KEEP = 0.5
-MIN_WEAK_ACC = 0.5
+MIN_WEAK_ACC = 0.8
 #: Warn when more than this share of the probed pseudo-labels changed class between two
 #: evaluations in the second half of training (the model has fitted what it will; a stable
 #: run's pseudo-labels have mostly settled, only samples on a class boundary still move).
