@@ -89,11 +89,13 @@ class Diagnostics:
         lb = split.labeled
         lb_probe = np.sort(rng.permutation(lb)[:LABELED_PROBE])
         self.lb_labels = torch.from_numpy(data.train.labels[lb_probe].copy())
-        # This rank's share of the probe (rows r, r+W, ...), its views made once: the same
-        # draws at every evaluation, so only the model changes between two of them.
+        # The views are made once, of the whole probe on every rank (the draws are then those
+        # of one process, whatever the world size); each rank scores its share, rows r, r+W, ...
+        # The same draws at every evaluation: only the model changes between two of them.
         mine = np.arange(self.rank, len(lb_probe), self.world)
         self.lb_mine = torch.from_numpy(mine)
-        self.lb_weak, self.lb_strong = stream.probe_views(lb_probe[mine], stream_id=2)
+        weak, strong = stream.probe_views(lb_probe, stream_id=2)
+        self.lb_weak, self.lb_strong = weak[mine], strong[mine]
         n_pool = stream.num_unlabeled if stream.use_unlabeled else 0
         u_probe = np.sort(rng.permutation(n_pool)[:UNLABELED_PROBE])
         self.n_u = len(u_probe)

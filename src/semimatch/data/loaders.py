@@ -487,8 +487,8 @@ class TrainStream:
     def probe_views(self, indices: np.ndarray, stream_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The weak and the strong view of ``train[indices]`` (CPU tensors), made by the views
         this stream trains with; the draws are seeded by ``(seed, stream_id, view, position)``
-        (batched views: a generator of ``(seed, 2**40 + stream_id, 0, view)``, an iteration
-        no run reaches), so the same
+        (``position``: the place in ``indices``; batched views: a generator of
+        ``(seed, 2**40 + stream_id, 0, view)``, an iteration no run reaches), so the same
         indices get the same views in every call and every process."""
         steps, idx = self._steps, np.asarray(indices, dtype=np.int64)
         if not self.views.batched:
