@@ -94,8 +94,12 @@ class Diagnostics:
         # The same draws at every evaluation: only the model changes between two of them.
         mine = np.arange(self.rank, len(lb_probe), self.world)
         self.lb_mine = torch.from_numpy(mine)
-        weak, strong = stream.probe_views(lb_probe, stream_id=2)
-        self.lb_weak, self.lb_strong = weak[mine], strong[mine]
+        # The strong view as training uses it: an algorithm without one (supervised) may leave
+        # it unfitted (UDA's TF-IDF view learns from the unlabeled pool it does not read).
+        self.uses_strong = stream.use_strong and stream.use_unlabeled
+        weak, strong = stream.probe_views(lb_probe, stream_id=2, strong=self.uses_strong)
+        self.lb_weak = weak[mine]
+        self.lb_strong = strong[mine] if strong is not None else None
         n_pool = stream.num_unlabeled if stream.use_unlabeled else 0
         u_probe = np.sort(rng.permutation(n_pool)[:UNLABELED_PROBE])
         self.n_u = len(u_probe)
@@ -103,9 +107,12 @@ class Diagnostics:
         self.u_rows = torch.from_numpy(np.arange(self.rank, self.n_u, self.world))
         # The un-augmented samples, as evaluation stacks them (the pool: split.unlabeled, then
         # the extra unlabeled data).
-        samples = stream._steps._pool_gather(u_mine)
+        steps = stream._steps
+        if modality(data.info).ragged:  # texts differ in length: a list, stacked padded
+            samples = [steps._pool_sample(int(p)) for p in u_mine]
+        else:
+            samples = steps._pool_gather(u_mine)
         self.u_x = stack(samples, data.train.encoding) if len(u_mine) else None
-        self.uses_strong = stream.use_strong and stream.use_unlabeled
 
     # -- measuring -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -128,7 +135,8 @@ class Diagnostics:
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         if len(y):
             sums[0] = (self._argmax(model, self.lb_weak) == y).sum()
-            sums[1] = (self._argmax(model, self.lb_strong) == y).sum()
+            if self.lb_strong is not None:
+                sums[1] = (self._argmax(model, self.lb_strong) == y).sum()
             sums[2] = len(y)
         # Pseudo-labels as a fixed-size sum: each rank writes label + 1 into its own rows.
         labels = torch.zeros(self.n_u, dtype=torch.float64, device=self.device)
@@ -139,7 +147,7 @@ class Diagnostics:
         n = sums[2].item()
         out: dict[str, Any] = {
             "lb_weak_acc": sums[0].item() / n if n else None,
-            "lb_strong_acc": sums[1].item() / n if n else None,
+            "lb_strong_acc": sums[1].item() / n if n and self.lb_strong is not None else None,
             "pl_flip": None,
             "error_swing": None,
         }
