@@ -10,8 +10,9 @@ from torch import nn
 
 import semimatch
 from semimatch.config import Config
-from semimatch.data import TrainStream, balanced_split, from_features
+from semimatch.data import TrainStream, balanced_split, from_features, from_texts
 from semimatch.diagnostics import FLIP_SHARE, UNLABELED_PROBE, Diagnostics
+from text_helpers import text_corpus
 
 # Small enough for a few seconds on 2 shared cores; the weak view fits the 20 labels by the
 # second half of the run, where the checks may warn.
@@ -122,3 +123,17 @@ def test_the_error_swing_warns_only_above_the_noise_of_the_set_that_measures_it(
     # With a validation set, the validation errors are the ones that swing.
     history = {"errors": [0.30, 0.15], "val_errors": [0.2, 0.2]}
     assert diag.measure(Switch(), history)["error_swing"] == 0.0
+
+
+def test_text_runs_log_the_diagnostics_on_their_token_views(tiny_bert_dir):
+    texts, labels = text_corpus(40)
+    labels = [y if i < 8 else None for i, y in enumerate(labels)]
+    data = from_texts(texts, labels, test_texts=texts[:8], test_labels=labels[:8])
+    cfg = Config(
+        backbone=f"hf:{tiny_bert_dir}", algorithm="fixmatch", max_length=32, iterations=4,
+        eval_every=2, batch_size=4, uratio=1, threads=1, tensorboard=False, progress=False,
+    )  # fmt: skip
+    records = evals(semimatch.train(cfg, data=data))  # the default strong view: TF-IDF
+    for r in records:
+        assert 0 <= r["lb_weak_acc"] <= 1 and 0 <= r["lb_strong_acc"] <= 1
+    assert records[0]["pl_flip"] is None and 0 <= records[1]["pl_flip"] <= 1

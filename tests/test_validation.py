@@ -16,6 +16,7 @@ from semimatch.cli import main
 from semimatch.config import Config, ConfigError
 from semimatch.data import FeatureSource, balanced_split, from_features, load_split
 from semimatch.resolve import load_data, make_split
+from text_helpers import text_corpus
 
 QUICK = dict(
     dataset="digits",
@@ -151,3 +152,21 @@ def test_val_dir_is_an_image_folder_that_chooses_best_pt(tiny_image_folder, tmp_
     assert all(r["selected_on"] == "val" and r["val_error"] is not None for r in records)
     with pytest.raises(ConfigError, match="--val-dir applies to --dataset imagefolder and text"):
         semimatch.train(Config(**{**QUICK, "val_dir": str(root / "test")}))
+
+
+def test_usb_folders_choose_best_pt_on_their_dev_json(tiny_bert_dir, tmp_path, capsys):
+    texts, labels = text_corpus(40)
+    rows = lambda n, at=0: {  # noqa: E731 - USB's layout: {"id": {"ori": text, "label": ...}}
+        str(i): {"ori": texts[at + i], "label": labels[at + i]} for i in range(n)
+    }
+    (tmp_path / "train.json").write_text(json.dumps(rows(24)))
+    (tmp_path / "dev.json").write_text(json.dumps(rows(8, 24)))
+    (tmp_path / "test.json").write_text(json.dumps(rows(8, 32)))
+    cfg = Config(
+        dataset="text", data_root=str(tmp_path), backbone=f"hf:{tiny_bert_dir}", max_length=32,
+        iterations=2, eval_every=1, batch_size=4, uratio=1, threads=1, tensorboard=False,
+        progress=False,
+    )  # fmt: skip
+    records = [r for r in semimatch.train(cfg).metrics if r["kind"] == "eval"]
+    assert all(r["selected_on"] == "val" and r["val_error"] is not None for r in records)
+    assert "dev.json chooses best.pt" in capsys.readouterr().out
