@@ -146,6 +146,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Test-set accuracy of a run (EMA model by default).
 
+    ``checkpoint`` (a run folder): as ``load_run`` - "auto" loads ``best.pt`` only when a
+    validation set chose it, else the last checkpoint; "best" scores ``best.pt`` even when the
+    same test set chose it (the papers' protocol: an optimistic number).
+
     ``test_dir``: score labeled images ``test_dir/<class>/<image>`` instead of the run's test
     set (class folders named like the run's classes; decoded as training decodes images); for
     a text run, a labeled text file or folder (``load_text``), tokenized as training did.
@@ -264,8 +268,9 @@ def predict(
     for the images under it, recursively, sorted); for a text run, ``images`` is a list of
     texts (strings), tokenized as the run's texts were.
 
-    Returns one dict per image (text): ``{"class": name, "index": i, "confidence": p}``, with
-    ``"path"`` as well when files were given.
+    ``checkpoint`` (a run folder): as ``load_run`` (default "auto": never one the test set
+    chose).  Returns one dict per image (text): ``{"class": name, "index": i, "confidence": p}``,
+    with ``"path"`` as well when files were given.
     """
     from semimatch.data.folders import image_files
 

@@ -48,9 +48,9 @@ UNLABELED_PROBE = 1024
 #: (the model fits its labels; before, a 12-iteration digits run had 60% weak, 10% strong:
 #: not yet invariant, not a destroyed label).  Measured on the digits demo
 #: (RandAugment on 8x8 digits, a harsh but useful view): the strong view kept 61-83% of the
-#: above-chance accuracy (65-85% right against 100% weak) - over the whole run, for supervised,
-#: FixMatch and SoftMatch; a view that replaces the class cue keeps ~0% (chance), one that
-#: maps classes onto others goes below chance.  Half sits between the two.
+#: above-chance accuracy (65-85% right against 100% weak) over the whole run, with and without
+#: training on it (FixMatch, SoftMatch; supervised); a view that replaces the class cue keeps
+#: ~0% (chance), one that maps classes onto others goes below chance.  Half sits between.
 STRONG_KEEP = 0.5
 MIN_WEAK_ACC = 0.8
 #: Warn when more than this share of the probed pseudo-labels changed class between two
