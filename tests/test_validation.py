@@ -150,6 +150,8 @@ def test_val_dir_is_an_image_folder_that_chooses_best_pt(tiny_image_folder, tmp_
     run = semimatch.train(cfg, out=tmp_path / "run")
     records = [r for r in run.metrics if r["kind"] == "eval"]
     assert all(r["selected_on"] == "val" and r["val_error"] is not None for r in records)
+    with pytest.raises(ConfigError, match="--val-dir: no directory at"):
+        semimatch.train(dataclasses.replace(cfg, val_dir=str(root / "missing")))
     with pytest.raises(ConfigError, match="--val-dir applies to --dataset imagefolder and text"):
         semimatch.train(Config(**{**QUICK, "val_dir": str(root / "test")}))
 

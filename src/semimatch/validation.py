@@ -36,9 +36,12 @@ def with_validation(cfg: Config, data: SSLDataset) -> SSLDataset:
     if cfg.dataset == "imagefolder":
         from semimatch.data.folders import labeled_folder
 
-        val = labeled_folder(
-            path, info.class_names, info.image_size, info.channels, cfg.skip_corrupt
-        )
+        try:  # its messages name test_dir, the option it usually reads
+            val = labeled_folder(
+                path, info.class_names, info.image_size, info.channels, cfg.skip_corrupt
+            )
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(str(e).replace("test_dir", "--val-dir")) from None
     elif cfg.dataset == "text":
         from semimatch.data.text_datasets import load_text
 
