@@ -275,13 +275,11 @@ def step_precision(args: argparse.Namespace) -> str:
     """The precision a variant's step computes in (reference: fp32; semimatch: its config's)."""
     if args.variant == "reference":
         return "fp32"
-    from semimatch.config import Config
-    from semimatch.engine import native_bf16
+    from semimatch.hardware import native_bf16
 
     overrides = json.loads(args.overrides) if args.overrides else {}
-    precision = {**overrides, **SEMIMATCH_VARIANTS[args.variant]}.get(
-        "precision", Config().precision
-    )
+    # None (or absent): the library's default, fp32
+    precision = {**overrides, **SEMIMATCH_VARIANTS[args.variant]}.get("precision") or "fp32"
     if precision == "auto":
         return "bf16" if native_bf16(torch.device("cpu")) else "fp32"
     return precision

@@ -217,10 +217,10 @@ def _adamw(net: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def resolve_precision(precision: str) -> str:
-    """``auto``: bf16 on a CPU with native bf16 (the library's rule, resolve.native_bf16)."""
+    """``auto``: bf16 on a CPU with native bf16 (the library's rule, hardware.native_bf16)."""
     if precision != "auto":
         return precision
-    from semimatch.resolve import native_bf16
+    from semimatch.hardware import native_bf16
 
     return "bf16" if native_bf16(torch.device("cpu")) else "fp32"
 

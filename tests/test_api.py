@@ -469,3 +469,10 @@ def test_feature_vectors_train_reload_and_predict_through_the_python_api(tmp_pat
     assert np.array_equal(again.predict_proba(X[:7]), run.predict_proba(X[:7]))
     with pytest.raises(ConfigError, match="backbone='cnn' takes images"):
         semimatch.train(data=from_features(X, y), backbone="cnn", iterations=2)
+
+
+def test_from_torch_refuses_an_empty_inferred_class():
+    pairs = [(torch.zeros(1, 4, 4), y) for y in (1, 2, 1, 2)]  # 1-based: no class 0
+    with pytest.raises(ValueError, match=r"class 0 has no labeled sample"):
+        from_torch(pairs)
+    assert from_torch(pairs, num_classes=3).info.num_classes == 3

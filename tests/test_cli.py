@@ -165,6 +165,15 @@ def test_predict_reports_an_unreadable_image(trained, tmp_path, capsys):
     assert "bad.png" in capsys.readouterr().err
 
 
+def test_predict_from_standard_input_needs_a_text_run(trained, capsys):
+    assert main(["predict", str(trained), "-"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"semimatch predict: error: - (standard input) is for text runs; {trained} classifies "
+        "images: pass image files or folders"
+    ]
+
+
 def test_presets_lists_every_preset(capsys):
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
@@ -522,3 +531,45 @@ def test_sigterm_before_the_training_loop_exits_143_and_cleans_up(tmp_path, monk
     assert main(["train", *QUICK]) == 143
     assert signal.getsignal(signal.SIGTERM) is before
     assert not list(tmp_path.iterdir())
+
+
+def _text_file(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    return path
+
+
+def test_text_errors_name_flags_not_python_keywords(trained, tmp_path, monkeypatch, capsys):
+    """The library's "pass skip_bad=True", "resume=True continues ..." and "(or pass
+    class_names=)" are Python; the command line names its flags (or nothing it lacks)."""
+    monkeypatch.chdir(tmp_path)
+    rows = [(f"text {i}", "sport" if i % 2 else "world") for i in range(12)]
+    train = ["train", "--dataset", "text", "--data-root", str(tmp_path / "news.csv")]
+    _text_file(tmp_path / "news.csv", [*rows, ("", "world")])  # an empty text
+    assert main(train) == 2
+    err = capsys.readouterr().err
+    assert "pass --skip-corrupt" in err and "skip_bad" not in err, err
+    _text_file(tmp_path / "news.csv", [*rows, ("text x", "3")])  # a number among names
+    assert main(train) == 2
+    err = capsys.readouterr().err
+    assert "semimatch train: error: " in err and "class_names" not in err, err
+    assert main(["train", "--resume", str(trained), "--lr", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume RUN_DIR continues the run" in err and "resume=" not in err, err
+
+
+def test_an_unreachable_hub_model_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    """A Hub name that is not a local folder, offline: one line naming --backbone and the fix,
+    exit 2, and no run folder (with or without --out)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = _text_file(tmp_path / "news.csv", [(f"text {i}", str(i % 2)) for i in range(12)])
+    args = ["train", "--dataset", "text", "--data-root", str(data), "--iterations", "1"]
+    for out in ([], ["--out", "run"]):
+        code = main([*args, "--backbone", "hf:semimatch-test/no-such-model", *out])
+        assert code == 2
+        errors = [ln for ln in capsys.readouterr().err.splitlines() if "writing the run" not in ln]
+        assert len(errors) == 1 and errors[0].startswith("semimatch train: error: --backbone ")
+        assert "pass --backbone hf:<local folder>" in errors[0]
+        assert "`hf download semimatch-test/no-such-model`" in errors[0]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["news.csv"]

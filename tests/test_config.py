@@ -156,10 +156,12 @@ def test_flexmatch_presets_take_usb_classic_cv_values():
 
 
 def test_default_training_is_the_papers_exact_gradient():
-    """Exact by default: the joint forward in fp32 (two-pass and bf16 are opt-in)."""
-    assert Config().forward_mode == "joint" and Config().precision == "fp32"
+    """Exact by default: the joint forward in fp32 (two-pass and bf16 are opt-in); the default
+    precision is an auto field only so that a run can tell "fp32 by default" from a choice."""
+    assert Config().forward_mode == "joint" and Config().precision is None
     cfg = resolve(Config(num_labels=20), tiny_data(), torch.device("cpu"))
     assert (cfg.forward_mode, cfg.precision, cfg.channels_last) == ("joint", "fp32", False)
+    assert "exact by default" in cfg.auto["precision"]
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -174,6 +176,58 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch, caps
     resolve(Config(num_labels=20, precision="bf16"), tiny_data(), torch.device("cpu"))
     warned = "emulates it" in capsys.readouterr().err
     assert warned is not native
+
+
+def _texts(n: int = 40):
+    """Untokenized texts of 4 classes (resolve reads no model: any hf: name will do)."""
+    from semimatch.data import from_texts
+
+    return from_texts([f"text {i} of class {i % 4}" for i in range(n)], np.arange(n) % 4)
+
+
+def test_batch_defaults_follow_the_data_and_are_recorded():
+    """Images and feature vectors: FixMatch's 64 + 7 x 64; texts: USB's NLP 8 + 8, which a CPU
+    trains ~50x faster per step than 64 + 448 (BENCHMARKS.md, "Text defaults on a CPU").
+    Given values stay."""
+    from semimatch.data import from_features
+
+    cpu = torch.device("cpu")
+    features = from_features(np.random.default_rng(0).normal(size=(40, 5)), np.arange(40) % 4)
+    assert Config().batch_size is None and Config().uratio is None
+    for data in (tiny_data(), features):
+        cfg = resolve(Config(), data, cpu)
+        assert (cfg.batch_size, cfg.uratio) == (64, 7)
+        assert "FixMatch" in cfg.auto["batch_size"] and "FixMatch" in cfg.auto["uratio"]
+    text = resolve(Config(backbone="hf:bert-base-uncased"), _texts(), cpu)
+    assert (text.batch_size, text.uratio) == (8, 1)
+    assert "USB's NLP batch" in text.auto["batch_size"] and "8 + 8" in text.auto["uratio"]
+    given = resolve(Config(backbone="hf:x", batch_size=16, uratio=3), _texts(), cpu)
+    assert (given.batch_size, given.uratio) == (16, 3)
+    assert not {"batch_size", "uratio"} & set(given.auto)
+    with pytest.raises(ConfigError, match="batch_size must be >= 1; got 0"):
+        resolve(Config(batch_size=0), tiny_data(), cpu)
+    with pytest.raises(ConfigError, match="uratio must be >= 1 for fixmatch; got 0"):
+        resolve(Config(uratio=0), tiny_data(), cpu)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_fp32_by_default_says_once_what_bf16_measured_here(monkeypatch, capsys, native):
+    """fp32 stays the default; where the CPU has native bf16 and fp32 is only the default, one
+    status line (stderr) gives the measured factor. A precision chosen gets no line."""
+    from semimatch import resolve as resolution
+
+    monkeypatch.setattr(resolution, "native_bf16", lambda device: native)
+    cpu = torch.device("cpu")
+    for data, factor in ((tiny_data(), "3.1x"), (_texts(), "1.5x")):
+        cfg = resolve(Config(backbone="hf:x" if data.info.kind == "text" else None), data, cpu)
+        assert cfg.precision == "fp32"
+        lines = [ln for ln in capsys.readouterr().err.splitlines() if "native bf16" in ln]
+        assert len(lines) == (1 if native else 0), lines
+        if native:
+            assert "--precision bf16" in lines[0] and f" {factor} faster" in lines[0]
+    for precision in ("fp32", "bf16", "auto"):
+        resolve(Config(precision=precision), tiny_data(), cpu)
+        assert "the exact default" not in capsys.readouterr().err
 
 
 def test_two_pass_is_refused_where_its_assumption_fails_by_construction():

@@ -112,6 +112,29 @@ def test_resume_after_sigkill_equals_an_uninterrupted_text_run(tmp_path, corpus,
     assert read_jsonl(run / "metrics.jsonl")[-1]["kind"] == "end"
 
 
+def test_a_text_run_says_what_it_does_before_it_trains(tmp_path, corpus, tiny_bert_dir,
+                                                      capsys, monkeypatch):  # fmt: skip
+    """Loading the tokenizer, tokenizing and loading the encoder each get a line (stderr)
+    before the first training line; standard output keeps the results."""
+    from semimatch.cli import main
+
+    args = ["--iterations", "2", "--eval-every", "2", "--no-progress", "--out", str(tmp_path)]
+    assert main(train_args(corpus, tiny_bert_dir, *args)[3:]) == 0
+    out, err = capsys.readouterr()
+    said = [
+        f"loading the tokenizer of hf:{tiny_bert_dir}",
+        "tokenizing 240 texts",
+        f"loading the encoder hf:{tiny_bert_dir}",
+    ]
+    assert [line for line in err.splitlines() if line in said] == said
+    assert not set(said) & set(out.splitlines())
+    monkeypatch.setattr("sys.stderr", sys.stdout)  # one stream: the lines' order shows
+    assert main(train_args(corpus, tiny_bert_dir, *args, "--overwrite")[3:]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    first_training = next(i for i, line in enumerate(lines) if line.startswith("[2/2]"))
+    assert max(lines.index(line) for line in said) < first_training
+
+
 def tiny_config(bert: Path, **values) -> Config:
     base = dict(
         backbone=f"hf:{bert}", iterations=2, eval_every=2, batch_size=4, uratio=1,

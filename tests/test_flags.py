@@ -23,6 +23,16 @@ from semimatch.flags import as_flags
         ("(num_labels: balanced, fold: given)", "(--num-labels: balanced, --fold: given)"),
         ("written every eval_every iterations", "written every --eval-every iterations"),
         ("Pass download=True (CLI: --download) to", "Pass --download to"),
+        # the API's keywords that are no Config field, and asides only Python has
+        ("fix the row or pass skip_bad=True", "fix the row or pass --skip-corrupt"),
+        ("skipped 2 bad row(s) (skip_bad), e.g.", "skipped 2 bad row(s) (--skip-corrupt), e.g."),
+        ("resume=True continues r; (or use resume='auto', which",
+         "--resume RUN_DIR continues r; (or use --resume auto, which"),
+        ("--resume auto (resume='auto') continues", "--resume auto continues"),
+        ("pass overwrite=True to replace", "pass --overwrite to replace"),
+        ("needs --out RUN_DIR (in Python: out=), the run", "needs --out RUN_DIR, the run"),
+        ("not both (or pass class_names=)", "not both"),
+        ("out of range; resume the run", "out of range; resume the run"),
         # where a field name is not the option: a path, a quoted value, a command, English
         ("cannot read image /d/use lr=1/x.png", "cannot read image /d/use lr=1/x.png"),
         ("no directory at /data/my num_labels/x", "no directory at /data/my num_labels/x"),

@@ -294,7 +294,7 @@ def test_real_run_report_has_every_figure(real_run: Path, real_report: Path) -> 
     assert len(rows) == 1 and rows[0]["status"] == "finished"
     assert '<p class="note">' not in text  # nothing is missing in a finished SoftMatch run
     example = os.environ.get("SEMIMATCH_REPORT_EXAMPLE")
-    if example:  # a copy for humans (README screenshot); off by default
+    if example:  # a copy for humans (the docs screenshot); off by default
         shutil.copytree(index.parent, example, dirs_exist_ok=True)
 
 

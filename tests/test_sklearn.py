@@ -46,6 +46,15 @@ def fast(**kw) -> SemiSupervisedClassifier:
     return SemiSupervisedClassifier(**{**FAST, **kw})
 
 
+def test_batch_parameters_default_to_the_derived_batch():
+    """batch_size/uratio None: FixMatch's 64 + 7 x 64 for feature vectors, as every door."""
+    X = np.random.default_rng(0).normal(size=(40, 5))
+    y = np.where(np.arange(40) < 8, np.arange(40) % 4, -1)
+    clf = fast(batch_size=None, uratio=None, max_iter=1).fit(X, y)
+    assert (clf.config_.batch_size, clf.config_.uratio) == (64, 7)
+    assert "FixMatch" in clf.config_.auto["batch_size"]
+
+
 @pytest.fixture(scope="module")
 def digits_split():
     """Digits features: 5 labels per class in the training part, the rest marked -1."""
@@ -265,7 +274,7 @@ def test_pipeline_and_grid_search(digits_split):
 
 
 # ----------------------------------------------------------------------------------------------
-# The comparison the README quotes
+# The comparison the estimator guide quotes (docs/guides/sklearn.md)
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("as_images", [False, True], ids=["features", "images"])

@@ -86,3 +86,28 @@ def test_pipeline_and_grid_search_on_strings(tiny_bert_dir, texts):
     assert search.best_params_["semisupervisedclassifier__lr"] in (1e-3, 3e-3)
     assert all(0.0 <= s <= 1.0 for s in search.cv_results_["mean_test_score"])
     assert search.predict([t.upper() for t in X_te]).shape == (16,)
+
+
+def test_text_batch_defaults_and_verbose_progress(tiny_bert_dir, texts, capsys):
+    """Without batch arguments a text fit takes USB's NLP batch, 8 + 8 (derived and recorded,
+    as the other doors do). ``verbose=0`` is silent; ``verbose=1`` says what ``fit`` does before
+    it trains (stderr), then shows the progress bar."""
+    X, y, _, _ = texts
+    assert SemiSupervisedClassifier().get_params()["batch_size"] is None
+    clf = fast(tiny_bert_dir, batch_size=None, uratio=None, max_iter=2).fit(X, y)
+    assert (clf.config_.batch_size, clf.config_.uratio) == (8, 1)
+    assert "USB's NLP batch" in clf.config_.auto["batch_size"]
+    quiet = capsys.readouterr()
+    assert "tokenizing" not in quiet.err and quiet.out == ""
+    clf.set_params(verbose=1).fit(X, y)
+    err = capsys.readouterr().err
+    said = [
+        f"loading the tokenizer of hf:{tiny_bert_dir}",
+        "tokenizing 48 texts",
+        f"loading the encoder hf:{tiny_bert_dir}",
+    ]
+    assert all(line in err.splitlines() for line in said), err
+    assert [err.index(line) for line in said] == sorted(err.index(line) for line in said)
+    assert "2/2" in err  # the progress bar
+    with pytest.raises(ValueError, match="verbose must be an integer >= 0"):
+        fast(tiny_bert_dir, verbose=-1).fit(X, y)

@@ -71,7 +71,8 @@ def train(
     ``.evaluate()`` and ``.predict()``.
 
     Args:
-        config / preset / overrides: the configuration (see ``semimatch.Config``).
+        config: the configuration (see ``semimatch.Config``): a Config, a dict or a JSON file.
+        preset: a paper preset to start from instead of ``config``.
         out: run directory (config, split, metrics, checkpoints); None keeps everything in memory.
         resume: ``True`` continues the run in ``out``; ``"auto"`` starts it or continues it if
             ``out`` already holds this run (a restartable call, e.g. under torchrun restarts).
@@ -81,16 +82,20 @@ def train(
         model: your own backbone ``nn.Module`` (float NCHW in, logits out); recorded as
             ``backbone="custom:<class name>"`` unless ``backbone`` is set, and reloaded with
             ``load_run(run_dir, model=<fresh instance>)``.
-        weighting / alignment: your own weighting function (any object with ``update(probs)`` and
-            ``__call__(probs) -> weights``) and optional alignment; the rest of the recipe
+        weighting: your own weighting function (any object with ``update(probs)`` and
+            ``__call__(probs) -> weights``); the rest of the recipe
             (student view = strong, loss, schedule) is the config's. The run records
             ``custom:<class name>`` as its algorithm (summary.json, report, checkpoints); resume
             it by passing the same weighting again.
-        weak_augment / strong_augment: your own augmentations, callables
+        alignment: an optional alignment to go with ``weighting`` (the same interface).
+        weak_augment: your own weak augmentation, a callable
             ``(img: uint8 (H, W, C) array, rng: numpy.random.Generator) -> uint8 (H, W, C)``
-            replacing the weak / strong PIL pipelines (they force ``augment="pil"``; draw all
-            randomness from ``rng`` to keep runs reproducible). A *string* ``strong_augment`` is
+            replacing the weak PIL pipeline (it forces ``augment="pil"``; draw all
+            randomness from ``rng`` to keep runs reproducible).
+        strong_augment: your own strong augmentation (the same kind of callable, replacing the
+            strong PIL pipeline). A *string* ``strong_augment`` is
             the config field of that name (the RandAugment variant, ``"fixmatch"`` or ``"usb"``).
+        **overrides: any ``Config`` field, applied over ``config`` or ``preset``.
     """
     if isinstance(strong_augment, str):  # the config's RandAugment variant, not a callable
         overrides["strong_augment"] = strong_augment
@@ -143,6 +148,11 @@ def evaluate(
     checkpoint: str = "auto",
     device: str = "auto",
     test_dir: str | os.PathLike | None = None,
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    header: bool | None = None,
+    skip_corrupt: bool | None = None,
 ) -> dict[str, Any]:
     """Test-set accuracy of a run (EMA model by default).
 
@@ -152,7 +162,10 @@ def evaluate(
 
     ``test_dir``: score labeled images ``test_dir/<class>/<image>`` instead of the run's test
     set (class folders named like the run's classes; decoded as training decodes images); for
-    a text run, a labeled text file or folder (``load_text``), tokenized as training did.
+    a text run, a labeled text file or folder (``load_text``), tokenized as training did and
+    read with the run's ``text_column``, ``label_column``, ``header`` and ``skip_corrupt``
+    unless given here. Its labels must be the run's class names (an integer label is the class
+    of that name: indices only for a run whose classes are 0..C-1); others are refused.
     """
     from semimatch.data.folders import labeled_folder
 
@@ -166,16 +179,30 @@ def evaluate(
         from semimatch.data.text_datasets import load_text
 
         cfg = run.config
+
+        def given(value: Any, default: Any) -> Any:
+            return default if value is None else value
+
         texts = load_text(
             test_dir,
-            text_column=cfg.text_column,
-            label_column=cfg.label_column,
+            text_column=given(text_column, cfg.text_column),
+            label_column=given(label_column, cfg.label_column),
+            header=given(header, cfg.header),
+            skip_corrupt=given(skip_corrupt, cfg.skip_corrupt),
             class_names=info.class_names,
         )
         tok = load_tokenizer(info.tokenizer)
         return run.evaluate(tokenize_dataset(texts, tok, info.max_length).train, model=model)
+    if (text_column, label_column, header) != (None, None, None):
+        raise ValueError(
+            "text_column, label_column and header read text files; this run classifies images"
+        )
     source = labeled_folder(
-        test_dir, info.class_names, info.image_size, info.channels, run.config.skip_corrupt
+        test_dir,
+        info.class_names,
+        info.image_size,
+        info.channels,
+        run.config.skip_corrupt if skip_corrupt is None else skip_corrupt,
     )
     return run.evaluate(source, model=model)
 

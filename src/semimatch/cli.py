@@ -24,6 +24,7 @@ from semimatch import __version__
 from semimatch.algorithms import ALGORITHMS
 from semimatch.config import PRESETS, Config, ConfigError, coerce, field_types, load_preset
 from semimatch.flags import as_flags, cli_fields, flag
+from semimatch.validation import CHECKPOINT_HELP
 
 __all__ = ["build_config", "build_parser", "main"]
 
@@ -255,9 +256,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from semimatch.api import evaluate, load_run
+    from semimatch.validation import describe_checkpoint
 
     run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
-    result = evaluate(run, model=args.model, test_dir=args.test_dir)
+    reading = {k: getattr(args, k) for k in ("text_column", "label_column", "header")}
+    if (args.skip_corrupt or any(v is not None for v in reading.values())) and not args.test_dir:
+        raise ConfigError(
+            "--text-column, --label-column, --header and --skip-corrupt read --test-dir; pass it"
+        )
+    if run.info.kind != "text" and any(v is not None for v in reading.values()):
+        raise ConfigError(f"{args.run_dir} classifies images: --test-dir is a folder of images")
+    skip = True if args.skip_corrupt else None  # default: the run's
+    result = evaluate(run, model=args.model, test_dir=args.test_dir, skip_corrupt=skip, **reading)
     what = "texts" if run.info.kind == "text" else "images"
     result.pop("confusion", None)
     result["checkpoint"] = str(run.checkpoint)
@@ -269,21 +279,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{args.run_dir}: top-1 {100 * result['top1']:.2f}%  error "
             f"{100 * result['error']:.2f}%  ({result['n']} test {what}"
             f"{f' from {args.test_dir}' if args.test_dir else ''}, {result['model']} model, "
-            f"{_which_checkpoint(run)})"
+            f"{describe_checkpoint(run)})"
         )
     return 0
-
-
-def _which_checkpoint(run: typing.Any) -> str:
-    """What chose the checkpoint ``eval`` scores: a test score of a checkpoint the same test
-    set chose is optimistic, and says so."""
-    name = run.checkpoint.name if run.checkpoint is not None else "?"
-    return {
-        "val": f"{name}, chosen on the validation set",
-        "test": f"{name}, chosen on this test set: an optimistic score (--checkpoint last for "
-        "an unbiased one)",
-        "last": f"{name}, the last checkpoint",
-    }.get(run.selected_on, name)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -293,13 +291,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if run.info.kind == "text":  # files of texts (or stdin) -> one CSV row per text
         from semimatch.data.text_readers import read_texts
 
-        column = args.text_column or run.config.text_column
-        texts = [row for source in args.images for row in read_texts(source, column)]
+        column, header = args.text_column or run.config.text_column, run.config.header
+        texts = [row for source in args.images for row in read_texts(source, column, header)]
         rows = predict(run, [t.text for t in texts], model=args.model)
         header, first = ["source", "class", "confidence", "text"], [t.where for t in texts]
     else:
         if args.text_column:
             raise ConfigError(f"--text-column: {args.run_dir} classifies images, not texts")
+        if "-" in args.images:
+            raise ConfigError(
+                f"- (standard input) is for text runs; {args.run_dir} classifies images: pass "
+                "image files or folders"
+            )
         rows = predict(run, args.images, model=args.model)
         header, first = ["path", "class", "confidence"], [row["path"] for row in rows]
     with (
@@ -394,14 +397,6 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-_CKPT_HELP = (
-    "the checkpoint to load: auto (default) = best.pt if a validation set (--val-size, "
-    "--val-dir, dev.json) chose it, else the last checkpoint - never one the test set chose; "
-    "best = best.pt even when chosen on the test set (the papers' protocol, optimistic); last; "
-    "or a checkpoint file"
-)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="semimatch",
@@ -419,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="test accuracy of a trained run")
     p.add_argument("run_dir")
     p.add_argument("--model", choices=["ema", "raw"], default="ema")
-    p.add_argument("--checkpoint", default="auto", metavar="auto|best|last|PATH", help=_CKPT_HELP)
+    p.add_argument(
+        "--checkpoint", default="auto", metavar="auto|best|last|PATH", help=CHECKPOINT_HELP
+    )
     p.add_argument("--device", default="auto", metavar="DEVICE")
     p.add_argument(
         "--test-dir",
@@ -428,6 +425,22 @@ def build_parser() -> argparse.ArgumentParser:
         "(class folders named like the run's classes); for a text run a labeled text file "
         "or folder",
     )
+    p.add_argument(
+        "--text-column", metavar="NAME", help="text runs: the test file's text column (default: "
+        "the run's; a 0-based position with --no-header)"
+    )  # fmt: skip
+    p.add_argument(
+        "--label-column", metavar="NAME", help="text runs: the test file's label column "
+        "(default: the run's); its labels must be the run's class names"
+    )  # fmt: skip
+    p.add_argument(
+        "--header", action=argparse.BooleanOptionalAction, default=None,
+        help="text runs: whether the test file (CSV/TSV) has a header row (default: the run's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--skip-corrupt", action="store_true", help="skip unreadable images / bad text rows of "
+        "--test-dir with a count (default: the run's setting)"
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
     p = sub.add_parser(
@@ -448,7 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="text runs: the column of a table holding the text (default: the run's)",
     )
     p.add_argument("--model", choices=["ema", "raw"], default="ema")
-    p.add_argument("--checkpoint", default="auto", metavar="auto|best|last|PATH", help=_CKPT_HELP)
+    p.add_argument(
+        "--checkpoint", default="auto", metavar="auto|best|last|PATH", help=CHECKPOINT_HELP
+    )
     p.add_argument("--device", default="auto", metavar="DEVICE")
     p.add_argument("--output", metavar="PATH", help="CSV file (default: standard output)")
 
@@ -553,8 +568,9 @@ def _run(argv: list[str] | None) -> int:
         with _sigterm_as_interrupt():
             return COMMANDS[args.command](args)
     except (ConfigError, TrainingError, CheckpointError, FileNotFoundError, ValueError) as e:
-        # train and demo take config flags; eval/predict/report options are not config fields.
-        message = as_flags(str(e)) if args.command in ("train", "demo") else str(e)
+        # train and demo take config flags, eval those that read a test file (text columns,
+        # header, skip_corrupt); predict/report options are not config fields.
+        message = as_flags(str(e)) if args.command in ("train", "demo", "eval") else str(e)
         print(f"semimatch {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

@@ -146,7 +146,9 @@ class Config:
         None, "imagefolder: resize images to this square size", none="no resize"
     )
     skip_corrupt: bool = _f(
-        False, "imagefolder: skip unreadable images (with a count) instead of stopping"
+        False,
+        "imagefolder: skip unreadable images; text: skip bad rows (empty texts, undecodable "
+        "bytes); with a count, instead of stopping",
     )
     hflip: bool | None = _f(
         None,
@@ -198,6 +200,19 @@ class Config:
     text_column: str = _f("text", "text: the column (CSV/TSV header, JSONL key) holding the text")
     label_column: str = _f(
         "label", "text: the column holding the label (empty or -1 = unlabeled; names or indices)"
+    )
+    header: bool = _f(
+        True,
+        "text: CSV/TSV files start with a header row naming the columns; with --no-header "
+        "they do not, and --text-column/--label-column are 0-based positions (default: "
+        "label 0, text 1)",
+    )
+    label_kind: Literal["index", "name"] | None = _f(
+        None,
+        "text: how labels are read - index: class indices 0..C-1; name: class names (1..4: "
+        "4 classes named '1'..'4')",
+        none="auto: indices when the integer labels are exactly 0..C-1, else names (recorded "
+        "in config.json)",
     )
     test_size: int | None = _f(
         None,
@@ -254,8 +269,16 @@ class Config:
         none="1.0 (none) with adamw",
     )
     iterations: int = _f(1000, "total training iterations (the paper: 2**20)")
-    batch_size: int = _f(64, "GLOBAL labeled batch per iteration (split across processes)")
-    uratio: int = _f(7, "unlabeled-to-labeled batch ratio mu")
+    batch_size: int | None = _f(
+        None,
+        "GLOBAL labeled batch per iteration (split across processes)",
+        none="64 for images and feature vectors (FixMatch's), 8 for texts (USB's NLP batch)",
+    )
+    uratio: int | None = _f(
+        None,
+        "unlabeled-to-labeled batch ratio mu",
+        none="7 for images and feature vectors (FixMatch's), 1 for texts (USB's NLP batch)",
+    )
     lr: float | None = _f(
         None, "initial learning rate", none="0.03 with sgd (FixMatch), 5e-5 with adamw (USB NLP)"
     )
@@ -320,12 +343,13 @@ class Config:
 
     # --- runtime ------------------------------------------------------------------------------
     device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
-        "fp32",
-        "fp32: the papers' arithmetic (default); bf16/fp16: autocast, opt-in - several times "
+    precision: Literal["auto", "fp32", "bf16", "fp16"] | None = _f(
+        None,
+        "fp32: the papers' arithmetic; bf16/fp16: autocast, opt-in - several times "
         "faster on hardware with native bf16 (CPUs with AMX or AVX512-BF16, recent GPUs), "
         "accuracy within the seed spread in BENCHMARKS.md section 3, but emulated and 20-130x "
         "slower on CPUs without it; auto: bf16 where the hardware has native bf16, else fp32",
+        none="fp32, with a one-line hint on a CPU with native bf16",
     )
     channels_last: bool | None = _f(None, "channels-last memory format (None = with bf16/fp16)")
     forward_mode: ForwardMode = _f(
@@ -474,9 +498,10 @@ def coerce(key: str, value: Any, *, source: str = "config") -> Any:
     options = [kind]
     if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
         options = list(typing.get_args(kind))
-    # "none"/"null" (and "auto" where a string is no option) spell None on the command line; for
-    # a path option a folder of that name is "./none".
-    nones = ("none", "null") if str in options else ("none", "null", "auto")
+    # "none"/"null" (and "auto" where neither a string nor a choice named auto is an option)
+    # spell None on the command line; for a path option a folder of that name is "./none".
+    named = {a for o in options if typing.get_origin(o) is Literal for a in typing.get_args(o)}
+    nones = ("none", "null") if str in options or "auto" in named else ("none", "null", "auto")
     if value is None or (
         isinstance(value, str) and value.lower() in nones and type(None) in options
     ):

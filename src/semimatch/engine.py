@@ -44,6 +44,7 @@ from semimatch.diagnostics import Diagnostics
 from semimatch.distributed import DistEnv
 from semimatch.errors import TrainingError, TrainingInterrupted
 from semimatch.evaluation import evaluate_model, lambda_curve
+from semimatch.hardware import select_device
 from semimatch.log import logger
 from semimatch.recipe import (
     autocast,
@@ -59,10 +60,8 @@ from semimatch.resolve import (
     given_data_config,
     load_data,
     make_split,
-    native_bf16,
     prepare_text,
     resolve,
-    select_device,
 )
 from semimatch.run import Resume, Run, RunDir, RunStart, make_summary
 from semimatch.state import TrainState
@@ -76,9 +75,7 @@ __all__ = [
     "evaluate_model",
     "fit",
     "lambda_curve",
-    "native_bf16",
     "resolve",
-    "select_device",
 ]
 
 #: A per-sample view callable ``(sample, rng) -> sample`` (``fit(weak_augment=...)``).

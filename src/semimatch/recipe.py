@@ -22,6 +22,7 @@ from semimatch.algorithms import SSLAlgorithm, build_algorithm
 from semimatch.config import Config, ConfigError
 from semimatch.data import DatasetInfo, wrap_model
 from semimatch.ema import ModelEMA
+from semimatch.log import status
 from semimatch.models import InputNormalizer, ResizeInput, build_model, set_bn_momentum
 from semimatch.models.pretrained import InputSpec, input_spec
 from semimatch.optim import make_adamw, warmup_schedule
@@ -76,6 +77,8 @@ def build_parts(
         )
     spec = pretrained_input(cfg, info)
     if model is None:
+        if training and info.kind == "text":  # a large encoder takes seconds: say so
+            status(f"loading the encoder {cfg.backbone}")
         model = _build_backbone(cfg, info, spec)
     set_bn_momentum(model, cfg.bn_momentum)
     if spec is None:
@@ -157,7 +160,10 @@ def _build_backbone(cfg: Config, info: DatasetInfo, spec: InputSpec | None = Non
                 "pretrained: an hf: backbone's weights are those of its folder (or Hub model); "
                 "pass true (the default) or false (random weights), not a file"
             )
-        model = build_model(name, info.num_classes, **pretrained)
+        try:
+            model = build_model(name, info.num_classes, **pretrained)
+        except OSError as e:  # not in the folder or the cache, the Hub unreachable: one line
+            raise ConfigError(f"backbone={name!r}: {str(e).removeprefix('hf: ')}") from None
         longest = getattr(model, "max_positions", None)
         if longest is not None and info.max_length > longest:
             raise ConfigError(
@@ -220,7 +226,8 @@ def lr_factor(cfg: Config) -> Callable[[int], float]:
 
 
 def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
-    if cfg.precision == "fp32":
+    """The config's mixed precision; fp32 (or None, the unresolved default fp32): none."""
+    if cfg.precision in ("fp32", None):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype)

@@ -1,10 +1,10 @@
 """From a config to what a run needs: the device, the dataset, every auto field, the split.
 
 ``resolve`` fills the auto (None) fields of a ``Config`` and checks it against the dataset and
-the device, before anything is trained or written: a mistake must not cost the run that
-``--overwrite`` would replace.  Each derived value is recorded in ``cfg.auto`` with its reason.
-``load_data`` is the one place a config's dataset is loaded; ``make_split`` the one place its
-labeled/unlabeled split is drawn.
+the device (``semimatch.hardware``), before anything is trained or written: a mistake must not
+cost the run that ``--overwrite`` would replace.  Each derived value is recorded in
+``cfg.auto`` with its reason.  ``load_data`` is the one place a config's dataset is loaded;
+``make_split`` the one place its labeled/unlabeled split is drawn.
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ from semimatch.config import Config, ConfigError, budget_momentum
 from semimatch.data import DatasetInfo, Split, SSLDataset, load_dataset
 from semimatch.data.splits import balanced_split, fold_split, given_split, long_tailed_split
 from semimatch.data.text import DEFAULT_MAX_LENGTH, has_augmentations
+from semimatch.data.text_datasets import TEXT_FILE_OPTIONS, label_reason
 from semimatch.data.text_views import DEFAULT_STRONG, STRONG_TEXT_VIEWS
 from semimatch.forward_checks import check_forward_mode
-from semimatch.log import logger
+from semimatch.hardware import fp32_hint, native_bf16
+from semimatch.log import logger, status
 from semimatch.validation import carve, check_validation, with_validation
 
 __all__ = [
@@ -33,45 +35,9 @@ __all__ = [
     "given_data_config",
     "load_data",
     "make_split",
-    "native_bf16",
     "prepare_text",
     "resolve",
-    "select_device",
 ]
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(
-            f"device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' but CUDA is not available here; use --device cpu")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device='mps' but MPS is not available here; use --device cpu")
-    return dev
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 natively (autocast then pays off; else it is emulated).
-
-    CPUs: AMX tiles or AVX512-BF16 (torch's oneDNN bf16 kernels); without them a bf16 matrix
-    product ran 130x slower than fp32 on a 2-core AVX2 EPYC.  CUDA: compute capability 8+.
-    """
-    if device.type == "cpu":
-        cpu = torch.cpu
-        return bool(cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported())
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-    return False
 
 
 def resolve(
@@ -104,6 +70,9 @@ def resolve(
             if augs
             else "the data has no augmentations: UDA's TF-IDF word replacement"
         )
+    if data.info.kind == "text" and cfg.label_kind is None and data.label_kind is not None:
+        cfg.label_kind = data.label_kind  # how the labels were read (a resume reads them so)
+        auto["label_kind"] = label_reason(data.label_kind, data.info.class_names)
     _derive(cfg, data.info, device, auto)
     cfg.auto = auto
     return cfg
@@ -116,15 +85,15 @@ def _check(cfg: Config, data: SSLDataset, device: torch.device) -> None:
     C = info.num_classes
     for name in (
         "iterations",
-        "batch_size",
+        "batch_size",  # None: derived (_derive)
         "eval_every",
         "log_every",
         "eval_batch_size",
         "keep_checkpoints",
     ):
-        if getattr(cfg, name) < 1:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1; got {getattr(cfg, name)}")
-    if cfg.uratio < 1 and cfg.algorithm != "supervised":
+    if cfg.uratio is not None and cfg.uratio < 1 and cfg.algorithm != "supervised":
         raise ConfigError(f"uratio must be >= 1 for {cfg.algorithm}; got {cfg.uratio}")
     if cfg.exclude_labeled and cfg.algorithm == "supervised":
         raise ConfigError("exclude_labeled shapes the unlabeled set, which supervised never uses")
@@ -138,11 +107,6 @@ def _check(cfg: Config, data: SSLDataset, device: torch.device) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     ws = dist.get_world_size()
-    if cfg.batch_size % ws:
-        raise ConfigError(
-            f"batch_size={cfg.batch_size} is the global batch and must be divisible "
-            f"by the number of processes ({ws})"
-        )
     if cfg.sync_bn and ws > 1 and device.type not in ("cuda", "xpu", "hpu"):
         raise ConfigError(
             f"sync_bn: torch's SyncBatchNorm runs only on GPUs, not on "
@@ -293,6 +257,16 @@ def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str
             derive("backbone", "cnn" if small else "wrn_28_2", why)
     K = cfg.iterations
     hf = _is_hf(cfg)
+    # USB's NLP configs train text encoders on 8 labeled + 8 unlabeled texts; FixMatch's 64 + 448
+    # cost a CPU ~50x more per step with a text encoder (BENCHMARKS.md, "Text defaults on a
+    # CPU").
+    derive("batch_size", 8 if text else 64, "USB's NLP batch" if text else "FixMatch's")
+    derive("uratio", 1 if text else 7, "USB's NLP batch, 8 + 8" if text else "FixMatch's mu")
+    if cfg.batch_size % dist.get_world_size():
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is the global batch and must be divisible "
+            f"by the number of processes ({dist.get_world_size()})"
+        )
     derive(
         "optimizer",
         "adamw" if hf else "sgd",
@@ -357,6 +331,11 @@ def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str
         cfg.precision = "bf16" if native else "fp32"
         why = "with native bf16" if native else "without native bf16"
         auto["precision"] = f"{cfg.precision}: {device} {why}"
+    elif cfg.precision is None:  # fp32, the exact default; one line where bf16 would pay off
+        derive("precision", "fp32", "the papers' arithmetic (exact by default)")
+        hint = fp32_hint(info.kind) if device.type == "cpu" and native_bf16(device) else None
+        if hint:
+            status(hint)
     elif cfg.precision == "bf16" and device.type == "cpu" and not native_bf16(device):
         logger.warning(
             "precision='bf16' on a CPU without native bf16 (no AMX or AVX512-BF16): torch "
@@ -497,10 +476,6 @@ def _draw_split(cfg: Config, data: SSLDataset) -> Split:
     return balanced_split(labels, C, cfg.num_labels, seed, include_labeled_in_unlabeled=include)
 
 
-#: Options of ``dataset='text'`` that say how to read its files.
-_TEXT_FILE_OPTIONS = ("text_column", "label_column", "test_size", "test_seed")
-
-
 def dataset_options(cfg: Config) -> dict[str, Any]:
     opts: dict[str, Any] = {} if cfg.hflip is None else {"hflip": cfg.hflip}
     if cfg.dataset == "imagefolder":
@@ -520,10 +495,10 @@ def dataset_options(cfg: Config) -> dict[str, Any]:
         opts.update(
             unlabeled_dir=cfg.unlabeled_dir, test_dir=cfg.test_dir, skip_corrupt=cfg.skip_corrupt
         )
-        opts.update({n: getattr(cfg, n) for n in _TEXT_FILE_OPTIONS})
+        opts.update({n: getattr(cfg, n) for n in TEXT_FILE_OPTIONS})
     else:
         defaults = Config()
-        stray = [n for n in _TEXT_FILE_OPTIONS if getattr(cfg, n) != getattr(defaults, n)]
+        stray = [n for n in TEXT_FILE_OPTIONS if getattr(cfg, n) != getattr(defaults, n)]
         if stray:
             raise ConfigError(
                 f"{', '.join(stray)} apply only to dataset='text' (text files), not {cfg.dataset!r}"
@@ -547,7 +522,7 @@ def given_data_config(cfg: Config, data: SSLDataset) -> Config:
         "test_dir",
         "image_size",
         "hflip",  # the data's own DatasetInfo.hflip decides (from_arrays(hflip=...))
-        *_TEXT_FILE_OPTIONS,
+        *TEXT_FILE_OPTIONS,
     )
     ignored = [n for n in (*loading, "skip_corrupt") if getattr(cfg, n) != getattr(defaults, n)]
     if ignored:
@@ -587,14 +562,20 @@ def prepare_text(cfg: Config, data: SSLDataset) -> SSLDataset:
     from semimatch.data.text import tokenize_dataset
     from semimatch.models.hf import load_tokenizer, max_positions
 
-    source = _text_backbone(cfg).removeprefix("hf:")
+    backbone = _text_backbone(cfg)
+    source = backbone.removeprefix("hf:")
     _check_text_options(cfg)
-    max_length = cfg.max_length  # auto: the default, within the encoder's positions
-    if max_length is None:
-        max_length = min(DEFAULT_MAX_LENGTH, max_positions(source) or DEFAULT_MAX_LENGTH)
+    try:  # the encoder's config first: a model that is not there fails in a moment, silently
+        positions = max_positions(source) or DEFAULT_MAX_LENGTH
+        status(f"loading the tokenizer of {backbone}")
+        tokenizer = load_tokenizer(source)
+    except OSError as e:  # no such folder, not in the cache, the Hub unreachable: one line
+        raise ConfigError(f"backbone={backbone!r}: {str(e).removeprefix('hf: ')}") from None
+    # auto: the default, within the encoder's positions
+    max_length = cfg.max_length or min(DEFAULT_MAX_LENGTH, positions)
+    sources = (data.train, data.test, data.extra_unlabeled)
+    status(f"tokenizing {sum(len(s) for s in sources if s is not None):,} texts")
     try:
-        return tokenize_dataset(
-            data, load_tokenizer(source), max_length, name=source, strong=cfg.text_strong
-        )
+        return tokenize_dataset(data, tokenizer, max_length, name=source, strong=cfg.text_strong)
     except ValueError as e:  # max_length or the strong view's name: the config's options
         raise ConfigError(str(e)) from None

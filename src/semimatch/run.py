@@ -27,10 +27,11 @@ from semimatch.data import DATASETS, DatasetInfo, Split, SSLDataset, to_model_in
 from semimatch.data.splits import save_split
 from semimatch.errors import TrainingError
 from semimatch.evaluation import evaluate_model, pad_rows
+from semimatch.hardware import select_device
 from semimatch.log import logger
 from semimatch.metrics import JsonlWriter, median_of_last, read_jsonl
 from semimatch.recipe import build_parts
-from semimatch.resolve import load_data, select_device
+from semimatch.resolve import load_data
 from semimatch.state import TrainState
 
 __all__ = ["Run", "RunDir", "RunStart", "load_run", "make_summary"]
@@ -315,8 +316,9 @@ class Run:
             if self.config.dataset not in DATASETS:
                 raise ValueError(
                     f"this run trained on data passed to fit (dataset {self.config.dataset!r}), "
-                    "which semimatch cannot load by name; pass the test images: "
-                    "run.evaluate(source), or load_run(run_dir, data=...)"
+                    "which semimatch cannot load by name; score labeled test data with "
+                    "`semimatch eval RUN --test-dir DIR` or semimatch.evaluate(run, "
+                    "test_dir=DIR), or pass it: run.evaluate(source), load_run(run_dir, data=...)"
                 )
             self.data = load_data(self.config)
         source = source if source is not None else (self.data.test if self.data else None)

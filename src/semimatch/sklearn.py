@@ -22,16 +22,17 @@ Inputs ``X``:
   drawn for the whole batch at once from a ``torch.Generator`` seeded by
   ``(seed, iteration, rank, view)`` (the contract of the batched image views):
 
-  - weak view:   ``z + weak_noise * e``                 (``e ~ N(0, I)``)
-  - strong view: ``m * z + strong_noise * e``, where ``m`` zeroes each feature with
-    probability ``strong_dropout`` (a zeroed standardised feature sits at its mean, i.e.
-    "feature missing"), so the student sees a harder, partly-masked view.
+    - weak view:   ``z + weak_noise * e``                 (``e ~ N(0, I)``)
+    - strong view: ``m * z + strong_noise * e``, where ``m`` zeroes each feature with
+      probability ``strong_dropout`` (a zeroed standardised feature sits at its mean, i.e.
+      "feature missing"), so the student sees a harder, partly-masked view.
 
 * **texts**: a list (or 1-d array, or pandas Series) of strings, with
   ``backbone="hf:<model name or local folder>"`` (a Hugging Face encoder): tokenized once with
   the encoder's tokenizer (``max_length`` and the strong view ``text_strong`` through
   ``config=``), weak view = the text, strong view = UDA's TF-IDF word replacement, and USB's
-  fine-tuning recipe (AdamW, learning rate 5e-5 unless ``lr`` is given, no weight EMA).
+  fine-tuning recipe (AdamW, learning rate 5e-5 unless ``lr`` is given, no weight EMA, 8
+  labeled + 8 unlabeled texts per iteration unless ``batch_size``/``uratio`` are given).
 
 Labels ``y``: any values (ints, strings, ...), mapped through ``classes_``; unlabeled rows carry
 ``unlabeled_label`` (default ``-1``, scikit-learn's semi-supervised convention). For string
@@ -90,23 +91,30 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             for them) or an ``nn.Module`` (float NCHW images in - float ``(N, D)`` for feature
             vectors - logits out; copied at each ``fit``).
         max_iter: training iterations (optimizer steps).
-        batch_size: labeled samples per iteration.
-        uratio: unlabeled samples per labeled sample in a batch (mu).
+        batch_size: labeled samples per iteration; None: 64 (FixMatch's) for images and
+            feature vectors, 8 (USB's NLP batch) for texts.
+        uratio: unlabeled samples per labeled sample in a batch (mu); None: 7 (FixMatch's)
+            for images and feature vectors, 1 for texts (8 + 8, USB's NLP batch).
         lr: initial learning rate; None: 0.03 with SGD + Nesterov (images, features), 5e-5
             with AdamW (``hf:`` backbones), each with its cosine decay.
         weight_decay: L2 on weights (not on BatchNorm parameters and biases).
         device: ``"auto"`` (CUDA, else MPS, else CPU), ``"cpu"``, ``"cuda"``, ...
-        precision: ``"fp32"`` (default, as the other doors: the papers' arithmetic),
-            ``"auto"`` (bf16 where the hardware has native bf16, else fp32), ``"bf16"``,
-            ``"fp16"`` (CUDA).
+        precision: None (default, as the other doors: fp32, the papers' arithmetic; with
+            ``verbose``, one line says what bf16 measured where the CPU has it natively),
+            ``"fp32"``, ``"auto"`` (bf16 where the hardware has native bf16, else fp32),
+            ``"bf16"``, ``"fp16"`` (CUDA).
         random_state: seed (int), ``RandomState`` or None (a fresh seed per ``fit``).
-        verbose: progress bar and evaluation lines during ``fit``.
+        verbose: 0 / False (default): ``fit`` prints nothing but warnings; 1 / True (or
+            more): what ``fit`` is doing before it trains (loading the encoder, tokenizing),
+            a progress bar and the evaluation lines, as the command line shows them.
         unlabeled_label: the ``y`` value marking unlabeled rows.
         hflip: images only: whether the weak view may flip horizontally (off by default: safe
             for digits and text; turn on for natural images).
         hidden_layer_sizes: feature vectors with the MLP: widths of the hidden layers.
-        weak_noise, strong_noise, strong_dropout: feature vectors only: the perturbations of the
-            weak and strong views (module docstring), in units of each feature's std. The
+        weak_noise: feature vectors only: the weak view's noise (module docstring), in units of
+            each feature's std.
+        strong_noise: feature vectors only: the strong view's noise, in the same units.
+        strong_dropout: feature vectors only: the strong view's feature-masking probability. The
             defaults (and the 512-wide MLP) were the best of a small sweep on digits features.
         config: further ``semimatch.Config`` fields as a dict (e.g. ``{"tau": 0.9,
             "ema_decay": 0, "threads": 1}``); fields set by the parameters above are refused.
@@ -130,14 +138,14 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         algorithm: str = "softmatch",
         backbone: str | nn.Module = "auto",
         max_iter: int = 1000,
-        batch_size: int = 64,
-        uratio: int = 7,
+        batch_size: int | None = None,
+        uratio: int | None = None,
         lr: float | None = None,
         weight_decay: float = 5e-4,
         device: str = "auto",
-        precision: str = "fp32",
+        precision: str | None = None,
         random_state: int | np.random.RandomState | None = None,
-        verbose: bool = False,
+        verbose: int = 0,
         unlabeled_label: Any = -1,
         hflip: bool = False,
         hidden_layer_sizes: tuple[int, ...] = (512, 512),
@@ -239,8 +247,13 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"algorithm={self.algorithm!r} is not one of {sorted(ALGORITHMS)}")
         for name in ("max_iter", "batch_size", "uratio"):
             value = getattr(self, name)
+            if value is None and name != "max_iter":  # derived, as the other doors derive it
+                continue
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+        verbose = self.verbose
+        if not isinstance(verbose, numbers.Integral) or verbose < 0:
+            raise ValueError(f"verbose must be an integer >= 0 or a bool; got {verbose!r}")
         for name in ("weak_noise", "strong_noise"):
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or not value >= 0:
@@ -343,7 +356,9 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
                 f"backbone={self.backbone!r} cannot read texts; pass backbone='hf:<model name or "
                 "local folder>' (a Hugging Face encoder, e.g. 'hf:bert-base-uncased')"
             )
-        return from_texts(texts, labels, name="sklearn", class_names=names), self.backbone
+        # The labels are indices into classes_ (np.unique of y), whatever y's values were.
+        data = from_texts(texts, labels, name="sklearn", class_names=names, label_kind="index")
+        return data, self.backbone
 
     # -- fit -------------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any) -> SemiSupervisedClassifier:

@@ -51,9 +51,11 @@ def train_step(
 
     Args:
         model: maps an image batch to logits (N, C).
-        x_lb, y_lb: labeled batch (weak view) and its labels.
-        u_weak, u_strong: unlabeled weak and strong views (``u_strong`` only when the algorithm's
-            student view is the strong one).
+        x_lb: labeled batch (weak view).
+        y_lb: its labels.
+        u_weak: unlabeled weak view.
+        u_strong: unlabeled strong view (only when the algorithm's student view is the strong
+            one).
         u_true: ground truth of the unlabeled batch, ``-1`` where unknown.  Used **only** for the
             quality metrics; the loss never reads it.
         forward_mode: ``"joint"`` (default) runs one forward over ``cat(x_lb, u_weak,

@@ -10,13 +10,34 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 from semimatch.config import Config, ConfigError
 from semimatch.data import Split, SSLDataset
 from semimatch.data.splits import carve_validation
 from semimatch.log import logger
 
-__all__ = ["carve", "check_validation", "with_validation"]
+__all__ = ["CHECKPOINT_HELP", "carve", "check_validation", "describe_checkpoint", "with_validation"]
+
+#: ``--checkpoint`` of ``semimatch eval`` / ``predict`` (``run.load_run``'s ``checkpoint``).
+CHECKPOINT_HELP = (
+    "the checkpoint to load: auto (default) = best.pt if a validation set (--val-size, "
+    "--val-dir, dev.json) chose it, else the last checkpoint - never one the test set chose; "
+    "best = best.pt even when chosen on the test set (the papers' protocol, optimistic); last; "
+    "or a checkpoint file"
+)
+
+
+def describe_checkpoint(run: Any) -> str:
+    """What chose the checkpoint a reloaded ``run`` holds (``semimatch eval``): a test score of
+    a checkpoint the same test set chose is optimistic, and says so."""
+    name = run.checkpoint.name if run.checkpoint is not None else "?"
+    return {
+        "val": f"{name}, chosen on the validation set",
+        "test": f"{name}, chosen on this test set: an optimistic score (--checkpoint last for "
+        "an unbiased one)",
+        "last": f"{name}, the last checkpoint",
+    }.get(run.selected_on, name)
 
 
 def with_validation(cfg: Config, data: SSLDataset) -> SSLDataset:

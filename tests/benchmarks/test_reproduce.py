@@ -136,14 +136,14 @@ def test_every_committed_run_is_what_its_cell_runs_today(tmp_path: Path) -> None
             assert saved[key] == json.loads(json.dumps(value)), (path, key, saved[key], value)
 
 
-def test_benchmarks_md_publishes_the_tables_of_the_committed_runs() -> None:
-    text = (ROOT / "BENCHMARKS.md").read_text()
+def test_the_accuracy_page_publishes_the_tables_of_the_committed_runs() -> None:
+    text = (ROOT / "docs" / "benchmarks" / "accuracy.md").read_text()
     assert reproduce.table(RESULTS).strip() in text
     assert reproduce.seed_table(RESULTS).strip() in text
 
 
 def committed_mean_std(setting: str, algorithm: str, key: str = "best_error") -> str:
-    """``mean ± std`` (in %, one decimal, as README writes it) of ``key`` over the 3 committed
+    """``mean ± std`` (in %, one decimal, as the docs write it) of ``key`` over the 3 committed
     seeds of a cell."""
     paths = sorted((RESULTS / setting / algorithm).glob("seed*/summary.json"))
     values = [100 * json.loads(p.read_text())[key] for p in paths]
@@ -152,8 +152,9 @@ def committed_mean_std(setting: str, algorithm: str, key: str = "best_error") ->
 
 
 @pytest.mark.parametrize("dataset, prefix", [("Fashion-MNIST", "fmnist"), ("CIFAR-10", "cifar10")])
-def test_readme_headline_errors_are_the_committed_runs(dataset: str, prefix: str) -> None:
-    lines = (ROOT / "README.md").read_text().splitlines()
+def test_headline_errors_are_the_committed_runs(dataset: str, prefix: str) -> None:
+    """The headline tables of docs/benchmarks/accuracy.md."""
+    lines = (ROOT / "docs" / "benchmarks" / "accuracy.md").read_text().splitlines()
     start = lines.index(f"| {dataset} | supervised | Pseudo-Label | FixMatch | SoftMatch |")
     checked = 0
     for line in lines[start + 2 :]:
@@ -250,3 +251,29 @@ def test_cells_record_the_machine_that_made_them() -> None:
     assert here["bf16"] in ("amx", "avx512_bf16", "emulated")
     same, why = _same_machine_kind()
     assert isinstance(same, bool) and "bf16" in why
+
+
+#: The README's results table: the start of a row's label -> its committed setting.
+README_ROWS = {
+    "Fashion-MNIST, 40 labels": "fmnist-40",
+    "Fashion-MNIST, 250 labels": "fmnist-250",
+    "CIFAR-10, 40 labels": "cifar10-40",
+    "CIFAR-10, 250 labels": "cifar10-250",
+    "AG News, 40 labels": "agnews-40",
+}
+
+
+def test_readme_results_are_the_committed_runs() -> None:
+    """README's one results table: every cell is mean ± std of the committed seeds."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = lines.index("| best error %, 3 seeds | supervised | FixMatch | SoftMatch |")
+    checked = set()
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip().strip("*") for c in line.split("|")[1:-1]]
+        (setting,) = [s for label, s in README_ROWS.items() if cells[0].startswith(label)]
+        for algorithm, cell in zip(("supervised", "fixmatch", "softmatch"), cells[1:]):
+            assert cell == committed_mean_std(setting, algorithm), (setting, algorithm)
+        checked.add(setting)
+    assert checked == set(README_ROWS.values())

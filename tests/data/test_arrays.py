@@ -97,3 +97,16 @@ def test_from_features_bad_inputs():
         from_features(x, [0, 1, 0, 1], std=[1, 0, 1])
     with pytest.raises(ValueError, match="dropout must be in"):
         from_features(x, [0, 1, 0, 1], strong_dropout=1.5)
+
+
+def test_one_based_labels_are_refused_not_trained_with_an_empty_class_0():
+    """Labels 1..4 with the number of classes inferred (largest + 1) would train 5 classes,
+    class 0 empty; named classes or an explicit num_classes say what is meant."""
+    x = np.zeros((8, 4, 4), np.uint8)
+    y = np.array([1, 2, 3, 4, 1, 2, 3, -1])
+    with pytest.raises(ValueError, match=r"labels: class 0 has no labeled sample.*subtract 1"):
+        from_arrays(x, y)
+    with pytest.raises(ValueError, match=r"class 0 has no labeled sample"):
+        from_features(np.zeros((8, 3), np.float32), y)
+    assert from_arrays(x, y, num_classes=5).info.num_classes == 5  # said so: class 0 unlabeled
+    assert from_arrays(x, y - 1 + (y < 0)).info.num_classes == 4

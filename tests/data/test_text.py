@@ -54,8 +54,12 @@ def test_from_texts_labels_by_index_or_name():
     named = from_texts(["a", "b", "c"], ["pos", None, "neg"], ["d"], ["pos"])
     assert named.info.class_names == ("neg", "pos") and named.train.labels.tolist() == [1, -1, 0]
     assert named.test.labels.tolist() == [1]
-    fixed = from_texts(["a", "b"], ["pos", 0], class_names=["neg", "pos"])
+    fixed = from_texts(["a", "b"], ["pos", "neg"], class_names=["neg", "pos"])
     assert fixed.train.labels.tolist() == [1, 0]
+    indexed = from_texts(["a", "b"], [1, 0], class_names=["neg", "pos"], label_kind="index")
+    assert indexed.train.labels.tolist() == [1, 0]
+    with pytest.raises(ValueError, match=r"texts\[1\]: label 0 is not one of the classes"):
+        from_texts(["a", "b"], ["pos", 0], class_names=["neg", "pos"])  # 0 names no class
     with pytest.raises(ValueError, match=r"test_texts\[0\]: label 'odd' in the test set"):
         from_texts(["a", "b"], ["pos", "neg"], ["c"], ["odd"])
     with pytest.raises(ValueError, match=r"texts\[1\]: empty text"):

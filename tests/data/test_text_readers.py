@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semimatch.data import load_dataset, load_text
+from semimatch.data import from_texts, load_dataset, load_text
 from semimatch.data.text_readers import read_rows, text_format
 
 CSV = "label,text\nWorld,the market rises\nSports,the team wins\n,an old game\n-1,a new bank\n"
@@ -41,8 +41,8 @@ def test_jsonl_with_null_and_minus_one_labels(tmp_path):
     rows = [{"text": "a", "label": 2}, {"text": "b", "label": None}, {"text": "c", "label": -1}]
     rows += [{"text": "d", "label": 0}, {"text": "e"}]
     path = _write(tmp_path / "a.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n\n")
-    ds = load_text(path)
-    assert ds.train.labels.tolist() == [2, -1, -1, 0, -1] and ds.info.num_classes == 3
+    ds = load_text(path)  # 0 and 2 are not 0..C-1: the classes named "0" and "2"
+    assert ds.train.labels.tolist() == [1, -1, -1, 0, -1] and ds.info.class_names == ("0", "2")
 
 
 def test_gzip_is_recognised_by_its_magic_bytes(tmp_path):
@@ -148,10 +148,11 @@ def test_a_missing_file_and_a_missing_folder(tmp_path):
 
 def test_skip_bad_skips_and_counts(tmp_path, capsys):
     path = _write(tmp_path / "a.csv", "label,text\nWorld,x\nSports, \nWorld,\nSports,y\n")
-    ds = load_text(path, skip_bad=True)
+    ds = load_text(path, skip_corrupt=True)
     assert ds.train.texts == ["x", "y"]
     err = capsys.readouterr().err
-    assert "skipped 2 bad row(s) (skip_bad)" in err and "a.csv:line 3: empty text" in err
+    assert "skipped 2 bad row(s) (skip_corrupt)" in err and "a.csv:line 3: empty text" in err
+    assert load_text(path, skip_bad=True).train.texts == ["x", "y"]  # the former name
 
 
 def test_readers_directly(tmp_path):
@@ -160,6 +161,17 @@ def test_readers_directly(tmp_path):
     assert [r.where.rsplit(":", 1)[1] for r in rows] == ["line 2", "line 3", "line 4", "line 5"]
     quoted = read_rows(_write(tmp_path / "q.csv", 'text,label\n"a, ""quoted""\nline",1\n'))
     assert quoted[0].text == 'a, "quoted"\nline' and quoted[0].label == "1"
+
+
+def test_texts_to_classify_name_every_format_they_take(tmp_path):
+    """``semimatch predict``'s reader takes .txt files (one text per line): its error lists
+    them with the tables' extensions."""
+    from semimatch.data.text_readers import read_texts
+
+    rows = read_texts(_write(tmp_path / "q.txt", "one\n\ntwo\n"))
+    assert [r.text for r in rows] == ["one", "two"]
+    with pytest.raises(ValueError, match=r"extension '\.md'; .*\.txt file .*\.csv, \.tsv"):
+        read_texts(_write(tmp_path / "notes.md", "a text\n"))
 
 
 AG_NEWS = Path("/work/shared/data/ag_news/ag_news_test.csv.gz")
@@ -174,3 +186,94 @@ def test_ag_news_loads_with_7600_texts_in_4_classes():
     carved = load_dataset("text", AG_NEWS, test_size=2000, test_seed=0)
     assert len(carved.train) == 5600 and np.bincount(carved.test.labels).tolist() == [500] * 4
     assert sorted(carved.train.texts + carved.test.texts) == sorted(ds.train.texts)
+
+
+def test_integer_labels_are_indices_only_when_exactly_0_to_c_minus_1(tmp_path):
+    """AG News labels 1..4 are four classes named "1".."4" (never five with an empty "0"); the
+    labels 0..C-1 are indices; label_kind says which where the labels alone do not."""
+    one = load_text(_write(tmp_path / "one.csv", "label,text\n1,a\n2,b\n3,c\n4,d\n1,e\n"))
+    assert one.info.class_names == ("1", "2", "3", "4") and one.label_kind == "name"
+    assert one.train.labels.tolist() == [0, 1, 2, 3, 0]
+    zero = load_text(_write(tmp_path / "zero.csv", "label,text\n1,a\n0,b\n"))
+    assert zero.info.class_names == ("0", "1") and zero.label_kind == "index"
+    wide = from_texts(["a", "b", "c"], [2, 10, 2])  # names sort as numbers: "2" before "10"
+    assert wide.info.class_names == ("2", "10") and wide.train.labels.tolist() == [0, 1, 0]
+    named = load_text(tmp_path / "zero.csv", label_kind="name")
+    assert named.info.class_names == ("0", "1") and named.label_kind == "name"
+    with pytest.raises(ValueError, match=r"class index 0 has no labeled text .the labels are 1..4"):
+        load_text(tmp_path / "one.csv", label_kind="index")
+    with pytest.raises(ValueError, match="label_kind: expected 'index', 'name' or None"):
+        load_text(tmp_path / "one.csv", label_kind="names")
+    test = _write(tmp_path / "t.csv", "label,text\n4,x\n0,y\n")
+    with pytest.raises(ValueError, match=r"t\.csv:line 3: label '0' in the test set is unknown"):
+        load_text(tmp_path / "one.csv", test=test)
+    # a trained run's named classes: an integer is a class only by its name, never an index
+    with pytest.raises(ValueError, match=r"label '1' is not one of the classes .Sports, World."):
+        load_text(tmp_path / "zero.csv", class_names=["Sports", "World"])
+
+
+def test_missing_columns_are_refused_listing_what_the_file_has(tmp_path):
+    path = _write(tmp_path / "a.csv", CSV)
+    with pytest.raises(ValueError, match=r"no label column 'category' in the header .'label', "):
+        load_text(path, label_column="category")
+    assert load_text(path, unlabeled=path).extra_unlabeled.labels.tolist() == [-1] * 4
+    unl = load_text(path, unlabeled=_write(tmp_path / "u.csv", "text\nx\n"))  # labels unread
+    assert unl.extra_unlabeled.texts == ["x"]
+
+
+def test_headerless_tables_address_columns_by_position(tmp_path):
+    tsv = _write(tmp_path / "a.tsv", "3\tthe market\n1\tthe team\n3\ta bank\n")
+    with pytest.raises(ValueError, match=r"a\.tsv:line 1: .*looks like data.*header=False"):
+        load_text(tsv)
+    ds = load_text(tsv, header=False)  # default positions: label 0, text 1
+    assert ds.train.texts == ["the market", "the team", "a bank"]
+    assert ds.info.class_names == ("1", "3") and ds.train.labels.tolist() == [1, 0, 1]
+    swapped = _write(tmp_path / "b.csv", "the market,World\nthe team,Sports\n")
+    ds = load_text(swapped, header=False, text_column="0", label_column="1")
+    assert ds.info.class_names == ("Sports", "World") and ds.train.texts[0] == "the market"
+    rows = read_rows(_write(tmp_path / "c.csv", "just texts\nmore\n"), header=False,
+                     label_column=None)  # fmt: skip
+    assert [r.text for r in rows] == ["just texts", "more"]  # one column: the texts
+    with pytest.raises(ValueError, match=r"the same column .0."):
+        load_text(swapped, header=False, text_column="0")
+    with pytest.raises(ValueError, match=r"header=False applies to CSV/TSV files"):
+        load_text(_write(tmp_path / "a.jsonl", '{"text": "x", "label": "a"}\n'), header=False)
+    with pytest.raises(ValueError, match=r"line 1: .'label', 'text'. reads like a header row"):
+        load_text(_write(tmp_path / "h.csv", CSV), header=False)  # not a class named "label"
+    (tmp_path / "f" / "a").mkdir(parents=True)
+    (tmp_path / "f" / "a" / "0.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"header=False applies to CSV/TSV files; .* folder"):
+        load_text(tmp_path / "f", header=False)
+
+
+def test_skip_corrupt_skips_undecodable_rows_and_files(tmp_path, capsys):
+    path = _write(tmp_path / "a.csv", b"label,text\nWorld,x\nSports,caf\xe9\nWorld,y\nSports,z\n")
+    with pytest.raises(ValueError, match=r"a\.csv:line 3: undecodable bytes.*skip_corrupt=True"):
+        load_text(path)
+    ds = load_text(path, skip_corrupt=True)
+    assert ds.train.texts == ["x", "y", "z"]
+    assert "a.csv:line 3: undecodable bytes (not UTF-8)" in capsys.readouterr().err
+    bad_label = _write(tmp_path / "b.csv", b"label,text\nWorld,x\nSp\xf6rts,w\nSports,z\n")
+    assert load_text(bad_label, skip_corrupt=True).info.class_names == ("Sports", "World")
+    for cls, data in {"neg": [b"bad", b"b\xe4d"], "pos": [b"good"]}.items():
+        (tmp_path / "f" / cls).mkdir(parents=True)
+        for i, text in enumerate(data):
+            (tmp_path / "f" / cls / f"{i}.txt").write_bytes(text)
+    assert load_text(tmp_path / "f", skip_corrupt=True).train.texts == ["bad", "good"]
+
+
+@pytest.mark.skipif(not AG_NEWS.exists(), reason="the AG News file is not on this machine")
+def test_ag_news_with_its_own_1_to_4_labels_and_no_header(tmp_path):
+    """AG News as distributed: headerless CSV, class 1..4 first (World, Sports, Business,
+    Sci/Tech), 4 classes of 1,900 texts, no empty class."""
+    import csv
+
+    order = ["World", "Sports", "Business", "Sci/Tech"]
+    with gzip.open(AG_NEWS, "rt", encoding="utf-8", newline="") as f:
+        rows = [(str(order.index(r["label"]) + 1), r["text"]) for r in csv.DictReader(f)]
+    path = tmp_path / "train.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows(rows)
+    ds = load_text(path, header=False)
+    assert ds.info.class_names == ("1", "2", "3", "4") and ds.label_kind == "name"
+    assert np.bincount(ds.train.labels).tolist() == [1900] * 4

@@ -30,6 +30,7 @@ from semimatch.data.sources import (
     ArraySource,
     ImageSource,
     SSLDataset,
+    check_every_class_labeled,
     info_for_source,
 )
 
@@ -261,7 +262,8 @@ def from_torch(
             ``classes`` attribute, else ``max(label) + 1``.
         class_names: class names (default: ``labeled.classes`` if present, else "0".."C-1").
         hflip: whether the weak view may flip horizontally.
-        mean / std: per-channel normalisation in [0, 1] units (default: statistics of
+        mean: per-channel mean in [0, 1] units (default: statistics of ``labeled``).
+        std: per-channel standard deviation in [0, 1] units (default: statistics of
             ``labeled``).
         in_memory: force (True) or forbid (False) holding the images in memory; default
             decides by size (<= ``SMALL_IMAGE_MAX_SIDE`` px per side: in memory).
@@ -285,7 +287,8 @@ def from_torch(
                 "class_names; pass one name per class"
             )
         num_classes = len(class_names)
-    if num_classes is None:
+    inferred = num_classes is None
+    if inferred:
         tops = [int(train.labels.max())]
         if test_src is not None:
             tops.append(int(test_src.labels.max()))
@@ -305,6 +308,8 @@ def from_torch(
             )
     if not (train.labels >= 0).any():
         raise ValueError("labeled: every label is -1; label at least one image per class")
+    if inferred:
+        check_every_class_labeled([train.labels, test_src and test_src.labels], num_classes)
 
     info = info_for_source(name, train, num_classes, class_names, hflip, mean, std)
     return SSLDataset(info, train, test_src, extra)

@@ -22,6 +22,7 @@ from semimatch.data.sources import (
     DatasetInfo,
     FeatureSource,
     SSLDataset,
+    check_every_class_labeled,
     check_labels,
     info_for_source,
 )
@@ -98,7 +99,8 @@ def _classes(
                 f"num_classes={num_classes} disagrees with {len(class_names)} class_names"
             )
         num_classes = len(class_names)
-    if num_classes is None:
+    inferred = num_classes is None
+    if inferred:
         top = max(int(y.max()), int(yt.max()) if yt is not None else -1)
         num_classes = top + 1
     if num_classes < 2:
@@ -111,6 +113,8 @@ def _classes(
         check_labels(yt, num_classes, "test_labels", allow_unknown=False)
     if not (y >= 0).any():
         raise ValueError("labels: every label is -1; label at least one sample per class")
+    if inferred:
+        check_every_class_labeled([y, yt], num_classes)
     return class_names, int(num_classes)
 
 

@@ -487,7 +487,7 @@ def _load_text_files(
         )
     if download:
         raise ValueError("download: text reads local files; there is nothing to download")
-    return load_text(root, test_dir, unlabeled_dir, skip_bad=skip_corrupt, **options)
+    return load_text(root, test_dir, unlabeled_dir, skip_corrupt=skip_corrupt, **options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,6 +513,8 @@ _LOADERS: dict[str, tuple[Callable[..., SSLDataset], tuple[str, ...]]] = {
             "skip_corrupt",
             "text_column",
             "label_column",
+            "header",
+            "label_kind",
             "class_names",
             "test_size",
             "test_seed",
@@ -537,7 +539,7 @@ def load_dataset(
     1 if every image is grayscale). ``text``: ``root`` is a CSV/TSV/JSONL/USB-JSON file or a
     folder ``root/<class>/*.txt``; ``test_dir``/``unlabeled_dir`` name test / unlabeled files
     or folders, ``skip_corrupt`` skips bad rows, and ``text_column``, ``label_column``,
-    ``class_names``, ``test_size``, ``test_seed`` are those of
+    ``header``, ``label_kind``, ``class_names``, ``test_size``, ``test_seed`` are those of
     :func:`semimatch.data.text_datasets.load_text`.
     """
     key = str(name).strip().lower().replace("-", "_")

@@ -42,6 +42,7 @@ __all__ = [
     "STLBinarySource",
     "SampleSource",
     "channel_stats",
+    "check_every_class_labeled",
     "check_labels",
     "info_for_source",
 ]
@@ -347,6 +348,9 @@ class SSLDataset:
     #: The weak/strong views this data asks for (e.g. the feature noise of
     #: :func:`~semimatch.data.arrays.from_features`); ``None``: the modality's default views.
     views: Views | None = None
+    #: How text labels were read: ``"index"`` (0..C-1) or ``"name"``
+    #: (:mod:`~semimatch.data.text_datasets`); ``None`` for data whose labels are indices.
+    label_kind: str | None = None
     #: Labeled samples that choose the best checkpoint instead of the test set (``val_dir``,
     #: USB's ``dev.json``); ``None``: none, or carved from ``train`` (``Split.val``).
     val: SampleSource | None = None
@@ -397,6 +401,24 @@ def check_labels(labels: np.ndarray, num_classes: int, what: str, allow_unknown:
         raise ValueError(
             f"{what}: label {int(labels[i])} at index {i} is out of range; labels must be "
             f"{allowed} for {num_classes} classes ({int(bad.sum())} bad labels in total)"
+        )
+
+
+def check_every_class_labeled(labels: Sequence[np.ndarray | None], num_classes: int) -> None:
+    """Refuse a class of ``0..num_classes-1`` that no label names, where ``num_classes`` was
+    inferred as the largest label + 1: 1-based labels (1..C) would otherwise train C + 1
+    classes with an empty class 0 and no word said."""
+    seen = np.zeros(num_classes, dtype=bool)
+    for y in labels:
+        if y is not None:
+            seen[y[(y >= 0) & (y < num_classes)]] = True
+    if not seen.all():
+        missing = int(np.flatnonzero(~seen)[0])
+        raise ValueError(
+            f"labels: class {missing} has no labeled sample, yet the number of classes is taken "
+            f"from the largest label ({num_classes - 1}); labels are class indices 0..C-1 "
+            "(subtract 1 from 1-based labels), or pass num_classes or class_names if a class "
+            "really has no labeled sample"
         )
 
 

@@ -11,11 +11,13 @@
   callable with its interface) and caches the ids as flat int32 arrays; training, evaluation
   and prediction then only index and pad. Until then a text source holds strings only.
 
-Labels: ``""``, ``None`` and ``-1`` mean unlabeled; other labels are class indices when every
-one of them is a non-negative integer, else class names (sorted, unless ``class_names`` fixes
-the order). Bad rows (an empty or non-string text, a label of the test set unknown to training,
-a label that mixes names and numbers) raise a ``ValueError`` naming the file and row;
-``skip_bad=True`` skips them instead and logs how many. Nothing is dropped silently.
+Labels: ``""``, ``None`` and ``-1`` mean unlabeled; other labels are class indices when they
+are exactly the integers 0..C-1, else class names (sorted, numerically for integer names, unless
+``class_names`` fixes the order; ``label_kind`` says which instead, see
+:mod:`semimatch.data.text_datasets`). Bad rows (an empty or non-string text, undecodable bytes,
+a label of the test set unknown to training, a label that mixes names and numbers) raise a
+``ValueError`` naming the file and row; ``skip_corrupt=True`` skips them instead and logs how
+many. Nothing is dropped silently.
 
 Batches (:func:`stack_texts`): int64 ``(N, 2, L)``, row ``[:, 0]`` the input ids and
 ``[:, 1]`` the attention mask, ``L`` the longest sequence of the batch (special tokens

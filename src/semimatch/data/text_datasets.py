@@ -2,9 +2,18 @@
 
 The readers (:mod:`semimatch.data.text_readers`) give raw rows; this module turns them into an
 :class:`~semimatch.data.sources.SSLDataset` of :class:`~semimatch.data.text.TextSource` s:
-labels ("", None and -1 are unlabeled; all non-negative integers are class indices, else class
-names), rows checked with the file and row named, and an optional seeded class-balanced test set
-carved out of the file.  See :mod:`semimatch.data.text` for the rules and the batch format.
+labels ("", None and -1 are unlabeled; the others read as ``label_kind`` says, below), rows
+checked with the file and row named, and an optional seeded class-balanced test set carved out
+of the file.  See :mod:`semimatch.data.text` for the batch format.
+
+``label_kind``: ``"index"`` - labels are class indices 0..C-1 (every class labeled at least
+once); ``"name"`` - labels are class names (the integer 3 is the class "3"); ``None`` (auto) -
+indices when the training labels are exactly the integers 0..C-1, else names, so AG News'
+1..4 are four classes named "1".."4", never five with an empty class "0" (a mix of integers
+and other names is refused: say which with ``label_kind``). With ``class_names`` given (a
+trained run's classes) labels are names unless ``label_kind="index"``: an integer matches a
+class only by its name, so integer labels never silently index a run's named classes. The
+choice is :attr:`SSLDataset.label_kind` (a run records it in ``config.json``).
 """
 
 from __future__ import annotations
@@ -12,16 +21,29 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from semimatch.data.sources import DatasetInfo, SSLDataset
 from semimatch.data.text import DEFAULT_MAX_LENGTH, TextSource, tokenize_dataset
-from semimatch.data.text_readers import RawRow, read_rows, read_text_folder
+from semimatch.data.text_readers import RawRow, is_decoded, read_rows, read_text_folder
 from semimatch.log import logger
 
-__all__ = ["from_texts", "load_text"]
+__all__ = ["TEXT_FILE_OPTIONS", "LabelKind", "from_texts", "label_reason", "load_text"]
+
+#: How labels are read: class indices 0..C-1 or class names (None: decided from the labels).
+LabelKind = Literal["index", "name"]
+#: The keywords of :func:`load_text` that are config fields of ``dataset='text'`` (how to read
+#: its files).
+TEXT_FILE_OPTIONS = (
+    "text_column",
+    "label_column",
+    "header",
+    "label_kind",
+    "test_size",
+    "test_seed",
+)
 
 
 def _is_unlabeled(v: Any) -> bool:
@@ -44,11 +66,37 @@ def _as_index(v: Any) -> int | None:
     return None
 
 
+def _index_or_none(v: Any) -> int | None:
+    """``v`` as a class index (a non-negative integer), else None."""
+    i = _as_index(v)
+    return i if i is not None and i >= 0 else None
+
+
+def _label_name(v: Any) -> str:
+    """The class name of label ``v``: an integer (``3``, ``"03"``, ``3.0``) is ``"3"``."""
+    i = _as_index(v)
+    return str(i) if i is not None else str(v).strip()
+
+
+def _sorted_names(names: set[str]) -> tuple[str, ...]:
+    """Class names in order: numerically when every name is an integer ("2" before "10")."""
+    if names and all(n.lstrip("-").isdigit() for n in names):
+        return tuple(sorted(names, key=int))
+    return tuple(sorted(names))
+
+
+def _span(values: Sequence[int]) -> str:
+    values = sorted(set(values))
+    if values == list(range(values[0], values[-1] + 1)) and len(values) > 2:
+        return f"{values[0]}..{values[-1]}"
+    return ", ".join(map(str, values))
+
+
 class _Rows:
     """Checked rows of one file or list: texts, raw labels, augmentations (bad rows raise or,
-    with ``skip_bad``, are counted)."""
+    with ``skip_corrupt``, are counted)."""
 
-    def __init__(self, rows: list[RawRow], skip_bad: bool, what: str) -> None:
+    def __init__(self, rows: list[RawRow], skip_corrupt: bool, what: str) -> None:
         self.texts: list[str] = []
         self.raw: list[Any] = []
         self.where: list[str] = []
@@ -58,13 +106,15 @@ class _Rows:
             problem = None
             if not isinstance(r.text, str):
                 problem = f"the text is a {type(r.text).__name__}, not a string"
+            elif not all(is_decoded(v) for v in (r.text, r.label, *r.augs)):
+                problem = "undecodable bytes (not UTF-8)"
             elif not r.text.strip():
                 problem = "empty text"
             elif any(not isinstance(a, str) or not a.strip() for a in r.augs):
                 problem = "an empty or non-string augmentation"
             if problem:
-                if not skip_bad:
-                    raise ValueError(f"{r.where}: {problem}; fix the row or pass skip_bad=True")
+                if not skip_corrupt:
+                    raise ValueError(f"{r.where}: {problem}; fix the row or pass skip_corrupt=True")
                 self.skipped.append(f"{r.where}: {problem}")
                 continue
             self.texts.append(r.text)
@@ -73,32 +123,71 @@ class _Rows:
             self.augs.append(tuple(r.augs))
         if self.skipped:
             logger.warning(
-                f"{what}: skipped {len(self.skipped)} bad row(s) (skip_bad), e.g. {self.skipped[0]}"
+                f"{what}: skipped {len(self.skipped)} bad row(s) (skip_corrupt), e.g. "
+                f"{self.skipped[0]}"
             )
         if not self.texts:
             raise ValueError(f"{what}: no texts")
 
 
-def _classes_of(rows: list[_Rows], class_names: Sequence[str] | None) -> tuple[str, ...]:
-    """Class names from the labeled rows of the training sets (module docstring)."""
+def _classes_of(
+    rows: _Rows, class_names: Sequence[str] | None, label_kind: LabelKind | None
+) -> tuple[tuple[str, ...], LabelKind]:
+    """Class names and how labels read (module docstring), from the training rows' labels."""
+    if label_kind not in (None, "index", "name"):
+        raise ValueError(f"label_kind: expected 'index', 'name' or None (auto), got {label_kind!r}")
     if class_names is not None:
-        return tuple(str(c) for c in class_names)
-    labeled = [(v, w) for r in rows for v, w in zip(r.raw, r.where) if not _is_unlabeled(v)]
-    numeric = [(v, w) for v, w in labeled if _as_index(v) is not None]
-    if numeric and len(numeric) < len(labeled):
-        name = next((v, w) for v, w in labeled if _as_index(v) is None)
+        return tuple(str(c) for c in class_names), label_kind or "name"
+    labeled = [(v, w, _index_or_none(v)) for v, w in zip(rows.raw, rows.where)]
+    labeled = [x for x in labeled if not _is_unlabeled(x[0])]
+    names = [x for x in labeled if x[2] is None]
+    present = {i for _, _, i in labeled if i is not None}
+    if label_kind == "name" or not labeled:
+        return _sorted_names({_label_name(v) for v, _, _ in labeled}), "name"
+    if label_kind == "index":
+        if names:
+            raise ValueError(
+                f"{names[0][1]}: label {names[0][0]!r} is not a class index (label_kind=index "
+                "reads labels as integers 0..C-1); pass label_kind='name' to read them as class "
+                "names"
+            )
+        missing = [c for c in range(max(present) + 1) if c not in present]
+        if missing:
+            raise ValueError(
+                f"labels: class index {missing[0]} has no labeled text (the labels are "
+                f"{_span(list(present))}; label_kind=index reads them as indices 0..C-1); "
+                "pass label_kind='name' to read them as class names"
+            )
+        return tuple(str(c) for c in range(max(present) + 1)), "index"
+    if names and present:
+        number = next(x for x in labeled if x[2] is not None)
         raise ValueError(
-            f"{name[1]}: label {name[0]!r} is a name but {numeric[0][1]} has the number "
-            f"{numeric[0][0]!r}; use class names or class indices, not both (or pass class_names=)"
+            f"{names[0][1]}: label {names[0][0]!r} is a name but {number[1]} has the number "
+            f"{number[0]!r}; use class names or class indices, not both, or pass "
+            "label_kind='name' to read every label as a class name"
         )
-    if numeric:
-        return tuple(str(c) for c in range(max(_as_index(v) for v, _ in numeric) + 1))
-    return tuple(sorted({str(v).strip() for v, _ in labeled}))
+    if present and present == set(range(len(present))):
+        return tuple(str(c) for c in range(len(present))), "index"
+    return _sorted_names({_label_name(v) for v, _, _ in labeled}), "name"
 
 
-def _labels(rows: _Rows, classes: tuple[str, ...], numeric: bool | None, test: bool) -> np.ndarray:
-    """Class indices of ``rows`` (``numeric``: the labels are indices, else names; with
-    ``class_names`` given, ``numeric=None``: a name, else an index)."""
+def label_reason(kind: LabelKind, class_names: Sequence[str]) -> str:
+    """Why labels read as ``kind`` (what a run records in ``config.json``'s ``auto``)."""
+    if kind == "index":
+        return f"the labels are exactly the integers 0..{len(class_names) - 1}: class indices"
+    if class_names and all(n.lstrip("-").isdigit() for n in class_names):
+        return (
+            f"the integer labels {_span([int(n) for n in class_names])} are not 0..C-1: read "
+            "as class names"
+        )
+    return "the labels are names"
+
+
+def _labels(
+    rows: _Rows, classes: tuple[str, ...], kind: LabelKind, test: bool, given: bool
+) -> np.ndarray:
+    """Class indices of ``rows``, whose labels are indices or names (``kind``); ``given``:
+    ``classes`` came from the caller (a trained run's), not from these labels."""
     lookup = {c: i for i, c in enumerate(classes)}
     out = np.empty(len(rows.raw), dtype=np.int64)
     for j, (v, w) in enumerate(zip(rows.raw, rows.where)):
@@ -107,26 +196,38 @@ def _labels(rows: _Rows, classes: tuple[str, ...], numeric: bool | None, test: b
                 raise ValueError(f"{w}: a test text without a label; every test text needs one")
             out[j] = -1
             continue
-        idx = _as_index(v) if numeric is True else lookup.get(str(v).strip())
-        if idx is None and numeric is None:
+        if kind == "index":
             idx = _as_index(v)
+        else:
+            idx = lookup.get(str(v).strip(), lookup.get(_label_name(v)))
         if idx is None or not 0 <= idx < len(classes):
-            which = "the test set" if test else "this file"
-            raise ValueError(
-                f"{w}: label {v!r} in {which} is unknown to training (classes: "
-                f"{', '.join(classes)})"
-            )
+            shown = ", ".join(classes)
+            if test:
+                problem = f"in the test set is unknown to training (classes: {shown})"
+            elif kind == "index":
+                problem = f"is not a class index 0..{len(classes) - 1} (classes: {shown})"
+            elif given:
+                problem = f"is not one of the classes ({shown}); label the texts with these names"
+            else:
+                problem = f"is unknown (classes: {shown})"
+            raise ValueError(f"{w}: label {v!r} {problem}")
         out[j] = idx
     return out
 
 
 def _read(
-    path: str | os.PathLike, labeled: bool, text_column: str, label_column: str
+    path: str | os.PathLike,
+    labeled: bool,
+    text_column: str,
+    label_column: str,
+    header: bool,
+    skip_corrupt: bool,
 ) -> list[RawRow]:
     path = os.fspath(os.path.expanduser(path))
     if os.path.isdir(path):
-        return read_text_folder(path, labeled)
-    return read_rows(path, text_column, label_column)
+        return read_text_folder(path, labeled, skip_corrupt)
+    label = label_column if labeled else None  # an unlabeled file's labels are not read
+    return read_rows(path, text_column, label, header=header, skip_corrupt=skip_corrupt)
 
 
 def _text_info(name: str, classes: tuple[str, ...]) -> DatasetInfo:
@@ -143,24 +244,25 @@ def _dataset(
     unlabeled: _Rows | None,
     class_names: Sequence[str] | None,
     name: str,
+    label_kind: LabelKind | None = None,
 ) -> SSLDataset:
-    classes = _classes_of([train], class_names)
-    numeric: bool | None = None
-    if class_names is None:
-        numeric = all(_is_unlabeled(v) or _as_index(v) is not None for v in train.raw)
-    y = _labels(train, classes, numeric, test=False)
+    classes, kind = _classes_of(train, class_names, label_kind)
+    given = class_names is not None
+    y = _labels(train, classes, kind, test=False, given=given)
     if not (y >= 0).any():
         raise ValueError(f"{name}: every text is unlabeled; label at least one text per class")
 
     def source(rows: _Rows, labels: np.ndarray) -> TextSource:
         return TextSource(rows.texts, labels, rows.augs if any(rows.augs) else None)
 
-    tsrc = source(test, _labels(test, classes, numeric, test=True)) if test else None
+    tsrc = source(test, _labels(test, classes, kind, test=True, given=given)) if test else None
     usrc = None
     if unlabeled is not None:
         uy = np.full(len(unlabeled.texts), -1, dtype=np.int64)  # ground truth is not used
         usrc = source(unlabeled, uy)
-    return SSLDataset(_text_info(name, classes), source(train, y), tsrc, usrc)
+    info = _text_info(name, classes)
+    decided = None if given else kind  # with classes given, the labels only matched them
+    return SSLDataset(info, source(train, y), tsrc, usrc, label_kind=decided)
 
 
 def _carve_test(ds: SSLDataset, test_size: int, seed: int) -> SSLDataset:
@@ -219,10 +321,13 @@ def load_text(
     *,
     text_column: str = "text",
     label_column: str = "label",
+    header: bool = True,
     class_names: Sequence[str] | None = None,
+    label_kind: LabelKind | None = None,
     test_size: int | None = None,
     test_seed: int = 0,
-    skip_bad: bool = False,
+    skip_corrupt: bool = False,
+    skip_bad: bool | None = None,
     name: str = "text",
 ) -> SSLDataset:
     """A text dataset (``kind="text"``) from files or folders (module docstring).
@@ -235,18 +340,27 @@ def load_text(
     ``.txt``). The texts are not tokenized yet: :func:`tokenize_dataset` does it once.
     A folder holding ``train.json`` is USB's NLP folder ``data/<dataset>/`` (the USB NLP
     presets): ``train.json`` is the pool, ``test.json`` the test set (``dev.json`` is unused).
+    ``header=False``: CSV/TSV files have no header row; ``text_column``/``label_column`` are
+    then 0-based positions (default: label 0, text 1). ``label_kind``: module docstring.
+    ``skip_corrupt``: skip bad rows (empty texts, undecodable bytes) with a count instead of
+    stopping (``skip_bad`` is its former name).
     """
+    skip = bool(skip_corrupt if skip_bad is None else skip_bad)
     path, test = usb_folder(path, test, test_size)
-    train = _Rows(_read(path, True, text_column, label_column), skip_bad, os.fspath(path))
+    given = [os.path.expanduser(p) for p in (path, test, unlabeled) if p is not None]
+    if not header and all(os.path.isdir(p) for p in given):
+        raise ValueError(
+            f"header=False applies to CSV/TSV files; {os.fspath(path)} is a folder of .txt files"
+        )
+    reading = (text_column, label_column, header, skip)
+    train = _Rows(_read(path, True, *reading), skip, os.fspath(path))
     tst = None
     if test is not None:
-        tst = _Rows(_read(test, True, text_column, label_column), skip_bad, os.fspath(test))
+        tst = _Rows(_read(test, True, *reading), skip, os.fspath(test))
     unl = None
     if unlabeled is not None:
-        unl = _Rows(
-            _read(unlabeled, False, text_column, label_column), skip_bad, os.fspath(unlabeled)
-        )
-    ds = _dataset(train, tst, unl, class_names, name)
+        unl = _Rows(_read(unlabeled, False, *reading), skip, os.fspath(unlabeled))
+    ds = _dataset(train, tst, unl, class_names, name, label_kind)
     if test_size is not None:
         ds = _carve_test(ds, test_size, test_seed)
     return ds
@@ -264,12 +378,15 @@ def from_texts(
     tokenizer: Any = None,
     max_length: int = DEFAULT_MAX_LENGTH,
     strong: str | None = None,
+    label_kind: LabelKind | None = None,
 ) -> SSLDataset:
     """In-memory texts as a text :class:`SSLDataset` (the Python API's and the estimator's
     door). ``labels``: class indices with ``-1`` for unlabeled texts, or names with ``None``/
-    ``""`` for unlabeled ones (module docstring); ``augmentations[i]``: precomputed strong views
-    of ``texts[i]``. With ``tokenizer`` the dataset comes back tokenized
-    (:func:`tokenize_dataset` with ``max_length`` and ``strong``)."""
+    ``""`` for unlabeled ones, read as ``label_kind`` says (module docstring: by default
+    indices only when they are exactly 0..C-1; with ``class_names``, names unless
+    ``label_kind="index"``); ``augmentations[i]``: precomputed strong views of ``texts[i]``.
+    With ``tokenizer`` the dataset comes back tokenized (:func:`tokenize_dataset` with
+    ``max_length`` and ``strong``)."""
     if isinstance(texts, str):
         raise ValueError("texts: expected a list of strings, got one string")
     texts = list(texts)
@@ -292,7 +409,7 @@ def from_texts(
             False,
             "test_texts",
         )
-    ds = _dataset(_Rows(rows, False, "texts"), tst, None, class_names, name)
+    ds = _dataset(_Rows(rows, False, "texts"), tst, None, class_names, name, label_kind)
     if tokenizer is not None:
         ds = tokenize_dataset(ds, tokenizer, max_length, strong=strong)
     return ds

@@ -8,6 +8,13 @@ extension (after a ``.gz``): ``.csv``, ``.tsv``/``.tab``, ``.jsonl``/``.ndjson``
 recognised by its magic bytes, whatever the name says; a ``.gz`` file that is not gzip, a
 binary file, undecodable bytes (UTF-8 is required; a BOM is allowed), a JSON line that does not
 parse or a JSON file in another layout raise a ``ValueError`` naming the file and line.
+
+Tables (CSV/TSV) start with a header row naming the columns; with ``header=False`` they do
+not, and the columns are addressed by 0-based position (``"0"``, ``"1"``; the default names
+``"label"``/``"text"`` stand for positions 0 and 1, the ``label,text`` order of AG News' CSV).
+A named column that is not there is refused, listing the columns the file has. With
+``skip_corrupt`` undecodable bytes do not stop the read: they are kept as lone surrogates
+(``surrogateescape``) so the row they are in can be counted and skipped (:func:`is_decoded`).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ __all__ = [
     "read_text_folder",
     "read_texts",
     "text_format",
+    "is_decoded",
 ]
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -94,57 +102,153 @@ def _read_bytes(path: str) -> bytes:
     return data
 
 
-def _decode(path: str, data: bytes) -> str:
-    """UTF-8 text of ``data`` (a BOM is dropped); binary files and bad bytes name the line."""
+def _decode(path: str, data: bytes, skip_corrupt: bool | None = None) -> str:
+    """UTF-8 text of ``data`` (a BOM is dropped); binary files and bad bytes name the line.
+
+    ``skip_corrupt``: True keeps undecodable bytes as lone surrogates (the rows holding them
+    are skipped later, with a count); False refuses them and names the option that skips
+    them; None (a reader with no such option, e.g. prediction) refuses them."""
     for magic, what in _BINARY_MAGIC.items():
         if data.startswith(magic):
             raise ValueError(f"{path}: this is {what}, not a text file of its extension")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise ValueError(
-            f"{path}:line {line}: undecodable bytes {data[err.start : err.end]!r} (byte "
-            f"{err.start}); text files must be UTF-8 - convert it, e.g. iconv -f latin1 -t utf-8"
-        ) from err
+    if skip_corrupt:
+        body = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+        text = body.decode("utf-8", errors="surrogateescape")
+    else:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            line = data[: err.start].count(b"\n") + 1
+            skip = "" if skip_corrupt is None else " or pass skip_corrupt=True to skip such rows"
+            raise ValueError(
+                f"{path}:line {line}: undecodable bytes {data[err.start : err.end]!r} (byte "
+                f"{err.start}); text files must be UTF-8 - convert it (e.g. iconv -f latin1 -t "
+                f"utf-8){skip}"
+            ) from err
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1
         raise ValueError(f"{path}:line {line}: a NUL byte; this is not a text file")
     return text
 
 
+def is_decoded(value: Any) -> bool:
+    """Whether ``value`` holds no undecodable bytes (the lone surrogates ``skip_corrupt``
+    reading leaves where the file's bytes were not UTF-8); non-strings are."""
+    if not isinstance(value, str):
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+#: Column names that stand for a position in a file without a header (``header=False``).
+_DEFAULT_POSITIONS = {"label": 0, "text": 1}
+
+
+def _shown_cells(cells: list[str]) -> str:
+    return ", ".join(repr(c if len(c) <= 24 else c[:21] + "...") for c in cells)
+
+
+def _looks_like_data(cells: list[str]) -> bool:
+    """A first row of a table that reads as data rather than column names: an empty or
+    numeric cell, or one of several words (a text)."""
+    return any(not c or c.lstrip("-").isdigit() or len(c.split()) > 2 for c in cells)
+
+
+def _named_column(path: str, header: list[str], column: str, what: str) -> int:
+    if column in header:
+        return header.index(column)
+    if _looks_like_data(header):
+        fix = (
+            "the first row looks like data rather than column names: if the file has no header "
+            "row pass header=False (columns are then numbered from 0, e.g. text_column=1 "
+            "label_column=0)"
+        )
+    else:
+        fix = f"name the column with {what}_column= (or pass header=False if there is no header)"
+    raise ValueError(
+        f"{path}:line 1: no {what} column {column!r} in the header ({_shown_cells(header)}); {fix}"
+    )
+
+
+def _position(path: str, column: str, what: str, width: int) -> int:
+    """The 0-based position ``column`` names in a file without a header."""
+    pos = _DEFAULT_POSITIONS[what] if column == what else None
+    if pos is None and column.strip().isdigit():
+        pos = int(column)
+    if pos is None:
+        raise ValueError(
+            f"{path}: with header=False (no header row) columns are numbered from 0; give the "
+            f"{what} column's position, e.g. {what}_column={_DEFAULT_POSITIONS[what]}, not "
+            f"{column!r}"
+        )
+    if width == 1 and column == what == "text":
+        pos = 0  # a one-column file is texts alone
+    if pos >= width:
+        raise ValueError(
+            f"{path}:line 1: no {what} column at position {pos}; the first row has {width} "
+            f"column(s) (numbered from 0): name it with {what}_column="
+        )
+    return pos
+
+
 def _table_rows(
-    path: str, text: str, delimiter: str, text_column: str, label_column: str | None
+    path: str,
+    text: str,
+    delimiter: str,
+    text_column: str,
+    label_column: str | None,
+    header: bool = True,
 ) -> list[RawRow]:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
-        header = next(reader)
+        first = next(reader)
     except StopIteration:
-        raise ValueError(f"{path}: the file is empty (expected a header row)") from None
+        expected = "a header row" if header else "rows"
+        raise ValueError(f"{path}: the file is empty (expected {expected})") from None
     except csv.Error as err:
         raise ValueError(f"{path}:line 1: {err}") from err
-    header = [h.strip() for h in header]
-    if text_column not in header:
-        raise ValueError(
-            f"{path}:line 1: no text column {text_column!r} in the header {header}; name the "
-            "column with text_column="
-        )
-    t = header.index(text_column)
-    lab = header.index(label_column) if label_column in header else None
+    width = len(first)
+    if header:
+        names = [h.strip() for h in first]
+        t = _named_column(path, names, text_column, "text")
+        lab = None if label_column is None else _named_column(path, names, label_column, "label")
+        pending: list[list[str]] = []
+        shape = f"the header has {width}"
+    else:
+        t = _position(path, text_column, "text", width)
+        lab = None if label_column is None else _position(path, label_column, "label", width)
+        if lab == t:
+            raise ValueError(
+                f"{path}: text_column and label_column name the same column ({t}); with "
+                "header=False give each its position"
+            )
+        if first[t].strip() == "text" or (lab is not None and first[lab].strip() == "label"):
+            raise ValueError(  # its header would become a text of a class named "label"
+                f"{path}:line 1: ({_shown_cells(first)}) reads like a header row, but "
+                "header=False reads it as data; drop header=False"
+            )
+        pending = [first]
+        shape = f"line 1 has {width}"
     rows: list[RawRow] = []
     while True:
-        try:
-            rec = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as err:
-            raise ValueError(f"{path}:line {reader.line_num}: {err}") from err
+        if pending:
+            rec = pending.pop()
+        else:
+            try:
+                rec = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as err:
+                raise ValueError(f"{path}:line {reader.line_num}: {err}") from err
         where = f"{path}:line {reader.line_num}"
         if not rec:  # a blank line
             continue
-        if len(rec) != len(header):
+        if len(rec) != width:
             raise ValueError(
-                f"{where}: {len(rec)} fields where the header has {len(header)}; quote texts "
+                f"{where}: {len(rec)} fields where {shape}; quote texts "
                 f"that contain the delimiter {delimiter!r}"
             )
         label = rec[lab] if lab is not None else None
@@ -152,8 +256,9 @@ def _table_rows(
     return rows
 
 
-def _jsonl_rows(path: str, text: str, text_column: str, label_column: str) -> list[RawRow]:
+def _jsonl_rows(path: str, text: str, text_column: str, label_column: str | None) -> list[RawRow]:
     rows = []
+    keys: set[str] = set()
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -171,7 +276,14 @@ def _jsonl_rows(path: str, text: str, text_column: str, label_column: str) -> li
                 f"{where}: no text column {text_column!r} (keys: {sorted(obj)}); name the "
                 "column with text_column="
             )
-        rows.append(RawRow(obj[text_column], obj.get(label_column), (), where))
+        keys.update(obj)
+        label = None if label_column is None else obj.get(label_column)
+        rows.append(RawRow(obj[text_column], label, (), where))
+    if label_column is not None and rows and label_column not in keys:
+        raise ValueError(
+            f"{path}: no label column {label_column!r} in any line (keys: "
+            f"{', '.join(sorted(keys))}); name the column with label_column="
+        )
     return rows
 
 
@@ -203,25 +315,45 @@ def _usb_rows(path: str, text: str) -> list[RawRow]:
 
 
 def read_rows(
-    path: str | os.PathLike, text_column: str = "text", label_column: str = "label"
+    path: str | os.PathLike,
+    text_column: str = "text",
+    label_column: str | None = "label",
+    *,
+    header: bool = True,
+    skip_corrupt: bool | None = None,
 ) -> list[RawRow]:
-    """The rows of a text file (module docstring); a table without ``label_column`` gives
-    rows without labels (``label=None``: unlabeled)."""
+    """The rows of a text file (module docstring). ``label_column=None`` reads no labels
+    (``label=None``: unlabeled); a table without ``label_column`` is refused, as is a JSON
+    Lines file with no line holding that key (a line without it is unlabeled).
+    ``header=False``: a CSV/TSV file without a header row, columns by position.
+    ``skip_corrupt``: see :func:`_decode`."""
     path = os.fspath(os.path.expanduser(path))
     fmt = text_format(path)
-    text = _decode(path, _read_bytes(path))
+    text = _decode(path, _read_bytes(path), skip_corrupt)
+    if not header and fmt not in ("csv", "tsv"):
+        raise ValueError(
+            f"{path}: header=False applies to CSV/TSV files; a {fmt.replace('_', ' ')} file "
+            "names its fields"
+        )
     if fmt == "usb_json":
-        return _usb_rows(path, text)
+        rows = _usb_rows(path, text)
+        if label_column is None:
+            rows = [RawRow(r.text, None, r.augs, r.where) for r in rows]
+        return rows
     if fmt == "jsonl":
         return _jsonl_rows(path, text, text_column, label_column)
     if fmt == "csv" and text.lstrip().startswith(("{", "[")):
         raise ValueError(f"{path}: this looks like JSON, not CSV; name it .jsonl or .json")
-    return _table_rows(path, text, "," if fmt == "csv" else "\t", text_column, label_column)
+    delimiter = "," if fmt == "csv" else "\t"
+    return _table_rows(path, text, delimiter, text_column, label_column, header)
 
 
-def read_text_folder(root: str | os.PathLike, labeled: bool = True) -> list[RawRow]:
+def read_text_folder(
+    root: str | os.PathLike, labeled: bool = True, skip_corrupt: bool | None = None
+) -> list[RawRow]:
     """``root/<class>/*.txt`` (``labeled``; the class is the folder's name) or ``root/*.txt``
-    (unlabeled), one text per file, recursively and sorted; hidden entries are skipped."""
+    (unlabeled), one text per file, recursively and sorted; hidden entries are skipped.
+    ``skip_corrupt``: see :func:`_decode`."""
     root = os.fspath(os.path.expanduser(root))
     if not os.path.isdir(root):
         raise FileNotFoundError(f"text folder {root} does not exist")
@@ -249,16 +381,18 @@ def read_text_folder(root: str | os.PathLike, labeled: bool = True) -> list[RawR
         groups = [(n, files(os.path.join(root, n))) for n in names]
     for label, paths in groups:
         for p in paths:
-            rows.append(RawRow(_decode(p, _read_bytes(p)), label, (), p))
+            rows.append(RawRow(_decode(p, _read_bytes(p), skip_corrupt), label, (), p))
     if not rows:
         raise ValueError(f"{root}: no .txt files found")
     return rows
 
 
-def read_texts(source: str | os.PathLike, text_column: str = "text") -> list[RawRow]:
+def read_texts(
+    source: str | os.PathLike, text_column: str = "text", header: bool = True
+) -> list[RawRow]:
     """Texts to classify (``semimatch predict``), labels ignored: ``"-"`` (standard input) or
     a ``.txt`` file, one text per non-blank line; a folder of ``.txt`` files, one text per
-    file; or a table/JSON file as :func:`read_rows` reads it (``text_column``)."""
+    file; or a table/JSON file as :func:`read_rows` reads it (``text_column``, ``header``)."""
     if os.fspath(source) == "-":
         import sys
 
@@ -269,7 +403,14 @@ def read_texts(source: str | os.PathLike, text_column: str = "text") -> list[Raw
     name = path.lower().removesuffix(".gz")
     if name.endswith(".txt"):
         return _lines(path, _decode(path, _read_bytes(path)))
-    rows = read_rows(path, text_column, label_column="\0")  # no label column: none read
+    if os.path.splitext(name)[1] not in TEXT_SUFFIXES:  # text_format's list, with .txt
+        raise ValueError(
+            f"{path}: cannot tell the format from the extension "
+            f"{os.path.splitext(name)[1] or '(none)'!r}; texts to classify are in a .txt file "
+            f"(one per line) or a table ending in one of {', '.join(TEXT_SUFFIXES)} "
+            "(optionally + .gz), a folder of .txt files, or - (standard input)"
+        )
+    rows = read_rows(path, text_column, label_column=None, header=header)
     return [RawRow(r.text, None, (), r.where) for r in rows]
 
 

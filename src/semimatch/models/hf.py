@@ -132,9 +132,19 @@ def _not_found(name: str, source: str, local: bool, what: str, err: Exception) -
             if local
             else "the Hub (huggingface.co)"
         )
+    # One line: transformers' own message runs over several lines and, offline, blames a
+    # connection it never tried; the fix is ours.
+    first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
+    cause = "" if local and not Path(source).is_dir() else f" ({type(err).__name__}: {first})"
+    fix = (
+        ""
+        if Path(source).is_dir()
+        else f"; pass backbone='hf:<local folder>' (e.g. one written by save_pretrained), or "
+        "download the model once where the Hub is reachable "
+        f"(`hf download {name.removeprefix('hf:')}`), then it loads from the cache"
+    )
     return OSError(
-        f"hf: cannot load the {what} of {name!r}; looked in {'; '.join(where)}. "
-        f"{type(err).__name__}: {err}"
+        f"hf: cannot load the {what} of {name!r}; looked in {'; '.join(where)}{cause}{fix}"
     )
 
 
