@@ -146,10 +146,12 @@ def test_a_custom_weighting_run_says_so_and_resumes_only_with_it(tmp_path, capsy
     assert "custom:ConfidentHalf" in capsys.readouterr().err
     with pytest.raises(TrainingError, match="custom:ConfidentHalf.*weighting="):
         semimatch.train(out=out, resume=True)
-    # resume=True takes the saved config: options passed with it would be ignored, so refused.
-    with pytest.raises(ConfigError, match=r"saved config; drop \['batch_size', 'eval_every'"):
-        semimatch.train(weighting=ConfidentHalf(), out=out, resume=True, **TINY)
-    run = semimatch.train(weighting=ConfidentHalf(), out=out, resume=True)
+    # resume=True takes the saved config: options that would change it are refused (the
+    # run's own values, as its command gave them, are not a change).
+    changed = {**TINY, "batch_size": 4, "eval_every": 3}
+    with pytest.raises(ConfigError, match=r"saved config; drop \['batch_size', 'eval_every'\]"):
+        semimatch.train(weighting=ConfidentHalf(), out=out, resume=True, **changed)
+    run = semimatch.train(weighting=ConfidentHalf(), out=out, resume=True, **TINY)
     assert run.summary["status"] == "finished"
     assert run.summary["algorithm"] == "custom:ConfidentHalf"
     loaded = load_run(out)  # prediction needs no weighting

@@ -178,3 +178,71 @@ def test_a_pickled_object_is_called_an_unsafe_pickle(tmp_path):
     message = _load_error(path)
     assert f"it holds a pickled Python object ({__name__}.Custom)" in message
     assert "an unsafe pickle" in message
+
+
+# ----------------------------------------------------------------------------------------------
+# best.pt: a reference to the best checkpoint, not a copy
+# ----------------------------------------------------------------------------------------------
+FULL = {
+    "iteration": 1,
+    "model": {"w": torch.arange(1000, dtype=torch.float32)},
+    "ema": {},
+    "optimizer": {"state": {0: {"exp_avg": torch.ones(1000), "exp_avg_sq": torch.ones(1000)}}},
+    "rng": {"torch": torch.get_rng_state()},
+}
+
+
+def test_best_is_a_hard_link_while_its_checkpoint_is_kept(tmp_path):
+    first = ckpt.save_atomic(FULL, tmp_path / "ckpt-0000001.pt")
+    best = ckpt.save_best(first, FULL, only_weights=True)
+    assert best == tmp_path / "best.pt" and os.path.samefile(best, first)  # no second copy
+    second = ckpt.save_atomic({**FULL, "iteration": 2}, tmp_path / "ckpt-0000002.pt")
+    ckpt.prune(tmp_path, keep=2)
+    assert os.path.samefile(best, first)
+    assert _temporaries(tmp_path) == []
+    ckpt.save_best(second, {**FULL, "iteration": 2}, only_weights=True)  # a new best
+    assert os.path.samefile(best, second) and os.stat(first).st_nlink == 1
+
+
+@pytest.mark.parametrize("model_only", [True, False])
+def test_retention_never_deletes_the_best_and_slims_it_to_its_weights(tmp_path, model_only):
+    first = ckpt.save_atomic(FULL, tmp_path / "ckpt-0000001.pt")
+    best = ckpt.save_best(first, FULL, only_weights=model_only)
+    full_size = first.stat().st_size
+    ckpt.save_atomic({**FULL, "iteration": 2}, tmp_path / "ckpt-0000002.pt")
+    ckpt.prune(tmp_path, keep=1, best_model_only=model_only)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "ckpt-0000002.pt"]
+    saved = ckpt.load(best)
+    assert saved["iteration"] == 1 and torch.equal(saved["model"]["w"], FULL["model"]["w"])
+    if model_only:  # what eval and predict read, without the optimiser's two moments
+        assert saved["model_only"] and "optimizer" not in saved and "rng" not in saved
+        assert best.stat().st_size < full_size / 2
+    else:
+        assert best.stat().st_size == full_size and "optimizer" in saved
+
+
+def test_without_hard_links_best_is_its_weights_or_a_copy(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")  # what vfat answers
+
+    monkeypatch.setattr(os, "link", no_links)
+    first = ckpt.save_atomic(FULL, tmp_path / "ckpt-0000001.pt")
+    best = ckpt.save_best(first, FULL, only_weights=True)
+    assert ckpt.load(best)["model_only"] and not os.path.samefile(best, first)
+    best = ckpt.save_best(first, FULL, only_weights=False)
+    assert best.read_bytes() == first.read_bytes()
+    assert _temporaries(tmp_path) == []
+
+
+def test_a_full_disk_while_linking_keeps_the_old_best(tmp_path, monkeypatch):
+    first = ckpt.save_atomic(FULL, tmp_path / "ckpt-0000001.pt")
+    best = ckpt.save_best(first, FULL, only_weights=True)
+    second = ckpt.save_atomic({**FULL, "iteration": 2}, tmp_path / "ckpt-0000002.pt")
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "link", full)
+    with pytest.raises(ckpt.CheckpointError, match="cannot write best.pt .* space left"):
+        ckpt.save_best(second, {**FULL, "iteration": 2}, only_weights=True)
+    assert ckpt.load(best)["iteration"] == 1 and _temporaries(tmp_path) == []

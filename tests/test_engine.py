@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import math
 import os
 import random
 import re
@@ -506,7 +507,7 @@ def test_a_saved_run_predicts_without_reloading_its_dataset(tmp_path):
     # the reloaded run asks for the test images instead of scoring it on digits.
     assert json.loads((tmp_path / "r" / "config.json").read_text())["dataset"] == "arrays"
     run = semimatch.load_run(tmp_path / "r")
-    with pytest.raises(ValueError, match=r"pass the test images: run.evaluate\(source\)"):
+    with pytest.raises(ValueError, match=r"or pass it: run.evaluate\(source\)"):
         run.evaluate()
     with pytest.raises(ValueError, match="20 of the 40 images to evaluate have no label"):
         run.evaluate(data.train)
@@ -682,3 +683,86 @@ def test_a_prediction_does_not_depend_on_the_rows_that_share_its_batch():
         assert np.array_equal(run.predict_proba(images[i : i + 1]), full[i : i + 1])
     assert np.array_equal(run.predict_proba(images[5:30]), full[5:30])
     assert np.allclose(full.sum(axis=1), 1.0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Resuming: runtime options, extending the budget, old run folders
+# ----------------------------------------------------------------------------------------------
+def test_extending_a_finished_run_continues_its_schedule_and_a_second_resume_is_exact(
+    tmp_path, monkeypatch, capsys
+):
+    cfg = tiny(algorithm="softmatch", iterations=4, eval_every=2, log_every=2, deterministic=True)
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    for out in (ref, run):
+        fit(cfg, out=out)
+    before = json.loads((ref / "config.json").read_text())
+    capsys.readouterr()
+    fit({"iterations": 8}, out=ref, resume=True)  # what `--resume REF --iterations 8` passes
+    err = capsys.readouterr().err
+    lr = [0.03 * math.cos(7 * math.pi * 4 / (16 * k)) for k in (4, 8)]  # cos(7 pi k / 16K)
+    assert f"resuming from iteration 4 of 8 ({ref})\n" in err
+    assert (
+        "extended from 4 to 8 iterations at iteration 4: the learning rate follows the "
+        f"schedule planned for 8 from here ({lr[0]:.6g} -> {lr[1]:.6g}); the values derived "
+        "from the budget keep those in config.json (bn_momentum, ema_decay, stat_momentum)"
+    ) in err
+    records = read_jsonl(ref / "metrics.jsonl")
+    extended = [r for r in records if r["kind"] == "extended"]
+    assert len(extended) == 1 and extended[0]["iteration"] == 4
+    assert extended[0]["lr_before"] == pytest.approx(lr[0])
+    assert extended[0]["lr_after"] == pytest.approx(lr[1])
+    train6 = next(r for r in records if r["kind"] == "train" and r["iteration"] == 6)
+    assert train6["lr"] == pytest.approx(0.03 * math.cos(7 * math.pi * 6 / (16 * 8)))
+    after = json.loads((ref / "config.json").read_text())
+    assert after["auto"].pop("iterations") == "extended from 4 to 8 iterations at iteration 4"
+    assert after == {**before, "iterations": 8}  # every derived value kept
+    summary = json.loads((ref / "summary.json").read_text())
+    assert summary["iterations"] == summary["iterations_done"] == 8
+    # The same extension, stopped before its end (its last checkpoint fails), then resumed
+    # without --iterations: config.json holds the new budget, and the result is bit-exact.
+    _fail_checkpoint_at(monkeypatch, 8, OSError(errno.ENOSPC, "No space left on device"))
+    with pytest.raises(ckpt.CheckpointError):
+        fit({"iterations": 8}, out=run, resume=True)
+    assert not (run / "summary.json").exists()  # no longer a finished run
+    monkeypatch.undo()
+    fit(None, out=run, resume=True)
+    _assert_same_run(ref, run, iterations=8)
+
+
+def test_resume_takes_threads_and_says_where_it_continues(tmp_path, capsys):
+    from semimatch.cli import main
+
+    run = tmp_path / "run"
+    args = [*CLI[3:], "--iterations", "4", "--eval-every", "2", "--keep-checkpoints", "2"]
+    assert main([*args, "--out", str(run)]) == 0
+    (run / "checkpoints" / "ckpt-0000004.pt").unlink()  # as if killed after iteration 2
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--threads", "2", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"resuming from iteration 2 of 4 ({run})\n")
+    assert main(["train", "--resume", str(run), "--threads", "1"]) == 0  # finished: says so
+    assert "has finished its 4 iterations: nothing to train (to extend it: `semimatch train " in (
+        capsys.readouterr().err
+    )
+    assert main(["train", "--resume", str(run), "--seed", "4", "--threads", "1"]) == 2
+    assert "drop --seed: they change what it computes" in capsys.readouterr().err
+
+
+def test_a_run_folder_of_earlier_versions_loads_and_resumes(tmp_path):
+    """Before best.pt became a link it was a copy, and config.json had no best_model_only."""
+    from semimatch.run import load_run
+
+    run = tmp_path / "run"
+    fit(tiny(iterations=4, eval_every=2), out=run)
+    best = run / "checkpoints" / "best.pt"
+    data = best.read_bytes()
+    best.unlink()
+    best.write_bytes(data)  # a file of its own
+    saved = json.loads((run / "config.json").read_text())
+    del saved["best_model_only"]
+    (run / "config.json").write_text(json.dumps({**saved, "keep_checkpoints": 2}))
+    assert load_run(run).predict(np.zeros((2, 8, 8), np.uint8)).shape == (2,)
+    fit({"iterations": 8}, out=run, resume=True)
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["best.pt", "ckpt-0000006.pt", "ckpt-0000008.pt"]  # its own keep 2
+    assert load_run(run).predict(np.zeros((2, 8, 8), np.uint8)).shape == (2,)

@@ -121,3 +121,37 @@ def test_a_finished_summary_that_cannot_be_written_says_the_checkpoint_is_safe(t
     with pytest.raises(TrainingError, match="its last checkpoint is saved, but cannot write"):
         run_dir.write_summary({"status": "finished"})
     json.dumps({"device": str(torch.device("cpu"))})  # summaries hold primitives only
+
+
+def test_a_resume_takes_runtime_options_and_refuses_the_rest_naming_them(tmp_path):
+    saved = Config(seed=7, iterations=9, threads=2)
+    a_run(tmp_path / "run", saved)
+    runtime = {"threads": 1, "progress": True, "num_workers": 0, "keep_checkpoints": 3}
+    for given in (runtime, Config(**runtime)):  # the command line's flags, or a Config
+        start, cfg = RunStart.plan(tmp_path / "run", True, False, given)
+        assert cfg == saved.replace(**runtime) and start.extended_from is None
+    # The run's own values are no change (a script passing its whole config resumes it).
+    assert RunStart.plan(tmp_path / "run", True, False, {"seed": 7, "iterations": 9})[1] == saved
+    with pytest.raises(ConfigError, match=r"saved config; drop \['lr'\]: they change what it"):
+        RunStart.plan(tmp_path / "run", True, False, {"lr": 0.1, "threads": 1})
+    with pytest.raises(ConfigError, match="keep_checkpoints must be >= 1; got 0"):
+        RunStart.plan(tmp_path / "run", True, False, {"keep_checkpoints": 0})
+
+
+def test_resume_auto_takes_this_launchs_runtime_options(tmp_path):
+    run_dir = a_run(tmp_path / "run", Config(threads=2, progress=False))
+    start, cfg = RunStart.plan(run_dir.path, "auto", False, Config(threads=1, progress=True))
+    assert start.open(cfg) is not None
+    assert start.saved_config(cfg) == Config(threads=1, progress=True)
+
+
+def test_a_resume_extends_the_budget_and_never_shortens_it(tmp_path):
+    a_run(tmp_path / "run", Config(iterations=9))
+    start, cfg = RunStart.plan(tmp_path / "run", True, False, {"iterations": 1000})
+    # 1000 is the default, and given: the command line says exactly which flags it got.
+    assert cfg.iterations == 1000 and start.extended_from == 9
+    with pytest.raises(ConfigError, match=r"iterations=5: .* is planned for 9 iterations \(2 "):
+        RunStart.plan(tmp_path / "run", True, False, {"iterations": 5})
+    with pytest.raises(TrainingError, match=r"--resume .* --iterations 30`"):
+        start, cfg = RunStart.plan(tmp_path / "run", "auto", False, Config(iterations=30))
+        start.open(cfg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -97,3 +99,75 @@ def test_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     other.net = nn.Sequential(nn.Linear(3, 5))
     with pytest.raises(ckpt.CheckpointError, match="does not match this run's model/config"):
         other.restore(path, Config(), CPU, rank=0)
+
+
+def test_the_default_keeps_one_checkpoint_and_best_costs_nothing_while_it_is_kept(tmp_path):
+    s = trained(state(0), 1)
+    for k, best in ((1, True), (2, True)):
+        s.save(tmp_path, k, Config(), CPU, best=best)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["best.pt", "ckpt-0000002.pt"]
+    assert os.path.samefile(tmp_path / "best.pt", tmp_path / "ckpt-0000002.pt")  # one file
+    s.save(tmp_path, 3, Config(), CPU)  # not a better model: best.pt keeps iteration 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "ckpt-0000003.pt"]
+    best = ckpt.load(tmp_path / "best.pt")
+    assert best["iteration"] == 2 and best["model_only"] and "optimizer" not in best
+    assert best["ema"] and best["algorithm"]  # what eval/predict (and Run.algorithm) read
+    with pytest.raises(ckpt.CheckpointError, match="only the weights.*resume from the run's last"):
+        state(1).restore(tmp_path / "best.pt", Config(), CPU, rank=0)
+
+
+def test_a_disabled_ema_stores_no_second_copy_of_the_model(tmp_path):
+    s = trained(state(0), 1)
+    s.ema = None  # ema_decay=0 (hf: backbones' default)
+    saved = ckpt.load(s.save(tmp_path, 1, Config(), CPU))
+    assert saved["ema"] == {}
+
+
+def _die_at_change(n: int) -> None:
+    """Make this process exit at once (no clean-up: as SIGKILL) at its n-th rename, link or
+    deletion of a file."""
+    count = [0]
+
+    def dying(real):
+        def call(*args, **kwargs):
+            if count[0] == n:
+                os._exit(3)
+            count[0] += 1
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in ("replace", "link", "unlink"):
+        setattr(os, name, dying(getattr(os, name)))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="simulates SIGKILL with fork + os._exit")
+def test_a_kill_at_any_moment_of_saving_leaves_a_loadable_best_and_last(tmp_path):
+    """The child process dies (os._exit: no clean-up, as SIGKILL) at the n-th file-system
+    change of four saves (best, best, worse, worse; keep 1, best.pt slimmed); whatever n, the
+    folder holds a loadable last checkpoint and a best.pt of the best iteration saved so far."""
+    s = trained(state(0), 1)
+    plan = [(1, True), (2, True), (3, False), (4, False)]
+    n, survived = 0, False
+    while not survived:
+        folder = tmp_path / f"crash-{n}"
+        folder.mkdir()
+        pid = os.fork()
+        if pid == 0:  # the child: save, dying at the n-th change
+            _die_at_change(n)
+            for k, best in plan:
+                s.save(folder, k, Config(), CPU, best=best)
+            os._exit(0)
+        survived = os.waitpid(pid, 0)[1] == 0
+        found = ckpt.list_checkpoints(folder)
+        last = found[-1][0] if found else 0
+        if last:
+            assert ckpt.load(found[-1][1])["iteration"] == last
+        if last > 1:  # the first save had made best.pt before the second began
+            best = ckpt.load(folder / "best.pt")["iteration"]
+            assert best == 2 if last > 2 else best in (1, 2)
+        ckpt.remove_stale_temporaries(folder)
+        assert not [p for p in folder.iterdir() if ".tmp" in p.name]
+        n += 1
+    assert n > 8  # every link, rename and deletion of the four saves was a crash point

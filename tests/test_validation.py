@@ -62,7 +62,7 @@ def test_a_validation_set_that_leaves_a_class_without_labels_is_refused(capsys):
 
 
 def test_the_split_is_recorded_and_a_resumed_run_continues_it_identically(tmp_path, capsys):
-    cfg = Config(**QUICK, val_size=10)
+    cfg = Config(**QUICK, val_size=10, keep_checkpoints=2)  # ckpt-2 to resume from
     whole = semimatch.train(cfg, out=tmp_path / "whole")
     cut = tmp_path / "cut"
     semimatch.train(cfg, out=cut)

@@ -74,8 +74,11 @@ def train(
         config: the configuration (see ``semimatch.Config``): a Config, a dict or a JSON file.
         preset: a paper preset to start from instead of ``config``.
         out: run directory (config, split, metrics, checkpoints); None keeps everything in memory.
-        resume: ``True`` continues the run in ``out``; ``"auto"`` starts it or continues it if
-            ``out`` already holds this run (a restartable call, e.g. under torchrun restarts).
+        resume: ``True`` continues the run in ``out`` with its saved config: overrides may
+            change only speed, display and disk use (``threads``, ``progress``,
+            ``keep_checkpoints``, ...) or extend ``iterations``; ``"auto"`` starts it or
+            continues it if ``out`` already holds this run (a restartable call, e.g. under
+            torchrun restarts).
         data: your own data (``semimatch.data.from_arrays``, or
             ``semimatch.data.adapters.from_torch`` for torch ``Dataset`` s) instead of
             ``config.dataset``.
@@ -129,8 +132,10 @@ def train(
             "alignment= needs weighting= as well (an alignment only changes the "
             "probabilities a weighting function sees)"
         )
+    given = {k: getattr(cfg, k) for k in overrides}  # a resume takes exactly these
+    plain = resume is True and config is None and preset is None
     return fit(
-        cfg,
+        given if plain else cfg,
         out=out,
         resume=resume,
         overwrite=overwrite,

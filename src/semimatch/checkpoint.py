@@ -2,6 +2,12 @@
 
 A checkpoint is a plain dict of tensors and Python primitives, loaded with
 ``torch.load(..., weights_only=True)``: opening a checkpoint can never execute code.
+
+``best.pt`` is a reference, not a copy: a hard link to the numbered checkpoint with the lowest
+test error while retention keeps that file (no byte stored twice), and once retention removes
+it, either that full checkpoint alone or only its weights (``model_only``: what evaluation and
+prediction read).  Every step is a rename or a link, so a crash (even SIGKILL) at any moment
+leaves a loadable ``best.pt`` and a loadable last checkpoint.
 """
 
 from __future__ import annotations
@@ -25,7 +31,11 @@ __all__ = [
     "CheckpointError",
     "save_atomic",
     "copy_atomic",
+    "link_atomic",
     "load",
+    "model_only",
+    "save_best",
+    "same_file",
     "latest",
     "prune",
     "remove_stale_temporaries",
@@ -34,8 +44,13 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-#: The copy of the checkpoint with the lowest test error so far.
+#: The checkpoint with the lowest test error so far (a hard link, or its weights only).
 BEST = "best.pt"
+#: What evaluation and prediction read (``load_run``); ``model_only`` keeps only these.
+MODEL_KEYS = (
+    "iteration", "config", "model", "ema", "algorithm", "algorithm_name", "num_unlabeled",
+    "history",
+)  # fmt: skip
 _NAME = re.compile(r"^ckpt-(\d{7,})\.pt$")
 # Temporary files of save_atomic/copy_atomic (".<name>.tmp-<pid>"), and ".best.tmp" of
 # semimatch versions before copy_atomic.
@@ -86,6 +101,60 @@ def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return _write_atomic(
         Path(dst), copy, lambda: src.stat().st_size if src.is_file() else None, (OSError,)
     )
+
+
+def link_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
+    """Make ``dst`` a hard link to ``src`` atomically (a link under a temporary name, renamed
+    over ``dst``): ``dst`` is the old file or ``src``'s, never missing or partial.
+
+    Returns False, leaving ``dst`` as it was, where the file system has no hard links (FAT,
+    some network shares); a failed rename raises ``CheckpointError``.
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = _temporary(dst)
+    _discard(tmp)  # a temporary left by a killed process of the same pid
+    try:
+        os.link(src, tmp)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise _write_error(dst, e, None) from e
+        return False  # EPERM, ENOTSUP, EXDEV, EMLINK...: no hard links here
+    try:
+        os.replace(tmp, dst)
+        _fsync_folder(dst.parent)
+    except BaseException as e:
+        _discard(tmp)
+        if isinstance(e, OSError):
+            raise _write_error(dst, e, None) from e
+        raise
+    return True
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are names of one file (a hard link); False if either is missing."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def model_only(state: dict[str, Any]) -> dict[str, Any]:
+    """The part of checkpoint ``state`` that evaluation and prediction read: the weights (model,
+    EMA, the algorithm's statistics) and the record; no optimiser, schedule, RNG or windows, so
+    it cannot be resumed from (``TrainState.restore`` says so)."""
+    return {**{k: state[k] for k in MODEL_KEYS if k in state}, "model_only": True}
+
+
+def save_best(path: Path, state: dict[str, Any], only_weights: bool) -> Path:
+    """Make ``best.pt`` next to ``path`` (just written from ``state``) refer to it: a hard link,
+    or where the file system has none, a copy of ``state``'s weights (``only_weights``: as
+    ``model_only``) or of the whole file."""
+    best = path.parent / BEST
+    if link_atomic(path, best):
+        return best
+    if only_weights:
+        return save_atomic(model_only(state), best)
+    return copy_atomic(path, best)
 
 
 def _write_atomic(
@@ -204,13 +273,16 @@ def _write_error(path: Path, e: BaseException, need: int | None) -> CheckpointEr
     return CheckpointError(describe_write_failure(path, e, need) + intact)
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``) or raise ``CheckpointError`` saying why."""
+def load(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``) or raise ``CheckpointError`` saying why
+    (``mmap``: tensors stay in the file until read, for a copy of part of it)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises many types for truncated/corrupt/unsafe files
         raise CheckpointError(
             f"checkpoint {path} cannot be used: {_load_failure(path, e)}. Delete it to resume "
@@ -277,17 +349,25 @@ def latest(folder: str | os.PathLike) -> Path | None:
     return ckpts[-1][1] if ckpts else None
 
 
-def prune(folder: str | os.PathLike, keep: int) -> None:
-    """Delete all but the newest ``keep`` numbered checkpoints (best.pt is never touched).
+def prune(folder: str | os.PathLike, keep: int, best_model_only: bool = True) -> None:
+    """Delete all but the newest ``keep`` numbered checkpoints.
 
-    A checkpoint that cannot be deleted is reported and kept: training can go on, and the
+    ``best.pt`` survives: where it is a link to a checkpoint that goes, deleting that name
+    leaves the file under ``best.pt``; with ``best_model_only`` ``best.pt`` is first rewritten
+    with that checkpoint's weights only (``model_only``), which frees the rest.  A checkpoint
+    that cannot be deleted (or slimmed) is reported and kept: training can go on, and the
     newer checkpoints are already safe.
     """
+    folder = Path(folder)
+    best = folder / BEST
     for _, p in list_checkpoints(folder)[:-keep] if keep > 0 else []:
         try:
+            if best_model_only and same_file(best, p):
+                save_atomic(model_only(load(p, mmap=True)), best)
             p.unlink(missing_ok=True)
-        except OSError as e:
-            logger.warning(f"cannot delete the old checkpoint {p} ({e.strerror or e}); kept")
+        except (OSError, CheckpointError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+            logger.warning(f"cannot delete the old checkpoint {p} ({reason}); kept")
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:

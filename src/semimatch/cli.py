@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 from semimatch import __version__
 from semimatch.algorithms import ALGORITHMS
-from semimatch.config import PRESETS, Config, ConfigError, coerce, field_types, load_preset
-from semimatch.flags import as_flags, cli_fields, flag
-from semimatch.validation import CHECKPOINT_HELP
+from semimatch.config import PRESETS, Config, ConfigError, field_types, load_preset
+from semimatch.flags import as_flags, cli_fields, flag, given_flags
+from semimatch.validation import add_checkpoint_flag, checkpoint_line
 
 __all__ = ["build_config", "build_parser", "main"]
 
@@ -170,10 +170,10 @@ def _train_parser(sub: Any) -> None:
         "--resume",
         metavar="RUN_DIR|auto",
         help=(
-            "RUN_DIR: continue the run in RUN_DIR exactly, with its saved config. 'auto' (with "
+            "RUN_DIR: continue the run in RUN_DIR exactly, with its saved config (but for speed "
+            "or display flags, e.g. --threads; a larger --iterations extends it). 'auto' (with "
             "--out and the usual options): start the run, or continue it if --out already holds "
-            "it; a "
-            "restartable command for torchrun --max-restarts (a folder named auto: ./auto)"
+            "it; a restartable command for torchrun --max-restarts (a folder named auto: ./auto)"
         ),
     )
     p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
@@ -189,8 +189,7 @@ def build_config(args: argparse.Namespace) -> Config:
         if args.preset
         else (Config.load(args.config) if args.config else Config())
     )
-    overrides = {f.name: getattr(args, f.name) for f in cli_fields() if hasattr(args, f.name)}
-    return cfg.replace(**{k: coerce(k, v, source="command line") for k, v in overrides.items()})
+    return cfg.replace(**given_flags(args))
 
 
 #: Where commands put a run when no --out is given (relative to the working directory).
@@ -234,9 +233,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     if args.resume not in (None, "auto"):  # --resume RUN_DIR: that run, in place
-        if args.out:
-            raise ConfigError(f"--resume {args.resume} continues that run in place; drop --out")
-        fit(cfg, out=args.resume, resume=True, overwrite=args.overwrite)
+        drop = [f"--{n}" for n in ("out", "preset", "config") if getattr(args, n)]
+        if drop:  # the run's own folder, with its saved config
+            raise ConfigError(f"--resume {args.resume} continues that run in place; drop {drop[0]}")
+        fit(given_flags(args), out=args.resume, resume=True, overwrite=args.overwrite)
         return 0
     resume = "auto" if args.resume == "auto" else False
     if args.out or resume:  # engine.fit (run.RunStart) decides how the run starts
@@ -256,7 +256,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from semimatch.api import evaluate, load_run
-    from semimatch.validation import describe_checkpoint
 
     run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
     reading = {k: getattr(args, k) for k in ("text_column", "label_column", "header")}
@@ -270,16 +269,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(run, model=args.model, test_dir=args.test_dir, skip_corrupt=skip, **reading)
     what = "texts" if run.info.kind == "text" else "images"
     result.pop("confusion", None)
-    result["checkpoint"] = str(run.checkpoint)
-    result["selected_on"] = run.selected_on
+    result.update(checkpoint=str(run.checkpoint), selected_on=run.selected_on)
     if args.json:
         print(json.dumps(result))
     else:
         print(
             f"{args.run_dir}: top-1 {100 * result['top1']:.2f}%  error "
             f"{100 * result['error']:.2f}%  ({result['n']} test {what}"
-            f"{f' from {args.test_dir}' if args.test_dir else ''}, {result['model']} model, "
-            f"{describe_checkpoint(run)})"
+            f"{f' from {args.test_dir}' if args.test_dir else ''}, {checkpoint_line(run, result)})"
         )
     return 0
 
@@ -414,9 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="test accuracy of a trained run")
     p.add_argument("run_dir")
     p.add_argument("--model", choices=["ema", "raw"], default="ema")
-    p.add_argument(
-        "--checkpoint", default="auto", metavar="auto|best|last|PATH", help=CHECKPOINT_HELP
-    )
+    add_checkpoint_flag(p)
     p.add_argument("--device", default="auto", metavar="DEVICE")
     p.add_argument(
         "--test-dir",
@@ -461,9 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="text runs: the column of a table holding the text (default: the run's)",
     )
     p.add_argument("--model", choices=["ema", "raw"], default="ema")
-    p.add_argument(
-        "--checkpoint", default="auto", metavar="auto|best|last|PATH", help=CHECKPOINT_HELP
-    )
+    add_checkpoint_flag(p)
     p.add_argument("--device", default="auto", metavar="DEVICE")
     p.add_argument("--output", metavar="PATH", help="CSV file (default: standard output)")
 

@@ -332,7 +332,18 @@ class Config:
         "one-image predictions cheaper)",
     )
     eval_model: Literal["ema", "raw"] = _f("ema", "model evaluated during training")
-    keep_checkpoints: int = _f(2, "keep the last K checkpoints (plus best.pt)")
+    keep_checkpoints: int = _f(
+        1,
+        "keep the last K full checkpoints (a resume reads the last; each holds the optimiser "
+        "state too: 3x the model with AdamW) plus best.pt, which costs nothing while it is one "
+        "of them (a hard link)",
+    )
+    best_model_only: bool = _f(
+        True,
+        "once best.pt is no longer one of the kept checkpoints, keep only the weights that "
+        "eval and predict read (model, EMA) - a third of the checkpoint with AdamW; off: the "
+        "full checkpoint stays",
+    )
     tensorboard: bool | None = _f(
         None,
         "write TensorBoard logs to RUN_DIR/tb (needs the [tensorboard] extra; True when it is "
@@ -375,7 +386,11 @@ class Config:
 
     # --- bookkeeping (not options of the method) ----------------------------------------------
     preset: str | None = _f(None, "the preset this config started from", cli=False)
-    auto: dict[str, str] = _f(None, "which fields were derived automatically, and how", cli=False)
+    auto: dict[str, str] = _f(
+        None,
+        "which fields were derived automatically, and how (iterations: how resumes extended it)",
+        cli=False,
+    )
 
     def __post_init__(self) -> None:
         if self.auto is None:

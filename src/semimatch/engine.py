@@ -25,7 +25,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +84,7 @@ View = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 @process_state_restored()  # a ContextDecorator: fresh state saved on every call
 def fit(
-    cfg: Config | None = None,
+    cfg: Config | Mapping[str, Any] | None = None,
     *,
     out: str | os.PathLike | None = None,
     resume: Resume = False,
@@ -97,11 +97,12 @@ def fit(
 ) -> Run:
     """Train according to ``cfg``; write the run directory ``out`` (if given); return a ``Run``.
 
-    ``resume=True`` continues the run in ``out`` with its saved config (``cfg`` may then only be
-    omitted or default); ``resume="auto"`` starts it or, if ``out`` already holds this run,
-    continues it (a restartable command); ``overwrite`` replaces the run in ``out``
-    (``run.RunStart`` has the rules).  Under torchrun every process calls ``fit``; only rank 0
-    writes ``out``.
+    ``resume=True`` continues the run in ``out`` with its saved config: ``cfg`` (None, a
+    ``Config`` or a mapping of the options given) may change only speed, display and disk use
+    (``run.RUNTIME_FIELDS``) and extend ``iterations``; ``resume="auto"`` starts it or, if
+    ``out`` already holds this run, continues it (a restartable command); ``overwrite`` replaces
+    the run in ``out`` (``run.RunStart`` has the rules).  Under torchrun every process calls
+    ``fit``; only rank 0 writes ``out``.
 
     ``data``, ``model`` and ``algorithm`` replace what the config would build (Python API);
     ``weak_augment``/``strong_augment`` are per-image callables ``(img_hwc_uint8, rng) -> img``
@@ -205,7 +206,7 @@ def _set_up(
     checkpoint = dist.on_main(start.open, cfg) if run_dir is not None else None
     resumed = checkpoint is not None
     if resumed and start.resume == "auto":  # the saved config, which open found equal to cfg
-        cfg = Config.load(run_dir.config)
+        cfg = start.saved_config(cfg)
     if resumed and run_dir.split.exists():
         split = load_split(run_dir.split)
     else:
@@ -215,7 +216,11 @@ def _set_up(
         if data.info.kind == "text":  # the tokenizer (and encoder config) prediction needs
             run_dir.write_text_model(data.info, parts.net)
     first = state.restore(checkpoint, cfg, device, env.rank) if resumed else 0
+    # An extended budget: the schedule planned for it from here (RunStart.plan checked it).
+    lrs = state.replan(cfg) if resumed and start.extended_from is not None else (0.0, 0.0)
     recorder = Recorder(run_dir, cfg, first, resumed, env.is_main)
+    if resumed:
+        recorder.resumed(first, start.extended_from, lrs)
     stream = TrainStream(
         data,
         split,

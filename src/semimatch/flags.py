@@ -1,20 +1,21 @@
 """How config fields are spelled on the command line, both ways.
 
 ``cli_fields`` are the ``Config`` fields that are flags, ``flag`` spells one (``num_labels`` ->
-``--num-labels``) and ``as_flags`` rewrites a library error message in those words, so the
-command line says what to type.
+``--num-labels``), ``given_flags`` collects those a command got, and ``as_flags`` rewrites a
+library error message in those words, so the command line says what to type.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import re
 from dataclasses import Field, fields
 from typing import Any
 
-from semimatch.config import Config
+from semimatch.config import Config, coerce
 
-__all__ = ["API_KEYWORDS", "as_flags", "cli_fields", "flag"]
+__all__ = ["API_KEYWORDS", "as_flags", "cli_fields", "flag", "given_flags"]
 
 #: Keywords of the Python API that are not ``Config`` fields, as ``semimatch train`` spells
 #: them: a field under another name (``load_text(skip_bad=)`` is ``--skip-corrupt``) or a flag
@@ -34,6 +35,13 @@ _PYTHON_ONLY = ("class_names", "model", "data", "weighting", "tokenizer")
 def cli_fields() -> list[Field[Any]]:
     """The ``Config`` fields that are command-line flags (all but the bookkeeping ones)."""
     return [f for f in fields(Config) if f.metadata.get("cli", True)]
+
+
+def given_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The config flags given on a command line (their parser's default is "not given"), with
+    their values checked: what a resume takes exactly, even a value equal to the default."""
+    given = {f.name: getattr(args, f.name) for f in cli_fields() if hasattr(args, f.name)}
+    return {k: coerce(k, v, source="command line") for k, v in given.items()}
 
 
 def flag(name: str) -> str:

@@ -7,6 +7,7 @@ the run, on rank 0 only.  A run without a folder keeps its records in memory (``
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -59,6 +60,58 @@ class Recorder:
                 ) from e
         elif self.is_main:
             self.records.append(record)
+
+    def resumed(self, first: int, extended_from: int | None, lrs: tuple[float, float]) -> None:
+        """Say on stderr where a resumed run continues; for an extended budget (from
+        ``extended_from``, the learning rate ``lrs`` = before, after), record it: config.json
+        (``auto["iterations"]``), an ``extended`` record, and no summary.json (the run is no
+        longer finished)."""
+        cfg, planned = self.cfg, self.cfg.iterations
+        path = self.run_dir.path if self.run_dir else None
+        self.note(f"resuming from iteration {first} of {planned} ({path})")
+        if extended_from is None:
+            if first >= planned:
+                self.note(
+                    f"{path} has finished its {planned} iterations: nothing to train (to extend "
+                    f"it: `semimatch train --resume {path} --iterations N`, N > {planned})"
+                )
+            return
+        kept = sorted(k for k, why in cfg.auto.items() if why.startswith("budget of"))
+        note = f"extended from {extended_from} to {planned} iterations at iteration {first}"
+        self.note(
+            f"{note}: the learning rate follows the schedule planned for {planned} from here "
+            f"({lrs[0]:.6g} -> {lrs[1]:.6g}); the values derived from the budget keep those "
+            f"in config.json ({', '.join(kept) or 'none'}), so the run differs from one "
+            f"planned for {planned} from the start"
+        )
+        if self.run_dir is None or not self.is_main:
+            return
+        history = cfg.auto.get("iterations")
+        cfg.auto["iterations"] = f"{history}; {note}" if history else note
+        # The saved config with the new budget (this launch's runtime options stay its own).
+        saved = Config.load(self.run_dir.config)
+        self.run_dir.rewrite_config(saved.replace(iterations=planned, auto=dict(cfg.auto)))
+        self.run_dir.summary.unlink(missing_ok=True)
+        self.write(
+            {
+                "kind": "extended",
+                "iteration": first,
+                "time": time.time(),
+                "from_iterations": extended_from,
+                "to_iterations": planned,
+                "lr_before": lrs[0],
+                "lr_after": lrs[1],
+                "kept": {k: getattr(cfg, k) for k in kept},
+            }
+        )
+
+    def note(self, text: str) -> None:
+        """A line on stderr (rank 0), above the progress bar: how the run starts."""
+        if self.is_main:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=sys.stderr)
+            sys.stderr.flush()
 
     def step(self) -> None:
         if self.bar is not None:

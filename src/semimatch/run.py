@@ -9,9 +9,11 @@ arguments every front door hands ``fit`` unchanged.  ``Run`` is what ``fit`` ret
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,8 +40,15 @@ __all__ = ["Run", "RunDir", "RunStart", "load_run", "make_summary"]
 
 Resume = bool | Literal["auto"]
 
-# Fields that may differ between two launches of the same run (speed and display only).
-RUNTIME_FIELDS = ("auto", "progress", "num_workers", "threads")
+#: Fields that may differ between two launches of one run: speed, display and disk use, never
+#: what it computes.  A resume takes them from the command (``--resume RUN --threads 1``);
+#: ``--resume auto`` leaves them out when it compares the command with the run.
+RUNTIME_FIELDS = (
+    "threads", "progress", "num_workers", "tensorboard", "log_every", "keep_checkpoints",
+    "best_model_only",
+)  # fmt: skip
+#: Not options of the method: never compared, never taken from a resume's command.
+_BOOKKEEPING = ("auto", "preset")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -52,9 +61,10 @@ class RunDir:
     ``config.json`` (the resolved config), ``split.json`` (labeled/unlabeled indices),
     ``dataset.json`` (what prediction needs without the data), ``metrics.jsonl`` (one record
     per log/eval), ``summary.json`` (written when the run finishes), ``checkpoints/`` (the last
-    ``keep_checkpoints`` and ``best.pt``), ``tb/`` (TensorBoard), ``report/`` and, for text
-    runs, ``hf/`` (the tokenizer and the encoder's ``config.json``: prediction needs neither the
-    data nor the model folder the run started from).
+    ``keep_checkpoints`` and ``best.pt``, a hard link to the best of them or its weights only),
+    ``tb/`` (TensorBoard), ``report/`` and, for text runs, ``hf/`` (the tokenizer and the
+    encoder's ``config.json``: prediction needs neither the data nor the model folder the run
+    started from).
     """
 
     path: Path
@@ -89,6 +99,13 @@ class RunDir:
 
         save_for_reload(self.hf, load_tokenizer(info.tokenizer), net)
 
+    def rewrite_config(self, cfg: Config) -> None:
+        """Replace ``config.json`` atomically (an extended budget): a crash leaves the old or
+        the new file, and a resume reads the one it finds."""
+        tmp = self.path / f".config.json.tmp-{os.getpid()}"
+        cfg.save(tmp)
+        os.replace(tmp, self.config)
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         try:
             self.summary.write_text(json.dumps(summary, indent=2) + "\n")
@@ -111,6 +128,9 @@ class RunDir:
         rewrite): they are never read, but can be large."""
         removed = ckpt.remove_stale_temporaries(self.checkpoints)
         removed += JsonlWriter(self.metrics).remove_temporary()
+        for tmp in self.path.glob(".config.json.tmp-*"):  # a killed rewrite_config
+            tmp.unlink(missing_ok=True)
+            removed += 1
         if removed:
             logger.info(
                 f"removed {removed} temporary file(s) left in {self.path} by an interrupted run"
@@ -151,7 +171,9 @@ class RunStart:
     """How a run starts, decided once by ``plan`` from ``fit``'s ``out``/``resume``/``overwrite``.
 
     * new: ``out`` is None or holds no run (``overwrite`` allows replacing one);
-    * resume (``resume=True``): continue the run in ``out`` with its saved config;
+    * resume (``resume=True``): continue the run in ``out`` with its saved config; the command
+      may change only ``RUNTIME_FIELDS`` and extend ``iterations`` (``extended_from``: the
+      budget it had);
     * auto (``resume="auto"``, a restartable command: ``torchrun --max-restarts``, preemptible
       jobs): start the run if ``out`` holds none; if it holds this run (same config), continue
       it from its latest checkpoint, or start it again if it stopped before its first one.
@@ -160,13 +182,23 @@ class RunStart:
     run_dir: RunDir | None
     resume: Resume
     overwrite: bool
+    extended_from: int | None = None
 
     @classmethod
     def plan(
-        cls, out: str | os.PathLike | None, resume: Resume, overwrite: bool, cfg: Config | None
+        cls,
+        out: str | os.PathLike | None,
+        resume: Resume,
+        overwrite: bool,
+        cfg: Config | Mapping[str, Any] | None,
     ) -> tuple[RunStart, Config]:
-        """Check the arguments before any work; return the plan and the config to train with
-        (for ``resume=True`` the run's saved config: a config passed as well must be default)."""
+        """Check the arguments before any work; return the plan and the config to train with.
+
+        For ``resume=True`` that is the run's saved config with the command's changes: ``cfg``
+        is None, a mapping of exactly the options given (the command line's flags), or a
+        ``Config`` whose fields that differ from both the default and the saved value are the
+        changes.  Changes of ``RUNTIME_FIELDS`` are taken, a larger ``iterations`` extends the
+        run; any other is refused, before any work."""
         if resume not in (True, False, "auto"):
             raise ValueError(f"resume must be True, False or 'auto'; got {resume!r}")
         run_dir = RunDir(Path(out)) if out is not None else None
@@ -181,19 +213,13 @@ class RunStart:
             raise ConfigError(
                 "--resume auto (resume='auto') continues the run in --out; drop --overwrite"
             )
-        start = cls(run_dir, resume, overwrite)
+        if isinstance(cfg, Mapping):
+            cfg, given = Config().replace(**cfg), set(cfg)
+        else:
+            given = None
         if resume is not True:
-            return start, cfg if cfg is not None else Config()
+            return cls(run_dir, resume, overwrite), cfg if cfg is not None else Config()
         assert run_dir is not None
-        if cfg is not None:
-            default = Config()
-            given = sorted(k for k, v in cfg.to_dict().items() if getattr(default, k) != v)
-            if given:
-                raise ConfigError(
-                    f"resume=True continues the run in {run_dir.path} with its saved config; drop "
-                    f"{given} (or use resume='auto', which continues the run only if "
-                    "this config is the one it was started with)"
-                )
         if overwrite:
             raise ConfigError(
                 f"--resume {run_dir.path} continues that run in place; drop --overwrite"
@@ -202,9 +228,38 @@ class RunStart:
             raise TrainingError(
                 f"--resume {run_dir.path}: no run there (no config.json); start it without --resume"
             )
-        if run_dir.latest_checkpoint() is None:  # say so before any work
+        saved = Config.load(run_dir.config)
+        changes = _changes(saved, cfg, given)
+        refused = sorted(k for k in changes if k not in (*RUNTIME_FIELDS, "iterations"))
+        if refused:
+            raise ConfigError(
+                f"--resume {run_dir.path} continues that run with its saved config; drop "
+                f"{refused}: they change what it computes (a resume takes only "
+                f"{list(RUNTIME_FIELDS)} and a larger iterations=N)"
+            )
+        found = ckpt.list_checkpoints(run_dir.checkpoints)
+        if not found:  # say so before any work
             raise run_dir.no_checkpoint()
-        return start, Config.load(run_dir.config)
+        for name in ("keep_checkpoints", "log_every"):
+            if name in changes and changes[name] < 1:
+                raise ConfigError(f"{name} must be >= 1; got {changes[name]}")
+        if changes.get("tensorboard") and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError(
+                "tensorboard=True but the tensorboard package is not installed: "
+                "pip install 'semimatch[tensorboard]', or pass tensorboard=False"
+            )
+        extended = None
+        if "iterations" in changes:
+            extended = saved.iterations
+            _check_extension(run_dir, saved.iterations, changes["iterations"], found[-1][0])
+        return cls(run_dir, resume, overwrite, extended), saved.replace(**changes)
+
+    def saved_config(self, cfg: Config) -> Config:
+        """``resume="auto"`` continuing the run: its saved config, with this command's
+        ``RUNTIME_FIELDS`` (``open`` found the rest equal)."""
+        assert self.run_dir is not None
+        saved = Config.load(self.run_dir.config)
+        return saved.replace(**{k: getattr(cfg, k) for k in RUNTIME_FIELDS})
 
     @property
     def resuming(self) -> bool:
@@ -245,6 +300,33 @@ class RunStart:
         return None
 
 
+def _changes(saved: Config, cfg: Config | None, given: set[str] | None) -> dict[str, Any]:
+    """The options a resume's command changes: those ``given`` (a mapping's keys) or, for a
+    ``Config``, its non-default fields, where they differ from the saved run's."""
+    if cfg is None:
+        return {}
+    default = Config()
+    names = given if given is not None else set(cfg.to_dict())
+    return {
+        k: getattr(cfg, k)
+        for k in sorted(names)
+        if k not in _BOOKKEEPING
+        and getattr(cfg, k) != getattr(saved, k)
+        and (given is not None or getattr(cfg, k) != getattr(default, k))
+    }
+
+
+def _check_extension(run_dir: RunDir, planned: int, iterations: int, done: int) -> None:
+    """A resume may extend a run's budget (finished or not), never shorten it."""
+    if iterations < planned:
+        raise ConfigError(
+            f"iterations={iterations}: {run_dir.path} is planned for {planned} iterations "
+            f"({done} done); a resume extends a run's budget but never shortens it (its "
+            "learning-rate schedule is planned for the budget) - stop it early with Ctrl-C "
+            "(best.pt keeps the best evaluated model), or start a new run"
+        )
+
+
 def _check_same_run(run_dir: RunDir, cfg: Config) -> None:
     """``resume="auto"`` continues a run only if this command would start the same run."""
     out = run_dir.path
@@ -256,13 +338,20 @@ def _check_same_run(run_dir: RunDir, cfg: Config) -> None:
             f"({e}); choose another --out or pass --overwrite"
         ) from None
     now = cfg.to_dict()
-    diff = [k for k in now if k not in RUNTIME_FIELDS and saved.get(k) != now[k]]
+    skip = (*RUNTIME_FIELDS, "auto")
+    diff = [k for k in now if k not in skip and saved.get(k) != now[k]]
+    if "iterations" in diff:  # the budget first: a larger one is an extension, not a new run
+        diff.remove("iterations")
+        diff.insert(0, "iterations")
     if diff:
         k = diff[0]
+        more = saved.get("iterations", 0) < now["iterations"]
+        extend = f" (to extend it: `semimatch train --resume {out} --iterations {now[k]}`)"
         raise TrainingError(
             f"--resume auto: {out} holds a different run ({len(diff)} option(s) differ, e.g. "
             f"{k}: saved {saved.get(k)!r}, this command {now[k]!r}); choose another --out, pass "
             f"--overwrite to replace it, or `--resume {out}` to continue it with its saved config"
+            + (extend if k == "iterations" and more else "")
         )
 
 

@@ -74,14 +74,15 @@ class TrainState:
     def save(
         self, folder: Path, iteration: int, cfg: Config, device: torch.device, best: bool = False
     ) -> Path:
-        """Write ``ckpt-<iteration>.pt`` atomically, keep the last ``cfg.keep_checkpoints``
-        and, with ``best``, copy it to ``best.pt``; a failure raises ``CheckpointError``."""
-        path = ckpt.save_atomic(
-            self.state_dict(iteration, cfg, device), folder / ckpt.checkpoint_name(iteration)
-        )
-        ckpt.prune(folder, cfg.keep_checkpoints)
-        if best:
-            ckpt.copy_atomic(path, folder / ckpt.BEST)
+        """Write ``ckpt-<iteration>.pt`` atomically; with ``best``, point ``best.pt`` at it (a
+        hard link: no second copy); keep the last ``cfg.keep_checkpoints`` (``ckpt.prune``
+        keeps best.pt's file, its weights only with ``cfg.best_model_only``).  A failure
+        raises ``CheckpointError``."""
+        state = self.state_dict(iteration, cfg, device)
+        path = ckpt.save_atomic(state, folder / ckpt.checkpoint_name(iteration))
+        if best:  # before pruning: the best that is replaced needs no slimming
+            ckpt.save_best(path, state, cfg.best_model_only)
+        ckpt.prune(folder, cfg.keep_checkpoints, cfg.best_model_only)
         return path
 
     def restore(self, path: str | os.PathLike, cfg: Config, device: torch.device, rank: int) -> int:
@@ -92,6 +93,12 @@ class TrainState:
                 "with several nodes, --out must be on a file system that all nodes share"
             )
         saved = ckpt.load(path, map_location=device)
+        if saved.get("model_only"):
+            raise ckpt.CheckpointError(
+                f"{path} holds only the weights of a checkpoint (model, EMA), not the optimiser "
+                "and random state a resume continues from; resume from the run's last "
+                "ckpt-*.pt"
+            )
         saved_name = saved.get("algorithm_name", cfg.algorithm)
         if saved_name != self.algorithm_name:
             weighting = saved_name.removeprefix("custom:")
@@ -136,3 +143,16 @@ class TrainState:
         if device.type == "cuda" and "cuda" in saved["rng"]:
             torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), device)
         return int(saved["iteration"])
+
+    def replan(self, cfg: Config) -> tuple[float, float]:
+        """After ``restore``: the learning rate from here on follows ``cfg``'s schedule (an
+        extended budget, ``cfg.iterations``) at the restored iteration, as if the run had been
+        planned for it; return the learning rate (first group) before and after."""
+        scheduler = self.scheduler
+        before = self.optimizer.param_groups[0]["lr"]
+        k = scheduler.last_epoch
+        factors = [f(k) for f in scheduler.lr_lambdas]  # type: ignore[attr-defined]
+        for group, base, factor in zip(self.optimizer.param_groups, scheduler.base_lrs, factors):
+            group["lr"] = base * factor
+        scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]  # get_last_lr()
+        return before, self.optimizer.param_groups[0]["lr"]

@@ -8,6 +8,7 @@ then an optimistic estimate, and the front doors load the last checkpoint by def
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from typing import Any
@@ -17,7 +18,14 @@ from semimatch.data import Split, SSLDataset
 from semimatch.data.splits import carve_validation
 from semimatch.log import logger
 
-__all__ = ["CHECKPOINT_HELP", "carve", "check_validation", "describe_checkpoint", "with_validation"]
+__all__ = [
+    "CHECKPOINT_HELP",
+    "add_checkpoint_flag",
+    "carve",
+    "check_validation",
+    "checkpoint_line",
+    "with_validation",
+]
 
 #: ``--checkpoint`` of ``semimatch eval`` / ``predict`` (``run.load_run``'s ``checkpoint``).
 CHECKPOINT_HELP = (
@@ -28,10 +36,18 @@ CHECKPOINT_HELP = (
 )
 
 
-def describe_checkpoint(run: Any) -> str:
-    """What chose the checkpoint a reloaded ``run`` holds (``semimatch eval``): a test score of
-    a checkpoint the same test set chose is optimistic, and says so."""
-    name = run.checkpoint.name if run.checkpoint is not None else "?"
+def add_checkpoint_flag(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` of ``semimatch eval`` and ``predict``."""
+    parser.add_argument(
+        "--checkpoint", default="auto", metavar="auto|best|last|PATH", help=CHECKPOINT_HELP
+    )
+
+
+def checkpoint_line(run: Any, result: dict[str, Any]) -> str:
+    """The model (``result["model"]``, ``api.evaluate``'s) and checkpoint a reloaded ``run``
+    scored, and what chose the checkpoint (``semimatch eval``): a test score of a checkpoint
+    the same test set chose is optimistic, and says so."""
+    name = f"{result['model']} model, {run.checkpoint.name if run.checkpoint is not None else '?'}"
     return {
         "val": f"{name}, chosen on the validation set",
         "test": f"{name}, chosen on this test set: an optimistic score (--checkpoint last for "
