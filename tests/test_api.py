@@ -16,6 +16,7 @@ from semimatch.cli import main
 from semimatch.config import ConfigError
 from semimatch.data import ArraySource, balanced_split, from_arrays, load_dataset
 from semimatch.data.adapters import TorchImageSource, from_torch, to_hwc_uint8
+from semimatch.diagnostics import LABELED_PROBE
 from semimatch.metrics import read_jsonl
 from semimatch.resolve import resolve
 from semimatch.sklearn import SemiSupervisedClassifier
@@ -216,8 +217,10 @@ def test_train_with_custom_augmentation_callables():
     # num_workers=0 keeps the callables in this process, so their counters are visible here.
     run = semimatch.train(weak_augment=weak, strong_augment=strong, num_workers=0, **TINY)
     k, b, mu = TINY["iterations"], TINY["batch_size"], TINY["uratio"]
-    assert weak.calls == k * (b + mu * b)  # labeled + unlabeled weak views
-    assert strong.calls == k * mu * b
+    # Each view also makes the labeled probe of the diagnostics once (semimatch.diagnostics).
+    probe = min(LABELED_PROBE, TINY["num_labels"])
+    assert weak.calls == k * (b + mu * b) + probe  # labeled + unlabeled weak views
+    assert strong.calls == k * mu * b + probe
     assert run.config.augment == "pil" and run.summary["status"] == "finished"
 
 

@@ -74,7 +74,13 @@ def test_eval_prints_the_test_accuracy(trained, capsys):
     result = json.loads(capsys.readouterr().out)
     summary = json.loads((trained / "summary.json").read_text())
     assert result["n"] == 360
+    # The default is the last checkpoint (no validation set: best.pt was chosen on the test set).
+    assert result["error"] == pytest.approx(summary["final_error"], abs=1e-9)
+    assert result["selected_on"] == "last" and result["checkpoint"].endswith("ckpt-0000006.pt")
+    assert main(["eval", str(trained), "--json", "--checkpoint", "best"]) == 0
+    result = json.loads(capsys.readouterr().out)
     assert result["error"] == pytest.approx(summary["best_error"], abs=1e-9)
+    assert result["selected_on"] == "test"
     assert main(["eval", str(trained), "--model", "raw", "--checkpoint", "last"]) == 0
     assert "top-1" in capsys.readouterr().out
 

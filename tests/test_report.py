@@ -36,6 +36,7 @@ TABLE_HEADER = [
     "labels",
     "iterations",
     "best error",
+    "best chosen on",
     "median-20 error",
     "final error",
     "final quantity",
@@ -274,6 +275,7 @@ SOFTMATCH_FIGURES = {
     "fig-lambda-run.png",
     "fig-per-class-run.png",
     "fig-confusion-run.png",
+    "fig-diagnostics.png",
 }
 
 
@@ -378,6 +380,7 @@ def test_crashed_real_run_with_torn_last_line(real_run: Path, tmp_path: Path) ->
         "fig-lambda-crashed.png",
         "fig-per-class-crashed.png",
         "fig-confusion-crashed.png",
+        "fig-diagnostics.png",
     }
     for ref in refs:
         assert_png(index.parent / ref)
@@ -434,7 +437,8 @@ def test_no_test_set_and_no_quality(tmp_path: Path) -> None:
 
 def test_supervised_run_has_no_pseudo_label_figures(supervised_run: Path) -> None:
     text, (cells,), refs = parse(build_report([supervised_run]))
-    assert refs == {"fig-error.png", "fig-confusion-supervised.png"}
+    # The diagnostics need no pseudo-labels: labeled weak/strong accuracy and the error swing.
+    assert refs == {"fig-error.png", "fig-confusion-supervised.png", "fig-diagnostics.png"}
     assert "No pseudo-label statistics" in text
     assert cells["final quantity"] == "n/a" and cells["status"] == "finished"
 

@@ -179,6 +179,10 @@ def test_evaluation_covers_the_whole_test_set_and_only_rank0_logs(ddp, single):
         assert got["top1"] == want["top1"]
         assert got["window"]["quantity"] == pytest.approx(want["window"]["quantity"], abs=1e-6)
         assert got["window"]["conf_hist"] == want["window"]["conf_hist"]
+        # The diagnostics: each rank scores a share of the probes, the sums are all-reduced.
+        for key in ("lb_weak_acc", "lb_strong_acc", "pl_flip", "error_swing"):
+            assert got[key] == want[key], key
+    assert evals[-1]["pl_flip"] is not None
     assert ddp["nobn", 1]["history"] == []  # the other rank reads no log
     records = read_jsonl(ddp["out"] / "nobn" / "metrics.jsonl")  # one writer: no duplicates
     assert [(r["kind"], r["iteration"]) for r in records] == [

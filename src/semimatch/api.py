@@ -150,7 +150,7 @@ def train(
 def evaluate(
     run: Run | str | os.PathLike,
     model: str = "ema",
-    checkpoint: str = "best",
+    checkpoint: str = "auto",
     device: str = "auto",
     test_dir: str | os.PathLike | None = None,
     *,
@@ -160,6 +160,10 @@ def evaluate(
     skip_corrupt: bool | None = None,
 ) -> dict[str, Any]:
     """Test-set accuracy of a run (EMA model by default).
+
+    ``checkpoint`` (a run folder): as ``load_run`` - "auto" loads ``best.pt`` only when a
+    validation set chose it, else the last checkpoint; "best" scores ``best.pt`` even when the
+    same test set chose it (the papers' protocol: an optimistic number).
 
     ``test_dir``: score labeled images ``test_dir/<class>/<image>`` instead of the run's test
     set (class folders named like the run's classes; decoded as training decodes images); for
@@ -289,15 +293,16 @@ def predict(
     run: Run | str | os.PathLike,
     images: np.ndarray | list[str | os.PathLike],
     model: str = "ema",
-    checkpoint: str = "best",
+    checkpoint: str = "auto",
     device: str = "auto",
 ) -> list[dict[str, Any]]:
     """Predict classes for an image array, or for image files and folders (a folder stands
     for the images under it, recursively, sorted); for a text run, ``images`` is a list of
     texts (strings), tokenized as the run's texts were.
 
-    Returns one dict per image (text): ``{"class": name, "index": i, "confidence": p}``, with
-    ``"path"`` as well when files were given.
+    ``checkpoint`` (a run folder): as ``load_run`` (default "auto": never one the test set
+    chose).  Returns one dict per image (text): ``{"class": name, "index": i, "confidence": p}``,
+    with ``"path"`` as well when files were given.
     """
     from semimatch.data.folders import image_files
 

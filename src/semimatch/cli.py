@@ -24,6 +24,7 @@ from semimatch import __version__
 from semimatch.algorithms import ALGORITHMS
 from semimatch.config import PRESETS, Config, ConfigError, field_types, load_preset
 from semimatch.flags import as_flags, cli_fields, flag, given_flags
+from semimatch.validation import add_checkpoint_flag, checkpoint_line
 
 __all__ = ["build_config", "build_parser", "main"]
 
@@ -268,13 +269,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate(run, model=args.model, test_dir=args.test_dir, skip_corrupt=skip, **reading)
     what = "texts" if run.info.kind == "text" else "images"
     result.pop("confusion", None)
+    result.update(checkpoint=str(run.checkpoint), selected_on=run.selected_on)
     if args.json:
         print(json.dumps(result))
     else:
         print(
             f"{args.run_dir}: top-1 {100 * result['top1']:.2f}%  error "
             f"{100 * result['error']:.2f}%  ({result['n']} test {what}"
-            f"{f' from {args.test_dir}' if args.test_dir else ''}, {result['model']} model)"
+            f"{f' from {args.test_dir}' if args.test_dir else ''}, {checkpoint_line(run, result)})"
         )
     return 0
 
@@ -409,9 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="test accuracy of a trained run")
     p.add_argument("run_dir")
     p.add_argument("--model", choices=["ema", "raw"], default="ema")
-    p.add_argument(
-        "--checkpoint", default="best", metavar="best|last|PATH", help="the checkpoint to load"
-    )
+    add_checkpoint_flag(p)
     p.add_argument("--device", default="auto", metavar="DEVICE")
     p.add_argument(
         "--test-dir",
@@ -456,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="text runs: the column of a table holding the text (default: the run's)",
     )
     p.add_argument("--model", choices=["ema", "raw"], default="ema")
-    p.add_argument("--checkpoint", default="best", metavar="best|last|PATH")
+    add_checkpoint_flag(p)
     p.add_argument("--device", default="auto", metavar="DEVICE")
     p.add_argument("--output", metavar="PATH", help="CSV file (default: standard output)")
 

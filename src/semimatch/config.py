@@ -175,6 +175,20 @@ class Config:
     lt_m1: int = _f(3000, "long-tailed split: unlabeled images of the head class (M_1)")
     lt_reverse: bool = _f(False, "long-tailed split: reverse the unlabeled class distribution")
     split_seed: int | None = _f(None, "seed of the labeled split (None = seed)", none="None")
+    val_size: int | None = _f(
+        None,
+        "carve a class-balanced validation set of this many samples out of the labeled ones "
+        "(seeded by val_seed; the labeled set that trains shrinks by as many); best.pt is then "
+        "chosen on it, never on the test set",
+        none="none (a text folder's dev.json or val_dir if given)",
+    )
+    val_seed: int = _f(0, "seed of the validation set carved by val_size")
+    val_dir: str | None = _f(
+        None,
+        "imagefolder/text: labeled validation folder root/<class>/<image> (a text file or "
+        "folder for text) that chooses best.pt instead of the test set",
+        none="none",
+    )
     fold: int | None = _f(
         None,
         "stl10: label predefined fold k (0-9: 1,000 images from fold_indices.txt, the "

@@ -37,8 +37,10 @@ from semimatch import checkpoint as ckpt
 from semimatch import distributed as dist
 from semimatch.algorithms import SSLAlgorithm
 from semimatch.config import Config, ConfigError
-from semimatch.data import Split, SSLBatch, SSLDataset, TrainStream
-from semimatch.data.splits import load_split
+from semimatch.data import SampleSource, Split, SSLBatch, SSLDataset, TrainStream
+from semimatch.data.sources import SubsetSource
+from semimatch.data.splits import load_split, split_summary
+from semimatch.diagnostics import Diagnostics
 from semimatch.distributed import DistEnv
 from semimatch.errors import TrainingError, TrainingInterrupted
 from semimatch.evaluation import evaluate_model, lambda_curve
@@ -142,6 +144,8 @@ class _Training:
     stream: TrainStream
     recorder: Recorder
     first: int  # the first iteration to run (0, or the resumed checkpoint's)
+    val: SampleSource | None = None  # chooses best.pt when given (else the test set does)
+    diagnostics: Diagnostics | None = None
 
 
 def _set_up(
@@ -168,7 +172,12 @@ def _set_up(
     custom_views = weak_augment is not None or strong_augment is not None
     if not start.resuming:  # a resumed run's saved config is already resolved
         cfg = resolve(cfg, data, device, custom_views=custom_views)
-    if data.test is None and data.info.name == "imagefolder" and env.is_main:
+    if (
+        data.test is None
+        and data.val is None
+        and cfg.val_size is None
+        and (data.info.name == "imagefolder" and env.is_main)
+    ):
         logger.warning(
             "no test images (set test_dir; --test-dir on the command line): the run measures "
             "no test error and best.pt is simply the latest evaluated checkpoint"
@@ -242,9 +251,12 @@ def _set_up(
             f"samples but the unlabeled pool has {stream.num_unlabeled}; build it with "
             f"num_unlabeled={stream.num_unlabeled}"
         )
+    val = data.val if data.val is not None else SubsetSource(data.train, split.val)
+    if env.is_main and not resumed and len(split.val):
+        logger.info(split_summary(split, data.train.labels, data.info.num_classes))
     return _Training(
         cfg, env, device, data, split, run_dir, state, train_net, buffers_to_average, stream,
-        recorder, first,
+        recorder, first, val if len(val) else None, Diagnostics(stream, cfg, device),
     )  # fmt: skip
 
 
@@ -431,17 +443,18 @@ def _log(t: _Training, done: int, clock: _Clock) -> None:
 
 
 def _evaluate(t: _Training, done: int, clock: _Clock) -> None:
-    """Evaluate, record and checkpoint (``best.pt`` too when the test error is the best yet)."""
+    """Evaluate, record and checkpoint (``best.pt`` too when the validation error - without a
+    validation set, the test error - is the best yet: ``records.eval_record``)."""
     state = t.state
     now = time.perf_counter()
     state.history["wall_time"] = now - clock.start
-    record = eval_record(state, t.data, t.cfg, t.device, done)
+    record = eval_record(state, t.data, t.cfg, t.device, done, t.val, t.diagnostics)
     window = record["window"]
     window["sec_per_iter"] = (now - clock.eval) / max(state.eval_window.steps, 1)
     state.history["last_window"] = {k: window.get(k) for k in ("quantity", "quality", "pl_acc")}
     state.eval_window.reset()
     t.recorder.eval(record)
-    _save_checkpoint(t, done, best=record["error"] == state.history["best_error"])
+    _save_checkpoint(t, done, best=record["best"])
     # Evaluation and checkpointing are not training time.
     clock.eval = time.perf_counter()
     clock.window += clock.eval - now

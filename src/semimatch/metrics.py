@@ -3,6 +3,13 @@
 quantity ``f = (1/N) sum_i w_i / lambda_max``;
 quality ``g = sum_i w_i 1[y_hat_i = y_i] / sum_i w_i`` over the unlabeled samples whose ground
 truth is known (monitoring only).
+
+An "eval" record of ``metrics.jsonl`` also holds ``best`` (its checkpoint became ``best.pt``),
+``selected_on`` (what chose it: "val", "test" or "latest"), ``val_error``/``best_val_error``
+with a validation set, and ``semimatch.diagnostics``' checks: ``lb_weak_acc``/``lb_strong_acc``
+(accuracy on the weak/strong view of labeled samples), ``pl_flip`` (share of pseudo-labels
+that changed class since the last evaluation) and ``error_swing`` (``|error - previous|`` of
+the selecting set); ``None`` where undefined (the first evaluation has no previous one).
 """
 
 from __future__ import annotations

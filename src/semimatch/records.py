@@ -16,7 +16,8 @@ import torch
 
 from semimatch import checkpoint as ckpt
 from semimatch.config import Config
-from semimatch.data import SSLDataset
+from semimatch.data import SampleSource, SSLDataset
+from semimatch.diagnostics import Diagnostics
 from semimatch.errors import TrainingError
 from semimatch.evaluation import evaluate_model, lambda_curve
 from semimatch.log import logger
@@ -192,10 +193,19 @@ def train_record(state: TrainState, done: int, sec_per_iter: float) -> dict[str,
 
 
 def eval_record(
-    state: TrainState, data: SSLDataset, cfg: Config, device: torch.device, done: int
+    state: TrainState,
+    data: SSLDataset,
+    cfg: Config,
+    device: torch.device,
+    done: int,
+    val: SampleSource | None = None,
+    diagnostics: Diagnostics | None = None,
 ) -> dict[str, Any]:
-    """The "eval" record: test accuracy of the evaluated model, the eval window's pseudo-label
-    statistics, the weighting's state and its λ(p) curve; updates ``state.history``."""
+    """The "eval" record: test (and validation) accuracy of the evaluated model, whether its
+    checkpoint is the best yet (``best``, chosen on ``val`` when given - the test error is then
+    never read to choose it - else on the test error: ``selected_on``), the eval window's
+    pseudo-label statistics, the weighting's state and its λ(p) curve, and the ``diagnostics``'
+    checks (``semimatch.diagnostics``); updates ``state.history``."""
     net, ema, algorithm, history = state.net, state.ema, state.algorithm, state.history
     C = data.info.num_classes
     model = ema.module if (cfg.eval_model == "ema" and ema is not None) else net
@@ -222,6 +232,27 @@ def eval_record(
             record["confusion"] = result["confusion"]
     else:
         record.update(top1=None, error=None, best_error=None, median20_error=None)
+    if val is not None:
+        vres = evaluate_model(model, val, C, device, cfg.eval_batch_size, cfg)
+        history.setdefault("val_errors", []).append(vres["error"])
+        best_val = history.get("best_val_error")
+        record["best"] = best_val is None or vres["error"] <= best_val  # ties: the later one
+        if record["best"]:
+            history["best_val_error"] = vres["error"]
+            history["selected_test_error"] = record["error"]  # reported, never compared
+        record.update(
+            val_error=vres["error"],
+            best_val_error=history["best_val_error"],
+            selected_on="val",
+        )
+    else:  # no validation set: the test error chooses (the papers' protocol), or the latest
+        record["best"] = record["error"] == history["best_error"]
+        record["selected_on"] = "test" if data.test is not None else "latest"
+    history["selected_on"] = record["selected_on"]
+    if diagnostics is not None:  # after the errors: the swing compares the last two
+        record.update(diagnostics.measure(model, history))
+        n_sel = len(val) if val is not None else len(data.test) if data.test is not None else 0
+        diagnostics.warn(record, history, done, n_sel)
     window = state.eval_window
     s = summarize(window.reduce()) if window.steps else {}
     s["sec_per_iter"] = None
@@ -239,9 +270,19 @@ def summary_line(s: dict[str, Any]) -> str:
     def pct(v: float | None) -> str:
         return "n/a" if v is None else f"{100 * v:.2f}%"
 
+    on = s.get("selected_on")
+    if on == "val":
+        best = (
+            f"best.pt chosen on validation: error {pct(s.get('selected_test_error'))}, "
+            f"val {pct(s.get('best_val_error'))}; lowest test error {pct(s['best_error'])}"
+        )
+    elif on == "test":
+        best = f"best {pct(s['best_error'])}, chosen on the test set"
+    else:
+        best = f"best {pct(s['best_error'])}"
     return (
         f"done: {s['algorithm']} on {s['dataset']} | {s['iterations_done']} it | "
-        f"error {pct(s['final_error'])} (best {pct(s['best_error'])}, median last 20 "
+        f"error {pct(s['final_error'])} ({best}, median last 20 "
         f"{pct(s['median20_error'])}) | quantity "
         f"{'n/a' if s['final_quantity'] is None else format(s['final_quantity'], '.3f')} | "
         f"{s['sec_per_iter']:.3f} s/it"
@@ -265,6 +306,8 @@ def _eval_line(record: dict[str, Any], cfg: Config) -> str:
         parts.append(
             f"top1 {100 * record['top1']:.2f}% (best err {100 * record['best_error']:.2f}%)"
         )
+    if record.get("val_error") is not None:
+        parts.append(f"val err {100 * record['val_error']:.2f}%")
     for key in ("quantity", "quality"):
         if w.get(key) is not None:
             parts.append(f"{key} {w[key]:.3f}")

@@ -27,6 +27,7 @@ from semimatch.data.text_views import DEFAULT_STRONG, STRONG_TEXT_VIEWS
 from semimatch.forward_checks import check_forward_mode
 from semimatch.hardware import fp32_hint, native_bf16
 from semimatch.log import logger, status
+from semimatch.validation import carve, check_validation, with_validation
 
 __all__ = [
     "check_forward_mode",
@@ -439,6 +440,7 @@ def _check_split_options(cfg: Config, data: SSLDataset) -> None:
             f"{'a predefined fold' if cfg.fold is not None else 'the given labels'} involve no "
             "draw - drop split_seed"
         )
+    check_validation(cfg, data)
     if cfg.fold is not None:
         folds = data.labeled_folds
         if not folds:
@@ -453,7 +455,11 @@ def _check_split_options(cfg: Config, data: SSLDataset) -> None:
 
 
 def make_split(cfg: Config, data: SSLDataset) -> Split:
-    """The labeled/unlabeled split ``cfg`` asks for (its options checked by ``resolve``)."""
+    """The split ``cfg`` asks for (checked by ``resolve``); ``val_size`` carved (``carve``)."""
+    return carve(cfg, data, _draw_split(cfg, data))
+
+
+def _draw_split(cfg: Config, data: SSLDataset) -> Split:
     labels = data.train.labels
     seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
     C = data.info.num_classes
@@ -536,9 +542,9 @@ def load_data(cfg: Config) -> SSLDataset:
     is_main = dist.get_rank() == 0
     if cfg.download and not is_main:
         dist.barrier()  # rank 0 downloads the files before the other ranks read them
-    data = load_dataset(
+    data = with_validation(cfg, load_dataset(
         cfg.dataset, root=cfg.data_root, download=cfg.download and is_main, **dataset_options(cfg)
-    )
+    ))  # fmt: skip
     if cfg.download and is_main:
         dist.barrier()
     return prepare_text(cfg, data)

@@ -374,6 +374,11 @@ class Run:
     # What prediction needs (classes, size, channels, normalisation) without the images; a
     # reloaded run has it from dataset.json and loads the dataset only to evaluate.
     info: DatasetInfo | None = None
+    #: A reloaded run: the checkpoint file loaded, and what chose it - "val" (best.pt chosen on
+    #: a validation set), "test" (best.pt chosen on the test set), "last" (the latest
+    #: checkpoint) or None (a path given, or a run in memory).
+    checkpoint: Path | None = None
+    selected_on: str | None = None
 
     def __post_init__(self) -> None:
         if self.info is None and self.data is not None:
@@ -475,6 +480,12 @@ def make_summary(
         "iterations": cfg.iterations,
         "iterations_done": done,
         "best_error": history["best_error"],
+        # Which set chose best.pt: "val" (then selected_test_error is its test error, an honest
+        # estimate), "test" (best_error is optimistic: chosen on the data it is measured on) or
+        # "latest" (no test set).
+        "selected_on": history.get("selected_on"),
+        "best_val_error": history.get("best_val_error"),
+        "selected_test_error": history.get("selected_test_error"),
         "median20_error": median_of_last(errors, 20),
         "final_error": errors[-1] if errors else None,
         "final_quantity": window.get("quantity"),
@@ -490,7 +501,7 @@ def make_summary(
 
 def load_run(
     run_dir: str | os.PathLike,
-    checkpoint: str = "best",
+    checkpoint: str = "auto",
     device: str = "auto",
     data: SSLDataset | None = None,
     model: nn.Module | None = None,
@@ -498,7 +509,11 @@ def load_run(
     """Load a run directory for evaluation/prediction.
 
     Args:
-        checkpoint: ``"best"`` (lowest test error), ``"last"``, or a checkpoint path.
+        checkpoint: ``"auto"`` (default: a checkpoint the test set did not choose - ``best.pt``
+            when a validation set chose it, else the last one), ``"best"`` (``best.pt``
+            whatever chose it: without a validation set the lowest test error, which papers
+            report but which is an optimistic estimate), ``"last"``, or a checkpoint path.
+            ``Run.checkpoint`` says which file was loaded and ``Run.selected_on`` what chose it.
         data: the dataset, if it is not one semimatch can load by name (Python-API runs).
         model: for runs trained with your own backbone (``train(model=...)``): a fresh
             instance of that architecture; the checkpoint's weights are loaded into it.
@@ -507,10 +522,17 @@ def load_run(
     if not layout.config.exists():
         raise FileNotFoundError(f"{run_dir} is not a semimatch run directory (no config.json)")
     cfg = Config.load(layout.config)
+    history = read_jsonl(layout.metrics) if layout.metrics.exists() else []
+    evals = [r for r in history if r.get("kind") == "eval"]
+    selected_on = evals[-1].get("selected_on", "test") if evals else None
+    if checkpoint == "auto":  # best.pt only when the test set did not choose it
+        checkpoint = "best" if selected_on == "val" else "last"
+    if checkpoint not in ("best", "last"):
+        selected_on = None  # a path: whatever chose it is not known here
     if checkpoint == "best":
         path = layout.checkpoints / ckpt.BEST
         if not path.exists():
-            path = layout.latest_checkpoint()
+            path, selected_on = layout.latest_checkpoint(), "last"  # no best.pt yet
     elif checkpoint == "last":
         path = layout.latest_checkpoint()
     else:
@@ -566,8 +588,10 @@ def load_run(
             f"checkpoint {path} does not match {run_dir}/config.json ({str(e).splitlines()[0]})"
         ) from None
     ema = parts.ema.module.eval() if parts.ema is not None and state.get("ema") else None
-    history = read_jsonl(layout.metrics) if layout.metrics.exists() else []
     summary = json.loads(layout.summary.read_text()) if layout.summary.exists() else {}
-    return Run(
+    run = Run(
         cfg, parts.net.eval(), ema, parts.algorithm, data, layout.path, history, summary, dev, info
     )
+    run.checkpoint = Path(path)
+    run.selected_on = "last" if checkpoint == "last" else selected_on
+    return run

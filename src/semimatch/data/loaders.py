@@ -484,6 +484,29 @@ class TrainStream:
             u_weak = torch.empty(shape, dtype=self.modality.dtype, device=dev)
         return SSLBatch(x_lb, y_lb, u_weak, u_strong, u_true, u_idx)
 
+    def probe_views(
+        self, indices: np.ndarray, stream_id: int, strong: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The weak and (with ``strong``) the strong view of ``train[indices]`` (CPU tensors),
+        made by the views this stream trains with; the draws are seeded by
+        ``(seed, stream_id, view, position)`` (``position``: the place in ``indices``; batched
+        views: a generator of ``(seed, 2**40 + stream_id, 0, view)``, an iteration no run
+        reaches), so the same indices get the same views in every call and every process."""
+        steps, idx = self._steps, np.asarray(indices, dtype=np.int64)
+        augs = (self.views.weak, self.views.strong) if strong else (self.views.weak,)
+        if not self.views.batched:
+            views = [(stream_id, v, aug) for v, aug in enumerate(augs)]
+            groups = steps._augment(lambda i: steps.train[i], idx, np.arange(len(idx)), views)
+            out = self.modality.stack_groups(groups, steps.encoding)
+        else:
+            raw = self.modality.stack(steps.train.gather(idx), steps.encoding)
+            raw = raw.to(self.augment_device)
+            out = [
+                aug(raw, view_generator(self.seed, 2**40 + stream_id, 0, v)).cpu()
+                for v, aug in enumerate(augs)
+            ]
+        return out[0], out[1] if strong else None
+
     def _generator(self, k: int, view: int) -> torch.Generator:
         return view_generator(self.seed, k, self.rank, view)
 

@@ -144,6 +144,27 @@ class SampleSource(abc.ABC):
         return out
 
 
+class SubsetSource(SampleSource):
+    """The samples ``indices`` of ``base``, in that order (a validation set carved from the
+    training set: ``Split.val``)."""
+
+    def __init__(self, base: SampleSource, indices: np.ndarray) -> None:
+        self.base, self.indices = base, np.asarray(indices, dtype=np.int64)
+        self.kind, self.dtype = base.kind, base.dtype  # type: ignore[misc]
+        self.labels = base.labels[self.indices]
+        self.encoding = base.encoding
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.base[int(self.indices[i])]
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return self.base.sample_shape
+
+    def gather(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self.base.gather(self.indices[np.asarray(indices, dtype=np.int64)])
+
+
 class ImageSource(SampleSource):
     """Indexable collection of same-sized uint8 ``(H, W, C)`` images with int64 labels."""
 
@@ -330,6 +351,9 @@ class SSLDataset:
     #: How text labels were read: ``"index"`` (0..C-1) or ``"name"``
     #: (:mod:`~semimatch.data.text_datasets`); ``None`` for data whose labels are indices.
     label_kind: str | None = None
+    #: Labeled samples that choose the best checkpoint instead of the test set (``val_dir``,
+    #: USB's ``dev.json``); ``None``: none, or carved from ``train`` (``Split.val``).
+    val: SampleSource | None = None
 
 
 def channel_stats(source: ImageSource, max_images: int = 4096) -> tuple[tuple, tuple]:

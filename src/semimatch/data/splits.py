@@ -23,6 +23,7 @@ __all__ = [
     "SPLIT_KINDS",
     "Split",
     "balanced_split",
+    "carve_validation",
     "fold_split",
     "given_split",
     "load_split",
@@ -48,16 +49,24 @@ class Split:
     kind: str
     seed: int | None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Labeled samples held out to choose the best checkpoint (``carve_validation``): neither
+    #: their labels nor the samples themselves train.
+    val: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __post_init__(self) -> None:
         self.labeled = _as_index_array(self.labeled, "labeled")
         self.unlabeled = _as_index_array(self.unlabeled, "unlabeled")
+        self.val = _as_index_array(self.val, "val")
         if self.kind not in SPLIT_KINDS:
             raise ValueError(f"kind: must be one of {SPLIT_KINDS}, got {self.kind!r}")
 
     def validate(self, num_train: int) -> None:
         """Raise ``ValueError`` unless every index addresses one of ``num_train`` images."""
-        for what, idx in (("labeled", self.labeled), ("unlabeled", self.unlabeled)):
+        for what, idx in (
+            ("labeled", self.labeled),
+            ("unlabeled", self.unlabeled),
+            ("val", self.val),
+        ):
             if idx.size and (idx.min() < 0 or idx.max() >= num_train):
                 bad = int(idx.max()) if idx.max() >= num_train else int(idx.min())
                 raise ValueError(
@@ -73,6 +82,7 @@ class Split:
             "seed": self.seed,
             "kind": self.kind,
             "meta": self.meta,
+            "val": self.val.tolist(),
         }
 
     @classmethod
@@ -82,7 +92,14 @@ class Split:
             raise ValueError(
                 f"split: missing key(s) {missing}; expected {list(cls.__annotations__)}"
             )
-        return cls(d["labeled"], d["unlabeled"], d["kind"], d.get("seed"), dict(d.get("meta", {})))
+        return cls(
+            d["labeled"],
+            d["unlabeled"],
+            d["kind"],
+            d.get("seed"),
+            dict(d.get("meta", {})),
+            d.get("val", []),
+        )
 
 
 def _as_index_array(x: Any, what: str) -> np.ndarray:
@@ -292,6 +309,47 @@ def fold_split(
     return Split(labeled, unlabeled, "fold", None, meta)
 
 
+def carve_validation(split: Split, labels: Any, num_classes: int, size: int, seed: int) -> Split:
+    """Move a seeded, class-balanced ``size`` of ``split.labeled`` to ``split.val``.
+
+    Class ``c`` gives ``size // C`` samples, and one more for the first ``size % C`` classes of a
+    seeded class order (as equal as a size not divisible by C allows).  The validation samples
+    leave the labeled set and the unlabeled pool: a checkpoint chosen on them must not have
+    trained on them.  ``ValueError`` if a class would keep no labeled sample to train on.
+    """
+    y = _check_labels(labels, num_classes)
+    seed = _check_seed(seed)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"val_size: expected a positive integer, got {size!r}")
+    rng = np.random.default_rng([seed, 2])  # its own stream: independent of the split's seed
+    per_class = np.full(num_classes, size // num_classes, dtype=np.int64)
+    per_class[rng.permutation(num_classes)[: size % num_classes]] += 1
+    labeled_y = y[split.labeled]
+    have = np.bincount(labeled_y[labeled_y >= 0], minlength=num_classes)
+    short = np.flatnonzero(per_class >= have)
+    if short.size:
+        c = int(short[0])
+        raise ValueError(
+            f"val_size: {size} validation samples take {int(per_class[c])} of class {c}'s "
+            f"{int(have[c])} labeled samples and would leave it none to train on; lower val_size "
+            f"(at most {int((have - 1).clip(min=0).min()) * num_classes} keeps one per class) or "
+            "label more samples"
+        )
+    chosen = [
+        rng.permutation(split.labeled[labeled_y == c])[: per_class[c]] for c in range(num_classes)
+    ]
+    val = np.sort(np.concatenate(chosen)).astype(np.int64)
+    meta = dict(split.meta, val_size=int(size), val_seed=seed, val_per_class=per_class.tolist())
+    return Split(
+        np.setdiff1d(split.labeled, val),
+        np.setdiff1d(split.unlabeled, val),
+        split.kind,
+        split.seed,
+        meta,
+        val,
+    )
+
+
 def save_split(split: Split, path: str | os.PathLike) -> None:
     """Write ``split`` as JSON, atomically (a crash never leaves a half-written file)."""
     path = os.fspath(path)
@@ -332,7 +390,13 @@ def split_summary(split: Split, labels: Sequence[int] | np.ndarray, num_classes:
     per_class = np.bincount(y[split.labeled], minlength=num_classes)
     detail = f" {per_class.tolist()} per class" if num_classes <= 20 else ""
     how = f"fold {split.meta.get('fold')}" if split.kind == "fold" else f"seed {split.seed}"
+    held = ""
+    if len(split.val):
+        held = (
+            f", {len(split.val)} labeled held out for validation (val_size, seed "
+            f"{split.meta.get('val_seed')}): {len(split.labeled)} labeled train"
+        )
     return (
         f"{split.kind} split ({how}): {len(split.labeled)} labeled{detail}, "
-        f"{len(split.unlabeled)} unlabeled"
+        f"{len(split.unlabeled)} unlabeled{held}"
     )

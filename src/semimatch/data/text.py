@@ -383,5 +383,6 @@ def tokenize_dataset(
     info = dataclasses.replace(dataset.info, tokenizer=name, max_length=int(max_length))
     views = text_views(strong, precomputed=has_augs)
     return dataclasses.replace(
-        dataset, info=info, train=train, test=test, extra_unlabeled=extra, views=views
-    )
+        dataset, info=info, train=train, test=test, extra_unlabeled=extra, views=views,
+        val=tok(dataset.val),
+    )  # fmt: skip

@@ -97,6 +97,45 @@ def error_figure(figs: Figures, runs: list[RunData]) -> tuple[str, str] | None:
     return figs.save(fig, "fig-error.png")
 
 
+def diagnostics_figure(figs: Figures, runs: list[RunData]) -> tuple[str, str] | None:
+    """``semimatch.diagnostics`` over training, overlaid: accuracy on the weak (solid) and the
+    strong (dashed) view of labeled samples, the share of pseudo-labels that changed class
+    since the last evaluation, and the error's swing (None when no run logged them)."""
+    logged = [(i, r) for i, r in enumerate(runs) if series(r.evals, "lb_weak_acc")]
+    if not logged:
+        return None
+    fig = figs.new(13, 3.8)
+    axes = fig.subplots(1, 3)
+    panels = (
+        (
+            ("lb_weak_acc", "lb_strong_acc"),
+            "accuracy on labeled samples",
+            "Weak (—) vs strong (--) view",
+        ),
+        (("pl_flip",), "share of probed unlabeled samples", "Pseudo-labels that changed class"),
+        (("error_swing",), "|error change| (%)", "Error swing between evaluations"),
+    )
+    for ax, (keys, ylabel, title) in zip(axes, panels, strict=True):
+        for i, run in logged:
+            for key, ls in zip(keys, ("-", "--"), strict=False):
+                pts = series(run.evals, key)
+                if not pts:
+                    continue
+                x, y = zip(*pts, strict=True)
+                scale = 100 if key == "error_swing" else 1
+                label = run_label(run) if ls == "-" else "_strong"
+                ax.plot(
+                    x, [scale * v for v in y], color=COLORS[i % len(COLORS)], ls=ls, label=label
+                )
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=8)
+    return figs.save(fig, "fig-diagnostics.png")
+
+
 def pseudo_label_figure(figs: Figures, runs: list[RunData]) -> tuple[str, str] | None:
     """Quantity (and, where the ground truth is known, quality) over training, overlaid."""
     quantity = [(i, r, pseudo_label_series(r, "quantity")) for i, r in enumerate(runs)]

@@ -14,6 +14,7 @@ from typing import Any
 from semimatch.report.figures import (
     Figures,
     confusion_figure,
+    diagnostics_figure,
     error_figure,
     lambda_figure,
     lambda_overlay_figure,
@@ -193,6 +194,9 @@ def _comparison_table(rows: list[dict[str, Any]]) -> str:
     parts.append(
         '</tbody></table><p class="caption">best / median-20 / final error from the '
         "eval records (median-20 = median of the last 20 evaluations, FixMatch paper); "
+        "best error is the lowest test error, chosen on the test set itself (what papers "
+        "report, an optimistic estimate); best chosen on = what chose best.pt (val: a "
+        "validation set, --val-size / --val-dir; test: the test set); "
         "final quantity/quality = last evaluation window (last train window before the "
         "first evaluation); sec / iter = median of the train log windows.</p>"
     )
@@ -220,6 +224,17 @@ def _curves(figs: Figures, runs: list[RunData]) -> list[str]:
         else '<p class="note">No pseudo-label statistics logged by any run (supervised '
         "runs or no log window yet).</p>"
     )
+    fig = diagnostics_figure(figs, runs)
+    if fig:
+        parts.append(
+            _img(
+                fig,
+                "Why a run swings, at each evaluation: accuracy on the weak (solid) and strong "
+                "(dashed) views of labeled samples - a strong view that keeps the label stays "
+                "close; the share of unlabeled samples whose pseudo-label changed class; the "
+                "error's change since the last evaluation",
+            )
+        )
     return parts
 
 

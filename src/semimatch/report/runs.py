@@ -220,6 +220,9 @@ def run_row(run: RunData, now: float | None = None) -> dict[str, Any]:
         "iterations": run.setting("iterations"),
         "iterations_done": max(iterations) if iterations else summary.get("iterations_done", 0),
         "best_error": best,
+        # What chose best.pt: "val" (a validation set), "test" (the test set: best_error and
+        # best.pt's score are optimistic), "latest" (no test set); None for older runs.
+        "selected_on": last_value(run.evals, "selected_on") or summary.get("selected_on"),
         "median20_error": median20,
         "final_error": errors[-1] if errors else summary.get("final_error"),
         "final_quantity": quantity,
@@ -292,6 +295,7 @@ def format_row(row: dict[str, Any]) -> dict[str, str]:
         "labels": str(row["labels"] if row["labels"] is not None else "all"),
         "iterations": f"{done} / {total}" if total is not None else str(done),
         "best error": _pct(row["best_error"]),
+        "best chosen on": str(row.get("selected_on") or "n/a"),
         "median-20 error": _pct(row["median20_error"]),
         "final error": _pct(row["final_error"]),
         "final quantity": _num(row["final_quantity"]),
