@@ -87,7 +87,7 @@ def _diagnostics(iterations: int = 100) -> tuple[Diagnostics, np.ndarray]:
     data = from_features(x, y, mean=[0.0] * 4, std=[1.0] * 4)
     split = balanced_split(y, 2, 20, seed=0)
     stream = TrainStream(data, split, batch_size=4, uratio=1, seed=0)
-    cfg = Config(iterations=iterations, eval_batch_size=64)
+    cfg = Config(iterations=iterations, eval_every=10, eval_batch_size=64)
     return Diagnostics(stream, cfg, torch.device("cpu")), x[split.unlabeled]
 
 

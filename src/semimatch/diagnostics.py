@@ -167,13 +167,18 @@ class Diagnostics:
         size of the set whose error swings."""
         warned: list[str] = history.setdefault("warned", [])
         late = done > self.cfg.iterations // 2
-        for key, message in self._troubles(diag, late, n_sel):
+        # Flips and swings compare two evaluations: both must be late, or a short run's first
+        # comparison (its fast early learning) would read as instability.
+        both_late = done - self.cfg.eval_every > self.cfg.iterations / 2
+        for key, message in self._troubles(diag, late, both_late, n_sel):
             if key not in warned:
                 warned.append(key)
                 if self.rank == 0:
                     logger.warning(message)
 
-    def _troubles(self, d: dict[str, Any], late: bool, n_sel: int) -> list[tuple[str, str]]:
+    def _troubles(
+        self, d: dict[str, Any], late: bool, both_late: bool, n_sel: int
+    ) -> list[tuple[str, str]]:
         found = []
         weak, strong = d["lb_weak_acc"], d["lb_strong_acc"]
         if (
@@ -193,7 +198,7 @@ class Diagnostics:
                 )
             )
         flip = d["pl_flip"]
-        if late and flip is not None and flip > FLIP_SHARE:
+        if both_late and flip is not None and flip > FLIP_SHARE:
             found.append(
                 (
                     "pl_flip",
@@ -204,7 +209,7 @@ class Diagnostics:
                 )
             )
         swing = d["error_swing"]
-        if late and swing is not None and n_sel > 0:
+        if both_late and swing is not None and n_sel > 0:
             errors_se = math.sqrt(0.25 / n_sel)  # the largest binomial standard error
             if swing > SWING and swing > SWING_SE * errors_se:
                 found.append(
