@@ -358,7 +358,7 @@ class Config:
         None,
         "fp32: the papers' arithmetic; bf16/fp16: autocast, opt-in - several times "
         "faster on hardware with native bf16 (CPUs with AMX or AVX512-BF16, recent GPUs), "
-        "accuracy within the seed spread in BENCHMARKS.md section 3, but emulated and 20-130x "
+        "accuracy within the seed spread (docs/benchmarks/accuracy.md), but emulated and 20-130x "
         "slower on CPUs without it; auto: bf16 where the hardware has native bf16, else fp32",
         none="fp32, with a one-line hint on a CPU with native bf16",
     )
@@ -371,7 +371,7 @@ class Config:
         "estimating the weak rows' BatchNorm-statistics path from the weak labeled rows - "
         "measured gradient error vs joint 12% (relative L2) when labeled and unlabeled rows "
         "are alike, 23% with 4 labeled rows per process, 60% when labeled inputs are shifted "
-        "(BENCHMARKS.md 1b; refused with lt_reverse, a warning for data it cannot check); "
+        "(docs/benchmarks/memory.md; refused with lt_reverse, a warning for data it cannot check); "
         "split: the weak view in its own no-grad forward (BatchNorm statistics differ; it lost "
         "accuracy)",
     )
@@ -381,7 +381,7 @@ class Config:
     threads: int | None = _f(
         None,
         "CPU threads for torch (None = torch's default; waiting threads sleep, see "
-        "BENCHMARKS.md section 7, so a shared CPU does not collapse)",
+        "docs/benchmarks/speed.md, so a shared CPU does not collapse)",
     )
     memory_check: bool = _f(
         True,

@@ -258,8 +258,8 @@ def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str
     K = cfg.iterations
     hf = _is_hf(cfg)
     # USB's NLP configs train text encoders on 8 labeled + 8 unlabeled texts; FixMatch's 64 + 448
-    # cost a CPU ~50x more per step with a text encoder (BENCHMARKS.md, "Text defaults on a
-    # CPU").
+    # cost a CPU ~50x more per step with a text encoder (docs/benchmarks/text.md, "Text
+    # defaults on a CPU").
     derive("batch_size", 8 if text else 64, "USB's NLP batch" if text else "FixMatch's")
     derive("uratio", 1 if text else 7, "USB's NLP batch, 8 + 8" if text else "FixMatch's mu")
     if cfg.batch_size % dist.get_world_size():
@@ -359,7 +359,7 @@ def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str
     )
     if cfg.augment == "auto":
         cfg.augment = "batched"
-        auto["augment"] = "batched tensor augmentation (measured faster; BENCHMARKS.md)"
+        auto["augment"] = "batched tensor augmentation (measured faster; docs/benchmarks/speed.md)"
     derive(
         "num_workers",
         0 if cfg.augment == "batched" else min(2, os.cpu_count() or 1),
