@@ -2,7 +2,8 @@
 
 quantity ``f = (1/N) sum_i w_i / lambda_max``;
 quality ``g = sum_i w_i 1[y_hat_i = y_i] / sum_i w_i`` over the unlabeled samples whose ground
-truth is known (monitoring only).
+truth is known and hidden from training (monitoring only): a labeled sample in the unlabeled
+stream does not count, so data with no hidden truth has no quality (None, "n/a").
 
 An "eval" record of ``metrics.jsonl`` also holds ``best`` (its checkpoint became ``best.pt``),
 ``selected_on`` (what chose it: "val", "test" or "latest"), ``val_error``/``best_val_error``

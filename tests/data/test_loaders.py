@@ -149,17 +149,24 @@ def test_unlabeled_stream_covers_the_pool_once_per_pass(rgb, split):
     assert s.num_unlabeled == 70
 
 
-def test_u_true_carries_ground_truth_and_extra_is_unknown(rgb):
+def test_u_true_carries_the_hidden_ground_truth_only(rgb):
+    """Quality is measured on labels hidden from training: a labeled sample in the pool and an
+    extra unlabeled image read -1 (unknown); the other pool images carry their label."""
     extra = ArraySource(np.zeros((6, 16, 16, 3), np.uint8), np.full(6, -1))
     ds = type(rgb)(rgb.info, rgb.train, rgb.test, extra)
-    sp = given_split(rgb.train.labels)
+    sp = balanced_split(rgb.train.labels, 3, 24, seed=0)  # the labeled images are in the pool
     s = _stream(ds, sp, batch_size=8, uratio=10)  # 80 > 70 + 6: every pool image appears
     _, pool = s.indices(0)
     b = s.batch(0)
     n = len(sp.unlabeled)
-    expected = np.where(pool < n, rgb.train.labels[np.minimum(pool, n - 1)], -1)
+    train_idx = sp.unlabeled[np.minimum(pool, n - 1)]
+    hidden = (pool < n) & ~np.isin(train_idx, sp.labeled)
+    expected = np.where(hidden, rgb.train.labels[train_idx], -1)
     np.testing.assert_array_equal(b.u_true.numpy(), expected)
-    assert (pool >= n).any()
+    assert (pool >= n).any() and hidden.any() and ((pool < n) & ~hidden).any()
+    # Every sample labeled (the dataset's own labels): no truth is hidden, quality is n/a.
+    everything = _stream(rgb, given_split(rgb.train.labels), batch_size=8, uratio=2).batch(0)
+    assert (everything.u_true == -1).all()
     # The extra images are all black; their weak views stay black (crop of black padding).
     assert (b.u_weak[torch.from_numpy(pool >= n)] == 0).all()
 

@@ -142,6 +142,11 @@ class _StepBatches(Dataset):
         self.lb_order = EpochOrder(len(self.labeled), self.seed, STREAM_LABELED)
         n_pool = len(self.unlabeled) + (len(self.extra) if self.extra is not None else 0)
         self.ulb_order = EpochOrder(max(n_pool, 1), self.seed, STREAM_UNLABELED)
+        # Pseudo-label quality is measured on labels hidden from training: a labeled sample in
+        # the pool (the papers include them) trains on its label, so its truth reads -1 here.
+        # Otherwise data whose unlabeled truth is unknown would report the labeled rows'
+        # accuracy as "quality" (all labeled: 1.0).
+        self.truth_hidden = ~np.isin(self.unlabeled, self.labeled)
 
     # positions ------------------------------------------------------------------------------
     def positions(self, k: int, global_batch: int) -> np.ndarray:
@@ -168,7 +173,8 @@ class _StepBatches(Dataset):
     def _pool_labels(self, pool_idx: np.ndarray) -> np.ndarray:
         in_train, t_idx, e_idx = self._pool_split(pool_idx)
         out = np.empty(len(pool_idx), dtype=np.int64)
-        out[in_train] = self.train.labels[t_idx]
+        hidden = self.truth_hidden[pool_idx[in_train]]
+        out[in_train] = np.where(hidden, self.train.labels[t_idx], -1)
         if e_idx.size:
             out[~in_train] = self.extra.labels[e_idx]
         return out
