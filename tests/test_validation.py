@@ -115,6 +115,8 @@ def test_best_pt_is_chosen_on_the_validation_set_and_never_on_the_test_set(tmp_p
     s = run.summary
     assert s["selected_on"] == "val" and s["best_val_error"] == min(val)
     assert s["selected_test_error"] == test[by_val]  # the chosen checkpoint's honest score
+    # best_error is best.pt's test error, not the lowest test error (which chose nothing).
+    assert s["best_error"] == test[by_val] and s["lowest_test_error"] == min(test)
     # The front doors load best.pt by default: a validation set, not the test set, chose it.
     loaded = semimatch.load_run(tmp_path / "run")
     assert loaded.selected_on == "val" and loaded.checkpoint.name == BEST

@@ -472,6 +472,7 @@ def make_summary(
     history, class_names = state.history, info.class_names
     errors = history["errors"]
     window = history.get("last_window") or {}
+    on_val = history.get("selected_on") == "val"
     return {
         "algorithm": state.algorithm_name,
         "dataset": cfg.dataset,
@@ -479,10 +480,11 @@ def make_summary(
         "num_classes": len(class_names),
         "iterations": cfg.iterations,
         "iterations_done": done,
-        "best_error": history["best_error"],
-        # Which set chose best.pt: "val" (then selected_test_error is its test error, an honest
-        # estimate), "test" (best_error is optimistic: chosen on the data it is measured on) or
-        # "latest" (no test set).
+        # The test error of best.pt.  Which set chose it: "val" (best_error is then an honest
+        # estimate, = selected_test_error), "test" (best_error is optimistic: chosen on the data
+        # it is measured on, = lowest_test_error) or "latest" (no test set).
+        "best_error": history.get("selected_test_error") if on_val else history["best_error"],
+        "lowest_test_error": history["best_error"],
         "selected_on": history.get("selected_on"),
         "best_val_error": history.get("best_val_error"),
         "selected_test_error": history.get("selected_test_error"),
