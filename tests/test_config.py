@@ -228,6 +228,9 @@ def test_fp32_by_default_says_once_what_bf16_measured_here(monkeypatch, capsys, 
     for precision in ("fp32", "bf16", "auto"):
         resolve(Config(precision=precision), tiny_data(), cpu)
         assert "the exact default" not in capsys.readouterr().err
+    # The small CPU backbones (digits' cnn: milliseconds a step) get no line.
+    resolve(Config(), tiny_data(size=8, channels=1), cpu)
+    assert "the exact default" not in capsys.readouterr().err
 
 
 def test_two_pass_is_refused_where_its_assumption_fails_by_construction():

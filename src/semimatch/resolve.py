@@ -333,7 +333,8 @@ def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str
         auto["precision"] = f"{cfg.precision}: {device} {why}"
     elif cfg.precision is None:  # fp32, the exact default; one line where bf16 would pay off
         derive("precision", "fp32", "the papers' arithmetic (exact by default)")
-        hint = fp32_hint(info.kind) if device.type == "cpu" and native_bf16(device) else None
+        native = device.type == "cpu" and native_bf16(device)
+        hint = fp32_hint(info.kind, cfg.backbone) if native else None
         if hint:
             status(hint)
     elif cfg.precision == "bf16" and device.type == "cpu" and not native_bf16(device):
