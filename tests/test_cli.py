@@ -239,7 +239,7 @@ def test_errors_suggest_the_flag_not_the_python_keyword(tmp_path, capsys, monkey
     err = capsys.readouterr().err
     assert "warning: skipped 1 unreadable image file(s)" in err  # a line, not a UserWarning
     assert "UserWarning" not in err
-    assert "warning: no test images (set test_dir; --test-dir on the command line)" in err
+    assert "warning: no test set (set test_dir; --test-dir on the command line)" in err
     assert main(["eval", str(tmp_path / "run")]) == 2
     assert (
         "no test set; score labeled images DIR/<class>/<image> with `semimatch eval RUN "

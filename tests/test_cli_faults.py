@@ -178,3 +178,19 @@ def test_eval_reads_a_test_file_of_the_run_s_class_names(capsys, files, named_ru
     assert "48 test texts" in capsys.readouterr().out
     assert main(["eval", str(named_run), "--test-dir", str(files["latin1"]), "--skip-corrupt"]) == 0
     assert "47 test texts" in capsys.readouterr().out
+
+
+def test_a_run_without_a_test_set_or_unlabeled_texts_says_so(
+    tmp_path, capsys, files, tiny_bert_dir
+):
+    """No --test-size/--test-dir: nothing is measured; no --num-labels on fully labeled data:
+    the unlabeled stream only repeats the labeled texts. Both train, each with one line."""
+    argv = train(files, tiny_bert_dir, "names", tmp_path / "run")
+    for flag in ("--test-size", "--num-labels"):
+        i = argv.index(flag)
+        del argv[i : i + 2]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("no test set (--test-size N carves one, --test-dir FILE names one)") == 1
+    assert err.count("training samples is labeled and none is unlabeled") == 1
+    assert "--num-labels" in err
