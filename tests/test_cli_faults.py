@@ -194,3 +194,6 @@ def test_a_run_without_a_test_set_or_unlabeled_texts_says_so(
     assert err.count("no test set (--test-size N carves one, --test-dir FILE names one)") == 1
     assert err.count("training samples is labeled and none is unlabeled") == 1
     assert "--num-labels" in err
+    # The tiny BERT has 64 positions: the derived max_length says why it is not 128.
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["max_length"] == 64 and "the encoder has 64 positions" in cfg["auto"]["max_length"]

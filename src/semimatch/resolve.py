@@ -279,10 +279,13 @@ def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str
     if hf:
         derive("ema_decay", 0.0, "USB's NLP recipe fine-tunes without a weight EMA")
     if text:
+        length = info.max_length or DEFAULT_MAX_LENGTH
+        capped = f": the encoder has {length} positions" if length < DEFAULT_MAX_LENGTH else ""
         derive(
             "max_length",
-            info.max_length or DEFAULT_MAX_LENGTH,
-            "128 (the CPU-sized default; USB uses 512), within the encoder's positions",
+            length,
+            f"{DEFAULT_MAX_LENGTH} (the CPU-sized default; USB uses 512), within the encoder's "
+            f"positions{capped}",
         )
     derive(
         "bn_momentum",
