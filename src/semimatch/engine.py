@@ -67,6 +67,7 @@ from semimatch.resolve import (
 from semimatch.run import Resume, Run, RunDir, RunStart, make_summary
 from semimatch.state import TrainState
 from semimatch.step import train_step
+from semimatch.validation import say_what_is_measured
 from semimatch.weighting import NonFiniteError
 
 __all__ = [
@@ -172,11 +173,9 @@ def _set_up(
     custom_views = weak_augment is not None or strong_augment is not None
     if not start.resuming:  # a resumed run's saved config is already resolved
         cfg = resolve(cfg, data, device, custom_views=custom_views)
-    if data.test is None and data.val is None and cfg.val_size is None and env.is_main:
-        _say_no_test_set(cfg)
     new_split = None if start.resuming else make_split(cfg, data)
-    if new_split is not None and env.is_main and not given_data:  # fit(data=): the caller's
-        _say_if_all_labeled(cfg, data, new_split)
+    if env.is_main:
+        say_what_is_measured(cfg, data, new_split if not given_data else None)
     pool = _pool_size(data, new_split if new_split is not None else _saved_split(start, cfg, data))
     parts = build_parts(
         cfg, data.info, device, model=model, algorithm=algorithm, num_unlabeled=pool
@@ -252,32 +251,6 @@ def _set_up(
         cfg, env, device, data, split, run_dir, state, train_net, buffers_to_average, stream,
         recorder, first, val if len(val) else None, Diagnostics(stream, cfg, device),
     )  # fmt: skip
-
-
-def _say_no_test_set(cfg: Config) -> None:
-    """A data folder or file without a test set trains without measuring anything: say so."""
-    fix = {
-        "imagefolder": "set test_dir; --test-dir on the command line",
-        "text": "--test-size N carves one, --test-dir FILE names one",
-    }.get(cfg.dataset)
-    if fix:
-        logger.warning(
-            f"no test set ({fix}): the run measures no test error and best.pt is simply the "
-            "latest evaluated checkpoint"
-        )
-
-
-def _say_if_all_labeled(cfg: Config, data: SSLDataset, split: Split) -> None:
-    """Without ``num_labels`` the data's own labels decide; when every sample has one and there
-    is no unlabeled sample, the unlabeled stream only repeats the labeled samples: say so."""
-    no_unlabeled = data.extra_unlabeled is None or len(data.extra_unlabeled) == 0
-    all_labeled = len(split.labeled) == len(data.train)
-    if cfg.num_labels is None and cfg.algorithm != "supervised" and no_unlabeled and all_labeled:
-        logger.warning(
-            f"every one of the {len(data.train):,} training samples is labeled and none is "
-            "unlabeled: the unlabeled stream repeats the labeled samples; pass num_labels "
-            "(--num-labels on the command line) to hold labels out"
-        )
 
 
 def _saved_split(start: RunStart, cfg: Config, data: SSLDataset) -> Split:

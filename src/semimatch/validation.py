@@ -3,7 +3,9 @@ or given (``val_dir``, USB's ``dev.json``, ``SSLDataset.val``).
 
 Without one, ``best.pt`` is chosen on the test set (the papers' protocol): its test error is
 then an optimistic estimate, and the front doors load the last checkpoint by default
-(``run.load_run``).  With one, the test set is never read to choose it.
+(``run.load_run``).  With one, the test set is never read to choose it.  Data that leaves a run
+nothing to measure (no test set) or nothing to pseudo-label (every sample labeled) trains, with
+a line that says so (``say_what_is_measured``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ __all__ = [
     "carve",
     "check_validation",
     "checkpoint_line",
+    "say_what_is_measured",
     "with_validation",
 ]
 
@@ -126,3 +129,28 @@ def carve(cfg: Config, data: SSLDataset, split: Split) -> Split:
         )
     except ValueError as e:
         raise ConfigError(str(e).replace("val_size:", "--val-size:", 1)) from None
+
+
+def say_what_is_measured(cfg: Config, data: SSLDataset, split: Split | None) -> None:
+    """One warning line each when the run measures nothing (a data folder or file without a test
+    or validation set) or pseudo-labels nothing new (without ``num_labels`` every sample is
+    labeled and none is unlabeled: the unlabeled stream repeats the labeled samples).
+    ``split``: a new run's split, None where the caller chose the data (``fit(data=)``)."""
+    fix = {
+        "imagefolder": "set test_dir; --test-dir on the command line",
+        "text": "--test-size N carves one, --test-dir FILE names one",
+    }.get(cfg.dataset)
+    if fix and data.test is None and data.val is None and cfg.val_size is None:
+        logger.warning(
+            f"no test set ({fix}): the run measures no test error and best.pt is simply the "
+            "latest evaluated checkpoint"
+        )
+    if split is None or cfg.num_labels is not None or cfg.algorithm == "supervised":
+        return
+    no_unlabeled = data.extra_unlabeled is None or len(data.extra_unlabeled) == 0
+    if no_unlabeled and len(split.labeled) == len(data.train):
+        logger.warning(
+            f"every one of the {len(data.train):,} training samples is labeled and none is "
+            "unlabeled: the unlabeled stream repeats the labeled samples; pass num_labels "
+            "(--num-labels on the command line) to hold labels out"
+        )
