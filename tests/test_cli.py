@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -253,6 +254,31 @@ def test_resume_refuses_overrides(trained, capsys):
     for extra in (["--out", str(trained) + "-copy"], ["--overwrite"]):
         assert main(["train", "--resume", str(trained), *extra]) == 2
         assert f"continues that run in place; drop {extra[0]}" in capsys.readouterr().err
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again_as_its_refusal_says(
+    tmp_path, capsys, monkeypatch
+):
+    from semimatch.checkpoint import CheckpointError
+    from semimatch.state import TrainState
+
+    def disk_full(*args, **kwargs):
+        raise CheckpointError("disk full")
+
+    monkeypatch.setattr(TrainState, "save", disk_full)
+    out = tmp_path / "early run"  # a space: the command quotes it
+    assert main([*TRAIN, "--out", str(out)]) == 2
+    failed = capsys.readouterr().err
+    started = json.loads((out / "config.json").read_text())  # derived (auto) values included
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint yet" in err and "--eval-every" in err
+    command = re.search(r"`(semimatch train [^`]*)`", err)[1]
+    assert f"no checkpoint was saved yet: fix the cause, then `{command}`" in failed
+    assert main(shlex.split(command)[1:]) == 0  # the same run, from its first iteration
+    assert json.loads((out / "config.json").read_text()) == started
+    assert (out / "summary.json").exists()
 
 
 def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):
