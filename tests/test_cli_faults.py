@@ -229,3 +229,18 @@ def test_a_run_saved_with_relative_data_paths_says_where_they_are_relative_to(
         "holds data_root 'names.csv', relative to the folder the run was started in",
         "or pass --test-dir PATH",
     )  # fmt: skip
+
+
+def test_a_text_column_chosen_as_the_label_is_refused_naming_the_flags(
+    tmp_path, capsys, tiny_bert_dir
+):
+    texts = [f"{t} ({i})" for i, t in enumerate(TEXTS * 3)]  # 144 distinct texts
+    many = tmp_path / "many.csv"
+    many.write_text("label,text\n" + "".join(f"x,{t}\n" for t in texts), encoding="utf-8")
+    out = tmp_path / "run"
+    argv = train({"many": many}, tiny_bert_dir, "many", out, "--label-column", "text")
+    assert_refused(
+        capsys, argv, "many.csv:line 2: --label-column holds 144 distinct values in 144",
+        "pass --label-kind name if these are 144 classes",
+    )  # fmt: skip
+    assert not out.exists()

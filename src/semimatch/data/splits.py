@@ -322,7 +322,8 @@ def carve_validation(
     Class ``c`` gives ``size // C`` samples, and one more for the first ``size % C`` classes of a
     seeded class order (as equal as a size not divisible by C allows).  The validation samples
     leave the labeled set and the unlabeled pool: a checkpoint chosen on them must not have
-    trained on them.  ``ValueError`` if a class would keep no labeled sample to train on.
+    trained on them.  ``ValueError`` if a class would keep no labeled sample to train on (the
+    class named by its ``class_names`` where given).
     """
     y = _check_labels(labels, num_classes)
     seed = _check_seed(seed)
