@@ -244,3 +244,21 @@ def test_a_text_column_chosen_as_the_label_is_refused_naming_the_flags(
         "pass --label-kind name if these are 144 classes",
     )  # fmt: skip
     assert not out.exists()
+
+
+def test_a_run_started_with_a_relative_data_root_is_reloaded_from_any_folder(
+    tmp_path, capsys, monkeypatch, files, tiny_bert_dir
+):
+    monkeypatch.chdir(files["names"].parent)
+    out = tmp_path / "run"
+    argv = train(files, tiny_bert_dir, "names", out)
+    argv[argv.index("--data-root") + 1] = "names.csv"  # relative to this folder
+    assert main(argv) == 0
+    assert json.loads((out / "config.json").read_text())["data_root"] == str(files["names"])
+    assert main([*argv, "--resume", "auto"]) == 0  # the same run: nothing left to do
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 8
+    assert main(["train", "--resume", str(out), "--iterations", "4"]) == 0
+    assert "done: fixmatch on text | 4 it" in capsys.readouterr().out
