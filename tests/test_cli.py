@@ -120,7 +120,7 @@ def test_eval_scores_a_labeled_folder(tmp_path, capsys):
     assert "/cat/<class>/<image>" in capsys.readouterr().err  # a class folder, not a root
 
 
-def test_predict_writes_a_csv(trained, tmp_path):
+def test_predict_writes_a_csv(trained, tmp_path, capsys):
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -132,6 +132,13 @@ def test_predict_writes_a_csv(trained, tmp_path):
         paths.append(str(p))
     out = tmp_path / "pred.csv"
     assert main(["predict", str(trained), *paths, "--output", str(out)]) == 0
+    # which checkpoint answered, as eval says it
+    assert (
+        capsys.readouterr().err == f"{trained}: ema model, ckpt-0000006.pt, the last checkpoint\n"
+    )
+    for flags in (["--header"], ["--no-header"], ["--text-column", "x"]):  # text runs only
+        assert main(["predict", str(trained), *paths, *flags]) == 2
+        assert f"{flags[0]}: {trained} classifies images, not texts" in capsys.readouterr().err
     rows = list(csv.DictReader(out.open()))
     assert [r["path"] for r in rows] == paths
     for r in rows:

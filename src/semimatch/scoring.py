@@ -125,7 +125,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         given = [f for f in ("text_column", "header") if getattr(args, f) is not None]
         if given:
-            raise ConfigError(f"{flag(given[0])}: {args.run_dir} classifies images, not texts")
+            spelled = "--no-header" if given[0] == "header" and not args.header else flag(given[0])
+            raise ConfigError(f"{spelled}: {args.run_dir} classifies images, not texts")
         if "-" in args.images:
             raise ConfigError(
                 f"- (standard input) is for text runs; {args.run_dir} classifies images: pass "
@@ -133,8 +134,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             )
         rows = predict(run, args.images, model=args.model)
         names, first = ["path", "class", "confidence"], [row["path"] for row in rows]
-    # Which weights answered, as eval says it: on stderr, the CSV on stdout stays data only.
-    print(f"{args.run_dir}: {checkpoint_line(run, {'model': args.model})}", file=sys.stderr)
+    # Which weights answered, as eval says it (a run without an EMA answers with its raw
+    # model): on stderr, so the CSV on stdout stays data only.
+    used = "ema" if run.eval_model(args.model) is run.ema_model else "raw"
+    print(f"{args.run_dir}: {checkpoint_line(run, {'model': used})}", file=sys.stderr)
     with (
         open(args.output, "w", newline="") if args.output else contextlib.nullcontext(sys.stdout)
     ) as out:
