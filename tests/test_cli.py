@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def test_eval_scores_a_labeled_folder(tmp_path, capsys):
     assert "/cat/<class>/<image>" in capsys.readouterr().err  # a class folder, not a root
 
 
-def test_predict_writes_a_csv(trained, tmp_path):
+def test_predict_writes_a_csv(trained, tmp_path, capsys):
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -131,6 +132,13 @@ def test_predict_writes_a_csv(trained, tmp_path):
         paths.append(str(p))
     out = tmp_path / "pred.csv"
     assert main(["predict", str(trained), *paths, "--output", str(out)]) == 0
+    # which checkpoint answered, as eval says it
+    assert (
+        capsys.readouterr().err == f"{trained}: ema model, ckpt-0000006.pt, the last checkpoint\n"
+    )
+    for flags in (["--header"], ["--no-header"], ["--text-column", "x"]):  # text runs only
+        assert main(["predict", str(trained), *paths, *flags]) == 2
+        assert f"{flags[0]}: {trained} classifies images, not texts" in capsys.readouterr().err
     rows = list(csv.DictReader(out.open()))
     assert [r["path"] for r in rows] == paths
     for r in rows:
@@ -253,6 +261,31 @@ def test_resume_refuses_overrides(trained, capsys):
     for extra in (["--out", str(trained) + "-copy"], ["--overwrite"]):
         assert main(["train", "--resume", str(trained), *extra]) == 2
         assert f"continues that run in place; drop {extra[0]}" in capsys.readouterr().err
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again_as_its_refusal_says(
+    tmp_path, capsys, monkeypatch
+):
+    from semimatch.checkpoint import CheckpointError
+    from semimatch.state import TrainState
+
+    def disk_full(*args, **kwargs):
+        raise CheckpointError("disk full")
+
+    monkeypatch.setattr(TrainState, "save", disk_full)
+    out = tmp_path / "early run"  # a space: the command quotes it
+    assert main([*TRAIN, "--out", str(out)]) == 2
+    failed = capsys.readouterr().err
+    started = json.loads((out / "config.json").read_text())  # derived (auto) values included
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint yet" in err and "--eval-every" in err
+    command = re.search(r"`(semimatch train [^`]*)`", err)[1]
+    assert f"no checkpoint was saved yet: fix the cause, then `{command}`" in failed
+    assert main(shlex.split(command)[1:]) == 0  # the same run, from its first iteration
+    assert json.loads((out / "config.json").read_text()) == started
+    assert (out / "summary.json").exists()
 
 
 def test_eval_of_a_folder_that_is_not_a_run(tmp_path, capsys):

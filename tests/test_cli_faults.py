@@ -85,7 +85,7 @@ def assert_refused(capsys, argv: list[str], *expected: str) -> str:
         ("headerless", ["--no-header", "--text-column", "body"], ["columns are numbered from 0", "--text-column 1"]),  # noqa: E501
         ("headerless", ["--no-header", "--text-column", "5"], ["no text column at position 5; the first row has 2 column(s)"]),  # noqa: E501
         ("jsonl", ["--no-header"], ["--no-header applies to CSV/TSV files"]),
-        ("names", ["--no-header"], ["line 1: ('label', 'text') reads like a header row", "drop --no-header"]),  # noqa: E501
+        ("names", ["--no-header"], ["line 1: ('label', 'text') reads like a header row", "read as data (--no-header); pass --header"]),  # noqa: E501
         # labels: 1..4 read as indices only when asked, and then refused (class 0 is empty)
         ("one", ["--label-kind", "index"], ["class index 0 has no labeled text (the labels are 1..4", "--label-kind name"]),  # noqa: E501
         ("names", ["--label-kind", "index"], ["is not a class index", "--label-kind name"]),
@@ -178,6 +178,92 @@ def test_eval_reads_a_test_file_of_the_run_s_class_names(capsys, files, named_ru
     assert "48 test texts" in capsys.readouterr().out
     assert main(["eval", str(named_run), "--test-dir", str(files["latin1"]), "--skip-corrupt"]) == 0
     assert "47 test texts" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def headerless_run(tmp_path_factory, files, tiny_bert_dir) -> Path:
+    out = tmp_path_factory.mktemp("headerless") / "run"
+    assert main(train(files, tiny_bert_dir, "headerless", out, "--no-header")) == 0
+    return out
+
+
+def test_a_header_the_run_s_no_header_reads_as_data_is_refused_with_the_flag_that_works(
+    capsys, files, headerless_run
+):
+    # --no-header came from the run, not the command: the fix is --header, not "drop it".
+    names = str(files["names"])
+    run = str(headerless_run)
+    for argv in (["eval", run, "--test-dir", names], ["predict", run, names]):
+        assert_refused(capsys, argv, "reads like a header row", "(--no-header); pass --header")
+    assert main(["predict", str(headerless_run), names, "--header"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1 + 48
+
+
+def test_predict_reads_tables_as_told_and_says_which_checkpoint_answered(capsys, files, named_run):
+    headerless = str(files["headerless"])
+    assert main(["predict", str(named_run), headerless, "--no-header", "--text-column", "1"]) == 0
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 1 + 48
+    assert captured.err.strip() == f"{named_run}: raw model, ckpt-0000002.pt, the last checkpoint"
+    assert main(["eval", str(named_run)]) == 0  # the same words as eval's (hf: runs have no EMA)
+    assert "raw model, ckpt-0000002.pt, the last checkpoint)" in capsys.readouterr().out
+    # its refusals name the flags, as eval's do
+    assert_refused(capsys, ["predict", str(named_run), headerless], "pass --no-header")
+    argv = ["predict", str(named_run), str(files["names"]), "--no-header", "--text-column", "x"]
+    assert_refused(capsys, argv, "--text-column 1")
+
+
+def test_a_run_saved_with_relative_data_paths_says_where_they_are_relative_to(
+    tmp_path, capsys, monkeypatch, named_run
+):
+    # Runs written before data paths were stored absolute hold them as typed.
+    run = tmp_path / "old"
+    run.mkdir()
+    cfg = json.loads((named_run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "data_root": "names.csv"}))
+    (run / "dataset.json").write_bytes((named_run / "dataset.json").read_bytes())
+    (run / "checkpoints").mkdir()
+    for ckpt in (named_run / "checkpoints").iterdir():
+        (run / "checkpoints" / ckpt.name).write_bytes(ckpt.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert_refused(
+        capsys, ["eval", str(run)], f"text file {tmp_path / 'names.csv'} does not exist",
+        "holds data_root 'names.csv', relative to the folder the run was started in",
+        "or pass --test-dir PATH",
+    )  # fmt: skip
+
+
+def test_a_text_column_chosen_as_the_label_is_refused_naming_the_flags(
+    tmp_path, capsys, tiny_bert_dir
+):
+    texts = [f"{t} ({i})" for i, t in enumerate(TEXTS * 3)]  # 144 distinct texts
+    many = tmp_path / "many.csv"
+    many.write_text("label,text\n" + "".join(f"x,{t}\n" for t in texts), encoding="utf-8")
+    out = tmp_path / "run"
+    argv = train({"many": many}, tiny_bert_dir, "many", out, "--label-column", "text")
+    assert_refused(
+        capsys, argv, "many.csv:line 2: --label-column holds 144 distinct values in 144",
+        "pass --label-kind name if these are 144 classes",
+    )  # fmt: skip
+    assert not out.exists()
+
+
+def test_a_run_started_with_a_relative_data_root_is_reloaded_from_any_folder(
+    tmp_path, capsys, monkeypatch, files, tiny_bert_dir
+):
+    monkeypatch.chdir(files["names"].parent)
+    out = tmp_path / "run"
+    argv = train(files, tiny_bert_dir, "names", out)
+    argv[argv.index("--data-root") + 1] = "names.csv"  # relative to this folder
+    assert main(argv) == 0
+    assert json.loads((out / "config.json").read_text())["data_root"] == str(files["names"])
+    assert main([*argv, "--resume", "auto"]) == 0  # the same run: nothing left to do
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["eval", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 8
+    assert main(["train", "--resume", str(out), "--iterations", "4"]) == 0
+    assert "done: fixmatch on text | 4 it" in capsys.readouterr().out
 
 
 def test_a_run_without_a_test_set_or_unlabeled_texts_says_so(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import types
 
 import numpy as np
@@ -71,7 +72,20 @@ def test_strings_from_the_command_line_are_converted():
     # A string option's None is "none" too (help: "None = ..."); "auto" stays a string there.
     spelled = Config.from_dict({"backbone": "None", "augment_device": "null", "data_root": "auto"})
     assert spelled.backbone is None and spelled.augment_device is None
-    assert spelled.data_root == "auto"
+    assert spelled.data_root == os.path.abspath("auto")  # a folder named auto
+
+
+def test_data_paths_are_stored_absolute(tmp_path, monkeypatch):
+    # A saved run's config.json must name the same files from any folder (eval, --resume).
+    monkeypatch.chdir(tmp_path)
+    cfg = Config(data_root="names.csv", test_dir="t/", val_dir="~/v", unlabeled_dir=tmp_path)
+    assert cfg.data_root == str(tmp_path / "names.csv") and cfg.test_dir == str(tmp_path / "t")
+    assert cfg.val_dir == os.path.expanduser("~/v") and cfg.unlabeled_dir == str(tmp_path)
+    # the saved config and a command's compare equal (--resume auto), from another folder too
+    cfg.save(tmp_path / "config.json")
+    monkeypatch.chdir(tmp_path / "..")
+    assert Config.load(tmp_path / "config.json") == cfg
+    assert cfg.replace(data_root=str(tmp_path / "names.csv")) == cfg
 
 
 def test_config_round_trips_through_json(tmp_path):

@@ -265,9 +265,9 @@ def test_the_python_api_raises_the_checkpoint_error(tmp_path, monkeypatch):
         fit(tiny(iterations=4, eval_every=2), out=tmp_path)
     message = str(info.value)
     assert "No space left on device (ENOSPC); free space there:" in message
-    assert message.endswith(
-        "no checkpoint was saved yet: fix the cause, then restart with --overwrite"
-    )
+    again = f"--config {tmp_path / 'config.json'} --overwrite --out {tmp_path}"
+    fix = f"no checkpoint was saved yet: fix the cause, then `semimatch train {again}`"
+    assert message.endswith(f"{fix} starts it again")
     assert not [p for p in (tmp_path / "checkpoints").iterdir()]
 
 

@@ -78,7 +78,9 @@ def test_resume_takes_the_saved_config_and_refuses_options_given_with_it(tmp_pat
     with pytest.raises(ConfigError, match="in place; drop --overwrite"):
         RunStart.plan(tmp_path / "run", True, True, None)
     a_run(tmp_path / "fresh", saved, checkpoint=False)
-    with pytest.raises(TrainingError, match="no checkpoint yet.*--overwrite"):
+    with pytest.raises(
+        TrainingError, match="no checkpoint yet.*--config .*config.json --overwrite"
+    ):
         RunStart.plan(tmp_path / "fresh", True, False, None)
 
 
@@ -110,7 +112,8 @@ def test_auto_restarts_a_run_that_stopped_before_its_first_checkpoint(tmp_path):
 
 def test_a_failed_write_says_where_to_continue_from(tmp_path):
     run_dir = a_run(tmp_path / "run", checkpoint=False)
-    assert "restart with --overwrite" in run_dir.resume_hint()
+    again = f"--config {run_dir.config} --overwrite --out {run_dir.path}"
+    assert run_dir.resume_hint().endswith(f"`semimatch train {again}` starts it again")
     run_dir.checkpoints.mkdir()
     ckpt.save_atomic({"iteration": 4}, run_dir.checkpoints / ckpt.checkpoint_name(4))
     assert run_dir.resume_hint().endswith("continues from ckpt-0000004.pt (iteration 4)")

@@ -14,7 +14,7 @@ import semimatch
 from semimatch.checkpoint import BEST, load
 from semimatch.cli import main
 from semimatch.config import Config, ConfigError
-from semimatch.data import FeatureSource, balanced_split, from_features, load_split
+from semimatch.data import FeatureSource, balanced_split, from_arrays, from_features, load_split
 from semimatch.resolve import load_data, make_split
 from text_helpers import text_corpus
 
@@ -49,6 +49,19 @@ def test_val_size_carves_a_balanced_seeded_set_out_of_the_labeled_samples():
     assert np.array_equal(again.val, split.val) and not np.array_equal(other.val, split.val)
     uneven = make_split(Config(dataset="digits", num_labels=40, val_size=13), data)
     assert sorted(np.bincount(y[uneven.val], minlength=10).tolist()) == [1] * 7 + [2] * 3
+
+
+def test_a_val_size_refusal_names_the_class_as_the_data_names_it():
+    from semimatch.validation import carve
+
+    labels = np.arange(20) % 4
+    images = np.zeros((20, 8, 8, 1), dtype=np.uint8)
+    split = balanced_split(labels, 4, 8, seed=0)  # 2 labeled samples per class
+    names = from_arrays(images, labels, class_names=["bird", "cat", "dog", "fish"])
+    with pytest.raises(ConfigError, match="take 2 of the 2 labeled samples of class 'bird' "):
+        carve(Config(val_size=8), names, split)
+    with pytest.raises(ConfigError, match="take 2 of the 2 labeled samples of class 0 "):
+        carve(Config(val_size=8), from_arrays(images, labels), split)  # its names are indices
 
 
 def test_a_validation_set_that_leaves_a_class_without_labels_is_refused(capsys):

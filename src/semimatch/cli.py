@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import json
 import os
 import re
 import signal
@@ -24,7 +22,13 @@ from semimatch import __version__
 from semimatch.algorithms import ALGORITHMS
 from semimatch.config import PRESETS, Config, ConfigError, field_types, load_preset
 from semimatch.flags import as_flags, cli_fields, flag, given_flags
-from semimatch.validation import add_checkpoint_flag, checkpoint_line
+from semimatch.scoring import (
+    cmd_eval,
+    cmd_predict,
+    eval_parser,
+    predict_parser,
+    relative_paths_note,
+)
 
 __all__ = ["build_config", "build_parser", "main"]
 
@@ -254,65 +258,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from semimatch.api import evaluate, load_run
-
-    run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
-    reading = {k: getattr(args, k) for k in ("text_column", "label_column", "header")}
-    if (args.skip_corrupt or any(v is not None for v in reading.values())) and not args.test_dir:
-        raise ConfigError(
-            "--text-column, --label-column, --header and --skip-corrupt read --test-dir; pass it"
-        )
-    if run.info.kind != "text" and any(v is not None for v in reading.values()):
-        raise ConfigError(f"{args.run_dir} classifies images: --test-dir is a folder of images")
-    skip = True if args.skip_corrupt else None  # default: the run's
-    result = evaluate(run, model=args.model, test_dir=args.test_dir, skip_corrupt=skip, **reading)
-    what = "texts" if run.info.kind == "text" else "images"
-    result.pop("confusion", None)
-    result.update(checkpoint=str(run.checkpoint), selected_on=run.selected_on)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(
-            f"{args.run_dir}: top-1 {100 * result['top1']:.2f}%  error "
-            f"{100 * result['error']:.2f}%  ({result['n']} test {what}"
-            f"{f' from {args.test_dir}' if args.test_dir else ''}, {checkpoint_line(run, result)})"
-        )
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from semimatch.api import load_run, predict
-
-    run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
-    if run.info.kind == "text":  # files of texts (or stdin) -> one CSV row per text
-        from semimatch.data.text_readers import read_texts
-
-        column, header = args.text_column or run.config.text_column, run.config.header
-        texts = [row for source in args.images for row in read_texts(source, column, header)]
-        rows = predict(run, [t.text for t in texts], model=args.model)
-        header, first = ["source", "class", "confidence", "text"], [t.where for t in texts]
-    else:
-        if args.text_column:
-            raise ConfigError(f"--text-column: {args.run_dir} classifies images, not texts")
-        if "-" in args.images:
-            raise ConfigError(
-                f"- (standard input) is for text runs; {args.run_dir} classifies images: pass "
-                "image files or folders"
-            )
-        rows = predict(run, args.images, model=args.model)
-        header, first = ["path", "class", "confidence"], [row["path"] for row in rows]
-    with (
-        open(args.output, "w", newline="") if args.output else contextlib.nullcontext(sys.stdout)
-    ) as out:
-        w = csv.writer(out)
-        w.writerow(header)
-        for n, (where, row) in enumerate(zip(first, rows)):
-            line = [where, row["class"], f"{row['confidence']:.6f}"]
-            w.writerow(line + [texts[n].text] if run.info.kind == "text" else line)
-    return 0
-
-
 def cmd_presets(args: argparse.Namespace) -> int:
     width = max(len(n) for n in PRESETS)
     for name, preset in PRESETS.items():
@@ -408,57 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _train_parser(sub)
 
-    p = sub.add_parser("eval", help="test accuracy of a trained run")
-    p.add_argument("run_dir")
-    p.add_argument("--model", choices=["ema", "raw"], default="ema")
-    add_checkpoint_flag(p)
-    p.add_argument("--device", default="auto", metavar="DEVICE")
-    p.add_argument(
-        "--test-dir",
-        metavar="PATH",
-        help="score labeled images PATH/<class>/<image> instead of the run's test set "
-        "(class folders named like the run's classes); for a text run a labeled text file "
-        "or folder",
-    )
-    p.add_argument(
-        "--text-column", metavar="NAME", help="text runs: the test file's text column (default: "
-        "the run's; a 0-based position with --no-header)"
-    )  # fmt: skip
-    p.add_argument(
-        "--label-column", metavar="NAME", help="text runs: the test file's label column "
-        "(default: the run's); its labels must be the run's class names"
-    )  # fmt: skip
-    p.add_argument(
-        "--header", action=argparse.BooleanOptionalAction, default=None,
-        help="text runs: whether the test file (CSV/TSV) has a header row (default: the run's)",
-    )  # fmt: skip
-    p.add_argument(
-        "--skip-corrupt", action="store_true", help="skip unreadable images / bad text rows of "
-        "--test-dir with a count (default: the run's setting)"
-    )  # fmt: skip
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-
-    p = sub.add_parser(
-        "predict", help="classify image files or texts with a trained run (CSV output)"
-    )
-    p.add_argument("run_dir")
-    p.add_argument(
-        "images",
-        nargs="+",
-        metavar="INPUT",
-        help="image files, or folders (searched recursively); for a text run: files of texts "
-        "(.txt: one per line; .csv/.tsv/.jsonl/.json: the text column), folders of .txt files, "
-        "or - for standard input (one text per line)",
-    )
-    p.add_argument(
-        "--text-column",
-        metavar="NAME",
-        help="text runs: the column of a table holding the text (default: the run's)",
-    )
-    p.add_argument("--model", choices=["ema", "raw"], default="ema")
-    add_checkpoint_flag(p)
-    p.add_argument("--device", default="auto", metavar="DEVICE")
-    p.add_argument("--output", metavar="PATH", help="CSV file (default: standard output)")
+    eval_parser(sub)
+    predict_parser(sub)
 
     p = sub.add_parser("report", help="HTML report + figures for one or more runs")
     p.add_argument(
@@ -561,9 +457,11 @@ def _run(argv: list[str] | None) -> int:
         with _sigterm_as_interrupt():
             return COMMANDS[args.command](args)
     except (ConfigError, TrainingError, CheckpointError, FileNotFoundError, ValueError) as e:
-        # train and demo take config flags, eval those that read a test file (text columns,
-        # header, skip_corrupt); predict/report options are not config fields.
-        message = as_flags(str(e)) if args.command in ("train", "demo", "eval") else str(e)
+        # train and demo take config flags, eval and predict those that read a text file (text
+        # columns, header, skip_corrupt); report options are not config fields.
+        message = as_flags(str(e)) if args.command != "report" else str(e)
+        if isinstance(e, FileNotFoundError):
+            message += relative_paths_note(args)
         print(f"semimatch {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:

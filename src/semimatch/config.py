@@ -18,6 +18,7 @@ import difflib
 import functools
 import json
 import math
+import os
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -513,6 +514,10 @@ def _parse_scalar(kind: Any, value: Any) -> Any:
     raise TypeError
 
 
+#: Data paths: stored absolute (``coerce``), relative ones resolved against the current folder.
+PATH_FIELDS = ("data_root", "unlabeled_dir", "test_dir", "val_dir")
+
+
 def coerce(key: str, value: Any, *, source: str = "config") -> Any:
     """Check ``value`` against the type of field ``key`` (converting strings from the CLI)."""
     kind = field_types()[key]
@@ -529,6 +534,10 @@ def coerce(key: str, value: Any, *, source: str = "config") -> Any:
         if type(None) in options:
             return None
         raise ConfigError(f"{key} cannot be None in {source}")
+    if key in PATH_FIELDS and isinstance(value, str | os.PathLike):
+        # Absolute, so a saved run's config.json means the same files from any folder
+        # (`semimatch eval RUN` elsewhere) and a command's config equals the saved one.
+        return os.path.abspath(os.path.expanduser(os.fspath(value)))
     for opt in options:
         if opt is type(None):
             continue

@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,9 +52,7 @@ RUNTIME_FIELDS = (
 _BOOKKEEPING = ("auto", "preset")
 
 
-# ----------------------------------------------------------------------------------------------
-# The directory
-# ----------------------------------------------------------------------------------------------
+# --- The directory --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunDir:
     """The files of a run directory (the only place their names are written).
@@ -140,7 +139,7 @@ class RunDir:
         """Where a run that stopped on a failed write can continue from, once the cause is fixed."""
         found = ckpt.list_checkpoints(self.checkpoints)
         if not found:
-            return "no checkpoint was saved yet: fix the cause, then restart with --overwrite"
+            return f"no checkpoint was saved yet: fix the cause, then {self.restart()}"
         iteration, path = found[-1]
         return (
             f"fix the cause, then `semimatch train --resume {self.path}` continues from "
@@ -150,8 +149,14 @@ class RunDir:
     def no_checkpoint(self) -> TrainingError:
         return TrainingError(
             f"--resume {self.path}: the run has no checkpoint yet (checkpoints are written every "
-            "eval_every iterations); restart it with --overwrite"
+            f"eval_every iterations); {self.restart()}"
         )
+
+    def restart(self) -> str:
+        """Start again a run stopped before its first checkpoint: its saved config, in place."""
+        q = shlex.quote  # derived values included: this machine derives the same ones again
+        again = f"--config {q(str(self.config))} --overwrite --out {q(str(self.path))}"
+        return f"`semimatch train {again}` starts it again"
 
 
 def save_dataset_info(info: DatasetInfo, path: Path) -> None:
@@ -163,9 +168,7 @@ def load_dataset_info(path: Path) -> DatasetInfo:
     return DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-# ----------------------------------------------------------------------------------------------
-# How a run starts
-# ----------------------------------------------------------------------------------------------
+# --- How a run starts -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunStart:
     """How a run starts, decided once by ``plan`` from ``fit``'s ``out``/``resume``/``overwrite``.
@@ -355,9 +358,7 @@ def _check_same_run(run_dir: RunDir, cfg: Config) -> None:
         )
 
 
-# ----------------------------------------------------------------------------------------------
-# The result
-# ----------------------------------------------------------------------------------------------
+# --- The result -----------------------------------------------------------------------------------
 @dataclass
 class Run:
     """A trained (or loaded) run: models, config, metrics; ``evaluate``/``predict`` on it."""

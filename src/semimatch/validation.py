@@ -125,7 +125,12 @@ def carve(cfg: Config, data: SSLDataset, split: Split) -> Split:
         return split
     try:
         return carve_validation(
-            split, data.train.labels, data.info.num_classes, cfg.val_size, cfg.val_seed
+            split,
+            data.train.labels,
+            data.info.num_classes,
+            cfg.val_size,
+            cfg.val_seed,
+            data.info.class_names,
         )
     except ValueError as e:
         raise ConfigError(str(e).replace("val_size:", "--val-size:", 1)) from None

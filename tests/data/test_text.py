@@ -70,6 +70,19 @@ def test_from_texts_labels_by_index_or_name():
         from_texts("abc", [0, 1, 2])
 
 
+def test_a_label_column_of_free_text_is_refused_unless_label_kind_says_it_is_classes():
+    texts = [f"text number {i}" for i in range(202)]
+    free = r"texts\[0\]: label_column holds 202 distinct values in 202 labeled rows "
+    with pytest.raises(ValueError, match=free + r"\(e\.g\. 'text number 0', 'text number 1'\)"):
+        from_texts(texts, texts)
+    with pytest.raises(ValueError, match="label_column holds 150 distinct values in 150"):
+        from_texts(texts[:150], list(range(150)))  # an ID column: integers 0..149
+    assert from_texts(texts, texts, label_kind="name").info.num_classes == 202  # the escape
+    # many classes with at least two labeled texts each, or few classes: never refused
+    assert from_texts(texts, [f"c{i // 2}" for i in range(202)]).info.num_classes == 101
+    assert from_texts(texts[:100], texts[:100]).info.num_classes == 100
+
+
 def test_tokenized_once_with_word_starts(tiny_tok):
     ds = _ds(tiny_tok)
     assert ds.info.tokenizer == tiny_tok.name_or_path and ds.info.max_length == 16

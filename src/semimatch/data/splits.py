@@ -309,13 +309,21 @@ def fold_split(
     return Split(labeled, unlabeled, "fold", None, meta)
 
 
-def carve_validation(split: Split, labels: Any, num_classes: int, size: int, seed: int) -> Split:
+def carve_validation(
+    split: Split,
+    labels: Any,
+    num_classes: int,
+    size: int,
+    seed: int,
+    class_names: Sequence[str] | None = None,
+) -> Split:
     """Move a seeded, class-balanced ``size`` of ``split.labeled`` to ``split.val``.
 
     Class ``c`` gives ``size // C`` samples, and one more for the first ``size % C`` classes of a
     seeded class order (as equal as a size not divisible by C allows).  The validation samples
     leave the labeled set and the unlabeled pool: a checkpoint chosen on them must not have
-    trained on them.  ``ValueError`` if a class would keep no labeled sample to train on.
+    trained on them.  ``ValueError`` if a class would keep no labeled sample to train on (the
+    class named by its ``class_names`` where given).
     """
     y = _check_labels(labels, num_classes)
     seed = _check_seed(seed)
@@ -329,9 +337,13 @@ def carve_validation(split: Split, labels: Any, num_classes: int, size: int, see
     short = np.flatnonzero(per_class >= have)
     if short.size:
         c = int(short[0])
+        # A class is named as the user knows it ("sport"); by index where names are indices.
+        name = class_names[c] if class_names is not None else str(c)
+        named = f"class {c}" if name == str(c) else f"class {name!r}"
         raise ValueError(
-            f"val_size: {size} validation samples take {int(per_class[c])} of class {c}'s "
-            f"{int(have[c])} labeled samples and would leave it none to train on; lower val_size "
+            f"val_size: {size} validation samples take {int(per_class[c])} of the "
+            f"{int(have[c])} labeled samples of {named} and would leave it none to train on; "
+            "lower val_size "
             f"(at most {int((have - 1).clip(min=0).min()) * num_classes} keeps one per class) or "
             "label more samples"
         )

@@ -10,7 +10,8 @@ of the file.  See :mod:`semimatch.data.text` for the batch format.
 once); ``"name"`` - labels are class names (the integer 3 is the class "3"); ``None`` (auto) -
 indices when the training labels are exactly the integers 0..C-1, else names, so AG News'
 1..4 are four classes named "1".."4", never five with an empty class "0" (a mix of integers
-and other names is refused: say which with ``label_kind``). With ``class_names`` given (a
+and other names is refused: say which with ``label_kind``; so is a column of free text or IDs,
+``FREE_TEXT_CLASSES``). With ``class_names`` given (a
 trained run's classes) labels are names unless ``label_kind="index"``: an integer matches a
 class only by its name, so integer labels never silently index a run's named classes. The
 choice is :attr:`SSLDataset.label_kind` (a run records it in ``config.json``).
@@ -140,6 +141,8 @@ def _classes_of(
         return tuple(str(c) for c in class_names), label_kind or "name"
     labeled = [(v, w, _index_or_none(v)) for v, w in zip(rows.raw, rows.where)]
     labeled = [x for x in labeled if not _is_unlabeled(x[0])]
+    if label_kind is None:
+        _check_looks_like_classes(labeled)
     names = [x for x in labeled if x[2] is None]
     present = {i for _, _, i in labeled if i is not None}
     if label_kind == "name" or not labeled:
@@ -169,6 +172,25 @@ def _classes_of(
     if present and present == set(range(len(present))):
         return tuple(str(c) for c in range(len(present))), "index"
     return _sorted_names({_label_name(v) for v, _, _ in labeled}), "name"
+
+
+#: Auto labels refuse a column with more distinct values than this and than half its labeled
+#: rows: a text or ID column chosen as the label (``--label-column text``) would otherwise
+#: train one class per text.  ``label_kind`` given reads any column.
+FREE_TEXT_CLASSES = 100
+
+
+def _check_looks_like_classes(labeled: list[tuple[Any, str, int | None]]) -> None:
+    distinct = {_label_name(v) for v, _, _ in labeled}
+    if len(distinct) > FREE_TEXT_CLASSES and 2 * len(distinct) > len(labeled):
+        shown = ", ".join(repr(v if len(v) <= 24 else v[:21] + "...") for v in sorted(distinct)[:2])
+        raise ValueError(
+            f"{labeled[0][1]}: label_column holds {len(distinct)} distinct values in "
+            f"{len(labeled)} labeled rows (e.g. {shown}): free text or IDs, not classes "
+            f"(refused above {FREE_TEXT_CLASSES} classes with more than one class per two "
+            "labeled rows); name the column of classes with label_column=, or pass "
+            f"label_kind='name' if these are {len(distinct)} classes"
+        )
 
 
 def label_reason(kind: LabelKind, class_names: Sequence[str]) -> str:

@@ -228,7 +228,7 @@ def _table_rows(
         if first[t].strip() == "text" or (lab is not None and first[lab].strip() == "label"):
             raise ValueError(  # its header would become a text of a class named "label"
                 f"{path}:line 1: ({_shown_cells(first)}) reads like a header row, but "
-                "header=False reads it as data; drop header=False"
+                "it is read as data (header=False); pass header=True"
             )
         pending = [first]
         shape = f"line 1 has {width}"
