@@ -190,8 +190,10 @@ def test_u_idx_covers_the_pool_once_per_epoch_on_any_world_size(rgb, augment, wo
         for k, b in enumerate(batches):
             assert b.u_idx.dtype == torch.int64 and b.u_idx.shape == (20 // world_size,)
             np.testing.assert_array_equal(b.u_idx.numpy(), ranks[r].indices(k)[1])
-            # The rows are the indexed samples (their ground truth; -1 for the extra images).
-            pool_labels = np.concatenate([rgb.train.labels[sp.unlabeled], np.full(6, -1)])
+            # The rows are the indexed samples (their hidden ground truth; -1 for the labeled
+            # samples in the pool and for the extra images).
+            hidden = np.where(np.isin(sp.unlabeled, sp.labeled), -1, rgb.train.labels[sp.unlabeled])
+            pool_labels = np.concatenate([hidden, np.full(6, -1)])
             np.testing.assert_array_equal(b.u_true.numpy(), pool_labels[b.u_idx.numpy()])
             order[k * 20 + r : (k + 1) * 20 : world_size] = b.u_idx  # rank r: positions r mod W
     for epoch in range(2):
