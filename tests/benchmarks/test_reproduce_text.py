@@ -197,3 +197,35 @@ def test_agnews_errors_are_the_committed_runs() -> None:
         cells = [c.strip().strip("*") for c in rows[label].split("|")[2:-1]]
         for algorithm, cell in zip(("supervised", "fixmatch", "softmatch"), cells):
             assert cell == committed_mean_std(SETTING, algorithm, key)
+
+
+def test_the_short_text_setting_cuts_every_text_to_its_first_ten_words(args, tmp_path) -> None:
+    """agnews10w-40: the agnews-40 recipe on the same CSV cut to 10 words, written next to the
+    runs, byte-identical on every call; only the budget, the evaluation period and the data
+    file differ from agnews-40."""
+    args = argparse.Namespace(**{**vars(args), "runs": str(tmp_path)})
+    short = reproduce.config_for("agnews10w-40", "softmatch", 0, args)
+    first = Path(short.data_root).read_bytes()
+    assert (
+        Path(reproduce.config_for("agnews10w-40", "fixmatch", 1, args).data_root).read_bytes()
+        == first
+    )
+    with open(args.agnews, encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    with open(short.data_root, encoding="utf-8") as f:
+        cut = list(csv.DictReader(f))
+    assert [r["label"] for r in cut] == [r["label"] for r in rows]
+    assert [r["text"] for r in cut] == [" ".join(r["text"].split()[:10]) for r in rows]
+    assert max(len(r["text"].split()) for r in rows) > 10  # the cut cut something
+    full = reproduce.config_for(SETTING, "softmatch", 0, args).to_dict()
+    differ = {k for k, v in short.to_dict().items() if full[k] != v}
+    assert differ == {"data_root", "iterations", "warmup_iterations", "eval_every"}
+    assert (short.iterations, short.eval_every, short.warmup_iterations) == (400, 25, 20)
+
+
+def test_the_stability_candidates_run_on_short_texts_only(args) -> None:
+    for name in reproduce.SHORT_VARIANTS:
+        assert reproduce.applies("agnews10w-40", name)
+        assert not reproduce.applies(SETTING, name) and not reproduce.applies("fmnist-40", name)
+        with pytest.raises(SystemExit, match="agnews10w-40"):
+            reproduce.config_for(SETTING, name, 0, args)
