@@ -31,6 +31,7 @@ from semimatch.validation import carve, check_validation, with_validation
 
 __all__ = [
     "check_forward_mode",
+    "check_runtime",
     "dataset_options",
     "given_data_config",
     "load_data",
@@ -78,6 +79,19 @@ def resolve(
     return cfg
 
 
+def check_runtime(cfg: Config) -> None:
+    """The options a resume may change (``run.RUNTIME_FIELDS``) that can be wrong on their own:
+    checked for a new run here and for a resumed one by ``run.RunStart.plan``."""
+    for name in ("log_every", "keep_checkpoints"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name} must be >= 1; got {getattr(cfg, name)}")
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(
+            "tensorboard=True but the tensorboard package is not installed: "
+            "pip install 'semimatch[tensorboard]', or pass tensorboard=False"
+        )
+
+
 def _check(cfg: Config, data: SSLDataset, device: torch.device) -> None:
     """Validation that would otherwise surface as a torch error deep inside training, or as an
     option that silently does nothing."""
@@ -87,9 +101,7 @@ def _check(cfg: Config, data: SSLDataset, device: torch.device) -> None:
         "iterations",
         "batch_size",  # None: derived (_derive)
         "eval_every",
-        "log_every",
         "eval_batch_size",
-        "keep_checkpoints",
     ):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1; got {getattr(cfg, name)}")
@@ -114,11 +126,7 @@ def _check(cfg: Config, data: SSLDataset, device: torch.device) -> None:
             "papers) or train on GPUs"
         )
     _check_split_options(cfg, data)
-    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise ConfigError(
-            "tensorboard=True but the tensorboard package is not installed: "
-            "pip install 'semimatch[tensorboard]', or pass tensorboard=False"
-        )
+    check_runtime(cfg)
     if cfg.num_labels is not None and cfg.lt_gamma is None and cfg.num_labels % C:
         raise ConfigError(
             f"num_labels={cfg.num_labels} cannot be split evenly over the {C} classes of "

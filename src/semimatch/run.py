@@ -9,7 +9,6 @@ arguments every front door hands ``fit`` unchanged.  ``Run`` is what ``fit`` ret
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import shlex
@@ -34,7 +33,7 @@ from semimatch.hardware import select_device
 from semimatch.log import logger
 from semimatch.metrics import JsonlWriter, median_of_last, read_jsonl
 from semimatch.recipe import build_parts
-from semimatch.resolve import load_data
+from semimatch.resolve import check_runtime, load_data
 from semimatch.state import TrainState
 
 __all__ = ["Run", "RunDir", "RunStart", "load_run", "make_summary"]
@@ -243,14 +242,7 @@ class RunStart:
         found = ckpt.list_checkpoints(run_dir.checkpoints)
         if not found:  # say so before any work
             raise run_dir.no_checkpoint()
-        for name in ("keep_checkpoints", "log_every"):
-            if name in changes and changes[name] < 1:
-                raise ConfigError(f"{name} must be >= 1; got {changes[name]}")
-        if changes.get("tensorboard") and importlib.util.find_spec("tensorboard") is None:
-            raise ConfigError(
-                "tensorboard=True but the tensorboard package is not installed: "
-                "pip install 'semimatch[tensorboard]', or pass tensorboard=False"
-            )
+        check_runtime(saved.replace(**changes))  # resolve checked the rest when the run began
         extended = None
         if "iterations" in changes:
             extended = saved.iterations
