@@ -15,6 +15,7 @@ from semimatch.checkpoint import BEST, load
 from semimatch.cli import main
 from semimatch.config import Config, ConfigError
 from semimatch.data import FeatureSource, balanced_split, from_arrays, from_features, load_split
+from semimatch.records import summary_line
 from semimatch.resolve import load_data, make_split
 from text_helpers import text_corpus
 
@@ -130,6 +131,9 @@ def test_best_pt_is_chosen_on_the_validation_set_and_never_on_the_test_set(tmp_p
     assert s["selected_test_error"] == test[by_val]  # the chosen checkpoint's honest score
     # best_error is best.pt's test error, not the lowest test error (which chose nothing).
     assert s["best_error"] == test[by_val] and s["lowest_test_error"] == min(test)
+    line = summary_line(s)
+    assert f"error {100 * test[by_val]:.2f}%" in line
+    assert f"lowest test error {100 * min(test):.2f}%" in line
     # The front doors load best.pt by default: a validation set, not the test set, chose it.
     loaded = semimatch.load_run(tmp_path / "run")
     assert loaded.selected_on == "val" and loaded.checkpoint.name == BEST

@@ -272,9 +272,10 @@ def summary_line(s: dict[str, Any]) -> str:
 
     on = s.get("selected_on")
     if on == "val":
+        lowest = s.get("lowest_test_error", s["best_error"])  # older summaries: best_error
         best = (
             f"best.pt chosen on validation: error {pct(s.get('selected_test_error'))}, "
-            f"val {pct(s.get('best_val_error'))}; lowest test error {pct(s['best_error'])}"
+            f"val {pct(s.get('best_val_error'))}; lowest test error {pct(lowest)}"
         )
     elif on == "test":
         best = f"best {pct(s['best_error'])}, chosen on the test set"
