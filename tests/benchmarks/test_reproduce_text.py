@@ -74,9 +74,10 @@ def test_every_agnews_cell_is_a_valid_text_config(args) -> None:
         assert resolved.dataset == "text" and resolved.backbone == f"hf:{reproduce.minilm_folder()}"
         assert (resolved.test_size, resolved.test_seed, resolved.num_labels) == (2000, 0, 40)
         assert (resolved.batch_size, resolved.uratio, resolved.max_length) == (8, 1, 128)
+        ema = reproduce.VARIANTS.get(name, {}).get("ema_decay", 0.0)
         assert (resolved.optimizer, resolved.ema_decay, resolved.precision) == (
             "adamw",
-            0.0,
+            ema,
             "bf16",
         )
         assert resolved.eval_every * 10 == resolved.iterations
@@ -223,9 +224,9 @@ def test_the_short_text_setting_cuts_every_text_to_its_first_ten_words(args, tmp
     assert (short.iterations, short.eval_every, short.warmup_iterations) == (400, 25, 20)
 
 
-def test_the_stability_candidates_run_on_short_texts_only(args) -> None:
+def test_the_stability_candidates_run_on_text_settings_only(args) -> None:
     for name in reproduce.SHORT_VARIANTS:
-        assert reproduce.applies("agnews10w-40", name)
-        assert not reproduce.applies(SETTING, name) and not reproduce.applies("fmnist-40", name)
+        assert all(reproduce.applies(s, name) for s in reproduce.TEXT_SETTINGS)
+        assert not reproduce.applies("fmnist-40", name)
         with pytest.raises(SystemExit, match="agnews10w-40"):
-            reproduce.config_for(SETTING, name, 0, args)
+            reproduce.config_for("fmnist-40", name, 0, args)
