@@ -38,6 +38,7 @@ from semimatch import distributed as dist
 from semimatch.algorithms import SSLAlgorithm
 from semimatch.config import Config, ConfigError
 from semimatch.data import SampleSource, Split, SSLBatch, SSLDataset, TrainStream
+from semimatch.data.modalities import modality
 from semimatch.data.sources import SubsetSource
 from semimatch.data.splits import load_split, split_summary
 from semimatch.diagnostics import Diagnostics
@@ -61,7 +62,7 @@ from semimatch.resolve import (
     given_data_config,
     load_data,
     make_split,
-    prepare_text,
+    prepare_data,
     resolve,
 )
 from semimatch.run import Resume, Run, RunDir, RunStart, make_summary
@@ -169,7 +170,7 @@ def _set_up(
     else:
         if not start.resuming:  # data passed in: record what trained, refuse loader options
             cfg = given_data_config(cfg, data)
-        data = prepare_text(cfg, data)
+        data = prepare_data(cfg, data)
     custom_views = weak_augment is not None or strong_augment is not None
     if not start.resuming:  # a resumed run's saved config is already resolved
         cfg = resolve(cfg, data, device, custom_views=custom_views)
@@ -212,8 +213,8 @@ def _set_up(
         split = new_split if new_split is not None else make_split(cfg, data)
     if env.is_main and run_dir is not None and not resumed:
         run_dir.write_start(cfg, split, data.info)
-        if data.info.kind == "text":  # the tokenizer (and encoder config) prediction needs
-            run_dir.write_text_model(data.info, parts.net)
+        # what reloading the model needs besides the checkpoint (text: the tokenizer)
+        modality(data.info).save_for_reload(run_dir.hf, data.info, parts.net)
     first = state.restore(checkpoint, cfg, device, env.rank) if resumed else 0
     # An extended budget: the schedule planned for it from here (RunStart.plan checked it).
     lrs = state.replan(cfg) if resumed and start.extended_from is not None else (0.0, 0.0)

@@ -26,6 +26,7 @@ from semimatch import checkpoint as ckpt
 from semimatch.algorithms import SSLAlgorithm
 from semimatch.config import Config, ConfigError
 from semimatch.data import DATASETS, DatasetInfo, Split, SSLDataset, to_model_input
+from semimatch.data.modalities import modality
 from semimatch.data.splits import save_split
 from semimatch.errors import TrainingError
 from semimatch.evaluation import evaluate_model, pad_rows
@@ -89,13 +90,6 @@ class RunDir:
         cfg.save(self.config)
         save_split(split, self.split)
         save_dataset_info(info, self.dataset)
-
-    def write_text_model(self, info: DatasetInfo, net: nn.Module) -> None:
-        """Text runs: the tokenizer and the encoder's config into ``hf/`` (``load_run``)."""
-        from semimatch.data.text import load_tokenizer
-        from semimatch.models.hf import save_for_reload
-
-        save_for_reload(self.hf, load_tokenizer(info.tokenizer), net)
 
     def rewrite_config(self, cfg: Config) -> None:
         """Replace ``config.json`` atomically (an extended budget): a crash leaves the old or
@@ -556,11 +550,8 @@ def load_run(
             f"{run_dir} was trained with your own backbone ({cfg.backbone}); "
             "pass model= a fresh instance of it"
         )
-    build_cfg = cfg
-    if layout.hf.is_dir():  # a text run: its own tokenizer and encoder config, not the source's
-        info = dataclasses.replace(info, tokenizer=str(layout.hf))
-        if str(cfg.backbone).startswith("hf:") and (layout.hf / "config.json").exists():
-            build_cfg = cfg.replace(backbone=f"hf:{layout.hf}", pretrained=False)
+    # what the run folder kept to rebuild the model (text: the tokenizer and encoder config)
+    info, build_cfg = modality(info).reload(layout.hf, info, cfg)
     # A run trained with a custom weighting reloads without it: prediction does not need it.
     same_algorithm = state.get("algorithm_name", cfg.algorithm) == cfg.algorithm
     parts = build_parts(

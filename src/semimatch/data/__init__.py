@@ -17,7 +17,7 @@ views), ``adapters`` (torch datasets).
 from semimatch.data.adapters import TorchImageSource, from_torch
 from semimatch.data.arrays import from_arrays, from_features
 from semimatch.data.loaders import SSLBatch, TrainStream, eval_batches
-from semimatch.data.modality import to_model_input, wrap_model
+from semimatch.data.modalities import to_model_input, wrap_model
 from semimatch.data.named import DATASETS, default_root, load_dataset, read_idx
 from semimatch.data.sources import (
     ArraySource,

@@ -227,7 +227,7 @@ def from_features(
     The vectors are standardised per feature with ``mean``/``std`` (default: the statistics of
     ``features``; a constant feature keeps scale 1; pass ``mean=[0]*D, std=[1]*D`` to keep them
     as they are) and stored as float32; ``info.mean``/``info.std`` record the standardisation,
-    which :func:`semimatch.data.modality.to_model_input` applies to inputs at prediction.
+    which :func:`semimatch.data.modalities.to_model_input` applies to inputs at prediction.
     ``labels``/classes as :func:`from_arrays`. The views (:class:`~semimatch.data.views.
     FeatureViews`) perturb the standardised vectors: weak ``z + weak_noise * e``, strong
     ``m * z + strong_noise * e`` with ``m`` zeroing each feature with probability

@@ -22,7 +22,7 @@ Training batches are a **stateless function of (seed, iteration)** (see ``notes/
 
 Samples may be of any modality (``DatasetInfo.kind``): the views come from
 :mod:`semimatch.data.views` (the dataset's own, else the modality's defaults) and the batch
-tensors from :mod:`semimatch.data.modality` (uint8 NCHW images, float32 ``(N, D)`` features,
+tensors from :mod:`semimatch.data.modalities` (uint8 NCHW images, float32 ``(N, D)`` features,
 int64 ``(N, 2, L)`` token ids + attention masks). Views that learn from the unlabeled pool
 (UDA's TF-IDF text view) are fitted once, in the constructor, on the pool's stored samples.
 
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from semimatch.data.modality import modality
+from semimatch.data.modalities import modality
 from semimatch.data.order import (
     EpochOrder,
     check_int,
@@ -315,7 +315,7 @@ class TrainStream:
         self.prefetch_factor = check_int(prefetch_factor, "prefetch_factor", 1)
         if augment is None:  # the modality's default: PIL for images, batched otherwise
             kind = getattr(getattr(dataset, "info", None), "kind", "image")  # checked below
-            augment = "pil" if kind == "image" else "batched"
+            augment = modality(kind).default_augment
         if augment not in AUGMENT_MODES:
             raise ValueError(f"augment: must be one of {AUGMENT_MODES}, got {augment!r}")
         if strong_variant not in _VARIANTS:
@@ -332,7 +332,7 @@ class TrainStream:
         info = dataset.info
         self.sample_shape = info.sample_shape
         self.modality = modality(info)
-        if augment == "pil" and info.kind not in ("image", "text"):
+        if augment == "pil" and not self.modality.per_sample_views:
             raise ValueError(
                 f"augment='pil' is the per-image PIL pipeline; {info.kind} data has batched "
                 "views: use augment='batched' (or 'auto')"
@@ -375,7 +375,6 @@ class TrainStream:
                 f"split: labeled index {i} has label {int(train.labels[i])}, outside 0.."
                 f"{info.num_classes - 1}; labeled indices must point at labeled images"
             )
-        expected = info.sample_shape
         for what, src in (("train", train), ("extra_unlabeled", ds.extra_unlabeled)):
             if src is None:
                 continue
@@ -384,19 +383,7 @@ class TrainStream:
                     f"dataset.{what}: holds {src.kind} samples but the dataset info says "
                     f"{info.kind!r}"
                 )
-            if info.kind == "text":
-                if src.encoding is None:
-                    raise ValueError(
-                        f"dataset.{what}: the texts are not tokenized; call "
-                        "semimatch.data.tokenize_dataset(dataset, tokenizer, max_length) first"
-                    )
-                continue
-            if tuple(src.sample_shape) != expected:
-                layout = "(H, W, C)" if info.kind == "image" else "(D,)"
-                raise ValueError(
-                    f"dataset.{what}: samples are {src.sample_shape} {layout} but the dataset "
-                    f"info says {expected}; resize them to a common size"
-                )
+            modality(info).check_source(src, info, what)
         n_extra = len(ds.extra_unlabeled) if ds.extra_unlabeled is not None else 0
         if self.use_unlabeled and len(split.unlabeled) + n_extra == 0:
             raise ValueError(

@@ -14,7 +14,7 @@ An :class:`SSLDataset` holds the labeled pool (``train``), an optional ``test`` 
 ``extra_unlabeled`` samples; its :class:`DatasetInfo` says what the samples are. The
 labeled/unlabeled split of ``train`` is made separately (:mod:`semimatch.data.splits`), so the
 same dataset serves every ``num_labels`` setting. How a modality's samples become views and
-model inputs lives in :mod:`semimatch.data.modality`.
+model inputs lives in :mod:`semimatch.data.modalities`.
 """
 
 from __future__ import annotations
