@@ -269,7 +269,7 @@ def test_from_torch_converts_pil_and_tensor_datasets(digits):
     assert (data.extra_unlabeled.labels == -1).all()
     assert np.array_equal(data.test.as_array(), x[:5]) and np.array_equal(data.test.labels, y[:5])
     assert data.info.num_classes == 10 and data.info.class_names[3] == "digit3"
-    assert data.info.image_size == (8, 8) and data.info.channels == 1
+    assert data.info.spec.image_size == (8, 8) and data.info.spec.channels == 1
 
 
 def test_from_torch_reads_large_images_lazily():

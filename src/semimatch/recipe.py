@@ -81,7 +81,7 @@ def build_parts(
     if spec is None:
         net = wrap_model(model, info).to(device)  # images: normalised inside; features: as is
     else:  # the pretrained weights' resolution and normalisation, not the dataset's
-        mean, std = _channel_stats(spec, info.channels)
+        mean, std = _channel_stats(spec, info.spec.channels)
         net = InputNormalizer(ResizeInput(model, spec.size, spec.interpolation), mean, std)
         net = net.to(device)
     if training and cfg.channels_last:

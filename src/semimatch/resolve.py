@@ -431,7 +431,7 @@ def given_data_config(cfg: Config, data: SSLDataset) -> Config:
         "unlabeled_dir",
         "test_dir",
         "image_size",
-        "hflip",  # the data's own DatasetInfo.hflip decides (from_arrays(hflip=...))
+        "hflip",  # the data's own ImageSpec.hflip decides (from_arrays(hflip=...))
         *TEXT_FILE_OPTIONS,
     )
     ignored = [n for n in (*loading, "skip_corrupt") if getattr(cfg, n) != getattr(defaults, n)]

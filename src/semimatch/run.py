@@ -8,7 +8,6 @@ arguments every front door hands ``fit`` unchanged.  ``Run`` is what ``fit`` ret
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shlex
@@ -153,12 +152,12 @@ class RunDir:
 
 
 def save_dataset_info(info: DatasetInfo, path: Path) -> None:
-    path.write_text(json.dumps(dataclasses.asdict(info), indent=2) + "\n")
+    path.write_text(json.dumps(info.to_dict(), indent=2) + "\n")
 
 
 def load_dataset_info(path: Path) -> DatasetInfo:
     d = json.loads(path.read_text())
-    return DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    return DatasetInfo.from_dict(d)
 
 
 # --- How a run starts -----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from semimatch.data.sources import (
     DatasetInfo,
     ImageRecord,
     ImageSource,
+    ImageSpec,
     LazyImageSource,
     SSLDataset,
     channel_stats,
@@ -337,7 +338,8 @@ def load_imagefolder(
         raise ValueError(f"root: fewer than 2 classes with readable images under {root}")
     mean, std = channel_stats(sources["train"])
     flip = True if hflip is None else hflip
-    info = DatasetInfo("imagefolder", len(classes), tuple(classes), size, channels, mean, std, flip)
+    spec = ImageSpec(size, channels, mean, std, flip)
+    info = DatasetInfo("imagefolder", len(classes), tuple(classes), spec)
     return SSLDataset(info, sources["train"], sources.get("test"), sources.get("unlabeled"))
 
 

@@ -1,7 +1,7 @@
 """Feature vectors: float32 ``(D,)`` samples, float32 ``(N, D)`` batches, standardised.
 
 The data layer standardises (:func:`semimatch.data.arrays.standardize` with
-``DatasetInfo.mean/std``), so the model takes the batch as it is and is not wrapped; the views
+``FeatureSpec.mean/std``), so the model takes the batch as it is and is not wrapped; the views
 are batched (Gaussian noise, :class:`~semimatch.data.views.FeatureViews`) and the backbone an
 MLP.
 """
@@ -56,11 +56,11 @@ class FeatureModality(Modality):
 
     def to_model_input(self, inputs: Any, info: DatasetInfo) -> torch.Tensor:
         """Raw ``(N, D)`` feature vectors -> standardised float32 ``(N, D)`` (as in training)."""
-        x = to_feature_matrix(inputs, "X", dim=info.channels)
-        return torch.from_numpy(standardize(x, info.mean, info.std))
+        x = to_feature_matrix(inputs, "X", dim=info.spec.dim)
+        return torch.from_numpy(standardize(x, info.spec.mean, info.spec.std))
 
     def derive_backbone(self, info: DatasetInfo, derive: Derive) -> None:
-        derive("backbone", "mlp", f"{info.channels} features per sample")
+        derive("backbone", "mlp", f"{info.spec.dim} features per sample")
 
     def build_backbone(
         self, cfg: Config, info: DatasetInfo, spec: InputSpec | None, training: bool
@@ -73,4 +73,4 @@ class FeatureModality(Modality):
                 f"backbone={cfg.backbone!r} takes images; feature vectors train with "
                 "backbone='mlp' (the default for them) or your own model (model=)"
             )
-        return build_model("mlp", info.num_classes, in_features=info.channels, image_size=(1, 1))
+        return build_model("mlp", info.num_classes, in_features=info.spec.dim, image_size=(1, 1))

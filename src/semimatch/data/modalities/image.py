@@ -79,10 +79,10 @@ class ImageModality(Modality):
     def wrap_model(self, model: nn.Module, info: DatasetInfo) -> nn.Module:
         from semimatch.models import InputNormalizer
 
-        return InputNormalizer(model, info.mean, info.std)
+        return InputNormalizer(model, info.spec.mean, info.spec.std)
 
     def derive_backbone(self, info: DatasetInfo, derive: Derive) -> None:
-        small = max(info.image_size) <= 28
+        small = max(info.spec.image_size) <= 28
         why = f"{'<=' if small else '>'} 28 px images"
         derive("backbone", "cnn" if small else "wrn_28_2", why)
 
@@ -114,9 +114,9 @@ class ImageModality(Modality):
         from semimatch.models import build_model
 
         pretrained = {} if cfg.pretrained is None else {"pretrained": cfg.pretrained}
-        size = info.image_size if spec is None else spec.size
+        size = info.spec.image_size if spec is None else spec.size
         name, C = str(cfg.backbone), info.num_classes
-        return build_model(name, C, in_channels=info.channels, image_size=size, **pretrained)
+        return build_model(name, C, in_channels=info.spec.channels, image_size=size, **pretrained)
 
     def labeled_files(
         self, path: str, cfg: Config, info: DatasetInfo, reading: dict[str, Any]
@@ -130,7 +130,9 @@ class ImageModality(Modality):
             )
         skip = reading.get("skip_corrupt")
         skip = cfg.skip_corrupt if skip is None else skip
-        return labeled_folder(path, info.class_names, info.image_size, info.channels, skip)
+        return labeled_folder(
+            path, info.class_names, info.spec.image_size, info.spec.channels, skip
+        )
 
     def predict_inputs(self, inputs: Any, info: DatasetInfo) -> PredictInputs:
         """An image array as it is; image files and folders (a folder stands for the images
@@ -146,4 +148,4 @@ class ImageModality(Modality):
             if not found:
                 raise ValueError(f"no image files under {given}")
             paths += found
-        return PredictInputs(load_images(paths, info.image_size, info.channels), paths)
+        return PredictInputs(load_images(paths, info.spec.image_size, info.spec.channels), paths)

@@ -112,7 +112,7 @@ class TextModality(Modality):
 
         info = data.info
         custom = str(cfg.backbone or "").startswith("custom:")
-        if not is_hf(cfg) and not (custom and info.tokenizer):  # your model, your tokenizer
+        if not is_hf(cfg) and not (custom and info.spec.tokenizer):  # your model, your tokenizer
             text_backbone(cfg)
         defaults = Config()
         image_only = [
@@ -129,10 +129,14 @@ class TextModality(Modality):
                 f"{', '.join(image_only)} apply to images; text views are per-sample edits of "
                 "the token ids, chosen with --text-strong - drop them"
             )
-        if cfg.max_length is not None and info.tokenizer and cfg.max_length != info.max_length:
+        if (
+            cfg.max_length is not None
+            and info.spec.tokenizer
+            and cfg.max_length != info.spec.max_length
+        ):
             raise _config_error(
                 f"max_length={cfg.max_length}, but the texts passed in were tokenized with "
-                f"max_length={info.max_length}; drop max_length or tokenize them again"
+                f"max_length={info.spec.max_length}; drop max_length or tokenize them again"
             )
         check_text_options(cfg)
         if cfg.text_strong == "precomputed" and not has_augmentations(data):
@@ -150,7 +154,7 @@ class TextModality(Modality):
         the config's; texts passed in tokenized already (``from_texts(tokenizer=...)``) stay as
         they are.
         """
-        if data.info.tokenizer:
+        if data.info.spec.tokenizer:
             return data
         from semimatch.data.text import tokenize_dataset
         from semimatch.models.hf import load_tokenizer, max_positions
@@ -200,7 +204,7 @@ class TextModality(Modality):
     def derive_recipe(self, cfg: Config, info: DatasetInfo, derive: Derive) -> None:
         if is_hf(cfg):
             derive("ema_decay", 0.0, "USB's NLP recipe fine-tunes without a weight EMA")
-        length = info.max_length or DEFAULT_MAX_LENGTH
+        length = info.spec.max_length or DEFAULT_MAX_LENGTH
         capped = f": the encoder has {length} positions" if length < DEFAULT_MAX_LENGTH else ""
         derive(
             "max_length",
@@ -236,9 +240,9 @@ class TextModality(Modality):
         except OSError as e:  # not in the folder or the cache, the Hub unreachable: one line
             raise _config_error(f"backbone={name!r}: {str(e).removeprefix('hf: ')}") from None
         longest = getattr(model, "max_positions", None)
-        if longest is not None and info.max_length > longest:
+        if longest is not None and info.spec.max_length > longest:
             raise _config_error(
-                f"max_length={info.max_length} exceeds the {longest} positions of {name}; "
+                f"max_length={info.spec.max_length} exceeds the {longest} positions of {name}; "
                 f"pass --max-length {longest} or less"
             )
         return model
@@ -248,14 +252,14 @@ class TextModality(Modality):
         from semimatch.data.text import load_tokenizer
         from semimatch.models.hf import save_for_reload
 
-        save_for_reload(folder, load_tokenizer(info.tokenizer), net)
+        save_for_reload(folder, load_tokenizer(info.spec.tokenizer), net)
 
     def reload(self, folder: Path, info: DatasetInfo, cfg: Config) -> tuple[DatasetInfo, Config]:
         """The run's own tokenizer and encoder config, not the source's (which may have moved
         or changed)."""
         if not folder.is_dir():
             return info, cfg
-        info = dataclasses.replace(info, tokenizer=str(folder))
+        info = dataclasses.replace(info, spec=dataclasses.replace(info.spec, tokenizer=str(folder)))
         if is_hf(cfg) and (folder / "config.json").exists():
             cfg = cfg.replace(backbone=f"hf:{folder}", pretrained=False)
         return info, cfg
@@ -272,8 +276,8 @@ class TextModality(Modality):
 
         given = {k: getattr(cfg, k) if v is None else v for k, v in reading.items()}
         texts = load_text(path, class_names=info.class_names, **given)
-        tok = load_tokenizer(info.tokenizer)
-        return tokenize_dataset(texts, tok, info.max_length).train
+        tok = load_tokenizer(info.spec.tokenizer)
+        return tokenize_dataset(texts, tok, info.spec.max_length).train
 
     def read_table(self, sources: Sequence[str], column: str, header: bool) -> list[Any]:
         """Texts to classify: ``"-"`` (standard input), ``.txt`` files, folders of them or
