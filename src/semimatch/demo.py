@@ -13,7 +13,8 @@ from pathlib import Path
 
 from semimatch.algorithms import ALGORITHMS as REGISTERED
 from semimatch.config import Config, ConfigError
-from semimatch.engine import TrainingError, fit
+from semimatch.engine import fit
+from semimatch.errors import TrainingError
 from semimatch.run import RunDir
 
 #: The default methods of the demo, in table order.
