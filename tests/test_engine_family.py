@@ -121,7 +121,7 @@ def test_a_flexmatch_weighting_of_your_own_gets_the_pool_indices():
     """weighting=FlexMatchThreshold(...) declares sample_indices: the step passes u_idx; a
     memory sized for another pool is refused before training, naming the size to use."""
     from semimatch.data import load_dataset
-    from semimatch.weighting import FlexMatchThreshold
+    from semimatch.methods.flexmatch import FlexMatchThreshold
 
     pool = len(load_dataset("digits").train)  # digits: every training image is unlabeled too
     weighting = FlexMatchThreshold(10, pool, tau=0.125)

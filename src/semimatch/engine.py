@@ -35,7 +35,6 @@ from torch import nn
 
 from semimatch import checkpoint as ckpt
 from semimatch import distributed as dist
-from semimatch.algorithms import SSLAlgorithm
 from semimatch.config import Config, ConfigError
 from semimatch.data import SampleSource, Split, SSLBatch, SSLDataset, TrainStream
 from semimatch.data.sources import SubsetSource
@@ -47,6 +46,8 @@ from semimatch.evaluation import evaluate_model, lambda_curve
 from semimatch.hardware import select_device
 from semimatch.log import logger
 from semimatch.memory import is_out_of_memory, preflight
+from semimatch.methods.blocks import NonFiniteError
+from semimatch.methods.consistency import SSLAlgorithm
 from semimatch.recipe import (
     autocast,
     build_parts,
@@ -66,9 +67,8 @@ from semimatch.resolve import (
 )
 from semimatch.run import Resume, Run, RunDir, RunStart, make_summary
 from semimatch.state import TrainState
-from semimatch.step import train_step
+from semimatch.step import StepInfo, train_step
 from semimatch.validation import say_what_is_measured
-from semimatch.weighting import NonFiniteError
 
 __all__ = [
     "Run",
@@ -400,8 +400,7 @@ def _step(t: _Training, batch: SSLBatch, k: int) -> None:
                 None if batch.u_strong is None else batch.u_strong.contiguous(memory_format=fmt),
                 batch.u_true,
                 forward_mode=cfg.forward_mode,
-                iteration=k,
-                u_idx=batch.u_idx,
+                info=StepInfo(k, batch.u_idx),
             )
     except NonFiniteError:  # the weak-view probabilities are already NaN
         raise _NonFinite(k) from None

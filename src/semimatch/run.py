@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from semimatch import checkpoint as ckpt
-from semimatch.algorithms import SSLAlgorithm
 from semimatch.config import Config, ConfigError
 from semimatch.data import DATASETS, DatasetInfo, Split, SSLDataset, to_model_input
 from semimatch.data.splits import save_split
@@ -31,6 +30,7 @@ from semimatch.errors import TrainingError
 from semimatch.evaluation import evaluate_model, pad_rows
 from semimatch.hardware import select_device
 from semimatch.log import logger
+from semimatch.methods.consistency import SSLAlgorithm
 from semimatch.metrics import JsonlWriter, median_of_last, read_jsonl
 from semimatch.recipe import build_parts
 from semimatch.resolve import check_runtime, load_data

@@ -27,14 +27,11 @@ from reference_impl import (
     prob_batches,
     random_probs,
 )
-from semimatch.alignment import DistributionAlignment
-from semimatch.weighting import (
-    AdaMatchThreshold,
-    DashThreshold,
-    FlexMatchThreshold,
-    FreeMatchThreshold,
-    freematch_fairness_loss,
-)
+from semimatch.methods.adamatch import AdaMatchThreshold
+from semimatch.methods.alignment import DistributionAlignment
+from semimatch.methods.dash import DashThreshold
+from semimatch.methods.flexmatch import FlexMatchThreshold
+from semimatch.methods.freematch import FreeMatchThreshold, freematch_fairness_loss
 
 FAST = settings(max_examples=20, deadline=None)
 TAUS = st.sampled_from([0.5, 0.625, 0.75, 0.875])

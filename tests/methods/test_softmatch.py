@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reference_impl import SoftMatchOracle, prob_batches, random_probs, softmatch_shape_weight
-from semimatch.weighting import SHAPES, SoftMatchWeighting
+from semimatch.methods.softmatch import SHAPES, SoftMatchWeighting
 
 FAST = settings(max_examples=20, deadline=None)
 
