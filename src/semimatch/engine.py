@@ -227,7 +227,7 @@ def _set_up(
         uratio=cfg.uratio,
         seed=cfg.seed,
         use_unlabeled=parts.algorithm.uses_unlabeled,
-        use_strong=parts.algorithm.uses_strong,
+        use_strong=parts.algorithm.needs.strong_views,
         strong_variant=cfg.strong_augment,
         augment=cfg.augment,
         device=device,
@@ -384,6 +384,13 @@ def _train(t: _Training) -> _Outcome:
     return outcome
 
 
+def _strong_views(batch: SSLBatch, fmt: torch.memory_format) -> tuple[torch.Tensor, ...] | None:
+    """The batch's strong views (as many as the method needs) in the step's memory format."""
+    if batch.u_strong is None:
+        return None
+    return tuple(v.contiguous(memory_format=fmt) for v in (batch.u_strong, *batch.u_strong_more))
+
+
 def _step(t: _Training, batch: SSLBatch, k: int) -> None:
     """One iteration: the loss of batch ``k`` (``step.train_step``), its gradient, the
     optimiser, the schedule, the BatchNorm buffers across ranks, the EMA, the metric windows."""
@@ -397,7 +404,7 @@ def _step(t: _Training, batch: SSLBatch, k: int) -> None:
                 batch.x_lb.contiguous(memory_format=fmt),
                 batch.y_lb,
                 batch.u_weak.contiguous(memory_format=fmt),
-                None if batch.u_strong is None else batch.u_strong.contiguous(memory_format=fmt),
+                _strong_views(batch, fmt),
                 batch.u_true,
                 forward_mode=cfg.forward_mode,
                 info=StepInfo(k, batch.u_idx),

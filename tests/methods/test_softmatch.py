@@ -1,4 +1,4 @@
-"""SoftMatch's ablation shapes (semimatch.weighting.softmatch) against the float64 oracle."""
+"""SoftMatch's ablation shapes (semimatch.methods.softmatch) against the float64 oracle."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""UDA's mask, sharpened targets and TSA (semimatch.weighting.uda) against the float64 oracle."""
+"""UDA's mask, sharpened targets and TSA (semimatch.methods.uda) against the float64 oracle."""
 
 from __future__ import annotations
 

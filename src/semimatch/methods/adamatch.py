@@ -38,7 +38,7 @@ class AdaMatchThreshold(nn.Module):
     labeled confidences from its random logit interpolation and uses tau = 0.9; USB uses the
     labeled logits of the joint forward and tau = 0.95 (and the per-process labeled batch
     under DDP; here the global one).  AdaMatch weighs and
-    pseudo-labels the **aligned** unlabeled probabilities (``semimatch.alignment.
+    pseudo-labels the **aligned** unlabeled probabilities (``semimatch.methods.alignment.
     DistributionAlignment``), unlike SoftMatch.
     """
 
