@@ -1,5 +1,6 @@
 """FlexMatch, FreeMatch (+ fairness loss), AdaMatch (+ its alignment) and Dash against the
-float64 oracles of reference_impl (semimatch.methods: flexmatch, freematch, adamatch, dash, alignment).
+float64 oracles of reference_impl (semimatch.methods: flexmatch, freematch, adamatch, dash,
+alignment).
 
 Masks are steps: a row whose confidence (or loss) lies within float32 rounding of its
 threshold may legitimately fall on either side, so mask comparisons skip those rows only.
