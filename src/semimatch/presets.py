@@ -4,7 +4,8 @@ One preset per setting (dataset, labels, backbone) and algorithm; ``semimatch.co
 load_preset`` turns one into a validated ``Config``.  The settings live here; each method's
 part (its values, paper or USB source, notes) lives in its module (``MethodPresets``).
 FixMatch, SoftMatch, Pseudo-Label and supervised follow the papers (FixMatch's recipe);
-FlexMatch, FreeMatch, AdaMatch, Dash and UDA follow USB's classic-CV configuration files (``config/classic_cv/<algo>/<algo>_<setting>_0.yaml``).
+FlexMatch, FreeMatch, AdaMatch, Dash and UDA follow USB's classic-CV configuration files
+(``config/classic_cv/<algo>/<algo>_<setting>_0.yaml``).
 
 The USB NLP presets (``ag_news-40-softmatch``, ...) mirror USB's text configs
 (``config/usb_nlp/<algo>/<algo>_<dataset>_<labels>_0.yaml``): BERT-base fine-tuned with AdamW,
