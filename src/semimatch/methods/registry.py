@@ -5,7 +5,7 @@ one declaration of its options: ``Config`` fields, command-line flags, ``config.
 ``--help`` text are generated from them), decorated with ``@register_method(...)``, which also
 takes its lambda(p) formulas for the report, its budget-scaled defaults and its presets.
 
-Loading (``methods()``): the built-in modules first, then every entry point of the group
+Loading (``methods()``): the modules of this package first, then every entry point of the group
 ``semimatch.methods`` (a third-party package declares one in its ``pyproject.toml``; loading it
 imports the module, whose ``@register_method`` runs).  ``semimatch.config`` reads the registry
 when it is imported to make ``Config``'s fields, so the registry is closed from then on:
@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import pkgutil
 import re
 import typing
 from collections.abc import Callable, Mapping
@@ -49,7 +50,8 @@ __all__ = [
 #: The entry-point group a third-party package registers its methods in.
 ENTRY_POINT_GROUP = "semimatch.methods"
 
-#: The built-in methods, in their order on the command line (``--algorithm`` choices).
+#: The built-in methods in their order on the command line (``--algorithm`` choices); any other
+#: module of this package is imported after them, so a new built-in method is one new file.
 _BUILTINS = (
     "supervised",
     "pseudolabel",
@@ -290,7 +292,9 @@ def methods() -> Mapping[str, Method]:
     """The registry: the built-in methods in their order, then the entry points' methods."""
     global _loaded
     if not _loaded:
-        for module in _BUILTINS:
+        package = importlib.import_module("semimatch.methods")
+        others = sorted(m.name for m in pkgutil.iter_modules(package.__path__))
+        for module in dict.fromkeys([*_BUILTINS, *others]):
             importlib.import_module(f"semimatch.methods.{module}")
         for point in entry_points(group=ENTRY_POINT_GROUP):
             try:
