@@ -181,9 +181,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         num_labels=40, iterations=SHORT_ITERATIONS, eval_every=SHORT_EVAL_EVERY
     ),
     # Harder: the first 5 words (a headline's subject and verb), same recipe.
-    "agnews5w-40": _agnews(
-        num_labels=40, iterations=SHORT_ITERATIONS, eval_every=SHORT_EVAL_EVERY
-    ),
+    "agnews5w-40": _agnews(num_labels=40, iterations=SHORT_ITERATIONS, eval_every=SHORT_EVAL_EVERY),
 }
 #: Settings whose cells train on text (the rest train on images).
 TEXT_SETTINGS = ("agnews-40", "agnews10w-40", "agnews5w-40")
@@ -288,8 +286,7 @@ def config_for(setting: str, algorithm: str, seed: int, args: argparse.Namespace
 
     if algorithm in SHORT_VARIANTS and not applies(setting, algorithm):
         sys.exit(
-            f"{algorithm} belongs to the text stability study; run it on "
-            f"{', '.join(TEXT_SETTINGS)}"
+            f"{algorithm} belongs to the text stability study; run it on {', '.join(TEXT_SETTINGS)}"
         )
     if not applies(setting, algorithm):
         sys.exit(

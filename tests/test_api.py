@@ -133,7 +133,7 @@ def test_a_custom_weighting_run_says_so_and_resumes_only_with_it(tmp_path, capsy
     silently continue with the config's built-in algorithm is refused, naming the fix."""
     import json
 
-    from semimatch.engine import TrainingError
+    from semimatch.errors import TrainingError
     from semimatch.report import comparison_rows
 
     out = tmp_path / "run"

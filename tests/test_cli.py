@@ -525,7 +525,7 @@ def test_demo_writes_a_new_folder_and_keeps_an_existing_demo(tmp_path, monkeypat
     """demo: runs/demo-N by default, --threads reaches every run, an --out holding a demo is
     refused unless --overwrite."""
     from semimatch.demo import DEFAULT_METHODS, run_demo
-    from semimatch.engine import TrainingError
+    from semimatch.errors import TrainingError
 
     monkeypatch.chdir(tmp_path)
     demo = ["demo", "--iterations", "1", "--threads", "1", "--no-report"]  # report: test_demo

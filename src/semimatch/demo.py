@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from semimatch.config import Config, ConfigError
-from semimatch.engine import TrainingError, fit
+from semimatch.engine import fit
+from semimatch.errors import TrainingError
 from semimatch.methods.registry import methods as registered
 from semimatch.run import RunDir
 
