@@ -300,13 +300,12 @@ def test_help_states_the_algorithms_real_defaults(capsys):
     import re
     from dataclasses import fields
 
-    from semimatch.algorithms import ALGORITHMS
     from semimatch.config import Config
-    from semimatch.options import DATA_INPUTS
+    from semimatch.methods.registry import DATA_INPUTS, methods
 
     labels = {f.name: f.metadata.get("none") for f in fields(Config)}
     checked = 0
-    for algo, spec in ALGORITHMS.items():
+    for algo, spec in methods().items():
         for name, param in list(inspect.signature(spec.build).parameters.items())[1:]:
             if name in DATA_INPUTS:  # the data's (FlexMatch's pool size): no field, no flag
                 assert name not in labels
@@ -525,7 +524,7 @@ def test_torchrun_needs_out(tmp_path, monkeypatch, capsys):
 def test_demo_writes_a_new_folder_and_keeps_an_existing_demo(tmp_path, monkeypatch, capsys):
     """demo: runs/demo-N by default, --threads reaches every run, an --out holding a demo is
     refused unless --overwrite."""
-    from semimatch.demo import ALGORITHMS, run_demo
+    from semimatch.demo import DEFAULT_METHODS, run_demo
     from semimatch.errors import TrainingError
 
     monkeypatch.chdir(tmp_path)
@@ -533,7 +532,7 @@ def test_demo_writes_a_new_folder_and_keeps_an_existing_demo(tmp_path, monkeypat
     assert main(demo) == 0
     out = Path("runs") / "demo-1"
     assert capsys.readouterr().err.startswith(f"semimatch demo: writing the run to {out}")
-    for algo in ALGORITHMS:
+    for algo in DEFAULT_METHODS:
         cfg = json.loads((out / algo / "config.json").read_text())
         assert cfg["algorithm"] == algo and cfg["threads"] == 1 and cfg["iterations"] == 1
     stamp = (out / "fixmatch" / "metrics.jsonl").stat().st_mtime_ns

@@ -17,9 +17,9 @@ from reference_impl import (
     softmax,
     step_loss,
 )
-from semimatch.algorithms import build_algorithm
 from semimatch.data import TrainStream, from_texts
 from semimatch.data.splits import balanced_split
+from semimatch.methods.registry import build_algorithm
 from semimatch.step import train_step
 from text_helpers import text_corpus, write_tiny_bert
 

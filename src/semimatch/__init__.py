@@ -1,6 +1,7 @@
 """semimatch: semi-supervised image classification with FixMatch, SoftMatch and its family.
 
-The family: FlexMatch, FreeMatch, AdaMatch, Dash and UDA (``ALGORITHMS``).  Public names:
+The family: FlexMatch, FreeMatch, AdaMatch, Dash and UDA (``methods()``, the registry;
+``register_method`` adds one, from a package's ``semimatch.methods`` entry point).  Public names:
 ``train``, ``evaluate``, ``predict``, ``load_run``, ``Config``, ``PRESETS``, the building blocks
 (``FixedThreshold``, ``SoftMatchWeighting``, ``UniformAlignment``, ``SSLAlgorithm``,
 ``build_algorithm``, ``train_step``), ``Run`` and the exceptions (``ConfigError``,
@@ -19,19 +20,20 @@ import sys as _sys
 if "torch" not in _sys.modules:  # OpenMP reads its wait policy once, when torch loads it
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from semimatch.algorithms import ALGORITHMS, SSLAlgorithm, build_algorithm
-from semimatch.alignment import UniformAlignment
 from semimatch.api import evaluate, load_run, make_config, predict, train
 from semimatch.config import PRESETS, Config, ConfigError
 from semimatch.errors import TrainingError, TrainingInterrupted
+from semimatch.methods.alignment import UniformAlignment
+from semimatch.methods.consistency import SSLAlgorithm
+from semimatch.methods.fixmatch import FixedThreshold
+from semimatch.methods.registry import build_algorithm, methods, register_method
+from semimatch.methods.softmatch import SoftMatchWeighting
 from semimatch.run import Run
 from semimatch.step import train_step
-from semimatch.weighting import FixedThreshold, SoftMatchWeighting
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ALGORITHMS",
     "PRESETS",
     "Config",
     "ConfigError",
@@ -43,6 +45,8 @@ __all__ = [
     "TrainingInterrupted",
     "UniformAlignment",
     "build_algorithm",
+    "methods",
+    "register_method",
     "evaluate",
     "load_run",
     "make_config",

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from semimatch import __version__
-from semimatch.algorithms import ALGORITHMS
 from semimatch.config import PRESETS, Config, ConfigError, field_types, load_preset
 from semimatch.flags import as_flags, cli_fields, flag, given_flags
+from semimatch.methods.registry import methods
 from semimatch.scoring import (
     cmd_eval,
     cmd_predict,
@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods",
         metavar="LIST",
         help="comma-separated algorithms to compare, from: "
-        f"{', '.join(ALGORITHMS)} (default: supervised,fixmatch,softmatch)",
+        f"{', '.join(methods())} (default: supervised,fixmatch,softmatch)",
     )
     p.add_argument(
         "--report",

@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reference_impl import SoftMatchOracle, fixed_threshold_weights, prob_batches, random_probs
-from semimatch.weighting import FixedThreshold, SoftMatchWeighting, check_probs
+from semimatch.methods.blocks import check_probs
+from semimatch.methods.fixmatch import FixedThreshold
+from semimatch.methods.softmatch import SoftMatchWeighting
 
 FAST = settings(max_examples=20, deadline=None)
 

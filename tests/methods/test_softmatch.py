@@ -1,4 +1,4 @@
-"""SoftMatch's ablation shapes (semimatch.weighting.softmatch) against the float64 oracle."""
+"""SoftMatch's ablation shapes (semimatch.methods.softmatch) against the float64 oracle."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reference_impl import SoftMatchOracle, prob_batches, random_probs, softmatch_shape_weight
-from semimatch.weighting import SHAPES, SoftMatchWeighting
+from semimatch.methods.softmatch import SHAPES, SoftMatchWeighting
 
 FAST = settings(max_examples=20, deadline=None)
 
