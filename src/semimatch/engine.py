@@ -367,6 +367,11 @@ def _strong_views(batch: SSLBatch, fmt: torch.memory_format) -> tuple[torch.Tens
     return tuple(v.contiguous(memory_format=fmt) for v in (batch.u_strong, *batch.u_strong_more))
 
 
+def _teacher(state: TrainState) -> nn.Module | None:
+    """The weight EMA's model, for a method that needs a teacher (Mean Teacher)."""
+    return state.ema.module if state.ema is not None and state.algorithm.needs.teacher else None
+
+
 def _step(t: _Training, batch: SSLBatch, k: int) -> None:
     """One iteration: the loss of batch ``k`` (``step.train_step``), its gradient, the
     optimiser, the schedule, the BatchNorm buffers across ranks, the EMA, the metric windows."""
@@ -383,7 +388,7 @@ def _step(t: _Training, batch: SSLBatch, k: int) -> None:
                 _strong_views(batch, fmt),
                 batch.u_true,
                 forward_mode=cfg.forward_mode,
-                info=StepInfo(k, batch.u_idx),
+                info=StepInfo(k, batch.u_idx, cfg.iterations, _teacher(state)),
             )
     except NonFiniteError:  # the weak-view probabilities are already NaN
         raise _NonFinite(k) from None

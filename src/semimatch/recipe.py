@@ -12,6 +12,7 @@ import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,7 +108,24 @@ def build_parts(
     if training and cfg.sync_bn and dist.is_distributed():
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     ema = ModelEMA(net, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay else None
+    _check_needs(algorithm, name, ema, modality(info).continuous)
     return Parts(net, ema, algorithm, name)
+
+
+def _check_needs(algorithm: Any, name: str, ema: ModelEMA | None, continuous: bool) -> None:
+    """Refuse a method whose ``needs`` this run cannot give: a teacher without the weight EMA,
+    input perturbations on token ids."""
+    needs = getattr(algorithm, "needs", None)
+    if getattr(needs, "teacher", False) and ema is None:
+        raise ConfigError(
+            f"--algorithm {name} takes its teacher from the weight EMA: pass --ema-decay > 0 "
+            "(USB 0.999)"
+        )
+    if getattr(needs, "model", False) and not continuous:
+        raise ConfigError(
+            f"--algorithm {name} perturbs the inputs and cannot run on token ids (texts); pick "
+            "another --algorithm"
+        )
 
 
 def _channel_stats(spec: InputSpec, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

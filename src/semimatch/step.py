@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semimatch.config import ForwardMode
+from semimatch.methods.blocks import frozen_bn, train_mode
 from semimatch.methods.consistency import SSLAlgorithm, StepOutputs, UnlabeledResult
 from semimatch.two_pass import two_pass_forward
 
@@ -41,10 +42,14 @@ class StepInfo:
     ``iteration``: the 0-based iteration (Dash's supervised warm-up: before ``warmup`` the
     step is supervised only).  ``u_idx``: the unlabeled rows' indices in the unlabeled pool
     (``SSLBatch.u_idx``, global under torchrun; FlexMatch's per-sample memory).
+    ``iterations``: the iteration budget (a ramp-up's length is a share of it).  ``teacher``: the
+    weight EMA's model, for a method whose ``needs.teacher`` asks for its logits (Mean Teacher).
     """
 
     iteration: int | None = None
     u_idx: torch.Tensor | None = None
+    iterations: int | None = None
+    teacher: nn.Module | None = None
 
 
 def train_step(
@@ -101,8 +106,34 @@ def train_step(
     logits_lb, logits_weak, student = _forward(model, x_lb, u_weak, strong, forward_mode)
     sup_loss = F.cross_entropy(logits_lb.float(), y_lb)
     out = StepOutputs(logits_lb, y_lb, sup_loss, logits_weak, student, info.u_idx, info.iteration)
+    _add_needed(out, algorithm, model, u_weak, info)
     loss, unlabeled = algorithm.loss(out)
     return loss, metric_sums(algorithm, logits_lb, y_lb, sup_loss, unlabeled, u_true)
+
+
+def _add_needed(
+    out: StepOutputs,
+    algorithm: SSLAlgorithm,
+    model: nn.Module,
+    u_weak: torch.Tensor,
+    info: StepInfo,
+) -> None:
+    """What beyond the standard outputs the method's ``needs`` ask for: the budget, the
+    teacher's logits on the weak view, the model and the weak inputs."""
+    needs = algorithm.needs
+    out.iterations = info.iterations
+    if needs.teacher:
+        if info.teacher is None:
+            raise ValueError(
+                f"{algorithm.name} needs a teacher: the weight EMA (--ema-decay > 0; "
+                "train_step(..., info=StepInfo(teacher=ema.module)))"
+            )
+        # The teacher's own noise (train mode: batch statistics, dropout) as the student's,
+        # its running statistics untouched (USB's freeze_bn around its teacher forward).
+        with torch.no_grad(), train_mode(info.teacher), frozen_bn(info.teacher):
+            out.logits_teacher = info.teacher(u_weak)
+    if needs.model:
+        out.model, out.u_weak = model, u_weak
 
 
 def _strong_views(

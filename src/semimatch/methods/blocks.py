@@ -15,12 +15,15 @@ AdaMatch's ``probs_lb``).
 
 from __future__ import annotations
 
+import math
 import operator
-from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from torch import nn
 
 __all__ = [
     "Weighting",
@@ -34,6 +37,9 @@ __all__ = [
     "check_tau",
     "check_lambda_max",
     "sharpen",
+    "frozen_bn",
+    "rampup",
+    "train_mode",
 ]
 
 
@@ -139,3 +145,57 @@ def step_lambda(thresholds: Any, q: np.ndarray, state: Mapping[str, Any]) -> np.
     """``lambda_max * 1[q >= T]`` for a scalar T (one row) or per-class T(c) (C rows)."""
     t = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))[:, None]
     return recorded_lambda_max(state) * (q[None, :] >= t).astype(np.float64)
+
+
+def rampup(
+    iteration: int | None,
+    iterations: int | None,
+    ratio: float,
+    shape: Literal["sigmoid", "linear"] = "sigmoid",
+) -> float:
+    """The unlabeled loss's ramp-up factor in [0, 1] at the 0-based ``iteration``.
+
+    ``t = clip(iteration / (ratio * iterations), 0, 1)``: the ramp spans the first ``ratio`` of
+    the budget (USB's ``unsup_warm_up``, 0.4).  ``"linear"``: ``t`` (USB's Pi-Model, Mean
+    Teacher, VAT); ``"sigmoid"``: ``exp(-5 (1 - t)^2)``, the sigmoid-shaped ramp-up of Laine &
+    Aila (2017, Sec. 3) and Tarvainen & Valpola (2017, App. B).  ``ratio = 0``: no ramp (1).
+    A Python float of Python ints: no host synchronisation.
+    """
+    if shape not in ("sigmoid", "linear"):
+        raise ValueError(f"rampup shape must be 'sigmoid' or 'linear'; got {shape!r}")
+    if not ratio > 0:
+        return 1.0
+    if iteration is None or iterations is None:
+        raise ValueError("a ramp-up needs the iteration and the budget (StepInfo.iterations)")
+    t = min(max(iteration / (ratio * iterations), 0.0), 1.0)
+    return t if shape == "linear" else math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+@contextmanager
+def frozen_bn(model: nn.Module) -> Iterator[None]:
+    """Forwards inside leave the BatchNorm running statistics as they were (USB's
+    ``bn_controller.freeze_bn``/``unfreeze_bn``): saved on entry, put back on exit; in train
+    mode the forwards still normalise with their batch statistics."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [[b.clone() for b in m.buffers()] for m in norms]
+    try:
+        yield
+    finally:
+        # Through ``.data``: the forwards' graphs saved these buffers (batch_norm's inputs),
+        # and an in-place copy tracked by autograd would fail their backward.
+        for m, copies in zip(norms, saved):
+            for b, c in zip(m.buffers(), copies):
+                b.data.copy_(c)
+
+
+@contextmanager
+def train_mode(model: nn.Module) -> Iterator[None]:
+    """The model in train mode inside (a teacher's noise: dropout, batch statistics), its
+    modes restored on exit (module by module: a submodule kept in eval mode stays so)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.train()
+    try:
+        yield
+    finally:
+        for m, was in modes:
+            m.training = was

@@ -33,13 +33,21 @@ class Needs:
     ``unlabeled``: it trains on unlabeled data (False: supervised only); ``strong_views``: the
     strong views of each unlabeled row the stream draws and the step forwards (0: the student is
     the weak view itself, Pseudo-Label); ``sample_indices``: the unlabeled rows' pool indices
-    (``StepOutputs.u_idx``); ``iteration``: the 0-based iteration (``StepOutputs.iteration``).
+    (``StepOutputs.u_idx``); ``iteration``: the 0-based iteration and the iteration budget
+    (``StepOutputs.iteration``, ``StepOutputs.iterations``: a ramp-up); ``teacher``: the
+    teacher's logits on the weak unlabeled view (``StepOutputs.logits_teacher``: the weight EMA
+    in train mode, without gradient, BatchNorm statistics untouched; Mean Teacher); ``model``:
+    the model and the weak unlabeled inputs (``StepOutputs.model``, ``StepOutputs.u_weak``) for
+    the method's own extra forwards (VAT's perturbations); such a method perturbs the inputs,
+    so it needs floating-point inputs (not token ids).
     """
 
     unlabeled: bool = True
     strong_views: int = 1
     sample_indices: bool = False
     iteration: bool = False
+    teacher: bool = False
+    model: bool = False
 
 
 @dataclass
@@ -49,8 +57,8 @@ class StepOutputs:
     ``logits_lb``: the labeled rows' logits (with gradient); ``sup_loss``: their mean
     cross-entropy; ``logits_weak``: the weak unlabeled view's logits, detached;
     ``logits_student``: one (with gradient) per strong view, or the weak view's own logits
-    when the method needs no strong view; ``u_idx``/``iteration``: as the method's ``needs``
-    say (else possibly None).
+    when the method needs no strong view; ``u_idx``/``iteration``/``iterations`` (the budget)/
+    ``logits_teacher``/``model``/``u_weak``: as the method's ``needs`` say (else possibly None).
     """
 
     logits_lb: torch.Tensor
@@ -60,6 +68,10 @@ class StepOutputs:
     logits_student: tuple[torch.Tensor, ...]
     u_idx: torch.Tensor | None = None
     iteration: int | None = None
+    iterations: int | None = None
+    logits_teacher: torch.Tensor | None = None
+    model: nn.Module | None = None
+    u_weak: torch.Tensor | None = None
 
     def global_sup_loss(self) -> torch.Tensor:
         """The mean labeled loss over every process's rows (all-reduced under torchrun)."""

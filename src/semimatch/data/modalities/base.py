@@ -53,6 +53,9 @@ class Modality:
     ragged: ClassVar[bool] = False
     #: The per-sample (``augment='pil'``) views apply; else the views are batched only.
     per_sample_views: ClassVar[bool] = False
+    #: Whether the inputs are continuous (pixels, feature values), so a method may perturb them
+    #: (VAT); token ids are not.
+    continuous: ClassVar[bool] = True
     #: ``TrainStream(augment=None)``: the views the stream builds by default.
     default_augment: ClassVar[str] = "batched"
     #: Config fields that only this modality takes (given with other data: refused).

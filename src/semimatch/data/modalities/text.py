@@ -60,6 +60,7 @@ class TextModality(Modality):
     noun = "texts"
     ragged = True
     per_sample_views = True
+    continuous = False
     options = ("max_length", "text_strong")
     backbone_prefix = "hf:"
     backbone_noun = "a text encoder"
