@@ -40,6 +40,12 @@ __all__ = [
     "DistributionAlignmentOracle",
     "sharpen_oracle",
     "DashOracle",
+    "rampup_oracle",
+    "squared_consistency_oracle",
+    "kl_oracle",
+    "entropy_oracle",
+    "batchnorm_train_oracle",
+    "vat_linear_oracle",
 ]
 
 
@@ -530,3 +536,65 @@ class DashOracle:
     def weights(self, probs) -> np.ndarray:
         rho = self.rho()
         return np.array([1.0 if v <= rho else 0.0 for v in self.losses(probs)])
+
+
+# --- the classic consistency baselines (Pi-Model, Mean Teacher, VAT) -----------------------------
+
+
+def rampup_oracle(k: int, total: int, ratio: float, shape: str) -> float:
+    """Laine & Aila (2017) / Tarvainen & Valpola (2017): ``exp(-5 (1 - t)^2)``; USB: ``t``;
+    ``t = clip(k / (ratio * total), 0, 1)``; no ramp (1) when ``ratio == 0``."""
+    if ratio == 0:
+        return 1.0
+    t = min(max(k / (ratio * total), 0.0), 1.0)
+    return t if shape == "linear" else math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+def squared_consistency_oracle(student_logits, target_probs) -> float:
+    """Pi-Model / Mean Teacher: ``(1/(N C)) sum_i sum_c (softmax(z_i)_c - t_ic)^2``."""
+    z = np.asarray(student_logits, dtype=np.float64)
+    t = np.asarray(target_probs, dtype=np.float64)
+    n, c = z.shape
+    total = 0.0
+    for i in range(n):
+        q = softmax(z[i : i + 1])[0]
+        total += sum((q[k] - t[i, k]) ** 2 for k in range(c))
+    return total / (n * c) if n else 0.0
+
+
+def kl_oracle(p_logits, q_logits) -> float:
+    """``mean_i KL(softmax(p_i) || softmax(q_i)) = mean_i sum_k p_k (log p_k - log q_k)``."""
+    p, q = softmax(np.asarray(p_logits, np.float64)), softmax(np.asarray(q_logits, np.float64))
+    rows = [sum(pk * (math.log(pk) - math.log(qk)) for pk, qk in zip(a, b)) for a, b in zip(p, q)]
+    return float(np.mean(rows)) if rows else 0.0
+
+
+def entropy_oracle(logits) -> float:
+    """``mean_i -sum_k p_k log p_k``, ``p = softmax(logits_i)``."""
+    p = softmax(np.asarray(logits, np.float64))
+    rows = [-sum(pk * math.log(pk) for pk in row) for row in p]
+    return float(np.mean(rows)) if rows else 0.0
+
+
+def batchnorm_train_oracle(z, gamma, beta, eps: float) -> np.ndarray:
+    """BatchNorm in train mode: ``gamma (z - mean_B) / sqrt(var_B + eps) + beta``, the biased
+    batch variance."""
+    z = np.asarray(z, dtype=np.float64)
+    mean = z.mean(axis=0)
+    var = ((z - mean) ** 2).mean(axis=0)
+    return np.asarray(gamma) * (z - mean) / np.sqrt(var + eps) + np.asarray(beta)
+
+
+def vat_linear_oracle(W, b, x, d, xi: float, eps: float) -> float:  # noqa: N803
+    """VAT's LDS (Miyato et al. 2018, Eq. 7-13) for the linear model ``z = x W^T + b``, one
+    power iteration: ``r = xi d / ||d||``; ``g = grad_r KL(p(x) || p(x + r))``, which for a
+    linear model is ``W^T (softmax(z(x + r)) - p) / N`` per row (the KL averaged over rows);
+    ``r_adv = eps g / ||g||``; LDS = mean KL(p(x) || p(x + r_adv)), norms per row."""
+    W, b, x, d = (np.asarray(a, dtype=np.float64) for a in (W, b, x, d))  # noqa: N806
+    n = x.shape[0]
+    z = x @ W.T + b
+    p = softmax(z)
+    r = xi * d / np.linalg.norm(d, axis=1, keepdims=True)
+    g = (softmax((x + r) @ W.T + b) - p) @ W / n
+    r_adv = eps * g / np.linalg.norm(g, axis=1, keepdims=True)
+    return kl_oracle(z, (x + r_adv) @ W.T + b)

@@ -395,3 +395,52 @@ def test_describe():
     assert d["std"] == pytest.approx(math.sqrt(module.var.item()))
     d = _trained(True)[0].describe()
     assert len(d["mean"]) == 6 and len(d["std"]) == 6
+
+
+# --- the ramp-up and the BatchNorm freeze of the classic baselines ----------------------------
+
+
+@pytest.mark.parametrize("shape", ["sigmoid", "linear"])
+@pytest.mark.parametrize("ratio", [0.0, 0.25, 0.4, 1.0])
+def test_rampup_matches_the_papers_and_usb(shape, ratio):
+    from reference_impl import rampup_oracle
+    from semimatch.methods.blocks import rampup
+
+    total = 50
+    for k in range(0, 60, 3):
+        got = rampup(k, total, ratio, shape)
+        assert got == pytest.approx(rampup_oracle(k, total, ratio, shape), abs=1e-15)
+    assert rampup(0, total, ratio, shape) == (
+        1.0 if ratio == 0 else rampup_oracle(0, total, ratio, shape)
+    )
+    assert rampup(total, total, ratio, shape) == 1.0
+    with pytest.raises(ValueError, match="shape"):
+        rampup(1, total, ratio, "cosine")
+
+
+def test_rampup_without_the_budget_is_refused():
+    from semimatch.methods.blocks import rampup
+
+    with pytest.raises(ValueError, match="StepInfo.iterations"):
+        rampup(3, None, 0.4)
+    assert rampup(3, None, 0.0) == 1.0
+
+
+def test_frozen_bn_keeps_running_statistics_and_train_mode_restores_modes():
+    from semimatch.methods.blocks import frozen_bn, train_mode
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Dropout())
+    net.eval()
+    net[2].train()  # a submodule in another mode keeps it
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(8, 3)
+    with train_mode(net), frozen_bn(net):
+        assert net.training and net[1].training
+        out = net[1](net[0](x))  # batch statistics in train mode
+        z = net[0](x)
+        torch.testing.assert_close(
+            out, torch.nn.functional.batch_norm(z, None, None, training=True)
+        )
+    assert not net.training and not net[1].training and net[2].training
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
