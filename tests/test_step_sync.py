@@ -30,6 +30,9 @@ from semimatch.step import StepInfo, train_step
         "adamatch",
         "dash",
         "uda",
+        "pimodel",
+        "meanteacher",
+        "vat",
     ],  # fmt: skip
 )
 @pytest.mark.parametrize("forward_mode", ["two-pass", "joint", "split"])
@@ -56,7 +59,9 @@ def test_training_iteration_has_no_host_sync(algorithm, forward_mode):
             u if algo.uses_strong else None,
             t,
             forward_mode=forward_mode,
-            info=StepInfo(step, t),  # FlexMatch's memory update is on the device too
+            # FlexMatch's memory update is on the device too; the ramp-up reads the budget,
+            # Mean Teacher the EMA's model.
+            info=StepInfo(step, t, 10, ema.module),
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()

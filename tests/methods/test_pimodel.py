@@ -52,8 +52,10 @@ def test_state_dict_round_trip_and_description():
     fresh = build_algorithm("pimodel", 3, unsup_warmup=0.2)
     fresh.load_state_dict(algo.state_dict())
     assert dict(fresh.state_dict()) == {}  # stateless: the ramp reads the iteration
-    assert fresh.describe()["weighting"] == {"type": "pimodel", "unsup_warmup": 0.2,
-                                             "rampup": "sigmoid"}  # fmt: skip
+    assert fresh.describe()["weighting"] == {
+        "type": "pimodel", "not_a_weighting_method": True, "unsup_warmup": 0.2,
+        "rampup": "sigmoid",
+    }  # fmt: skip
     assert not fresh.weights_defined()  # no lambda(p) curve
     with pytest.raises(ValueError, match="unsup_warmup"):
         build_algorithm("pimodel", 3, unsup_warmup=1.5)
@@ -78,3 +80,13 @@ def test_a_short_run_from_the_command_line(tmp_path):
     trains = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
               if r["kind"] == "train"]  # fmt: skip
     assert trains and all(np.isfinite(r["loss"]) for r in trains)
+
+
+def test_the_report_says_it_is_not_a_weighting_method():
+    from types import SimpleNamespace
+
+    from semimatch.report.lambdas import final_lambda
+
+    state = build_algorithm("pimodel", 3).describe()["weighting"]
+    curve, note = final_lambda(SimpleNamespace(evals=[{"iteration": 4, "weighting": state}]))
+    assert curve is None and note == "pimodel is not a weighting method: λ(p) is not defined"

@@ -113,7 +113,12 @@ class ClassicConsistency(SSLAlgorithm):
         return False
 
     def describe(self) -> dict[str, Any]:
-        info = {"type": self.name, "unsup_warmup": self.unsup_warmup, "rampup": self.rampup_shape}
+        info = {
+            "type": self.name,
+            "not_a_weighting_method": True,  # the report says so instead of drawing lambda(p)
+            "unsup_warmup": self.unsup_warmup,
+            "rampup": self.rampup_shape,
+        }
         return {"weighting": info, "p_model": None}
 
     def extra_repr(self) -> str:

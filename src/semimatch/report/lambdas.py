@@ -117,6 +117,8 @@ def final_lambda(run: RunData) -> tuple[LambdaCurve | None, str]:
     kind = str(state.get("type"))
     if kind == "none":
         return None, "no unlabeled loss (supervised): λ(p) is not defined"
+    if state.get("not_a_weighting_method"):  # Pi-Model, Mean Teacher, VAT: every row weighs 1
+        return None, f"{kind} is not a weighting method: λ(p) is not defined"
     if state.get("warmup"):
         return None, f"still in the supervised warm-up at iteration {rec.get('iteration')}"
     C = num_classes(run)
