@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 import semimatch
-from semimatch.api import load_run, make_config
+from semimatch.api import make_config
 from semimatch.cli import main
 from semimatch.config import ConfigError
 from semimatch.data import ArraySource, balanced_split, from_arrays, load_dataset
@@ -19,6 +19,7 @@ from semimatch.data.adapters import TorchImageSource, from_torch, to_hwc_uint8
 from semimatch.diagnostics import LABELED_PROBE
 from semimatch.metrics import read_jsonl
 from semimatch.resolve import resolve
+from semimatch.run import load_run
 from semimatch.sklearn import SemiSupervisedClassifier
 
 # A tiny, fast digits recipe shared by the tests (8 labeled + 16 unlabeled images per step).
@@ -133,7 +134,7 @@ def test_a_custom_weighting_run_says_so_and_resumes_only_with_it(tmp_path, capsy
     silently continue with the config's built-in algorithm is refused, naming the fix."""
     import json
 
-    from semimatch.engine import TrainingError
+    from semimatch.errors import TrainingError
     from semimatch.report import comparison_rows
 
     out = tmp_path / "run"

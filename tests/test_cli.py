@@ -19,8 +19,8 @@ from PIL import Image
 import semimatch
 from semimatch.api import predict
 from semimatch.cli import main
-from semimatch.config import PRESETS
 from semimatch.metrics import read_jsonl
+from semimatch.presets import PRESETS
 
 TRAIN = [
     "train",
@@ -526,7 +526,7 @@ def test_demo_writes_a_new_folder_and_keeps_an_existing_demo(tmp_path, monkeypat
     """demo: runs/demo-N by default, --threads reaches every run, an --out holding a demo is
     refused unless --overwrite."""
     from semimatch.demo import ALGORITHMS, run_demo
-    from semimatch.engine import TrainingError
+    from semimatch.errors import TrainingError
 
     monkeypatch.chdir(tmp_path)
     demo = ["demo", "--iterations", "1", "--threads", "1", "--no-report"]  # report: test_demo

@@ -22,7 +22,8 @@ from torch import nn
 
 from semimatch import checkpoint as ckpt
 from semimatch.config import Config
-from semimatch.engine import TrainingError, TrainingInterrupted, fit
+from semimatch.engine import fit
+from semimatch.errors import TrainingError, TrainingInterrupted
 from semimatch.metrics import read_jsonl
 
 # A tiny, fast recipe: digits, 20 labels, 8 labeled + 16 unlabeled per step.

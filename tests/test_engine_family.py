@@ -17,7 +17,8 @@ from semimatch import checkpoint as ckpt
 from semimatch import engine
 from semimatch.cli import main
 from semimatch.config import Config
-from semimatch.engine import TrainingInterrupted, fit
+from semimatch.engine import fit
+from semimatch.errors import TrainingInterrupted
 from semimatch.metrics import read_jsonl
 from semimatch.sklearn import SemiSupervisedClassifier
 from test_engine import CLI, TINY, _assert_same_run, kill_after_first_checkpoint

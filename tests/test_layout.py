@@ -1,45 +1,302 @@
-"""The codebase's own rules (docs/development/architecture.md, "How it is built"): small files,
-no borrowed privates."""
+"""The codebase's own rules (docs/development/architecture.md, "How it is built").
+
+Size follows concern, not a line count: a wall on file length is met as easily by cutting a
+module in two and re-exporting the halves as by finding the seam, so these checks look at what
+fragmenting leaves behind instead: names re-exported through a module that does not define them,
+private names borrowed across files, test files importing other test files, and long functions
+(a long function is several steps that want names of their own; a long file is allowed when it
+holds one concern).
+"""
 
 from __future__ import annotations
 
 import ast
+import io
+import tokenize
+from collections.abc import Iterator
 from pathlib import Path
 
 import semimatch
 
 SRC = Path(semimatch.__file__).parent
-MAX_LINES = 600
+ROOT = SRC.parents[1]
+TESTS = ROOT / "tests"
+MAX_FUNCTION_LINES = 60
+
+# Functions still over MAX_FUNCTION_LINES while their owners reshape them (the methods package,
+# the modality object, the run decided once: work under way on other branches). Emptied once they
+# are merged; an entry that no longer offends fails the test, so the list cannot go stale.
+PENDING_LONG = {
+    "resolve.py: _derive",
+    "data/loaders.py: TrainStream.__init__",
+    "engine.py: _set_up",
+    "run.py: load_run",
+    "step.py: train_step",
+    "step.py: metric_sums",
+    "algorithms.py: SSLAlgorithm.__init__",
+}
+# Re-exports still waiting for the same parts (same rule: an entry that is gone fails the test):
+# options.py and the weighting modules go into the methods package; engine.py stops passing on
+# what the run and its errors define.
+PENDING_REEXPORTS = {
+    "src/semimatch/algorithms.py: __all__ lists AlgorithmSpec",
+    "src/semimatch/algorithms.py: __all__ lists Option",
+    "src/semimatch/algorithms.py: __all__ lists OptionSpec",
+    "src/semimatch/algorithms.py: __all__ lists algorithm_options",
+    "src/semimatch/algorithms.py: __all__ lists docstring_args",
+    "src/semimatch/config.py: semimatch.algorithms.Option (defined in semimatch.options)",
+    "src/semimatch/weighting/uda.py: __all__ lists sharpen",
+    "tests/test_config.py: semimatch.algorithms.AlgorithmSpec (defined in semimatch.options)",
+    "tests/test_config.py: semimatch.algorithms.algorithm_options (defined in semimatch.options)",
+    "tests/test_config.py: semimatch.algorithms.docstring_args (defined in semimatch.options)",
+    "src/semimatch/engine.py: __all__ lists Run",
+    "src/semimatch/engine.py: __all__ lists TrainingError",
+    "src/semimatch/engine.py: __all__ lists TrainingInterrupted",
+    "src/semimatch/engine.py: __all__ lists evaluate_model",
+    "src/semimatch/engine.py: __all__ lists lambda_curve",
+    "src/semimatch/engine.py: __all__ lists resolve",
+}
 
 
 def modules() -> list[Path]:
     return sorted(SRC.rglob("*.py"))
 
 
-def test_no_source_file_is_a_catch_all():
-    long = {
-        str(p.relative_to(SRC)): n
-        for p in modules()
-        if (n := len(p.read_text().splitlines())) > MAX_LINES
-    }
-    assert not long, f"split these by concern (over {MAX_LINES} lines): {long}"
+def suite_files() -> list[Path]:
+    """Every Python file of the test suite except the pip-installed plug-in packages."""
+    return sorted(p for p in TESTS.rglob("*.py") if "plugins" not in p.relative_to(TESTS).parts)
 
 
-def test_no_module_imports_another_modules_privates():
-    borrowed = []
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_path(name: str) -> Path | None:
+    """The file of a semimatch module or package, None for anything else."""
+    if name != "semimatch" and not name.startswith("semimatch."):
+        return None
+    base = SRC.parent.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.exists():
+            return path
+    return None
+
+
+def is_facade(path: Path) -> bool:
+    """A package's ``__init__.py``: the public face of its package."""
+    return path.name == "__init__.py"
+
+
+def bound_names(tree: ast.Module) -> tuple[set[str], dict[str, str]]:
+    """(names a module defines, names it imports -> the module imported from).
+
+    Top-level statements only, looking into ``if``/``try``/``with`` blocks (conditional
+    definitions); imports anywhere in the module count as imports.
+    """
+    defined: set[str] = set()
+    imported: dict[str, str] = {}
+
+    def walk(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                defined.update(
+                    n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)
+                )
+            elif isinstance(node, (ast.If, ast.Try, ast.With)):
+                handlers = getattr(node, "handlers", [])
+                for block in (node.body, getattr(node, "orelse", []), *(h.body for h in handlers)):
+                    walk(block)
+                walk(getattr(node, "finalbody", []))
+
+    walk(tree.body)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                imported[alias.asname or alias.name] = node.module or ""
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                imported[alias.asname or alias.name.split(".")[0]] = alias.name
+    return defined - set(imported), imported
+
+
+def parsed(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def imports_from(tree: ast.Module) -> Iterator[tuple[ast.ImportFrom, str]]:
+    """Every ``from M import name`` with M absolute (relative imports resolved are not used)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for alias in node.names:
+                yield node, alias.name
+
+
+def where(path: Path, node: ast.AST) -> str:
+    return f"{path.relative_to(ROOT)}:{node.lineno}"
+
+
+def reexport_violations() -> list[str]:
+    """``from semimatch.M import name`` where M does not define ``name`` itself.
+
+    A plain module that imports a name only to hand it on (``options.py`` carved out of a module
+    and imported back, ``engine.py`` passing on ``resolve``) hides where the name lives and
+    lets a split look like a design. The exception is a package's ``__init__.py``, which is the
+    package's documented public face (``semimatch``: the API the docs show; ``semimatch.data``,
+    ``.models``, ...: what their docstrings list): it may gather the public names of the
+    modules under it, and only those. Everything else is imported from where it is defined.
+    """
+    cache: dict[Path, tuple[set[str], dict[str, str]]] = {}
+
+    def names(path: Path) -> tuple[set[str], dict[str, str]]:
+        if path not in cache:
+            cache[path] = bound_names(parsed(path))
+        return cache[path]
+
+    found = []
+    for path in [*modules(), *suite_files()]:
+        tree = parsed(path)
+        for node, name in imports_from(tree):
+            target = module_path(node.module)
+            if target is None or name == "*" or module_path(f"{node.module}.{name}"):
+                continue  # not semimatch, or a submodule
+            defined, imported = names(target)
+            if name in defined:
+                continue
+            origin = imported.get(name, "")
+            package = module_name(target)
+            if is_facade(target) and (origin == package or origin.startswith(package + ".")):
+                continue
+            found.append(f"{path.relative_to(ROOT)}: {node.module}.{name} (defined in {origin})")
     for path in modules():
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("semimatch"):
-                borrowed += [
-                    f"{path.relative_to(SRC)}: {node.module}.{a.name}"
-                    for a in node.names
-                    if a.name.startswith("_") and not a.name.startswith("__")
+        if is_facade(path):
+            continue
+        tree = parsed(path)
+        defined, _ = bound_names(tree)
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets
+            ):
+                exported = {e.value for e in ast.walk(node.value) if isinstance(e, ast.Constant)}
+                found += [
+                    f"{path.relative_to(ROOT)}: __all__ lists {n}" for n in exported - defined
                 ]
-    assert not borrowed, f"make these public or move them: {borrowed}"
+    return found
+
+
+def test_no_module_passes_on_names_it_does_not_define():
+    found = set(reexport_violations())
+    stale = PENDING_REEXPORTS - found
+    assert not stale, f"no longer re-exported, drop them from PENDING_REEXPORTS: {sorted(stale)}"
+    new = sorted(found - PENDING_REEXPORTS)
+    assert not new, (
+        "import these names from the module that defines them (the 'defined in' one) and drop "
+        f"them from the module that only passes them on: {new}"
+    )
+
+
+def local_test_modules() -> set[str]:
+    """What the tests could import of each other: pytest puts every test folder on sys.path."""
+    return {p.stem for p in suite_files() if "helpers" not in p.relative_to(TESTS).parts}
+
+
+def private_import_violations() -> list[str]:
+    """Private names imported across files, and test files imported by other test files.
+
+    A ``_name`` is the private business of the file that defines it: code elsewhere that needs
+    it wants it public, or wants it moved. A test file is not a library: what several test files
+    share lives in ``tests/helpers/`` (a package) or a ``conftest.py`` fixture.
+    """
+    local_tests = local_test_modules()
+    found = []
+    for path in [*modules(), *suite_files()]:
+        for node in ast.walk(parsed(path)):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                top = node.module.split(".")[0]
+                ours = top in ("semimatch", "helpers")
+                if top in local_tests:
+                    found.append(f"{where(path, node)}: from {node.module} (a test file)")
+                elif ours:
+                    found += [
+                        f"{where(path, node)}: {node.module}.{a.name}"
+                        for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")
+                    ]
+            elif isinstance(node, ast.Import):
+                found += [
+                    f"{where(path, node)}: import {a.name} (a test file)"
+                    for a in node.names
+                    if a.name.split(".")[0] in local_tests
+                ]
+    return found
+
+
+def test_no_file_imports_another_files_privates_or_a_test_file():
+    found = private_import_violations()
+    assert not found, (
+        "make these names public or move the code next to its user; move what test files "
+        f"share into tests/helpers/ or a conftest.py fixture: {found}"
+    )
+
+
+def code_lines(source: str) -> set[int]:
+    """Line numbers holding code: no blank lines, comments or docstrings."""
+    lines: set[int] = set()
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type not in skip and tok.type != tokenize.ENDMARKER:
+            lines.update(range(tok.start[0], tok.end[0] + 1))
+    for node in ast.walk(ast.parse(source)):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            lines.difference_update(range(body[0].lineno, body[0].end_lineno + 1))
+    return lines
+
+
+def long_functions(path: Path) -> dict[str, int]:
+    """``file: Class.function`` -> lines of code, for functions over MAX_FUNCTION_LINES."""
+    source = path.read_text()
+    lines = code_lines(source)
+    found = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = sum(child.lineno <= line <= child.end_lineno for line in lines)
+                if n > MAX_FUNCTION_LINES:
+                    found[f"{path.relative_to(SRC)}: {prefix}{child.name}"] = n
+                visit(child, f"{prefix}{child.name}.")
+            else:
+                visit(
+                    child, f"{prefix}{child.name}." if isinstance(child, ast.ClassDef) else prefix
+                )
+
+    visit(ast.parse(source), "")
+    return found
+
+
+def test_no_function_is_several_steps_in_one():
+    found = {k: n for p in modules() for k, n in long_functions(p).items()}
+    stale = PENDING_LONG - set(found)
+    assert not stale, f"short enough now, drop them from PENDING_LONG: {sorted(stale)}"
+    long = {k: n for k, n in found.items() if k not in PENDING_LONG}
+    assert not long, (
+        f"over {MAX_FUNCTION_LINES} lines of code (docstrings, comments and blank lines not "
+        f"counted): give each step its own named function, split by what it does: {long}"
+    )
 
 
 def test_the_architecture_page_names_every_module_of_the_package():
-    page = (SRC.parents[1] / "docs" / "development" / "architecture.md").read_text()
+    page = (ROOT / "docs" / "development" / "architecture.md").read_text()
     section = page[page.index("## How it is built") :]
     top = [p.name for p in SRC.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
     missing = [name for name in top if name not in section]

@@ -17,7 +17,8 @@ from torch import nn
 from semimatch import engine, memory
 from semimatch.cli import main
 from semimatch.config import Config, ConfigError
-from semimatch.engine import TrainingError, fit
+from semimatch.engine import fit
+from semimatch.errors import TrainingError
 from semimatch.memory import StepMemory, check_step_memory, estimate_step, saved_bytes
 
 CPU = torch.device("cpu")

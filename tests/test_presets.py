@@ -11,8 +11,9 @@ import torch
 
 import semimatch
 from semimatch.cli import main
-from semimatch.config import PRESETS, ConfigError, load_preset
+from semimatch.config import ConfigError, load_preset
 from semimatch.data.text_datasets import from_texts
+from semimatch.presets import PRESETS
 from semimatch.resolve import load_data, resolve
 from text_helpers import text_corpus
 

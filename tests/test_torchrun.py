@@ -34,7 +34,8 @@ import torch
 
 import _ddp_worker as worker
 from semimatch.config import Config
-from semimatch.engine import TrainingError, fit
+from semimatch.engine import fit
+from semimatch.errors import TrainingError
 from semimatch.metrics import read_jsonl
 
 WORKER = Path(worker.__file__)

@@ -21,10 +21,11 @@ if "torch" not in _sys.modules:  # OpenMP reads its wait policy once, when torch
 
 from semimatch.algorithms import ALGORITHMS, SSLAlgorithm, build_algorithm
 from semimatch.alignment import UniformAlignment
-from semimatch.api import evaluate, load_run, make_config, predict, train
-from semimatch.config import PRESETS, Config, ConfigError
+from semimatch.api import evaluate, make_config, predict, train
+from semimatch.config import Config, ConfigError
 from semimatch.errors import TrainingError, TrainingInterrupted
-from semimatch.run import Run
+from semimatch.presets import PRESETS
+from semimatch.run import Run, load_run
 from semimatch.step import train_step
 from semimatch.weighting import FixedThreshold, SoftMatchWeighting
 

@@ -21,7 +21,7 @@ from semimatch.engine import fit
 from semimatch.log import logger
 from semimatch.run import Run, load_run
 
-__all__ = ["train", "make_config", "load_run", "evaluate", "predict", "load_images", "Augmentation"]
+__all__ = ["train", "make_config", "evaluate", "predict", "load_images", "Augmentation"]
 
 #: A custom augmentation: ``(img: uint8 (H, W, C), rng: np.random.Generator) -> uint8 (H, W, C)``.
 Augmentation = Callable[[np.ndarray, np.random.Generator], np.ndarray]

@@ -27,12 +27,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from semimatch.algorithms import OPTIONS, AlgorithmName, Option
-from semimatch.presets import PRESETS, Preset
+from semimatch.presets import PRESETS
 
 __all__ = [
     "Config",
-    "PRESETS",
-    "Preset",
     "ConfigError",
     "algorithm_option_fields",
     "budget_momentum",

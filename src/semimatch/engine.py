@@ -57,7 +57,6 @@ from semimatch.recipe import (
 )
 from semimatch.records import Recorder, WriteFailed, eval_record, summary_line, train_record
 from semimatch.resolve import (
-    check_forward_mode,
     given_data_config,
     load_data,
     make_split,
@@ -67,6 +66,7 @@ from semimatch.resolve import (
 from semimatch.run import Resume, Run, RunDir, RunStart, make_summary
 from semimatch.state import TrainState
 from semimatch.step import train_step
+from semimatch.two_pass import check_forward_mode
 from semimatch.validation import say_what_is_measured
 from semimatch.weighting import NonFiniteError
 

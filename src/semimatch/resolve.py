@@ -24,13 +24,11 @@ from semimatch.data.splits import balanced_split, fold_split, given_split, long_
 from semimatch.data.text import DEFAULT_MAX_LENGTH, has_augmentations
 from semimatch.data.text_datasets import TEXT_FILE_OPTIONS, label_reason
 from semimatch.data.text_views import DEFAULT_STRONG, STRONG_TEXT_VIEWS
-from semimatch.forward_checks import check_forward_mode
 from semimatch.hardware import fp32_hint, native_bf16
 from semimatch.log import logger, status
 from semimatch.validation import carve, check_validation, with_validation
 
 __all__ = [
-    "check_forward_mode",
     "check_runtime",
     "dataset_options",
     "given_data_config",

@@ -67,7 +67,6 @@ __all__ = [
     "SSLBatch",
     "TrainStream",
     "eval_batches",
-    "view_generator",
 ]
 
 STREAM_LABELED = 0
