@@ -4,7 +4,7 @@ Prints images/s (median over repeats, after warm-up) for one batch of the standa
 (448 unlabeled CIFAR-sized images) through:
 
   (a) torchvision per image: RandomCrop(pad 12.5%, reflect) + RandomHorizontalFlip +
-      RandAugment(num_ops=2), the baseline of issue 5 (it has no Cutout)
+      RandAugment(num_ops=2), the usual torchvision pipeline, as baseline (it has no Cutout)
   (b) semimatch.data.augment.StrongAugment per image (PIL, FixMatch variant, with Cutout)
   (c) semimatch.data.batched_augment.BatchedStrongAugment on --device (whole batch)
   (d) weak views: torchvision crop + flip per image, WeakAugment per image, BatchedWeakAugment

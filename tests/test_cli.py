@@ -525,7 +525,7 @@ def test_torchrun_needs_out(tmp_path, monkeypatch, capsys):
 def test_demo_writes_a_new_folder_and_keeps_an_existing_demo(tmp_path, monkeypatch, capsys):
     """demo: runs/demo-N by default, --threads reaches every run, an --out holding a demo is
     refused unless --overwrite."""
-    from semimatch.demo import ALGORITHMS, run_demo
+    from semimatch.demo import DEFAULT_METHODS, run_demo
     from semimatch.errors import TrainingError
 
     monkeypatch.chdir(tmp_path)
@@ -533,7 +533,7 @@ def test_demo_writes_a_new_folder_and_keeps_an_existing_demo(tmp_path, monkeypat
     assert main(demo) == 0
     out = Path("runs") / "demo-1"
     assert capsys.readouterr().err.startswith(f"semimatch demo: writing the run to {out}")
-    for algo in ALGORITHMS:
+    for algo in DEFAULT_METHODS:
         cfg = json.loads((out / algo / "config.json").read_text())
         assert cfg["algorithm"] == algo and cfg["threads"] == 1 and cfg["iterations"] == 1
     stamp = (out / "fixmatch" / "metrics.jsonl").stat().st_mtime_ns

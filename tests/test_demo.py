@@ -9,11 +9,11 @@ import pytest
 
 from semimatch.cli import main
 from semimatch.config import ConfigError
-from semimatch.demo import ALGORITHMS, demo_runs, parse_methods, run_demo
+from semimatch.demo import DEFAULT_METHODS, demo_runs, parse_methods, run_demo
 
 
 def test_methods_are_checked_against_the_registered_algorithms(tmp_path, monkeypatch, capsys):
-    assert parse_methods(None) == ALGORITHMS == ("supervised", "fixmatch", "softmatch")
+    assert parse_methods(None) == DEFAULT_METHODS == ("supervised", "fixmatch", "softmatch")
     assert parse_methods("fixmatch, SoftMatch,fixmatch") == ("fixmatch", "softmatch")
     assert parse_methods(["dash", "uda"]) == ("dash", "uda")
     with pytest.raises(ConfigError, match=r"unknown method 'fixmach' \(did you mean fixmatch\?\)"):

@@ -11,7 +11,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference_impl import SoftMatchOracle, fixed_threshold_weights, prob_batches, random_probs
+from helpers.reference_impl import (
+    SoftMatchOracle,
+    fixed_threshold_weights,
+    prob_batches,
+    random_probs,
+)
 from semimatch.weighting import FixedThreshold, SoftMatchWeighting, check_probs
 
 FAST = settings(max_examples=20, deadline=None)

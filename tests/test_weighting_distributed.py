@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from reference_impl import random_probs
+from helpers.reference_impl import random_probs
 from semimatch import distributed as sd
 from semimatch.alignment import DistributionAlignment
 from semimatch.weighting import AdaMatchThreshold, FlexMatchThreshold, FreeMatchThreshold

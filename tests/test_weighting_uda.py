@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference_impl import fixed_threshold_weights, prob_batches, sharpen_oracle, softmax
+from helpers.reference_impl import fixed_threshold_weights, prob_batches, sharpen_oracle, softmax
 from semimatch.weighting import UDAWeighting, sharpen, tsa_threshold
 
 FAST = settings(max_examples=20, deadline=None)

@@ -1,6 +1,8 @@
-"""semimatch: semi-supervised image classification with FixMatch, SoftMatch and its family.
+"""semimatch: semi-supervised classification of images, feature vectors and texts.
 
-The family: FlexMatch, FreeMatch, AdaMatch, Dash and UDA (``ALGORITHMS``).  Public names:
+The methods: FixMatch, SoftMatch and their family, FlexMatch, FreeMatch, AdaMatch, Dash and UDA
+(``ALGORITHMS``).  This module is the public API, gathered from the modules that define it (a
+package's ``__init__`` is the only kind of module that passes on names it does not define):
 ``train``, ``evaluate``, ``predict``, ``load_run``, ``Config``, ``PRESETS``, the building blocks
 (``FixedThreshold``, ``SoftMatchWeighting``, ``UniformAlignment``, ``SSLAlgorithm``,
 ``build_algorithm``, ``train_step``), ``Run`` and the exceptions (``ConfigError``,

@@ -180,7 +180,7 @@ def evaluate(
         return run.evaluate(model=model)
     info = run.info
     if info.kind == "text":
-        from semimatch.data.text import load_tokenizer, tokenize_dataset
+        from semimatch.data.text import tokenize_dataset, tokenizer_named
         from semimatch.data.text_datasets import load_text
 
         cfg = run.config
@@ -196,7 +196,7 @@ def evaluate(
             skip_corrupt=given(skip_corrupt, cfg.skip_corrupt),
             class_names=info.class_names,
         )
-        tok = load_tokenizer(info.tokenizer)
+        tok = tokenizer_named(info.tokenizer)
         return run.evaluate(tokenize_dataset(texts, tok, info.max_length).train, model=model)
     if (text_column, label_column, header) != (None, None, None):
         raise ValueError(

@@ -343,7 +343,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="semimatch",
-        description=("Semi-supervised image classification with FixMatch and SoftMatch."),
+        description=(
+            "Semi-supervised classification of images, feature vectors and texts with FixMatch, "
+            "SoftMatch and their family."
+        ),
     )
     parser.add_argument(
         "--version",

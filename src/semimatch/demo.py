@@ -11,35 +11,35 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from semimatch.algorithms import ALGORITHMS as REGISTERED
+from semimatch.algorithms import ALGORITHMS
 from semimatch.config import Config, ConfigError
 from semimatch.engine import fit
 from semimatch.errors import TrainingError
 from semimatch.run import RunDir
 
 #: The default methods of the demo, in table order.
-ALGORITHMS = ("supervised", "fixmatch", "softmatch")
+DEFAULT_METHODS = ("supervised", "fixmatch", "softmatch")
 
 
 def parse_methods(methods: str | Iterable[str] | None) -> tuple[str, ...]:
     """The demo's methods: names of registered algorithms (a list, or one comma-separated
-    string), in order, without repeats; None gives the default ``ALGORITHMS``.
+    string), in order, without repeats; None gives ``DEFAULT_METHODS``.
 
     An unknown name is a ``ConfigError`` that suggests the closest registered one.
     """
     if methods is None:
-        return ALGORITHMS
+        return DEFAULT_METHODS
     items = methods.split(",") if isinstance(methods, str) else list(methods)
     names = [str(m).strip().lower() for m in items if str(m).strip()]
     if not names:
-        raise ConfigError(f"no method given; choose from {', '.join(REGISTERED)}")
+        raise ConfigError(f"no method given; choose from {', '.join(ALGORITHMS)}")
     for name in names:
-        if name not in REGISTERED:
-            hint = difflib.get_close_matches(name, REGISTERED, n=1)
+        if name not in ALGORITHMS:
+            hint = difflib.get_close_matches(name, ALGORITHMS, n=1)
             raise ConfigError(
                 f"unknown method {name!r}"
                 + (f" (did you mean {hint[0]}?)" if hint else "")
-                + f"; choose from {', '.join(REGISTERED)}"
+                + f"; choose from {', '.join(ALGORITHMS)}"
             )
     return tuple(dict.fromkeys(names))
 
@@ -47,7 +47,7 @@ def parse_methods(methods: str | Iterable[str] | None) -> tuple[str, ...]:
 def demo_runs(out: Path) -> list[str]:
     """The algorithms whose demo run folder ``out/<algorithm>`` already holds a run."""
     out = Path(out)
-    return [a for a in REGISTERED if RunDir(out / a).holds_run()]
+    return [a for a in ALGORITHMS if RunDir(out / a).holds_run()]
 
 
 def run_demo(

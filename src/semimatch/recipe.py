@@ -116,7 +116,7 @@ def pretrained_input(cfg: Config, info: DatasetInfo) -> InputSpec | None:
     """The input resolution and normalisation of a pretrained ``timm:``/``torchvision:`` image
     backbone (``models.pretrained.input_spec``: its weights' metadata), else None.
 
-    Issue 18's recipe: pretrained weights see inputs as they were trained, at their resolution
+    Pretrained weights must see inputs as they were trained on, at their resolution
     (e.g. 224 px) and normalised with their mean/std, so ``build_parts`` resizes every batch
     inside the model (``ResizeInput``), after augmentation at the data's native resolution.
     """

@@ -92,10 +92,10 @@ class RunDir:
 
     def write_text_model(self, info: DatasetInfo, net: nn.Module) -> None:
         """Text runs: the tokenizer and the encoder's config into ``hf/`` (``load_run``)."""
-        from semimatch.data.text import load_tokenizer
+        from semimatch.data.text import tokenizer_named
         from semimatch.models.hf import save_for_reload
 
-        save_for_reload(self.hf, load_tokenizer(info.tokenizer), net)
+        save_for_reload(self.hf, tokenizer_named(info.tokenizer), net)
 
     def rewrite_config(self, cfg: Config) -> None:
         """Replace ``config.json`` atomically (an extended budget): a crash leaves the old or

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_tokenizer import tiny_tokenizer
 from torch import nn
 
+from helpers.tiny_tokenizer import tiny_tokenizer
 from semimatch.data import (
     TextSource,
     TokenInput,
@@ -309,14 +309,13 @@ def test_carving_a_test_set_checks_its_size(tmp_path):
 
 
 def test_a_tokenizer_is_loaded_from_its_folder(tmp_path):
-    from semimatch.data.text import _TOKENIZERS, load_tokenizer
+    from semimatch.data.text import tokenizer_named
 
     tok = tiny_tokenizer(tmp_path / "tok")
     tok.save_pretrained(str(tmp_path / "saved"))
-    name = str(tmp_path / "saved")
-    _TOKENIZERS.pop(name, None)
-    loaded = load_tokenizer(name)  # from the folder, offline
+    name = str(tmp_path / "saved")  # a new folder: never registered nor loaded before
+    loaded = tokenizer_named(name)  # from the folder, offline
     assert loaded("dogs run")["input_ids"] == tok("dogs run")["input_ids"]
-    assert load_tokenizer(name) is loaded  # cached
+    assert tokenizer_named(name) is loaded  # cached
     with pytest.raises((ValueError, OSError), match="nowhere"):
-        load_tokenizer(str(tmp_path / "nowhere"))
+        tokenizer_named(str(tmp_path / "nowhere"))

@@ -230,7 +230,7 @@ def to_model_input(inputs: Any, info: DatasetInfo) -> torch.Tensor:
     Images ``(N, H, W[, C])``, uint8 or float in [0, 1], of the training size and channels ->
     uint8 NCHW; feature vectors ``(N, D)`` -> float32 ``(N, D)`` standardised with
     ``info.mean``/``info.std``; a list of strings -> int64 ``(N, 2, L)`` token ids and attention
-    mask, tokenized by ``info.tokenizer`` (``semimatch.data.text.load_tokenizer``). Wrong
+    mask, tokenized by ``info.tokenizer`` (``semimatch.data.text.tokenizer_named``). Wrong
     shapes raise a ValueError saying what the model takes.
     """
     return modality(info).to_model_input(inputs, info)
