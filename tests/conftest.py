@@ -119,3 +119,27 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ``config.json``, ``model.safetensors`` and ``vocab.txt`` (``write_tiny_bert``)."""
     pytest.importorskip("transformers")
     return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert") / "tiny-bert")
+
+
+@pytest.fixture
+def run_folder() -> Callable[..., object]:
+    """``run_folder(path, cfg=None, checkpoint=True)``: a run directory as a run writes it
+    (config, split, dataset, metrics; a checkpoint of iteration 2), without training, on 20
+    8x8 images of 4 classes (``from_arrays``, seed 0) with the split that labels them all."""
+    from semimatch import checkpoint as ckpt
+    from semimatch.config import Config
+    from semimatch.data import from_arrays, given_split
+    from semimatch.run import RunDir
+
+    def make(path: Path, cfg: Config | None = None, checkpoint: bool = True) -> RunDir:
+        rng = np.random.default_rng(0)
+        data = from_arrays(rng.integers(0, 256, (20, 8, 8, 1), dtype=np.uint8), np.arange(20) % 4)
+        run_dir = RunDir(path)
+        run_dir.write_start(cfg or Config(), given_split(data.train.labels), data.info)
+        run_dir.metrics.write_text("")
+        if checkpoint:
+            run_dir.checkpoints.mkdir()
+            ckpt.save_atomic({"iteration": 2}, run_dir.checkpoints / ckpt.checkpoint_name(2))
+        return run_dir
+
+    return make

@@ -357,6 +357,24 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, reference_run):
     assert_same_run(ref, run)
 
 
+@pytest.mark.skipif(
+    not os.environ.get("SEMIMATCH_COMPAT_SRC"),
+    reason="set SEMIMATCH_COMPAT_SRC to the src/ folder of another semimatch (e.g. main's)",
+)
+def test_a_run_of_another_version_resumes_exactly(tmp_path, reference_run):
+    """A run that another semimatch (``SEMIMATCH_COMPAT_SRC``: its src/ folder) wrote, stopped
+    after iteration 8, continued by this one: the same run as this one's uninterrupted run."""
+    run = tmp_path / "other"
+    env = {**os.environ, "PYTHONPATH": os.environ["SEMIMATCH_COMPAT_SRC"]}
+    args = [*CLI, "--out", str(run), "--keep-checkpoints", "4"]
+    subprocess.run(args, check=True, capture_output=True, timeout=300, env=env)
+    for k in (12, 16):  # as if stopped after iteration 8
+        (run / "checkpoints" / ckpt.checkpoint_name(k)).unlink()
+    resume = [sys.executable, "-m", "semimatch", "train", "--resume", str(run)]
+    subprocess.run(resume, check=True, capture_output=True, timeout=300)
+    assert_same_run(reference_run, run)
+
+
 def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(tmp_path, reference_run):
     ref = reference_run
     run = tmp_path / "int"

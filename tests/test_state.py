@@ -13,7 +13,7 @@ from semimatch.algorithms import build_algorithm
 from semimatch.config import Config
 from semimatch.ema import ModelEMA
 from semimatch.errors import TrainingError
-from semimatch.state import TrainState
+from semimatch.state import TrainState, read_checkpoint
 
 CPU = torch.device("cpu")
 
@@ -99,6 +99,19 @@ def test_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     other.net = nn.Sequential(nn.Linear(3, 5))
     with pytest.raises(ckpt.CheckpointError, match="does not match this run's model/config"):
         other.restore(path, Config(), CPU, rank=0)
+
+
+def test_one_reader_serves_a_resume_and_a_reload(tmp_path):
+    """``read_checkpoint``: the saved method and pool (an older checkpoint without its method
+    name stands for the config's), and one error for weights that do not fit."""
+    path = state(0).save(tmp_path, 1, Config(), CPU)
+    saved = read_checkpoint(path, CPU)
+    assert saved.algorithm_name("fixmatch") == "softmatch" and saved.num_unlabeled is None
+    with pytest.raises(ckpt.CheckpointError, match=r"does not match run/config.json \(.*\); why"):
+        saved.load_into({"model": nn.Linear(3, 5), "ema": None}, "run/config.json", "why")
+    older = {k: v for k, v in saved.state.items() if k not in ("format", "algorithm_name")}
+    older_path = ckpt.save_atomic(older, tmp_path / "older.pt")
+    assert read_checkpoint(older_path, CPU).algorithm_name("fixmatch") == "fixmatch"
 
 
 def test_the_default_keeps_one_checkpoint_and_best_costs_nothing_while_it_is_kept(tmp_path):

@@ -244,7 +244,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         fit(given_flags(args), out=args.resume, resume=True, overwrite=args.overwrite)
         return 0
     resume = "auto" if args.resume == "auto" else False
-    if args.out or resume:  # engine.fit (run.RunStart) decides how the run starts
+    if args.out or resume:  # engine.fit (start.RunStart) decides how the run starts
         fit(cfg, out=args.out, resume=resume, overwrite=args.overwrite)
         return 0
     if args.overwrite:

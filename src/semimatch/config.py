@@ -112,7 +112,7 @@ def algorithm_option_fields(
     return add
 
 
-#: Algorithm options whose None the run derives (``engine.resolve``) instead of the builder.
+#: Algorithm options whose None the run derives (``resolve.resolve``) instead of the builder.
 _DERIVED_OPTIONS = {
     "stat_momentum": "softmatch/freematch/adamatch: derived from the iteration budget K, "
     "min(0.999, max(0.9, 1 - 20/K))",

@@ -3,10 +3,11 @@
 Three front doors (CLI, ``semimatch.train``, the scikit-learn estimator) call ``fit`` with their
 arguments unchanged.  ``fit`` is three phases:
 
-* set-up (``_set_up``): how the run starts (``run.RunStart``), the data and the resolved config
-  (``resolve``), the model, algorithm and EMA (``recipe.build_parts``), the run directory, the
-  restored state (``state.TrainState``), the records' sinks (``records.Recorder``) and the
-  seeded stream of batches (``data.TrainStream``);
+* set-up (``_set_up``): the data, then the run decided once (``start.RunStart.open``: the
+  config, the split, the checkpoint to continue from), the model, algorithm and EMA built from
+  it (``recipe.build_parts``), the run directory claimed, the restored state
+  (``state.TrainState``), the records' sinks (``records.Recorder``) and the seeded stream of
+  batches (``data.TrainStream``);
 * the loop (``_train``): take batch k -> ``step.train_step`` -> backward -> optimiser -> EMA;
   every ``log_every`` iterations a train record, every ``eval_every`` an evaluation and a
   checkpoint;
@@ -39,15 +40,14 @@ from semimatch.algorithms import SSLAlgorithm
 from semimatch.config import Config, ConfigError
 from semimatch.data import SampleSource, Split, SSLBatch, SSLDataset, TrainStream
 from semimatch.data.sources import SubsetSource
-from semimatch.data.splits import load_split, split_summary
 from semimatch.diagnostics import Diagnostics
 from semimatch.distributed import DistEnv
 from semimatch.errors import TrainingError, TrainingInterrupted
-from semimatch.evaluation import evaluate_model, lambda_curve
 from semimatch.hardware import select_device
 from semimatch.log import logger
 from semimatch.memory import is_out_of_memory, preflight
 from semimatch.recipe import (
+    Parts,
     autocast,
     build_parts,
     lr_factor,
@@ -56,29 +56,15 @@ from semimatch.recipe import (
     seed_everything,
 )
 from semimatch.records import Recorder, WriteFailed, eval_record, summary_line, train_record
-from semimatch.resolve import (
-    given_data_config,
-    load_data,
-    make_split,
-    prepare_text,
-    resolve,
-)
-from semimatch.run import Resume, Run, RunDir, RunStart, make_summary
+from semimatch.resolve import load_data, prepare_text
+from semimatch.run import Run, RunDir, make_summary
+from semimatch.start import Resume, RunStart
 from semimatch.state import TrainState
 from semimatch.step import train_step
 from semimatch.two_pass import check_forward_mode
-from semimatch.validation import say_what_is_measured
 from semimatch.weighting import NonFiniteError
 
-__all__ = [
-    "Run",
-    "TrainingError",
-    "TrainingInterrupted",
-    "evaluate_model",
-    "fit",
-    "lambda_curve",
-    "resolve",
-]
+__all__ = ["fit"]
 
 #: A per-sample view callable ``(sample, rng) -> sample`` (``fit(weak_augment=...)``).
 View = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -101,9 +87,9 @@ def fit(
 
     ``resume=True`` continues the run in ``out`` with its saved config: ``cfg`` (None, a
     ``Config`` or a mapping of the options given) may change only speed, display and disk use
-    (``run.RUNTIME_FIELDS``) and extend ``iterations``; ``resume="auto"`` starts it or, if
+    (``start.RUNTIME_FIELDS``) and extend ``iterations``; ``resume="auto"`` starts it or, if
     ``out`` already holds this run, continues it (a restartable command); ``overwrite`` replaces
-    the run in ``out`` (``run.RunStart`` has the rules).  Under torchrun every process calls
+    the run in ``out`` (``start.RunStart`` has the rules).  Under torchrun every process calls
     ``fit``; only rank 0 writes ``out``.
 
     ``data``, ``model`` and ``algorithm`` replace what the config would build (Python API);
@@ -160,74 +146,83 @@ def _set_up(
     weak_augment: View | None,
     strong_augment: View | None,
 ) -> _Training:
-    """Everything before the first iteration.  What can refuse the config (resolution, split,
-    model, algorithm) runs before the run directory is touched: a mistake must not cost the run
-    that ``overwrite`` would replace."""
+    """Everything before the first iteration, built from the run ``start.open`` decides (its
+    config, split and checkpoint).  What can refuse the run (resolution, split, model,
+    algorithm, memory) runs before the run directory is touched (``Opened.claim``): a mistake
+    must not cost the run that ``overwrite`` would replace."""
     given_data = data is not None
-    if data is None:
-        data = load_data(cfg)  # texts come tokenized for the config's encoder
-    else:
-        if not start.resuming:  # data passed in: record what trained, refuse loader options
-            cfg = given_data_config(cfg, data)
-        data = prepare_text(cfg, data)
+    # Texts come tokenized for the config's encoder.
+    data = load_data(cfg) if data is None else prepare_text(cfg, data)
     custom_views = weak_augment is not None or strong_augment is not None
-    if not start.resuming:  # a resumed run's saved config is already resolved
-        cfg = resolve(cfg, data, device, custom_views=custom_views)
-    new_split = None if start.resuming else make_split(cfg, data)
-    if env.is_main:
-        say_what_is_measured(cfg, data, new_split if not given_data else None)
-    pool = _pool_size(data, new_split if new_split is not None else _saved_split(start, cfg, data))
+    # Rank 0 alone reads the run directory and decides; every rank builds the run it decided
+    # (or stops with the same error).
+    run = dist.on_main(
+        start.open, cfg, data, device, custom_views=custom_views, given_data=given_data
+    )
+    cfg, split = run.cfg, run.split
+    pool = _pool_size(data, split)
     parts = build_parts(
         cfg, data.info, device, model=model, algorithm=algorithm, num_unlabeled=pool
     )
     assert parts.algorithm is not None
-    if not start.resuming:
-        check_forward_mode(cfg, parts.algorithm.uses_strong, given_data)
-    if start.run_dir is not None and env.is_main:
+    check_forward_mode(cfg, parts.algorithm.uses_strong, given_data)
+    if run.run_dir is not None and env.is_main:
         _warn_unsaved_state(parts.algorithm)
     train_net, buffers_to_average = _wrap_for_training(parts.net, cfg, device)
+    state = _fresh_state(parts, cfg, device)
+    # Will the first step fit in memory?  Refused here, before the directory is touched.
+    dist.on_main(
+        preflight, cfg, data, parts.net, parts.algorithm, state.optimizer, parts.ema, device,
+        env.world_size, run.resumed,
+    )  # fmt: skip
+    # Rank 0 writes no checkpoint before the first collective of training, so the other ranks
+    # read the one to resume from undisturbed.
+    dist.on_main(run.claim, data.info, parts.net)
+    first, recorder = run.restore(state, device, env)
+    stream = _stream(data, split, cfg, parts.algorithm, device, env, weak_augment, strong_augment)
+    if parts.algorithm.num_unlabeled not in (None, stream.num_unlabeled):
+        raise TrainingError(
+            f"the algorithm's per-sample memory is for {parts.algorithm.num_unlabeled} unlabeled "
+            f"samples but the unlabeled pool has {stream.num_unlabeled}; build it with "
+            f"num_unlabeled={stream.num_unlabeled}"
+        )
+    val = data.val if data.val is not None else SubsetSource(data.train, split.val)
+    return _Training(
+        cfg, env, device, data, split, run.run_dir, state, train_net, buffers_to_average, stream,
+        recorder, first, val if len(val) else None, Diagnostics(stream, cfg, device),
+    )  # fmt: skip
+
+
+def _fresh_state(parts: Parts, cfg: Config, device: torch.device) -> TrainState:
+    """The model, EMA and algorithm built, with their optimiser, schedule and loss scaler."""
+    assert parts.algorithm is not None
     optimizer = make_optimizer(parts.net, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    state = TrainState(
+    return TrainState(
         parts.net, parts.ema, parts.algorithm, parts.algorithm_name, optimizer, scheduler, scaler
     )
-    # Will the first step fit in memory?  Refused here, before the directory is touched.
-    dist.on_main(
-        preflight, cfg, data, parts.net, parts.algorithm, optimizer, parts.ema, device,
-        env.world_size, start.resuming,
-    )  # fmt: skip
 
-    # Rank 0 alone inspects (and with overwrite clears) the run directory and tells every rank
-    # which checkpoint to load, so all ranks agree (or stop with the same error).  Rank 0 writes
-    # no checkpoint before the first collective of training, so the others read it undisturbed.
-    run_dir = start.run_dir
-    checkpoint = dist.on_main(start.open, cfg) if run_dir is not None else None
-    resumed = checkpoint is not None
-    if resumed and start.resume == "auto":  # the saved config, which open found equal to cfg
-        cfg = start.saved_config(cfg)
-    if resumed and run_dir.split.exists():
-        split = load_split(run_dir.split)
-    else:
-        split = new_split if new_split is not None else make_split(cfg, data)
-    if env.is_main and run_dir is not None and not resumed:
-        run_dir.write_start(cfg, split, data.info)
-        if data.info.kind == "text":  # the tokenizer (and encoder config) prediction needs
-            run_dir.write_text_model(data.info, parts.net)
-    first = state.restore(checkpoint, cfg, device, env.rank) if resumed else 0
-    # An extended budget: the schedule planned for it from here (RunStart.plan checked it).
-    lrs = state.replan(cfg) if resumed and start.extended_from is not None else (0.0, 0.0)
-    recorder = Recorder(run_dir, cfg, first, resumed, env.is_main)
-    if resumed:
-        recorder.resumed(first, start.extended_from, lrs)
-    stream = TrainStream(
+
+def _stream(
+    data: SSLDataset,
+    split: Split,
+    cfg: Config,
+    algorithm: SSLAlgorithm,
+    device: torch.device,
+    env: DistEnv,
+    weak_augment: View | None,
+    strong_augment: View | None,
+) -> TrainStream:
+    """The seeded stream of batches: this rank's share of batch k, for every k."""
+    return TrainStream(
         data,
         split,
         batch_size=cfg.batch_size,
         uratio=cfg.uratio,
         seed=cfg.seed,
-        use_unlabeled=parts.algorithm.uses_unlabeled,
-        use_strong=parts.algorithm.uses_strong,
+        use_unlabeled=algorithm.uses_unlabeled,
+        use_strong=algorithm.uses_strong,
         strong_variant=cfg.strong_augment,
         augment=cfg.augment,
         device=device,
@@ -238,25 +233,6 @@ def _set_up(
         weak_augment=weak_augment,
         strong_augment=strong_augment,
     )
-    if parts.algorithm.num_unlabeled not in (None, stream.num_unlabeled):
-        raise TrainingError(
-            f"the algorithm's per-sample memory is for {parts.algorithm.num_unlabeled} unlabeled "
-            f"samples but the unlabeled pool has {stream.num_unlabeled}; build it with "
-            f"num_unlabeled={stream.num_unlabeled}"
-        )
-    val = data.val if data.val is not None else SubsetSource(data.train, split.val)
-    if env.is_main and not resumed and len(split.val):
-        logger.info(split_summary(split, data.train.labels, data.info.num_classes))
-    return _Training(
-        cfg, env, device, data, split, run_dir, state, train_net, buffers_to_average, stream,
-        recorder, first, val if len(val) else None, Diagnostics(stream, cfg, device),
-    )  # fmt: skip
-
-
-def _saved_split(start: RunStart, cfg: Config, data: SSLDataset) -> Split:
-    """The split a resumed run trains on: the saved one, else the config's."""
-    saved = start.run_dir.split if start.run_dir is not None else None
-    return load_split(saved) if saved is not None and saved.exists() else make_split(cfg, data)
 
 
 def _pool_size(data: SSLDataset, split: Split) -> int:

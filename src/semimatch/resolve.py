@@ -78,8 +78,8 @@ def resolve(
 
 
 def check_runtime(cfg: Config) -> None:
-    """The options a resume may change (``run.RUNTIME_FIELDS``) that can be wrong on their own:
-    checked for a new run here and for a resumed one by ``run.RunStart.plan``."""
+    """The options a resume may change (``start.RUNTIME_FIELDS``) that can be wrong on their own:
+    checked for a new run here and for a resumed one by ``start.RunStart.plan``."""
     for name in ("log_every", "keep_checkpoints"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name} must be >= 1; got {getattr(cfg, name)}")

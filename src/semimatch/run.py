@@ -1,9 +1,8 @@
-"""A run: its directory (``RunDir``), how it starts (``RunStart``), its result (``Run``).
+"""A run: its directory (``RunDir``) and its result (``Run``, ``load_run``).
 
-``RunDir`` is the only place the files of a run directory are named.  ``RunStart.plan`` is the
-only place that decides how a run starts - new, overwriting, resuming or "auto" - from the
-arguments every front door hands ``fit`` unchanged.  ``Run`` is what ``fit`` returns and what
-``load_run`` rebuilds from a directory.
+``RunDir`` is the only place the files of a run directory are named (how a run starts in it is
+``start.RunStart``'s).  ``Run`` is what ``fit`` returns and what ``load_run`` rebuilds from a
+directory.
 """
 
 from __future__ import annotations
@@ -13,10 +12,9 @@ import json
 import os
 import shlex
 import shutil
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +22,7 @@ from torch import nn
 
 from semimatch import checkpoint as ckpt
 from semimatch.algorithms import SSLAlgorithm
-from semimatch.config import Config, ConfigError
+from semimatch.config import Config
 from semimatch.data import DATASETS, DatasetInfo, Split, SSLDataset, to_model_input
 from semimatch.data.splits import save_split
 from semimatch.errors import TrainingError
@@ -33,22 +31,10 @@ from semimatch.hardware import select_device
 from semimatch.log import logger
 from semimatch.metrics import JsonlWriter, median_of_last, read_jsonl
 from semimatch.recipe import build_parts
-from semimatch.resolve import check_runtime, load_data
-from semimatch.state import TrainState
+from semimatch.resolve import load_data
+from semimatch.state import TrainState, read_checkpoint
 
-__all__ = ["Run", "RunDir", "RunStart", "load_run", "make_summary"]
-
-Resume = bool | Literal["auto"]
-
-#: Fields that may differ between two launches of one run: speed, display and disk use, never
-#: what it computes.  A resume takes them from the command (``--resume RUN --threads 1``);
-#: ``--resume auto`` leaves them out when it compares the command with the run.
-RUNTIME_FIELDS = (
-    "threads", "progress", "num_workers", "tensorboard", "log_every", "keep_checkpoints",
-    "best_model_only", "memory_check",
-)  # fmt: skip
-#: Not options of the method: never compared, never taken from a resume's command.
-_BOOKKEEPING = ("auto", "preset")
+__all__ = ["Run", "RunDir", "load_dataset_info", "load_run", "make_summary", "save_dataset_info"]
 
 
 # --- The directory --------------------------------------------------------------------------------
@@ -165,189 +151,6 @@ def save_dataset_info(info: DatasetInfo, path: Path) -> None:
 def load_dataset_info(path: Path) -> DatasetInfo:
     d = json.loads(path.read_text())
     return DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
-# --- How a run starts -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunStart:
-    """How a run starts, decided once by ``plan`` from ``fit``'s ``out``/``resume``/``overwrite``.
-
-    * new: ``out`` is None or holds no run (``overwrite`` allows replacing one);
-    * resume (``resume=True``): continue the run in ``out`` with its saved config; the command
-      may change only ``RUNTIME_FIELDS`` and extend ``iterations`` (``extended_from``: the
-      budget it had);
-    * auto (``resume="auto"``, a restartable command: ``torchrun --max-restarts``, preemptible
-      jobs): start the run if ``out`` holds none; if it holds this run (same config), continue
-      it from its latest checkpoint, or start it again if it stopped before its first one.
-    """
-
-    run_dir: RunDir | None
-    resume: Resume
-    overwrite: bool
-    extended_from: int | None = None
-
-    @classmethod
-    def plan(
-        cls,
-        out: str | os.PathLike | None,
-        resume: Resume,
-        overwrite: bool,
-        cfg: Config | Mapping[str, Any] | None,
-    ) -> tuple[RunStart, Config]:
-        """Check the arguments before any work; return the plan and the config to train with.
-
-        For ``resume=True`` that is the run's saved config with the command's changes: ``cfg``
-        is None, a mapping of exactly the options given (the command line's flags), or a
-        ``Config`` whose fields that differ from both the default and the saved value are the
-        changes.  Changes of ``RUNTIME_FIELDS`` are taken, a larger ``iterations`` extends the
-        run; any other is refused, before any work."""
-        if resume not in (True, False, "auto"):
-            raise ValueError(f"resume must be True, False or 'auto'; got {resume!r}")
-        run_dir = RunDir(Path(out)) if out is not None else None
-        if resume == "auto" and run_dir is None:
-            raise ConfigError(
-                "--resume auto needs --out RUN_DIR (in Python: out=), the run to start or "
-                "continue; without it every run gets a new folder, so there is nothing to resume"
-            )
-        if resume and run_dir is None:
-            raise TrainingError("resume=True needs out=, the run directory to continue")
-        if resume == "auto" and overwrite:
-            raise ConfigError(
-                "--resume auto (resume='auto') continues the run in --out; drop --overwrite"
-            )
-        if isinstance(cfg, Mapping):
-            cfg, given = Config().replace(**cfg), set(cfg)
-        else:
-            given = None
-        if resume is not True:
-            return cls(run_dir, resume, overwrite), cfg if cfg is not None else Config()
-        assert run_dir is not None
-        if overwrite:
-            raise ConfigError(
-                f"--resume {run_dir.path} continues that run in place; drop --overwrite"
-            )
-        if not run_dir.config.exists():
-            raise TrainingError(
-                f"--resume {run_dir.path}: no run there (no config.json); start it without --resume"
-            )
-        saved = Config.load(run_dir.config)
-        changes = _changes(saved, cfg, given)
-        refused = sorted(k for k in changes if k not in (*RUNTIME_FIELDS, "iterations"))
-        if refused:
-            raise ConfigError(
-                f"--resume {run_dir.path} continues that run with its saved config; drop "
-                f"{refused}: they change what it computes (a resume takes only "
-                f"{list(RUNTIME_FIELDS)} and a larger iterations=N)"
-            )
-        found = ckpt.list_checkpoints(run_dir.checkpoints)
-        if not found:  # say so before any work
-            raise run_dir.no_checkpoint()
-        check_runtime(saved.replace(**changes))  # resolve checked the rest when the run began
-        extended = None
-        if "iterations" in changes:
-            extended = saved.iterations
-            _check_extension(run_dir, saved.iterations, changes["iterations"], found[-1][0])
-        return cls(run_dir, resume, overwrite, extended), saved.replace(**changes)
-
-    def saved_config(self, cfg: Config) -> Config:
-        """``resume="auto"`` continuing the run: its saved config, with this command's
-        ``RUNTIME_FIELDS`` (``open`` found the rest equal)."""
-        assert self.run_dir is not None
-        saved = Config.load(self.run_dir.config)
-        return saved.replace(**{k: getattr(cfg, k) for k in RUNTIME_FIELDS})
-
-    @property
-    def resuming(self) -> bool:
-        """Whether the config is the saved one (``resume=True``), known before ``open``."""
-        return self.resume is True
-
-    def open(self, cfg: Config) -> Path | None:
-        """Rank 0: refuse to mix two runs in one directory, clear it for ``overwrite``; return
-        the checkpoint to resume from (None: start afresh).  ``fit`` calls it once the config is
-        resolved and everything that can refuse it has run, so a mistake costs nothing.
-        """
-        if self.run_dir is None:
-            return None
-        run_dir, resume, overwrite = self.run_dir, self.resume, self.overwrite
-        has_run = run_dir.holds_run()
-        if resume == "auto":
-            if not has_run:
-                return None
-            _check_same_run(run_dir, cfg)
-            latest = run_dir.latest_checkpoint()
-            if latest is not None:
-                run_dir.remove_stale_temporaries()  # the run is ours to continue from here on
-                return latest
-            resume, overwrite = False, True  # stopped before its first checkpoint: start again
-        if resume:
-            latest = run_dir.latest_checkpoint()
-            if latest is None:
-                raise run_dir.no_checkpoint()
-            run_dir.remove_stale_temporaries()  # the run is ours to continue from here on
-            return latest
-        if has_run:
-            if not overwrite:
-                raise TrainingError(
-                    f"{run_dir.path} already holds a run; pass --resume to continue it or "
-                    "--overwrite to replace it (or choose another --out)"
-                )
-            run_dir.clear()
-        return None
-
-
-def _changes(saved: Config, cfg: Config | None, given: set[str] | None) -> dict[str, Any]:
-    """The options a resume's command changes: those ``given`` (a mapping's keys) or, for a
-    ``Config``, its non-default fields, where they differ from the saved run's."""
-    if cfg is None:
-        return {}
-    default = Config()
-    names = given if given is not None else set(cfg.to_dict())
-    return {
-        k: getattr(cfg, k)
-        for k in sorted(names)
-        if k not in _BOOKKEEPING
-        and getattr(cfg, k) != getattr(saved, k)
-        and (given is not None or getattr(cfg, k) != getattr(default, k))
-    }
-
-
-def _check_extension(run_dir: RunDir, planned: int, iterations: int, done: int) -> None:
-    """A resume may extend a run's budget (finished or not), never shorten it."""
-    if iterations < planned:
-        raise ConfigError(
-            f"iterations={iterations}: {run_dir.path} is planned for {planned} iterations "
-            f"({done} done); a resume extends a run's budget but never shortens it (its "
-            "learning-rate schedule is planned for the budget) - stop it early with Ctrl-C "
-            "(best.pt keeps the best evaluated model), or start a new run"
-        )
-
-
-def _check_same_run(run_dir: RunDir, cfg: Config) -> None:
-    """``resume="auto"`` continues a run only if this command would start the same run."""
-    out = run_dir.path
-    try:
-        saved = Config.load(run_dir.config).to_dict()
-    except (OSError, ConfigError) as e:
-        raise TrainingError(
-            f"--resume auto: {out} holds a run whose config.json cannot be read "
-            f"({e}); choose another --out or pass --overwrite"
-        ) from None
-    now = cfg.to_dict()
-    skip = (*RUNTIME_FIELDS, "auto")
-    diff = [k for k in now if k not in skip and saved.get(k) != now[k]]
-    if "iterations" in diff:  # the budget first: a larger one is an extension, not a new run
-        diff.remove("iterations")
-        diff.insert(0, "iterations")
-    if diff:
-        k = diff[0]
-        more = saved.get("iterations", 0) < now["iterations"]
-        extend = f" (to extend it: `semimatch train --resume {out} --iterations {now[k]}`)"
-        raise TrainingError(
-            f"--resume auto: {out} holds a different run ({len(diff)} option(s) differ, e.g. "
-            f"{k}: saved {saved.get(k)!r}, this command {now[k]!r}); choose another --out, pass "
-            f"--overwrite to replace it, or `--resume {out}` to continue it with its saved config"
-            + (extend if k == "iterations" and more else "")
-        )
 
 
 # --- The result -----------------------------------------------------------------------------------
@@ -518,39 +321,10 @@ def load_run(
         raise FileNotFoundError(f"{run_dir} is not a semimatch run directory (no config.json)")
     cfg = Config.load(layout.config)
     history = read_jsonl(layout.metrics) if layout.metrics.exists() else []
-    evals = [r for r in history if r.get("kind") == "eval"]
-    selected_on = evals[-1].get("selected_on", "test") if evals else None
-    if checkpoint == "auto":  # best.pt only when the test set did not choose it
-        checkpoint = "best" if selected_on == "val" else "last"
-    if checkpoint not in ("best", "last"):
-        selected_on = None  # a path: whatever chose it is not known here
-    if checkpoint == "best":
-        path = layout.checkpoints / ckpt.BEST
-        if not path.exists():
-            path, selected_on = layout.latest_checkpoint(), "last"  # no best.pt yet
-    elif checkpoint == "last":
-        path = layout.latest_checkpoint()
-    else:
-        path = Path(checkpoint)
-    if path is None or not Path(path).exists():
-        raise FileNotFoundError(
-            f"{run_dir} has no checkpoint yet ({checkpoint!r}); "
-            "checkpoints are written at every evaluation"
-        )
+    path, selected_on = _chosen_checkpoint(layout, history, checkpoint)
     dev = select_device(device)
-    state = ckpt.load(path, map_location=dev)
-    if data is not None:
-        info = data.info
-    elif layout.dataset.exists():  # no need to load the images to predict
-        info = load_dataset_info(layout.dataset)
-    else:
-        try:
-            data = load_data(cfg)
-        except (FileNotFoundError, ValueError) as e:
-            raise FileNotFoundError(
-                f"cannot reload dataset {cfg.dataset!r} for {run_dir} ({e}); pass data="
-            ) from None
-        info = data.info
+    saved = read_checkpoint(path, dev)
+    info, data = _reload_info(layout, cfg, data)
     if model is None and str(cfg.backbone).startswith("custom:"):
         raise ValueError(
             f"{run_dir} was trained with your own backbone ({cfg.backbone}); "
@@ -562,31 +336,67 @@ def load_run(
         if str(cfg.backbone).startswith("hf:") and (layout.hf / "config.json").exists():
             build_cfg = cfg.replace(backbone=f"hf:{layout.hf}", pretrained=False)
     # A run trained with a custom weighting reloads without it: prediction does not need it.
-    same_algorithm = state.get("algorithm_name", cfg.algorithm) == cfg.algorithm
     parts = build_parts(
         build_cfg,
         info,
         dev,
         model=model,
         training=False,
-        with_algorithm=same_algorithm,
-        num_unlabeled=state.get("num_unlabeled"),
+        with_algorithm=saved.algorithm_name(cfg.algorithm) == cfg.algorithm,
+        num_unlabeled=saved.num_unlabeled,
     )
-    try:
-        parts.net.load_state_dict(state["model"])
-        if parts.ema is not None and state.get("ema"):
-            parts.ema.load_state_dict(state["ema"])
-        if parts.algorithm is not None and state.get("algorithm"):
-            parts.algorithm.load_state_dict(state["algorithm"])
-    except (RuntimeError, KeyError) as e:
-        raise ckpt.CheckpointError(
-            f"checkpoint {path} does not match {run_dir}/config.json ({str(e).splitlines()[0]})"
-        ) from None
-    ema = parts.ema.module.eval() if parts.ema is not None and state.get("ema") else None
+    has_ema = parts.ema is not None and bool(saved.state.get("ema"))
+    algorithm = parts.algorithm if saved.state.get("algorithm") else None
+    weights = {"model": parts.net, "ema": parts.ema if has_ema else None, "algorithm": algorithm}
+    saved.load_into(weights, f"{run_dir}/config.json")
     summary = json.loads(layout.summary.read_text()) if layout.summary.exists() else {}
+    ema = parts.ema.module.eval() if has_ema else None
     run = Run(
         cfg, parts.net.eval(), ema, parts.algorithm, data, layout.path, history, summary, dev, info
     )
-    run.checkpoint = Path(path)
-    run.selected_on = "last" if checkpoint == "last" else selected_on
+    run.checkpoint, run.selected_on = Path(path), selected_on
     return run
+
+
+def _chosen_checkpoint(
+    layout: RunDir, history: list[dict[str, Any]], checkpoint: str
+) -> tuple[Path, str | None]:
+    """``load_run``'s checkpoint file, and what chose it ("val", "test", "last"; None: a path
+    given, whatever chose it is not known here)."""
+    evals = [r for r in history if r.get("kind") == "eval"]
+    selected_on = evals[-1].get("selected_on", "test") if evals else None
+    if checkpoint == "auto":  # best.pt only when the test set did not choose it
+        checkpoint = "best" if selected_on == "val" else "last"
+    path: Path | None
+    if checkpoint == "best":
+        path = layout.checkpoints / ckpt.BEST
+        if not path.exists():
+            path, selected_on = layout.latest_checkpoint(), "last"  # no best.pt yet
+    elif checkpoint == "last":
+        path, selected_on = layout.latest_checkpoint(), "last"
+    else:
+        path, selected_on = Path(checkpoint), None
+    if path is None or not Path(path).exists():
+        raise FileNotFoundError(
+            f"{layout.path} has no checkpoint yet ({checkpoint!r}); "
+            "checkpoints are written at every evaluation"
+        )
+    return Path(path), selected_on
+
+
+def _reload_info(
+    layout: RunDir, cfg: Config, data: SSLDataset | None
+) -> tuple[DatasetInfo, SSLDataset | None]:
+    """What prediction needs of the data: the data passed, else ``dataset.json`` (no need to
+    load the images to predict), else the dataset loaded again."""
+    if data is not None:
+        return data.info, data
+    if layout.dataset.exists():
+        return load_dataset_info(layout.dataset), None
+    try:
+        data = load_data(cfg)
+    except (FileNotFoundError, ValueError) as e:
+        raise FileNotFoundError(
+            f"cannot reload dataset {cfg.dataset!r} for {layout.path} ({e}); pass data="
+        ) from None
+    return data.info, data

@@ -3,7 +3,7 @@ a test set or classify new inputs, their flags, and what a reload failure says.
 
 Both read text files as the run read its data (the run's ``text_column`` and ``header`` unless
 the command gives its own) and both say which checkpoint they loaded
-(``validation.checkpoint_line``).
+(``_checkpoint_line``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,36 @@ from typing import Any
 
 from semimatch.config import PATH_FIELDS, ConfigError
 from semimatch.flags import flag
-from semimatch.validation import add_checkpoint_flag, checkpoint_line
 
 __all__ = ["cmd_eval", "cmd_predict", "eval_parser", "predict_parser", "relative_paths_note"]
+
+#: ``--checkpoint`` of ``semimatch eval`` / ``predict`` (``run.load_run``'s ``checkpoint``).
+_CHECKPOINT_HELP = (
+    "the checkpoint to load: auto (default) = best.pt if a validation set (--val-size, "
+    "--val-dir, dev.json) chose it, else the last checkpoint - never one the test set chose; "
+    "best = best.pt even when chosen on the test set (the papers' protocol, optimistic); last; "
+    "or a checkpoint file"
+)
+
+
+def _add_checkpoint_flag(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint`` of ``semimatch eval`` and ``predict``."""
+    parser.add_argument(
+        "--checkpoint", default="auto", metavar="auto|best|last|PATH", help=_CHECKPOINT_HELP
+    )
+
+
+def _checkpoint_line(run: Any, result: dict[str, Any]) -> str:
+    """The model (``result["model"]``, ``api.evaluate``'s) and checkpoint a reloaded ``run``
+    scored, and what chose the checkpoint (``semimatch eval``): a test score of a checkpoint
+    the same test set chose is optimistic, and says so."""
+    name = f"{result['model']} model, {run.checkpoint.name if run.checkpoint is not None else '?'}"
+    return {
+        "val": f"{name}, chosen on the validation set",
+        "test": f"{name}, chosen on this test set: an optimistic score (--checkpoint last for "
+        "an unbiased one)",
+        "last": f"{name}, the last checkpoint",
+    }.get(run.selected_on, name)
 
 
 def _add_reading_flags(p: argparse.ArgumentParser, what: str, label: bool) -> None:
@@ -44,7 +71,7 @@ def _add_reading_flags(p: argparse.ArgumentParser, what: str, label: bool) -> No
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir")
     p.add_argument("--model", choices=["ema", "raw"], default="ema")
-    add_checkpoint_flag(p)
+    _add_checkpoint_flag(p)
     p.add_argument("--device", default="auto", metavar="DEVICE")
 
 
@@ -106,7 +133,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(
             f"{args.run_dir}: top-1 {100 * result['top1']:.2f}%  error "
             f"{100 * result['error']:.2f}%  ({result['n']} test {what}"
-            f"{f' from {args.test_dir}' if args.test_dir else ''}, {checkpoint_line(run, result)})"
+            f"{f' from {args.test_dir}' if args.test_dir else ''}, {_checkpoint_line(run, result)})"
         )
     return 0
 
@@ -139,7 +166,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     # Which weights answered, as eval says it (a run without an EMA answers with its raw
     # model): on stderr, so the CSV on stdout stays data only.
     used = "ema" if run.eval_model(args.model) is run.ema_model else "raw"
-    print(f"{args.run_dir}: {checkpoint_line(run, {'model': used})}", file=sys.stderr)
+    print(f"{args.run_dir}: {_checkpoint_line(run, {'model': used})}", file=sys.stderr)
     with (
         open(args.output, "w", newline="") if args.output else contextlib.nullcontext(sys.stdout)
     ) as out:

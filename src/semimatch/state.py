@@ -22,7 +22,7 @@ from semimatch.ema import ModelEMA
 from semimatch.errors import TrainingError
 from semimatch.metrics import WindowSums
 
-__all__ = ["TrainState"]
+__all__ = ["SavedCheckpoint", "TrainState", "read_checkpoint"]
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
@@ -31,6 +31,54 @@ def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
+
+
+@dataclass(frozen=True)
+class SavedCheckpoint:
+    """A checkpoint as read back (``read_checkpoint``): the keys ``TrainState.state_dict``
+    writes are read here, for a resume (``TrainState.restore``) and a reload (``run.load_run``)."""
+
+    path: Path
+    state: dict[str, Any]
+
+    def algorithm_name(self, default: str) -> str:
+        """The method that trained (``custom:<weighting>`` for your own); checkpoints of older
+        versions do not say, and ``default`` (the config's algorithm) stands in."""
+        return self.state.get("algorithm_name", default)
+
+    @property
+    def num_unlabeled(self) -> int | None:
+        """The unlabeled pool of the method's per-sample memory (FlexMatch's), else None."""
+        return self.state.get("num_unlabeled")
+
+    def load_into(self, parts: dict[str, Any], against: str, hint: str = "") -> None:
+        """Load each part (model, EMA, algorithm, optimiser...; None: skipped) from the saved
+        state of its name.  A checkpoint that does not fit is a ``CheckpointError`` naming the
+        file and what it should match (``against``), not torch's page of missing keys."""
+        try:
+            for key, part in parts.items():
+                if part is not None:
+                    part.load_state_dict(self.state[key])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise ckpt.CheckpointError(
+                f"checkpoint {self.path} does not match {against} ({str(e).splitlines()[0]})"
+                + (f"; {hint}" if hint else "")
+            ) from None
+
+
+def read_checkpoint(
+    path: str | os.PathLike, device: torch.device | str, *, to_resume: bool = False
+) -> SavedCheckpoint:
+    """Load checkpoint ``path`` safely (``checkpoint.load``: a ``CheckpointError`` says what is
+    wrong with the file).  ``to_resume``: a file of weights only (``best.pt`` slimmed by
+    retention) is refused, with where to resume from instead."""
+    saved = ckpt.load(path, map_location=device)
+    if to_resume and saved.get("model_only"):
+        raise ckpt.CheckpointError(
+            f"{path} holds only the weights of a checkpoint (model, EMA), not the optimiser "
+            "and random state a resume continues from; resume from the run's last ckpt-*.pt"
+        )
+    return SavedCheckpoint(Path(path), saved)
 
 
 @dataclass
@@ -92,14 +140,26 @@ class TrainState:
                 f"rank {rank} cannot see {path}, the checkpoint rank 0 resumes from; "
                 "with several nodes, --out must be on a file system that all nodes share"
             )
-        saved = ckpt.load(path, map_location=device)
-        if saved.get("model_only"):
-            raise ckpt.CheckpointError(
-                f"{path} holds only the weights of a checkpoint (model, EMA), not the optimiser "
-                "and random state a resume continues from; resume from the run's last "
-                "ckpt-*.pt"
-            )
-        saved_name = saved.get("algorithm_name", cfg.algorithm)
+        saved = read_checkpoint(path, device, to_resume=True)
+        self._check_same_method(saved, cfg.algorithm)
+        algorithm = self.algorithm if isinstance(self.algorithm, nn.Module) else None
+        parts = {"model": self.net, "ema": self.ema, "algorithm": algorithm}
+        parts.update(optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler)
+        saved.load_into(
+            parts, "this run's model/config", "it was written by a different configuration"
+        )
+        state = saved.state
+        self.history = state["history"]
+        self.log_window.load_state(state["log_window"])
+        self.eval_window.load_state(state["eval_window"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
+        return int(state["iteration"])
+
+    def _check_same_method(self, saved: SavedCheckpoint, default: str) -> None:
+        """A resume continues the method (and the per-sample memory's pool) that trained."""
+        saved_name = saved.algorithm_name(default)
         if saved_name != self.algorithm_name:
             weighting = saved_name.removeprefix("custom:")
             how = (
@@ -109,40 +169,16 @@ class TrainState:
                 else f"resume it with algorithm {saved_name!r}"
             )
             raise TrainingError(
-                f"{path} was trained with algorithm {saved_name!r}; this resume would "
+                f"{saved.path} was trained with algorithm {saved_name!r}; this resume would "
                 f"continue it with {self.algorithm_name!r}: {how}"
             )
-        pool, saved_pool = (
-            getattr(self.algorithm, "num_unlabeled", None),
-            saved.get("num_unlabeled"),
-        )
+        pool, saved_pool = getattr(self.algorithm, "num_unlabeled", None), saved.num_unlabeled
         if pool is not None and saved_pool is not None and pool != saved_pool:
             raise ckpt.CheckpointError(
-                f"{path} holds the per-sample memory of an unlabeled pool of {saved_pool} "
+                f"{saved.path} holds the per-sample memory of an unlabeled pool of {saved_pool} "
                 f"samples but this run's pool has {pool}: resume with the same data, split and "
                 "extra unlabeled data, or start a new run"
             )
-        try:
-            self.net.load_state_dict(saved["model"])
-            if self.ema is not None:
-                self.ema.load_state_dict(saved["ema"])
-            if isinstance(self.algorithm, nn.Module):
-                self.algorithm.load_state_dict(saved["algorithm"])
-            self.optimizer.load_state_dict(saved["optimizer"])
-            self.scheduler.load_state_dict(saved["scheduler"])
-            self.scaler.load_state_dict(saved["scaler"])
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise ckpt.CheckpointError(
-                f"checkpoint {path} does not match this run's model/config "
-                f"({str(e).splitlines()[0]}); it was written by a different configuration"
-            ) from None
-        self.history = saved["history"]
-        self.log_window.load_state(saved["log_window"])
-        self.eval_window.load_state(saved["eval_window"])
-        torch.set_rng_state(saved["rng"]["torch"].cpu())
-        if device.type == "cuda" and "cuda" in saved["rng"]:
-            torch.cuda.set_rng_state(saved["rng"]["cuda"].cpu(), device)
-        return int(saved["iteration"])
 
     def replan(self, cfg: Config) -> tuple[float, float]:
         """After ``restore``: the learning rate from here on follows ``cfg``'s schedule (an

@@ -10,53 +10,15 @@ a line that says so (``say_what_is_measured``).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-from typing import Any
 
 from semimatch.config import Config, ConfigError
 from semimatch.data import Split, SSLDataset
 from semimatch.data.splits import carve_validation
 from semimatch.log import logger
 
-__all__ = [
-    "CHECKPOINT_HELP",
-    "add_checkpoint_flag",
-    "carve",
-    "check_validation",
-    "checkpoint_line",
-    "say_what_is_measured",
-    "with_validation",
-]
-
-#: ``--checkpoint`` of ``semimatch eval`` / ``predict`` (``run.load_run``'s ``checkpoint``).
-CHECKPOINT_HELP = (
-    "the checkpoint to load: auto (default) = best.pt if a validation set (--val-size, "
-    "--val-dir, dev.json) chose it, else the last checkpoint - never one the test set chose; "
-    "best = best.pt even when chosen on the test set (the papers' protocol, optimistic); last; "
-    "or a checkpoint file"
-)
-
-
-def add_checkpoint_flag(parser: argparse.ArgumentParser) -> None:
-    """``--checkpoint`` of ``semimatch eval`` and ``predict``."""
-    parser.add_argument(
-        "--checkpoint", default="auto", metavar="auto|best|last|PATH", help=CHECKPOINT_HELP
-    )
-
-
-def checkpoint_line(run: Any, result: dict[str, Any]) -> str:
-    """The model (``result["model"]``, ``api.evaluate``'s) and checkpoint a reloaded ``run``
-    scored, and what chose the checkpoint (``semimatch eval``): a test score of a checkpoint
-    the same test set chose is optimistic, and says so."""
-    name = f"{result['model']} model, {run.checkpoint.name if run.checkpoint is not None else '?'}"
-    return {
-        "val": f"{name}, chosen on the validation set",
-        "test": f"{name}, chosen on this test set: an optimistic score (--checkpoint last for "
-        "an unbiased one)",
-        "last": f"{name}, the last checkpoint",
-    }.get(run.selected_on, name)
+__all__ = ["carve", "check_validation", "say_what_is_measured", "with_validation"]
 
 
 def with_validation(cfg: Config, data: SSLDataset) -> SSLDataset:

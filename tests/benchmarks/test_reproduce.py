@@ -12,7 +12,7 @@ import pytest
 from helpers.scripts import RESULTS, committed_mean_std, load_script
 from semimatch.config import Config
 from semimatch.metrics import read_jsonl
-from semimatch.run import RUNTIME_FIELDS
+from semimatch.start import RUNTIME_FIELDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
