@@ -61,7 +61,7 @@ def child(backbone: str, batch: int, uratio: int, precision: str, text: str | No
     from semimatch.config import Config
     from semimatch.data import TrainStream, balanced_split, from_arrays, load_text
     from semimatch.recipe import autocast, build_parts, make_optimizer
-    from semimatch.resolve import prepare_text, resolve
+    from semimatch.resolve import prepare_data, resolve
     from semimatch.step import train_step
 
     torch.set_num_threads(1)
@@ -75,7 +75,7 @@ def child(backbone: str, batch: int, uratio: int, precision: str, text: str | No
         data = from_arrays(rng.integers(0, 256, (1000, 32, 32, 3), np.uint8), np.arange(1000) % 10)
     else:
         cfg.dataset, cfg.max_length = "text", 128
-        data = prepare_text(cfg, load_text(text))
+        data = prepare_data(cfg, load_text(text))
     cfg = resolve(cfg, data, device)
     classes = data.info.num_classes
     split = balanced_split(data.train.labels, classes, 4 * classes, seed=0)

@@ -165,7 +165,7 @@ def run_reference(args: argparse.Namespace, data, split) -> dict:
     from semimatch.step import train_step
 
     torch.manual_seed(0)
-    net = InputNormalizer(build_model("wrn_28_2", 10), data.info.mean, data.info.std)
+    net = InputNormalizer(build_model("wrn_28_2", 10), data.info.spec.mean, data.info.spec.std)
     ema = copy.deepcopy(net)
     algorithm = build_algorithm("softmatch", 10)
     decay, no_decay = (

@@ -270,7 +270,7 @@ def test_from_torch_converts_pil_and_tensor_datasets(digits):
     assert (data.extra_unlabeled.labels == -1).all()
     assert np.array_equal(data.test.as_array(), x[:5]) and np.array_equal(data.test.labels, y[:5])
     assert data.info.num_classes == 10 and data.info.class_names[3] == "digit3"
-    assert data.info.image_size == (8, 8) and data.info.channels == 1
+    assert data.info.spec.image_size == (8, 8) and data.info.spec.channels == 1
 
 
 def test_from_torch_reads_large_images_lazily():
@@ -394,8 +394,7 @@ def test_cli_api_and_estimator_train_the_same_model(tmp_path, digits, restore_de
 def test_predict_decodes_image_files_as_training_does(tmp_path):
     """Prediction must see the pixels training saw: cover + centre-crop + bicubic, not a
     squashing resize (35 grey levels apart on average for a 24x40 photo before the fix)."""
-    from semimatch.api import load_images
-    from semimatch.data.folders import image_files
+    from semimatch.data.folders import image_files, load_images
 
     rng = np.random.default_rng(0)
     for cls in ("a", "b"):

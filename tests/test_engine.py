@@ -423,7 +423,7 @@ def test_a_saved_run_predicts_without_reloading_its_dataset(tmp_path):
         data=data,
     )
     saved = json.loads((tmp_path / "r" / "dataset.json").read_text())
-    assert saved["class_names"] == ["even", "odd"] and saved["image_size"] == [8, 8]
+    assert saved["class_names"] == ["even", "odd"] and saved["spec"]["image_size"] == [8, 8]
     rows = semimatch.predict(tmp_path / "r", images[:3])
     assert [r["class"] in ("even", "odd") for r in rows] == [True] * 3
     # config.json records the data that trained, not the config's default "digits": evaluating

@@ -149,10 +149,10 @@ def test_texts_passed_in_train_and_record_their_tokenizer(tmp_path, tiny_bert_di
     data = from_texts(texts, labels, test_texts=texts[:8], test_labels=labels[:8])
     run = fit(tiny_config(tiny_bert_dir, algorithm="fixmatch", max_length=32), data=data,
               out=tmp_path / "run")  # fmt: skip
-    assert run.info.tokenizer == str(tiny_bert_dir) and run.info.max_length == 32
+    assert run.info.spec.tokenizer == str(tiny_bert_dir) and run.info.spec.max_length == 32
     assert run.config.dataset == "texts" and run.config.lr == 5e-5
     again = semimatch.load_run(tmp_path / "run")
-    assert again.info.tokenizer == str(tmp_path / "run" / "hf")
+    assert again.info.spec.tokenizer == str(tmp_path / "run" / "hf")
     torch.testing.assert_close(
         torch.as_tensor(again.predict_proba(texts[:5])),
         torch.as_tensor(run.predict_proba(texts[:5])),

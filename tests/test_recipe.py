@@ -156,7 +156,7 @@ def test_random_init_backbones_keep_the_native_resolution_and_the_data_s_statist
         resolved(backbone="torchvision:mobilenet_v3_small"), data, torch.device("cpu")
     )
     assert not isinstance(net.net.model, ResizeInput)
-    assert net.net.mean == pytest.approx(data.mean)
+    assert net.net.mean == pytest.approx(data.spec.mean)
 
 
 def test_pretrained_gray_images_use_the_weights_average_statistics(small_weights):

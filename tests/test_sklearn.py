@@ -200,7 +200,7 @@ def test_features_train_as_a_native_float_stream(digits_split):
     est = fast(max_iter=3).fit(X, y)
     info = est.run_.info
     assert est.input_kind_ == "features" and info.kind == "features"
-    assert info.input_shape == (64,) and info.image_size == ()
+    assert info.input_shape == (64,) and info.spec.dim == 64
     assert isinstance(est.run_.model, MLP)  # no image wrapper, no byte decoding
     assert est.config_.augment == "batched" and est.config_.num_workers == 0
     # the standardisation of fit is the one predict applies (run.predict_proba on raw X)

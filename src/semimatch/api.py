@@ -17,11 +17,11 @@ from torch import nn
 from semimatch.algorithms import SSLAlgorithm, Weighting
 from semimatch.config import Config, ConfigError, load_preset
 from semimatch.data import SSLDataset
+from semimatch.data.modalities import modality
 from semimatch.engine import fit
-from semimatch.log import logger
 from semimatch.run import Run, load_run
 
-__all__ = ["train", "make_config", "evaluate", "predict", "load_images", "Augmentation"]
+__all__ = ["train", "make_config", "evaluate", "predict", "Augmentation"]
 
 #: A custom augmentation: ``(img: uint8 (H, W, C), rng: np.random.Generator) -> uint8 (H, W, C)``.
 Augmentation = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -172,121 +172,16 @@ def evaluate(
     unless given here. Its labels must be the run's class names (an integer label is the class
     of that name: indices only for a run whose classes are 0..C-1); others are refused.
     """
-    from semimatch.data.folders import labeled_folder
-
     if not isinstance(run, Run):
         run = load_run(run, checkpoint=checkpoint, device=device)
     if test_dir is None:
         return run.evaluate(model=model)
-    info = run.info
-    if info.kind == "text":
-        from semimatch.data.text import tokenize_dataset, tokenizer_named
-        from semimatch.data.text_datasets import load_text
-
-        cfg = run.config
-
-        def given(value: Any, default: Any) -> Any:
-            return default if value is None else value
-
-        texts = load_text(
-            test_dir,
-            text_column=given(text_column, cfg.text_column),
-            label_column=given(label_column, cfg.label_column),
-            header=given(header, cfg.header),
-            skip_corrupt=given(skip_corrupt, cfg.skip_corrupt),
-            class_names=info.class_names,
-        )
-        tok = tokenizer_named(info.tokenizer)
-        return run.evaluate(tokenize_dataset(texts, tok, info.max_length).train, model=model)
-    if (text_column, label_column, header) != (None, None, None):
-        raise ValueError(
-            "text_column, label_column and header read text files; this run classifies images"
-        )
-    source = labeled_folder(
-        test_dir,
-        info.class_names,
-        info.image_size,
-        info.channels,
-        run.config.skip_corrupt if skip_corrupt is None else skip_corrupt,
-    )
+    reading = dict(
+        text_column=text_column, label_column=label_column, header=header,
+        skip_corrupt=skip_corrupt,
+    )  # fmt: skip
+    source = modality(run.info).labeled_files(os.fspath(test_dir), run.config, run.info, reading)
     return run.evaluate(source, model=model)
-
-
-# Prediction fits every image to the model's input as training did (cover, centre-crop); past
-# these limits that changes the picture enough to be worth a warning.
-MAX_CROPPED_AREA = 0.25  # a centre crop that drops more than a quarter of the image
-MAX_UPSCALE = 4.0  # an image enlarged more than 4x per side is mostly interpolation
-
-
-def load_images(paths: list[str | os.PathLike], size: tuple[int, int], channels: int) -> np.ndarray:
-    """Read image files into a uint8 (N, H, W, C) array at the model's size and channels.
-
-    Decoded exactly as an image folder is for training (scale to cover ``size``, centre-crop,
-    bicubic): a model must see at prediction the pixels it would have seen in training.  One
-    warning per call names the images this changes a lot (a crop losing more than 25% of the
-    area, or an upscale of more than 4x).
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    from semimatch.data.folders import fit_image  # decode_image's fitting, original size
-
-    size = (int(size[0]), int(size[1]))
-    out, shapes = [], []
-    for p in paths:
-        try:
-            with Image.open(os.path.expanduser(os.fspath(p))) as im:
-                shapes.append((im.size[1], im.size[0]))  # before the JPEG draft shrinks it
-                arr = fit_image(im, size, channels)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image {p} does not exist") from None
-        except IsADirectoryError:
-            raise ValueError(f"{p} is a folder; pass image files") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-            raise ValueError(f"cannot read image {p}: {e}") from None
-        out.append(arr)
-    _warn_about_fitting([os.fspath(p) for p in paths], shapes, size)
-    return np.stack(out) if out else np.zeros((0, size[0], size[1], channels), np.uint8)
-
-
-def _were(n: int) -> str:
-    return f"{n} {'was' if n == 1 else 'were'}"
-
-
-def _warn_about_fitting(
-    paths: list[str], shapes: list[tuple[int, int]], size: tuple[int, int]
-) -> None:
-    """One warning for the images that fitting to ``size`` = (H, W) crops or enlarges a lot."""
-    H, W = size
-    cropped: list[tuple[float, str, int, int]] = []
-    upscaled: list[tuple[float, str, int, int]] = []
-    for path, (h, w) in zip(paths, shapes):
-        aspect, target = w / h, W / H
-        lost = 1 - min(aspect, target) / max(aspect, target)  # area the centre crop drops
-        if lost > MAX_CROPPED_AREA:
-            cropped.append((lost, path, h, w))
-        scale = max(H / h, W / w)  # the cover scale fit_image applies
-        if scale > MAX_UPSCALE:
-            upscaled.append((scale, path, h, w))
-    if not cropped and not upscaled:
-        return
-    parts = []
-    if cropped:
-        lost, path, h, w = max(cropped)
-        parts.append(
-            f"{_were(len(cropped))} centre-cropped to its aspect ratio, losing more than "
-            f"{MAX_CROPPED_AREA:.0%} of their area (up to {lost:.0%}: {path} is {h}x{w})"
-        )
-    if upscaled:
-        scale, path, h, w = max(upscaled)
-        parts.append(
-            f"{_were(len(upscaled))} enlarged more than {MAX_UPSCALE:g}x (up to {scale:.3g}x: "
-            f"{path} is {h}x{w})"
-        )
-    logger.warning(
-        f"predict: the model takes {H}x{W} images (height x width, the size it was trained "
-        f"at); of the {len(paths)} image(s), {' and '.join(parts)}. Predictions on them may be "
-        f"poor; crop or resize the images to {H}x{W} yourself to choose what the model sees"
-    )
 
 
 def predict(
@@ -304,23 +199,11 @@ def predict(
     chose).  Returns one dict per image (text): ``{"class": name, "index": i, "confidence": p}``,
     with ``"path"`` as well when files were given.
     """
-    from semimatch.data.folders import image_files
-
     if not isinstance(run, Run):
         run = load_run(run, checkpoint=checkpoint, device=device)
     info = run.info
-    paths: list[str] | None = None
-    if info.kind != "image":  # texts or feature vectors: the inputs themselves
-        pass
-    elif isinstance(images, (list, tuple, str, os.PathLike)):
-        paths = []
-        for given in [images] if isinstance(images, (str, os.PathLike)) else images:
-            given = os.path.expanduser(os.fspath(given))
-            found = image_files(given) if os.path.isdir(given) else [given]
-            if not found:
-                raise ValueError(f"no image files under {given}")
-            paths += found
-        images = load_images(paths, info.image_size, info.channels)
+    given = modality(info).predict_inputs(images, info)  # image runs also read files
+    images, paths = given.inputs, given.paths
     with torch.no_grad():
         probs = run.predict_proba(images, model=model)
     idx = probs.argmax(axis=1)

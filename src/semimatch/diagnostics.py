@@ -31,7 +31,7 @@ from torch import nn
 from semimatch import distributed as dist
 from semimatch.config import Config
 from semimatch.data import TrainStream
-from semimatch.data.modality import modality
+from semimatch.data.modalities import modality
 from semimatch.evaluation import pad_rows
 from semimatch.log import logger
 from semimatch.recipe import autocast
@@ -82,7 +82,8 @@ class Diagnostics:
         self.cfg, self.device = cfg, device
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         split, data = stream.split, stream.dataset
-        self.kind = data.info.kind
+        #: The modality's advice for a strong view that changes the class too often.
+        self.milder = modality(data.info).milder_strong_view
         self.chance = 1.0 / data.info.num_classes
         stack = modality(data.info).stack
         rng = np.random.default_rng([cfg.seed, 28])
@@ -194,7 +195,7 @@ class Diagnostics:
                     "strong_view",
                     f"the strong view may destroy the label: the model is right on {weak:.0%} "
                     f"of the weak views of labeled samples but {strong:.0%} of their strong "
-                    f"views (lb_weak_acc/lb_strong_acc in metrics.jsonl); {self._milder()}",
+                    f"views (lb_weak_acc/lb_strong_acc in metrics.jsonl); {self.milder}",
                 )
             )
         flip = d["pl_flip"]
@@ -222,13 +223,3 @@ class Diagnostics:
                     )
                 )
         return found
-
-    def _milder(self) -> str:
-        if self.kind == "text":
-            return "try --text-strong deletion (or cutoff), which keep more of a short text"
-        if self.kind == "features":
-            return "try smaller strong-view noise (from_features' strong noise)"
-        return (
-            "try --strong-augment usb or a milder strong_augment= view (Python), e.g. one "
-            "without the transforms that change your images' class"
-        )

@@ -56,7 +56,7 @@ from semimatch.recipe import (
     seed_everything,
 )
 from semimatch.records import Recorder, WriteFailed, eval_record, summary_line, train_record
-from semimatch.resolve import load_data, prepare_text
+from semimatch.resolve import load_data, prepare_data
 from semimatch.run import Run, RunDir, make_summary
 from semimatch.start import Resume, RunStart
 from semimatch.state import TrainState
@@ -152,7 +152,7 @@ def _set_up(
     must not cost the run that ``overwrite`` would replace."""
     given_data = data is not None
     # Texts come tokenized for the config's encoder.
-    data = load_data(cfg) if data is None else prepare_text(cfg, data)
+    data = load_data(cfg) if data is None else prepare_data(cfg, data)
     custom_views = weak_augment is not None or strong_augment is not None
     # Rank 0 alone reads the run directory and decides; every rank builds the run it decided
     # (or stops with the same error).

@@ -229,12 +229,13 @@ def probe_samples(data: Any) -> tuple[torch.Tensor, float | None, float | None]:
     ``_LENGTH_SAMPLE`` texts, repeated (every probe row at that length).  The sample is drawn
     with its own generator: the run's random streams are untouched.
     """
-    from semimatch.data.modality import modality
+    from semimatch.data.modalities import modality
 
     train, info = data.train, data.info
-    stack = modality(info).stack
+    mod = modality(info)
+    stack = mod.stack
     n = len(train)
-    if info.kind != "text":
+    if not mod.ragged:  # one shape: the first rows
         idx = np.arange(min(n, max(_PROBE_ROWS)))
         x = stack(train.gather(idx), getattr(train, "encoding", None))
         return _rows(x, max(_PROBE_ROWS)), None, None

@@ -21,10 +21,10 @@ from semimatch import distributed as dist
 from semimatch.algorithms import SSLAlgorithm, build_algorithm
 from semimatch.config import Config, ConfigError
 from semimatch.data import DatasetInfo, wrap_model
+from semimatch.data.modalities import modality
 from semimatch.ema import ModelEMA
-from semimatch.log import status
-from semimatch.models import InputNormalizer, ResizeInput, build_model, set_bn_momentum
-from semimatch.models.pretrained import InputSpec, input_spec
+from semimatch.models import InputNormalizer, ResizeInput, set_bn_momentum
+from semimatch.models.pretrained import InputSpec
 from semimatch.optim import make_adamw, warmup_schedule
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "build_parts",
     "lr_factor",
     "make_optimizer",
-    "pretrained_input",
     "process_state_restored",
     "seed_everything",
 ]
@@ -75,16 +74,14 @@ def build_parts(
             f"this run was trained with your own backbone ({cfg.backbone}); pass model= a "
             "fresh instance of it"
         )
-    spec = pretrained_input(cfg, info)
+    spec = modality(info).input_spec(cfg)  # pretrained weights: their size and normalisation
     if model is None:
-        if training and info.kind == "text":  # a large encoder takes seconds: say so
-            status(f"loading the encoder {cfg.backbone}")
-        model = _build_backbone(cfg, info, spec)
+        model = _build_backbone(cfg, info, spec, training)
     set_bn_momentum(model, cfg.bn_momentum)
     if spec is None:
         net = wrap_model(model, info).to(device)  # images: normalised inside; features: as is
     else:  # the pretrained weights' resolution and normalisation, not the dataset's
-        mean, std = _channel_stats(spec, info.channels)
+        mean, std = _channel_stats(spec, info.spec.channels)
         net = InputNormalizer(ResizeInput(model, spec.size, spec.interpolation), mean, std)
         net = net.to(device)
     if training and cfg.channels_last:
@@ -112,28 +109,6 @@ def build_parts(
     return Parts(net, ema, algorithm, name)
 
 
-def pretrained_input(cfg: Config, info: DatasetInfo) -> InputSpec | None:
-    """The input resolution and normalisation of a pretrained ``timm:``/``torchvision:`` image
-    backbone (``models.pretrained.input_spec``: its weights' metadata), else None.
-
-    Pretrained weights must see inputs as they were trained on, at their resolution
-    (e.g. 224 px) and normalised with their mean/std, so ``build_parts`` resizes every batch
-    inside the model (``ResizeInput``), after augmentation at the data's native resolution.
-    """
-    name = str(cfg.backbone or "")
-    if info.kind != "image" or cfg.pretrained in (None, False):
-        return None
-    if not name.startswith(("timm:", "torchvision:")):
-        return None  # _build_backbone refuses pretrained for the others
-    try:
-        return input_spec(name)
-    except ValueError as e:
-        raise ConfigError(
-            f"pretrained: {e}; semimatch resizes and normalises inputs as the weights were "
-            "trained, and knows that only for architectures the library has weights for"
-        ) from None
-
-
 def _channel_stats(spec: InputSpec, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The weights' mean/std for ``channels`` input channels: as they are for 3; their average
     for another count (the adapted stem of ``factory._replace_first_conv``; approximate unless
@@ -144,44 +119,19 @@ def _channel_stats(spec: InputSpec, channels: int) -> tuple[tuple[float, ...], t
     return (mean,) * channels, (std,) * channels
 
 
-def _build_backbone(cfg: Config, info: DatasetInfo, spec: InputSpec | None = None) -> nn.Module:
-    """The config's backbone for the dataset's inputs (images, (N, D) feature vectors, texts);
-    a pretrained image backbone is built for its weights' resolution ``spec.size``."""
+def _build_backbone(
+    cfg: Config, info: DatasetInfo, spec: InputSpec | None, training: bool
+) -> nn.Module:
+    """The config's backbone for the dataset's inputs, as its modality builds it (images,
+    (N, D) feature vectors, texts); a pretrained image backbone is built for its weights'
+    resolution ``spec.size``."""
     name = str(cfg.backbone)
-    pretrained = {} if cfg.pretrained is None else {"pretrained": cfg.pretrained}
-    if pretrained and not name.startswith(("timm:", "torchvision:", "hf:")):
+    if cfg.pretrained is not None and not name.startswith(("timm:", "torchvision:", "hf:")):
         raise ConfigError(
             f"pretrained loads the weights of timm:, torchvision: and hf: backbones; "
             f"{name!r} has none - drop pretrained"
         )
-    if info.kind == "text":
-        if isinstance(cfg.pretrained, str):
-            raise ConfigError(
-                "pretrained: an hf: backbone's weights are those of its folder (or Hub model); "
-                "pass true (the default) or false (random weights), not a file"
-            )
-        try:
-            model = build_model(name, info.num_classes, **pretrained)
-        except OSError as e:  # not in the folder or the cache, the Hub unreachable: one line
-            raise ConfigError(f"backbone={name!r}: {str(e).removeprefix('hf: ')}") from None
-        longest = getattr(model, "max_positions", None)
-        if longest is not None and info.max_length > longest:
-            raise ConfigError(
-                f"max_length={info.max_length} exceeds the {longest} positions of {name}; "
-                f"pass --max-length {longest} or less"
-            )
-        return model
-    if info.kind == "features":
-        if cfg.backbone != "mlp":
-            raise ConfigError(
-                f"backbone={cfg.backbone!r} takes images; feature vectors train with "
-                "backbone='mlp' (the default for them) or your own model (model=)"
-            )
-        return build_model("mlp", info.num_classes, in_features=info.channels, image_size=(1, 1))
-    size = info.image_size if spec is None else spec.size
-    return build_model(
-        name, info.num_classes, in_channels=info.channels, image_size=size, **pretrained
-    )
+    return modality(info).build_backbone(cfg, info, spec, training)
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:

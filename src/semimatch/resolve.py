@@ -20,10 +20,10 @@ from semimatch import distributed as dist
 from semimatch.algorithms import ALGORITHMS
 from semimatch.config import Config, ConfigError, budget_momentum
 from semimatch.data import DatasetInfo, Split, SSLDataset, load_dataset
+from semimatch.data.modalities import Modality, check_config, modality
+from semimatch.data.modalities.base import Derive
 from semimatch.data.splits import balanced_split, fold_split, given_split, long_tailed_split
-from semimatch.data.text import DEFAULT_MAX_LENGTH, has_augmentations
-from semimatch.data.text_datasets import TEXT_FILE_OPTIONS, label_reason
-from semimatch.data.text_views import DEFAULT_STRONG, STRONG_TEXT_VIEWS
+from semimatch.data.text_datasets import TEXT_FILE_OPTIONS
 from semimatch.hardware import fp32_hint, native_bf16
 from semimatch.log import logger, status
 from semimatch.validation import carve, check_validation, with_validation
@@ -34,7 +34,7 @@ __all__ = [
     "given_data_config",
     "load_data",
     "make_split",
-    "prepare_text",
+    "prepare_data",
     "resolve",
 ]
 
@@ -61,17 +61,7 @@ def resolve(
         cfg.augment = "pil"
         auto["augment"] = "pil: custom augmentation callables"
     _check(cfg, data, device)
-    if data.info.kind == "text" and cfg.text_strong is None:  # what prepare_text chose
-        augs = has_augmentations(data)
-        cfg.text_strong = "precomputed" if augs else DEFAULT_STRONG
-        auto["text_strong"] = (
-            "the data's own augmentations (USB's back-translations)"
-            if augs
-            else "the data has no augmentations: UDA's TF-IDF word replacement"
-        )
-    if data.info.kind == "text" and cfg.label_kind is None and data.label_kind is not None:
-        cfg.label_kind = data.label_kind  # how the labels were read (a resume reads them so)
-        auto["label_kind"] = label_reason(data.label_kind, data.info.class_names)
+    modality(data.info).derive_from_data(cfg, data, auto)  # what prepare_data chose
     _derive(cfg, data.info, device, auto)
     cfg.auto = auto
     return cfg
@@ -110,8 +100,8 @@ def _check(cfg: Config, data: SSLDataset, device: torch.device) -> None:
     if cfg.lr is not None and cfg.lr <= 0:
         raise ConfigError(f"lr must be > 0; got {cfg.lr}")
     _check_ranges(cfg, device)
-    _check_modality(cfg, data)
-    _check_optimizer(cfg)
+    check_config(cfg, data)  # the modality's options (and no other modality's)
+    _check_optimizer(cfg, modality(info))
     try:  # by the builder's declaration; its value checks run where it is built
         ALGORITHMS[cfg.algorithm].check(cfg.algorithm, cfg.algorithm_options())
     except ValueError as e:
@@ -132,91 +122,10 @@ def _check(cfg: Config, data: SSLDataset, device: torch.device) -> None:
         )
 
 
-def _is_hf(cfg: Config) -> bool:
-    return str(cfg.backbone or "").startswith("hf:")
-
-
-def _text_backbone(cfg: Config) -> str:
-    """The ``hf:`` encoder text data trains with, or the error that says how to choose one."""
-    if _is_hf(cfg):
-        return str(cfg.backbone)
-    if str(cfg.backbone or "").startswith("custom:"):
-        raise ConfigError(
-            "texts for your own model (model=) must come tokenized: build them with "
-            "semimatch.data.from_texts(..., tokenizer=<your tokenizer>)"
-        )
-    got = "no backbone is set" if cfg.backbone is None else f"backbone={cfg.backbone!r} is not one"
-    raise ConfigError(
-        f"text data trains a text encoder, and {got}: pass --backbone "
-        "hf:<model name or local folder> (backbone='hf:...'), e.g. hf:bert-base-uncased "
-        "(USB's) or a folder saved by save_pretrained"
-    )
-
-
-def _check_modality(cfg: Config, data: SSLDataset) -> None:
-    """Options of one modality given with data of another would silently do nothing."""
-    info = data.info
-    text_only = [n for n in ("max_length", "text_strong") if getattr(cfg, n) is not None]
-    if info.kind != "text":
-        if text_only:
-            raise ConfigError(
-                f"{', '.join(text_only)} shape text inputs; {info.name} holds {info.kind} data "
-                "- drop them"
-            )
-        if _is_hf(cfg):
-            raise ConfigError(
-                f"backbone={cfg.backbone!r} is a text encoder; {info.name} holds {info.kind} "
-                "data - choose an image backbone (see --backbone in `semimatch train --help`)"
-            )
-        return
-    custom = str(cfg.backbone or "").startswith("custom:")
-    if not _is_hf(cfg) and not (custom and info.tokenizer):  # your model, your tokenizer
-        _text_backbone(cfg)
-    defaults = Config()
-    image_only = [
-        f"{n}={getattr(cfg, n)}"
-        for n in ("strong_augment", "augment_device")
-        if getattr(cfg, n) != getattr(defaults, n)
-    ]
-    if cfg.augment == "batched":
-        image_only.append("augment=batched")
-    if cfg.channels_last:
-        image_only.append("channels_last=True")
-    if image_only:
-        raise ConfigError(
-            f"{', '.join(image_only)} apply to images; text views are per-sample edits of the "
-            "token ids, chosen with --text-strong - drop them"
-        )
-    if cfg.max_length is not None and info.tokenizer and cfg.max_length != info.max_length:
-        raise ConfigError(
-            f"max_length={cfg.max_length}, but the texts passed in were tokenized with "
-            f"max_length={info.max_length}; drop max_length or tokenize them again"
-        )
-    _check_text_options(cfg)
-    if cfg.text_strong == "precomputed" and not has_augmentations(data):
-        raise ConfigError(
-            "text_strong='precomputed' takes the strong views the data brings (USB's JSON "
-            "aug_0/aug_1, from_texts(augmentations=...)), and this data has none; choose "
-            f"another of {', '.join(v for v in STRONG_TEXT_VIEWS if v != 'precomputed')}"
-        )
-
-
-def _check_text_options(cfg: Config) -> None:
-    """The text options whose values need no data (checked before the texts are tokenized)."""
-    if cfg.max_length is not None and cfg.max_length < 3:
-        raise ConfigError(
-            f"max_length must be >= 3 (room for the special tokens); got {cfg.max_length}"
-        )
-    if cfg.text_strong is not None and cfg.text_strong not in STRONG_TEXT_VIEWS:
-        raise ConfigError(
-            f"text_strong={cfg.text_strong!r} is not a text view; choose one of "
-            f"{', '.join(STRONG_TEXT_VIEWS)}"
-        )
-
-
-def _check_optimizer(cfg: Config) -> None:
+def _check_optimizer(cfg: Config, mod: Modality) -> None:
     """Each optimiser's own options; one given to the other optimiser would do nothing."""
-    optimizer = cfg.optimizer or ("adamw" if _is_hf(cfg) else "sgd")
+    default, reason = mod.default_optimizer(cfg)
+    optimizer = cfg.optimizer or default
     defaults = Config()
     if optimizer == "sgd" and cfg.layer_decay is not None:
         raise ConfigError(
@@ -225,7 +134,7 @@ def _check_optimizer(cfg: Config) -> None:
         )
     sgd_only = [n for n in ("sgd_momentum", "nesterov") if getattr(cfg, n) != getattr(defaults, n)]
     if optimizer == "adamw" and sgd_only:
-        why = "" if cfg.optimizer else " (the default for hf: backbones)"
+        why = "" if cfg.optimizer else f" (the default: {reason})"
         raise ConfigError(
             f"{', '.join(sgd_only)} configure SGD, and the optimizer is adamw{why}; drop them "
             "or pass --optimizer sgd"
@@ -245,54 +154,58 @@ def dash_warmup(iterations: int) -> int:
 
 
 def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str, str]) -> None:
-    """Fill the auto (None) fields of ``cfg`` in place, recording each reason in ``auto``."""
+    """Fill the auto (None) fields of ``cfg`` in place, recording each reason in ``auto``:
+    the data's modality decides its own (backbone, batch, recipe, loading); the budget, the
+    precision and the views' execution are decided here."""
 
     def derive(name: str, value: Any, why: str) -> None:
         if getattr(cfg, name) is None:
             setattr(cfg, name, value)
             auto[name] = why
 
-    images, text = info.kind == "image", info.kind == "text"
+    mod = modality(info)
     if cfg.backbone in (None, "auto"):
         cfg.backbone = None
-        if not images:
-            derive("backbone", "mlp", f"{info.channels} features per sample")
-        else:
-            small = max(info.image_size) <= 28
-            why = f"{'<=' if small else '>'} 28 px images"
-            derive("backbone", "cnn" if small else "wrn_28_2", why)
-    K = cfg.iterations
-    hf = _is_hf(cfg)
-    # USB's NLP configs train text encoders on 8 labeled + 8 unlabeled texts; FixMatch's 64 + 448
-    # cost a CPU ~50x more per step with a text encoder (docs/benchmarks/text.md, "Text
-    # defaults on a CPU").
-    derive("batch_size", 8 if text else 64, "USB's NLP batch" if text else "FixMatch's")
-    derive("uratio", 1 if text else 7, "USB's NLP batch, 8 + 8" if text else "FixMatch's mu")
+        mod.derive_backbone(info, derive)
+    derive("batch_size", *mod.batch_size)
+    derive("uratio", *mod.uratio)
     if cfg.batch_size % dist.get_world_size():
         raise ConfigError(
             f"batch_size={cfg.batch_size} is the global batch and must be divisible "
             f"by the number of processes ({dist.get_world_size()})"
         )
-    derive(
-        "optimizer",
-        "adamw" if hf else "sgd",
-        "USB's fine-tuning recipe for hf: encoders" if hf else "SGD + Nesterov, the papers'",
-    )
+    derive("optimizer", *mod.default_optimizer(cfg))
     adamw = cfg.optimizer == "adamw"
     derive("lr", 5e-5 if adamw else 0.03, "USB's AG News value" if adamw else "FixMatch's")
     if adamw:
         derive("layer_decay", 1.0, "no layer-wise decay unless asked (USB's NLP configs: 0.65)")
-    if hf:
-        derive("ema_decay", 0.0, "USB's NLP recipe fine-tunes without a weight EMA")
-    if text:
-        length = info.max_length or DEFAULT_MAX_LENGTH
-        capped = f": the encoder has {length} positions" if length < DEFAULT_MAX_LENGTH else ""
-        derive(
-            "max_length",
-            length,
-            f"{DEFAULT_MAX_LENGTH} (the CPU-sized default; USB uses 512), within the encoder's "
-            f"positions{capped}",
-        )
+    mod.derive_recipe(cfg, info, derive)
+    _derive_budget(cfg, info, derive)
+    _derive_precision(cfg, info, device, auto, derive)
+    mod.derive_loading(cfg, auto, derive)
+    derive(
+        "channels_last",
+        cfg.precision != "fp32" and device.type != "mps",
+        "on with reduced precision (faster convolutions)",
+    )
+    if cfg.augment == "auto":
+        cfg.augment = "batched"
+        auto["augment"] = "batched tensor augmentation (measured faster; docs/benchmarks/speed.md)"
+    derive(
+        "num_workers",
+        0 if cfg.augment == "batched" else min(2, os.cpu_count() or 1),
+        "batched augmentation runs in the main process"
+        if cfg.augment == "batched"
+        else "PIL augmentation in worker processes",
+    )
+    derive("progress", sys.stderr.isatty(), "progress bar when the output is a terminal")
+
+
+def _derive_budget(cfg: Config, info: DatasetInfo, derive: Derive) -> None:
+    """The defaults that scale with the budget of ``cfg.iterations`` (and the papers' weight
+    decay): the papers' values are for 2**20 iterations."""
+    K = cfg.iterations
+    adamw = cfg.optimizer == "adamw"
     derive(
         "bn_momentum",
         max(0.001, min(0.1, 20.0 / K)),
@@ -335,6 +248,13 @@ def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str
             f"dash_warmup={cfg.dash_warmup} leaves no semi-supervised iteration of the "
             f"{K}; pass --dash-warmup below --iterations"
         )
+
+
+def _derive_precision(
+    cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str, str], derive: Derive
+) -> None:
+    """fp32 unless asked (exact by default), with one line where bf16 would pay off; ``auto``
+    picks bf16 where the device computes it natively."""
     if cfg.precision == "auto":
         native = native_bf16(device)
         cfg.precision = "bf16" if native else "fp32"
@@ -356,28 +276,6 @@ def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str
         raise ConfigError(
             f"precision=fp16 needs CUDA (a grad scaler); use bf16 or fp32 on {device.type}"
         )
-    if not images:
-        derive("channels_last", False, f"a memory layout of images; these are {info.kind}")
-    if text and cfg.augment == "auto":
-        cfg.augment = "pil"
-        auto["augment"] = "pil: text views are per-sample edits of the token ids"
-        derive("num_workers", 0, "text views are cheap id edits, made in the main process")
-    derive(
-        "channels_last",
-        cfg.precision != "fp32" and device.type != "mps",
-        "on with reduced precision (faster convolutions)",
-    )
-    if cfg.augment == "auto":
-        cfg.augment = "batched"
-        auto["augment"] = "batched tensor augmentation (measured faster; docs/benchmarks/speed.md)"
-    derive(
-        "num_workers",
-        0 if cfg.augment == "batched" else min(2, os.cpu_count() or 1),
-        "batched augmentation runs in the main process"
-        if cfg.augment == "batched"
-        else "PIL augmentation in worker processes",
-    )
-    derive("progress", sys.stderr.isatty(), "progress bar when the output is a terminal")
 
 
 def _check_ranges(cfg: Config, device: torch.device) -> None:
@@ -531,7 +429,7 @@ def given_data_config(cfg: Config, data: SSLDataset) -> Config:
         "unlabeled_dir",
         "test_dir",
         "image_size",
-        "hflip",  # the data's own DatasetInfo.hflip decides (from_arrays(hflip=...))
+        "hflip",  # the data's own ImageSpec.hflip decides (from_arrays(hflip=...))
         *TEXT_FILE_OPTIONS,
     )
     ignored = [n for n in (*loading, "skip_corrupt") if getattr(cfg, n) != getattr(defaults, n)]
@@ -557,35 +455,10 @@ def load_data(cfg: Config) -> SSLDataset:
     ))  # fmt: skip
     if cfg.download and is_main:
         dist.barrier()
-    return prepare_text(cfg, data)
+    return prepare_data(cfg, data)
 
 
-def prepare_text(cfg: Config, data: SSLDataset) -> SSLDataset:
-    """Text data tokenized once for ``cfg``'s encoder (other data as it is).
-
-    The tokenizer is the ``hf:`` backbone's (``models.hf.load_tokenizer``: a local folder never
-    touches the network), ``max_length`` and the strong view (``text_strong``) are the
-    config's; texts passed in tokenized already (``from_texts(tokenizer=...)``) stay as they are.
-    """
-    if data.info.kind != "text" or data.info.tokenizer:
-        return data
-    from semimatch.data.text import tokenize_dataset
-    from semimatch.models.hf import load_tokenizer, max_positions
-
-    backbone = _text_backbone(cfg)
-    source = backbone.removeprefix("hf:")
-    _check_text_options(cfg)
-    try:  # the encoder's config first: a model that is not there fails in a moment, silently
-        positions = max_positions(source) or DEFAULT_MAX_LENGTH
-        status(f"loading the tokenizer of {backbone}")
-        tokenizer = load_tokenizer(source)
-    except OSError as e:  # no such folder, not in the cache, the Hub unreachable: one line
-        raise ConfigError(f"backbone={backbone!r}: {str(e).removeprefix('hf: ')}") from None
-    # auto: the default, within the encoder's positions
-    max_length = cfg.max_length or min(DEFAULT_MAX_LENGTH, positions)
-    sources = (data.train, data.test, data.extra_unlabeled)
-    status(f"tokenizing {sum(len(s) for s in sources if s is not None):,} texts")
-    try:
-        return tokenize_dataset(data, tokenizer, max_length, name=source, strong=cfg.text_strong)
-    except ValueError as e:  # max_length or the strong view's name: the config's options
-        raise ConfigError(str(e)) from None
+def prepare_data(cfg: Config, data: SSLDataset) -> SSLDataset:
+    """``data`` as training takes it for ``cfg``: its modality's ``prepare`` (texts tokenized
+    once for the config's encoder; other data as it is)."""
+    return modality(data.info).prepare(cfg, data)

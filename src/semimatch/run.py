@@ -7,7 +7,6 @@ directory.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shlex
@@ -24,6 +23,7 @@ from semimatch import checkpoint as ckpt
 from semimatch.algorithms import SSLAlgorithm
 from semimatch.config import Config
 from semimatch.data import DATASETS, DatasetInfo, Split, SSLDataset, to_model_input
+from semimatch.data.modalities import modality
 from semimatch.data.splits import save_split
 from semimatch.errors import TrainingError
 from semimatch.evaluation import evaluate_model, pad_rows
@@ -75,13 +75,6 @@ class RunDir:
         cfg.save(self.config)
         save_split(split, self.split)
         save_dataset_info(info, self.dataset)
-
-    def write_text_model(self, info: DatasetInfo, net: nn.Module) -> None:
-        """Text runs: the tokenizer and the encoder's config into ``hf/`` (``load_run``)."""
-        from semimatch.data.text import tokenizer_named
-        from semimatch.models.hf import save_for_reload
-
-        save_for_reload(self.hf, tokenizer_named(info.tokenizer), net)
 
     def rewrite_config(self, cfg: Config) -> None:
         """Replace ``config.json`` atomically (an extended budget): a crash leaves the old or
@@ -145,12 +138,12 @@ class RunDir:
 
 
 def save_dataset_info(info: DatasetInfo, path: Path) -> None:
-    path.write_text(json.dumps(dataclasses.asdict(info), indent=2) + "\n")
+    path.write_text(json.dumps(info.to_dict(), indent=2) + "\n")
 
 
 def load_dataset_info(path: Path) -> DatasetInfo:
     d = json.loads(path.read_text())
-    return DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    return DatasetInfo.from_dict(d)
 
 
 # --- The result -----------------------------------------------------------------------------------
@@ -330,11 +323,8 @@ def load_run(
             f"{run_dir} was trained with your own backbone ({cfg.backbone}); "
             "pass model= a fresh instance of it"
         )
-    build_cfg = cfg
-    if layout.hf.is_dir():  # a text run: its own tokenizer and encoder config, not the source's
-        info = dataclasses.replace(info, tokenizer=str(layout.hf))
-        if str(cfg.backbone).startswith("hf:") and (layout.hf / "config.json").exists():
-            build_cfg = cfg.replace(backbone=f"hf:{layout.hf}", pretrained=False)
+    # what the run folder kept to rebuild the model (text: the tokenizer and encoder config)
+    info, build_cfg = modality(info).reload(layout.hf, info, cfg)
     # A run trained with a custom weighting reloads without it: prediction does not need it.
     parts = build_parts(
         build_cfg,

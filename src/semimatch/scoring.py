@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from semimatch.config import PATH_FIELDS, ConfigError
+from semimatch.data.modalities import modality
 from semimatch.flags import flag
 
 __all__ = ["cmd_eval", "cmd_predict", "eval_parser", "predict_parser", "relative_paths_note"]
@@ -120,11 +121,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--text-column, --label-column, --header and --skip-corrupt read --test-dir; pass it"
         )
-    if run.info.kind != "text" and any(v is not None for v in reading.values()):
-        raise ConfigError(f"{args.run_dir} classifies images: --test-dir is a folder of images")
+    mod = modality(run.info)
+    if not mod.reads_tables and any(v is not None for v in reading.values()):
+        raise ConfigError(
+            f"{args.run_dir} classifies {mod.noun}: --test-dir is a folder of {mod.noun}"
+        )
     skip = True if args.skip_corrupt else None  # default: the run's
     result = evaluate(run, model=args.model, test_dir=args.test_dir, skip_corrupt=skip, **reading)
-    what = "texts" if run.info.kind == "text" else "images"
+    what = mod.noun
     result.pop("confusion", None)
     result.update(checkpoint=str(run.checkpoint), selected_on=run.selected_on)
     if args.json:
@@ -143,23 +147,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from semimatch.run import load_run
 
     run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
-    if run.info.kind == "text":  # files of texts (or stdin) -> one CSV row per text
-        from semimatch.data.text_readers import read_texts
-
+    mod = modality(run.info)
+    texts: list[Any] = []
+    if mod.reads_tables:  # files of texts (or stdin) -> one CSV row per text
         column = args.text_column or run.config.text_column
         header = run.config.header if args.header is None else args.header
-        texts = [row for source in args.images for row in read_texts(source, column, header)]
+        texts = mod.read_table(args.images, column, header)
         rows = predict(run, [t.text for t in texts], model=args.model)
         names, first = ["source", "class", "confidence", "text"], [t.where for t in texts]
     else:
         given = [f for f in ("text_column", "header") if getattr(args, f) is not None]
         if given:
             spelled = "--no-header" if given[0] == "header" and not args.header else flag(given[0])
-            raise ConfigError(f"{spelled}: {args.run_dir} classifies images, not texts")
+            raise ConfigError(f"{spelled}: {args.run_dir} classifies {mod.noun}, not texts")
         if "-" in args.images:
             raise ConfigError(
-                f"- (standard input) is for text runs; {args.run_dir} classifies images: pass "
-                "image files or folders"
+                f"- (standard input) is for text runs; {args.run_dir} classifies {mod.noun}: "
+                f"pass {mod.noun[:-1]} files or folders"
             )
         rows = predict(run, args.images, model=args.model)
         names, first = ["path", "class", "confidence"], [row["path"] for row in rows]
@@ -174,7 +178,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         w.writerow(names)
         for n, (where, row) in enumerate(zip(first, rows)):
             line = [where, row["class"], f"{row['confidence']:.6f}"]
-            w.writerow(line + [texts[n].text] if run.info.kind == "text" else line)
+            w.writerow(line + [texts[n].text] if texts else line)
     return 0
 
 

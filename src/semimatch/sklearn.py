@@ -130,7 +130,7 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         run_: the ``semimatch.Run`` (config, raw and EMA models, summary; no copy of the data).
         config_: the resolved ``semimatch.Config`` that was trained.
         feature_mean_, feature_scale_: feature vectors only: the standardisation of ``X``
-            (float32; ``run_.info.mean``/``std`` hold the same numbers).
+            (float32; ``run_.info.spec.mean``/``std`` hold the same numbers).
     """
 
     def __init__(
@@ -403,8 +403,8 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             run = train(cfg, data=data, model=model)
         run.data = None  # keep the fitted estimator small (it is pickled by GridSearchCV etc.)
         if features:  # the standardisation from_features applied (and predict applies)
-            self.feature_mean_ = np.asarray(run.info.mean, dtype=np.float32)
-            self.feature_scale_ = np.asarray(run.info.std, dtype=np.float32)
+            self.feature_mean_ = np.asarray(run.info.spec.mean, dtype=np.float32)
+            self.feature_scale_ = np.asarray(run.info.spec.std, dtype=np.float32)
         self.input_kind_ = "texts" if texts is not None else "features" if features else "images"
         self.input_shape_ = input_shape
         self.classes_ = classes

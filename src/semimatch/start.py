@@ -23,6 +23,7 @@ from torch import nn
 from semimatch import checkpoint as ckpt
 from semimatch.config import Config, ConfigError
 from semimatch.data import DatasetInfo, Split, SSLDataset
+from semimatch.data.modalities import modality
 from semimatch.data.splits import load_split, split_summary
 from semimatch.distributed import DistEnv
 from semimatch.errors import TrainingError
@@ -79,8 +80,8 @@ class Opened:
         if self.replaces:
             run_dir.clear()
         run_dir.write_start(self.cfg, self.split, info)
-        if info.kind == "text":  # the tokenizer (and encoder config) prediction needs
-            run_dir.write_text_model(info, net)
+        # what reloading the model needs besides the checkpoint (text: the tokenizer)
+        modality(info).save_for_reload(run_dir.hf, info, net)
 
     def restore(
         self, state: TrainState, device: torch.device, env: DistEnv

@@ -40,7 +40,7 @@ def with_validation(cfg: Config, data: SSLDataset) -> SSLDataset:
 
         try:  # its messages name test_dir, the option it usually reads
             val = labeled_folder(
-                path, info.class_names, info.image_size, info.channels, cfg.skip_corrupt
+                path, info.class_names, info.spec.image_size, info.spec.channels, cfg.skip_corrupt
             )
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(str(e).replace("test_dir", "--val-dir")) from None

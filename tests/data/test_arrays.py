@@ -19,9 +19,9 @@ def test_from_arrays_sklearn_convention():
     assert ds.info.num_classes == 3 and ds.info.class_names == ("a", "b", "c")
     np.testing.assert_array_equal(ds.train.labels, y)
     np.testing.assert_array_equal(ds.test.as_array()[..., 0], np.rint(xt * 255).astype(np.uint8))
-    np.testing.assert_allclose(ds.info.mean[0], x.mean() / 255, atol=1e-3)
+    np.testing.assert_allclose(ds.info.spec.mean[0], x.mean() / 255, atol=1e-3)
     rgb = from_arrays(rng.integers(0, 256, (5, 4, 4, 3), dtype=np.uint8), [0, 1, 0, 1, -1])
-    assert rgb.info.channels == 3 and rgb.info.num_classes == 2
+    assert rgb.info.spec.channels == 3 and rgb.info.num_classes == 2
 
 
 def test_from_arrays_bad_inputs():
@@ -57,15 +57,15 @@ def test_from_features_standardises_and_records_how():
     xt = rng.normal(5.0, 3.0, (6, 4))
     ds = from_features(x, np.arange(30) % 3 - (np.arange(30) > 20), xt, np.arange(6) % 3)
     info = ds.info
-    assert info.kind == "features" and info.channels == 4 and info.image_size == ()
-    assert info.num_classes == 3 and info.hflip is False and info.input_shape == (4,)
+    assert info.kind == "features" and info.spec.dim == 4 and info.sample_shape == (4,)
+    assert info.num_classes == 3 and not hasattr(info.spec, "hflip") and info.input_shape == (4,)
     z = ds.train.as_array()
     assert z.dtype == np.float32 and z.shape == (30, 4)
     np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-5)
     np.testing.assert_allclose(np.delete(z.std(axis=0), 2), 1, rtol=1e-4)
-    assert info.std[2] == 1.0 and np.all(z[:, 2] == 0)
+    assert info.spec.std[2] == 1.0 and np.all(z[:, 2] == 0)
     # the test set gets the training set's standardisation
-    expected = (xt.astype(np.float32) - np.float32(info.mean)) / np.float32(info.std)
+    expected = (xt.astype(np.float32) - np.float32(info.spec.mean)) / np.float32(info.spec.std)
     np.testing.assert_array_equal(ds.test.as_array(), expected)
     assert isinstance(ds.views, FeatureViews)
 

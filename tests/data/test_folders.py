@@ -36,14 +36,14 @@ def test_imagefolder_with_unlabeled_and_test_dirs(tiny_image_folder):
     )
     info = ds.info
     assert info.class_names == ("bird", "cat", "dog") and info.num_classes == 3
-    assert info.image_size == (12, 12) and info.channels == 3
+    assert info.spec.image_size == (12, 12) and info.spec.channels == 3
     assert isinstance(ds.train, ArraySource)  # small images live in memory
     x = ds.train.as_array()
     assert x.shape == (12, 12, 12, 3)
     np.testing.assert_array_equal(x[:, 0, 0, 0], ds.train.labels * 100)
     assert len(ds.extra_unlabeled) == 5 and (ds.extra_unlabeled.labels == -1).all()
     np.testing.assert_array_equal(ds.test.labels, [1, 1, 2, 2])  # indices of the train classes
-    assert len(info.mean) == 3 and all(s > 0 for s in info.std)
+    assert len(info.spec.mean) == 3 and all(s > 0 for s in info.spec.std)
 
 
 def test_paths_starting_with_a_tilde_mean_the_home_folder(tiny_image_folder, monkeypatch):
@@ -65,7 +65,7 @@ def test_imagefolder_grayscale_and_mixed_sizes(tmp_path):
     with pytest.raises(ValueError, match="image_size"):
         load_dataset("imagefolder", root=root)
     ds = load_dataset("imagefolder", root=root, image_size=8)
-    assert ds.info.channels == 1 and ds.info.image_size == (8, 8)
+    assert ds.info.spec.channels == 1 and ds.info.spec.image_size == (8, 8)
     assert ds.train.as_array().shape == (5, 8, 8, 1)
     ds = load_dataset("imagefolder", root=root, image_size=(6, 9), channels=3)
     assert ds.train.as_array().shape == (5, 6, 9, 3)

@@ -40,13 +40,13 @@ def test_cifar10_reads_torchvision_pickle_layout(fake_cifar10_root):
         np.testing.assert_array_equal(x[0, :, :, c], row[c * 1024 : (c + 1) * 1024].reshape(32, 32))
     info = ds.info
     assert info.num_classes == 10 and info.class_names == tuple(FAKE_CIFAR_CLASSES)
-    assert info.image_size == (32, 32) and info.channels == 3 and info.hflip is True
-    assert info.mean == (0.4914, 0.4822, 0.4465) and len(info.std) == 3
+    assert info.spec.image_size == (32, 32) and info.spec.channels == 3 and info.spec.hflip is True
+    assert info.spec.mean == (0.4914, 0.4822, 0.4465) and len(info.spec.std) == 3
     assert ds.extra_unlabeled is None
 
 
 def test_cifar10_hflip_option_overrides_default(fake_cifar10_root):
-    assert load_dataset("cifar10", root=fake_cifar10_root, hflip=False).info.hflip is False
+    assert load_dataset("cifar10", root=fake_cifar10_root, hflip=False).info.spec.hflip is False
 
 
 def test_cifar100_reads_fine_labels(tmp_path):
@@ -115,7 +115,7 @@ def test_svhn_mat_files_and_extra(tmp_path):
         savemat(tmp_path / f"{split}_32x32.mat", {"X": x, "y": y})
     ds = load_dataset("svhn", root=tmp_path)
     assert ds.train.as_array().shape == (12, 32, 32, 3) and ds.extra_unlabeled is None
-    assert ds.info.hflip is False
+    assert ds.info.spec.hflip is False
     np.testing.assert_array_equal(ds.train.labels, (np.arange(12) % 10 + 1) % 10)
     ds = load_dataset("svhn", root=tmp_path, extra=True)
     assert len(ds.extra_unlabeled) == 9
@@ -137,7 +137,7 @@ def test_stl10_binary_layout_and_unlabeled(tmp_path):
     expected = np.transpose(raw["train"].reshape(-1, 3, 96, 96), (0, 1, 3, 2)).transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(ds.train.as_array(), expected)
     np.testing.assert_array_equal(ds.train.labels, np.arange(4))
-    assert ds.info.image_size == (96, 96) and ds.info.hflip is True
+    assert ds.info.spec.image_size == (96, 96) and ds.info.spec.hflip is True
     unl = ds.extra_unlabeled
     assert len(unl) == 5 and unl.as_array() is None and (unl.labels == -1).all()
     exp_u = np.transpose(raw["unlabeled"].reshape(-1, 3, 96, 96), (0, 1, 3, 2)).transpose(
@@ -188,8 +188,8 @@ def test_named_datasets_missing_raise_file_not_found(tmp_path, name):
 def test_mnist_like_from_idx_directory(fake_idx_dir, name):
     ds = load_dataset(name, root=fake_idx_dir)
     assert ds.train.as_array().shape == (30, 28, 28, 1) and len(ds.test) == 10
-    assert ds.info.channels == 1 and ds.info.image_size == (28, 28)
-    assert ds.info.hflip is (name == "fashion_mnist")
+    assert ds.info.spec.channels == 1 and ds.info.spec.image_size == (28, 28)
+    assert ds.info.spec.hflip is (name == "fashion_mnist")
     np.testing.assert_array_equal(ds.test.labels, np.arange(10))
     name_of = {"mnist": "0", "fashion_mnist": "T-shirt/top"}
     assert ds.info.class_names[0] == name_of[name]
@@ -247,7 +247,7 @@ def test_digits_offline_default():
     assert len(ds.train) + len(ds.test) == 1797 and len(ds.test) == 360
     x = ds.train.as_array()
     assert x.shape[1:] == (8, 8, 1) and x.dtype == np.uint8 and x.max() == 255
-    assert ds.info.hflip is False and ds.info.num_classes == 10
+    assert ds.info.spec.hflip is False and ds.info.num_classes == 10
     assert np.bincount(ds.test.labels).min() >= 35  # stratified
     again = load_dataset("digits")
     np.testing.assert_array_equal(again.test.as_array(), ds.test.as_array())

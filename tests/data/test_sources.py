@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 
 import numpy as np
 import pytest
 
 from semimatch.data import ArraySource, DatasetInfo, FeatureSource, SSLDataset
-from semimatch.data.sources import ImageRecord, channel_stats, check_labels
+from semimatch.data.sources import (
+    FeatureSpec,
+    ImageRecord,
+    ImageSpec,
+    channel_stats,
+    check_labels,
+)
 
 OLD_DATASET_JSON = {  # a dataset.json written before DatasetInfo had ``kind``
     "name": "digits",
@@ -23,24 +30,36 @@ OLD_DATASET_JSON = {  # a dataset.json written before DatasetInfo had ``kind``
 }
 
 
-def _load(d: dict) -> DatasetInfo:  # as the run directory reads dataset.json
-    return DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+def _round_trip(info: DatasetInfo) -> DatasetInfo:  # as a run folder keeps dataset.json
+    return DatasetInfo.from_dict(json.loads(json.dumps(info.to_dict())))
 
 
 def test_dataset_info_defaults_to_images_and_old_files_still_load():
-    info = _load(OLD_DATASET_JSON)
-    assert info.kind == "image"
+    info = DatasetInfo.from_dict(OLD_DATASET_JSON)  # the flat form, before kinds
+    assert info.kind == "image" and info.spec == ImageSpec((8, 8), 1, (0.3,), (0.4,), False)
     assert info.input_shape == (1, 8, 8) and info.sample_shape == (8, 8, 1)
-    saved = json.loads(json.dumps(dataclasses.asdict(info)))
-    assert saved["kind"] == "image" and _load(saved) == info
+    saved = json.loads(json.dumps(info.to_dict()))
+    assert saved["kind"] == "image" and DatasetInfo.from_dict(saved) == info
+
+
+def test_dataset_info_pickled_in_the_flat_form_unpickles():
+    flat = DatasetInfo.from_dict(OLD_DATASET_JSON)
+    state = {k: tuple(v) if isinstance(v, list) else v for k, v in OLD_DATASET_JSON.items()}
+    old = DatasetInfo.__new__(DatasetInfo)
+    old.__setstate__(state)  # as pickle restores an estimator saved before the specs
+    assert old == flat and pickle.loads(pickle.dumps(flat)) == flat
 
 
 def test_feature_info_round_trips_with_its_kind():
-    info = DatasetInfo("f", 3, ("a", "b", "c"), (), 5, (0.0,) * 5, (1.0,) * 5, False, "features")
+    info = DatasetInfo("f", 3, ("a", "b", "c"), FeatureSpec(5, (0.0,) * 5, (1.0,) * 5))
     assert info.input_shape == (5,) and info.sample_shape == (5,)
-    assert _load(json.loads(json.dumps(dataclasses.asdict(info)))) == info
+    assert _round_trip(info) == info
+    flat = {**OLD_DATASET_JSON, "kind": "features", "image_size": [], "channels": 5}
+    assert DatasetInfo.from_dict(flat).spec == FeatureSpec(5, (0.3,), (0.4,))  # D was channels
     with pytest.raises(ValueError, match="kind: must be one of"):
-        DatasetInfo("f", 3, ("a", "b", "c"), (), 5, (0.0,), (1.0,), False, "audio")
+        DatasetInfo.from_dict({**OLD_DATASET_JSON, "kind": "audio"})
+    with pytest.raises(ValueError, match="spec: must be one of ImageSpec"):
+        DatasetInfo("f", 3, ("a", "b", "c"), (5,))  # type: ignore[arg-type]
 
 
 def test_feature_source_holds_float32_vectors():
@@ -64,7 +83,7 @@ def test_image_sources_gather_one_by_one_when_not_in_memory():
     src = OneByOne(x, np.zeros(5))
     assert src.kind == "image" and src.sample_shape == (3, 4, 1)
     np.testing.assert_array_equal(src.gather([4, 1]), x[[4, 1]])
-    ds = SSLDataset(_load(OLD_DATASET_JSON), src, None, None)
+    ds = SSLDataset(DatasetInfo.from_dict(OLD_DATASET_JSON), src, None, None)
     assert ds.views is None and ds.labeled_folds is None
 
 

@@ -85,7 +85,7 @@ def test_a_label_column_of_free_text_is_refused_unless_label_kind_says_it_is_cla
 
 def test_tokenized_once_with_word_starts(tiny_tok):
     ds = _ds(tiny_tok)
-    assert ds.info.tokenizer == tiny_tok.name_or_path and ds.info.max_length == 16
+    assert ds.info.spec.tokenizer == tiny_tok.name_or_path and ds.info.spec.max_length == 16
     assert ds.info.input_shape == (2, 16) and ds.info.sample_shape == ()
     s = ds.train[1]  # "dogs run": dog ##s | run
     vocab = tiny_tok.get_vocab()
@@ -197,7 +197,7 @@ def test_stream_pads_the_three_views_to_one_length(tiny_tok):
         assert b.x_lb.shape[1:] == b.u_weak.shape[1:] == b.u_strong.shape[1:]
         assert b.x_lb.shape[:2] == (4, 2) and b.u_weak.shape[:2] == (8, 2)
         longest = max(int(t[:, 1].sum(1).max()) for t in (b.x_lb, b.u_weak, b.u_strong))
-        assert b.x_lb.shape[2] == longest <= ds.info.max_length
+        assert b.x_lb.shape[2] == longest <= ds.info.spec.max_length
         torch.cat([b.x_lb, b.u_weak, b.u_strong])  # what the step does
         assert b.y_lb.dtype == torch.int64 and (b.y_lb >= 0).all()
 
@@ -230,7 +230,7 @@ def test_a_text_stream_needs_tokenized_texts(tiny_tok):
     with pytest.raises(ValueError, match="not tokenized; call semimatch.data.tokenize_dataset"):
         TrainStream(raw, given_split(raw.train.labels), batch_size=2, uratio=1, seed=0)
     tok = tokenize_dataset(raw, tiny_tok, 12, strong="cutoff")
-    assert type(tok.views.strong).__name__ == "SpanCutoff" and tok.info.max_length == 12
+    assert type(tok.views.strong).__name__ == "SpanCutoff" and tok.info.spec.max_length == 12
     with pytest.raises(ValueError, match="strong text view 'nope'"):
         tokenize_dataset(raw, tiny_tok, strong="nope")
 
@@ -264,17 +264,18 @@ def test_ranks_share_the_single_process_batch(tiny_tok):
 
 
 def test_text_info_survives_a_json_round_trip(tiny_tok):
-    import dataclasses
     import json
 
     from semimatch.data import DatasetInfo
 
     info = _ds(tiny_tok).info
-    d = json.loads(json.dumps(dataclasses.asdict(info)))  # as run.py writes dataset.json
-    back = DatasetInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    d = json.loads(json.dumps(info.to_dict()))  # as run.py writes dataset.json
+    back = DatasetInfo.from_dict(d)
     assert back == info and back.input_shape == (2, 16)
-    old = {k: v for k, v in d.items() if k not in ("kind", "tokenizer", "max_length")}
-    assert DatasetInfo(**old).kind == "image"  # a dataset.json from before text still loads
+    # the flat form of run folders written before the modality specs
+    flat = {**{k: v for k, v in d.items() if k != "spec"}, **d["spec"], "image_size": []}
+    flat.update(channels=2, mean=[], std=[], hflip=False)
+    assert DatasetInfo.from_dict(flat) == info
 
 
 def test_load_dataset_text_options(tmp_path):

@@ -9,24 +9,27 @@
 Layout: ``sources`` (source types, ``DatasetInfo``, ``SSLDataset``), ``named`` (CIFAR, SVHN,
 STL-10, MNIST, Fashion-MNIST, digits), ``folders`` (image folders), ``arrays`` (in-memory
 arrays), ``text``/``text_readers``/``text_views`` (texts, their files and views), ``views``
-(weak/strong views per modality), ``modality`` (samples and raw inputs ->
-model tensors), ``loaders`` (the streams), ``splits``, ``augment``/``batched_augment`` (image
-views), ``adapters`` (torch datasets).
+(weak/strong views per modality), ``modalities`` (one object per kind of sample: batches,
+model inputs, config checks and defaults, reloading, prediction), ``loaders`` (the streams),
+``splits``, ``augment``/``batched_augment`` (image views), ``adapters`` (torch datasets).
 """
 
 from semimatch.data.adapters import TorchImageSource, from_torch
 from semimatch.data.arrays import from_arrays, from_features
 from semimatch.data.loaders import SSLBatch, TrainStream, eval_batches
-from semimatch.data.modality import to_model_input, wrap_model
+from semimatch.data.modalities import to_model_input, wrap_model
 from semimatch.data.named import DATASETS, default_root, load_dataset, read_idx
 from semimatch.data.sources import (
     ArraySource,
     DatasetInfo,
     FeatureSource,
+    FeatureSpec,
     ImageSource,
+    ImageSpec,
     LazyImageSource,
     SampleSource,
     SSLDataset,
+    TextSpec,
 )
 from semimatch.data.splits import (
     Split,
@@ -69,6 +72,9 @@ __all__ = [
     "ArraySource",
     "BatchViews",
     "DatasetInfo",
+    "FeatureSpec",
+    "ImageSpec",
+    "TextSpec",
     "FeatureSource",
     "FeatureViews",
     "ImageSource",

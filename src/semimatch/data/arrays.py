@@ -21,6 +21,7 @@ from semimatch.data.sources import (
     ArraySource,
     DatasetInfo,
     FeatureSource,
+    FeatureSpec,
     SSLDataset,
     check_every_class_labeled,
     check_labels,
@@ -226,8 +227,8 @@ def from_features(
 
     The vectors are standardised per feature with ``mean``/``std`` (default: the statistics of
     ``features``; a constant feature keeps scale 1; pass ``mean=[0]*D, std=[1]*D`` to keep them
-    as they are) and stored as float32; ``info.mean``/``info.std`` record the standardisation,
-    which :func:`semimatch.data.modality.to_model_input` applies to inputs at prediction.
+    as they are) and stored as float32; ``info.spec.mean``/``std`` record the standardisation,
+    which :func:`semimatch.data.modalities.to_model_input` applies to inputs at prediction.
     ``labels``/classes as :func:`from_arrays`. The views (:class:`~semimatch.data.views.
     FeatureViews`) perturb the standardised vectors: weak ``z + weak_noise * e``, strong
     ``m * z + strong_noise * e`` with ``m`` zeroing each feature with probability
@@ -252,12 +253,7 @@ def from_features(
         name,
         num_classes,
         class_names or tuple(str(i) for i in range(num_classes)),
-        (),
-        int(x.shape[1]),
-        mean_t,
-        std_t,
-        False,
-        kind="features",
+        FeatureSpec(int(x.shape[1]), mean_t, std_t),
     )
     train = FeatureSource(standardize(x, mean_t, std_t), y)
     test = FeatureSource(standardize(xt, mean_t, std_t), yt) if xt is not None else None

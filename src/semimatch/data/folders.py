@@ -5,7 +5,7 @@ Small images (target side <= ``SMALL_IMAGE_MAX_SIDE``) are decoded once into an
 :class:`~semimatch.data.sources.ArraySource`; larger ones are only checked while scanning and
 decoded on access (:class:`~semimatch.data.sources.LazyImageSource`). :func:`decode_image` and
 :func:`fit_image` are the one decoding path shared by training, evaluation folders
-(:func:`labeled_folder`) and prediction (``semimatch.api.load_images``).
+(:func:`labeled_folder`) and prediction (:func:`load_images`).
 """
 
 from __future__ import annotations
@@ -22,13 +22,21 @@ from semimatch.data.sources import (
     DatasetInfo,
     ImageRecord,
     ImageSource,
+    ImageSpec,
     LazyImageSource,
     SSLDataset,
     channel_stats,
 )
 from semimatch.log import logger
 
-__all__ = ["decode_image", "fit_image", "image_files", "labeled_folder", "load_imagefolder"]
+__all__ = [
+    "decode_image",
+    "fit_image",
+    "image_files",
+    "labeled_folder",
+    "load_imagefolder",
+    "load_images",
+]
 
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"}
 
@@ -330,5 +338,81 @@ def load_imagefolder(
         raise ValueError(f"root: fewer than 2 classes with readable images under {root}")
     mean, std = channel_stats(sources["train"])
     flip = True if hflip is None else hflip
-    info = DatasetInfo("imagefolder", len(classes), tuple(classes), size, channels, mean, std, flip)
+    spec = ImageSpec(size, channels, mean, std, flip)
+    info = DatasetInfo("imagefolder", len(classes), tuple(classes), spec)
     return SSLDataset(info, sources["train"], sources.get("test"), sources.get("unlabeled"))
+
+
+# Prediction fits every image to the model's input as training did (cover, centre-crop); past
+# these limits that changes the picture enough to be worth a warning.
+MAX_CROPPED_AREA = 0.25  # a centre crop that drops more than a quarter of the image
+MAX_UPSCALE = 4.0  # an image enlarged more than 4x per side is mostly interpolation
+
+
+def load_images(paths: list[str | os.PathLike], size: tuple[int, int], channels: int) -> np.ndarray:
+    """Read image files into a uint8 (N, H, W, C) array at the model's size and channels.
+
+    Decoded exactly as an image folder is for training (scale to cover ``size``, centre-crop,
+    bicubic): a model must see at prediction the pixels it would have seen in training.  One
+    warning per call names the images this changes a lot (a crop losing more than 25% of the
+    area, or an upscale of more than 4x).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    size = (int(size[0]), int(size[1]))
+    out, shapes = [], []
+    for p in paths:
+        try:
+            with Image.open(os.path.expanduser(os.fspath(p))) as im:
+                shapes.append((im.size[1], im.size[0]))  # before the JPEG draft shrinks it
+                arr = fit_image(im, size, channels)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image {p} does not exist") from None
+        except IsADirectoryError:
+            raise ValueError(f"{p} is a folder; pass image files") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise ValueError(f"cannot read image {p}: {e}") from None
+        out.append(arr)
+    _warn_about_fitting([os.fspath(p) for p in paths], shapes, size)
+    return np.stack(out) if out else np.zeros((0, size[0], size[1], channels), np.uint8)
+
+
+def _were(n: int) -> str:
+    return f"{n} {'was' if n == 1 else 'were'}"
+
+
+def _warn_about_fitting(
+    paths: list[str], shapes: list[tuple[int, int]], size: tuple[int, int]
+) -> None:
+    """One warning for the images that fitting to ``size`` = (H, W) crops or enlarges a lot."""
+    H, W = size
+    cropped: list[tuple[float, str, int, int]] = []
+    upscaled: list[tuple[float, str, int, int]] = []
+    for path, (h, w) in zip(paths, shapes):
+        aspect, target = w / h, W / H
+        lost = 1 - min(aspect, target) / max(aspect, target)  # area the centre crop drops
+        if lost > MAX_CROPPED_AREA:
+            cropped.append((lost, path, h, w))
+        scale = max(H / h, W / w)  # the cover scale fit_image applies
+        if scale > MAX_UPSCALE:
+            upscaled.append((scale, path, h, w))
+    if not cropped and not upscaled:
+        return
+    parts = []
+    if cropped:
+        lost, path, h, w = max(cropped)
+        parts.append(
+            f"{_were(len(cropped))} centre-cropped to its aspect ratio, losing more than "
+            f"{MAX_CROPPED_AREA:.0%} of their area (up to {lost:.0%}: {path} is {h}x{w})"
+        )
+    if upscaled:
+        scale, path, h, w = max(upscaled)
+        parts.append(
+            f"{_were(len(upscaled))} enlarged more than {MAX_UPSCALE:g}x (up to {scale:.3g}x: "
+            f"{path} is {h}x{w})"
+        )
+    logger.warning(
+        f"predict: the model takes {H}x{W} images (height x width, the size it was trained "
+        f"at); of the {len(paths)} image(s), {' and '.join(parts)}. Predictions on them may be "
+        f"poor; crop or resize the images to {H}x{W} yourself to choose what the model sees"
+    )

@@ -22,7 +22,7 @@ Training batches are a **stateless function of (seed, iteration)** (the contract
 
 Samples may be of any modality (``DatasetInfo.kind``): the views come from
 :mod:`semimatch.data.views` (the dataset's own, else the modality's defaults) and the batch
-tensors from :mod:`semimatch.data.modality` (uint8 NCHW images, float32 ``(N, D)`` features,
+tensors from :mod:`semimatch.data.modalities` (uint8 NCHW images, float32 ``(N, D)`` features,
 int64 ``(N, 2, L)`` token ids + attention masks). Views that learn from the unlabeled pool
 (UDA's TF-IDF text view) are fitted once, in the constructor, on the pool's stored samples.
 
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from semimatch.data.modality import modality
+from semimatch.data.modalities import modality
 from semimatch.data.order import (
     EpochOrder,
     check_int,
@@ -296,25 +296,13 @@ class TrainStream:
         views: Views | None = None,
     ) -> None:
         self.dataset, self.split = dataset, split
-        self.world_size = check_int(world_size, "world_size", 1)
-        self.rank = check_int(rank, "rank", 0)
-        if self.rank >= self.world_size:
-            raise ValueError(f"rank: must be < world_size={self.world_size}, got {rank}")
-        self.batch_size = check_int(batch_size, "batch_size", 1)
-        if self.batch_size % self.world_size:
-            raise ValueError(
-                f"batch_size: the global batch {self.batch_size} is not divisible by "
-                f"world_size={self.world_size}; use a multiple of {self.world_size}"
-            )
-        self.use_unlabeled, self.use_strong = bool(use_unlabeled), bool(use_strong)
-        self.uratio = check_int(uratio, "uratio", 1 if self.use_unlabeled else 0)
-        self.u_batch_size = self.uratio * self.batch_size if self.use_unlabeled else 0
-        self.seed = check_int(seed, "seed", 0)
+        self._set_sizes(batch_size, uratio, seed, use_unlabeled, rank, world_size)
+        self.use_strong = bool(use_strong)
         self.num_workers = check_int(num_workers, "num_workers", 0)
         self.prefetch_factor = check_int(prefetch_factor, "prefetch_factor", 1)
         if augment is None:  # the modality's default: PIL for images, batched otherwise
             kind = getattr(getattr(dataset, "info", None), "kind", "image")  # checked below
-            augment = "pil" if kind == "image" else "batched"
+            augment = modality(kind).default_augment
         if augment not in AUGMENT_MODES:
             raise ValueError(f"augment: must be one of {AUGMENT_MODES}, got {augment!r}")
         if strong_variant not in _VARIANTS:
@@ -327,34 +315,63 @@ class TrainStream:
             self.device if augment_device is None else torch.device(augment_device)
         )
         self._check_data()
-
-        info = dataset.info
-        self.sample_shape = info.sample_shape
-        self.modality = modality(info)
-        if augment == "pil" and info.kind not in ("image", "text"):
-            raise ValueError(
-                f"augment='pil' is the per-image PIL pipeline; {info.kind} data has batched "
-                "views: use augment='batched' (or 'auto')"
-            )
-        custom = weak_augment is not None or strong_augment is not None
-        if views is None and not custom:
-            views = dataset.views
-        if views is None:  # the modality's own; user callables replace the PIL pipelines
-            views = self.modality.default_views(
-                info, augment, strong_variant, pad_frac, weak_augment, strong_augment
-            )
-        elif custom:
-            raise ValueError("weak_augment/strong_augment: pass them or views=, not both")
-        if self.modality.ragged and views.batched:
-            raise ValueError(f"{info.kind} data needs per-sample views (SampleViews)")
+        self.sample_shape = dataset.info.sample_shape
+        self.modality = modality(dataset.info)
         #: The weak/strong views (``views.batched``: applied in ``_finish``, else in workers).
-        self.views = views.to(self.augment_device)
+        self.views = self._views(views, pad_frac, weak_augment, strong_augment)
         self._steps = _StepBatches(self)
         if self.use_unlabeled:  # e.g. UDA's TF-IDF statistics of the unlabeled texts
             fitted = self.views.fit(self._steps.pool())
             if fitted is not self.views:
                 self.views = fitted
                 self._steps = _StepBatches(self)
+
+    def _set_sizes(
+        self,
+        batch_size: int,
+        uratio: int,
+        seed: int,
+        use_unlabeled: bool,
+        rank: int,
+        world_size: int,
+    ) -> None:
+        """The batch sizes, seed and shard, checked."""
+        self.world_size = check_int(world_size, "world_size", 1)
+        self.rank = check_int(rank, "rank", 0)
+        if self.rank >= self.world_size:
+            raise ValueError(f"rank: must be < world_size={self.world_size}, got {rank}")
+        self.batch_size = check_int(batch_size, "batch_size", 1)
+        if self.batch_size % self.world_size:
+            raise ValueError(
+                f"batch_size: the global batch {self.batch_size} is not divisible by "
+                f"world_size={self.world_size}; use a multiple of {self.world_size}"
+            )
+        self.use_unlabeled = bool(use_unlabeled)
+        self.uratio = check_int(uratio, "uratio", 1 if self.use_unlabeled else 0)
+        self.u_batch_size = self.uratio * self.batch_size if self.use_unlabeled else 0
+        self.seed = check_int(seed, "seed", 0)
+
+    def _views(self, views: Views | None, pad_frac: float, weak: Any, strong: Any) -> Views:
+        """``views``, else the data's, else the modality's own (``weak``/``strong``: user
+        callables replacing the PIL pipelines), on the augmentation device."""
+        info = self.dataset.info
+        if self.augment == "pil" and not self.modality.per_sample_views:
+            raise ValueError(
+                f"augment='pil' is the per-image PIL pipeline; {info.kind} data has batched "
+                "views: use augment='batched' (or 'auto')"
+            )
+        custom = weak is not None or strong is not None
+        if views is None and not custom:
+            views = self.dataset.views
+        if views is None:
+            views = self.modality.default_views(
+                info, self.augment, self.strong_variant, pad_frac, weak, strong
+            )
+        elif custom:
+            raise ValueError("weak_augment/strong_augment: pass them or views=, not both")
+        if self.modality.ragged and views.batched:
+            raise ValueError(f"{info.kind} data needs per-sample views (SampleViews)")
+        return views.to(self.augment_device)
 
     def _check_data(self) -> None:
         ds, split = self.dataset, self.split
@@ -374,7 +391,6 @@ class TrainStream:
                 f"split: labeled index {i} has label {int(train.labels[i])}, outside 0.."
                 f"{info.num_classes - 1}; labeled indices must point at labeled images"
             )
-        expected = info.sample_shape
         for what, src in (("train", train), ("extra_unlabeled", ds.extra_unlabeled)):
             if src is None:
                 continue
@@ -383,19 +399,7 @@ class TrainStream:
                     f"dataset.{what}: holds {src.kind} samples but the dataset info says "
                     f"{info.kind!r}"
                 )
-            if info.kind == "text":
-                if src.encoding is None:
-                    raise ValueError(
-                        f"dataset.{what}: the texts are not tokenized; call "
-                        "semimatch.data.tokenize_dataset(dataset, tokenizer, max_length) first"
-                    )
-                continue
-            if tuple(src.sample_shape) != expected:
-                layout = "(H, W, C)" if info.kind == "image" else "(D,)"
-                raise ValueError(
-                    f"dataset.{what}: samples are {src.sample_shape} {layout} but the dataset "
-                    f"info says {expected}; resize them to a common size"
-                )
+            modality(info).check_source(src, info, what)
         n_extra = len(ds.extra_unlabeled) if ds.extra_unlabeled is not None else 0
         if self.use_unlabeled and len(split.unlabeled) + n_extra == 0:
             raise ValueError(

@@ -7,7 +7,7 @@ uses; torchvision's dataset classes are only called to *download* missing files
 impossible for a user's trimmed copy). :func:`load_dataset` also dispatches ``imagefolder`` to
 :func:`semimatch.data.folders.load_imagefolder`.
 
-Horizontal-flip policy (``DatasetInfo.hflip``, the weak view's flip; override with
+Horizontal-flip policy (``ImageSpec.hflip``, the weak view's flip; override with
 ``hflip=`` on any dataset): on for CIFAR-10/100 and STL-10 (as FixMatch), on for
 Fashion-MNIST (garments are mirror-symmetric); off for SVHN (as FixMatch), MNIST and digits
 (a mirrored digit is a different glyph); on by default for image folders and arrays.
@@ -28,6 +28,7 @@ from semimatch.data.folders import load_imagefolder
 from semimatch.data.sources import (
     ArraySource,
     DatasetInfo,
+    ImageSpec,
     SSLDataset,
     STLBinarySource,
     channel_stats,
@@ -138,9 +139,8 @@ def _load_cifar(name: str, root: str, download: bool, hflip: bool | None) -> SSL
             names = tuple(str(n) for n in meta[meta_key])
     for lab, what in ((y_train, "train"), (y_test, "test")):
         check_labels(lab, c, f"{name} {what} labels", allow_unknown=False)
-    info = DatasetInfo(
-        name, c, names, (32, 32), 3, spec["mean"], spec["std"], True if hflip is None else hflip
-    )
+    flip = True if hflip is None else hflip
+    info = DatasetInfo(name, c, names, ImageSpec((32, 32), 3, spec["mean"], spec["std"], flip))
     return SSLDataset(info, ArraySource(x_train, y_train), ArraySource(x_test, y_test), None)
 
 
@@ -192,11 +192,13 @@ def _load_svhn(
         "svhn",
         10,
         tuple(str(i) for i in range(10)),
-        (32, 32),
-        3,
-        (0.4380, 0.4440, 0.4730),  # USB's constants, like the other named datasets'
-        (0.1751, 0.1771, 0.1744),
-        False if hflip is None else hflip,
+        ImageSpec(
+            (32, 32),
+            3,
+            (0.4380, 0.4440, 0.4730),  # USB's constants, like the other named datasets'
+            (0.1751, 0.1771, 0.1744),
+            False if hflip is None else hflip,
+        ),
     )
     return SSLDataset(info, ArraySource(x_train, y_train), ArraySource(x_test, y_test), extra_src)
 
@@ -247,11 +249,13 @@ def _load_stl10(root: str, download: bool, hflip: bool | None = None) -> SSLData
         "stl10",
         10,
         class_names,
-        (96, 96),
-        3,
-        (0.4409, 0.4279, 0.3868),
-        (0.2683, 0.2610, 0.2687),
-        True if hflip is None else hflip,
+        ImageSpec(
+            (96, 96),
+            3,
+            (0.4409, 0.4279, 0.3868),
+            (0.2683, 0.2610, 0.2687),
+            True if hflip is None else hflip,
+        ),
     )
     extra = STLBinarySource(unl_path, np.full(n_unl, -1, dtype=np.int64))
     train = labeled("train")
@@ -410,11 +414,13 @@ def _load_mnist_like(name: str, root: str | None, download: bool, hflip: bool | 
         name,
         10,
         spec["classes"],
-        train.image_shape[:2],
-        1,
-        spec["mean"],
-        spec["std"],
-        spec["hflip"] if hflip is None else hflip,
+        ImageSpec(
+            train.image_shape[:2],
+            1,
+            spec["mean"],
+            spec["std"],
+            spec["hflip"] if hflip is None else hflip,
+        ),
     )
     return SSLDataset(info, train, test, None)
 
@@ -457,11 +463,7 @@ def _load_digits(hflip: bool | None = None) -> SSLDataset:
         "digits",
         10,
         tuple(str(i) for i in range(10)),
-        (8, 8),
-        1,
-        mean,
-        std,
-        False if hflip is None else hflip,
+        ImageSpec((8, 8), 1, mean, std, False if hflip is None else hflip),
     )
     return SSLDataset(info, train, test, None)
 

@@ -12,15 +12,18 @@ layout:
   variable-length token ids (a *ragged* modality: samples have no common shape).
 
 An :class:`SSLDataset` holds the labeled pool (``train``), an optional ``test`` set and optional
-``extra_unlabeled`` samples; its :class:`DatasetInfo` says what the samples are. The
+``extra_unlabeled`` samples; its :class:`DatasetInfo` says what the samples are: the classes,
+which every modality has, and one spec of the modality's own (:class:`ImageSpec`,
+:class:`FeatureSpec`, :class:`TextSpec`). The
 labeled/unlabeled split of ``train`` is made separately (:mod:`semimatch.data.splits`), so the
 same dataset serves every ``num_labels`` setting. How a modality's samples become views and
-model inputs lives in :mod:`semimatch.data.modality`.
+model inputs lives in :mod:`semimatch.data.modalities`.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -51,58 +54,144 @@ __all__ = [
 #: Images whose (target) longest side is at most this are decoded once and kept in memory.
 SMALL_IMAGE_MAX_SIDE = 96
 
-#: The modalities a dataset may hold (``DatasetInfo.kind``).
-KINDS = ("image", "features", "text")
-
 
 @dataclass(frozen=True)
-class DatasetInfo:
-    """What a dataset is: classes, sample geometry and how inputs are normalised.
+class ImageSpec:
+    """Images: ``image_size`` (H, W), ``channels`` C, ``mean``/``std`` per channel in [0, 1]
+    pixel units (the model wrapper normalises), ``hflip``: whether the weak view may flip
+    horizontally."""
 
-    Images (``kind="image"``): ``image_size`` is (H, W), ``channels`` C, ``mean``/``std`` per
-    channel in [0, 1] pixel units (the model wrapper normalises), ``hflip`` whether the weak view
-    may flip horizontally. Feature vectors (``kind="features"``): ``channels`` is the number of
-    features D (a vector is one position with D channels, as in ``BatchNorm1d``), ``image_size``
-    is ``()``, ``mean``/``std`` the per-feature standardisation the data layer applies to raw
-    inputs (the stored samples are already standardised), ``hflip`` False. Text
-    (``kind="text"``): ``image_size``/``mean``/``std`` are ``()``, ``channels`` 2 (a batch row
-    is ``(input_ids, attention_mask)``), ``tokenizer`` names the tokenizer (a Hugging Face name
-    or folder, ``""`` before tokenization) and ``max_length`` caps the tokens per text, special
-    tokens included (0 before tokenization). ``kind`` defaults to ``"image"`` and the text
-    fields to their empty values, so a ``dataset.json`` written before they existed still loads.
-    """
-
-    name: str
-    num_classes: int
-    class_names: tuple[str, ...]
     image_size: tuple[int, ...]
     channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
     hflip: bool
-    kind: str = "image"
+    kind: ClassVar[str] = "image"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (int(self.channels), *(int(s) for s in self.image_size))
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (*(int(s) for s in self.image_size), int(self.channels))
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Feature vectors: ``dim`` features D per sample, ``mean``/``std`` the per-feature
+    standardisation the data layer applies to raw inputs (stored samples are standardised)."""
+
+    dim: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    kind: ClassVar[str] = "features"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (int(self.dim),)
+
+    sample_shape = input_shape
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """Texts: ``tokenizer`` names the tokenizer (a Hugging Face name or folder, ``""`` before
+    tokenization), ``max_length`` caps the tokens per text, special tokens included (0 before
+    tokenization). A batch row is ``(input_ids, attention_mask)``; texts differ in length, so
+    a stored sample has no fixed shape."""
+
     tokenizer: str = ""
     max_length: int = 0
+    kind: ClassVar[str] = "text"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (2, int(self.max_length))
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return ()
+
+
+#: Each modality's part of a ``DatasetInfo``, by ``DatasetInfo.kind``.
+SPECS: dict[str, type[ImageSpec] | type[FeatureSpec] | type[TextSpec]] = {
+    "image": ImageSpec,
+    "features": FeatureSpec,
+    "text": TextSpec,
+}
+#: The modalities a dataset may hold (``DatasetInfo.kind``).
+KINDS = tuple(SPECS)
+ModalitySpec = ImageSpec | FeatureSpec | TextSpec
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset is: its name and classes, which every modality has, and ``spec``, what
+    its modality needs to know (:class:`ImageSpec`, :class:`FeatureSpec`, :class:`TextSpec`)."""
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    spec: ModalitySpec
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"DatasetInfo.kind: must be one of {KINDS}, got {self.kind!r}")
+        if not isinstance(self.spec, tuple(SPECS.values())):
+            raise ValueError(
+                f"DatasetInfo.spec: must be one of {', '.join(t.__name__ for t in SPECS.values())}"
+                f", got {type(self.spec).__name__}"
+            )
+
+    @property
+    def kind(self) -> str:
+        """The modality of the samples: one of :data:`KINDS`."""
+        return self.spec.kind
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """One sample as the model takes it: ``(C, H, W)`` for images, ``(D,)`` for features,
         ``(2, max_length)`` at most for text (batches are padded to their longest text)."""
-        if self.kind == "text":
-            return (2, int(self.max_length))
-        return (int(self.channels), *(int(s) for s in self.image_size))
+        return self.spec.input_shape
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
         """One sample as a source stores it: ``(H, W, C)`` for images, ``(D,)`` for features,
         ``()`` for text (token sequences differ in length)."""
-        if self.kind == "text":
-            return ()
-        return (*(int(s) for s in self.image_size), int(self.channels))
+        return self.spec.sample_shape
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form a run folder keeps (``dataset.json``); :meth:`from_dict` reads it."""
+        shared = {"name": self.name, "num_classes": self.num_classes}
+        return {**shared, "class_names": list(self.class_names), "kind": self.kind,
+                "spec": dataclasses.asdict(self.spec)}  # fmt: skip
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling; an estimator pickled before the modality specs holds the flat form."""
+        if "spec" not in state:
+            state = vars(DatasetInfo.from_dict(dict(state)))
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DatasetInfo:
+        """A ``DatasetInfo`` from :meth:`to_dict`'s form, or from the flat one that run
+        folders written before the modality specs hold (every field at the top level;
+        ``kind`` absent before text: images)."""
+
+        def tuples(m: dict[str, Any]) -> dict[str, Any]:
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in m.items()}
+
+        d = tuples(d)
+        kind = d.pop("kind", "image")
+        if kind not in SPECS:
+            raise ValueError(f"DatasetInfo.kind: must be one of {KINDS}, got {kind!r}")
+        shared = {k: d.pop(k) for k in ("name", "num_classes", "class_names")}
+        if "spec" in d:
+            return cls(**shared, spec=SPECS[kind](**tuples(d["spec"])))
+        if kind == "features":  # the flat form kept D in ``channels``
+            return cls(**shared, spec=FeatureSpec(d["channels"], d["mean"], d["std"]))
+        names = [f.name for f in dataclasses.fields(SPECS[kind])]
+        return cls(**shared, spec=SPECS[kind](**{k: d[k] for k in names if k in d}))
 
 
 class SampleSource(abc.ABC):
@@ -444,9 +533,11 @@ def info_for_source(
         name,
         int(num_classes),
         tuple(class_names) if class_names else tuple(str(i) for i in range(num_classes)),
-        (int(h), int(w)),
-        int(c),
-        tuple(float(v) for v in mean),
-        tuple(float(v) for v in std),
-        bool(hflip),
+        ImageSpec(
+            (int(h), int(w)),
+            int(c),
+            tuple(float(v) for v in mean),
+            tuple(float(v) for v in std),
+            bool(hflip),
+        ),
     )

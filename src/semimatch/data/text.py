@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from semimatch.data.sources import DatasetInfo, SampleSource, SSLDataset
+from semimatch.data.sources import DatasetInfo, SampleSource, SSLDataset, TextSpec
 
 __all__ = [
     "DEFAULT_MAX_LENGTH",
@@ -305,7 +305,7 @@ def stack_texts(samples: Sequence[Any], encoding: TextEncoding | None) -> torch.
 
 def texts_to_model_input(texts: Any, info: DatasetInfo) -> torch.Tensor:
     """Raw strings -> the int64 ``(N, 2, L)`` batch a text model takes, tokenized with the
-    tokenizer ``info.tokenizer`` names, as training encoded its texts."""
+    tokenizer ``info.spec.tokenizer`` names, as training encoded its texts."""
     if isinstance(texts, str):
         raise ValueError("texts: expected a list of strings, got one string; wrap it in a list")
     texts = (
@@ -314,8 +314,8 @@ def texts_to_model_input(texts: Any, info: DatasetInfo) -> torch.Tensor:
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
         raise ValueError(f"texts: item {bad[0]} is a {type(texts[bad[0]]).__name__}, not a string")
-    tok = tokenizer_named(info.tokenizer)
-    enc = make_encoding(tok, info.max_length, info.tokenizer)
+    tok = tokenizer_named(info.spec.tokenizer)
+    enc = make_encoding(tok, info.spec.max_length, info.spec.tokenizer)
     return stack_texts(encode_texts(tok, texts, enc)[0], enc)
 
 
@@ -349,7 +349,7 @@ def tokenize_dataset(
     strong: str | None = None,
 ) -> SSLDataset:
     """``dataset`` with every text tokenized once by ``tokenizer`` (any callable with the
-    Hugging Face tokenizer interface), ``info.tokenizer``/``info.max_length`` recorded and the
+    Hugging Face tokenizer interface), ``info.spec`` (tokenizer, max_length) recorded and the
     text views of :func:`~semimatch.data.text_views.text_views` (``strong``: the strong view's
     name; default: the precomputed augmentations when the data has them, else
     :data:`~semimatch.data.text_views.DEFAULT_STRONG`). ``name`` (default: the tokenizer's
@@ -367,7 +367,7 @@ def tokenize_dataset(
 
     train, test, extra = tok(dataset.train), tok(dataset.test), tok(dataset.extra_unlabeled)
     has_augs = has_augmentations(dataclasses.replace(dataset, train=train, extra_unlabeled=extra))
-    info = dataclasses.replace(dataset.info, tokenizer=name, max_length=int(max_length))
+    info = dataclasses.replace(dataset.info, spec=TextSpec(name, int(max_length)))
     views = text_views(strong, precomputed=has_augs)
     return dataclasses.replace(
         dataset, info=info, train=train, test=test, extra_unlabeled=extra, views=views,

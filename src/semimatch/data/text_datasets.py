@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from semimatch.data.sources import DatasetInfo, SSLDataset
+from semimatch.data.sources import DatasetInfo, SSLDataset, TextSpec
 from semimatch.data.text import DEFAULT_MAX_LENGTH, TextSource, tokenize_dataset
 from semimatch.data.text_readers import RawRow, is_decoded, read_rows, read_text_folder
 from semimatch.log import logger
@@ -257,7 +257,7 @@ def _text_info(name: str, classes: tuple[str, ...]) -> DatasetInfo:
         raise ValueError(
             f"labels: need at least 2 classes, got {list(classes)}; label texts of each class"
         )
-    return DatasetInfo(name, len(classes), classes, (), 2, (), (), False, kind="text")
+    return DatasetInfo(name, len(classes), classes, TextSpec())
 
 
 def _dataset(

@@ -119,14 +119,14 @@ def image_views(
         from semimatch.data.batched_augment import BatchedStrongAugment, BatchedWeakAugment
 
         return BatchViews(
-            BatchedWeakAugment(info.image_size, info.hflip, pad_frac=pad_frac),
+            BatchedWeakAugment(info.spec.image_size, info.spec.hflip, pad_frac=pad_frac),
             BatchedStrongAugment(
-                info.image_size, info.hflip, variant=strong_variant, pad_frac=pad_frac
+                info.spec.image_size, info.spec.hflip, variant=strong_variant, pad_frac=pad_frac
             ),
         )
     return SampleViews(
-        weak or WeakAugment(info.image_size, info.hflip, pad_frac),
-        strong or StrongAugment(info.image_size, info.hflip, strong_variant, pad_frac),
+        weak or WeakAugment(info.spec.image_size, info.spec.hflip, pad_frac),
+        strong or StrongAugment(info.spec.image_size, info.spec.hflip, strong_variant, pad_frac),
     )
 
 

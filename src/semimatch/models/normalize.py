@@ -23,8 +23,8 @@ class InputNormalizer(nn.Module):
 
     Args:
         model: module taking float NCHW images.
-        mean: per-channel mean in [0, 1] pixel units (``DatasetInfo.mean``).
-        std: per-channel standard deviation in [0, 1] pixel units (``DatasetInfo.std``).
+        mean: per-channel mean in [0, 1] pixel units (``ImageSpec.mean``).
+        std: per-channel standard deviation in [0, 1] pixel units (``ImageSpec.std``).
     """
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
