@@ -1,4 +1,4 @@
-"""benchmarks/reproduce.py's AG News setting (issue 18) on a stand-in: a tiny random BERT in place
+"""benchmarks/reproduce.py's AG News setting on a stand-in: a tiny random BERT in place
 of MiniLM-L6 and a synthetic AG-News-like CSV, so nothing is downloaded and the cells stay fast."""
 
 from __future__ import annotations
