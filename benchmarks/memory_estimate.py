@@ -62,7 +62,7 @@ def child(backbone: str, batch: int, uratio: int, precision: str, text: str | No
     from semimatch.data import TrainStream, balanced_split, from_arrays, load_text
     from semimatch.recipe import autocast, build_parts, make_optimizer
     from semimatch.resolve import prepare_data, resolve
-    from semimatch.step import train_step
+    from semimatch.step import StepInfo, train_step
 
     torch.set_num_threads(1)
     device = torch.device("cpu")
@@ -92,7 +92,7 @@ def child(backbone: str, batch: int, uratio: int, precision: str, text: str | No
     with autocast(cfg, device):
         loss, _ = train_step(
             parts.net, parts.algorithm, b.x_lb, b.y_lb, b.u_weak, b.u_strong, b.u_true,
-            forward_mode=cfg.forward_mode, iteration=0, u_idx=b.u_idx,
+            forward_mode=cfg.forward_mode, info=StepInfo(0, b.u_idx),
         )  # fmt: skip
     loss.backward()
     optimizer.step()

@@ -159,8 +159,8 @@ def run_reference(args: argparse.Namespace, data, split) -> dict:
     """fp32, NCHW, PIL augmentation in DataLoader workers, Python-loop optimiser and EMA."""
     import copy
 
-    from semimatch.algorithms import build_algorithm
     from semimatch.data import TrainStream
+    from semimatch.methods.registry import build_algorithm
     from semimatch.models import InputNormalizer, build_model
     from semimatch.step import train_step
 

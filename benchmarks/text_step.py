@@ -89,10 +89,10 @@ class Bench:
         precision: str,
         variants: tuple[str, ...] = VARIANTS,
     ) -> None:
-        from semimatch.algorithms import build_algorithm
         from semimatch.config import Config
         from semimatch.data import TrainStream, load_text, tokenize_dataset
         from semimatch.data.splits import balanced_split
+        from semimatch.methods.registry import build_algorithm
         from semimatch.models import build_model
         from semimatch.models.hf import load_tokenizer
         from semimatch.recipe import autocast

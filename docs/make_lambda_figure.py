@@ -19,7 +19,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from semimatch.weighting import FixedThreshold, SoftMatchWeighting  # noqa: E402
+from semimatch.methods.fixmatch import FixedThreshold  # noqa: E402
+from semimatch.methods.softmatch import SoftMatchWeighting  # noqa: E402
 
 C = 10
 OUT = Path(__file__).parent / "images" / "lambda.png"

@@ -300,13 +300,12 @@ def test_help_states_the_algorithms_real_defaults(capsys):
     import re
     from dataclasses import fields
 
-    from semimatch.algorithms import ALGORITHMS
     from semimatch.config import Config
-    from semimatch.options import DATA_INPUTS
+    from semimatch.methods.registry import DATA_INPUTS, methods
 
     labels = {f.name: f.metadata.get("none") for f in fields(Config)}
     checked = 0
-    for algo, spec in ALGORITHMS.items():
+    for algo, spec in methods().items():
         for name, param in list(inspect.signature(spec.build).parameters.items())[1:]:
             if name in DATA_INPUTS:  # the data's (FlexMatch's pool size): no field, no flag
                 assert name not in labels

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from semimatch.algorithms import SSLAlgorithm
 from semimatch.config import Config, ConfigError, budget_momentum, load_preset
 from semimatch.data import from_arrays
+from semimatch.methods.consistency import SSLAlgorithm
 from semimatch.presets import PRESETS
 from semimatch.resolve import dataset_options, resolve
 from semimatch.two_pass import check_forward_mode
@@ -376,14 +376,13 @@ def test_every_builder_keyword_is_a_config_field_a_flag_and_checked(capsys):
     import typing
     from dataclasses import fields
 
-    from semimatch.algorithms import ALGORITHMS, OPTIONS, docstring_args
     from semimatch.cli import main
-    from semimatch.config import field_types
-    from semimatch.options import DATA_INPUTS
+    from semimatch.config import OPTIONS, field_types
+    from semimatch.methods.registry import DATA_INPUTS, docstring_args, methods
 
     keywords = {
         name
-        for spec in ALGORITHMS.values()
+        for spec in methods().values()
         for name, p in inspect.signature(spec.build).parameters.items()
         if p.kind is p.KEYWORD_ONLY and name not in DATA_INPUTS
     }
@@ -401,7 +400,7 @@ def test_every_builder_keyword_is_a_config_field_a_flag_and_checked(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     usage = " ".join(capsys.readouterr().out.split())
-    for algo, spec in ALGORITHMS.items():
+    for algo, spec in methods().items():
         hints, docs = typing.get_type_hints(spec.build), docstring_args(spec.build)
         for name in spec.options:
             f = by_name[name]
@@ -421,8 +420,8 @@ def test_a_builder_keyword_is_enough_for_a_field_and_validation():
     error."""
     from dataclasses import dataclass, fields
 
-    from semimatch.algorithms import ALGORITHMS, AlgorithmSpec, algorithm_options
     from semimatch.config import algorithm_option_fields
+    from semimatch.methods.registry import Method, algorithm_options, methods
 
     def toy(num_classes: int, *, gamma: float = 0.5, tau: float = 0.7) -> SSLAlgorithm:
         """A toy.
@@ -435,7 +434,7 @@ def test_a_builder_keyword_is_enough_for_a_field_and_validation():
         """
         return SSLAlgorithm(None, name="toy")
 
-    registry = {"fixmatch": ALGORITHMS["fixmatch"], "toy": AlgorithmSpec(toy)}
+    registry = {"fixmatch": methods()["fixmatch"], "toy": Method("toy", toy)}
 
     @dataclass
     @algorithm_option_fields(algorithm_options(registry), after="name")
@@ -463,11 +462,11 @@ def test_a_builder_keyword_is_enough_for_a_field_and_validation():
         return SSLAlgorithm(None)
 
     with pytest.raises(TypeError, match="'tau'.*one name, one type"):
-        algorithm_options({**registry, "clash": AlgorithmSpec(clash)})
+        algorithm_options({**registry, "clash": Method("clash", clash)})
 
     def undocumented(num_classes: int, *, beta: float = 1.0) -> SSLAlgorithm:
         """No Args section."""
         return SSLAlgorithm(None)
 
     with pytest.raises(TypeError, match="'beta' needs a type annotation and an Args: entry"):
-        AlgorithmSpec(undocumented)
+        Method("undocumented", undocumented)

@@ -20,11 +20,11 @@ from torch import nn
 
 from helpers.reference_impl import random_probs
 from semimatch import distributed as sd
-from semimatch.algorithms import build_algorithm
-from semimatch.alignment import UniformAlignment
+from semimatch.methods.alignment import UniformAlignment
+from semimatch.methods.registry import build_algorithm
+from semimatch.methods.softmatch import SoftMatchWeighting
 from semimatch.metrics import WindowSums
 from semimatch.step import train_step
-from semimatch.weighting import SoftMatchWeighting
 
 WORLD = 2
 C, D = 5, 6

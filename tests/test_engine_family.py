@@ -20,6 +20,7 @@ from semimatch.cli import main
 from semimatch.config import Config
 from semimatch.engine import fit
 from semimatch.errors import TrainingInterrupted
+from semimatch.methods.registry import build_algorithm
 from semimatch.metrics import read_jsonl
 from semimatch.sklearn import SemiSupervisedClassifier
 
@@ -85,9 +86,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, alg
     saved = ckpt.load(ckpt.latest(ref / "checkpoints"))
     state, pool = saved["algorithm"], saved["num_unlabeled"]
     assert (pool is not None) == (algorithm == "flexmatch")
-    initial = semimatch.algorithms.build_algorithm(
-        algorithm, 10, num_unlabeled=pool, **MOVING[algorithm]
-    )
+    initial = build_algorithm(algorithm, 10, num_unlabeled=pool, **MOVING[algorithm])
     moved = [k for k, v in initial.state_dict().items() if not torch.equal(state[k], v)]
     if initial.state_dict():  # UDA has no running state
         assert moved, f"{algorithm}: no state moved, the resume check would be vacuous"
@@ -122,7 +121,7 @@ def test_a_flexmatch_weighting_of_your_own_gets_the_pool_indices():
     """weighting=FlexMatchThreshold(...) declares sample_indices: the step passes u_idx; a
     memory sized for another pool is refused before training, naming the size to use."""
     from semimatch.data import load_dataset
-    from semimatch.weighting import FlexMatchThreshold
+    from semimatch.methods.flexmatch import FlexMatchThreshold
 
     pool = len(load_dataset("digits").train)  # digits: every training image is unlabeled too
     weighting = FlexMatchThreshold(10, pool, tau=0.125)

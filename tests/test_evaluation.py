@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from semimatch.algorithms import build_algorithm
 from semimatch.data import from_arrays
 from semimatch.evaluation import evaluate_model, lambda_curve, pad_rows
+from semimatch.methods.registry import build_algorithm
 
 CPU = torch.device("cpu")
 

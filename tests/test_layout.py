@@ -23,29 +23,6 @@ ROOT = SRC.parents[1]
 TESTS = ROOT / "tests"
 MAX_FUNCTION_LINES = 60
 
-# Functions still over MAX_FUNCTION_LINES while their owner reshapes them (the methods package,
-# work under way on another branch). Emptied once it is merged; an entry that no longer offends
-# fails the test, so the list cannot go stale.
-PENDING_LONG = {
-    "step.py: train_step",
-    "step.py: metric_sums",
-    "algorithms.py: SSLAlgorithm.__init__",
-}
-# Re-exports still waiting for the same parts (same rule: an entry that is gone fails the test):
-# options.py and the weighting modules go into the methods package.
-PENDING_REEXPORTS = {
-    "src/semimatch/algorithms.py: __all__ lists AlgorithmSpec",
-    "src/semimatch/algorithms.py: __all__ lists Option",
-    "src/semimatch/algorithms.py: __all__ lists OptionSpec",
-    "src/semimatch/algorithms.py: __all__ lists algorithm_options",
-    "src/semimatch/algorithms.py: __all__ lists docstring_args",
-    "src/semimatch/config.py: semimatch.algorithms.Option (defined in semimatch.options)",
-    "src/semimatch/weighting/uda.py: __all__ lists sharpen",
-    "tests/test_config.py: semimatch.algorithms.AlgorithmSpec (defined in semimatch.options)",
-    "tests/test_config.py: semimatch.algorithms.algorithm_options (defined in semimatch.options)",
-    "tests/test_config.py: semimatch.algorithms.docstring_args (defined in semimatch.options)",
-}
-
 
 def modules() -> list[Path]:
     return sorted(SRC.rglob("*.py"))
@@ -177,13 +154,10 @@ def reexport_violations() -> list[str]:
 
 
 def test_no_module_passes_on_names_it_does_not_define():
-    found = set(reexport_violations())
-    stale = PENDING_REEXPORTS - found
-    assert not stale, f"no longer re-exported, drop them from PENDING_REEXPORTS: {sorted(stale)}"
-    new = sorted(found - PENDING_REEXPORTS)
-    assert not new, (
+    found = sorted(set(reexport_violations()))
+    assert not found, (
         "import these names from the module that defines them (the 'defined in' one) and drop "
-        f"them from the module that only passes them on: {new}"
+        f"them from the module that only passes them on: {found}"
     )
 
 
@@ -274,10 +248,7 @@ def long_functions(path: Path) -> dict[str, int]:
 
 
 def test_no_function_is_several_steps_in_one():
-    found = {k: n for p in modules() for k, n in long_functions(p).items()}
-    stale = PENDING_LONG - set(found)
-    assert not stale, f"short enough now, drop them from PENDING_LONG: {sorted(stale)}"
-    long = {k: n for k, n in found.items() if k not in PENDING_LONG}
+    long = {k: n for p in modules() for k, n in long_functions(p).items()}
     assert not long, (
         f"over {MAX_FUNCTION_LINES} lines of code (docstrings, comments and blank lines not "
         f"counted): give each step its own named function, split by what it does: {long}"
@@ -292,15 +263,6 @@ def test_the_architecture_page_names_every_module_of_the_package():
     assert not missing, f"docs/development/architecture.md does not mention {missing}"
 
 
-# Test files not yet in the folder that mirrors their module, waiting for the methods package
-# (which takes the weighting tests); an entry that sits right already fails the test.
-PENDING_MISPLACED = {
-    "tests/test_weighting.py",
-    "tests/test_weighting_distributed.py",
-    "tests/test_weighting_softmatch.py",
-    "tests/test_weighting_thresholds.py",
-    "tests/test_weighting_uda.py",
-}
 #: Folders of tests that mirror something other than a package of semimatch.
 NOT_MIRRORS = {"helpers", "plugins", "benchmarks"}
 
@@ -345,10 +307,7 @@ def misplaced_tests() -> dict[str, str]:
 
 
 def test_the_tests_mirror_the_package():
-    found = misplaced_tests()
-    stale = PENDING_MISPLACED - set(found)
-    assert not stale, f"in place now, drop them from PENDING_MISPLACED: {sorted(stale)}"
-    wrong = {k: v for k, v in found.items() if k not in PENDING_MISPLACED}
+    wrong = misplaced_tests()
     assert not wrong, (
         "move each test file into the folder that mirrors the package of the module it is "
         f"named after (tests/data/ for semimatch/data/...): {wrong}"

@@ -157,13 +157,13 @@ def test_no_memory_check_skips_it_and_a_labeled_batch_over_the_labels_is_fine(
 def _allocator_fails_at(k_fail: int):
     real = engine.train_step
 
-    def step(*args, iteration=None, **kwargs):
-        if iteration == k_fail:
+    def step(*args, info=None, **kwargs):
+        if info is not None and info.iteration == k_fail:
             raise RuntimeError(
                 "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
                 "allocate memory: you tried to allocate 400000000000000 bytes. Error code 12"
             )
-        return real(*args, iteration=iteration, **kwargs)
+        return real(*args, info=info, **kwargs)
 
     return step
 

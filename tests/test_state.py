@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from semimatch import checkpoint as ckpt
-from semimatch.algorithms import build_algorithm
 from semimatch.config import Config
 from semimatch.ema import ModelEMA
 from semimatch.errors import TrainingError
+from semimatch.methods.registry import build_algorithm
 from semimatch.state import TrainState, read_checkpoint
 
 CPU = torch.device("cpu")

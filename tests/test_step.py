@@ -21,10 +21,11 @@ from helpers.reference_impl import (
     softmax,
     step_loss,
 )
-from semimatch.algorithms import SSLAlgorithm, build_algorithm
+from semimatch.methods.consistency import SSLAlgorithm
+from semimatch.methods.fixmatch import FixedThreshold
+from semimatch.methods.registry import build_algorithm
 from semimatch.metrics import WindowSums, summarize
 from semimatch.step import CONF_BINS, metric_sums, train_step
-from semimatch.weighting import FixedThreshold
 
 D, C = 5, 4  # input features and classes of the tiny models
 

@@ -29,9 +29,9 @@ from helpers.reference_impl import (
     softmatch_shape_weight,
     softmax,
 )
-from semimatch.algorithms import build_algorithm
+from semimatch.methods.registry import build_algorithm
 from semimatch.metrics import WindowSums, summarize
-from semimatch.step import train_step
+from semimatch.step import StepInfo, train_step
 
 D, C = 5, 4  # input features and classes of the tiny models
 STEPS = 4
@@ -199,7 +199,7 @@ def test_loss_parts_and_gradient_match_the_float64_oracle(case, seed):
             extra_state = (oracle.free.p_model, oracle.free.label_hist)
         opt.zero_grad()
         views = (x_lb, y_lb, u_weak, u_strong, u_true)
-        loss, sums = train_step(model, algorithm, *views, iteration=it)
+        loss, sums = train_step(model, algorithm, *views, info=StepInfo(it))
         assert loss.item() == pytest.approx(want, abs=2e-5), (case, it)
         assert sums["sup_loss_sum"].item() / len(y_lb) == pytest.approx(sup, abs=1e-5)
         if w is None:  # Dash's warm-up: the labeled batch only
@@ -248,7 +248,9 @@ def test_flexmatch_step_matches_the_float64_oracle(seed, warmup):
         sup = float(np.mean(cross_entropy(z_lb, y_lb.numpy())))
         unsup = float(np.sum(w * cross_entropy(z_strong, cls))) / len(w)
         opt.zero_grad()
-        loss, sums = train_step(model, algorithm, x_lb, y_lb, u_weak, u_strong, u_true, u_idx=u_idx)
+        loss, sums = train_step(
+            model, algorithm, x_lb, y_lb, u_weak, u_strong, u_true, info=StepInfo(u_idx=u_idx)
+        )
         assert loss.item() == pytest.approx(sup + lambda_u * unsup, abs=2e-5), it
         assert sums["weight_sum"].item() == float(np.sum(w))
         np.testing.assert_array_equal(algorithm.weighting.selected_label.numpy(), oracle.sel)
@@ -329,7 +331,7 @@ def test_dash_warmup_is_supervised_then_sets_rho_init_once():
     keys = None
     for it in range(4):
         x_lb, y_lb, u_weak, u_strong, _ = batch(it)
-        loss, sums = train_step(model, algorithm, x_lb, y_lb, u_weak, u_strong, iteration=it)
+        loss, sums = train_step(model, algorithm, x_lb, y_lb, u_weak, u_strong, info=StepInfo(it))
         keys = keys or set(sums)
         assert set(sums) == keys  # fixed keys through the warm-up
         if it < 2:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semimatch.algorithms import build_algorithm
 from semimatch.ema import ModelEMA
+from semimatch.methods.registry import build_algorithm
 from semimatch.models import InputNormalizer, build_model
-from semimatch.step import train_step
+from semimatch.step import StepInfo, train_step
 
 
 @pytest.mark.parametrize(
@@ -56,8 +56,7 @@ def test_training_iteration_has_no_host_sync(algorithm, forward_mode):
             u if algo.uses_strong else None,
             t,
             forward_mode=forward_mode,
-            iteration=step,
-            u_idx=t,  # FlexMatch's memory update is on the device too
+            info=StepInfo(step, t),  # FlexMatch's memory update is on the device too
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -18,9 +18,9 @@ from helpers.reference_impl import (
     step_loss,
 )
 from helpers.text_fixtures import text_corpus, write_tiny_bert
-from semimatch.algorithms import build_algorithm
 from semimatch.data import TrainStream, from_texts
 from semimatch.data.splits import balanced_split
+from semimatch.methods.registry import build_algorithm
 from semimatch.step import train_step
 
 pytest.importorskip("transformers")

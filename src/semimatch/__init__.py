@@ -1,7 +1,8 @@
 """semimatch: semi-supervised classification of images, feature vectors and texts.
 
 The methods: FixMatch, SoftMatch and their family, FlexMatch, FreeMatch, AdaMatch, Dash and UDA
-(``ALGORITHMS``).  This module is the public API, gathered from the modules that define it (a
+(``methods()``, the registry; ``register_method`` adds one, from a package's ``semimatch.methods``
+entry point).  This module is the public API, gathered from the modules that define it (a
 package's ``__init__`` is the only kind of module that passes on names it does not define):
 ``train``, ``evaluate``, ``predict``, ``load_run``, ``Config``, ``PRESETS``, the building blocks
 (``FixedThreshold``, ``SoftMatchWeighting``, ``UniformAlignment``, ``SSLAlgorithm``,
@@ -21,20 +22,21 @@ import sys as _sys
 if "torch" not in _sys.modules:  # OpenMP reads its wait policy once, when torch loads it
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from semimatch.algorithms import ALGORITHMS, SSLAlgorithm, build_algorithm
-from semimatch.alignment import UniformAlignment
 from semimatch.api import evaluate, make_config, predict, train
 from semimatch.config import Config, ConfigError
 from semimatch.errors import TrainingError, TrainingInterrupted
+from semimatch.methods.alignment import UniformAlignment
+from semimatch.methods.consistency import SSLAlgorithm
+from semimatch.methods.fixmatch import FixedThreshold
+from semimatch.methods.registry import build_algorithm, methods, register_method
+from semimatch.methods.softmatch import SoftMatchWeighting
 from semimatch.presets import PRESETS
 from semimatch.run import Run, load_run
 from semimatch.step import train_step
-from semimatch.weighting import FixedThreshold, SoftMatchWeighting
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ALGORITHMS",
     "PRESETS",
     "Config",
     "ConfigError",
@@ -46,6 +48,8 @@ __all__ = [
     "TrainingInterrupted",
     "UniformAlignment",
     "build_algorithm",
+    "methods",
+    "register_method",
     "evaluate",
     "load_run",
     "make_config",

@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from semimatch.algorithms import SSLAlgorithm, Weighting
 from semimatch.config import Config, ConfigError, load_preset
 from semimatch.data import SSLDataset
 from semimatch.data.modalities import modality
 from semimatch.engine import fit
+from semimatch.methods.blocks import Weighting
+from semimatch.methods.consistency import SSLAlgorithm
 from semimatch.run import Run, load_run
 
 __all__ = ["train", "make_config", "evaluate", "predict", "Augmentation"]

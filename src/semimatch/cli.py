@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from semimatch import __version__
-from semimatch.algorithms import ALGORITHMS
 from semimatch.config import Config, ConfigError, field_types, load_preset
 from semimatch.flags import as_flags, cli_fields, flag, given_flags
+from semimatch.methods.registry import methods
 from semimatch.presets import PRESETS
 from semimatch.scoring import (
     cmd_eval,
@@ -396,7 +396,7 @@ def _demo_parser(sub: Any) -> None:
         "--methods",
         metavar="LIST",
         help="comma-separated algorithms to compare, from: "
-        f"{', '.join(ALGORITHMS)} (default: supervised,fixmatch,softmatch)",
+        f"{', '.join(methods())} (default: supervised,fixmatch,softmatch)",
     )
     p.add_argument(
         "--report",

@@ -4,7 +4,7 @@
 ``config.json`` and a keyword of ``semimatch.train``, all derived from the same field list, so an
 option cannot exist in one door and silently do nothing in another.  Unknown keys and wrong types
 are errors with a suggestion.  The algorithms' options (``tau``, ``stat_momentum``, ...) are not
-written here: they are generated from the builders' signatures in ``semimatch.algorithms``.
+written here: they are generated from the builders' signatures in ``semimatch.methods``.
 
 Fields whose default is ``None`` are *auto*: ``resolve`` derives them from the dataset, the device
 and the iteration budget (see "Short budgets" in the reference) and records the chosen value, so
@@ -26,10 +26,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from semimatch.algorithms import OPTIONS, AlgorithmName, Option
+from semimatch.methods.registry import Option, algorithm_options, methods
 from semimatch.presets import PRESETS
 
 __all__ = [
+    "OPTIONS",
+    "AlgorithmName",
     "Config",
     "ConfigError",
     "algorithm_option_fields",
@@ -70,7 +72,7 @@ def algorithm_option_fields(
 ) -> Callable[[type], type]:
     """Give a class (before ``@dataclass``) one field per algorithm option, after field ``after``.
 
-    The algorithm builders' keyword parameters (``semimatch.algorithms``) are the one
+    The algorithm builders' keyword parameters (``semimatch.methods``) are the one
     declaration of the options; a class decorator that writes them into ``__annotations__``
     keeps ``Config`` a plain dataclass, so ``fields(Config)``, ``asdict``, the command line
     (one flag per field) and ``config.json`` (the same keys as before) see them like any other
@@ -112,17 +114,25 @@ def algorithm_option_fields(
     return add
 
 
-#: Algorithm options whose None the run derives (``resolve.resolve``) instead of the builder.
-_DERIVED_OPTIONS = {
-    "stat_momentum": "softmatch/freematch/adamatch: derived from the iteration budget K, "
-    "min(0.999, max(0.9, 1 - 20/K))",
-    "dash_warmup": "dash: derived from the iteration budget K, min(2048, K // 20)",
-    "rho_period": "dash: derived from the iteration budget K, max(1, round(K * 10/1024))",
-}
+#: The algorithm names, as a type (``Config.algorithm``); the registry is read here, once, so
+#: its entry points load before ``Config`` gets its fields.
+AlgorithmName = Literal[tuple(methods())]  # type: ignore[valid-type]
+
+#: The options of all algorithms (``Config`` has one field per entry).
+OPTIONS: dict[str, Option] = algorithm_options(methods())
+
+
+def _derived_options() -> dict[str, str]:
+    """What None means for the options a method derives from the budget (``Method.budget``)."""
+    helps: dict[str, dict[str, str]] = {}
+    for name, method in methods().items():
+        for scaled in method.budget:
+            helps.setdefault(scaled.option, {})[name] = scaled.help
+    return {option: _per_algorithm(texts) for option, texts in helps.items()}
 
 
 @dataclass
-@algorithm_option_fields(OPTIONS, after="ema_warmup", none=_DERIVED_OPTIONS)
+@algorithm_option_fields(OPTIONS, after="ema_warmup", none=_derived_options())
 class Config:
     """Every option of a run (see the module docstring); ``None`` = derived or the default."""
 
@@ -307,7 +317,7 @@ class Config:
     )
     # --- the algorithm's options ----------------------------------------------------------------
     # Generated here by @algorithm_option_fields from the builders' signatures in
-    # semimatch.algorithms: tau, lambda_u, stat_momentum, n_sigma, per_class, ...
+    # semimatch.methods: tau, lambda_u, stat_momentum, n_sigma, per_class, ...
 
     # --- augmentation -------------------------------------------------------------------------
     strong_augment: Literal["fixmatch", "usb"] = _f(

@@ -11,13 +11,13 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-from semimatch.algorithms import ALGORITHMS
 from semimatch.config import Config, ConfigError
 from semimatch.engine import fit
 from semimatch.errors import TrainingError
+from semimatch.methods.registry import methods as registered
 from semimatch.run import RunDir
 
-#: The default methods of the demo, in table order.
+#: The default methods of the demo (registered names), in table order.
 DEFAULT_METHODS = ("supervised", "fixmatch", "softmatch")
 
 
@@ -32,14 +32,14 @@ def parse_methods(methods: str | Iterable[str] | None) -> tuple[str, ...]:
     items = methods.split(",") if isinstance(methods, str) else list(methods)
     names = [str(m).strip().lower() for m in items if str(m).strip()]
     if not names:
-        raise ConfigError(f"no method given; choose from {', '.join(ALGORITHMS)}")
+        raise ConfigError(f"no method given; choose from {', '.join(registered())}")
     for name in names:
-        if name not in ALGORITHMS:
-            hint = difflib.get_close_matches(name, ALGORITHMS, n=1)
+        if name not in registered():
+            hint = difflib.get_close_matches(name, registered(), n=1)
             raise ConfigError(
                 f"unknown method {name!r}"
                 + (f" (did you mean {hint[0]}?)" if hint else "")
-                + f"; choose from {', '.join(ALGORITHMS)}"
+                + f"; choose from {', '.join(registered())}"
             )
     return tuple(dict.fromkeys(names))
 
@@ -47,7 +47,7 @@ def parse_methods(methods: str | Iterable[str] | None) -> tuple[str, ...]:
 def demo_runs(out: Path) -> list[str]:
     """The algorithms whose demo run folder ``out/<algorithm>`` already holds a run."""
     out = Path(out)
-    return [a for a in ALGORITHMS if RunDir(out / a).holds_run()]
+    return [a for a in registered() if RunDir(out / a).holds_run()]
 
 
 def run_demo(
@@ -63,7 +63,7 @@ def run_demo(
 ) -> list[dict]:
     """Train each of ``methods`` into ``out/<algorithm>``; return their summaries.
 
-    ``methods``: registered algorithm names (``semimatch.algorithms.ALGORITHMS``), a list or a
+    ``methods``: registered algorithm names (``semimatch.methods.registry.methods()``), a list or a
     comma-separated string; default supervised, FixMatch and SoftMatch.  Checked before
     anything trains.  ``threads`` sets ``Config.threads`` of every run (None: torch's default).
     ``overwrite=False`` refuses an ``out`` that already holds a demo before anything trains; the

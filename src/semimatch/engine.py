@@ -36,7 +36,6 @@ from torch import nn
 
 from semimatch import checkpoint as ckpt
 from semimatch import distributed as dist
-from semimatch.algorithms import SSLAlgorithm
 from semimatch.config import Config, ConfigError
 from semimatch.data import SampleSource, Split, SSLBatch, SSLDataset, TrainStream
 from semimatch.data.sources import SubsetSource
@@ -46,6 +45,8 @@ from semimatch.errors import TrainingError, TrainingInterrupted
 from semimatch.hardware import select_device
 from semimatch.log import logger
 from semimatch.memory import is_out_of_memory, preflight
+from semimatch.methods.blocks import NonFiniteError
+from semimatch.methods.consistency import SSLAlgorithm
 from semimatch.recipe import (
     Parts,
     autocast,
@@ -60,9 +61,8 @@ from semimatch.resolve import load_data, prepare_data
 from semimatch.run import Run, RunDir, make_summary
 from semimatch.start import Resume, RunStart
 from semimatch.state import TrainState
-from semimatch.step import train_step
+from semimatch.step import StepInfo, train_step
 from semimatch.two_pass import check_forward_mode
-from semimatch.weighting import NonFiniteError
 
 __all__ = ["fit"]
 
@@ -222,7 +222,7 @@ def _stream(
         uratio=cfg.uratio,
         seed=cfg.seed,
         use_unlabeled=algorithm.uses_unlabeled,
-        use_strong=algorithm.uses_strong,
+        use_strong=algorithm.needs.strong_views,
         strong_variant=cfg.strong_augment,
         augment=cfg.augment,
         device=device,
@@ -360,6 +360,13 @@ def _train(t: _Training) -> _Outcome:
     return outcome
 
 
+def _strong_views(batch: SSLBatch, fmt: torch.memory_format) -> tuple[torch.Tensor, ...] | None:
+    """The batch's strong views (as many as the method needs) in the step's memory format."""
+    if batch.u_strong is None:
+        return None
+    return tuple(v.contiguous(memory_format=fmt) for v in (batch.u_strong, *batch.u_strong_more))
+
+
 def _step(t: _Training, batch: SSLBatch, k: int) -> None:
     """One iteration: the loss of batch ``k`` (``step.train_step``), its gradient, the
     optimiser, the schedule, the BatchNorm buffers across ranks, the EMA, the metric windows."""
@@ -373,11 +380,10 @@ def _step(t: _Training, batch: SSLBatch, k: int) -> None:
                 batch.x_lb.contiguous(memory_format=fmt),
                 batch.y_lb,
                 batch.u_weak.contiguous(memory_format=fmt),
-                None if batch.u_strong is None else batch.u_strong.contiguous(memory_format=fmt),
+                _strong_views(batch, fmt),
                 batch.u_true,
                 forward_mode=cfg.forward_mode,
-                iteration=k,
-                u_idx=batch.u_idx,
+                info=StepInfo(k, batch.u_idx),
             )
     except NonFiniteError:  # the weak-view probabilities are already NaN
         raise _NonFinite(k) from None

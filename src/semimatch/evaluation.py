@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from semimatch import distributed as dist
-from semimatch.algorithms import SSLAlgorithm
 from semimatch.config import Config
 from semimatch.data import eval_batches
+from semimatch.methods.consistency import SSLAlgorithm
 from semimatch.recipe import autocast
 
 __all__ = ["evaluate_model", "lambda_curve", "pad_rows"]

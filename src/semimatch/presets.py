@@ -1,9 +1,11 @@
 """The paper presets as data: ``PRESETS[name] -> Preset(values, description, runtime)``.
 
 One preset per setting (dataset, labels, backbone) and algorithm; ``semimatch.config.
-load_preset`` turns one into a validated ``Config``.  FixMatch, SoftMatch, Pseudo-Label and
-supervised follow the papers (FixMatch's recipe); FlexMatch, FreeMatch, AdaMatch, Dash and UDA
-follow USB's classic-CV configuration files (``config/classic_cv/<algo>/<algo>_<setting>_0.yaml``).
+load_preset`` turns one into a validated ``Config``.  The settings live here; each method's
+part (its values, paper or USB source, notes) lives in its module (``MethodPresets``).
+FixMatch, SoftMatch, Pseudo-Label and supervised follow the papers (FixMatch's recipe);
+FlexMatch, FreeMatch, AdaMatch, Dash and UDA follow USB's classic-CV configuration files
+(``config/classic_cv/<algo>/<algo>_<setting>_0.yaml``).
 
 The USB NLP presets (``ag_news-40-softmatch``, ...) mirror USB's text configs
 (``config/usb_nlp/<algo>/<algo>_<dataset>_<labels>_0.yaml``): BERT-base fine-tuned with AdamW,
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from semimatch.methods.registry import MethodPresets, methods
 
 __all__ = ["PRESETS", "Preset"]
 
@@ -55,56 +59,6 @@ _RUNTIME_28_2 = (
     "~2 s (~24 days) with --precision bf16 on AMX"
 )
 _RUNTIME_28_8 = "2**20 iterations: ~3 weeks on one V100; not practical on a CPU"
-_ALGO_VALUES: dict[str, dict[str, Any]] = {
-    "fixmatch": {"algorithm": "fixmatch", "tau": 0.95},
-    "softmatch": {
-        "algorithm": "softmatch",
-        "stat_momentum": 0.999,
-        "n_sigma": 2.0,
-        "uniform_alignment": True,
-        "stats_on": "aligned",
-    },
-    "supervised": {"algorithm": "supervised"},
-    "pseudolabel": {"algorithm": "pseudolabel", "tau": 0.95},
-    # The rest of the family, with USB's classic-CV values (config/classic_cv/<algo>/
-    # <algo>_cifar10_40_0.yaml; the same in its CIFAR-10-250/4000, CIFAR-100, SVHN and STL-10
-    # files but for FreeMatch's clip_thresh on SVHN, see _SETTING_ALGO_VALUES).
-    # FlexMatch: p_cutoff 0.95, thresh_warmup True, hard_label True, ulb_loss_ratio 1.0 (its T
-    # 0.5 is unused with hard labels).
-    "flexmatch": {"algorithm": "flexmatch", "tau": 0.95, "threshold_warmup": True, "lambda_u": 1.0},
-    "freematch": {
-        "algorithm": "freematch",
-        "stat_momentum": 0.999,  # ema_p
-        "lambda_e": 0.001,  # ent_loss_ratio
-        "use_quantile": False,
-        "clip_thresh": False,
-        "lambda_u": 1.0,
-    },
-    "adamatch": {"algorithm": "adamatch", "tau": 0.95, "stat_momentum": 0.999, "lambda_u": 1.0},
-    "dash": {
-        "algorithm": "dash",
-        "temperature": 0.5,
-        "dash_gamma": 1.27,
-        "dash_c": 1.0001,
-        "rho_min": 0.05,
-        "rho_period": 10 * 1024,  # 10 epochs of 1024 iterations
-        "dash_warmup": 2048,  # num_wu_iter
-        "lambda_u": 1.0,
-    },
-    "uda": {"algorithm": "uda", "tau": 0.8, "temperature": 0.4, "lambda_u": 1.0},
-}
-#: Where USB's config for one setting differs from its CIFAR-10-40 file.
-_SETTING_ALGO_VALUES: dict[tuple[str, str], dict[str, Any]] = {
-    ("svhn-40", "freematch"): {"clip_thresh": True},
-    ("svhn-250", "freematch"): {"clip_thresh": True},
-}
-#: Presets of the algorithms added for issue 19 exist for the classic-CV settings only: USB's
-#: long-tailed configs (classic_cv_imb) are other recipes, not checked here.
-_FAMILY = ("flexmatch", "freematch", "adamatch", "dash", "uda")
-_NOTES = {
-    "dash": "; the 2048 supervised warm-up iterations count in the budget (USB runs them "
-    "before it) and rho_init is the labeled loss after them (USB: its evaluation-set loss)",
-}
 _SETTINGS: dict[str, tuple[dict[str, Any], str, str]] = {
     "cifar10-40": (
         {"dataset": "cifar10", "num_labels": 40, "backbone": "wrn_28_2"},
@@ -211,9 +165,6 @@ _USB_NLP_DATASETS: dict[str, tuple[str, str, int, tuple[int, int], float, float,
     "yahoo_answers": ("yahoo_answers", "Yahoo! Answers", 10, (500, 2000), 1e-4, 0.65, True),
     "imdb": ("aclImdb", "IMDb", 2, (20, 100), 5e-5, 0.75, True),
 }
-_USB_NLP_ALGOS = ("supervised", "fixmatch", "softmatch", *(a for a in _FAMILY if a != "uda"))
-#: USB's NLP values where they differ from its classic-CV ones (FreeMatch's ent_loss_ratio).
-_USB_NLP_ALGO_VALUES: dict[str, dict[str, Any]] = {"freematch": {"lambda_e": 0.001}}
 
 
 def _usb_nlp_runtime(long_texts: bool, algorithm: str) -> str:
@@ -238,38 +189,45 @@ def _usb_nlp_presets() -> dict[str, Preset]:
     presets = {}
     for key, (folder, title, classes, counts, lr, decay, long_texts) in _USB_NLP_DATASETS.items():
         for labels in counts:
-            for algo in _USB_NLP_ALGOS:
+            for algo, part in _method_presets(nlp=True):
                 name = f"{key}-{labels}-{algo}"
                 values = {
                     **_USB_NLP_COMMON,
                     "num_labels": labels,
                     "lr": lr,
                     "layer_decay": decay,
-                    **_ALGO_VALUES[algo],
-                    **_USB_NLP_ALGO_VALUES.get(algo, {}),
+                    **part.values,
+                    **part.nlp_values,
                     "preset": name,
                 }
                 text = (
                     f"{title}, {labels // classes} labels per class, BERT-base (USB NLP: "
                     f"config/usb_nlp/{algo}/{algo}_{folder}_{labels}_0.yaml); needs --data-root "
                     f"at USB's data/{folder}/ (train.json, test.json); {algo}"
-                    f"{_NOTES.get(algo, '')}"
+                    f"{part.note}"
                 )
                 presets[name] = Preset(name, text, values, _usb_nlp_runtime(long_texts, algo))
     return presets
 
 
+def _method_presets(nlp: bool = False) -> list[tuple[str, MethodPresets]]:
+    """The registered methods' parts of the presets (those with USB NLP presets: ``nlp``)."""
+    parts = [(name, m.presets) for name, m in methods().items() if m.presets is not None]
+    return [(name, part) for name, part in parts if part.nlp or not nlp]
+
+
 def _build_presets() -> dict[str, Preset]:
     presets = {}
     for setting, (values, description, runtime) in _SETTINGS.items():
-        for algo, algo_values in _ALGO_VALUES.items():
-            if algo in _FAMILY and setting.startswith("cifar10lt"):
+        for algo, part in _method_presets():
+            usb = part.source == "usb"
+            if usb and setting.startswith("cifar10lt"):
                 continue
             name = f"{setting}-{algo}"
-            extra = _SETTING_ALGO_VALUES.get((setting, algo), {})
-            merged = {**_PAPER_COMMON, **values, **algo_values, **extra, "preset": name}
-            source = "USB classic-CV settings" if algo in _FAMILY else "paper settings"
-            text = f"{description}; {algo} ({source}){_NOTES.get(algo, '')}"
+            extra = part.settings.get(setting, {})
+            merged = {**_PAPER_COMMON, **values, **part.values, **extra, "preset": name}
+            source = "USB classic-CV settings" if usb else "paper settings"
+            text = f"{description}; {algo} ({source}){part.note}"
             presets[name] = Preset(name, text, merged, runtime)
     return {**presets, **_usb_nlp_presets()}
 

@@ -18,11 +18,12 @@ import torch
 from torch import nn
 
 from semimatch import distributed as dist
-from semimatch.algorithms import SSLAlgorithm, build_algorithm
 from semimatch.config import Config, ConfigError
 from semimatch.data import DatasetInfo, wrap_model
 from semimatch.data.modalities import modality
 from semimatch.ema import ModelEMA
+from semimatch.methods.consistency import SSLAlgorithm
+from semimatch.methods.registry import build_algorithm
 from semimatch.models import InputNormalizer, ResizeInput, set_bn_momentum
 from semimatch.models.pretrained import InputSpec
 from semimatch.optim import make_adamw, warmup_schedule

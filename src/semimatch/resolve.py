@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from semimatch import distributed as dist
-from semimatch.algorithms import ALGORITHMS
 from semimatch.config import Config, ConfigError, budget_momentum
 from semimatch.data import DatasetInfo, Split, SSLDataset, load_dataset
 from semimatch.data.modalities import Modality, check_config, modality
@@ -26,6 +25,7 @@ from semimatch.data.splits import balanced_split, fold_split, given_split, long_
 from semimatch.data.text_datasets import TEXT_FILE_OPTIONS
 from semimatch.hardware import fp32_hint, native_bf16
 from semimatch.log import logger, status
+from semimatch.methods.registry import methods
 from semimatch.validation import carve, check_validation, with_validation
 
 __all__ = [
@@ -103,7 +103,7 @@ def _check(cfg: Config, data: SSLDataset, device: torch.device) -> None:
     check_config(cfg, data)  # the modality's options (and no other modality's)
     _check_optimizer(cfg, modality(info))
     try:  # by the builder's declaration; its value checks run where it is built
-        ALGORITHMS[cfg.algorithm].check(cfg.algorithm, cfg.algorithm_options())
+        methods()[cfg.algorithm].check(cfg.algorithm, cfg.algorithm_options())
     except ValueError as e:
         raise ConfigError(str(e)) from None
     ws = dist.get_world_size()
@@ -148,9 +148,20 @@ def _check_optimizer(cfg: Config, mod: Modality) -> None:
         raise ConfigError(f"layer_decay must be in (0, 1] (1 = none); got {cfg.layer_decay}")
 
 
-def dash_warmup(iterations: int) -> int:
-    """Dash's supervised warm-up for a budget of ``iterations``: USB's 2048, at most 5% of it."""
-    return int(min(2048, iterations // 20))
+def _derive_method_budget(cfg: Config, iterations: int, auto: dict[str, str]) -> None:
+    """The method's options whose default follows the budget (its ``Method.budget``), then its
+    own check of them against the budget (``Method.check_budget``)."""
+    method = methods()[cfg.algorithm]
+    for scaled in method.budget:
+        if getattr(cfg, scaled.option) is None:
+            setattr(cfg, scaled.option, scaled.value(iterations))
+            auto[scaled.option] = scaled.why.format(K=iterations)
+    if method.check_budget is not None:
+        values = {name: getattr(cfg, name) for name in method.options}
+        try:
+            method.check_budget(values, iterations)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str, str]) -> None:
@@ -181,6 +192,7 @@ def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str
         derive("layer_decay", 1.0, "no layer-wise decay unless asked (USB's NLP configs: 0.65)")
     mod.derive_recipe(cfg, info, derive)
     _derive_budget(cfg, info, derive)
+    _derive_method_budget(cfg, cfg.iterations, auto)
     _derive_precision(cfg, info, device, auto, derive)
     mod.derive_loading(cfg, auto, derive)
     derive(
@@ -224,30 +236,6 @@ def _derive_budget(cfg: Config, info: DatasetInfo, derive: Derive) -> None:
         if adamw
         else f"the papers' value for {info.name} (1e-3 for CIFAR-100, 5e-4 otherwise)",
     )
-    options = ALGORITHMS[cfg.algorithm].options
-    if "stat_momentum" in options:  # softmatch/freematch/adamatch's EMA statistics
-        derive(
-            "stat_momentum",
-            budget_momentum(0.999, K),
-            f"budget of {K} iterations: min(0.999, max(0.9, 1 - 20/K)); paper 0.999",
-        )
-    if "dash_warmup" in options:  # Dash: USB's 2048 and 10240 iterations are for K = 2**20
-        derive(
-            "dash_warmup",
-            dash_warmup(K),
-            f"budget of {K} iterations: min(2048, K // 20), 5% of the run; USB 2048",
-        )
-        derive(
-            "rho_period",
-            max(1, round(K * 10 / 1024)),
-            f"budget of {K} iterations: max(1, round(K * 10/1024)), USB's 10 epochs of 1024 "
-            "iterations as a share of 2**20; USB 10240",
-        )
-    if "dash_warmup" in options and cfg.dash_warmup >= K:
-        raise ConfigError(
-            f"dash_warmup={cfg.dash_warmup} leaves no semi-supervised iteration of the "
-            f"{K}; pass --dash-warmup below --iterations"
-        )
 
 
 def _derive_precision(

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from semimatch import checkpoint as ckpt
-from semimatch.algorithms import SSLAlgorithm
 from semimatch.config import Config
 from semimatch.data import DATASETS, DatasetInfo, Split, SSLDataset, to_model_input
 from semimatch.data.modalities import modality
@@ -29,6 +28,7 @@ from semimatch.errors import TrainingError
 from semimatch.evaluation import evaluate_model, pad_rows
 from semimatch.hardware import select_device
 from semimatch.log import logger
+from semimatch.methods.consistency import SSLAlgorithm
 from semimatch.metrics import JsonlWriter, median_of_last, read_jsonl
 from semimatch.recipe import build_parts
 from semimatch.resolve import load_data

@@ -58,11 +58,11 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
-from semimatch.algorithms import ALGORITHMS
 from semimatch.config import Config, ConfigError
 from semimatch.data import SSLDataset
 from semimatch.data.arrays import from_arrays, from_features, to_uint8_images
 from semimatch.log import quiet
+from semimatch.methods.registry import methods
 from semimatch.models import build_model
 
 __all__ = ["SemiSupervisedClassifier"]
@@ -83,7 +83,7 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
     """FixMatch / SoftMatch (or Pseudo-Label, supervised) as a scikit-learn classifier.
 
     Parameters:
-        algorithm: any of ``semimatch.algorithms.ALGORITHMS`` (``"softmatch"``,
+        algorithm: any of ``semimatch.methods.registry.methods()`` (``"softmatch"``,
             ``"fixmatch"``, ``"freematch"``, ``"supervised"``, ...).
         backbone: ``"auto"`` (MLP for feature vectors; small CNN for images <= 28 px, WRN-28-2
             above), a ``semimatch.models`` name (``"cnn"``, ``"wrn_28_2"``, ``"mlp"``,
@@ -243,8 +243,8 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         return X, y
 
     def _check_params(self) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm={self.algorithm!r} is not one of {sorted(ALGORITHMS)}")
+        if self.algorithm not in methods():
+            raise ValueError(f"algorithm={self.algorithm!r} is not one of {sorted(methods())}")
         for name in ("max_iter", "batch_size", "uratio"):
             value = getattr(self, name)
             if value is None and name != "max_iter":  # derived, as the other doors derive it

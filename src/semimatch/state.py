@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from semimatch import checkpoint as ckpt
-from semimatch.algorithms import SSLAlgorithm
 from semimatch.config import Config
 from semimatch.ema import ModelEMA
 from semimatch.errors import TrainingError
+from semimatch.methods.consistency import SSLAlgorithm
 from semimatch.metrics import WindowSums
 
 __all__ = ["SavedCheckpoint", "TrainState", "read_checkpoint"]

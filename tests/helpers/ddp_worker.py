@@ -26,11 +26,12 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from semimatch.algorithms import SSLAlgorithm, build_algorithm
 from semimatch.config import Config
 from semimatch.data import SSLDataset, load_dataset
 from semimatch.distributed import get_rank
 from semimatch.engine import fit
+from semimatch.methods.consistency import SSLAlgorithm
+from semimatch.methods.registry import build_algorithm
 from semimatch.models import build_model
 
 # Global batch: 8 labeled + 2 x 16 unlabeled images per step, whatever the number of processes.

@@ -17,18 +17,16 @@ import pytest
 import torch
 
 from helpers.report_pages import parse, train_real_run, write_synthetic_run
+from semimatch.methods.adamatch import AdaMatchThreshold
+from semimatch.methods.dash import DashThreshold
+from semimatch.methods.fixmatch import FixedThreshold
+from semimatch.methods.flexmatch import FlexMatchThreshold
+from semimatch.methods.freematch import FreeMatchThreshold
+from semimatch.methods.softmatch import SoftMatchWeighting
+from semimatch.methods.uda import UDAWeighting
 from semimatch.report.figures import Figures, lambda_overlay_figure, pseudo_label_figure
 from semimatch.report.lambdas import LAMBDA_FORMULAS, final_lambda, lambda_values
 from semimatch.report.runs import expand_run_dirs, read_run, read_runs, series
-from semimatch.weighting import (
-    AdaMatchThreshold,
-    DashThreshold,
-    FixedThreshold,
-    FlexMatchThreshold,
-    FreeMatchThreshold,
-    SoftMatchWeighting,
-    UDAWeighting,
-)
 
 C = 5
 

@@ -95,6 +95,14 @@ class SSLBatch(NamedTuple):
     #: (mu*B,) int64 indices into the unlabeled pool (``split.unlabeled`` then the extra
     #: unlabeled data): global, the same under any world size and on resume (FlexMatch's memory)
     u_idx: torch.Tensor | None = None
+    #: The further strong views of a method that needs more than one (``use_strong=n``), each
+    #: like ``u_strong`` (views ``VIEW_UNLABELED_STRONG + 1``, ``+ 2``, ...)
+    u_strong_more: tuple[torch.Tensor, ...] = ()
+
+
+def _strong_name(j: int) -> str:
+    """The batch key of strong view ``j`` (``u_strong``, then ``u_strong1``, ...)."""
+    return "u_strong" if j == 0 else f"u_strong{j}"
 
 
 class _Pool(Sequence):
@@ -129,6 +137,7 @@ class _StepBatches(Dataset):
         self.rank, self.world_size = stream.rank, stream.world_size
         self.batched = stream.views.batched
         self.use_unlabeled, self.use_strong = stream.use_unlabeled, stream.use_strong
+        self.strong_views = stream.strong_views
         self.sample_shape = stream.sample_shape
         self.dtype = self.train.dtype
         self.modality = modality(stream.dataset.info)
@@ -244,9 +253,9 @@ class _StepBatches(Dataset):
         if self.use_unlabeled:
             views = [(STREAM_UNLABELED, VIEW_UNLABELED_WEAK, self.weak)]
             names.append("u_weak")
-            if self.use_strong:
-                views.append((STREAM_UNLABELED, VIEW_UNLABELED_STRONG, self.strong))
-                names.append("u_strong")
+            for j in range(self.strong_views):
+                views.append((STREAM_UNLABELED, VIEW_UNLABELED_STRONG + j, self.strong))
+                names.append(_strong_name(j))
             u_pos = self.positions(k, self.u_batch_size)
             groups += self._augment(self._pool_sample, pool_idx, u_pos, views)
         # Stacked together: text pads the step's views to one common length.
@@ -281,7 +290,7 @@ class TrainStream:
         uratio: int,
         seed: int,
         use_unlabeled: bool = True,
-        use_strong: bool = True,
+        use_strong: bool | int = True,
         strong_variant: str = "fixmatch",
         augment: str | None = None,
         device: str | torch.device = "cpu",
@@ -298,6 +307,8 @@ class TrainStream:
         self.dataset, self.split = dataset, split
         self._set_sizes(batch_size, uratio, seed, use_unlabeled, rank, world_size)
         self.use_strong = bool(use_strong)
+        # A count of strong views for a method that needs several (True: one).
+        self.strong_views = check_int(int(use_strong), "use_strong", 0) if self.use_strong else 0
         self.num_workers = check_int(num_workers, "num_workers", 0)
         self.prefetch_factor = check_int(prefetch_factor, "prefetch_factor", 1)
         if augment is None:  # the modality's default: PIL for images, batched otherwise
@@ -459,6 +470,7 @@ class TrainStream:
         u_true = item["u_true"].to(dev, non_blocking=nb)
         u_idx = item["u_idx"].to(dev, non_blocking=nb)
         u_weak = u_strong = None
+        more: tuple[torch.Tensor, ...] = ()
         if self.views.batched:
             adev, anb = self.augment_device, self.augment_device.type == "cuda"
             weak, strong = self.views.weak, self.views.strong
@@ -471,17 +483,25 @@ class TrainStream:
                 u_raw = item["u_raw"].to(adev, non_blocking=anb)
                 u_weak = view(u_raw, weak, VIEW_UNLABELED_WEAK)
                 if self.use_strong:
-                    u_strong = view(u_raw, strong, VIEW_UNLABELED_STRONG)
+                    u_strong, *rest = (
+                        view(u_raw, strong, VIEW_UNLABELED_STRONG + j)
+                        for j in range(self.strong_views)
+                    )
+                    more = tuple(rest)
         else:
             x_lb = item["x_lb"].to(dev, non_blocking=nb)
             if self.use_unlabeled:
                 u_weak = item["u_weak"].to(dev, non_blocking=nb)
                 if self.use_strong:
-                    u_strong = item["u_strong"].to(dev, non_blocking=nb)
+                    u_strong, *rest = (
+                        item[_strong_name(j)].to(dev, non_blocking=nb)
+                        for j in range(self.strong_views)
+                    )
+                    more = tuple(rest)
         if u_weak is None:
             shape = (0, *x_lb.shape[1:])
             u_weak = torch.empty(shape, dtype=self.modality.dtype, device=dev)
-        return SSLBatch(x_lb, y_lb, u_weak, u_strong, u_true, u_idx)
+        return SSLBatch(x_lb, y_lb, u_weak, u_strong, u_true, u_idx, more)
 
     def probe_views(
         self, indices: np.ndarray, stream_id: int, strong: bool = True

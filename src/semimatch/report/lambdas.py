@@ -2,8 +2,9 @@
 
 Each eval record of ``metrics.jsonl`` holds ``weighting``: the ``describe()`` of the run's
 weighting module (its type and the state lambda(p) depends on).  ``LAMBDA_FORMULAS`` maps a
-weighting type to the keys it needs and the function that evaluates lambda(p) from them; a new
-weighting extends the table with one entry (``register_formula``).  A record whose type has no
+weighting type to the keys it needs and the function that evaluates lambda(p) from them: each
+method declares its own (``register_method(formulas=...)`` in its module); ``register_formula``
+adds one for a weighting no method declares.  A record whose type has no
 entry, or lacks a key (a run written before semimatch recorded it), falls back to the curve the
 engine sampled from the live module (``lambda_curve``), and says so.
 
@@ -15,98 +16,30 @@ per class holding the max, and the drawn curve is their mean.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from semimatch.methods.registry import LambdaFormula, lambda_formulas
 from semimatch.report.runs import RunData
 
 __all__ = [
     "LAMBDA_FORMULAS",
     "LambdaCurve",
-    "LambdaFormula",
     "final_lambda",
     "lambda_values",
     "num_classes",
     "register_formula",
 ]
 
-#: (state, q grid (n,), num_classes) -> weights (K, n): K = 1, or one row per class holding max.
-LambdaFormula = Callable[[Mapping[str, Any], np.ndarray, int], np.ndarray]
-
 #: Grid points of a rebuilt curve (fine enough that a step looks like one).
 GRID_POINTS = 401
 
-
-def _lambda_max(state: Mapping[str, Any]) -> float:
-    # Recorded since the report's overlay; before that every built-in algorithm used 1.0 (no
-    # builder passes lambda_max), so a record without the key was written with 1.0.
-    return float(state.get("lambda_max", 1.0))
-
-
-def _step(thresholds: Any, q: np.ndarray, state: Mapping[str, Any]) -> np.ndarray:
-    """``lambda_max * 1[q >= T]`` for a scalar T (one row) or per-class T(c) (C rows)."""
-    t = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))[:, None]
-    return _lambda_max(state) * (q[None, :] >= t).astype(np.float64)
-
-
-def _fixed(state: Mapping[str, Any], q: np.ndarray, num_classes: int) -> np.ndarray:
-    return _step(state["tau"], q, state)
-
-
-def _per_class(state: Mapping[str, Any], q: np.ndarray, num_classes: int) -> np.ndarray:
-    return _step(state["thresholds"], q, state)
-
-
-def _adamatch(state: Mapping[str, Any], q: np.ndarray, num_classes: int) -> np.ndarray:
-    return _step(state["threshold"], q, state)
-
-
-def _softmatch(state: Mapping[str, Any], q: np.ndarray, num_classes: int) -> np.ndarray:
-    """Truncated Gaussian (or the ablation's linear / quadratic) below the running mean."""
-    mean = np.atleast_1d(np.asarray(state["mean"], dtype=np.float64))[:, None]
-    var = np.atleast_1d(np.asarray(state["std"], dtype=np.float64))[:, None] ** 2
-    width2 = 2 * np.maximum(var, 1e-12) / float(state["n_sigma"]) ** 2
-    shape = state.get("shape", "gaussian")
-    if shape == "gaussian":
-        below = np.exp(-((q[None, :] - mean) ** 2) / width2)
-    else:
-        u = (mean - q[None, :]) / np.sqrt(width2)
-        below = np.clip(1 - u if shape == "linear" else 1 - u * u, 0.0, None)
-    return _lambda_max(state) * np.where(q[None, :] >= mean, 1.0, below)
-
-
-def _dash(state: Mapping[str, Any], q: np.ndarray, num_classes: int) -> np.ndarray:
-    """``1[loss(p) <= rho]``: soft loss ``-sum_k sharpen(p, T)_k log p_k``, ``-log q`` once hard."""
-    rest = (1 - q) / (num_classes - 1)
-    if state["hard"]:
-        loss = -np.log(q)
-    else:
-        inv_t = 1.0 / float(state["temperature"])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            log_q, log_r = np.log(q), np.log(rest)
-            # sharpen = softmax(log p / T), over one q and C-1 equal rest values
-            top = np.maximum(log_q, log_r) * inv_t
-            e_q = np.exp(log_q * inv_t - top)
-            e_r = np.where(rest > 0, np.exp(log_r * inv_t - top), 0.0)
-            z = e_q + (num_classes - 1) * e_r
-            s_q, s_r = e_q / z, e_r / z
-            loss = -(s_q * log_q + (num_classes - 1) * np.where(s_r > 0, s_r * log_r, 0.0))
-    return _lambda_max(state) * (loss <= float(state["rho"])).astype(np.float64)[None, :]
-
-
-#: weighting type (``describe()["type"]``) -> (keys lambda(p) needs, its formula).
-LAMBDA_FORMULAS: dict[str, tuple[tuple[str, ...], LambdaFormula]] = {
-    "fixed": (("tau",), _fixed),  # FixMatch, Pseudo-Label
-    "softmatch": (("mean", "std", "n_sigma"), _softmatch),
-    "flexmatch": (("thresholds",), _per_class),  # T(c) = M(beta(c)) * tau
-    "freematch": (("thresholds",), _per_class),  # tau_t * MaxNorm(p_t)(c)
-    "adamatch": (("threshold",), _adamatch),  # tau * mean labeled confidence
-    "uda": (("tau",), _fixed),
-    "dash": (("rho", "hard", "temperature"), _dash),
-}
+#: weighting type (``describe()["type"]``) -> (keys lambda(p) needs, its formula): every
+#: registered method's formulas (``Method.formulas``), plus those added by ``register_formula``.
+LAMBDA_FORMULAS: dict[str, tuple[tuple[str, ...], LambdaFormula]] = lambda_formulas()
 
 
 def register_formula(kind: str, needs: tuple[str, ...], formula: LambdaFormula) -> None:

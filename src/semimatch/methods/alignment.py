@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from semimatch.distributed import all_reduce_sums
-from semimatch.weighting import check_momentum, check_num_classes, check_probs
+from semimatch.methods.blocks import check_momentum, check_num_classes, check_probs
 
 __all__ = ["UniformAlignment", "DistributionAlignment"]
 

@@ -26,9 +26,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-from semimatch.weighting.base import check_lambda_max, check_probs, check_tau, sharpen
+from semimatch.methods.blocks import check_lambda_max, check_probs, check_tau, sharpen
+from semimatch.methods.consistency import SSLAlgorithm
+from semimatch.methods.fixmatch import fixed_lambda
+from semimatch.methods.registry import MethodPresets, register_method
 
-__all__ = ["UDAWeighting", "sharpen", "tsa_threshold"]
+__all__ = ["UDAWeighting", "tsa_threshold", "uda"]
 
 
 class UDAWeighting(nn.Module):
@@ -87,3 +90,34 @@ def tsa_threshold(
     else:
         raise ValueError(f"schedule must be 'none', 'linear', 'exp' or 'log'; got {schedule!r}")
     return alpha * (1 - 1 / num_classes) + 1 / num_classes
+
+
+@register_method(
+    formulas={"uda": (("tau",), fixed_lambda)},
+    presets=MethodPresets(
+        {"algorithm": "uda", "tau": 0.8, "temperature": 0.4, "lambda_u": 1.0}, source="usb"
+    ),
+)
+def uda(
+    num_classes: int,
+    *,
+    tau: float = 0.8,
+    temperature: float = 0.4,
+    lambda_u: float = 1.0,
+) -> SSLAlgorithm:
+    """Confidence mask + sharpened soft targets, consistency on the strong view.
+
+    The paper sharpens with T = 0.4, as USB's config says; USB 0.3.2's code passes
+    probabilities to its pseudo-label hook with ``softmax=False``, which returns them unchanged,
+    so its targets are ``p`` (``temperature=1`` here).
+
+    Args:
+        num_classes: number of classes.
+        tau: confidence threshold of the mask (USB p_cutoff 0.8).
+        temperature: sharpening temperature T of the soft targets softmax(weak logits / T)
+            (uda: USB 0.4; dash: USB 0.5).
+        lambda_u: unlabeled loss weight.
+    """
+    return SSLAlgorithm(
+        UDAWeighting(tau, temperature), lambda_u=lambda_u, name="uda", soft_targets=True
+    )

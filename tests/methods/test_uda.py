@@ -1,4 +1,4 @@
-"""UDA's mask, sharpened targets and TSA (semimatch.weighting.uda) against the float64 oracle."""
+"""UDA's mask, sharpened targets and TSA (semimatch.methods.uda) against the float64 oracle."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers.reference_impl import fixed_threshold_weights, prob_batches, sharpen_oracle, softmax
-from semimatch.weighting import UDAWeighting, sharpen, tsa_threshold
+from semimatch.methods.blocks import sharpen
+from semimatch.methods.uda import UDAWeighting, tsa_threshold
 
 FAST = settings(max_examples=20, deadline=None)
 

@@ -1,5 +1,6 @@
 """FlexMatch, FreeMatch (+ fairness loss), AdaMatch (+ its alignment) and Dash against the
-float64 oracles of reference_impl (semimatch.weighting.thresholds, semimatch.alignment).
+float64 oracles of reference_impl (semimatch.methods: flexmatch, freematch, adamatch, dash,
+alignment).
 
 Masks are steps: a row whose confidence (or loss) lies within float32 rounding of its
 threshold may legitimately fall on either side, so mask comparisons skip those rows only.
@@ -27,14 +28,11 @@ from helpers.reference_impl import (
     prob_batches,
     random_probs,
 )
-from semimatch.alignment import DistributionAlignment
-from semimatch.weighting import (
-    AdaMatchThreshold,
-    DashThreshold,
-    FlexMatchThreshold,
-    FreeMatchThreshold,
-    freematch_fairness_loss,
-)
+from semimatch.methods.adamatch import AdaMatchThreshold
+from semimatch.methods.alignment import DistributionAlignment
+from semimatch.methods.dash import DashThreshold
+from semimatch.methods.flexmatch import FlexMatchThreshold
+from semimatch.methods.freematch import FreeMatchThreshold, freematch_fairness_loss
 
 FAST = settings(max_examples=20, deadline=None)
 TAUS = st.sampled_from([0.5, 0.625, 0.75, 0.875])

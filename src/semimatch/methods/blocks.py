@@ -1,10 +1,32 @@
-"""Shared checks of the weighting functions: probabilities, momenta, class counts, thresholds."""
+"""What methods share: the weighting protocol, checks, ``sharpen``, lambda(p) helpers.
+
+A weighting function is a small ``nn.Module`` with the protocol
+
+    weighting.update(probs)      # update running statistics from a batch (N, C) of probabilities
+    weights = weighting(probs)   # (N,) weights in [0, lambda_max]
+
+Running state lives in registered buffers, so ``state_dict``, ``.to(device)``, checkpoints and
+DDP need no special code; ``describe()`` (optional) feeds the logs and the report, whose
+lambda(p) a method rebuilds from it with a formula (``step_lambda`` for the threshold family).
+Members of the family that need more than ``probs`` say so in their signature (keywords, so the
+protocol call still type-checks) and fail loudly without it (FlexMatch's ``indices``,
+AdaMatch's ``probs_lb``).
+"""
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
 import torch
 
 __all__ = [
+    "Weighting",
+    "check_positive_int",
+    "recorded_lambda_max",
+    "step_lambda",
     "NonFiniteError",
     "check_probs",
     "check_momentum",
@@ -13,6 +35,15 @@ __all__ = [
     "check_lambda_max",
     "sharpen",
 ]
+
+
+@runtime_checkable
+class Weighting(Protocol):
+    """What the training step needs from a weighting function (or an alignment)."""
+
+    def update(self, probs: torch.Tensor) -> None: ...
+
+    def __call__(self, probs: torch.Tensor) -> torch.Tensor: ...
 
 
 class NonFiniteError(ValueError):
@@ -85,3 +116,26 @@ def sharpen(probs: torch.Tensor, temperature: float) -> torch.Tensor:
         raise ValueError(f"temperature must be > 0; got {temperature}")
     work = probs if probs.dtype == torch.float64 else probs.float()
     return torch.softmax(torch.log(work) / temperature, dim=1).to(probs.dtype)
+
+
+def check_positive_int(value: int, name: str) -> int:
+    try:
+        out = operator.index(value)
+    except TypeError:
+        out = 0
+    if out < 1:
+        raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+    return out
+
+
+def recorded_lambda_max(state: Mapping[str, Any]) -> float:
+    """``lambda_max`` of a recorded weighting state (the report's lambda(p) formulas)."""
+    # Recorded since the report's overlay; before that every built-in algorithm used 1.0 (no
+    # builder passes lambda_max), so a record without the key was written with 1.0.
+    return float(state.get("lambda_max", 1.0))
+
+
+def step_lambda(thresholds: Any, q: np.ndarray, state: Mapping[str, Any]) -> np.ndarray:
+    """``lambda_max * 1[q >= T]`` for a scalar T (one row) or per-class T(c) (C rows)."""
+    t = np.atleast_1d(np.asarray(thresholds, dtype=np.float64))[:, None]
+    return recorded_lambda_max(state) * (q[None, :] >= t).astype(np.float64)

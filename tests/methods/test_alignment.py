@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers.reference_impl import UniformAlignmentOracle, prob_batches, random_probs
-from semimatch.alignment import UniformAlignment
+from semimatch.methods.alignment import UniformAlignment
 
 FAST = settings(max_examples=20, deadline=None)
 

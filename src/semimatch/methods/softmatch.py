@@ -1,25 +1,33 @@
-"""SoftMatch's truncated Gaussian weighting and the shapes its ablation compares (Chen et al. 2023).
+"""SoftMatch (Chen et al., ICLR 2023): a truncated Gaussian weighting of the confidence and
+Uniform Alignment; its ablation's linear and quadratic shapes.
 
-Reference: ``shared/docs/reference.md``, "SoftMatch" steps 2-3.
+Reference: ``shared/docs/reference.md``, "SoftMatch" steps 1-3.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 from semimatch.distributed import all_reduce_sums
-from semimatch.weighting.base import (
+from semimatch.methods.alignment import UniformAlignment
+from semimatch.methods.blocks import (
     check_lambda_max,
     check_momentum,
     check_num_classes,
     check_probs,
+    recorded_lambda_max,
 )
+from semimatch.methods.consistency import SSLAlgorithm
+from semimatch.methods.freematch import STAT_MOMENTUM
+from semimatch.methods.registry import MethodPresets, register_method
 
-__all__ = ["SoftMatchWeighting", "SHAPES"]
+__all__ = ["SHAPES", "SoftMatchWeighting", "softmatch"]
 
 Shape = Literal["gaussian", "linear", "quadratic"]
 SHAPES: tuple[str, ...] = ("gaussian", "linear", "quadratic")
@@ -154,3 +162,87 @@ class SoftMatchWeighting(nn.Module):
             f"num_classes={self.num_classes}, momentum={self.momentum}, "
             f"n_sigma={self.n_sigma}, per_class={self.per_class}, shape={self.shape!r}"
         )
+
+
+def _lambda(state: Mapping[str, Any], q: np.ndarray, num_classes: int) -> np.ndarray:
+    """Truncated Gaussian (or the ablation's linear / quadratic) below the running mean."""
+    mean = np.atleast_1d(np.asarray(state["mean"], dtype=np.float64))[:, None]
+    var = np.atleast_1d(np.asarray(state["std"], dtype=np.float64))[:, None] ** 2
+    width2 = 2 * np.maximum(var, 1e-12) / float(state["n_sigma"]) ** 2
+    shape = state.get("shape", "gaussian")
+    if shape == "gaussian":
+        below = np.exp(-((q[None, :] - mean) ** 2) / width2)
+    else:
+        u = (mean - q[None, :]) / np.sqrt(width2)
+        below = np.clip(1 - u if shape == "linear" else 1 - u * u, 0.0, None)
+    return recorded_lambda_max(state) * np.where(q[None, :] >= mean, 1.0, below)
+
+
+PRESETS = MethodPresets(
+    {
+        "algorithm": "softmatch",
+        "stat_momentum": 0.999,
+        "n_sigma": 2.0,
+        "uniform_alignment": True,
+        "stats_on": "aligned",
+    },
+    nlp=True,
+)
+
+
+@register_method(
+    formulas={"softmatch": (("mean", "std", "n_sigma"), _lambda)},
+    budget=(STAT_MOMENTUM,),
+    presets=PRESETS,
+)
+def softmatch(
+    num_classes: int,
+    *,
+    stat_momentum: float = 0.999,
+    n_sigma: float = 2.0,
+    per_class: bool = False,
+    uniform_alignment: bool = True,
+    ua_momentum: float | None = None,
+    ua_init: Literal["batch", "uniform"] = "batch",
+    stats_on: Literal["aligned", "raw"] = "aligned",
+    shape: Literal["gaussian", "linear", "quadratic"] = "gaussian",
+    lambda_u: float = 1.0,
+) -> SSLAlgorithm:
+    """Truncated-Gaussian weighting + Uniform Alignment (USB-code defaults).
+
+    Args:
+        num_classes: number of classes.
+        stat_momentum: EMA momentum of the Gaussian statistics (paper 0.999).
+        n_sigma: width of the Gaussian in std units (USB code 2, paper equation 1).
+        per_class: per-class mean/variance.
+        uniform_alignment: Uniform Alignment.
+        ua_momentum: EMA momentum of p_model; None = stat_momentum.
+        ua_init: p_model starts at the first batch's mean (batch, USB code) or at the uniform
+            distribution (uniform, TorchSSL).
+        stats_on: statistics on aligned (USB code) or raw (paper) probabilities.
+        shape: lambda(p) below the mean, for the paper's ablation: gaussian (the paper's),
+            or semimatch's linear / quadratic with the same width and truncation point.
+        lambda_u: unlabeled loss weight.
+    """
+    if ua_momentum is not None:
+        if not uniform_alignment:
+            raise ValueError("ua_momentum has no effect with uniform_alignment=False")
+        check_momentum(ua_momentum, "ua_momentum")
+    if ua_init != "batch" and not uniform_alignment:
+        raise ValueError("ua_init has no effect with uniform_alignment=False")
+    check_momentum(stat_momentum, "stat_momentum")  # named as the user spelled it
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}; got {shape!r}")
+    weighting = SoftMatchWeighting(
+        num_classes, momentum=stat_momentum, n_sigma=n_sigma, per_class=per_class, shape=shape
+    )
+    alignment = (
+        UniformAlignment(
+            num_classes, stat_momentum if ua_momentum is None else ua_momentum, init=ua_init
+        )
+        if uniform_alignment
+        else None
+    )
+    return SSLAlgorithm(
+        weighting, alignment, stats_on=stats_on, lambda_u=lambda_u, name="softmatch"
+    )

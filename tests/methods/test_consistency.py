@@ -15,9 +15,13 @@ from helpers.reference_impl import (
     fixed_threshold_weights,
     prob_batches,
 )
-from semimatch.algorithms import ALGORITHMS, OPTIONS, SSLAlgorithm, build_algorithm
-from semimatch.alignment import UniformAlignment
-from semimatch.weighting import FixedThreshold, FlexMatchThreshold, SoftMatchWeighting
+from semimatch.config import OPTIONS
+from semimatch.methods.alignment import UniformAlignment
+from semimatch.methods.consistency import SSLAlgorithm
+from semimatch.methods.fixmatch import FixedThreshold
+from semimatch.methods.flexmatch import FlexMatchThreshold
+from semimatch.methods.registry import build_algorithm, methods
+from semimatch.methods.softmatch import SoftMatchWeighting
 
 FAST = settings(max_examples=20, deadline=None)
 
@@ -202,7 +206,7 @@ def test_lambda_u_is_carried():
 
 
 def test_algorithm_table_and_defaults():
-    assert set(ALGORITHMS) == {
+    assert set(methods()) == {
         "supervised", "pseudolabel", "fixmatch", "flexmatch", "softmatch", "freematch",
         "adamatch", "dash", "uda",
     }  # fmt: skip
@@ -241,7 +245,7 @@ def test_flexmatch_builds_with_the_pool_size_as_a_data_input():
         "flexmatch", 3, num_unlabeled=5, threshold_warmup=False
     ).weighting.warmup
     # A data input, not an option: no Config field / flag; the others ignore it.
-    assert "num_unlabeled" not in OPTIONS and "num_unlabeled" not in ALGORITHMS["flexmatch"].options
+    assert "num_unlabeled" not in OPTIONS and "num_unlabeled" not in methods()["flexmatch"].options
     assert build_algorithm("fixmatch", 3, num_unlabeled=5).num_unlabeled is None
     with pytest.raises(ValueError, match="flexmatch needs num_unlabeled"):
         build_algorithm("flexmatch", 3)
@@ -281,9 +285,9 @@ def test_build_unknown_name_lists_valid_names():
         build_algorithm("mixmatchx", 10)
 
 
-@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+@pytest.mark.parametrize("name", sorted(methods()))
 def test_build_rejects_num_classes_below_two(name):
-    # Issue 2: num_classes < 2 raises ValueError -- for every algorithm, not only for those
+    # num_classes < 2 raises ValueError -- for every algorithm, not only for those
     # whose modules happen to need C.
     with pytest.raises(ValueError, match="num_classes"):
         build_algorithm(name, 1)

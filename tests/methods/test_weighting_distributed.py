@@ -17,8 +17,10 @@ import torch.multiprocessing as mp
 
 from helpers.reference_impl import random_probs
 from semimatch import distributed as sd
-from semimatch.alignment import DistributionAlignment
-from semimatch.weighting import AdaMatchThreshold, FlexMatchThreshold, FreeMatchThreshold
+from semimatch.methods.adamatch import AdaMatchThreshold
+from semimatch.methods.alignment import DistributionAlignment
+from semimatch.methods.flexmatch import FlexMatchThreshold
+from semimatch.methods.freematch import FreeMatchThreshold
 
 WORLD = 2
 C = 4

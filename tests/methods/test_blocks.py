@@ -17,7 +17,9 @@ from helpers.reference_impl import (
     prob_batches,
     random_probs,
 )
-from semimatch.weighting import FixedThreshold, SoftMatchWeighting, check_probs
+from semimatch.methods.blocks import check_probs
+from semimatch.methods.fixmatch import FixedThreshold
+from semimatch.methods.softmatch import SoftMatchWeighting
 
 FAST = settings(max_examples=20, deadline=None)
 

@@ -1,4 +1,4 @@
-"""SoftMatch's ablation shapes (semimatch.weighting.softmatch) against the float64 oracle."""
+"""SoftMatch's ablation shapes (semimatch.methods.softmatch) against the float64 oracle."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from helpers.reference_impl import (
     random_probs,
     softmatch_shape_weight,
 )
-from semimatch.weighting import SHAPES, SoftMatchWeighting
+from semimatch.methods.softmatch import SHAPES, SoftMatchWeighting
 
 FAST = settings(max_examples=20, deadline=None)
 
