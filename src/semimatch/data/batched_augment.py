@@ -256,9 +256,9 @@ def _affine_matrices(op_ids: Tensor, m: Tensor, height: int, width: int) -> Tens
     return torch.stack([a, b, c, d, e, f], dim=1)
 
 
-def _affine(x: Tensor, matrices: Tensor) -> Tensor:
+def _affine(x: Tensor, matrices: Tensor, fill: int = GEOMETRIC_FILL) -> Tensor:
     """NEAREST affine warp like PIL's Image.transform: the output pixel centre (x+.5, y+.5) maps to
-    input pixel floor(A @ centre); pixels mapped outside the image get GEOMETRIC_FILL."""
+    input pixel floor(A @ centre); pixels mapped outside the image get ``fill``."""
     n, c, h, w = x.shape
     wide = _wide_float(x.device)
     a, b, tx, d, e, ty = matrices.to(device=x.device, dtype=wide).view(n, 6, 1, 1).unbind(1)
@@ -269,7 +269,7 @@ def _affine(x: Tensor, matrices: Tensor) -> Tensor:
     inside = (u >= 0) & (u < w) & (v >= 0) & (v < h)
     # Outside pixels read an appended fill pixel (index h*w): cheaper than masked_fill_ on CPU.
     index = torch.where(inside, v * w + u, h * w)
-    source = torch.cat([x.reshape(n, c, h * w), x.new_full((n, c, 1), GEOMETRIC_FILL)], dim=2)
+    source = torch.cat([x.reshape(n, c, h * w), x.new_full((n, c, 1), fill)], dim=2)
     flat = index.view(n, 1, h * w).expand(n, c, h * w)
     return source.gather(2, flat).view(n, c, h, w)
 
