@@ -32,19 +32,11 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from torch import Tensor, nn
 
 from semimatch.data.batched_augment import (
+    POINT_OPS,
     BatchedWeakAugment,
     WeakParams,
-    _affine,
-    _apply_lut,
-    _autocontrast,
-    _blend,
-    _brightness,
-    _color,
-    _contrast,
-    _equalize,
-    _posterize,
-    _sharpness,
-    _solarize,
+    affine_nearest,
+    blend,
 )
 from semimatch.data.order import view_generator
 
@@ -137,7 +129,7 @@ _SMOOTH = [[1, 1, 1], [1, 5, 1], [1, 1, 1]]
 
 def _mix(x: Tensor, y: Tensor, level: Tensor) -> Tensor:
     """``Image.blend(x, y, level)``."""
-    return _blend(x.float(), y, level)
+    return blend(x.float(), y, level)
 
 
 def _enhance(op):  # noqa: ANN001, ANN202 - the reference's factor 0.1 + 1.9 * level
@@ -167,7 +159,9 @@ def _fill_boxes(x: Tensor, boxes: Tensor) -> Tensor:
 
 def _warp(x: Tensor, a: Tensor, b: Tensor, c: Tensor, d: Tensor, e: Tensor, f: Tensor) -> Tensor:
     one = torch.ones_like(a)
-    return _affine(x, torch.stack([a * one, b * one, c * one, d * one, e * one, f * one], 1), 0)
+    return affine_nearest(
+        x, torch.stack([a * one, b * one, c * one, d * one, e * one, f * one], 1), 0
+    )
 
 
 def _rotate(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -294,25 +288,24 @@ def _rescale(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 
 _OPS = {
-    "autocontrast": lambda x, a, b: _mix(x, _autocontrast(x, a), a),
+    "autocontrast": lambda x, a, b: _mix(x, POINT_OPS["AutoContrast"](x, a), a),
     "blur": lambda x, a, b: _mix(x, _filter(x, _BLUR, 16), a),
-    "brightness": _enhance(_brightness),
-    "color": _enhance(_color),
-    "contrast": _enhance(_contrast),
-    "equalize": lambda x, a, b: _mix(x, _equalize(x, a), a),
+    "brightness": _enhance(POINT_OPS["Brightness"]),
+    "color": _enhance(POINT_OPS["Color"]),
+    "contrast": _enhance(POINT_OPS["Contrast"]),
+    "equalize": lambda x, a, b: _mix(x, POINT_OPS["Equalize"](x, a), a),
     "invert": lambda x, a, b: _mix(x, 255 - x, a),
-    "posterize": lambda x, a, b: _posterize(x, 1 + (a * 7.999).floor()),
+    "posterize": lambda x, a, b: POINT_OPS["Posterize"](x, 1 + (a * 7.999).floor()),
     "rescale": _rescale,
     "rotate": _rotate,
-    "sharpness": _enhance(_sharpness),
+    "sharpness": _enhance(POINT_OPS["Sharpness"]),
     "shear_x": _shear_x,
     "shear_y": _shear_y,
     "smooth": lambda x, a, b: _mix(x, _filter(x, _SMOOTH, 13), a),
-    "solarize": lambda x, a, b: _solarize(x, (a * 255.999).floor()),
+    "solarize": lambda x, a, b: POINT_OPS["Solarize"](x, (a * 255.999).floor()),
     "translate_x": _translate_x,
     "translate_y": _translate_y,
 }
-assert _apply_lut  # the point ops share batched_augment's lookup tables
 
 
 # ----------------------------------------------------------------------------------------------
@@ -482,17 +475,17 @@ def _pil_cutout(img: Image.Image, level: float, centre: tuple[int, int]) -> Imag
 
 
 def _pil_op(img: Image.Image, name: str, a: float, b: float) -> Image.Image:
-    blend = Image.blend
+    mix = Image.blend
     if name == "autocontrast":
-        return blend(img, ImageOps.autocontrast(img), a)
+        return mix(img, ImageOps.autocontrast(img), a)
     if name == "blur":
-        return blend(img, img.filter(ImageFilter.BLUR), a)
+        return mix(img, img.filter(ImageFilter.BLUR), a)
     if name == "smooth":
-        return blend(img, img.filter(ImageFilter.SMOOTH), a)
+        return mix(img, img.filter(ImageFilter.SMOOTH), a)
     if name == "equalize":
-        return blend(img, ImageOps.equalize(img), a)
+        return mix(img, ImageOps.equalize(img), a)
     if name == "invert":
-        return blend(img, ImageOps.invert(img), a)
+        return mix(img, ImageOps.invert(img), a)
     enhancers = {
         "brightness": ImageEnhance.Brightness,
         "color": ImageEnhance.Color,
