@@ -23,6 +23,7 @@ like the RandAugment pair does. The rates are buffers of :class:`CTAugment` (che
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -247,43 +248,43 @@ def _coefficients(name: str, in_size: int, out_size: int) -> Tensor:
     return torch.from_numpy(out)
 
 
-def _resample(x: Tensor, name: str, out_h: int, out_w: int) -> Tensor:
-    """``Image.resize((out_w, out_h), name)``: a horizontal then a vertical pass, each rounded
-    to uint8 (``clip8``), skipped where the size does not change."""
-    y = x.double()
-    if x.shape[3] != out_w:
-        cw = _coefficients(name, x.shape[3], out_w).to(x.device)
-        y = torch.floor((y @ cw.T + (1 << 21)) / (1 << 22)).clamp_(0, 255)
-    if x.shape[2] != out_h:
-        ch = _coefficients(name, x.shape[2], out_h).to(x.device)
-        y = torch.floor((ch @ y + (1 << 21)) / (1 << 22)).clamp_(0, 255)
-    return y.to(torch.uint8)
+@functools.lru_cache(maxsize=4096)
+def _crop_resize_matrix(name: str, lo: int, hi: int, size: int) -> Tensor:
+    """(size, size) weights of cropping ``[lo, hi)`` of an axis and resizing it back to ``size``
+    (``_coefficients`` placed at the crop's columns); the identity when nothing changes, as
+    Pillow skips that pass (its weights are then exactly 2**22 on the diagonal)."""
+    out = torch.zeros(size, size, dtype=torch.float64)
+    out[:, lo:hi] = _coefficients(name, hi - lo, size)
+    return out
 
 
 def _rescale(x: Tensor, a: Tensor, b: Tensor) -> Tensor:
     # Crop (scale * size, (1 - scale) * size) with scale = a / 4, rounded like Image.crop
-    # (half to even), then resize back with one of six filters.
-    h, w = x.shape[2:]
+    # (half to even), then resize back with one of six filters: Pillow's separable passes (a
+    # horizontal then a vertical one, each rounded to uint8) as two batched matrix products.
+    n, _, h, w = x.shape
     scale = a * 0.25
     x0, x1 = torch.round(scale * w).long(), torch.round(w * (1 - scale)).long()
     y0, y1 = torch.round(scale * h).long(), torch.round(h * (1 - scale)).long()
-    method = (b * 5.99).long()
+    method = (b * 5.99).long().tolist()
     out = torch.empty_like(x)
-    keys = torch.stack([x0, x1, y0, y1, method], 1)
-    for key in torch.unique(keys, dim=0).tolist():
-        rows = (keys == torch.tensor(key)).all(1).nonzero().squeeze(1)
-        kx0, kx1, ky0, ky1, m = key
-        crop = x[rows.to(x.device), :, ky0:ky1, kx0:kx1]
-        if _RESAMPLE[m] == "nearest":  # Pillow: an affine NEAREST map (in_size / out_size)
-            sx, sy = (
-                torch.full((len(rows),), (kx1 - kx0) / w),
-                torch.full((len(rows),), (ky1 - ky0) / h),
-            )
-            z = torch.zeros(len(rows), dtype=torch.float64)
-            src = x[rows.to(x.device)]
-            out[rows.to(x.device)] = _warp(src, sx, z, z + kx0, z, sy, z + ky0)
-        else:
-            out[rows.to(x.device)] = _resample(crop, _RESAMPLE[m], h, w)
+    near = torch.tensor([_RESAMPLE[m] == "nearest" for m in method], dtype=torch.bool)
+    if near.any():  # Pillow: an affine NEAREST map, in_size / out_size per output pixel
+        i = near.nonzero().squeeze(1)
+        z = torch.zeros(len(i), dtype=torch.float64)
+        sx, sy = (x1[i] - x0[i]) / w, (y1[i] - y0[i]) / h
+        out[i.to(x.device)] = _warp(x[i.to(x.device)], sx, z, x0[i] + z, z, sy, y0[i] + z)
+    if not near.all():
+        i = (~near).nonzero().squeeze(1)
+        names = [_RESAMPLE[method[j]] for j in i.tolist()]
+        cols = zip(names, x0[i].tolist(), x1[i].tolist(), strict=True)
+        cw = torch.stack([_crop_resize_matrix(m, lo, hi, w) for m, lo, hi in cols]).to(x.device)
+        rows = zip(names, y0[i].tolist(), y1[i].tolist(), strict=True)
+        ch = torch.stack([_crop_resize_matrix(m, lo, hi, h) for m, lo, hi in rows]).to(x.device)
+        y = x[i.to(x.device)].double()
+        y = torch.floor((y @ cw.transpose(1, 2).unsqueeze(1) + (1 << 21)) / (1 << 22))
+        y = torch.floor((ch.unsqueeze(1) @ y.clamp_(0, 255) + (1 << 21)) / (1 << 22))
+        out[i.to(x.device)] = y.clamp_(0, 255).to(torch.uint8)
     return out
 
 
