@@ -417,11 +417,16 @@ class CTAugment(nn.Module):
         ``decay * rate + (1 - decay) * proximity``, computed in float64."""
         from semimatch import distributed as dist
 
-        if dist.is_distributed():
-            dev = self.rates.device if self.rates.device.type != "cpu" else None
-            ops, args, prox = (
-                dist.all_gather_cat(t.to(dev) if dev else t) for t in (ops, args, prox)
+        n, depth = ops.shape
+        if dist.is_distributed():  # one gather, on the training device (NCCL needs CUDA)
+            packed = torch.cat(
+                [ops.double(), args.reshape(n, -1).double(), prox.double().reshape(n, 1).cpu()],
+                1,
             )
+            packed = dist.all_gather_cat(packed.to(prox.device)).cpu()
+            ops = packed[:, :depth].long()
+            args = packed[:, depth : 3 * depth].reshape(-1, depth, 2)
+            prox = packed[:, -1]
         ops, args, prox = ops.cpu(), args.cpu().double(), prox.detach().cpu().double()
         nbins = _NBINS[ops]  # (n, depth, 2)
         bins = (args * nbins * 0.999).long()
