@@ -6,6 +6,9 @@ refusals, and a CLI run whose resume equals the uninterrupted run."""
 from __future__ import annotations
 
 import datetime
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import semimatch
 from semimatch.cli import main
 from semimatch.config import Config, ConfigError
 from semimatch.data import from_features
@@ -230,3 +234,18 @@ def test_ctaugment_is_refused_where_it_cannot_run(tmp_path, capsys) -> None:
     features = from_features(np.random.default_rng(0).normal(size=(40, 5)), np.arange(40) % 4)
     with pytest.raises(ConfigError, match="--strong-augment ctaugment augments images"):
         resolve(Config(strong_augment="ctaugment"), features, torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_a_torchrun_job_of_two_gloo_processes_trains_with_ctaugment(tmp_path: Path) -> None:
+    """Two ranks probe their own labeled halves and gather the results (CTAugment.update); the
+    job finishes and the checkpoint holds moved rates."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(Path(semimatch.__file__).parents[1]))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    cmd += ["-m", "semimatch", *CLI, "--out", str(run)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = torch.load(run / "checkpoints" / "ckpt-0000006.pt", weights_only=False)
+    assert (saved["augment"]["rates"] != 1).sum() > 10
