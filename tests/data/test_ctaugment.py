@@ -103,6 +103,15 @@ def test_whole_strong_views_match_pil_replaying_the_same_parameters(
     assert (got == 127).all(axis=-1).sum((1, 2)).max() >= (2 * ((1 + int(size * 0.499)) // 2)) ** 2
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_views_equal_cpu_views_with_a_cpu_generator() -> None:
+    x = _nchw(_images(64, 32, 3))
+    aug = CTAugment((32, 32), hflip=True)
+    cpu = aug(x, torch.Generator().manual_seed(0))
+    gpu = aug.to("cuda")(x.cuda(), torch.Generator().manual_seed(0)).cpu()
+    assert (cpu != gpu).float().mean() < 0.005
+
+
 def _rate_to_p(rate: np.ndarray, decay: float = 0.99, th: float = 0.85) -> np.ndarray:
     """The reference's ``rate_to_p``, transcribed in float64."""
     p = rate.astype(np.float64) + (1 - decay)
