@@ -57,6 +57,11 @@ def resolve(
             "custom weak_augment/strong_augment are per-image callables; they "
             "need augment='pil' (or 'auto'), not 'batched'"
         )
+    if cfg.strong_augment == "ctaugment" and (custom_views or cfg.augment == "pil"):
+        raise ConfigError(
+            "--strong-augment ctaugment runs as batched tensor ops (its rates change every "
+            "step): use --augment batched (or auto) and no custom augmentation callables"
+        )
     if custom_views and cfg.augment == "auto":
         cfg.augment = "pil"
         auto["augment"] = "pil: custom augmentation callables"

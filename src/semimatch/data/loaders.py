@@ -75,7 +75,7 @@ VIEW_LABELED_WEAK = 0
 VIEW_UNLABELED_WEAK = 1
 VIEW_UNLABELED_STRONG = 2
 AUGMENT_MODES = ("pil", "batched")
-_VARIANTS = ("fixmatch", "usb")
+_VARIANTS = ("fixmatch", "usb", "ctaugment")
 
 
 class SSLBatch(NamedTuple):

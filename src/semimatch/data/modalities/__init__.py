@@ -63,6 +63,11 @@ def check_config(cfg: Config, data: SSLDataset) -> None:
                 f"{info.kind} data - choose an image backbone (see --backbone in `semimatch "
                 "train --help`)"
             )
+    if cfg.strong_augment == "ctaugment" and own.kind != "image":
+        raise ConfigError(
+            f"--strong-augment ctaugment augments images; {info.name} holds {info.kind} data - "
+            "drop --strong-augment"
+        )
     own.check_config(cfg, data)
 
 
