@@ -408,7 +408,7 @@ def test_describe():
 @pytest.mark.parametrize("shape", ["sigmoid", "linear"])
 @pytest.mark.parametrize("ratio", [0.0, 0.25, 0.4, 1.0])
 def test_rampup_matches_the_papers_and_usb(shape, ratio):
-    from reference_impl import rampup_oracle
+    from helpers.reference_impl import rampup_oracle
     from semimatch.methods.blocks import rampup
 
     total = 50

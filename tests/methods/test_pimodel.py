@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from reference_impl import cross_entropy, rampup_oracle, softmax, squared_consistency_oracle
+from helpers.reference_impl import cross_entropy, rampup_oracle, softmax, squared_consistency_oracle
 from semimatch.cli import main
 from semimatch.config import PRESETS
 from semimatch.methods.registry import build_algorithm

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from reference_impl import cross_entropy, entropy_oracle, rampup_oracle, vat_linear_oracle
+from helpers.reference_impl import cross_entropy, entropy_oracle, rampup_oracle, vat_linear_oracle
 from semimatch.cli import main
 from semimatch.config import PRESETS, ConfigError
 from semimatch.data.modalities import modality
