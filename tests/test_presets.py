@@ -32,9 +32,9 @@ def test_the_usb_nlp_settings_and_algorithms_have_presets():
     algorithms = {n.rsplit("-", 1)[1] for n in NLP}
     assert algorithms == {
         *("supervised", "fixmatch", "softmatch"),
-        *("flexmatch", "freematch", "adamatch", "dash"),
+        *("flexmatch", "freematch", "adamatch", "dash", "pimodel"),
     }
-    assert len(NLP) == 10 * 7
+    assert len(NLP) == 10 * 8
 
 
 def _texts(num_classes: int) -> semimatch.data.SSLDataset:
@@ -58,7 +58,8 @@ def test_every_nlp_preset_resolves_to_usb_s_recipe(name):
         2048,
     )
     assert (resolved.batch_size, resolved.uratio, resolved.max_length) == (8, 1, 512)
-    assert (resolved.optimizer, resolved.weight_decay, resolved.ema_decay) == ("adamw", 5e-4, 0)
+    ema_m = 0.999 if name.endswith("-pimodel") else 0  # USB's NLP Pi-Model configs keep it
+    assert (resolved.optimizer, resolved.weight_decay, resolved.ema_decay) == ("adamw", 5e-4, ema_m)
     assert (resolved.precision, resolved.forward_mode, resolved.text_strong) == (
         "fp32",
         "joint",
@@ -89,6 +90,9 @@ USB_VALUES = {
     ),
     "yelp_review-1000-adamatch": dict(lr=5e-5, layer_decay=0.75, tau=0.95, stat_momentum=0.999),
     "ag_news-200-supervised": dict(lr=5e-5, layer_decay=0.65, num_labels=200),
+    "imdb-20-pimodel": dict(
+        lr=5e-5, layer_decay=0.75, lambda_u=10.0, unsup_warmup=0.4, ema_decay=0.999, uratio=1
+    ),
 }
 
 

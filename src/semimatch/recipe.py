@@ -33,6 +33,7 @@ __all__ = [
     "Parts",
     "autocast",
     "build_parts",
+    "check_needs",
     "lr_factor",
     "make_optimizer",
     "process_state_restored",
@@ -108,11 +109,11 @@ def build_parts(
     if training and cfg.sync_bn and dist.is_distributed():
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     ema = ModelEMA(net, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay else None
-    _check_needs(algorithm, name, ema, modality(info).continuous)
+    check_needs(algorithm, name, ema, modality(info).continuous)
     return Parts(net, ema, algorithm, name)
 
 
-def _check_needs(algorithm: Any, name: str, ema: ModelEMA | None, continuous: bool) -> None:
+def check_needs(algorithm: Any, name: str, ema: ModelEMA | None, continuous: bool) -> None:
     """Refuse a method whose ``needs`` this run cannot give: a teacher without the weight EMA,
     input perturbations on token ids."""
     needs = getattr(algorithm, "needs", None)

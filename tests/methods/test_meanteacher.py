@@ -21,9 +21,11 @@ from helpers.runs import TINY, assert_same_run
 from semimatch import checkpoint as ckpt
 from semimatch import engine
 from semimatch.cli import main
-from semimatch.config import PRESETS, Config
-from semimatch.engine import TrainingInterrupted, fit
+from semimatch.config import Config
+from semimatch.engine import fit
+from semimatch.errors import TrainingInterrupted
 from semimatch.methods.registry import build_algorithm
+from semimatch.presets import PRESETS
 from semimatch.step import StepInfo, train_step
 
 
@@ -88,10 +90,10 @@ def test_without_a_teacher_it_is_refused():
 
 def test_a_run_without_the_ema_is_refused_before_it_starts():
     from semimatch.config import ConfigError
-    from semimatch.recipe import _check_needs
+    from semimatch.recipe import check_needs
 
     with pytest.raises(ConfigError, match=r"--algorithm meanteacher .* --ema-decay > 0"):
-        _check_needs(build_algorithm("meanteacher", 3), "meanteacher", None, True)
+        check_needs(build_algorithm("meanteacher", 3), "meanteacher", None, True)
 
 
 @pytest.mark.slow

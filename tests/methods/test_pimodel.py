@@ -10,8 +10,8 @@ import torch
 
 from helpers.reference_impl import cross_entropy, rampup_oracle, softmax, squared_consistency_oracle
 from semimatch.cli import main
-from semimatch.config import PRESETS
 from semimatch.methods.registry import build_algorithm
+from semimatch.presets import PRESETS
 from semimatch.step import StepInfo, train_step
 
 TRAIN = ["train", "--dataset", "digits", "--num-labels", "20", "--iterations", "2",

@@ -11,10 +11,11 @@ import torch
 
 from helpers.reference_impl import cross_entropy, entropy_oracle, rampup_oracle, vat_linear_oracle
 from semimatch.cli import main
-from semimatch.config import PRESETS, ConfigError
+from semimatch.config import ConfigError
 from semimatch.data.modalities import modality
 from semimatch.methods.registry import build_algorithm
-from semimatch.recipe import _check_needs
+from semimatch.presets import PRESETS
+from semimatch.recipe import check_needs
 from semimatch.step import StepInfo, train_step
 
 
@@ -82,8 +83,8 @@ def test_texts_are_refused_and_images_perturbed_after_normalisation():
 
     algo = build_algorithm("vat", 3)
     with pytest.raises(ConfigError, match="--algorithm vat .* token ids"):
-        _check_needs(algo, "vat", None, continuous=False)
-    _check_needs(algo, "vat", None, continuous=True)
+        check_needs(algo, "vat", None, continuous=False)
+    check_needs(algo, "vat", None, continuous=True)
     assert modality("text").continuous is False and modality("image").continuous is True
     inner = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     net = InputNormalizer(inner, (0.5,), (0.25,))

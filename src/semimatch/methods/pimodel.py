@@ -41,6 +41,7 @@ PRESETS = MethodPresets(
     source="usb",
     note="; USB's linear ramp-up over 40% of the budget, uratio 1",
     nlp=True,
+    nlp_values={"ema_decay": 0.999},  # USB's NLP Pi-Model configs keep ema_m 0.999
 )  # fmt: skip
 
 
