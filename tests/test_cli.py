@@ -387,7 +387,7 @@ def test_help_shows_what_each_option_takes(capsys):
         "--augment-device DEVICE",
         "--backbone STR",
         "--algorithm {supervised,pseudolabel,fixmatch,flexmatch,softmatch,freematch,adamatch,"
-        "dash,uda}",
+        "dash,uda,",  # then the other methods of the package
         "--shape {gaussian,linear,quadratic,auto}",
         "--dash-warmup INT",
         "--stats-on {aligned,raw,auto}",
