@@ -30,10 +30,10 @@ def test_the_usb_nlp_settings_and_algorithms_have_presets():
     }
     algorithms = {n.rsplit("-", 1)[1] for n in NLP}
     assert algorithms == {
-        *("supervised", "fixmatch", "softmatch"),
+        *("supervised", "fullysupervised", "fixmatch", "softmatch"),
         *("flexmatch", "freematch", "adamatch", "dash"),
     }
-    assert len(NLP) == 10 * 7
+    assert len(NLP) == 10 * 8
 
 
 def _texts(num_classes: int) -> semimatch.data.SSLDataset:

@@ -116,6 +116,7 @@ def _check(cfg: Config, data: SSLDataset, device: torch.device) -> None:
             "papers) or train on GPUs"
         )
     _check_split_options(cfg, data)
+    _check_all_labels(cfg)
     check_runtime(cfg)
     if cfg.num_labels is not None and cfg.lt_gamma is None and cfg.num_labels % C:
         raise ConfigError(
@@ -350,6 +351,28 @@ def _check_split_options(cfg: Config, data: SSLDataset) -> None:
             raise ConfigError(f"fold: dataset {cfg.dataset!r} has no predefined folds; {hint}")
         if not 0 <= cfg.fold < len(folds):
             raise ConfigError(f"fold must be in 0..{len(folds) - 1}; got {cfg.fold}")
+
+
+def _check_all_labels(cfg: Config) -> None:
+    """A method that trains on every label (``Method.all_labels``: fullysupervised) refuses
+    what would choose a subset or shape the unlabeled pool it never reads: a wrong answer
+    (the ceiling measured on 40 labels) must not pass silently."""
+    spec = methods().get(cfg.algorithm)
+    if spec is None or not spec.all_labels:
+        return
+    chosen = [
+        f"--{name.replace('_', '-')} {getattr(cfg, name)}"
+        for name in ("num_labels", "lt_gamma", "fold", "split_seed")
+        if getattr(cfg, name) is not None
+    ]
+    if cfg.exclude_labeled:
+        chosen.append("--exclude-labeled")
+    if chosen:
+        raise ConfigError(
+            f"{cfg.algorithm} trains on every labeled training sample; drop {', '.join(chosen)} "
+            "(--num-labels none clears a preset's), or use --algorithm supervised for a labeled "
+            "subset"
+        )
 
 
 def make_split(cfg: Config, data: SSLDataset) -> Split:

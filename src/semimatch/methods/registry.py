@@ -54,6 +54,7 @@ ENTRY_POINT_GROUP = "semimatch.methods"
 #: module of this package is imported after them, so a new built-in method is one new file.
 _BUILTINS = (
     "supervised",
+    "fullysupervised",
     "pseudolabel",
     "fixmatch",
     "flexmatch",
@@ -126,7 +127,8 @@ class MethodPresets:
     ``values``: its options in every preset; ``source``: ``"paper"`` (every image setting) or
     ``"usb"`` (USB's classic-CV configs: the balanced settings only); ``note``: appended to the
     description; ``settings``: per-setting overrides; ``nlp``: it has USB NLP presets, with
-    ``nlp_values`` over ``values``.
+    ``nlp_values`` over ``values``; ``skip``: settings without a preset (the source publishes
+    none for them).
     """
 
     values: Mapping[str, Any]
@@ -135,6 +137,7 @@ class MethodPresets:
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     nlp: bool = False
     nlp_values: Mapping[str, Any] = field(default_factory=dict)
+    skip: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,9 @@ class Method:
     ``describe()["type"]``.  ``budget``: options whose default scales with the iteration budget
     (``resolve`` derives them).  ``check_budget(options, iterations)``: refuses options that
     cannot work with the budget (``ValueError`` naming the flag).  ``presets``: the method's
-    part of the paper presets (``semimatch.presets``).
+    part of the paper presets (``semimatch.presets``).  ``all_labels``: the method trains on
+    every labeled training sample (the labeled set is not drawn, the unlabeled pool unused):
+    known before it is built, so the split and the config checks can ask it.
     """
 
     name: str
@@ -161,6 +166,7 @@ class Method:
     budget: tuple[BudgetDefault, ...] = ()
     check_budget: Callable[[Mapping[str, Any], int], None] | None = None
     presets: MethodPresets | None = None
+    all_labels: bool = False
 
     def __post_init__(self) -> None:
         params = list(inspect.signature(self.build).parameters.values())
@@ -255,6 +261,7 @@ def register_method(
     budget: tuple[BudgetDefault, ...] = (),
     check_budget: Callable[[Mapping[str, Any], int], None] | None = None,
     presets: MethodPresets | None = None,
+    all_labels: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register the decorated builder as method ``name`` (default: the builder's name).
 
@@ -278,7 +285,9 @@ def register_method(
                 f"method {key!r} is already registered by {_qualname(old.build)}; "
                 f"{_qualname(build)} needs another name"
             )
-        _METHODS[key] = Method(key, build, dict(formulas or {}), budget, check_budget, presets)
+        _METHODS[key] = Method(
+            key, build, dict(formulas or {}), budget, check_budget, presets, all_labels
+        )
         return build
 
     return add
