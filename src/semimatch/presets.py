@@ -11,9 +11,9 @@ The USB NLP presets (``ag_news-40-softmatch``, ...) mirror USB's text configs
 (``config/usb_nlp/<algo>/<algo>_<dataset>_<labels>_0.yaml``): BERT-base fine-tuned with AdamW,
 layer-wise lr decay and a linear warm-up, no EMA, on USB's JSON data (``--data-root`` at USB's
 ``data/<dataset>/`` folder: ``train.json`` gives the labeled draw and the unlabeled pool with
-its back-translations, ``test.json`` the test set).  USB's Pseudo-Label (its unlabeled-loss
-ramp ``unsup_warm_up``) and UDA (``tsa_schedule: exp``) NLP configs use mechanisms semimatch does
-not implement, so they have no preset rather than an inexact one.
+its back-translations, ``test.json`` the test set).  USB's Pseudo-Label NLP configs (its
+unlabeled-loss ramp ``unsup_warm_up``) use a mechanism semimatch does not implement, so they
+have no preset rather than an inexact one.
 """
 
 from __future__ import annotations

@@ -68,10 +68,10 @@ _BUILTINS = (
 #: (state, q grid (n,), num_classes) -> weights (K, n): K = 1, or one row per class holding max.
 LambdaFormula = Callable[[Mapping[str, Any], np.ndarray, int], np.ndarray]
 
-#: Keyword parameters of a builder that the data, not the user, supplies (FlexMatch's memory
-#: size): not options - no ``Config`` field, flag or validation; ``build_algorithm`` passes
-#: them to the builders that declare them.
-DATA_INPUTS: frozenset[str] = frozenset({"num_unlabeled"})
+#: Keyword parameters of a builder that the data or the run, not the user, supplies (FlexMatch's
+#: memory size, UDA's annealing over the budget): not options - no ``Config`` field, flag or
+#: validation; ``build_algorithm`` passes them to the builders that declare them.
+DATA_INPUTS: frozenset[str] = frozenset({"num_unlabeled", "num_iterations"})
 
 
 @dataclass(frozen=True)
@@ -330,10 +330,16 @@ def lambda_formulas() -> dict[str, tuple[tuple[str, ...], LambdaFormula]]:
 
 
 def build_algorithm(
-    name: str, num_classes: int, *, num_unlabeled: int | None = None, **options: Any
+    name: str,
+    num_classes: int,
+    *,
+    num_unlabeled: int | None = None,
+    num_iterations: int | None = None,
+    **options: Any,
 ) -> Any:
     """Build a named algorithm; an option the algorithm does not use is an error, not ignored.
-    ``num_unlabeled`` (pool size, a data input) goes to the builders that declare it."""
+    ``num_unlabeled`` (pool size) and ``num_iterations`` (the iteration budget), data inputs,
+    go to the builders that declare them."""
     registry = methods()
     if name not in registry:
         hint = difflib.get_close_matches(name, registry, n=1)
@@ -345,5 +351,6 @@ def build_algorithm(
     check_num_classes(num_classes)
     spec = registry[name]
     spec.check(name, options)
-    data = {"num_unlabeled": num_unlabeled} if "num_unlabeled" in spec.data_inputs else {}
+    given = {"num_unlabeled": num_unlabeled, "num_iterations": num_iterations}
+    data = {k: v for k, v in given.items() if k in spec.data_inputs}
     return spec.build(num_classes, **data, **options)
