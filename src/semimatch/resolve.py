@@ -152,19 +152,24 @@ def _check_optimizer(cfg: Config, mod: Modality) -> None:
 
 
 def _derive_method_budget(cfg: Config, iterations: int, auto: dict[str, str]) -> None:
-    """The method's options whose default follows the budget (its ``Method.budget``), then its
-    own check of them against the budget (``Method.check_budget``)."""
+    """The method's options whose default follows the budget (its ``Method.budget``), its own
+    check of them against the budget (``Method.check_budget``), then the iterations it trains
+    on top of the budget (``Method.extra_iterations``)."""
     method = methods()[cfg.algorithm]
     for scaled in method.budget:
         if getattr(cfg, scaled.option) is None:
             setattr(cfg, scaled.option, scaled.value(iterations))
             auto[scaled.option] = scaled.why.format(K=iterations)
+    values = {name: getattr(cfg, name) for name in method.options}
     if method.check_budget is not None:
-        values = {name: getattr(cfg, name) for name in method.options}
         try:
             method.check_budget(values, iterations)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    extra, why = method.extra_iterations(values) if method.extra_iterations else (0, "")
+    if extra:  # on top of the budget the defaults above were derived from
+        cfg.iterations = iterations + extra
+        auto["iterations"] = f"{iterations} + {extra}: {why}"
 
 
 def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str, str]) -> None:

@@ -158,6 +158,9 @@ class Method:
     part of the paper presets (``semimatch.presets``).  ``all_labels``: the method trains on
     every labeled training sample (the labeled set is not drawn, the unlabeled pool unused):
     known before it is built, so the split and the config checks can ask it.
+    ``extra_iterations(options) -> (n, why)``: iterations the method trains on top of the budget
+    (Dash's warm-up outside it, as USB runs it); ``resolve`` adds them to ``iterations`` with
+    ``why`` in ``cfg.auto``, after the budget-scaled defaults were derived from the budget.
     """
 
     name: str
@@ -167,6 +170,7 @@ class Method:
     check_budget: Callable[[Mapping[str, Any], int], None] | None = None
     presets: MethodPresets | None = None
     all_labels: bool = False
+    extra_iterations: Callable[[Mapping[str, Any]], tuple[int, str]] | None = None
 
     def __post_init__(self) -> None:
         params = list(inspect.signature(self.build).parameters.values())
@@ -262,6 +266,7 @@ def register_method(
     check_budget: Callable[[Mapping[str, Any], int], None] | None = None,
     presets: MethodPresets | None = None,
     all_labels: bool = False,
+    extra_iterations: Callable[[Mapping[str, Any]], tuple[int, str]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register the decorated builder as method ``name`` (default: the builder's name).
 
@@ -286,8 +291,9 @@ def register_method(
                 f"{_qualname(build)} needs another name"
             )
         _METHODS[key] = Method(
-            key, build, dict(formulas or {}), budget, check_budget, presets, all_labels
-        )
+            key, build, dict(formulas or {}), budget, check_budget, presets, all_labels,
+            extra_iterations,
+        )  # fmt: skip
         return build
 
     return add
