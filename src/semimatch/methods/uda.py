@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semimatch import distributed as dist
 from semimatch.methods.blocks import check_lambda_max, check_probs, check_tau, sharpen
 from semimatch.methods.consistency import Needs, SSLAlgorithm, StepOutputs, UnlabeledResult
 from semimatch.methods.fixmatch import fixed_lambda
@@ -150,7 +151,12 @@ class UDA(SSLAlgorithm):
             return (per_row * keep).mean()
         correct = probs.gather(1, y_lb[:, None]).squeeze(1)
         keep = (correct <= eta).to(per_row.dtype)  # the paper removes p(y*|x) > eta_t
-        return (per_row * keep).sum() / keep.sum().clamp(min=1.0)
+        # Over the global batch under torchrun: the rows kept by every process, scaled by the
+        # world size because DDP averages the processes' gradients (two processes equal one).
+        kept = keep.sum()
+        if dist.is_distributed():
+            kept = dist.all_reduce_sum(kept.detach()) / dist.get_world_size()
+        return (per_row * keep).sum() / kept.clamp(min=1.0 / dist.get_world_size())
 
     def loss(self, out: StepOutputs) -> tuple[torch.Tensor, UnlabeledResult]:
         if self.tsa_schedule == "none":
