@@ -54,7 +54,6 @@ ENTRY_POINT_GROUP = "semimatch.methods"
 #: module of this package is imported after them, so a new built-in method is one new file.
 _BUILTINS = (
     "supervised",
-    "fullysupervised",
     "pseudolabel",
     "fixmatch",
     "flexmatch",
