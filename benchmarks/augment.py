@@ -4,10 +4,13 @@ Prints images/s (median over repeats, after warm-up) for one batch of the standa
 (448 unlabeled CIFAR-sized images) through:
 
   (a) torchvision per image: RandomCrop(pad 12.5%, reflect) + RandomHorizontalFlip +
-      RandAugment(num_ops=2), the baseline of issue 5 (it has no Cutout)
+      RandAugment(num_ops=2), the usual torchvision pipeline, as baseline (it has no Cutout)
   (b) semimatch.data.augment.StrongAugment per image (PIL, FixMatch variant, with Cutout)
   (c) semimatch.data.batched_augment.BatchedStrongAugment on --device (whole batch)
   (d) weak views: torchvision crop + flip per image, WeakAugment per image, BatchedWeakAugment
+  (e) CTAugment (semimatch.data.ctaugment, FixMatch's other strong view): the batched module
+      on --device, its per-image PIL path, and the probe of a labeled batch (64 probe views
+      plus the rate update, without the model's forward)
 
 and the speed-up over torchvision ((a) for strong views, (d) for weak views). Per-image
 pipelines include the numpy <-> PIL conversions a data loader does; batched rows start from a
@@ -34,6 +37,7 @@ from torchvision import transforms as T
 
 from semimatch.data.augment import StrongAugment, WeakAugment, crop_padding
 from semimatch.data.batched_augment import BatchedStrongAugment, BatchedWeakAugment
+from semimatch.data.ctaugment import CTAugment, apply_pil, proximity
 
 
 def _images(n: int, size: int, channels: int, seed: int = 0) -> np.ndarray:
@@ -90,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     b_weak = BatchedWeakAugment((size, size), True)
     b_strong = BatchedStrongAugment((size, size), True)
     b_strong_usb = BatchedStrongAugment((size, size), True, variant="usb")
+    cta = CTAugment((size, size), True).to(device)
+    probe_x, probe_y = x[: n // 7], torch.arange(n // 7, device=device) % 10
     rng = np.random.default_rng(0)
     gen = torch.Generator().manual_seed(0)  # CPU generator: no host-device syncs on CUDA
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -111,6 +117,26 @@ def main(argv: list[str] | None = None) -> None:
 
         return run
 
+    def cta_per_image() -> object:
+        p = cta.sample_params(n, size, size, gen)
+        out = []
+        for i, img in enumerate(images):  # the crop/flip of the weak view, then the policy
+            padded = np.pad(img, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+            top, left = int(p.weak.top[i]), int(p.weak.left[i])
+            view = padded[top : top + size, left : left + size]
+            view = np.ascontiguousarray(view[:, ::-1] if bool(p.weak.flip[i]) else view)
+            out.append(
+                apply_pil(view, p.ops[i].tolist(), p.args[i].tolist(), p.centres[i].tolist())
+            )
+        return out
+
+    def cta_probe() -> object:
+        views, params = cta.probe(probe_x, gen)
+        probs = torch.full((len(views), 10), 0.1, device=device)  # stands in for the model
+        cta.update(params.ops, params.args, proximity(probs, probe_y))
+        sync()
+        return views
+
     dev = device.type
     rows: list[tuple[str, str, Callable[[], object]]] = [
         ("strong", "(a) torchvision RandAugment(2) + crop/flip, per-image PIL",
@@ -119,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
         ("strong", f"(c) semimatch BatchedStrongAugment fixmatch, {dev}", batched(b_strong)),
         ("strong", "    semimatch StrongAugment usb, per-image PIL", per_image_ours(strong_usb)),
         ("strong", f"    semimatch BatchedStrongAugment usb, {dev}", batched(b_strong_usb)),
+        ("strong", "(e) semimatch CTAugment, per-image PIL", cta_per_image),
+        ("strong", f"    semimatch CTAugment batched, {dev}", batched(cta)),
+        ("strong", f"    CTAugment probe of {n // 7} labeled + rate update, {dev}", cta_probe),
         ("weak", "(d) torchvision crop/flip, per-image PIL", per_image_tv(tv_weak)),
         ("weak", "    semimatch WeakAugment, per-image numpy", per_image_ours(weak)),
         ("weak", f"    semimatch BatchedWeakAugment, {dev}", batched(b_weak)),
@@ -148,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     for (group, label, _), ts in zip(rows, times, strict=True):
         med = statistics.median(ts)
         ratio = base.setdefault(group, med) / med
+        if label.lstrip().startswith("CTAugment probe"):  # 64 images: not comparable
+            print(f"| {label:<62} | {med * 1e3:9.2f} | {len(probe_x) / med:9.0f} | {'-':>14} |")
+            continue
         print(f"| {label:<62} | {med * 1e3:9.2f} | {n / med:9.0f} | {ratio:13.1f}x |")
 
 

@@ -1,4 +1,4 @@
-"""Reproduce the papers' claims at CPU scale (issue 9), one cell at a time, and rebuild the table.
+"""Reproduce the papers' claims at CPU scale, one cell at a time, and rebuild the table.
 
 Every algorithm of a setting gets the same seeds, labeled split, iteration budget and backbone;
 only ``--algorithm`` changes.  Runs are ordinary semimatch run directories under ``--runs``
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 ALGORITHMS = ("supervised", "pseudolabel", "fixmatch", "softmatch")
-# The rest of the sample-weighting family (issue 19), run on the Fashion-MNIST-40 and digits
+# The rest of the sample-weighting family, run on the Fashion-MNIST-40 and digits
 # settings under the same recipe; ``--all`` runs ALGORITHMS unless ``--algorithms`` says more.
 FAMILY = ("flexmatch", "freematch", "adamatch", "dash", "uda")
 
@@ -163,7 +163,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     ),
     "fmnist-40": _fmnist(num_labels=40),
     "fmnist-250": _fmnist(num_labels=250),
-    # The fmnist-40 recipe again, every method of the family (issue 19) and SoftMatch's ablation
+    # The fmnist-40 recipe again, every method of the family and SoftMatch's ablation
     # trained on ONE machine: bf16 kernels round differently per CPU family, and the fmnist-40
     # cells above were made on another one, so comparing across the two would mix machines.
     "family-fmnist-40": _fmnist(num_labels=40),
@@ -173,7 +173,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "fmnistlt-100": _fmnist(lt_gamma=100.0, lt_n1=500, lt_m1=3000),
     # CIFAR-10-LT, gamma = 100 with head sizes scaled down from (1500, 3000) to fit the budget.
     "cifar10lt-100": _cifar10(lt_gamma=100.0, lt_n1=500, lt_m1=1000),
-    # AG News, 10 labels per class (USB's ag_news-40), MiniLM-L6 (issue 18).
+    # AG News, 10 labels per class (USB's ag_news-40), MiniLM-L6: the text recipe's check.
     "agnews-40": _agnews(num_labels=40),
     # The same texts cut to their first 10 words (the short-text stability study): the
     # agnews-40 recipe at a shorter budget, evaluated every 25 iterations so swings show.

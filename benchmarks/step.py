@@ -1,6 +1,6 @@
 """The standard FixMatch/SoftMatch iteration: reference-style vs semimatch, side by side.
 
-The standard step (issue 5): CIFAR-sized images, WRN-28-2, B = 64 labeled + mu*B = 448
+The standard step: CIFAR-sized images, WRN-28-2, B = 64 labeled + mu*B = 448
 unlabeled, weak and strong views, backward, optimiser step, EMA update, SoftMatch weighting --
 the complete iteration *including data loading*.
 

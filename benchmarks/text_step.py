@@ -1,4 +1,4 @@
-"""The SoftMatch text step (issue 18): semimatch's way against the reference way, side by side.
+"""The SoftMatch text step: semimatch's way against the reference way, side by side.
 
 One training iteration of SoftMatch on AG News with a MiniLM-L6 encoder (``hf:`` backbone,
 USB's NLP batch: B labeled + B unlabeled, uratio 1, weak = the original text, strong = a

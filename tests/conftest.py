@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fake_files import FAKE_CIFAR_CLASSES, FAKE_CIFAR_PER_FILE, write_idx  # noqa: F401
-from text_helpers import write_tiny_bert  # noqa: F401 - the fixture below uses it
+from helpers.fake_files import FAKE_CIFAR_CLASSES, FAKE_CIFAR_PER_FILE, write_idx  # noqa: F401
+from helpers.text_fixtures import write_tiny_bert  # noqa: F401 - the fixture below uses it
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 import semimatch
-from semimatch.api import load_run, make_config
+from semimatch.api import make_config
 from semimatch.cli import main
 from semimatch.config import ConfigError
 from semimatch.data import ArraySource, balanced_split, from_arrays, load_dataset
@@ -19,6 +19,7 @@ from semimatch.data.adapters import TorchImageSource, from_torch, to_hwc_uint8
 from semimatch.diagnostics import LABELED_PROBE
 from semimatch.metrics import read_jsonl
 from semimatch.resolve import resolve
+from semimatch.run import load_run
 from semimatch.sklearn import SemiSupervisedClassifier
 
 # A tiny, fast digits recipe shared by the tests (8 labeled + 16 unlabeled images per step).
@@ -393,8 +394,7 @@ def test_cli_api_and_estimator_train_the_same_model(tmp_path, digits, restore_de
 def test_predict_decodes_image_files_as_training_does(tmp_path):
     """Prediction must see the pixels training saw: cover + centre-crop + bicubic, not a
     squashing resize (35 grey levels apart on average for a 24x40 photo before the fix)."""
-    from semimatch.api import load_images
-    from semimatch.data.folders import image_files
+    from semimatch.data.folders import image_files, load_images
 
     rng = np.random.default_rng(0)
     for cls in ("a", "b"):

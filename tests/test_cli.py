@@ -19,8 +19,8 @@ from PIL import Image
 import semimatch
 from semimatch.api import predict
 from semimatch.cli import main
-from semimatch.config import PRESETS
 from semimatch.metrics import read_jsonl
+from semimatch.presets import PRESETS
 
 TRAIN = [
     "train",

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.text_fixtures import text_corpus
 from semimatch.cli import main
-from text_helpers import text_corpus
 
 pytest.importorskip("transformers")
 

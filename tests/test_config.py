@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from semimatch.config import PRESETS, Config, ConfigError, budget_momentum, load_preset
+from semimatch.config import Config, ConfigError, budget_momentum, load_preset
 from semimatch.data import from_arrays
 from semimatch.methods.consistency import SSLAlgorithm
-from semimatch.resolve import check_forward_mode, dataset_options, resolve
+from semimatch.presets import PRESETS
+from semimatch.resolve import dataset_options, resolve
+from semimatch.two_pass import check_forward_mode
 
 
 def tiny_data(num_classes: int = 10, size: int = 32, channels: int = 3):

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 import semimatch
+from helpers.text_fixtures import text_corpus
 from semimatch.config import Config
 from semimatch.data import TrainStream, balanced_split, from_features, from_texts
 from semimatch.diagnostics import FLIP_SHARE, UNLABELED_PROBE, Diagnostics
-from text_helpers import text_corpus
 
 # Small enough for a few seconds on 2 shared cores; the weak view fits the 20 labels by the
 # second half of the run, where the checks may warn.

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from reference_impl import random_probs
+from helpers.reference_impl import random_probs
 from semimatch import distributed as sd
 from semimatch.methods.alignment import UniformAlignment
 from semimatch.methods.registry import build_algorithm

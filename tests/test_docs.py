@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
 from pathlib import Path
 
 import pytest
 
+from helpers.scripts import load_script
 from semimatch.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,10 +19,7 @@ FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 
 
 def _hook():
-    spec = importlib.util.spec_from_file_location("cli_reference", DOCS / "hooks/cli_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("docs/hooks/cli_reference.py")
 
 
 def test_the_cli_reference_is_generated_from_the_parser() -> None:

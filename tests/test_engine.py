@@ -20,39 +20,22 @@ import pytest
 import torch
 from torch import nn
 
+from helpers.runs import (
+    CLI,
+    TINY,
+    assert_same_run,
+    kill_after_first_checkpoint,
+    stable,
+)
 from semimatch import checkpoint as ckpt
 from semimatch.config import Config
 from semimatch.engine import fit
 from semimatch.errors import TrainingError, TrainingInterrupted
 from semimatch.metrics import read_jsonl
 
-# A tiny, fast recipe: digits, 20 labels, 8 labeled + 16 unlabeled per step.
-TINY = dict(
-    dataset="digits",
-    num_labels=20,
-    batch_size=8,
-    uratio=2,
-    seed=3,
-    precision="fp32",
-    threads=1,
-    tensorboard=False,
-)
-VOLATILE = {"time", "sec_per_iter"}
-
 
 def tiny(**kw) -> Config:
     return Config(**{**TINY, **kw})
-
-
-def stable(records: list[dict]) -> list[dict]:
-    """Records without wall-clock fields."""
-    out = []
-    for r in records:
-        r = {k: v for k, v in r.items() if k not in VOLATILE}
-        if isinstance(r.get("window"), dict):
-            r["window"] = {k: v for k, v in r["window"].items() if k not in VOLATILE}
-        out.append(r)
-    return out
 
 
 def test_metrics_jsonl_schema(tmp_path):
@@ -257,7 +240,7 @@ def test_a_failed_checkpoint_write_stops_the_run_and_resume_finishes_it_exactly(
     monkeypatch.undo()
     assert ckpt.load(folder / "ckpt-0000002.pt")["iteration"] == 2
     assert main(["train", "--resume", str(run)]) == 0
-    _assert_same_run(ref, run, iterations=8)
+    assert_same_run(ref, run, iterations=8)
 
 
 def test_the_python_api_raises_the_checkpoint_error(tmp_path, monkeypatch):
@@ -352,85 +335,6 @@ def test_a_signal_stops_after_the_iteration_and_names_itself(tmp_path, capsys, s
     assert signal.getsignal(signum) is before  # the caller's handler is back
 
 
-def _final_state(run_dir: Path) -> dict:
-    return ckpt.load(ckpt.latest(run_dir / "checkpoints"))
-
-
-CLI = [
-    sys.executable,
-    "-m",
-    "semimatch",
-    "train",
-    "--dataset",
-    "digits",
-    "--algorithm",
-    "softmatch",
-    "--num-labels",
-    "20",
-    "--iterations",
-    "16",
-    "--eval-every",
-    "4",
-    "--log-every",
-    "2",
-    "--batch-size",
-    "8",
-    "--uratio",
-    "2",
-    "--seed",
-    "3",
-    "--deterministic",
-    "true",
-    "--precision",
-    "fp32",
-    "--threads",
-    "1",
-    "--tensorboard",
-    "false",
-]
-
-
-def _assert_same_run(a: Path, b: Path, iterations: int = 16) -> None:
-    sa, sb = _final_state(a), _final_state(b)
-    assert sa["iteration"] == sb["iteration"] == iterations
-    for part in ("model", "ema", "algorithm", "optimizer"):
-        flat_a, flat_b = _flatten(sa[part]), _flatten(sb[part])
-        assert flat_a.keys() == flat_b.keys()
-        for key in flat_a:
-            assert torch.equal(flat_a[key], flat_b[key]), f"{part}.{key} differs"
-    assert stable(read_jsonl(a / "metrics.jsonl")) == stable(read_jsonl(b / "metrics.jsonl"))
-
-
-def _flatten(obj, prefix=""):
-    out = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            out.update(_flatten(v, f"{prefix}{i}."))
-    elif isinstance(obj, torch.Tensor):
-        out[prefix] = obj
-    else:
-        out[prefix] = torch.tensor(float(obj) if isinstance(obj, (int, float, bool)) else 0.0)
-    return out
-
-
-def kill_after_first_checkpoint(cmd: list[str], run: Path, jitter: float = 0.5) -> None:
-    """Start ``cmd --out run`` and SIGKILL it at a random moment after its first checkpoint
-    exists (mid-window, mid-iteration)."""
-    proc = subprocess.Popen(
-        [*cmd, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 120
-    while ckpt.latest(run / "checkpoints") is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(random.uniform(0.0, jitter))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert ckpt.latest(run / "checkpoints") is not None
-
-
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory) -> Path:
     """One uninterrupted deterministic run, compared against the interrupted ones."""
@@ -450,7 +354,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, reference_run):
         capture_output=True,
         timeout=300,
     )
-    _assert_same_run(ref, run)
+    assert_same_run(ref, run)
 
 
 @pytest.mark.skipif(
@@ -468,7 +372,7 @@ def test_a_run_of_another_version_resumes_exactly(tmp_path, reference_run):
         (run / "checkpoints" / ckpt.checkpoint_name(k)).unlink()
     resume = [sys.executable, "-m", "semimatch", "train", "--resume", str(run)]
     subprocess.run(resume, check=True, capture_output=True, timeout=300)
-    _assert_same_run(reference_run, run)
+    assert_same_run(reference_run, run)
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(tmp_path, reference_run):
@@ -497,7 +401,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues_exactly(tmp_path, refere
         capture_output=True,
         timeout=300,
     )
-    _assert_same_run(ref, run)
+    assert_same_run(ref, run)
 
 
 def test_a_saved_run_predicts_without_reloading_its_dataset(tmp_path):
@@ -745,7 +649,7 @@ def test_extending_a_finished_run_continues_its_schedule_and_a_second_resume_is_
     assert not (run / "summary.json").exists()  # no longer a finished run
     monkeypatch.undo()
     fit(None, out=run, resume=True)
-    _assert_same_run(ref, run, iterations=8)
+    assert_same_run(ref, run, iterations=8)
 
 
 def test_resume_takes_threads_and_says_where_it_continues(tmp_path, capsys):

@@ -14,15 +14,16 @@ import pytest
 import torch
 
 import semimatch
+from helpers.runs import CLI, TINY, assert_same_run, kill_after_first_checkpoint
 from semimatch import checkpoint as ckpt
 from semimatch import engine
 from semimatch.cli import main
 from semimatch.config import Config
-from semimatch.engine import TrainingInterrupted, fit
+from semimatch.engine import fit
+from semimatch.errors import TrainingInterrupted
 from semimatch.methods.registry import build_algorithm
 from semimatch.metrics import read_jsonl
 from semimatch.sklearn import SemiSupervisedClassifier
-from test_engine import CLI, TINY, _assert_same_run, kill_after_first_checkpoint
 
 FAMILY = ("flexmatch", "freematch", "adamatch", "dash", "uda")
 SHORT = dict(TINY, iterations=6, eval_every=2, log_every=1, deterministic=True)
@@ -82,7 +83,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, alg
     assert ckpt.load(ckpt.latest(run / "checkpoints"))["iteration"] == stop
     monkeypatch.undo()
     fit(out=run, resume=True)
-    _assert_same_run(ref, run, iterations=6)
+    assert_same_run(ref, run, iterations=6)
     saved = ckpt.load(ckpt.latest(ref / "checkpoints"))
     state, pool = saved["algorithm"], saved["num_unlabeled"]
     assert (pool is not None) == (algorithm == "flexmatch")
@@ -104,7 +105,7 @@ def test_flexmatch_memory_survives_sigkill_bit_exactly(tmp_path):
     kill_after_first_checkpoint(cmd, run)
     resume = [sys.executable, "-m", "semimatch", "train", "--resume", str(run)]
     subprocess.run(resume, check=True, capture_output=True, timeout=300)
-    _assert_same_run(ref, run)
+    assert_same_run(ref, run)
     final = ckpt.load(ckpt.latest(run / "checkpoints"))
     memory = final["algorithm"]["weighting.selected_label"]
     assert final["num_unlabeled"] == memory.numel() and (memory >= 0).any()

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 import semimatch
+from helpers.runs import assert_same_run, kill_after_first_checkpoint
+from helpers.text_fixtures import text_corpus, write_text_corpus, write_tiny_bert
 from semimatch.config import Config, ConfigError
 from semimatch.data import from_texts
 from semimatch.engine import fit
 from semimatch.metrics import read_jsonl
-from test_engine import _assert_same_run, kill_after_first_checkpoint
-from text_helpers import text_corpus, write_text_corpus, write_tiny_bert
 
 pytest.importorskip("transformers")
 
@@ -108,7 +108,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_text_run(tmp_path, corpus,
     subprocess.run(
         [*SEMIMATCH, "train", "--resume", str(run)], check=True, capture_output=True, timeout=300
     )
-    _assert_same_run(ref, run)
+    assert_same_run(ref, run)
     assert read_jsonl(run / "metrics.jsonl")[-1]["kind"] == "end"
 
 

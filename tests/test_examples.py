@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from text_helpers import write_text_corpus, write_tiny_bert
+from helpers.text_fixtures import write_text_corpus, write_tiny_bert
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 import semimatch
+from helpers.text_fixtures import text_corpus
 from semimatch.cli import main
-from semimatch.config import PRESETS, ConfigError, load_preset
+from semimatch.config import ConfigError, load_preset
 from semimatch.data.text_datasets import from_texts
+from semimatch.presets import PRESETS
 from semimatch.resolve import load_data, resolve
-from text_helpers import text_corpus
 
 #: The NLP presets (the names of USB's datasets, with aclImdb as imdb).
 NLP = sorted(n for n, p in PRESETS.items() if p.values.get("dataset") == "text")

@@ -124,9 +124,10 @@ def small_weights(tmp_path_factory) -> str:
 def test_a_pretrained_image_backbone_sees_its_weights_resolution_and_normalisation(
     small_weights,
 ):
-    """Issue 18: inputs resized to the backbone's resolution (224 px for torchvision's
-    mobilenet_v3_small, bilinear) and normalised with ImageNet's mean/std, not the dataset's;
-    augmentation stays at the native 32 px (the resize happens inside the model)."""
+    """Pretrained weights see inputs as they were trained on: resized to the backbone's
+    resolution (224 px for torchvision's mobilenet_v3_small, bilinear) and normalised with
+    ImageNet's mean/std, not the dataset's; augmentation stays at the native 32 px (the resize
+    happens inside the model)."""
     from semimatch.models.pretrained import input_spec
 
     cfg = resolved(backbone="torchvision:mobilenet_v3_small", pretrained=small_weights)

@@ -13,8 +13,8 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
+from helpers.text_fixtures import text_corpus
 from semimatch.sklearn import SemiSupervisedClassifier
-from text_helpers import text_corpus
 
 pytest.importorskip("transformers")
 

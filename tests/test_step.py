@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from reference_impl import (
+from helpers.reference_impl import (
     AlgorithmOracle,
     SoftMatchOracle,
     UniformAlignmentOracle,

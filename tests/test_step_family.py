@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reference_impl import (
+from helpers.reference_impl import (
     AlgorithmOracle,
     DashOracle,
     DistributionAlignmentOracle,

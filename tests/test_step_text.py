@@ -10,18 +10,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reference_impl import (
+from helpers.reference_impl import (
     AlgorithmOracle,
     SoftMatchOracle,
     UniformAlignmentOracle,
     softmax,
     step_loss,
 )
+from helpers.text_fixtures import text_corpus, write_tiny_bert
 from semimatch.data import TrainStream, from_texts
 from semimatch.data.splits import balanced_split
 from semimatch.methods.registry import build_algorithm
 from semimatch.step import train_step
-from text_helpers import text_corpus, write_tiny_bert
 
 pytest.importorskip("transformers")
 C = 4

@@ -1,7 +1,7 @@
 """``torchrun --nproc_per_node=2`` on CPU (gloo) trains what one process trains on the global batch.
 
-torchrun launches ``tests/_ddp_worker.py`` (the public ``fit`` with a recording backbone) with
-``--standalone``, so it picks a free port itself.  Two backbones:
+torchrun launches ``tests/helpers/ddp_worker.py`` (the public ``fit`` with a recording
+backbone) with ``--standalone``, so it picks a free port itself.  Two backbones:
 
 * ``nobn``: a small CNN without BatchNorm.  Per-process computation is then exactly the
   single-process computation split in two (DDP averages gradients of equal shards; the
@@ -20,75 +20,21 @@ bit-identically.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
-import _ddp_worker as worker
+from helpers import ddp_worker as worker
+from helpers.ddp import WORKER, load, steps, torchrun
 from semimatch.config import Config
 from semimatch.engine import fit
 from semimatch.errors import TrainingError
 from semimatch.metrics import read_jsonl
 
-WORKER = Path(worker.__file__)
 CASES = ("bn", "nobn")
 K = worker.BASE["iterations"]
-
-
-def torchrun(*args: str, timeout: float = 240, restarts: int = 0) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc-per-node=2 ARGS`` with a clean environment.
-
-    On timeout, torchrun and its workers (each in a session of its own) are killed, so a hung
-    job leaves no orphaned workers behind.
-    """
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    }
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        f"--max-restarts={restarts}",
-        *args,
-    ]
-    with subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    ) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for p in [*psutil.Process(proc.pid).children(recursive=True), proc]:
-                with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
-                    p.kill()
-            out, err = proc.communicate()
-            pytest.fail(f"torchrun {' '.join(args)} hung for {timeout} s:\n{err[-3000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def load(path: Path) -> dict:
-    return torch.load(path, weights_only=False)
-
-
-def steps(result: dict) -> list[dict[str, torch.Tensor]]:
-    """The state before step 1, ..., before step K, and after step K."""
-    return [*result["snapshots"], result["final"]]
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import _ddp_worker as worker
-from test_torchrun import WORKER, load, steps, torchrun
+from helpers import ddp_worker as worker
+from helpers.ddp import WORKER, load, steps, torchrun
 
 CASES = ("nobn:flexmatch", "nobn:freematch", "nobn:adamatch", "nobn:dash")
 

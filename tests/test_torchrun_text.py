@@ -9,9 +9,9 @@ import shutil
 import pytest
 import torch
 
-import _ddp_worker as worker
-from test_torchrun import WORKER, load, steps, torchrun
-from text_helpers import write_tiny_bert
+from helpers import ddp_worker as worker
+from helpers.ddp import WORKER, load, steps, torchrun
+from helpers.text_fixtures import write_tiny_bert
 
 pytest.importorskip("transformers")
 

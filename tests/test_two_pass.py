@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from helpers.scripts import load_script
 from semimatch.models.wrn import WideResNet
 from semimatch.two_pass import batch_stat_layers, two_pass_forward
 
@@ -228,10 +227,7 @@ def test_gradient_close_to_full_joint_gradient_on_wrn() -> None:
 
 def _gradient_errors(case: str) -> list[dict[str, float]]:
     """benchmarks/two_pass_gradient.py's measurement, small: WRN-10-1, float64, 8 px, B = 8."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "two_pass_gradient.py"
-    spec = importlib.util.spec_from_file_location("two_pass_gradient", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/two_pass_gradient.py")
     return [module.measure(case, seed, 8, 7, 8) for seed in range(5)]
 
 

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 import semimatch
+from helpers.text_fixtures import text_corpus
 from semimatch.checkpoint import BEST, load
 from semimatch.cli import main
 from semimatch.config import Config, ConfigError
 from semimatch.data import FeatureSource, balanced_split, from_arrays, from_features, load_split
 from semimatch.records import summary_line
 from semimatch.resolve import load_data, make_split
-from text_helpers import text_corpus
 
 QUICK = dict(
     dataset="digits",

@@ -1,7 +1,9 @@
-"""semimatch: semi-supervised image classification with FixMatch, SoftMatch and its family.
+"""semimatch: semi-supervised classification of images, feature vectors and texts.
 
-The family: FlexMatch, FreeMatch, AdaMatch, Dash and UDA (``methods()``, the registry;
-``register_method`` adds one, from a package's ``semimatch.methods`` entry point).  Public names:
+The methods: FixMatch, SoftMatch and their family, FlexMatch, FreeMatch, AdaMatch, Dash and UDA
+(``methods()``, the registry; ``register_method`` adds one, from a package's ``semimatch.methods``
+entry point).  This module is the public API, gathered from the modules that define it (a
+package's ``__init__`` is the only kind of module that passes on names it does not define):
 ``train``, ``evaluate``, ``predict``, ``load_run``, ``Config``, ``PRESETS``, the building blocks
 (``FixedThreshold``, ``SoftMatchWeighting``, ``UniformAlignment``, ``SSLAlgorithm``,
 ``build_algorithm``, ``train_step``), ``Run`` and the exceptions (``ConfigError``,
@@ -20,15 +22,16 @@ import sys as _sys
 if "torch" not in _sys.modules:  # OpenMP reads its wait policy once, when torch loads it
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from semimatch.api import evaluate, load_run, make_config, predict, train
-from semimatch.config import PRESETS, Config, ConfigError
+from semimatch.api import evaluate, make_config, predict, train
+from semimatch.config import Config, ConfigError
 from semimatch.errors import TrainingError, TrainingInterrupted
 from semimatch.methods.alignment import UniformAlignment
 from semimatch.methods.consistency import SSLAlgorithm
 from semimatch.methods.fixmatch import FixedThreshold
 from semimatch.methods.registry import build_algorithm, methods, register_method
 from semimatch.methods.softmatch import SoftMatchWeighting
-from semimatch.run import Run
+from semimatch.presets import PRESETS
+from semimatch.run import Run, load_run
 from semimatch.step import train_step
 
 __version__ = "0.1.0"

@@ -16,14 +16,13 @@ from torch import nn
 
 from semimatch.config import Config, ConfigError, load_preset
 from semimatch.data import SSLDataset
-from semimatch.data.folders import load_images
 from semimatch.data.modalities import modality
 from semimatch.engine import fit
 from semimatch.methods.blocks import Weighting
 from semimatch.methods.consistency import SSLAlgorithm
 from semimatch.run import Run, load_run
 
-__all__ = ["train", "make_config", "load_run", "evaluate", "predict", "load_images", "Augmentation"]
+__all__ = ["train", "make_config", "evaluate", "predict", "Augmentation"]
 
 #: A custom augmentation: ``(img: uint8 (H, W, C), rng: np.random.Generator) -> uint8 (H, W, C)``.
 Augmentation = Callable[[np.ndarray, np.random.Generator], np.ndarray]

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from semimatch import __version__
-from semimatch.config import PRESETS, Config, ConfigError, field_types, load_preset
+from semimatch.config import Config, ConfigError, field_types, load_preset
 from semimatch.flags import as_flags, cli_fields, flag, given_flags
 from semimatch.methods.registry import methods
+from semimatch.presets import PRESETS
 from semimatch.scoring import (
     cmd_eval,
     cmd_predict,
@@ -342,7 +343,10 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="semimatch",
-        description=("Semi-supervised image classification with FixMatch and SoftMatch."),
+        description=(
+            "Semi-supervised classification of images, feature vectors and texts with FixMatch, "
+            "SoftMatch and their family."
+        ),
     )
     parser.add_argument(
         "--version",
@@ -355,7 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     eval_parser(sub)
     predict_parser(sub)
+    _report_parser(sub)
+    sub.add_parser("presets", help="list the paper presets")
+    sub.add_parser("datasets", help="list the dataset names")
+    _demo_parser(sub)
+    return parser
 
+
+def _report_parser(sub: Any) -> None:
     p = sub.add_parser("report", help="HTML report + figures for one or more runs")
     p.add_argument(
         "run_dirs",
@@ -370,9 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="report folder (default: RUN_DIR/report; ./semimatch-report for several runs)",
     )
 
-    sub.add_parser("presets", help="list the paper presets")
-    sub.add_parser("datasets", help="list the dataset names")
 
+def _demo_parser(sub: Any) -> None:
     p = sub.add_parser(
         "demo", help="supervised vs FixMatch vs SoftMatch (or --methods) on digits (offline)"
     )
@@ -412,7 +422,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="INT",
         help="CPU threads for torch in each run (default: torch's default)",
     )
-    return parser
 
 
 COMMANDS = {

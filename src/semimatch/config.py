@@ -27,14 +27,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from semimatch.methods.registry import Option, algorithm_options, methods
-from semimatch.presets import PRESETS, Preset
+from semimatch.presets import PRESETS
 
 __all__ = [
     "OPTIONS",
     "AlgorithmName",
     "Config",
-    "PRESETS",
-    "Preset",
     "ConfigError",
     "algorithm_option_fields",
     "budget_momentum",
@@ -322,8 +320,10 @@ class Config:
     # semimatch.methods: tau, lambda_u, stat_momentum, n_sigma, per_class, ...
 
     # --- augmentation -------------------------------------------------------------------------
-    strong_augment: Literal["fixmatch", "usb"] = _f(
-        "fixmatch", "RandAugment variant: fixmatch (2 ops, p=0.5, 16px cutout) or usb"
+    strong_augment: Literal["fixmatch", "usb", "ctaugment"] = _f(
+        "fixmatch",
+        "strong view: RandAugment fixmatch (2 ops, p=0.5, 16px cutout) or usb, or ctaugment "
+        "(FixMatch's CTAugment: learned op rates, images with batched augmentation)",
     )
     augment: Literal["auto", "pil", "batched"] = _f(
         "auto", "pil: per-image PIL in loader workers; batched: tensor ops on augment_device"

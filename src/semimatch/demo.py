@@ -73,18 +73,7 @@ def run_demo(
     """
     out = Path(out)
     chosen = parse_methods(methods)
-    held = demo_runs(out)
-    if held and not overwrite:
-        raise TrainingError(
-            f"{out} already holds a demo ({', '.join(held)}); pass overwrite=True to replace "
-            "it or choose another folder"
-        )
-    stale = [out / a for a in held if a not in chosen]
-    if held and (out / "report" / "index.html").exists():
-        stale.append(out / "report")  # the report of the demo this one replaces
-    for path in stale:
-        shutil.rmtree(path)
-        print(f"removed {path} (of the demo this one replaces)", flush=True)
+    _clear_previous_demo(out, chosen, overwrite)
     rows = []
     for algo in chosen:
         # A method that trains on every label (fullysupervised) refuses a labeled draw.
@@ -109,24 +98,7 @@ def run_demo(
         f"digits, {num_labels} labels, {iterations} iterations, seed {seed} "
         f"(EMA model, test error; lower is better)"
     )
-    width = max(12, *(len(a) for a in chosen))
-    print(
-        f"{'algorithm':<{width}} {'error':>8} {'best':>8} {'quantity':>9} {'quality':>8} "
-        f"{'s/it':>7}"
-    )
-    for r in rows:
-
-        def pct(v: float | None) -> str:
-            return "   n/a" if v is None else f"{100 * v:6.2f}%"
-
-        def num(v: float | None) -> str:
-            return "n/a" if v is None else f"{v:.3f}"
-
-        print(
-            f"{r['algorithm']:<{width}} {pct(r['final_error']):>8} {pct(r['best_error']):>8} "
-            f"{num(r['final_quantity']):>9} {num(r['final_quality']):>8} "
-            f"{r['sec_per_iter']:7.3f}"
-        )
+    _print_table(rows, width=max(12, *(len(a) for a in chosen)))
     print(f"\nrun directories: {out}/<algorithm>")
     if report:
         from semimatch.report import build_report
@@ -136,3 +108,41 @@ def run_demo(
     else:
         print(f"figures: semimatch report {out}")
     return rows
+
+
+def _clear_previous_demo(out: Path, chosen: tuple[str, ...], overwrite: bool) -> None:
+    """Refuse (``overwrite=False``) or clear a demo that ``out`` holds already: its report and
+    the runs of methods not chosen this time go, so the folder holds one demo."""
+    held = demo_runs(out)
+    if held and not overwrite:
+        raise TrainingError(
+            f"{out} already holds a demo ({', '.join(held)}); pass overwrite=True to replace "
+            "it or choose another folder"
+        )
+    stale = [out / a for a in held if a not in chosen]
+    if held and (out / "report" / "index.html").exists():
+        stale.append(out / "report")  # the report of the demo this one replaces
+    for path in stale:
+        shutil.rmtree(path)
+        print(f"removed {path} (of the demo this one replaces)", flush=True)
+
+
+def _print_table(rows: list[dict], width: int) -> None:
+    """One line per run: final and best test error, quantity, quality, seconds per iteration."""
+
+    def pct(v: float | None) -> str:
+        return "   n/a" if v is None else f"{100 * v:6.2f}%"
+
+    def num(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    print(
+        f"{'algorithm':<{width}} {'error':>8} {'best':>8} {'quantity':>9} {'quality':>8} "
+        f"{'s/it':>7}"
+    )
+    for r in rows:
+        print(
+            f"{r['algorithm']:<{width}} {pct(r['final_error']):>8} {pct(r['best_error']):>8} "
+            f"{num(r['final_quantity']):>9} {num(r['final_quality']):>8} "
+            f"{r['sec_per_iter']:7.3f}"
+        )

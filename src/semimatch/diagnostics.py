@@ -58,14 +58,14 @@ MIN_WEAK_ACC = 0.8
 #: run's pseudo-labels have mostly settled, only samples on a class boundary still move).
 #: Early flips are learning, not instability, and are not warned about.  Measured on digits
 #: (300 and 200 iterations, the second half): 0.01-0.10 on the demo's runs, 0.12-0.16 with
-#: batch 16 + 32; the issue's unstable runs swung by 7-23 points of error, which takes at
-#: least that share of flips.
+#: batch 16 + 32; the unstable short-text runs these checks were made for swung by 7-23 points
+#: of error, which takes at least that share of flips.
 FLIP_SHARE = 0.2
 #: Warn when the selection error moves by more than this between two evaluations in the second
 #: half of training, and by more than ``SWING_SE`` binomial standard errors of an error on a set
 #: of that size (a 40-sample validation set moves by 2.5 points per sample: noise, not a swing).
-#: The issue's supervised runs moved by <= 3 points after the first evaluations, the unstable
-#: SSL runs by 7-23.
+#: In those short-text runs supervised training moved by <= 3 points after the first
+#: evaluations, the unstable SSL runs by 7-23.
 SWING = 0.05
 SWING_SE = 3.0
 

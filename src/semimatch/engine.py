@@ -38,11 +38,11 @@ from semimatch import checkpoint as ckpt
 from semimatch import distributed as dist
 from semimatch.config import Config, ConfigError
 from semimatch.data import SampleSource, Split, SSLBatch, SSLDataset, TrainStream
+from semimatch.data.ctaugment import CTAugment, probe_rates
 from semimatch.data.sources import SubsetSource
 from semimatch.diagnostics import Diagnostics
 from semimatch.distributed import DistEnv
 from semimatch.errors import TrainingError, TrainingInterrupted
-from semimatch.forward_checks import check_forward_mode
 from semimatch.hardware import select_device
 from semimatch.log import logger
 from semimatch.memory import is_out_of_memory, preflight
@@ -63,6 +63,7 @@ from semimatch.run import Run, RunDir, make_summary
 from semimatch.start import Resume, RunStart
 from semimatch.state import TrainState
 from semimatch.step import StepInfo, train_step
+from semimatch.two_pass import check_forward_mode
 
 __all__ = ["fit"]
 
@@ -178,8 +179,10 @@ def _set_up(
     # Rank 0 writes no checkpoint before the first collective of training, so the other ranks
     # read the one to resume from undisturbed.
     dist.on_main(run.claim, data.info, parts.net)
-    first, recorder = run.restore(state, device, env)
     stream = _stream(data, split, cfg, parts.algorithm, device, env, weak_augment, strong_augment)
+    if isinstance(stream.views.strong, CTAugment):  # state: checkpointed, resumed
+        state.augmenter = stream.views.strong
+    first, recorder = run.restore(state, device, env)
     if parts.algorithm.num_unlabeled not in (None, stream.num_unlabeled):
         raise TrainingError(
             f"the algorithm's per-sample memory is for {parts.algorithm.num_unlabeled} unlabeled "
@@ -372,6 +375,8 @@ def _step(t: _Training, batch: SSLBatch, k: int) -> None:
     optimiser, the schedule, the BatchNorm buffers across ranks, the EMA, the metric windows."""
     cfg, device, state = t.cfg, t.device, t.state
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    if state.augmenter is not None:  # CTAugment learns its rates from a probe of the batch
+        probe_rates(state.augmenter, state.ema, state.net, batch, cfg.seed, k, t.env.rank)
     try:
         with autocast(cfg, device):
             loss, sums = train_step(

@@ -216,38 +216,8 @@ def eval_record(
         "lr": state.optimizer.param_groups[0]["lr"],
         "model": "ema" if model is not net else "raw",
     }
-    if data.test is not None:
-        result = evaluate_model(model, data.test, C, device, cfg.eval_batch_size, cfg)
-        history["errors"].append(result["error"])
-        best = history["best_error"]
-        history["best_error"] = result["error"] if best is None else min(best, result["error"])
-        record.update(
-            top1=result["top1"],
-            error=result["error"],
-            best_error=history["best_error"],
-            median20_error=median_of_last(history["errors"], 20),
-            per_class_acc=result["per_class_acc"],
-        )
-        if C <= 20 or done == cfg.iterations:
-            record["confusion"] = result["confusion"]
-    else:
-        record.update(top1=None, error=None, best_error=None, median20_error=None)
-    if val is not None:
-        vres = evaluate_model(model, val, C, device, cfg.eval_batch_size, cfg)
-        history.setdefault("val_errors", []).append(vres["error"])
-        best_val = history.get("best_val_error")
-        record["best"] = best_val is None or vres["error"] <= best_val  # ties: the later one
-        if record["best"]:
-            history["best_val_error"] = vres["error"]
-            history["selected_test_error"] = record["error"]  # reported, never compared
-        record.update(
-            val_error=vres["error"],
-            best_val_error=history["best_val_error"],
-            selected_on="val",
-        )
-    else:  # no validation set: the test error chooses (the papers' protocol), or the latest
-        record["best"] = record["error"] == history["best_error"]
-        record["selected_on"] = "test" if data.test is not None else "latest"
+    record.update(_test_fields(model, data, cfg, device, done, history))
+    _choose_best(record, model, val, data, cfg, device, history)
     history["selected_on"] = record["selected_on"]
     if diagnostics is not None:  # after the errors: the swing compares the last two
         record.update(diagnostics.measure(model, history))
@@ -264,6 +234,65 @@ def eval_record(
     )
     record["lambda_curve"] = lambda_curve(algorithm, C, device)
     return record
+
+
+def _test_fields(
+    model: torch.nn.Module,
+    data: SSLDataset,
+    cfg: Config,
+    device: torch.device,
+    done: int,
+    history: dict[str, Any],
+) -> dict[str, Any]:
+    """The test set's fields of the eval record (None without a test set); appends the error
+    to ``history``."""
+    if data.test is None:
+        return dict(top1=None, error=None, best_error=None, median20_error=None)
+    C = data.info.num_classes
+    result = evaluate_model(model, data.test, C, device, cfg.eval_batch_size, cfg)
+    history["errors"].append(result["error"])
+    best = history["best_error"]
+    history["best_error"] = result["error"] if best is None else min(best, result["error"])
+    fields = dict(
+        top1=result["top1"],
+        error=result["error"],
+        best_error=history["best_error"],
+        median20_error=median_of_last(history["errors"], 20),
+        per_class_acc=result["per_class_acc"],
+    )
+    if C <= 20 or done == cfg.iterations:
+        fields["confusion"] = result["confusion"]
+    return fields
+
+
+def _choose_best(
+    record: dict[str, Any],
+    model: torch.nn.Module,
+    val: SampleSource | None,
+    data: SSLDataset,
+    cfg: Config,
+    device: torch.device,
+    history: dict[str, Any],
+) -> None:
+    """Whether this checkpoint is the best yet (``record["best"]``) and what chose it
+    (``selected_on``): the validation error when there is a validation set (the test error is
+    then reported, never compared), else the test error (the papers' protocol), else the latest."""
+    if val is None:
+        record["best"] = record["error"] == history["best_error"]
+        record["selected_on"] = "test" if data.test is not None else "latest"
+        return
+    vres = evaluate_model(model, val, data.info.num_classes, device, cfg.eval_batch_size, cfg)
+    history.setdefault("val_errors", []).append(vres["error"])
+    best_val = history.get("best_val_error")
+    record["best"] = best_val is None or vres["error"] <= best_val  # ties: the later one
+    if record["best"]:
+        history["best_val_error"] = vres["error"]
+        history["selected_test_error"] = record["error"]  # reported, never compared
+    record.update(
+        val_error=vres["error"],
+        best_val_error=history["best_val_error"],
+        selected_on="val",
+    )
 
 
 def summary_line(s: dict[str, Any]) -> str:

@@ -23,14 +23,12 @@ from semimatch.data.modalities import Modality, check_config, modality
 from semimatch.data.modalities.base import Derive
 from semimatch.data.splits import balanced_split, fold_split, given_split, long_tailed_split
 from semimatch.data.text_datasets import TEXT_FILE_OPTIONS
-from semimatch.forward_checks import check_forward_mode
 from semimatch.hardware import fp32_hint, native_bf16
 from semimatch.log import logger, status
 from semimatch.methods.registry import methods
 from semimatch.validation import carve, check_validation, with_validation
 
 __all__ = [
-    "check_forward_mode",
     "check_runtime",
     "dataset_options",
     "given_data_config",
@@ -58,6 +56,11 @@ def resolve(
         raise ConfigError(
             "custom weak_augment/strong_augment are per-image callables; they "
             "need augment='pil' (or 'auto'), not 'batched'"
+        )
+    if cfg.strong_augment == "ctaugment" and (custom_views or cfg.augment == "pil"):
+        raise ConfigError(
+            "--strong-augment ctaugment runs as batched tensor ops (its rates change every "
+            "step): use --augment batched (or auto) and no custom augmentation callables"
         )
     if custom_views and cfg.augment == "auto":
         cfg.augment = "pil"

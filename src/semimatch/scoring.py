@@ -112,7 +112,8 @@ def predict_parser(sub: Any) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from semimatch.api import evaluate, load_run
+    from semimatch.api import evaluate
+    from semimatch.run import load_run
 
     run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
     reading = {k: getattr(args, k) for k in ("text_column", "label_column", "header")}
@@ -142,7 +143,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from semimatch.api import load_run, predict
+    from semimatch.api import predict
+    from semimatch.run import load_run
 
     run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
     mod = modality(run.info)

@@ -381,6 +381,41 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
         else:
             X, y = self._validate_X(X, reset=True, y=y)
             y = np.asarray(y)
+        classes, labels = self._encode_labels(y)
+
+        names = [str(c) for c in classes]
+        input_shape = (None,) if texts is not None else X.shape[1:]
+        features = texts is None and X.ndim == 2
+        if texts is not None:
+            data, backbone = self._text_dataset(texts, labels, names)
+        else:
+            data, backbone = self._dataset(X, labels, names)
+
+        model: nn.Module | None = None
+        if isinstance(backbone, nn.Module):
+            model = copy.deepcopy(backbone)  # fit must not change the parameter's weights
+            backbone = f"custom:{type(backbone).__name__}"
+        cfg = self._make_config(backbone, features=features)
+        if backbone == "mlp":
+            model = self._build_mlp(cfg.seed, len(classes), input_shape)
+
+        with contextlib.nullcontext() if self.verbose else quiet():
+            run = train(cfg, data=data, model=model)
+        run.data = None  # keep the fitted estimator small (it is pickled by GridSearchCV etc.)
+        if features:  # the standardisation from_features applied (and predict applies)
+            self.feature_mean_ = np.asarray(run.info.spec.mean, dtype=np.float32)
+            self.feature_scale_ = np.asarray(run.info.spec.std, dtype=np.float32)
+        self.input_kind_ = "texts" if texts is not None else "features" if features else "images"
+        self.input_shape_ = input_shape
+        self.classes_ = classes
+        self.run_ = run
+        self.config_ = run.config
+        self.model_ = run.eval_model("ema")
+        self.n_iter_ = int(run.summary["iterations_done"])
+        return self
+
+    def _encode_labels(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the classes, int64 labels: the class index, -1 for unlabeled rows) of ``y``."""
         unlabeled = self._unlabeled_mask(y)
         y_lab = y[~unlabeled]
         if y_lab.size == 0:
@@ -403,46 +438,20 @@ class SemiSupervisedClassifier(ClassifierMixin, BaseEstimator):
             )
         labels = np.full(len(y), -1, dtype=np.int64)
         labels[~unlabeled] = y_idx.reshape(-1)
+        return classes, labels
 
-        names = [str(c) for c in classes]
-        input_shape = (None,) if texts is not None else X.shape[1:]
-        features = texts is None and X.ndim == 2
-        if texts is not None:
-            data, backbone = self._text_dataset(texts, labels, names)
-        else:
-            data, backbone = self._dataset(X, labels, names)
-
-        model: nn.Module | None = None
-        if isinstance(backbone, nn.Module):
-            model = copy.deepcopy(backbone)  # fit must not change the parameter's weights
-            backbone = f"custom:{type(backbone).__name__}"
-        cfg = self._make_config(backbone, features=features)
-        if backbone == "mlp":
-            # Built here (fit cannot: it needs in_features), seeded like fit seeds its models.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.seed)
-                in_features = int(np.prod(input_shape))
-                model = build_model(
-                    "mlp",
-                    len(classes),
-                    in_features=in_features,
-                    hidden=tuple(self.hidden_layer_sizes),
-                )
-
-        with contextlib.nullcontext() if self.verbose else quiet():
-            run = train(cfg, data=data, model=model)
-        run.data = None  # keep the fitted estimator small (it is pickled by GridSearchCV etc.)
-        if features:  # the standardisation from_features applied (and predict applies)
-            self.feature_mean_ = np.asarray(run.info.spec.mean, dtype=np.float32)
-            self.feature_scale_ = np.asarray(run.info.spec.std, dtype=np.float32)
-        self.input_kind_ = "texts" if texts is not None else "features" if features else "images"
-        self.input_shape_ = input_shape
-        self.classes_ = classes
-        self.run_ = run
-        self.config_ = run.config
-        self.model_ = run.eval_model("ema")
-        self.n_iter_ = int(run.summary["iterations_done"])
-        return self
+    def _build_mlp(self, seed: int, num_classes: int, input_shape: tuple) -> nn.Module:
+        """The ``"mlp"`` backbone: built here (fit cannot: it needs in_features), seeded like
+        fit seeds its models."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            in_features = int(np.prod(input_shape))
+            return build_model(
+                "mlp",
+                num_classes,
+                in_features=in_features,
+                hidden=tuple(self.hidden_layer_sizes),
+            )
 
     # -- predict ---------------------------------------------------------------------------------
     @torch.no_grad()

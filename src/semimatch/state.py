@@ -97,6 +97,8 @@ class TrainState:
     )
     log_window: WindowSums = field(default_factory=WindowSums)
     eval_window: WindowSums = field(default_factory=WindowSums)
+    #: A strong view with state (CTAugment's rates), saved under "augment"; None: none.
+    augmenter: nn.Module | None = None
 
     def state_dict(self, iteration: int, cfg: Config, device: torch.device) -> dict[str, Any]:
         """The checkpoint after ``iteration`` iterations (tensors and primitives only)."""
@@ -117,7 +119,7 @@ class TrainState:
             "log_window": dict(self.log_window.state()),
             "eval_window": dict(self.eval_window.state()),
             "rng": _rng_state(device),
-        }
+        } | ({"augment": self.augmenter.state_dict()} if self.augmenter is not None else {})
 
     def save(
         self, folder: Path, iteration: int, cfg: Config, device: torch.device, best: bool = False
@@ -145,6 +147,8 @@ class TrainState:
         algorithm = self.algorithm if isinstance(self.algorithm, nn.Module) else None
         parts = {"model": self.net, "ema": self.ema, "algorithm": algorithm}
         parts.update(optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler)
+        if self.augmenter is not None:
+            parts["augment"] = self.augmenter
         saved.load_into(
             parts, "this run's model/config", "it was written by a different configuration"
         )

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-from text_helpers import write_tiny_bert
+from helpers.scripts import load_script
+from helpers.text_fixtures import write_tiny_bert
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_overhead_measure_reports_every_split(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(
-        "chunk_overhead", ROOT / "benchmarks/chunk_overhead.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/chunk_overhead.py", folder_on_path=True)
     model = write_tiny_bert(tmp_path / "bert")
     argv = ["--model", str(model), "--rows", "6", "--length", "8", "--calls", "2,3"]
     out = module.main([*argv, "--repeats", "2", "--precision", "fp32"])

@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 from pathlib import Path
 
 import pytest
 
+from helpers.scripts import RESULTS, committed_mean_std, load_script
 from semimatch.config import Config
 from semimatch.metrics import read_jsonl
 from semimatch.start import RUNTIME_FIELDS
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "benchmarks" / "results" / "reproduce"
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks/reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-reproduce = _load()
+reproduce = load_script("benchmarks/reproduce.py")
 
 
 def _args(tmp_path: Path, **overrides) -> argparse.Namespace:
@@ -142,15 +134,6 @@ def test_the_accuracy_page_publishes_the_tables_of_the_committed_runs() -> None:
     text = (ROOT / "docs" / "benchmarks" / "accuracy.md").read_text()
     assert reproduce.table(RESULTS).strip() in text
     assert reproduce.seed_table(RESULTS).strip() in text
-
-
-def committed_mean_std(setting: str, algorithm: str, key: str = "best_error") -> str:
-    """``mean ± std`` (in %, one decimal, as the docs write it) of ``key`` over the 3 committed
-    seeds of a cell."""
-    paths = sorted((RESULTS / setting / algorithm).glob("seed*/summary.json"))
-    values = [100 * json.loads(p.read_text())[key] for p in paths]
-    assert len(values) == 3, (setting, algorithm)
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 @pytest.mark.parametrize("dataset, prefix", [("Fashion-MNIST", "fmnist"), ("CIFAR-10", "cifar10")])

@@ -1,11 +1,10 @@
-"""benchmarks/reproduce.py's AG News setting (issue 18) on a stand-in: a tiny random BERT in place
+"""benchmarks/reproduce.py's AG News setting on a stand-in: a tiny random BERT in place
 of MiniLM-L6 and a synthetic AG-News-like CSV, so nothing is downloaded and the cells stay fast."""
 
 from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,20 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_reproduce import committed_mean_std
 
+from helpers.scripts import committed_mean_std, load_script
+from helpers.text_fixtures import text_corpus, write_tiny_bert
 from semimatch.data.named import load_dataset
 from semimatch.data.text_views import DEFAULT_STRONG, STRONG_TEXT_VIEWS
 from semimatch.presets import PRESETS
 from semimatch.resolve import dataset_options, load_data, make_split, resolve
-from text_helpers import text_corpus, write_tiny_bert
 
 pytest.importorskip("transformers")
 
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks/reproduce.py")
-reproduce = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reproduce)
+reproduce = load_script("benchmarks/reproduce.py")
 
 SETTING = "agnews-40"
 #: AG News' class names, in the order of the stand-in corpus's word groups.

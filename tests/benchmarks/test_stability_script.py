@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("stability", ROOT / "benchmarks/stability.py")
-stability = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(stability)
+from helpers.scripts import RESULTS, load_script
 
-RESULTS = ROOT / "benchmarks" / "results" / "reproduce"
+ROOT = Path(__file__).resolve().parents[2]
+stability = load_script("benchmarks/stability.py")
 
 
 def _run(folder: Path, errors: list[float], flips: list[float | None]) -> Path:

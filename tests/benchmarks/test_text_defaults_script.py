@@ -3,13 +3,12 @@ the tiny BERT (two short runs through the command line)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-from text_helpers import write_text_corpus, write_tiny_bert
+from helpers.scripts import load_script
+from helpers.text_fixtures import write_text_corpus, write_tiny_bert
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,12 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_both_commands_run_and_the_ratio_is_of_their_medians(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(
-        "text_defaults", ROOT / "benchmarks/text_defaults.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/text_defaults.py", folder_on_path=True)
     data = write_text_corpus(tmp_path / "news.csv", n=2080)  # --test-size 2000 + 80
     model = write_tiny_bert(tmp_path / "bert")
     out = module.main(["--data", str(data), "--model", str(model), "--iterations", "3",

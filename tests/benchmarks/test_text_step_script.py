@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,19 +10,13 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from text_helpers import write_text_corpus, write_tiny_bert
+from helpers.scripts import load_script
+from helpers.text_fixtures import write_text_corpus, write_tiny_bert
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("text_step", ROOT / "benchmarks/text_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-text_step = _load()
+text_step = load_script("benchmarks/text_step.py")
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ from semimatch.data.loaders import (
     VIEW_LABELED_WEAK,
     VIEW_UNLABELED_STRONG,
     VIEW_UNLABELED_WEAK,
-    view_generator,
 )
+from semimatch.data.order import view_generator
 from semimatch.data.splits import Split
 
 B, MU = 8, 3

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fake_files import FAKE_CIFAR_CLASSES, FAKE_CIFAR_PER_FILE, write_idx
+from helpers.fake_files import FAKE_CIFAR_CLASSES, FAKE_CIFAR_PER_FILE, write_idx
 from semimatch.data import DATASETS, load_dataset, read_idx
 from semimatch.data.named import default_root
 

@@ -1,4 +1,4 @@
-"""UniformAlignment against the reference (SoftMatch step 1) and tests/reference_impl.py."""
+"""UniformAlignment against the reference (SoftMatch step 1) and tests/helpers/reference_impl.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference_impl import UniformAlignmentOracle, prob_batches, random_probs
+from helpers.reference_impl import UniformAlignmentOracle, prob_batches, random_probs
 from semimatch.methods.alignment import UniformAlignment
 
 FAST = settings(max_examples=20, deadline=None)

@@ -11,7 +11,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference_impl import SoftMatchOracle, fixed_threshold_weights, prob_batches, random_probs
+from helpers.reference_impl import (
+    SoftMatchOracle,
+    fixed_threshold_weights,
+    prob_batches,
+    random_probs,
+)
 from semimatch.methods.blocks import check_probs
 from semimatch.methods.fixmatch import FixedThreshold
 from semimatch.methods.softmatch import SoftMatchWeighting

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference_impl import (
+from helpers.reference_impl import (
     AlgorithmOracle,
     SoftMatchOracle,
     UniformAlignmentOracle,
@@ -287,7 +287,7 @@ def test_build_unknown_name_lists_valid_names():
 
 @pytest.mark.parametrize("name", sorted(methods()))
 def test_build_rejects_num_classes_below_two(name):
-    # Issue 2: num_classes < 2 raises ValueError -- for every algorithm, not only for those
+    # num_classes < 2 raises ValueError -- for every algorithm, not only for those
     # whose modules happen to need C.
     with pytest.raises(ValueError, match="num_classes"):
         build_algorithm(name, 1)

@@ -10,7 +10,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference_impl import SoftMatchOracle, prob_batches, random_probs, softmatch_shape_weight
+from helpers.reference_impl import (
+    SoftMatchOracle,
+    prob_batches,
+    random_probs,
+    softmatch_shape_weight,
+)
 from semimatch.methods.softmatch import SHAPES, SoftMatchWeighting
 
 FAST = settings(max_examples=20, deadline=None)

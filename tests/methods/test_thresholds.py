@@ -18,7 +18,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference_impl import (
+from helpers.reference_impl import (
     DashOracle,
     DistributionAlignmentOracle,
     FlexMatchOracle,

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reference_impl import fixed_threshold_weights, prob_batches, sharpen_oracle, softmax
+from helpers.reference_impl import fixed_threshold_weights, prob_batches, sharpen_oracle, softmax
 from semimatch.methods.blocks import sharpen
 from semimatch.methods.registry import build_algorithm
 from semimatch.methods.uda import UDAWeighting, tsa_threshold, uda

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from reference_impl import random_probs
+from helpers.reference_impl import random_probs
 from semimatch import distributed as sd
 from semimatch.methods.adamatch import AdaMatchThreshold
 from semimatch.methods.alignment import DistributionAlignment

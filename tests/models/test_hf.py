@@ -219,7 +219,7 @@ def test_minilm_pooling_equals_sentence_transformers(no_network: None) -> None:
 # -- length-sorted chunks ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def nodrop_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from text_helpers import write_tiny_bert
+    from helpers.text_fixtures import write_tiny_bert
 
     return write_tiny_bert(tmp_path_factory.mktemp("chunks") / "nodrop", num_layers=2, dropout=0.0)
 

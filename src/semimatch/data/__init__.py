@@ -47,9 +47,9 @@ from semimatch.data.text import (
     TextSample,
     TextSource,
     TokenInput,
-    load_tokenizer,
     register_tokenizer,
     tokenize_dataset,
+    tokenizer_named,
 )
 from semimatch.data.text_datasets import from_texts, load_text
 from semimatch.data.text_views import STRONG_TEXT_VIEWS, TextViews, text_views
@@ -65,10 +65,10 @@ __all__ = [
     "TokenInput",
     "from_texts",
     "load_text",
-    "load_tokenizer",
     "register_tokenizer",
     "text_views",
     "tokenize_dataset",
+    "tokenizer_named",
     "ArraySource",
     "BatchViews",
     "DatasetInfo",

@@ -2,7 +2,7 @@
 
 :func:`from_torch` takes ``torch.utils.data.Dataset`` s whose items are ``(image, label)`` (the
 torchvision convention; unlabeled datasets may also yield bare images) and turns them into
-:class:`ImageSource` s of uint8 ``(H, W, C)`` images (see ``notes/contracts.md``):
+:class:`ImageSource` s of uint8 ``(H, W, C)`` images (the layout of ``semimatch.data.sources``):
 
 * images of at most ``SMALL_IMAGE_MAX_SIDE`` px per side are converted once and held in memory
   (an :class:`ArraySource`); larger ones are converted on access (:class:`TorchImageSource`), so a

@@ -45,9 +45,10 @@ __all__ = [
     "sample_ops",
 ]
 
-#: Fill value of pixels that geometric ops move in from outside the image (contracts: 128 gray).
+#: Fill value of pixels that geometric ops move in from outside the image: 128 gray, one value
+#: for the PIL and the batched views.
 GEOMETRIC_FILL = 128
-#: Value of the Cutout square (contracts: 127 gray).
+#: Value of the Cutout square: 127 gray, shared with the batched views like GEOMETRIC_FILL.
 CUTOUT_FILL = 127
 
 #: The 14 RandAugment ops (FixMatch paper, Table 12) -> magnitude range (lo, hi), ``None`` for ops

@@ -39,10 +39,13 @@ from semimatch.data.augment import (
 __all__ = [
     "BatchedStrongAugment",
     "BatchedWeakAugment",
+    "POINT_OPS",
     "StrongParams",
     "WeakParams",
+    "affine_nearest",
     "batched_apply_op",
     "batched_cutout",
+    "blend",
 ]
 
 _OP_ID: dict[str, int] = {name: i for i, name in enumerate(OP_NAMES)}
@@ -114,7 +117,7 @@ def _apply_lut(x: Tensor, lut: Tensor) -> Tensor:
     return lut.gather(2, x.reshape(n, c, x.shape[2] * x.shape[3]).long()).view_as(x)
 
 
-def _blend(degenerate: Tensor, x: Tensor, factor: Tensor) -> Tensor:
+def blend(degenerate: Tensor, x: Tensor, factor: Tensor) -> Tensor:
     """PIL Image.blend(degenerate, x, factor): truncate(deg + factor * (x - deg)) in float32."""
     f = factor.to(device=x.device, dtype=torch.float32).view(-1, 1, 1, 1)
     out = (x.float() - degenerate).mul_(f).add_(degenerate)
@@ -130,13 +133,13 @@ def _luma(x: Tensor) -> Tensor:
 
 
 def _brightness(x: Tensor, m: Tensor) -> Tensor:
-    return _blend(torch.zeros((), device=x.device), x, m)
+    return blend(torch.zeros((), device=x.device), x, m)
 
 
 def _color(x: Tensor, m: Tensor) -> Tensor:
     if x.shape[1] == 1:  # PIL's Color enhancer is the identity on "L" images
         return x
-    return _blend(_luma(x).float(), x, m)
+    return blend(_luma(x).float(), x, m)
 
 
 def _contrast(x: Tensor, m: Tensor) -> Tensor:
@@ -144,7 +147,7 @@ def _contrast(x: Tensor, m: Tensor) -> Tensor:
     count = x.shape[2] * x.shape[3]
     luma = _luma(x).reshape(x.shape[0], count).long()
     mean = (2 * luma.sum(1) + count) // (2 * count)
-    return _blend(mean.float().view(-1, 1, 1, 1), x, m)
+    return blend(mean.float().view(-1, 1, 1, 1), x, m)
 
 
 def _sharpness(x: Tensor, m: Tensor) -> Tensor:
@@ -160,7 +163,7 @@ def _sharpness(x: Tensor, m: Tensor) -> Tensor:
         s.add_(degenerate[:, :, 1:-1, 1:-1], alpha=4.0)
         degenerate = degenerate.clone()
         degenerate[:, :, 1:-1, 1:-1] = s.add_(6.5).div_(13.0).floor_()
-    return _blend(degenerate, x, m)
+    return blend(degenerate, x, m)
 
 
 def _autocontrast(x: Tensor, m: Tensor) -> Tensor:
@@ -214,7 +217,7 @@ def _identity(x: Tensor, m: Tensor) -> Tensor:
     return x
 
 
-_POINT_OPS = {
+POINT_OPS = {
     "AutoContrast": _autocontrast,
     "Brightness": _brightness,
     "Color": _color,
@@ -256,9 +259,9 @@ def _affine_matrices(op_ids: Tensor, m: Tensor, height: int, width: int) -> Tens
     return torch.stack([a, b, c, d, e, f], dim=1)
 
 
-def _affine(x: Tensor, matrices: Tensor) -> Tensor:
+def affine_nearest(x: Tensor, matrices: Tensor, fill: int = GEOMETRIC_FILL) -> Tensor:
     """NEAREST affine warp like PIL's Image.transform: the output pixel centre (x+.5, y+.5) maps to
-    input pixel floor(A @ centre); pixels mapped outside the image get GEOMETRIC_FILL."""
+    input pixel floor(A @ centre); pixels mapped outside the image get ``fill``."""
     n, c, h, w = x.shape
     wide = _wide_float(x.device)
     a, b, tx, d, e, ty = matrices.to(device=x.device, dtype=wide).view(n, 6, 1, 1).unbind(1)
@@ -269,7 +272,7 @@ def _affine(x: Tensor, matrices: Tensor) -> Tensor:
     inside = (u >= 0) & (u < w) & (v >= 0) & (v < h)
     # Outside pixels read an appended fill pixel (index h*w): cheaper than masked_fill_ on CPU.
     index = torch.where(inside, v * w + u, h * w)
-    source = torch.cat([x.reshape(n, c, h * w), x.new_full((n, c, 1), GEOMETRIC_FILL)], dim=2)
+    source = torch.cat([x.reshape(n, c, h * w), x.new_full((n, c, 1), fill)], dim=2)
     flat = index.view(n, 1, h * w).expand(n, c, h * w)
     return source.gather(2, flat).view(n, c, h, w)
 
@@ -289,8 +292,8 @@ def batched_apply_op(x: Tensor, name: str, magnitudes: Tensor | float) -> Tensor
     m = m.expand(x.shape[0])
     if name in GEOMETRIC_OPS:
         ids = torch.full((x.shape[0],), _OP_ID[name])
-        return _affine(x, _affine_matrices(ids, m, x.shape[2], x.shape[3]))
-    return _POINT_OPS[name](x, m)
+        return affine_nearest(x, _affine_matrices(ids, m, x.shape[2], x.shape[3]))
+    return POINT_OPS[name](x, m)
 
 
 def batched_cutout(x: Tensor, boxes: Tensor) -> Tensor:
@@ -435,12 +438,12 @@ class BatchedStrongAugment(nn.Module):
             if len(geo):
                 mat = _affine_matrices(col[geo], mags[geo, slot], x.shape[2], x.shape[3])
                 idx = geo.to(x.device)
-                x.index_put_((idx,), _affine(x.index_select(0, idx), mat))
+                x.index_put_((idx,), affine_nearest(x.index_select(0, idx), mat))
             for name, group in zip(OP_NAMES, groups, strict=True):
                 if len(group) == 0 or name in GEOMETRIC_OPS or name == "Identity":
                     continue
                 idx = group.to(x.device)
-                out = _POINT_OPS[name](x.index_select(0, idx), mags[group, slot])
+                out = POINT_OPS[name](x.index_select(0, idx), mags[group, slot])
                 x.index_put_((idx,), out)
         return batched_cutout(x, params.cutout)
 

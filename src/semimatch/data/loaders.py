@@ -1,6 +1,6 @@
 """Infinite, seeded, sharded training streams and evaluation batches.
 
-Training batches are a **stateless function of (seed, iteration)** (see ``notes/contracts.md``):
+Training batches are a **stateless function of (seed, iteration)** (the contract, stated here):
 
 * Each stream (labeled: id 0, unlabeled: id 1) walks the infinite concatenation of per-epoch
   permutations ``perm_e = default_rng([seed, stream_id, e]).permutation(n)``. Iteration ``k``'s
@@ -67,7 +67,6 @@ __all__ = [
     "SSLBatch",
     "TrainStream",
     "eval_batches",
-    "view_generator",
 ]
 
 STREAM_LABELED = 0
@@ -76,7 +75,7 @@ VIEW_LABELED_WEAK = 0
 VIEW_UNLABELED_WEAK = 1
 VIEW_UNLABELED_STRONG = 2
 AUGMENT_MODES = ("pil", "batched")
-_VARIANTS = ("fixmatch", "usb")
+_VARIANTS = ("fixmatch", "usb", "ctaugment")
 
 
 class SSLBatch(NamedTuple):
@@ -420,16 +419,6 @@ class TrainStream:
             )
 
     # ------------------------------------------------------------------------------------------
-    @property
-    def local_batch_size(self) -> int:
-        """Labeled images per process and step."""
-        return self.batch_size // self.world_size
-
-    @property
-    def local_u_batch_size(self) -> int:
-        """Unlabeled images per process and step."""
-        return self.u_batch_size // self.world_size
-
     @property
     def num_unlabeled(self) -> int:
         """Size of the unlabeled pool (``split.unlabeled`` + extra unlabeled images)."""

@@ -1,7 +1,8 @@
 """Sample sources and the dataset they make up: what every modality's data looks like.
 
 A *source* is an indexable collection of same-shaped samples with int64 labels (``-1`` =
-unknown; see ``notes/contracts.md``). Each modality has its own source type and sample layout:
+unknown: a sample whose label is not given). Each modality has its own source type and sample
+layout:
 
 * ``kind="image"``: :class:`ImageSource`, uint8 ``(H, W, C)`` images with ``C`` in {1, 3}
   (:class:`ArraySource` in memory, :class:`LazyImageSource` decoded from files on access,

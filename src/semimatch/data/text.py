@@ -31,7 +31,6 @@ module whose forward takes ``(input_ids, attention_mask)``.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
@@ -49,7 +48,7 @@ __all__ = [
     "TextSource",
     "TokenInput",
     "has_augmentations",
-    "load_tokenizer",
+    "tokenizer_named",
     "register_tokenizer",
     "stack_text_views",
     "stack_texts",
@@ -188,36 +187,24 @@ _TOKENIZERS: dict[str, Any] = {}
 
 
 def register_tokenizer(name: str, tokenizer: Any) -> None:
-    """Make ``tokenizer`` the one :func:`load_tokenizer` returns for ``name`` in this process
+    """Make ``tokenizer`` the one :func:`tokenizer_named` returns for ``name`` in this process
     (a tokenizer built in memory, e.g. by a test, or one the engine already loaded)."""
     _TOKENIZERS[str(name)] = tokenizer
 
 
-def load_tokenizer(name: str) -> Any:
-    """The tokenizer called ``name``: a registered one, else ``semimatch.models.hf``'s
-    ``load_tokenizer`` when it exists, else ``AutoTokenizer.from_pretrained`` (a local folder
-    never touches the network; a missing one says where it looked)."""
+def tokenizer_named(name: str) -> Any:
+    """The tokenizer a text dataset names (``info.tokenizer``): the one registered under
+    ``name`` in this process (:func:`register_tokenizer`), else the one
+    :func:`semimatch.models.hf.load_tokenizer` loads from that name or folder (a local folder
+    never touches the network; a missing one says where it looked), kept for the next call."""
     if name in _TOKENIZERS:
         return _TOKENIZERS[name]
     if not name:
         raise ValueError("this text dataset names no tokenizer; tokenize it first")
-    try:  # the hf: backbones' loader, when present, says where it looked
-        from semimatch.models.hf import load_tokenizer as hf_load_tokenizer
-    except ImportError:
-        hf_load_tokenizer = None
-    if hf_load_tokenizer is not None:
-        _TOKENIZERS[name] = hf_load_tokenizer(name)
-        return _TOKENIZERS[name]
-    from transformers import AutoTokenizer
+    from semimatch.models.hf import load_tokenizer
 
-    local = os.path.isdir(os.path.expanduser(name))
-    try:
-        tok = AutoTokenizer.from_pretrained(os.path.expanduser(name), local_files_only=local)
-    except (OSError, ValueError) as err:
-        where = f"the folder {name}" if local else f"the Hugging Face cache and hub for {name!r}"
-        raise ValueError(f"tokenizer {name!r}: cannot load it from {where}: {err}") from err
-    _TOKENIZERS[name] = tok
-    return tok
+    _TOKENIZERS[name] = load_tokenizer(name)
+    return _TOKENIZERS[name]
 
 
 def _ids_of(out: Any) -> list[list[int]]:
@@ -327,7 +314,7 @@ def texts_to_model_input(texts: Any, info: DatasetInfo) -> torch.Tensor:
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
         raise ValueError(f"texts: item {bad[0]} is a {type(texts[bad[0]]).__name__}, not a string")
-    tok = load_tokenizer(info.spec.tokenizer)
+    tok = tokenizer_named(info.spec.tokenizer)
     enc = make_encoding(tok, info.spec.max_length, info.spec.tokenizer)
     return stack_texts(encode_texts(tok, texts, enc)[0], enc)
 
@@ -366,7 +353,7 @@ def tokenize_dataset(
     text views of :func:`~semimatch.data.text_views.text_views` (``strong``: the strong view's
     name; default: the precomputed augmentations when the data has them, else
     :data:`~semimatch.data.text_views.DEFAULT_STRONG`). ``name`` (default: the tokenizer's
-    ``name_or_path``) is what :func:`load_tokenizer` finds it by, for prediction."""
+    ``name_or_path``) is what :func:`tokenizer_named` finds it by, for prediction."""
     from semimatch.data.text_views import text_views
 
     if dataset.info.kind != "text":

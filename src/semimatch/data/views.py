@@ -110,6 +110,17 @@ def image_views(
     batched tensor ops (``augment="batched"``)."""
     from semimatch.data.augment import StrongAugment, WeakAugment
 
+    if strong_variant == "ctaugment":  # its rates change every step: the training process's
+        if augment != "batched" or weak is not None or strong is not None:
+            raise ValueError("strong_variant='ctaugment' runs batched: use augment='batched'")
+        from semimatch.data.batched_augment import BatchedWeakAugment
+        from semimatch.data.ctaugment import CTAugment
+
+        size, hflip = info.spec.image_size, info.spec.hflip
+        return BatchViews(
+            BatchedWeakAugment(size, hflip, pad_frac=pad_frac),
+            CTAugment(size, hflip, pad_frac=pad_frac),
+        )
     if augment == "batched":
         if weak is not None or strong is not None:
             raise ValueError(

@@ -2,12 +2,11 @@
 
 ``HFClassifier`` is USB's text classifier (``semilearn/nets/bert/bert.py``) on any
 ``transformers.AutoModel`` encoder: the last hidden states, dropout 0.1 on them, the mean over
-the **non-padding** tokens, then the head.  Two deliberate differences from USB's code, both
-documented in the report of issue 18: USB takes ``torch.mean`` over every position of the
-dynamically padded batch (so a text's features depend on the longest text it is batched with);
-here the mean is masked, so appending padding never changes a text's logits.  And the encoder's
-own pooler (unused by mean pooling) is removed, so every parameter receives a gradient (DDP
-needs no ``find_unused_parameters``).
+the **non-padding** tokens, then the head.  Two deliberate differences from USB's code: USB
+takes ``torch.mean`` over every position of the dynamically padded batch (so a text's features
+depend on the longest text it is batched with); here the mean is masked, so appending padding
+never changes a text's logits.  And the encoder's own pooler (unused by mean pooling) is
+removed, so every parameter receives a gradient (DDP needs no ``find_unused_parameters``).
 
 Length-sorted chunks (on by default; ``HFClassifier(..., length_chunks=False)`` or
 ``build_model("hf:...", length_chunks=False)`` turns them off).  A batch is padded to its

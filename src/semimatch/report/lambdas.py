@@ -28,7 +28,6 @@ from semimatch.report.runs import RunData
 __all__ = [
     "LAMBDA_FORMULAS",
     "LambdaCurve",
-    "LambdaFormula",
     "final_lambda",
     "lambda_values",
     "num_classes",

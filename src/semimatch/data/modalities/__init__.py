@@ -63,6 +63,11 @@ def check_config(cfg: Config, data: SSLDataset) -> None:
                 f"{info.kind} data - choose an image backbone (see --backbone in `semimatch "
                 "train --help`)"
             )
+    if cfg.strong_augment == "ctaugment" and own.kind != "image":
+        raise ConfigError(
+            f"--strong-augment ctaugment augments images; {info.name} holds {info.kind} data - "
+            "drop --strong-augment"
+        )
     own.check_config(cfg, data)
 
 
@@ -72,7 +77,7 @@ def to_model_input(inputs: Any, info: DatasetInfo) -> torch.Tensor:
     Images ``(N, H, W[, C])``, uint8 or float in [0, 1], of the training size and channels ->
     uint8 NCHW; feature vectors ``(N, D)`` -> float32 ``(N, D)`` standardised with
     ``info.spec.mean``/``std``; a list of strings -> int64 ``(N, 2, L)`` token ids and attention
-    mask, tokenized by ``info.spec.tokenizer`` (``semimatch.data.text.load_tokenizer``). Wrong
+    mask, tokenized by ``info.spec.tokenizer`` (``semimatch.data.text.tokenizer_named``). Wrong
     shapes raise a ValueError saying what the model takes.
     """
     return modality(info).to_model_input(inputs, info)

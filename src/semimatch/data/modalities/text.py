@@ -249,10 +249,10 @@ class TextModality(Modality):
 
     def save_for_reload(self, folder: Path, info: DatasetInfo, net: nn.Module) -> None:
         """The tokenizer and the encoder's config (``load_run`` rebuilds the model from them)."""
-        from semimatch.data.text import load_tokenizer
+        from semimatch.data.text import tokenizer_named
         from semimatch.models.hf import save_for_reload
 
-        save_for_reload(folder, load_tokenizer(info.spec.tokenizer), net)
+        save_for_reload(folder, tokenizer_named(info.spec.tokenizer), net)
 
     def reload(self, folder: Path, info: DatasetInfo, cfg: Config) -> tuple[DatasetInfo, Config]:
         """The run's own tokenizer and encoder config, not the source's (which may have moved
@@ -271,12 +271,12 @@ class TextModality(Modality):
         """A labeled text file or folder (``load_text``), read with the run's ``text_column``,
         ``label_column``, ``header`` and ``skip_corrupt`` unless given, tokenized as training
         did."""
-        from semimatch.data.text import load_tokenizer, tokenize_dataset
+        from semimatch.data.text import tokenize_dataset, tokenizer_named
         from semimatch.data.text_datasets import load_text
 
         given = {k: getattr(cfg, k) if v is None else v for k, v in reading.items()}
         texts = load_text(path, class_names=info.class_names, **given)
-        tok = load_tokenizer(info.spec.tokenizer)
+        tok = tokenizer_named(info.spec.tokenizer)
         return tokenize_dataset(texts, tok, info.spec.max_length).train
 
     def read_table(self, sources: Sequence[str], column: str, header: bool) -> list[Any]:

@@ -1,12 +1,14 @@
 """Train tiny runs with the public ``semimatch.engine.fit`` and dump per-step state (test helper).
 
-Launched by ``tests/test_torchrun.py`` under torchrun (one copy per rank), or imported and
-called in-process for the single-process reference.  The backbone is wrapped in ``Recorder``,
-whose training forward first snapshots the state the previous step left behind: parameters,
-buffers (BatchNorm running statistics) and the algorithm's running state (SoftMatch mean/var,
-Uniform Alignment ``p_model``).  Nothing in the product code knows about this file.
+Launched by ``helpers.ddp.torchrun`` (tests/test_torchrun*.py) under torchrun (one copy per
+rank), or imported and called in-process for the single-process reference.  The backbone is
+wrapped in ``Recorder``, whose training forward first snapshots the state the previous step left
+behind: parameters, buffers (BatchNorm running statistics) and the algorithm's running state
+(SoftMatch mean/var, Uniform Alignment ``p_model``).  Nothing in the product code knows about
+this file.
 
-    python tests/_ddp_worker.py OUT CASE [--fail-at K --fail-rank R] [--resume-auto]
+    PYTHONPATH=tests python tests/helpers/ddp_worker.py OUT CASE \
+        [--fail-at K --fail-rank R] [--resume-auto]
 
 writes ``OUT/<CASE>-rank<r>.pt``.  ``--fail-at`` raises in the forward of step K on rank R, but
 only in torchrun's first attempt (``TORCHELASTIC_RESTART_COUNT=0``), to test what a failing
@@ -76,9 +78,9 @@ TEXT = dict(num_labels=8, optimizer="adamw", lr=1e-3, backbone="custom:Recorder"
 def text_data(out: Path) -> SSLDataset:
     """``text``: 160 texts of 4 classes tokenized by the tiny BERT the test wrote to
     ``out/bert`` (no dropout, so one process on the global batch is the reference)."""
+    from helpers.text_fixtures import text_corpus
     from semimatch.data import from_texts
     from semimatch.models.hf import load_tokenizer
-    from text_helpers import text_corpus
 
     texts, names = text_corpus(160, seed=4)
     return from_texts(texts, names, tokenizer=load_tokenizer(str(out / "bert")), max_length=24)

@@ -1,5 +1,5 @@
 """The text tests' tiny BERT WordPiece tokenizer, built from a vocabulary written here (no
-download, no network). A helper module, not a conftest (which would shadow tests/conftest.py)."""
+download, no network)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Tiny text models and corpora for the text tests (a module of its own: ``conftest`` is
-ambiguous across test folders)."""
+"""Tiny text models and corpora for the text tests (``tiny_bert_dir`` in conftest.py is the
+session's tiny BERT; tests that need their own variant call ``write_tiny_bert``)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Writers of tiny files in the real dataset formats (imported by conftest and by tests).
-
-A plain module rather than ``conftest``: several test folders have a ``conftest.py``, so
-``from conftest import ...`` would depend on which one pytest imported first.
-"""
+"""Writers of tiny files in the real dataset formats (used by conftest's fixtures and by tests
+that write their own, e.g. broken, files)."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.report_pages import parse, train_real_run, write_synthetic_run
 from semimatch.methods.adamatch import AdaMatchThreshold
 from semimatch.methods.dash import DashThreshold
 from semimatch.methods.fixmatch import FixedThreshold
@@ -26,7 +27,6 @@ from semimatch.methods.uda import UDAWeighting
 from semimatch.report.figures import Figures, lambda_overlay_figure, pseudo_label_figure
 from semimatch.report.lambdas import LAMBDA_FORMULAS, final_lambda, lambda_values
 from semimatch.report.runs import expand_run_dirs, read_run, read_runs, series
-from test_report import _real_run, parse, write_synthetic_run
 
 C = 5
 
@@ -120,7 +120,7 @@ def family(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("sm-a", "softmatch"),
         ("freematch", "freematch"),
     ):
-        _real_run(root / folder, algorithm)
+        train_real_run(root / folder, algorithm)
     return root
 
 

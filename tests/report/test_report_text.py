@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.report_pages import SOFTMATCH_FIGURES as FIGURES
+from helpers.report_pages import assert_png, figures, parse
+from helpers.text_fixtures import write_text_corpus
 from semimatch.cli import main
 from semimatch.config import Config
 from semimatch.engine import fit
 from semimatch.report import read_run
 from semimatch.report.lambdas import final_lambda, num_classes
 from semimatch.report.runs import RunData
-from test_report import SOFTMATCH_FIGURES as FIGURES
-from test_report import assert_png, figures, parse
-from text_helpers import write_text_corpus
 
 pytest.importorskip("transformers")
 

@@ -1,0 +1,121 @@
+"""Tiny training runs for the loop's tests: the recipe, a run killed after its first checkpoint,
+and the comparison of two runs (weights, EMA, algorithm and optimiser state, the records)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from semimatch import checkpoint as ckpt
+from semimatch.metrics import read_jsonl
+
+# A tiny, fast recipe: digits, 20 labels, 8 labeled + 16 unlabeled per step.
+TINY = dict(
+    dataset="digits",
+    num_labels=20,
+    batch_size=8,
+    uratio=2,
+    seed=3,
+    precision="fp32",
+    threads=1,
+    tensorboard=False,
+)
+
+
+VOLATILE = {"time", "sec_per_iter"}
+
+
+def stable(records: list[dict]) -> list[dict]:
+    """Records without wall-clock fields."""
+    out = []
+    for r in records:
+        r = {k: v for k, v in r.items() if k not in VOLATILE}
+        if isinstance(r.get("window"), dict):
+            r["window"] = {k: v for k, v in r["window"].items() if k not in VOLATILE}
+        out.append(r)
+    return out
+
+
+CLI = [
+    sys.executable,
+    "-m",
+    "semimatch",
+    "train",
+    "--dataset",
+    "digits",
+    "--algorithm",
+    "softmatch",
+    "--num-labels",
+    "20",
+    "--iterations",
+    "16",
+    "--eval-every",
+    "4",
+    "--log-every",
+    "2",
+    "--batch-size",
+    "8",
+    "--uratio",
+    "2",
+    "--seed",
+    "3",
+    "--deterministic",
+    "true",
+    "--precision",
+    "fp32",
+    "--threads",
+    "1",
+    "--tensorboard",
+    "false",
+]
+
+
+def final_state(run_dir: Path) -> dict:
+    return ckpt.load(ckpt.latest(run_dir / "checkpoints"))
+
+
+def assert_same_run(a: Path, b: Path, iterations: int = 16) -> None:
+    sa, sb = final_state(a), final_state(b)
+    assert sa["iteration"] == sb["iteration"] == iterations
+    for part in ("model", "ema", "algorithm", "optimizer"):
+        flat_a, flat_b = flatten(sa[part]), flatten(sb[part])
+        assert flat_a.keys() == flat_b.keys()
+        for key in flat_a:
+            assert torch.equal(flat_a[key], flat_b[key]), f"{part}.{key} differs"
+    assert stable(read_jsonl(a / "metrics.jsonl")) == stable(read_jsonl(b / "metrics.jsonl"))
+
+
+def flatten(obj, prefix=""):
+    out = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            out.update(flatten(v, f"{prefix}{i}."))
+    elif isinstance(obj, torch.Tensor):
+        out[prefix] = obj
+    else:
+        out[prefix] = torch.tensor(float(obj) if isinstance(obj, (int, float, bool)) else 0.0)
+    return out
+
+
+def kill_after_first_checkpoint(cmd: list[str], run: Path, jitter: float = 0.5) -> None:
+    """Start ``cmd --out run`` and SIGKILL it at a random moment after its first checkpoint
+    exists (mid-window, mid-iteration)."""
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while ckpt.latest(run / "checkpoints") is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, jitter))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.latest(run / "checkpoints") is not None
