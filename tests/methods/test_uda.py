@@ -160,7 +160,8 @@ def test_annealing_needs_the_budget_and_a_known_schedule():
 
 
 def test_the_usb_nlp_uda_presets_anneal_with_exp():
-    from semimatch.config import PRESETS, load_preset
+    from semimatch.config import load_preset
+    from semimatch.presets import PRESETS
 
     nlp = sorted(
         n for n in PRESETS if n.endswith("-uda") and PRESETS[n].values["dataset"] == "text"
