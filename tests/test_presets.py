@@ -31,10 +31,10 @@ def test_the_usb_nlp_settings_and_algorithms_have_presets():
     }
     algorithms = {n.rsplit("-", 1)[1] for n in NLP}
     assert algorithms == {
-        *("supervised", "fixmatch", "softmatch"),
-        *("flexmatch", "freematch", "adamatch", "dash", "pimodel"),
+        *("supervised", "fullysupervised", "fixmatch", "softmatch"),
+        *("flexmatch", "freematch", "adamatch", "dash", "uda", "pimodel"),
     }
-    assert len(NLP) == 10 * 8
+    assert len(NLP) == 10 * 10
 
 
 def _texts(num_classes: int) -> semimatch.data.SSLDataset:
