@@ -325,8 +325,9 @@ def test_help_states_the_algorithms_real_defaults(capsys):
             checked += 1
     # tau x5, lambda_u x8, threshold_warmup, n_sigma, per_class, UA, ua_momentum/init,
     # stats_on, shape, lambda_e, use_quantile, clip_thresh, temperature x2, dash_gamma,
-    # dash_c, rho_min, dash_warmup_extra, tsa_schedule, tsa_mask
-    assert checked == 32
+    # dash_c, rho_min, dash_warmup_extra, tsa_schedule, tsa_mask; lambda_u, unsup_warmup and
+    # rampup_shape x3 (pimodel, meanteacher, vat), vat_eps, vat_xi, entropy_weight
+    assert checked == 44
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
