@@ -325,8 +325,8 @@ def test_help_states_the_algorithms_real_defaults(capsys):
             checked += 1
     # tau x5, lambda_u x8, threshold_warmup, n_sigma, per_class, UA, ua_momentum/init,
     # stats_on, shape, lambda_e, use_quantile, clip_thresh, temperature x2, dash_gamma,
-    # dash_c, rho_min
-    assert checked == 29
+    # dash_c, rho_min, dash_warmup_extra, tsa_schedule, tsa_mask
+    assert checked == 32
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
@@ -387,7 +387,7 @@ def test_help_shows_what_each_option_takes(capsys):
         "--augment-device DEVICE",
         "--backbone STR",
         "--algorithm {supervised,pseudolabel,fixmatch,flexmatch,softmatch,freematch,adamatch,"
-        "dash,uda}",
+        "dash,uda,fullysupervised}",
         "--shape {gaussian,linear,quadratic,auto}",
         "--dash-warmup INT",
         "--stats-on {aligned,raw,auto}",

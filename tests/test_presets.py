@@ -31,10 +31,10 @@ def test_the_usb_nlp_settings_and_algorithms_have_presets():
     }
     algorithms = {n.rsplit("-", 1)[1] for n in NLP}
     assert algorithms == {
-        *("supervised", "fixmatch", "softmatch"),
-        *("flexmatch", "freematch", "adamatch", "dash"),
+        *("supervised", "fullysupervised", "fixmatch", "softmatch"),
+        *("flexmatch", "freematch", "adamatch", "dash", "uda"),
     }
-    assert len(NLP) == 10 * 7
+    assert len(NLP) == 10 * 9
 
 
 def _texts(num_classes: int) -> semimatch.data.SSLDataset:

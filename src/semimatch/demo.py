@@ -76,10 +76,12 @@ def run_demo(
     _clear_previous_demo(out, chosen, overwrite)
     rows = []
     for algo in chosen:
+        # A method that trains on every label (fullysupervised) refuses a labeled draw.
+        every = registered()[algo].all_labels
         cfg = Config(
             algorithm=algo,
             dataset="digits",
-            num_labels=num_labels,
+            num_labels=None if every else num_labels,
             iterations=iterations,
             eval_every=max(1, iterations // 5),
             log_every=max(1, iterations // 20),
@@ -87,7 +89,8 @@ def run_demo(
             seed=seed,
             threads=threads,
         )
-        print(f"--- {algo}: {num_labels} labels, {iterations} iterations ---", flush=True)
+        labels = "every label" if every else f"{num_labels} labels"
+        print(f"--- {algo}: {labels}, {iterations} iterations ---", flush=True)
         run = fit(cfg, out=out / algo, overwrite=True)
         rows.append(run.summary)
     print()

@@ -11,9 +11,9 @@ The USB NLP presets (``ag_news-40-softmatch``, ...) mirror USB's text configs
 (``config/usb_nlp/<algo>/<algo>_<dataset>_<labels>_0.yaml``): BERT-base fine-tuned with AdamW,
 layer-wise lr decay and a linear warm-up, no EMA, on USB's JSON data (``--data-root`` at USB's
 ``data/<dataset>/`` folder: ``train.json`` gives the labeled draw and the unlabeled pool with
-its back-translations, ``test.json`` the test set).  USB's Pseudo-Label (its unlabeled-loss
-ramp ``unsup_warm_up``) and UDA (``tsa_schedule: exp``) NLP configs use mechanisms semimatch does
-not implement, so they have no preset rather than an inexact one.
+its back-translations, ``test.json`` the test set).  USB's Pseudo-Label NLP configs (its
+unlabeled-loss ramp ``unsup_warm_up``) use a mechanism semimatch does not implement, so they
+have no preset rather than an inexact one.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def _usb_nlp_runtime(long_texts: bool, algorithm: str) -> str:
     labeled, weak and strong batches of 8 texts, each padded to its longest text), run in fp32
     at an assumed ~8 TFLOP/s sustained on a V100 and ~13 on an A100 (no TF32), plus 50
     evaluations of the test set at eval_batch_size 8."""
-    texts = 8 if algorithm == "supervised" else 24
+    texts = 8 if algorithm in ("supervised", "fullysupervised") else 24
     if long_texts:  # batches reach max_length 512: ~6.3 TFLOP + attention per 24 texts
         gpu = "~1 day on one V100, ~15 h on one A100" if texts == 24 else "~8 h on one V100"
     else:  # AG News: ~45 tokens per text, ~90 per padded batch: ~1 TFLOP per 24 texts
@@ -221,7 +221,7 @@ def _build_presets() -> dict[str, Preset]:
     for setting, (values, description, runtime) in _SETTINGS.items():
         for algo, part in _method_presets():
             usb = part.source == "usb"
-            if usb and setting.startswith("cifar10lt"):
+            if (usb and setting.startswith("cifar10lt")) or setting in part.skip:
                 continue
             name = f"{setting}-{algo}"
             extra = part.settings.get(setting, {})

@@ -206,9 +206,9 @@ def test_lambda_u_is_carried():
 
 
 def test_algorithm_table_and_defaults():
-    assert set(methods()) == {
-        "supervised", "pseudolabel", "fixmatch", "flexmatch", "softmatch", "freematch",
-        "adamatch", "dash", "uda",
+    assert set(methods()) >= {
+        "supervised", "fullysupervised", "pseudolabel", "fixmatch", "flexmatch", "softmatch",
+        "freematch", "adamatch", "dash", "uda",
     }  # fmt: skip
     sup = build_algorithm("supervised", 10)
     assert not sup.uses_unlabeled and not sup.uses_strong

@@ -61,7 +61,7 @@ def test_the_plug_in_is_nowhere_under_src_and_shows_in_help(plugin_env):
     out = _run(plugin_env, "-m", "semimatch", "train", "--help")
     assert out.returncode == 0, out.stderr
     usage = " ".join(out.stdout.split())
-    assert "uda,toymatch,twinmatch}" in usage
+    assert ",toymatch,twinmatch}" in usage  # after the built-in methods
     assert "--toy-tau FLOAT toymatch: the toy's ceiling of the threshold" in usage
     # its budget-scaled default, as --help says what None means
     assert "toymatch: derived from the iteration budget K, 1 - 1/K" in usage

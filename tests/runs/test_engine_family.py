@@ -4,6 +4,7 @@ warm-up, rho and schedule, UDA), and each algorithm selectable from the three fr
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -194,3 +195,37 @@ def test_short_budgets_derive_dash_and_the_momenta(tmp_path):
     for algorithm in ("freematch", "adamatch"):
         run = semimatch.train(**{**SHORT, "iterations": 2}, algorithm=algorithm)
         assert run.config.stat_momentum == 0.9 and "stat_momentum" in run.config.auto
+
+
+def test_dash_warm_up_outside_the_budget_is_the_longer_run_with_it_inside():
+    """--dash-warmup-extra (USB's placement) trains iterations + dash_warmup: the run of that
+    longer budget with the warm-up inside, once nothing else is derived from the budget."""
+    pinned = dict(SHORT, algorithm="dash", bn_momentum=0.1, ema_decay=0.9, **MOVING["dash"])
+    outside = semimatch.train(**{**pinned, "iterations": 4}, dash_warmup_extra=True)
+    inside = semimatch.train(**{**pinned, "iterations": 6})
+    assert outside.config.iterations == 6 and inside.config.iterations == 6
+    assert outside.config.auto["iterations"].startswith("4 + 2: dash's supervised warm-up")
+    for name, tensor in inside.ema_model.state_dict().items():
+        assert torch.equal(outside.ema_model.state_dict()[name], tensor), name
+    # Inside the budget the warm-up must leave semi-supervised iterations; outside it need not.
+    assert (
+        semimatch.train(**{**pinned, "iterations": 2}, dash_warmup_extra=True).config.iterations
+        == 4
+    )
+
+
+def test_uda_s_annealing_reaches_the_logged_labeled_loss(tmp_path):
+    for schedule in ("none", "linear"):
+        cfg = Config(**SHORT, algorithm="uda", tsa_schedule=schedule, **MOVING["uda"])
+        fit(cfg, out=tmp_path / schedule)
+    logged = {
+        s: [
+            r["sup_loss"]
+            for r in read_jsonl(tmp_path / s / "metrics.jsonl")
+            if r["kind"] == "train"
+        ]
+        for s in ("none", "linear")
+    }
+    # At t = 0 the threshold is 1/C: rows the model already gives more are left out.
+    assert logged["linear"][0] != logged["none"][0]
+    assert json.loads((tmp_path / "linear" / "config.json").read_text())["tsa_schedule"] == "linear"

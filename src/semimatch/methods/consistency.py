@@ -76,7 +76,8 @@ class UnlabeledResult(NamedTuple):
 
     ``weights`` (N,), ``confidence`` (N,) the max probability the weighting saw, ``pseudo``
     (N,) the pseudo-labels, ``unsup_loss`` the weighted mean unlabeled loss, ``extra`` the
-    extra loss term (or None).
+    extra loss term (or None), ``sup_loss`` the labeled loss the method used when it is not the
+    step's ``StepOutputs.sup_loss`` (UDA's training-signal annealing; None: the step's).
     """
 
     weights: torch.Tensor
@@ -84,6 +85,7 @@ class UnlabeledResult(NamedTuple):
     pseudo: torch.Tensor
     unsup_loss: torch.Tensor
     extra: torch.Tensor | None = None
+    sup_loss: torch.Tensor | None = None
 
 
 class SSLAlgorithm(nn.Module):

@@ -39,7 +39,8 @@ class DashThreshold(nn.Module):
 
     ``target(probs)`` returns the matching target distribution for the unlabeled loss.
     ``rho_hat`` must be set once after a supervised warm-up (``set_rho_init``, or the
-    constructor).  USB uses the loss on its evaluation set after ``num_wu_iter`` = 2048
+    constructor).  USB uses the loss on its evaluation set (the test set for the classic image
+    sets) of its EMA's parameters, which its warm-up never updates, after ``num_wu_iter`` = 2048
     supervised iterations; the paper (as recalled) the loss on the labeled training data,
     which is what a run without test-set leakage should pass.
     ``rho_min`` and the soft-to-hard switch at ``rho_min`` follow USB's code.
@@ -191,12 +192,19 @@ BUDGET = (
 
 
 def check_budget(options: Mapping[str, Any], iterations: int) -> None:
-    """The warm-up must leave semi-supervised iterations."""
-    if options["dash_warmup"] >= iterations:
+    """The warm-up must leave semi-supervised iterations (inside the budget)."""
+    if not options["dash_warmup_extra"] and options["dash_warmup"] >= iterations:
         raise ValueError(
             f"dash_warmup={options['dash_warmup']} leaves no semi-supervised iteration of the "
             f"{iterations}; pass --dash-warmup below --iterations"
         )
+
+
+def extra_iterations(options: Mapping[str, Any]) -> tuple[int, str]:
+    """USB's placement: the warm-up runs before the budget (``dash_warmup_extra``)."""
+    if not options["dash_warmup_extra"]:
+        return 0, ""
+    return options["dash_warmup"], "dash's supervised warm-up before the budget (USB)"
 
 
 PRESETS = MethodPresets(
@@ -212,7 +220,8 @@ PRESETS = MethodPresets(
     },
     source="usb",
     note="; the 2048 supervised warm-up iterations count in the budget (USB runs them "
-    "before it) and rho_init is the labeled loss after them (USB: its evaluation-set loss)",
+    "before it: --dash-warmup-extra) and rho_init is the labeled loss after them (USB: its "
+    "evaluation-set loss)",
     nlp=True,
 )
 
@@ -222,6 +231,7 @@ PRESETS = MethodPresets(
     budget=BUDGET,
     check_budget=check_budget,
     presets=PRESETS,
+    extra_iterations=extra_iterations,
 )
 def dash(
     num_classes: int,
@@ -232,6 +242,7 @@ def dash(
     rho_min: float = 0.05,
     rho_period: int = 10 * 1024,
     dash_warmup: int = 2048,
+    dash_warmup_extra: bool = False,
     lambda_u: float = 1.0,
 ) -> SSLAlgorithm:
     """Threshold on the per-sample loss, decayed over training, after a supervised warm-up.
@@ -246,6 +257,9 @@ def dash(
         rho_period: iterations between two decays of rho (USB 10 epochs = 10240).
         dash_warmup: supervised iterations before rho_init is set from the labeled loss (USB
             num_wu_iter 2048).
+        dash_warmup_extra: run the warm-up on top of --iterations (USB runs its num_wu_iter
+            before its num_train_iter; the run then trains iterations + dash_warmup) instead
+            of as the first dash_warmup iterations of the budget.
         lambda_u: unlabeled loss weight.
     """
     if isinstance(dash_warmup, bool) or not isinstance(dash_warmup, int) or dash_warmup < 0:

@@ -67,10 +67,10 @@ _BUILTINS = (
 #: (state, q grid (n,), num_classes) -> weights (K, n): K = 1, or one row per class holding max.
 LambdaFormula = Callable[[Mapping[str, Any], np.ndarray, int], np.ndarray]
 
-#: Keyword parameters of a builder that the data, not the user, supplies (FlexMatch's memory
-#: size): not options - no ``Config`` field, flag or validation; ``build_algorithm`` passes
-#: them to the builders that declare them.
-DATA_INPUTS: frozenset[str] = frozenset({"num_unlabeled"})
+#: Keyword parameters of a builder that the data or the run, not the user, supplies (FlexMatch's
+#: memory size, UDA's annealing over the budget): not options - no ``Config`` field, flag or
+#: validation; ``build_algorithm`` passes them to the builders that declare them.
+DATA_INPUTS: frozenset[str] = frozenset({"num_unlabeled", "num_iterations"})
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,8 @@ class MethodPresets:
     ``values``: its options in every preset; ``source``: ``"paper"`` (every image setting) or
     ``"usb"`` (USB's classic-CV configs: the balanced settings only); ``note``: appended to the
     description; ``settings``: per-setting overrides; ``nlp``: it has USB NLP presets, with
-    ``nlp_values`` over ``values``.
+    ``nlp_values`` over ``values``; ``skip``: settings without a preset (the source publishes
+    none for them).
     """
 
     values: Mapping[str, Any]
@@ -135,6 +136,7 @@ class MethodPresets:
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     nlp: bool = False
     nlp_values: Mapping[str, Any] = field(default_factory=dict)
+    skip: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,12 @@ class Method:
     ``describe()["type"]``.  ``budget``: options whose default scales with the iteration budget
     (``resolve`` derives them).  ``check_budget(options, iterations)``: refuses options that
     cannot work with the budget (``ValueError`` naming the flag).  ``presets``: the method's
-    part of the paper presets (``semimatch.presets``).
+    part of the paper presets (``semimatch.presets``).  ``all_labels``: the method trains on
+    every labeled training sample (the labeled set is not drawn, the unlabeled pool unused):
+    known before it is built, so the split and the config checks can ask it.
+    ``extra_iterations(options) -> (n, why)``: iterations the method trains on top of the budget
+    (Dash's warm-up outside it, as USB runs it); ``resolve`` adds them to ``iterations`` with
+    ``why`` in ``cfg.auto``, after the budget-scaled defaults were derived from the budget.
     """
 
     name: str
@@ -161,6 +168,8 @@ class Method:
     budget: tuple[BudgetDefault, ...] = ()
     check_budget: Callable[[Mapping[str, Any], int], None] | None = None
     presets: MethodPresets | None = None
+    all_labels: bool = False
+    extra_iterations: Callable[[Mapping[str, Any]], tuple[int, str]] | None = None
 
     def __post_init__(self) -> None:
         params = list(inspect.signature(self.build).parameters.values())
@@ -255,6 +264,8 @@ def register_method(
     budget: tuple[BudgetDefault, ...] = (),
     check_budget: Callable[[Mapping[str, Any], int], None] | None = None,
     presets: MethodPresets | None = None,
+    all_labels: bool = False,
+    extra_iterations: Callable[[Mapping[str, Any]], tuple[int, str]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register the decorated builder as method ``name`` (default: the builder's name).
 
@@ -278,7 +289,10 @@ def register_method(
                 f"method {key!r} is already registered by {_qualname(old.build)}; "
                 f"{_qualname(build)} needs another name"
             )
-        _METHODS[key] = Method(key, build, dict(formulas or {}), budget, check_budget, presets)
+        _METHODS[key] = Method(
+            key, build, dict(formulas or {}), budget, check_budget, presets, all_labels,
+            extra_iterations,
+        )  # fmt: skip
         return build
 
     return add
@@ -321,10 +335,16 @@ def lambda_formulas() -> dict[str, tuple[tuple[str, ...], LambdaFormula]]:
 
 
 def build_algorithm(
-    name: str, num_classes: int, *, num_unlabeled: int | None = None, **options: Any
+    name: str,
+    num_classes: int,
+    *,
+    num_unlabeled: int | None = None,
+    num_iterations: int | None = None,
+    **options: Any,
 ) -> Any:
     """Build a named algorithm; an option the algorithm does not use is an error, not ignored.
-    ``num_unlabeled`` (pool size, a data input) goes to the builders that declare it."""
+    ``num_unlabeled`` (pool size) and ``num_iterations`` (the iteration budget), data inputs,
+    go to the builders that declare them."""
     registry = methods()
     if name not in registry:
         hint = difflib.get_close_matches(name, registry, n=1)
@@ -336,5 +356,6 @@ def build_algorithm(
     check_num_classes(num_classes)
     spec = registry[name]
     spec.check(name, options)
-    data = {"num_unlabeled": num_unlabeled} if "num_unlabeled" in spec.data_inputs else {}
+    given = {"num_unlabeled": num_unlabeled, "num_iterations": num_iterations}
+    data = {k: v for k, v in given.items() if k in spec.data_inputs}
     return spec.build(num_classes, **data, **options)

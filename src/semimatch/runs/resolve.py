@@ -119,6 +119,7 @@ def _check(cfg: Config, data: SSLDataset, device: torch.device) -> None:
             "papers) or train on GPUs"
         )
     _check_split_options(cfg, data)
+    _check_all_labels(cfg)
     check_runtime(cfg)
     if cfg.num_labels is not None and cfg.lt_gamma is None and cfg.num_labels % C:
         raise ConfigError(
@@ -154,19 +155,24 @@ def _check_optimizer(cfg: Config, mod: Modality) -> None:
 
 
 def _derive_method_budget(cfg: Config, iterations: int, auto: dict[str, str]) -> None:
-    """The method's options whose default follows the budget (its ``Method.budget``), then its
-    own check of them against the budget (``Method.check_budget``)."""
+    """The method's options whose default follows the budget (its ``Method.budget``), its own
+    check of them against the budget (``Method.check_budget``), then the iterations it trains
+    on top of the budget (``Method.extra_iterations``)."""
     method = methods()[cfg.algorithm]
     for scaled in method.budget:
         if getattr(cfg, scaled.option) is None:
             setattr(cfg, scaled.option, scaled.value(iterations))
             auto[scaled.option] = scaled.why.format(K=iterations)
+    values = {name: getattr(cfg, name) for name in method.options}
     if method.check_budget is not None:
-        values = {name: getattr(cfg, name) for name in method.options}
         try:
             method.check_budget(values, iterations)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    extra, why = method.extra_iterations(values) if method.extra_iterations else (0, "")
+    if extra:  # on top of the budget the defaults above were derived from
+        cfg.iterations = iterations + extra
+        auto["iterations"] = f"{iterations} + {extra}: {why}"
 
 
 def _derive(cfg: Config, info: DatasetInfo, device: torch.device, auto: dict[str, str]) -> None:
@@ -353,6 +359,28 @@ def _check_split_options(cfg: Config, data: SSLDataset) -> None:
             raise ConfigError(f"fold: dataset {cfg.dataset!r} has no predefined folds; {hint}")
         if not 0 <= cfg.fold < len(folds):
             raise ConfigError(f"fold must be in 0..{len(folds) - 1}; got {cfg.fold}")
+
+
+def _check_all_labels(cfg: Config) -> None:
+    """A method that trains on every label (``Method.all_labels``: fullysupervised) refuses
+    what would choose a subset or shape the unlabeled pool it never reads: a wrong answer
+    (the ceiling measured on 40 labels) must not pass silently."""
+    spec = methods().get(cfg.algorithm)
+    if spec is None or not spec.all_labels:
+        return
+    chosen = [
+        f"--{name.replace('_', '-')} {getattr(cfg, name)}"
+        for name in ("num_labels", "lt_gamma", "fold", "split_seed")
+        if getattr(cfg, name) is not None
+    ]
+    if cfg.exclude_labeled:
+        chosen.append("--exclude-labeled")
+    if chosen:
+        raise ConfigError(
+            f"{cfg.algorithm} trains on every labeled training sample; drop {', '.join(chosen)} "
+            "(--num-labels none clears a preset's), or use --algorithm supervised for a labeled "
+            "subset"
+        )
 
 
 def make_split(cfg: Config, data: SSLDataset) -> Split:

@@ -17,6 +17,7 @@ from semimatch.config import Config, ConfigError
 from semimatch.data import Split, SSLDataset
 from semimatch.data.splits import carve_validation
 from semimatch.log import logger
+from semimatch.methods.registry import methods
 
 __all__ = ["carve", "check_validation", "say_what_is_measured", "with_validation"]
 
@@ -112,7 +113,10 @@ def say_what_is_measured(cfg: Config, data: SSLDataset, split: Split | None) -> 
             f"no test set ({fix}): the run measures no test error and best.pt is simply the "
             "latest evaluated checkpoint"
         )
-    if split is None or cfg.num_labels is not None or cfg.algorithm == "supervised":
+    labeled_only = cfg.algorithm == "supervised" or getattr(
+        methods().get(cfg.algorithm), "all_labels", False
+    )
+    if split is None or cfg.num_labels is not None or labeled_only:
         return
     no_unlabeled = data.extra_unlabeled is None or len(data.extra_unlabeled) == 0
     if no_unlabeled and len(split.labeled) == len(data.train):

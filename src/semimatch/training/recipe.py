@@ -93,6 +93,7 @@ def build_parts(
                 cfg.algorithm,
                 info.num_classes,
                 num_unlabeled=num_unlabeled,
+                num_iterations=cfg.iterations,
                 **cfg.algorithm_options(),
             )
         except ValueError as e:  # an option the algorithm rejects: the user's config is wrong

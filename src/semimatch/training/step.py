@@ -102,6 +102,8 @@ def train_step(
     sup_loss = F.cross_entropy(logits_lb.float(), y_lb)
     out = StepOutputs(logits_lb, y_lb, sup_loss, logits_weak, student, info.u_idx, info.iteration)
     loss, unlabeled = algorithm.loss(out)
+    if unlabeled.sup_loss is not None:  # the method's own labeled loss (UDA's annealing)
+        sup_loss = unlabeled.sup_loss
     return loss, metric_sums(algorithm, logits_lb, y_lb, sup_loss, unlabeled, u_true)
 
 
@@ -217,7 +219,7 @@ def _unlabeled_sums(
     lam: float, unlabeled: UnlabeledResult, u_true: torch.Tensor | None, zeros_c: torch.Tensor
 ) -> dict[str, torch.Tensor]:
     """The unlabeled batch's sums; weights are counted in units of ``lam`` (lambda_max)."""
-    weights, confidence, pseudo, unsup_loss, _ = unlabeled
+    weights, confidence, pseudo, unsup_loss = unlabeled[:4]
     w = weights.detach().float()
     n_ulb = w.shape[0]
     if u_true is None:
