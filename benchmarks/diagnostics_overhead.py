@@ -1,4 +1,5 @@
-"""What the per-evaluation diagnostics (``semimatch.diagnostics``) cost a default digits run.
+"""What the per-evaluation diagnostics (``semimatch.training.diagnostics``) cost a default digits
+run.
 
 The demo's FixMatch recipe (digits, 20 labels, 300 iterations, an evaluation every 60, batch
 32 + 7x32, 1 thread), timed two ways in ONE process:
@@ -20,7 +21,7 @@ import time
 import torch
 
 import semimatch
-import semimatch.engine as engine
+import semimatch.runs.engine as engine
 from semimatch.config import Config
 from semimatch.log import quiet
 

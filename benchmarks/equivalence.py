@@ -5,7 +5,7 @@ Trains the same SoftMatch recipe (same seeds, split, budget) under
   default    semimatch's resolved defaults (bf16 autocast, channels_last, batched tensor
              augmentation, the default forward mode)
   joint      the defaults with the joint forward (one forward over labeled + weak + strong)
-  two-pass   the defaults with the two-pass forward (semimatch.two_pass)
+  two-pass   the defaults with the two-pass forward (semimatch.training.two_pass)
   split      the defaults with the split no-grad weak forward
   split-fp32 the split forward in fp32 / NCHW (isolates bf16 + channels_last)
 and prints best / final test error per seed and the mean.  (The fused foreach optimiser and EMA
@@ -54,7 +54,7 @@ def main() -> None:
     args = p.parse_args()
 
     from semimatch.config import Config
-    from semimatch.engine import fit
+    from semimatch.runs.engine import fit
 
     base = dict(SETTINGS[args.setting], algorithm=args.algorithm, progress=False, tensorboard=False)
     if args.setting == "fmnist":

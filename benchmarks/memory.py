@@ -1,6 +1,6 @@
 """Memory over a long run: resident memory (PSS of the process tree) per iteration.
 
-Trains with `semimatch.engine.fit` for ``--iterations`` (default 1000) while a thread samples
+Trains with `semimatch.runs.engine.fit` for ``--iterations`` (default 1000) while a thread samples
 the proportional set size of this process and its children; each sample is mapped to the
 iteration logged just before it.  A leak in the loop (metrics kept on the device, a growing
 history, graph references) shows as a slope; the script prints the curve and the fitted slope
@@ -33,8 +33,8 @@ def main() -> None:
     args = p.parse_args()
 
     from semimatch.config import Config
-    from semimatch.engine import fit
-    from semimatch.metrics import read_jsonl
+    from semimatch.runs.engine import fit
+    from semimatch.training.metrics import read_jsonl
     from step import PssSampler  # same folder: PSS of the process tree
 
     samples: list[tuple[float, int]] = []

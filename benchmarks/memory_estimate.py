@@ -1,4 +1,5 @@
-"""The pre-flight memory estimate (``semimatch.memory``) against the measured peak of a step.
+"""The pre-flight memory estimate (``semimatch.training.memory``) against the measured peak of a
+step.
 
 Each case runs in a fresh process: it builds the data, model, optimiser and EMA as ``fit``
 does, takes the estimate ``fit`` would check (``memory.probe_samples`` + ``estimate_step``),
@@ -57,12 +58,12 @@ def child(backbone: str, batch: int, uratio: int, precision: str, text: str | No
     import numpy as np
     import torch
 
-    from semimatch import memory
     from semimatch.config import Config
     from semimatch.data import TrainStream, balanced_split, from_arrays, load_text
-    from semimatch.recipe import autocast, build_parts, make_optimizer
-    from semimatch.resolve import prepare_data, resolve
-    from semimatch.step import StepInfo, train_step
+    from semimatch.runs.resolve import prepare_data, resolve
+    from semimatch.training import memory
+    from semimatch.training.recipe import autocast, build_parts, make_optimizer
+    from semimatch.training.step import StepInfo, train_step
 
     torch.set_num_threads(1)
     device = torch.device("cpu")

@@ -327,7 +327,7 @@ def config_for(setting: str, algorithm: str, seed: int, args: argparse.Namespace
 
 
 def train_cell(setting: str, algorithm: str, seed: int, args: argparse.Namespace) -> None:
-    from semimatch.engine import fit
+    from semimatch.runs.engine import fit
 
     out = run_dir(Path(args.runs), setting, algorithm, seed)
     if (out / "summary.json").exists() and not args.overwrite:
@@ -411,7 +411,7 @@ def _mean_std(values: list[float]) -> str:
 
 def table(runs: Path) -> str:
     """Markdown table: mean ± std over seeds of every finished cell."""
-    from semimatch.metrics import read_jsonl
+    from semimatch.training.metrics import read_jsonl
 
     lines = [
         "| setting | algorithm | seeds | best error % | median-last-20 error % | "

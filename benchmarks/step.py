@@ -7,7 +7,7 @@ the complete iteration *including data loading*.
   reference  the way USB/TorchSSL/FixMatch-pytorch do it: fp32, contiguous NCHW, per-image PIL
              augmentation in DataLoader workers, optimiser and EMA as Python loops over tensors,
              one forward over cat(x_lb, u_weak, u_strong).
-  semimatch  `semimatch.engine.fit` itself with the resolved defaults (printed), timed per
+  semimatch  `semimatch.runs.engine.fit` itself with the resolved defaults (printed), timed per
              iteration through its own metrics log (log_every=1).
 
 Each variant runs in its own subprocesses, on the same images, with the same batch sizes: one
@@ -129,7 +129,7 @@ def count_flops(net, algorithm, batch, cfg_precision: str, forward_mode: str, fm
     """FLOPs of one forward+backward of train_step as it runs (joint or split)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from semimatch.step import train_step
+    from semimatch.training.step import train_step
 
     ctx = (
         torch.autocast("cpu", dtype=torch.bfloat16)
@@ -162,7 +162,7 @@ def run_reference(args: argparse.Namespace, data, split) -> dict:
     from semimatch.data import TrainStream
     from semimatch.methods.registry import build_algorithm
     from semimatch.models import InputNormalizer, build_model
-    from semimatch.step import train_step
+    from semimatch.training.step import train_step
 
     torch.manual_seed(0)
     net = InputNormalizer(build_model("wrn_28_2", 10), data.info.spec.mean, data.info.spec.std)
@@ -221,10 +221,10 @@ def run_reference(args: argparse.Namespace, data, split) -> dict:
 
 
 def run_semimatch(args: argparse.Namespace, data, split) -> dict:
-    """`semimatch.engine.fit` with its defaults; per-iteration time from its metrics log."""
+    """`semimatch.runs.engine.fit` with its defaults; per-iteration time from its metrics log."""
     from semimatch.config import Config
-    from semimatch.engine import fit
-    from semimatch.metrics import read_jsonl
+    from semimatch.runs.engine import fit
+    from semimatch.training.metrics import read_jsonl
 
     total = args.warmup + args.iters
     overrides = json.loads(args.overrides) if args.overrides else {}
@@ -275,7 +275,7 @@ def step_precision(args: argparse.Namespace) -> str:
     """The precision a variant's step computes in (reference: fp32; semimatch: its config's)."""
     if args.variant == "reference":
         return "fp32"
-    from semimatch.hardware import native_bf16
+    from semimatch.runs.hardware import native_bf16
 
     overrides = json.loads(args.overrides) if args.overrides else {}
     # None (or absent): the library's default, fp32

@@ -15,7 +15,7 @@ additions: ``--iterations``, ``--eval-every``, ``--log-every 1``, ``--threads`` 
 
 The ratio of the medians is the cost per iteration of the command as written relative to the
 explicit one (the claim to check: at most 3x); with both at 8 + 8 it is also the fp32 / bf16
-factor of the text step that ``semimatch.hardware.BF16_SPEEDUP`` quotes.
+factor of the text step that ``semimatch.runs.hardware.BF16_SPEEDUP`` quotes.
 """
 
 from __future__ import annotations

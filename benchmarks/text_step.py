@@ -95,7 +95,7 @@ class Bench:
         from semimatch.methods.registry import build_algorithm
         from semimatch.models import build_model
         from semimatch.models.hf import load_tokenizer
-        from semimatch.recipe import autocast
+        from semimatch.training.recipe import autocast
 
         self.batch, self.max_length = batch, max_length
         raw = load_text(data)
@@ -129,7 +129,7 @@ class Bench:
     # -- semimatch ---------------------------------------------------------------------------
     def step_semimatch(self, k: int, variant: str = "semimatch") -> dict[str, torch.Tensor]:
         """Iteration ``k`` the library's way (batch from the stream included)."""
-        from semimatch.step import train_step
+        from semimatch.training.step import train_step
 
         if variant not in self._batches:  # one long range, as the engine iterates it
             self._batches[variant] = self.stream.batches(k, None)
@@ -160,7 +160,7 @@ class Bench:
     def step_reference(self, k: int) -> dict[str, torch.Tensor]:
         """Iteration ``k`` the reference way: tokenize to max_length inside the step, fp32."""
         from semimatch.models.hf import pack_text
-        from semimatch.step import train_step
+        from semimatch.training.step import train_step
 
         texts_lb, texts_weak, texts_strong, y_lb = self._texts.pop(k)
         views = []
@@ -210,8 +210,9 @@ def encoder_calls(net: torch.nn.Module, x: torch.Tensor) -> list[list[int]]:
 
 
 def _adamw(net: torch.nn.Module) -> torch.optim.Optimizer:
-    """USB's NLP optimiser: AdamW, lr 5e-5, weight decay 1e-4 (semimatch.optim.make_adamw)."""
-    from semimatch.optim import make_adamw
+    """USB's NLP optimiser: AdamW, lr 5e-5, weight decay 1e-4
+    (semimatch.training.optim.make_adamw)."""
+    from semimatch.training.optim import make_adamw
 
     return make_adamw(net, 5e-5, 1e-4)
 
@@ -220,7 +221,7 @@ def resolve_precision(precision: str) -> str:
     """``auto``: bf16 on a CPU with native bf16 (the library's rule, hardware.native_bf16)."""
     if precision != "auto":
         return precision
-    from semimatch.hardware import native_bf16
+    from semimatch.runs.hardware import native_bf16
 
     return "bf16" if native_bf16(torch.device("cpu")) else "fp32"
 

@@ -1,7 +1,7 @@
 """How far the two-pass forward's gradient is from the joint forward's (the papers' gradient).
 
-The two-pass forward (``semimatch.two_pass``) gives the joint forward's values exactly, but its
-backward replaces the weak unlabeled rows' path through the BatchNorm statistics by a scaled
+The two-pass forward (``semimatch.training.two_pass``) gives the joint forward's values exactly,
+but its backward replaces the weak unlabeled rows' path through the BatchNorm statistics by a scaled
 copy of the weak *labeled* rows' path.  This script measures the error of that estimate on a
 FixMatch-style loss (cross-entropy on the labeled rows + confidence-weighted cross-entropy on
 the strong rows), in float64 so that nothing but the estimate differs, for the data cases the
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from semimatch.models.wrn import WideResNet
-from semimatch.two_pass import two_pass_forward
+from semimatch.training.two_pass import two_pass_forward
 
 CASES = ("same", "copies", "shifted", "small-B")
 

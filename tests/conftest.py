@@ -126,10 +126,10 @@ def run_folder() -> Callable[..., object]:
     """``run_folder(path, cfg=None, checkpoint=True)``: a run directory as a run writes it
     (config, split, dataset, metrics; a checkpoint of iteration 2), without training, on 20
     8x8 images of 4 classes (``from_arrays``, seed 0) with the split that labels them all."""
-    from semimatch import checkpoint as ckpt
     from semimatch.config import Config
     from semimatch.data import from_arrays, given_split
-    from semimatch.run import RunDir
+    from semimatch.runs import checkpoint as ckpt
+    from semimatch.runs.run import RunDir
 
     def make(path: Path, cfg: Config | None = None, checkpoint: bool = True) -> RunDir:
         rng = np.random.default_rng(0)

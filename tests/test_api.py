@@ -16,11 +16,11 @@ from semimatch.cli import main
 from semimatch.config import ConfigError
 from semimatch.data import ArraySource, balanced_split, from_arrays, load_dataset
 from semimatch.data.adapters import TorchImageSource, from_torch, to_hwc_uint8
-from semimatch.diagnostics import LABELED_PROBE
-from semimatch.metrics import read_jsonl
-from semimatch.resolve import resolve
-from semimatch.run import load_run
+from semimatch.runs.resolve import resolve
+from semimatch.runs.run import load_run
 from semimatch.sklearn import SemiSupervisedClassifier
+from semimatch.training.diagnostics import LABELED_PROBE
+from semimatch.training.metrics import read_jsonl
 
 # A tiny, fast digits recipe shared by the tests (8 labeled + 16 unlabeled images per step).
 TINY = dict(
@@ -218,7 +218,8 @@ def test_train_with_custom_augmentation_callables():
     # num_workers=0 keeps the callables in this process, so their counters are visible here.
     run = semimatch.train(weak_augment=weak, strong_augment=strong, num_workers=0, **TINY)
     k, b, mu = TINY["iterations"], TINY["batch_size"], TINY["uratio"]
-    # Each view also makes the labeled probe of the diagnostics once (semimatch.diagnostics).
+    # Each view also makes the labeled probe of the diagnostics once
+    # (semimatch.training.diagnostics).
     probe = min(LABELED_PROBE, TINY["num_labels"])
     assert weak.calls == k * (b + mu * b) + probe  # labeled + unlabeled weak views
     assert strong.calls == k * mu * b + probe

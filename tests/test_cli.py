@@ -19,8 +19,8 @@ from PIL import Image
 import semimatch
 from semimatch.api import predict
 from semimatch.cli import main
-from semimatch.metrics import read_jsonl
 from semimatch.presets import PRESETS
+from semimatch.training.metrics import read_jsonl
 
 TRAIN = [
     "train",
@@ -266,8 +266,8 @@ def test_resume_refuses_overrides(trained, capsys):
 def test_a_run_stopped_before_its_first_checkpoint_starts_again_as_its_refusal_says(
     tmp_path, capsys, monkeypatch
 ):
-    from semimatch.checkpoint import CheckpointError
-    from semimatch.state import TrainState
+    from semimatch.runs.checkpoint import CheckpointError
+    from semimatch.runs.state import TrainState
 
     def disk_full(*args, **kwargs):
         raise CheckpointError("disk full")
@@ -559,7 +559,7 @@ def test_sigterm_before_the_training_loop_exits_143_and_cleans_up(tmp_path, monk
         raise AssertionError("SIGTERM did not stop the command")
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("semimatch.engine.fit", starting)
+    monkeypatch.setattr("semimatch.runs.engine.fit", starting)
     before = signal.getsignal(signal.SIGTERM)
     assert main(["train", *QUICK]) == 143
     assert signal.getsignal(signal.SIGTERM) is before

@@ -14,8 +14,8 @@ from semimatch.config import Config, ConfigError, budget_momentum, load_preset
 from semimatch.data import from_arrays
 from semimatch.methods.consistency import SSLAlgorithm
 from semimatch.presets import PRESETS
-from semimatch.resolve import dataset_options, resolve
-from semimatch.two_pass import check_forward_mode
+from semimatch.runs.resolve import dataset_options, resolve
+from semimatch.training.two_pass import check_forward_mode
 
 
 def tiny_data(num_classes: int = 10, size: int = 32, channels: int = 3):
@@ -182,7 +182,7 @@ def test_default_training_is_the_papers_exact_gradient():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch, capsys, native):
-    from semimatch import resolve as resolution
+    from semimatch.runs import resolve as resolution
 
     monkeypatch.setattr(resolution, "native_bf16", lambda device: native)
     cfg = resolve(Config(num_labels=20, precision="auto"), tiny_data(), torch.device("cpu"))
@@ -230,7 +230,7 @@ def test_batch_defaults_follow_the_data_and_are_recorded():
 def test_fp32_by_default_says_once_what_bf16_measured_here(monkeypatch, capsys, native):
     """fp32 stays the default; where the CPU has native bf16 and fp32 is only the default, one
     status line (stderr) gives the measured factor. A precision chosen gets no line."""
-    from semimatch import resolve as resolution
+    from semimatch.runs import resolve as resolution
 
     monkeypatch.setattr(resolution, "native_bf16", lambda device: native)
     cpu = torch.device("cpu")
@@ -347,7 +347,7 @@ def test_user_values_are_never_overridden_by_auto():
 
 
 def test_incompatible_config_fails_before_training(tmp_path):
-    from semimatch.engine import fit
+    from semimatch.runs.engine import fit
 
     with pytest.raises(ConfigError, match="num_labels=40 cannot be split evenly over the 100"):
         resolve(Config(num_labels=40), tiny_data(100), torch.device("cpu"))

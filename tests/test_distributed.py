@@ -23,8 +23,8 @@ from semimatch import distributed as sd
 from semimatch.methods.alignment import UniformAlignment
 from semimatch.methods.registry import build_algorithm
 from semimatch.methods.softmatch import SoftMatchWeighting
-from semimatch.metrics import WindowSums
-from semimatch.step import train_step
+from semimatch.training.metrics import WindowSums
+from semimatch.training.step import train_step
 
 WORLD = 2
 C, D = 5, 6

@@ -255,12 +255,62 @@ def test_no_function_is_several_steps_in_one():
     )
 
 
+#: The layer packages whose every module the architecture page lists one by one.
+LAYERS = ("training", "runs")
+
+
 def test_the_architecture_page_names_every_module_of_the_package():
     page = (ROOT / "docs" / "development" / "architecture.md").read_text()
     section = page[page.index("## How it is built") :]
-    top = [p.name for p in SRC.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
-    missing = [name for name in top if name not in section]
+    files = [*SRC.glob("*.py"), *(p for layer in LAYERS for p in (SRC / layer).glob("*.py"))]
+    names = {p.name for p in files} - {"__init__.py", "__main__.py"}
+    packages = [f"{p.name}/" for p in SRC.iterdir() if (p / "__init__.py").exists()]
+    missing = [name for name in sorted(names) + packages if name not in section]
     assert not missing, f"docs/development/architecture.md does not mention {missing}"
+
+
+#: How high each part of the package sits: a module imports only from its own height or below.
+#: Top-level modules not named here are front doors (api, cli, sklearn, scoring, demo, flags).
+HEIGHT = {
+    **dict.fromkeys(["config", "presets", "errors", "log", "distributed"], 0),
+    **dict.fromkeys(["methods", "data", "models"], 0),
+    "training": 1,
+    "runs": 2,
+}
+FRONT = 3
+
+
+def height(module: str) -> int:
+    """The height of a dotted semimatch module (``semimatch`` itself, the public API: the top)."""
+    first = module.split(".")[1] if "." in module else ""
+    return HEIGHT.get(first, FRONT)
+
+
+def imported_modules(path: Path) -> Iterator[str]:
+    """Every semimatch module a file imports, at any depth (``from semimatch import log``
+    imports ``semimatch.log``; a name of ``semimatch/__init__.py`` imports ``semimatch``)."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.startswith("semimatch"))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if not node.module.startswith("semimatch"):
+                continue
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                yield sub if module_path(sub) else node.module
+
+
+def test_layers_import_only_downward():
+    upward = [
+        f"{path.relative_to(SRC)} imports {target}"
+        for path in modules()
+        for target in imported_modules(path)
+        if height(target) > height(module_name(path))
+    ]
+    assert not upward, (
+        "a layer imports only the layers below it (front doors -> runs/ -> training/ -> "
+        f"methods/, data/, models/ and the shared modules): {upward}"
+    )
 
 
 #: Folders of tests that mirror something other than a package of semimatch.
@@ -270,8 +320,8 @@ NOT_MIRRORS = {"helpers", "plugins", "benchmarks"}
 def module_under_test(test: Path) -> str | None:
     """The semimatch module a test file is named after, dotted from ``semimatch``: the longest
     module (or package) name that starts its name (``test_weighting_uda.py`` -> ``weighting.uda``
-    over ``weighting``; ``test_engine_text.py`` -> ``engine``). Where several modules share that
-    name, the one under the test's own folder; None when nothing (``test_torchrun.py``, a
+    over ``weighting``; ``test_engine_text.py`` -> ``runs.engine``). Where several modules share
+    that name, the one under the test's own folder; None when nothing (``test_torchrun.py``, a
     cross-cutting check) or several modules elsewhere match."""
     words = test.stem.removeprefix("test_").split("_")
     folder = ".".join(test.parent.relative_to(TESTS).parts)

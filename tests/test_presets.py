@@ -15,7 +15,7 @@ from semimatch.cli import main
 from semimatch.config import ConfigError, load_preset
 from semimatch.data.text_datasets import from_texts
 from semimatch.presets import PRESETS
-from semimatch.resolve import load_data, resolve
+from semimatch.runs.resolve import load_data, resolve
 
 #: The NLP presets (the names of USB's datasets, with aclImdb as imdb).
 NLP = sorted(n for n, p in PRESETS.items() if p.values.get("dataset") == "text")

@@ -19,6 +19,7 @@ from torch import nn
 
 from semimatch.data import FeatureViews
 from semimatch.models import MLP
+from semimatch.runs.run import Run
 from semimatch.sklearn import SemiSupervisedClassifier
 
 #: Settings small enough for dozens of fits in a test run (CPU, a few hundred ms each).
@@ -113,6 +114,12 @@ def test_fit_learns_attributes_and_pickles(digits_split):
     assert proba.shape == (360, 10) and np.allclose(proba.sum(axis=1), 1)
     again = pickle.loads(pickle.dumps(est))
     assert np.array_equal(again.predict_proba(X_te), proba)
+
+
+def test_an_estimator_pickled_before_the_run_module_moved_still_loads():
+    # Such a pickle names the fitted ``run_`` by its old module: ``semimatch.run.Run``.
+    old_reference = b"csemimatch.run\nRun\n."
+    assert pickle.loads(old_reference) is Run
 
 
 def test_same_random_state_same_model_and_none_draws_a_seed(digits_split):

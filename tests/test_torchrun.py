@@ -29,9 +29,9 @@ import torch
 from helpers import ddp_worker as worker
 from helpers.ddp import WORKER, load, steps, torchrun
 from semimatch.config import Config
-from semimatch.engine import fit
 from semimatch.errors import TrainingError
-from semimatch.metrics import read_jsonl
+from semimatch.runs.engine import fit
+from semimatch.training.metrics import read_jsonl
 
 CASES = ("bn", "nobn")
 K = worker.BASE["iterations"]

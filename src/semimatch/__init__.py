@@ -31,10 +31,16 @@ from semimatch.methods.fixmatch import FixedThreshold
 from semimatch.methods.registry import build_algorithm, methods, register_method
 from semimatch.methods.softmatch import SoftMatchWeighting
 from semimatch.presets import PRESETS
-from semimatch.run import Run, load_run
-from semimatch.step import train_step
+from semimatch.runs import run as _run_module
+from semimatch.runs.run import Run, load_run
+from semimatch.training.step import train_step
 
 __version__ = "0.1.0"
+
+# Estimators pickled before run.py moved into runs/ name their ``run_`` as ``semimatch.run.Run``:
+# that one old module name stays an alias of ``semimatch.runs.run`` so such pickles still load
+# (tests/test_sklearn.py). Pickles written now name ``semimatch.runs.run``.
+_sys.modules.setdefault("semimatch.run", _run_module)
 
 __all__ = [
     "PRESETS",

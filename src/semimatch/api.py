@@ -1,7 +1,7 @@
 """The Python front door: ``train``, ``load_run``, ``evaluate``, ``predict``.
 
 Same engine as the command line: ``train`` builds a ``Config`` (from a preset, a dict or keyword
-overrides) and calls ``semimatch.engine.fit``.
+overrides) and calls ``semimatch.runs.engine.fit``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from torch import nn
 from semimatch.config import Config, ConfigError, load_preset
 from semimatch.data import SSLDataset
 from semimatch.data.modalities import modality
-from semimatch.engine import fit
 from semimatch.methods.blocks import Weighting
 from semimatch.methods.consistency import SSLAlgorithm
-from semimatch.run import Run, load_run
+from semimatch.runs.engine import fit
+from semimatch.runs.run import Run, load_run
 
 __all__ = ["train", "make_config", "evaluate", "predict", "Augmentation"]
 

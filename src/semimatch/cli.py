@@ -234,7 +234,7 @@ def _new_run_dir(stem: str, command: str) -> Iterator[Path]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from semimatch.engine import fit
+    from semimatch.runs.engine import fit
 
     cfg = build_config(args)
     if args.resume not in (None, "auto"):  # --resume RUN_DIR: that run, in place
@@ -458,8 +458,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
-    from semimatch.checkpoint import CheckpointError
     from semimatch.errors import TrainingError
+    from semimatch.runs.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
     try:

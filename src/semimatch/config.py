@@ -40,7 +40,8 @@ __all__ = [
 ]
 
 
-#: How the step runs the model over (labeled, weak, strong); see ``semimatch.step.train_step``.
+#: How the step runs the model over (labeled, weak, strong); see
+#: ``semimatch.training.step.train_step``.
 ForwardMode = Literal["two-pass", "joint", "split"]
 
 

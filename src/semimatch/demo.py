@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from semimatch.config import Config, ConfigError
-from semimatch.engine import fit
 from semimatch.errors import TrainingError
 from semimatch.methods.registry import methods as registered
-from semimatch.run import RunDir
+from semimatch.runs.engine import fit
+from semimatch.runs.run import RunDir
 
 #: The default methods of the demo (registered names), in table order.
 DEFAULT_METHODS = ("supervised", "fixmatch", "softmatch")

@@ -113,7 +113,7 @@ def predict_parser(sub: Any) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from semimatch.api import evaluate
-    from semimatch.run import load_run
+    from semimatch.runs.run import load_run
 
     run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
     reading = {k: getattr(args, k) for k in ("text_column", "label_column", "header")}
@@ -144,7 +144,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from semimatch.api import predict
-    from semimatch.run import load_run
+    from semimatch.runs.run import load_run
 
     run = load_run(args.run_dir, checkpoint=args.checkpoint, device=args.device)
     mod = modality(run.info)

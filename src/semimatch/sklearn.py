@@ -5,7 +5,7 @@
     >>> clf.predict(X_test), clf.predict_proba(X_test), clf.score(X_test, y_test)
 
 ``fit`` builds a ``semimatch.Config`` from the estimator's parameters and calls
-``semimatch.train`` -> ``semimatch.engine.fit``, the same loop as the command line and the
+``semimatch.train`` -> ``semimatch.runs.engine.fit``, the same loop as the command line and the
 Python API, so the estimator, ``semimatch.train(...)`` and ``semimatch train ...`` give the same
 model for the same seed and settings.
 

@@ -11,8 +11,8 @@ import pytest
 
 from helpers.scripts import RESULTS, committed_mean_std, load_script
 from semimatch.config import Config
-from semimatch.metrics import read_jsonl
-from semimatch.start import RUNTIME_FIELDS
+from semimatch.runs.start import RUNTIME_FIELDS
+from semimatch.training.metrics import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,7 +18,7 @@ from helpers.text_fixtures import text_corpus, write_tiny_bert
 from semimatch.data.named import load_dataset
 from semimatch.data.text_views import DEFAULT_STRONG, STRONG_TEXT_VIEWS
 from semimatch.presets import PRESETS
-from semimatch.resolve import dataset_options, load_data, make_split, resolve
+from semimatch.runs.resolve import dataset_options, load_data, make_split, resolve
 
 pytest.importorskip("transformers")
 

@@ -23,7 +23,7 @@ from semimatch.cli import main
 from semimatch.config import Config, ConfigError
 from semimatch.data import from_features
 from semimatch.data.ctaugment import CTA_OPS, CTAParams, CTAugment, apply_pil, proximity
-from semimatch.resolve import resolve
+from semimatch.runs.resolve import resolve
 
 NAMES = [name for name, _ in CTA_OPS]
 BINS = dict(CTA_OPS)

@@ -1,4 +1,5 @@
-"""Train tiny runs with the public ``semimatch.engine.fit`` and dump per-step state (test helper).
+"""Train tiny runs with the public ``semimatch.runs.engine.fit`` and dump per-step state (test
+helper).
 
 Launched by ``helpers.ddp.torchrun`` (tests/test_torchrun*.py) under torchrun (one copy per
 rank), or imported and called in-process for the single-process reference.  The backbone is
@@ -29,10 +30,10 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from semimatch.config import Config
 from semimatch.data import SSLDataset, load_dataset
 from semimatch.distributed import get_rank
-from semimatch.engine import fit
 from semimatch.methods.consistency import SSLAlgorithm
 from semimatch.methods.registry import build_algorithm
 from semimatch.models import build_model
+from semimatch.runs.engine import fit
 
 # Global batch: 8 labeled + 2 x 16 unlabeled images per step, whatever the number of processes.
 # stat_momentum 0.5 makes the SoftMatch statistics follow the batches closely (a sharp test).

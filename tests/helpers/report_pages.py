@@ -1,7 +1,7 @@
 """Run folders for the report's tests and readers of what ``semimatch report`` writes.
 
 A real run trains on digits (``train_real_run``); the crashed / running / no-eval / no-test-set
-cases are written to the ``metrics.jsonl`` schema (``semimatch.metrics``) with
+cases are written to the ``metrics.jsonl`` schema (``semimatch.training.metrics``) with
 ``JsonlWriter`` (``write_synthetic_run``). ``parse`` reads the HTML (offline-safe: no external
 resource, no script) and its comparison table, ``assert_png`` a figure.
 """
@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 from semimatch.config import Config
-from semimatch.engine import fit
-from semimatch.metrics import JsonlWriter
+from semimatch.runs.engine import fit
+from semimatch.training.metrics import JsonlWriter
 
 C = 10
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from semimatch import checkpoint as ckpt
-from semimatch.metrics import read_jsonl
+from semimatch.runs import checkpoint as ckpt
+from semimatch.training.metrics import read_jsonl
 
 # A tiny, fast recipe: digits, 20 labels, 8 labeled + 16 unlabeled per step.
 TINY = dict(

@@ -12,7 +12,7 @@ from semimatch.config import Config, ConfigError, load_preset
 from semimatch.demo import run_demo
 from semimatch.methods.registry import build_algorithm, methods
 from semimatch.presets import PRESETS
-from semimatch.resolve import load_data, make_split, resolve
+from semimatch.runs.resolve import load_data, make_split, resolve
 
 CPU = torch.device("cpu")
 

@@ -27,7 +27,7 @@ import semimatch
 from semimatch.methods.consistency import Needs, SSLAlgorithm, StepOutputs, UnlabeledResult
 from semimatch.methods.fixmatch import FixedThreshold
 from semimatch.methods.registry import register_method
-from semimatch.step import StepInfo, train_step
+from semimatch.training.step import StepInfo, train_step
 
 PLUGIN = Path(__file__).parents[1] / "plugins" / "toy_method"
 SRC = Path(semimatch.__file__).parents[1]  # the semimatch under test, for the child processes
@@ -126,9 +126,9 @@ _API_SCRIPT = textwrap.dedent(
     import json, sys
     import numpy as np, torch
     from pathlib import Path
-    from semimatch import checkpoint as ckpt, engine
+    from semimatch.runs import checkpoint as ckpt, engine
     from semimatch.config import Config
-    from semimatch.engine import fit
+    from semimatch.runs.engine import fit
     from semimatch.errors import TrainingInterrupted
     from semimatch.report.lambdas import final_lambda
     from semimatch.report.runs import read_run

@@ -128,7 +128,7 @@ def test_annealed_labeled_loss_matches_the_oracle(schedule, mask):
 
 def test_annealing_is_the_method_s_labeled_loss_in_the_step():
     """The step adds the annealed labeled loss and logs it (sup_loss_sum)."""
-    from semimatch.step import StepInfo, train_step
+    from semimatch.training.step import StepInfo, train_step
 
     torch.manual_seed(0)
     model = torch.nn.Linear(6, 4)

@@ -187,7 +187,7 @@ def test_tokenizer_loads_offline(tiny_bert_dir: Path, no_network: None) -> None:
 
 def test_import_semimatch_does_not_import_transformers() -> None:
     code = (
-        "import sys, semimatch, semimatch.models, semimatch.recipe; "
+        "import sys, semimatch, semimatch.models, semimatch.training.recipe; "
         "print([m for m in ('transformers', 'tokenizers', 'safetensors') if m in sys.modules])"
     )
     out = subprocess.run(

@@ -2,7 +2,7 @@
 
 A real 12-iteration SoftMatch run on digits (and a supervised one) come from the engine; the
 crashed / running / no-eval / no-test-set cases are written to the metrics.jsonl schema
-(``semimatch.metrics``) with ``JsonlWriter`` (``helpers.report_pages``).  Set
+(``semimatch.training.metrics``) with ``JsonlWriter`` (``helpers.report_pages``).  Set
 SEMIMATCH_REPORT_EXAMPLE=DIR to keep a copy of the real run's report (for screenshots).
 """
 
@@ -25,8 +25,8 @@ from helpers.report_pages import (
     train_real_run,
     write_synthetic_run,
 )
-from semimatch.metrics import JsonlWriter, read_jsonl
 from semimatch.report import build_report, comparison_rows, format_row, read_run, run_status
+from semimatch.training.metrics import JsonlWriter, read_jsonl
 
 
 @pytest.fixture(scope="module")

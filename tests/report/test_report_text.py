@@ -16,10 +16,10 @@ from helpers.report_pages import assert_png, figures, parse
 from helpers.text_fixtures import write_text_corpus
 from semimatch.cli import main
 from semimatch.config import Config
-from semimatch.engine import fit
 from semimatch.report import read_run
 from semimatch.report.lambdas import final_lambda, num_classes
 from semimatch.report.runs import RunData
+from semimatch.runs.engine import fit
 
 pytest.importorskip("transformers")
 

@@ -5,8 +5,8 @@ view the unlabeled loss is computed on (the strong view for FixMatch/SoftMatch, 
 itself for Pseudo-Label), and the unlabeled loss weight ``lambda_u``; members of the family that
 need more say so as plain attributes (``pseudo_from``, ``soft_targets``, ``labeled_probs``,
 ``extra_loss``, ``warmup``/``end_warmup``, ``sample_indices``).  The training step
-(``semimatch.step.train_step``) reads only what every method has: ``needs`` (which views, the
-sample indices, the iteration), ``supervised_at`` and ``loss(outputs)``; a method that is not
+(``semimatch.training.step.train_step``) reads only what every method has: ``needs`` (which views,
+the sample indices, the iteration), ``supervised_at`` and ``loss(outputs)``; a method that is not
 this composition subclasses it (or provides the same members) and overrides those.
 """
 

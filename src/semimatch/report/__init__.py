@@ -2,9 +2,9 @@
 
 Shows the pseudo-label quantity/quality trade-off of the reference ("Pseudo-label quantity and
 quality": quantity ``f = mean w_i / lambda_max``, quality ``g = sum w_i 1[y_hat_i = y_i] /
-sum w_i``) as logged by the engine in ``metrics.jsonl`` (schema: ``semimatch.metrics``), next to the
-test error, the weighting function lambda(p) over the confidence histogram, per-class statistics,
-the final confusion matrix and a table comparing the runs.
+sum w_i``) as logged by the engine in ``metrics.jsonl`` (schema: ``semimatch.training.metrics``),
+next to the test error, the weighting function lambda(p) over the confidence histogram, per-class
+statistics, the final confusion matrix and a table comparing the runs.
 
 Works on finished, running and crashed runs: it reads whatever has been logged (a torn last line
 is skipped by ``read_jsonl``) and says in the HTML what is missing and why.  ``runs.py`` reads

@@ -98,8 +98,8 @@ def error_figure(figs: Figures, runs: list[RunData]) -> tuple[str, str] | None:
 
 
 def diagnostics_figure(figs: Figures, runs: list[RunData]) -> tuple[str, str] | None:
-    """``semimatch.diagnostics`` over training, overlaid: accuracy on the weak (solid) and the
-    strong (dashed) view of labeled samples, the share of pseudo-labels that changed class
+    """``semimatch.training.diagnostics`` over training, overlaid: accuracy on the weak (solid) and
+    the strong (dashed) view of labeled samples, the share of pseudo-labels that changed class
     since the last evaluation, and the error's swing (None when no run logged them)."""
     logged = [(i, r) for i, r in enumerate(runs) if series(r.evals, "lb_weak_acc")]
     if not logged:

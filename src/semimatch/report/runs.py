@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from semimatch.metrics import median_of_last, read_jsonl
-from semimatch.run import RunDir
+from semimatch.runs.run import RunDir
+from semimatch.training.metrics import median_of_last, read_jsonl
 
 __all__ = [
     "RunData",

@@ -1,0 +1,52 @@
+"""The run directory's layout (``RunDir``) and its dataset record."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from semimatch.runs import checkpoint as ckpt
+from semimatch.data import from_arrays
+from semimatch.errors import TrainingError
+from semimatch.runs.run import RunDir, load_dataset_info, save_dataset_info
+
+
+def tiny_data():
+    rng = np.random.default_rng(0)
+    return from_arrays(rng.integers(0, 256, (20, 8, 8, 1), dtype=np.uint8), np.arange(20) % 4)
+
+
+def test_the_layout_names_every_file_once(tmp_path, run_folder):
+    run_dir = run_folder(tmp_path / "run")
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert names == {"config.json", "split.json", "dataset.json", "metrics.jsonl", "checkpoints"}
+    assert run_dir.holds_run() and run_dir.latest_checkpoint().name == "ckpt-0000002.pt"
+    info = load_dataset_info(run_dir.dataset)
+    assert info == tiny_data().info
+    run_dir.clear()
+    assert not any((tmp_path / "run").iterdir())
+
+
+def test_dataset_info_round_trips(tmp_path):
+    info = tiny_data().info
+    save_dataset_info(info, tmp_path / "d.json")
+    assert load_dataset_info(tmp_path / "d.json") == info
+
+
+def test_a_failed_write_says_where_to_continue_from(tmp_path, run_folder):
+    run_dir = run_folder(tmp_path / "run", checkpoint=False)
+    again = f"--config {run_dir.config} --overwrite --out {run_dir.path}"
+    assert run_dir.resume_hint().endswith(f"`semimatch train {again}` starts it again")
+    run_dir.checkpoints.mkdir()
+    ckpt.save_atomic({"iteration": 4}, run_dir.checkpoints / ckpt.checkpoint_name(4))
+    assert run_dir.resume_hint().endswith("continues from ckpt-0000004.pt (iteration 4)")
+
+
+def test_a_finished_summary_that_cannot_be_written_says_the_checkpoint_is_safe(tmp_path):
+    run_dir = RunDir(tmp_path / "missing" / "run")
+    with pytest.raises(TrainingError, match="its last checkpoint is saved, but cannot write"):
+        run_dir.write_summary({"status": "finished"})
+    json.dumps({"device": str(torch.device("cpu"))})  # summaries hold primitives only
