@@ -1,7 +1,7 @@
 """Each method's step cost relative to FixMatch's, on the standard step, in one process.
 
-The iteration the engine runs (``semimatch.step.train_step``, backward, SGD step, weight EMA
-update) of WRN-28-2 on CIFAR-sized random images with pre-made weak/strong views (no data
+The iteration the engine runs (``semimatch.training.step.train_step``, backward, SGD step, weight
+EMA update) of WRN-28-2 on CIFAR-sized random images with pre-made weak/strong views (no data
 loading: the methods differ in the step, not in the data), interleaved round-robin over the
 methods so that a loaded machine slows every method alike; the median time per method and its
 ratio to FixMatch's.  Mean Teacher's teacher is the EMA (forwarded in train mode).
@@ -33,10 +33,10 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from semimatch.ema import ModelEMA
     from semimatch.methods.registry import build_algorithm
     from semimatch.models import InputNormalizer, build_model
-    from semimatch.step import StepInfo, train_step
+    from semimatch.training.ema import ModelEMA
+    from semimatch.training.step import StepInfo, train_step
 
     names = args.methods.split(",")
     torch.manual_seed(0)

@@ -18,15 +18,15 @@ from helpers.reference_impl import (
     squared_consistency_oracle,
 )
 from helpers.runs import TINY, assert_same_run
-from semimatch import checkpoint as ckpt
-from semimatch import engine
 from semimatch.cli import main
 from semimatch.config import Config
-from semimatch.engine import fit
 from semimatch.errors import TrainingInterrupted
 from semimatch.methods.registry import build_algorithm
 from semimatch.presets import PRESETS
-from semimatch.step import StepInfo, train_step
+from semimatch.runs import checkpoint as ckpt
+from semimatch.runs import engine
+from semimatch.runs.engine import fit
+from semimatch.training.step import StepInfo, train_step
 
 
 def _linear(W: np.ndarray, b: np.ndarray) -> torch.nn.Linear:  # noqa: N803
@@ -90,7 +90,7 @@ def test_without_a_teacher_it_is_refused():
 
 def test_a_run_without_the_ema_is_refused_before_it_starts():
     from semimatch.config import ConfigError
-    from semimatch.recipe import check_needs
+    from semimatch.training.recipe import check_needs
 
     with pytest.raises(ConfigError, match=r"--algorithm meanteacher .* --ema-decay > 0"):
         check_needs(build_algorithm("meanteacher", 3), "meanteacher", None, True)

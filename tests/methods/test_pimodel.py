@@ -12,7 +12,7 @@ from helpers.reference_impl import cross_entropy, rampup_oracle, softmax, square
 from semimatch.cli import main
 from semimatch.methods.registry import build_algorithm
 from semimatch.presets import PRESETS
-from semimatch.step import StepInfo, train_step
+from semimatch.training.step import StepInfo, train_step
 
 TRAIN = ["train", "--dataset", "digits", "--num-labels", "20", "--iterations", "2",
          "--eval-every", "2", "--log-every", "1", "--batch-size", "8", "--uratio", "2",

@@ -15,8 +15,8 @@ from semimatch.config import ConfigError
 from semimatch.data.modalities import modality
 from semimatch.methods.registry import build_algorithm
 from semimatch.presets import PRESETS
-from semimatch.recipe import check_needs
-from semimatch.step import StepInfo, train_step
+from semimatch.training.recipe import check_needs
+from semimatch.training.step import StepInfo, train_step
 
 
 @pytest.mark.parametrize(
