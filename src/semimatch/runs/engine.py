@@ -34,20 +34,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from semimatch.runs import checkpoint as ckpt
 from semimatch import distributed as dist
 from semimatch.config import Config, ConfigError
 from semimatch.data import SampleSource, Split, SSLBatch, SSLDataset, TrainStream
 from semimatch.data.ctaugment import CTAugment, probe_rates
 from semimatch.data.sources import SubsetSource
-from semimatch.training.diagnostics import Diagnostics
 from semimatch.distributed import DistEnv
 from semimatch.errors import TrainingError, TrainingInterrupted
-from semimatch.runs.hardware import select_device
 from semimatch.log import logger
-from semimatch.training.memory import is_out_of_memory, preflight
 from semimatch.methods.blocks import NonFiniteError
 from semimatch.methods.consistency import SSLAlgorithm
+from semimatch.runs import checkpoint as ckpt
+from semimatch.runs.hardware import select_device
+from semimatch.runs.records import Recorder, WriteFailed, eval_record, summary_line, train_record
+from semimatch.runs.resolve import load_data, prepare_data
+from semimatch.runs.run import Run, RunDir, make_summary
+from semimatch.runs.start import Resume, RunStart
+from semimatch.runs.state import TrainState
+from semimatch.training.diagnostics import Diagnostics
+from semimatch.training.memory import is_out_of_memory, preflight
 from semimatch.training.recipe import (
     Parts,
     autocast,
@@ -57,11 +62,6 @@ from semimatch.training.recipe import (
     process_state_restored,
     seed_everything,
 )
-from semimatch.runs.records import Recorder, WriteFailed, eval_record, summary_line, train_record
-from semimatch.runs.resolve import load_data, prepare_data
-from semimatch.runs.run import Run, RunDir, make_summary
-from semimatch.runs.start import Resume, RunStart
-from semimatch.runs.state import TrainState
 from semimatch.training.step import StepInfo, train_step
 from semimatch.training.two_pass import check_forward_mode
 

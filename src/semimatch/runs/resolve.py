@@ -23,9 +23,9 @@ from semimatch.data.modalities import Modality, check_config, modality
 from semimatch.data.modalities.base import Derive
 from semimatch.data.splits import balanced_split, fold_split, given_split, long_tailed_split
 from semimatch.data.text_datasets import TEXT_FILE_OPTIONS
-from semimatch.runs.hardware import fp32_hint, native_bf16
 from semimatch.log import logger, status
 from semimatch.methods.registry import methods
+from semimatch.runs.hardware import fp32_hint, native_bf16
 from semimatch.runs.validation import carve, check_validation, with_validation
 
 __all__ = [
