@@ -255,8 +255,8 @@ def test_no_function_is_several_steps_in_one():
     )
 
 
-#: The layer packages whose every module the architecture page lists one by one.
-LAYERS = ("training", "runs")
+#: The packages whose every module the architecture page lists one by one.
+LAYERS = ("training", "runs", "methods")
 
 
 def test_the_architecture_page_names_every_module_of_the_package():

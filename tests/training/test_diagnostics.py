@@ -113,13 +113,22 @@ def test_pseudo_label_flips_are_the_share_of_probed_samples_that_changed_class(c
 
 def test_the_error_swing_warns_only_above_the_noise_of_the_set_that_measures_it(capsys):
     diag, _ = _diagnostics()
-    history = {"errors": [0.30, 0.15]}
+    history = {"errors": [0.15, 0.30]}
     d = diag.measure(Switch(), history)
     assert d["error_swing"] == pytest.approx(0.15)
     diag.warn(d, history, done=90, n_sel=20)  # 15 points on 20 samples: 3 of them, noise
-    assert "error moved" not in capsys.readouterr().err
+    assert "error rose" not in capsys.readouterr().err
     diag.warn(d, history, done=90, n_sel=2000)
-    assert "error moved by 15.0%" in capsys.readouterr().err
+    assert "error rose by 15.0%" in capsys.readouterr().err
+
+
+def test_a_late_drop_of_the_error_is_learning_not_a_swing(capsys):
+    diag, _ = _diagnostics()
+    history = {"errors": [0.30, 0.15]}
+    d = diag.measure(Switch(), history)
+    assert d["error_swing"] == pytest.approx(0.15)  # logged either way
+    diag.warn(d, history, done=90, n_sel=2000)
+    assert "error rose" not in capsys.readouterr().err
     # With a validation set, the validation errors are the ones that swing.
     history = {"errors": [0.30, 0.15], "val_errors": [0.2, 0.2]}
     assert diag.measure(Switch(), history)["error_swing"] == 0.0

@@ -171,14 +171,17 @@ class Diagnostics:
         # Flips and swings compare two evaluations: both must be late, or a short run's first
         # comparison (its fast early learning) would read as instability.
         both_late = done - self.cfg.eval_every > self.cfg.iterations / 2
-        for key, message in self._troubles(diag, late, both_late, n_sel):
+        # Only a rise is trouble: a late drop of the error is a run still learning.
+        errors = history.get("val_errors") or history.get("errors") or []
+        rose = len(errors) >= 2 and None not in errors[-2:] and errors[-1] > errors[-2]
+        for key, message in self._troubles(diag, late, both_late, rose, n_sel):
             if key not in warned:
                 warned.append(key)
                 if self.rank == 0:
                     logger.warning(message)
 
     def _troubles(
-        self, d: dict[str, Any], late: bool, both_late: bool, n_sel: int
+        self, d: dict[str, Any], late: bool, both_late: bool, rose: bool, n_sel: int
     ) -> list[tuple[str, str]]:
         found = []
         weak, strong = d["lb_weak_acc"], d["lb_strong_acc"]
@@ -210,16 +213,20 @@ class Diagnostics:
                 )
             )
         swing = d["error_swing"]
-        if both_late and swing is not None and n_sel > 0:
+        if both_late and rose and swing is not None and n_sel > 0:
             errors_se = math.sqrt(0.25 / n_sel)  # the largest binomial standard error
             if swing > SWING and swing > SWING_SE * errors_se:
                 found.append(
                     (
                         "swing",
-                        f"the error moved by {swing:.1%} between two evaluations late in "
+                        f"the error rose by {swing:.1%} between two evaluations late in "
                         "training (error_swing in metrics.jsonl): prefer a checkpoint chosen "
-                        "on a validation set (--val-size) over the last one, and see lb_strong_"
-                        "acc and pl_flip for why",
+                        "on a validation set (--val-size) over the last one"
+                        + (
+                            ", and see lb_strong_acc and pl_flip for why"
+                            if self.uses_strong
+                            else ""
+                        ),
                     )
                 )
         return found
