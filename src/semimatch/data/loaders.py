@@ -37,6 +37,7 @@ processes prepare upcoming iterations while the model trains on the current one.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -291,6 +292,7 @@ class TrainStream:
         seed: int,
         use_unlabeled: bool = True,
         use_strong: bool | int = True,
+        strong_as_weak: bool = False,
         strong_variant: str = "fixmatch",
         augment: str | None = None,
         device: str | torch.device = "cpu",
@@ -330,6 +332,9 @@ class TrainStream:
         self.modality = modality(dataset.info)
         #: The weak/strong views (``views.batched``: applied in ``_finish``, else in workers).
         self.views = self._views(views, pad_frac, weak_augment, strong_augment)
+        if strong_as_weak:  # further weak views in the strong views' places (MixMatch's K = 2)
+            self.views = copy.copy(self.views)
+            self.views.strong = self.views.weak
         self._steps = _StepBatches(self)
         if self.use_unlabeled:  # e.g. UDA's TF-IDF statistics of the unlabeled texts
             fitted = self.views.fit(self._steps.pool())
