@@ -213,10 +213,10 @@ class Invert:
         return 255 - img
 
 
-def test_train_with_custom_augmentation_callables():
+def test_train_with_custom_view_callables():
     weak, strong = Shift(), Invert()
     # num_workers=0 keeps the callables in this process, so their counters are visible here.
-    run = semimatch.train(weak_augment=weak, strong_augment=strong, num_workers=0, **TINY)
+    run = semimatch.train(weak_view=weak, strong_view=strong, num_workers=0, **TINY)
     k, b, mu = TINY["iterations"], TINY["batch_size"], TINY["uratio"]
     # Each view also makes the labeled probe of the diagnostics once
     # (semimatch.training.diagnostics).
@@ -226,11 +226,16 @@ def test_train_with_custom_augmentation_callables():
     assert run.config.augment == "pil" and run.summary["status"] == "finished"
 
 
-def test_a_string_strong_augment_is_the_config_variant_and_a_non_callable_is_refused():
+def test_strong_augment_is_the_config_variant_and_views_are_the_callables():
     run = semimatch.train(strong_augment="usb", **{**TINY, "iterations": 1, "eval_every": 1})
     assert run.config.strong_augment == "usb"
-    with pytest.raises(ValueError, match="weak_augment must be a callable"):
-        semimatch.train(weak_augment=3, **TINY)
+    with pytest.raises(ValueError, match="weak_view must be a callable"):
+        semimatch.train(weak_view=3, **TINY)
+    # A callable under the config field's name is refused, naming the keyword it belongs to.
+    for arg, view in (("strong_augment", "strong_view"), ("weak_augment", "weak_view")):
+        with pytest.raises(ConfigError, match=f"pass your own callable as {view}=") as err:
+            semimatch.train(**{arg: Invert()}, **TINY)
+        assert "\n" not in str(err.value)
 
 
 # ----------------------------------------------------------------------------------------------

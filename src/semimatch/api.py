@@ -64,8 +64,8 @@ def train(
     model: nn.Module | None = None,
     weighting: Weighting | None = None,
     alignment: Weighting | None = None,
-    weak_augment: Augmentation | None = None,
-    strong_augment: Augmentation | str | None = None,
+    weak_view: Augmentation | None = None,
+    strong_view: Augmentation | None = None,
     **overrides: Any,
 ) -> Run:
     """Train a model; returns a ``Run`` with ``.model``, ``.ema_model``, ``.metrics``,
@@ -92,19 +92,17 @@ def train(
             ``custom:<class name>`` as its algorithm (summary.json, report, checkpoints); resume
             it by passing the same weighting again.
         alignment: an optional alignment to go with ``weighting`` (the same interface).
-        weak_augment: your own weak augmentation, a callable
+        weak_view: your own weak view, a callable
             ``(img: uint8 (H, W, C) array, rng: numpy.random.Generator) -> uint8 (H, W, C)``
             replacing the weak PIL pipeline (it forces ``augment="pil"``; draw all
             randomness from ``rng`` to keep runs reproducible).
-        strong_augment: your own strong augmentation (the same kind of callable, replacing the
-            strong PIL pipeline). A *string* ``strong_augment`` is
-            the config field of that name (the RandAugment variant, ``"fixmatch"`` or ``"usb"``).
+        strong_view: your own strong view (the same kind of callable, replacing the strong PIL
+            pipeline).  Not to be confused with the config field ``strong_augment``, the
+            built-in strong view's variant (a string, like every other override).
         **overrides: any ``Config`` field, applied over ``config`` or ``preset``.
     """
-    if isinstance(strong_augment, str):  # the config's RandAugment variant, not a callable
-        overrides["strong_augment"] = strong_augment
-        strong_augment = None
-    for arg, fn in (("weak_augment", weak_augment), ("strong_augment", strong_augment)):
+    _refuse_callable_variants(overrides)
+    for arg, fn in (("weak_view", weak_view), ("strong_view", strong_view)):
         if fn is not None and not callable(fn):
             raise ValueError(
                 f"{arg} must be a callable (img_hwc_uint8, rng) -> img_hwc_uint8; "
@@ -143,9 +141,22 @@ def train(
         data=data,
         model=model,
         algorithm=algorithm,
-        weak_augment=weak_augment,
-        strong_augment=strong_augment,
+        weak_view=weak_view,
+        strong_view=strong_view,
     )
+
+
+def _refuse_callable_variants(overrides: dict[str, Any]) -> None:
+    """A callable under ``strong_augment`` (the config's variant name) or ``weak_augment`` (no
+    config field) is a custom view: it belongs in ``strong_view=``/``weak_view=``."""
+    for arg, view in (("strong_augment", "strong_view"), ("weak_augment", "weak_view")):
+        if callable(overrides.get(arg)):
+            what = (
+                "strong_augment names the strong view's variant ('fixmatch', 'usb' or 'ctaugment')"
+                if arg == "strong_augment"
+                else "weak_augment is not a train() keyword"
+            )
+            raise ConfigError(f"{what}; pass your own callable as {view}=")
 
 
 def evaluate(

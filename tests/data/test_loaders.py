@@ -346,7 +346,7 @@ def test_feature_streams_refuse_image_pipelines(feats):
             batch_size=B,
             uratio=MU,
             seed=0,
-            weak_augment=lambda x, rng: x,
+            weak_view=lambda x, rng: x,
         )
 
 

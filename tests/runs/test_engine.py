@@ -27,10 +27,10 @@ from helpers.runs import (
     kill_after_first_checkpoint,
     stable,
 )
-from semimatch.runs import checkpoint as ckpt
 from semimatch.config import Config
-from semimatch.runs.engine import fit
 from semimatch.errors import TrainingError, TrainingInterrupted
+from semimatch.runs import checkpoint as ckpt
+from semimatch.runs.engine import fit
 from semimatch.training.metrics import read_jsonl
 
 

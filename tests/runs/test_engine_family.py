@@ -15,15 +15,15 @@ import torch
 
 import semimatch
 from helpers.runs import CLI, TINY, assert_same_run, kill_after_first_checkpoint
-from semimatch.runs import checkpoint as ckpt
-from semimatch.runs import engine
 from semimatch.cli import main
 from semimatch.config import Config
-from semimatch.runs.engine import fit
 from semimatch.errors import TrainingInterrupted
 from semimatch.methods.registry import build_algorithm
-from semimatch.training.metrics import read_jsonl
+from semimatch.runs import checkpoint as ckpt
+from semimatch.runs import engine
+from semimatch.runs.engine import fit
 from semimatch.sklearn import SemiSupervisedClassifier
+from semimatch.training.metrics import read_jsonl
 
 FAMILY = ("flexmatch", "freematch", "adamatch", "dash", "uda")
 SHORT = dict(TINY, iterations=6, eval_every=2, log_every=1, deterministic=True)

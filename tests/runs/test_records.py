@@ -7,9 +7,9 @@ import errno
 import pytest
 
 from semimatch.config import Config
-from semimatch.training.metrics import read_jsonl
 from semimatch.runs.records import Recorder, WriteFailed, summary_line
 from semimatch.runs.run import RunDir
+from semimatch.training.metrics import read_jsonl
 
 CFG = Config(tensorboard=False, progress=False, iterations=10)
 

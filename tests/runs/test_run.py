@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from semimatch.runs import checkpoint as ckpt
 from semimatch.data import from_arrays
 from semimatch.errors import TrainingError
+from semimatch.runs import checkpoint as ckpt
 from semimatch.runs.run import RunDir, load_dataset_info, save_dataset_info
 
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from semimatch.runs import checkpoint as ckpt
 from semimatch.config import Config
-from semimatch.training.ema import ModelEMA
 from semimatch.errors import TrainingError
 from semimatch.methods.registry import build_algorithm
+from semimatch.runs import checkpoint as ckpt
 from semimatch.runs.state import TrainState, read_checkpoint
+from semimatch.training.ema import ModelEMA
 
 CPU = torch.device("cpu")
 

@@ -1,5 +1,5 @@
-"""Honest selection (semimatch.runs.validation): a validation set chooses best.pt, the test set never
-does when one is given; without one the front doors load a checkpoint the test set did not
+"""Honest selection (semimatch.runs.validation): a validation set chooses best.pt, the test set
+never does when one is given; without one the front doors load a checkpoint the test set did not
 choose, and say what chose best.pt."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 
 import semimatch
 from helpers.text_fixtures import text_corpus
-from semimatch.runs.checkpoint import BEST, load
 from semimatch.cli import main
 from semimatch.config import Config, ConfigError
 from semimatch.data import FeatureSource, balanced_split, from_arrays, from_features, load_split
+from semimatch.runs.checkpoint import BEST, load
 from semimatch.runs.records import summary_line
 from semimatch.runs.resolve import load_data, make_split
 

@@ -44,7 +44,7 @@ def evals(run) -> list[dict]:
 
 
 def test_a_strong_view_that_destroys_the_label_is_warned_about_once(capsys):
-    run = semimatch.train(weak_augment=identity, strong_augment=blank, **TINY)
+    run = semimatch.train(weak_view=identity, strong_view=blank, **TINY)
     err = capsys.readouterr().err
     assert err.count("the strong view may destroy the label") == 1
     assert "--strong-augment" in err  # names what to try
@@ -53,7 +53,7 @@ def test_a_strong_view_that_destroys_the_label_is_warned_about_once(capsys):
 
 
 def test_an_identity_strong_view_keeps_the_label_and_is_not_warned_about(capsys):
-    run = semimatch.train(weak_augment=identity, strong_augment=identity, **TINY)
+    run = semimatch.train(weak_view=identity, strong_view=identity, **TINY)
     assert "destroy the label" not in capsys.readouterr().err
     records = evals(run)
     # The same view both times: the same predictions, the same accuracy.

@@ -14,7 +14,7 @@ torchvision convention; unlabeled datasets may also yield bare images) and turns
 
 The datasets should yield *un-augmented* images: in-memory conversion freezes one draw of any
 random transform. Augmentation belongs to the training stream (``semimatch.train(...,
-weak_augment=..., strong_augment=...)`` for custom callables).
+weak_view=..., strong_view=...)`` for custom callables).
 """
 
 from __future__ import annotations

@@ -276,7 +276,7 @@ class TrainStream:
 
     Views (:mod:`semimatch.data.views`): ``views`` if given, else ``dataset.views``, else the
     modality's defaults; for images ``augment`` (default ``"pil"``) picks the PIL per-image
-    pipelines (``weak_augment``/``strong_augment`` replace them) or the batched tensor ones.
+    pipelines (``weak_view``/``strong_view`` replace them) or the batched tensor ones.
     Feature vectors have batched views only (``augment`` defaults to ``"batched"``); text has
     per-sample views on token ids (``augment`` does not apply) and must be tokenized
     (:func:`semimatch.data.text.tokenize_dataset`).
@@ -302,8 +302,8 @@ class TrainStream:
         num_workers: int = 0,
         prefetch_factor: int = 2,
         pad_frac: float = 0.125,
-        weak_augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
-        strong_augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+        weak_view: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+        strong_view: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
         views: Views | None = None,
     ) -> None:
         self.dataset, self.split = dataset, split
@@ -331,7 +331,7 @@ class TrainStream:
         self.sample_shape = dataset.info.sample_shape
         self.modality = modality(dataset.info)
         #: The weak/strong views (``views.batched``: applied in ``_finish``, else in workers).
-        self.views = self._views(views, pad_frac, weak_augment, strong_augment)
+        self.views = self._views(views, pad_frac, weak_view, strong_view)
         if strong_as_weak:  # further weak views in the strong views' places (MixMatch's K = 2)
             self.views = copy.copy(self.views)
             self.views.strong = self.views.weak
@@ -384,7 +384,7 @@ class TrainStream:
                 info, self.augment, self.strong_variant, pad_frac, weak, strong
             )
         elif custom:
-            raise ValueError("weak_augment/strong_augment: pass them or views=, not both")
+            raise ValueError("weak_view/strong_view: pass them or views=, not both")
         if self.modality.ragged and views.batched:
             raise ValueError(f"{info.kind} data needs per-sample views (SampleViews)")
         return views.to(self.augment_device)

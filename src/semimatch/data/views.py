@@ -124,7 +124,7 @@ def image_views(
     if augment == "batched":
         if weak is not None or strong is not None:
             raise ValueError(
-                "weak_augment/strong_augment are per-image callables (img, rng) -> "
+                "weak_view/strong_view are per-image callables (img, rng) -> "
                 "img; they need augment='pil', not 'batched'"
             )
         from semimatch.data.batched_augment import BatchedStrongAugment, BatchedWeakAugment

@@ -34,20 +34,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from semimatch.runs import checkpoint as ckpt
 from semimatch import distributed as dist
 from semimatch.config import Config, ConfigError
 from semimatch.data import SampleSource, Split, SSLBatch, SSLDataset, TrainStream
 from semimatch.data.ctaugment import CTAugment, probe_rates
 from semimatch.data.sources import SubsetSource
-from semimatch.training.diagnostics import Diagnostics
 from semimatch.distributed import DistEnv
 from semimatch.errors import TrainingError, TrainingInterrupted
-from semimatch.runs.hardware import select_device
 from semimatch.log import logger
-from semimatch.training.memory import is_out_of_memory, preflight
 from semimatch.methods.blocks import NonFiniteError
 from semimatch.methods.consistency import SSLAlgorithm
+from semimatch.runs import checkpoint as ckpt
+from semimatch.runs.hardware import select_device
+from semimatch.runs.records import Recorder, WriteFailed, eval_record, summary_line, train_record
+from semimatch.runs.resolve import load_data, prepare_data
+from semimatch.runs.run import Run, RunDir, make_summary
+from semimatch.runs.start import Resume, RunStart
+from semimatch.runs.state import TrainState
+from semimatch.training.diagnostics import Diagnostics
+from semimatch.training.memory import is_out_of_memory, preflight
 from semimatch.training.recipe import (
     Parts,
     autocast,
@@ -57,17 +62,12 @@ from semimatch.training.recipe import (
     process_state_restored,
     seed_everything,
 )
-from semimatch.runs.records import Recorder, WriteFailed, eval_record, summary_line, train_record
-from semimatch.runs.resolve import load_data, prepare_data
-from semimatch.runs.run import Run, RunDir, make_summary
-from semimatch.runs.start import Resume, RunStart
-from semimatch.runs.state import TrainState
 from semimatch.training.step import StepInfo, train_step
 from semimatch.training.two_pass import check_forward_mode
 
 __all__ = ["fit"]
 
-#: A per-sample view callable ``(sample, rng) -> sample`` (``fit(weak_augment=...)``).
+#: A per-sample view callable ``(sample, rng) -> sample`` (``fit(weak_view=...)``).
 View = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
@@ -81,8 +81,8 @@ def fit(
     data: SSLDataset | None = None,
     model: nn.Module | None = None,
     algorithm: SSLAlgorithm | None = None,
-    weak_augment: View | None = None,
-    strong_augment: View | None = None,
+    weak_view: View | None = None,
+    strong_view: View | None = None,
 ) -> Run:
     """Train according to ``cfg``; write the run directory ``out`` (if given); return a ``Run``.
 
@@ -94,7 +94,7 @@ def fit(
     ``fit``; only rank 0 writes ``out``.
 
     ``data``, ``model`` and ``algorithm`` replace what the config would build (Python API);
-    ``weak_augment``/``strong_augment`` are per-image callables ``(img_hwc_uint8, rng) -> img``
+    ``weak_view``/``strong_view`` are per-image callables ``(img_hwc_uint8, rng) -> img``
     replacing the PIL pipelines (they run in loader workers, so ``augment`` must be ``pil`` or
     ``auto``).  The config still drives the recipe.
 
@@ -108,7 +108,7 @@ def fit(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed, cfg.deterministic)  # before the model draws its initial weights
-    views = (weak_augment, strong_augment)
+    views = (weak_view, strong_view)
     training = _set_up(start, cfg, env, device, data, model, algorithm, *views)
     return _finish(training, _train(training))
 
@@ -144,8 +144,8 @@ def _set_up(
     data: SSLDataset | None,
     model: nn.Module | None,
     algorithm: SSLAlgorithm | None,
-    weak_augment: View | None,
-    strong_augment: View | None,
+    weak_view: View | None,
+    strong_view: View | None,
 ) -> _Training:
     """Everything before the first iteration, built from the run ``start.open`` decides (its
     config, split and checkpoint).  What can refuse the run (resolution, split, model,
@@ -154,7 +154,7 @@ def _set_up(
     given_data = data is not None
     # Texts come tokenized for the config's encoder.
     data = load_data(cfg) if data is None else prepare_data(cfg, data)
-    custom_views = weak_augment is not None or strong_augment is not None
+    custom_views = weak_view is not None or strong_view is not None
     # Rank 0 alone reads the run directory and decides; every rank builds the run it decided
     # (or stops with the same error).
     run = dist.on_main(
@@ -179,7 +179,7 @@ def _set_up(
     # Rank 0 writes no checkpoint before the first collective of training, so the other ranks
     # read the one to resume from undisturbed.
     dist.on_main(run.claim, data.info, parts.net)
-    stream = _stream(data, split, cfg, parts.algorithm, device, env, weak_augment, strong_augment)
+    stream = _stream(data, split, cfg, parts.algorithm, device, env, weak_view, strong_view)
     if isinstance(stream.views.strong, CTAugment):  # state: checkpointed, resumed
         state.augmenter = stream.views.strong
     first, recorder = run.restore(state, device, env)
@@ -214,8 +214,8 @@ def _stream(
     algorithm: SSLAlgorithm,
     device: torch.device,
     env: DistEnv,
-    weak_augment: View | None,
-    strong_augment: View | None,
+    weak_view: View | None,
+    strong_view: View | None,
 ) -> TrainStream:
     """The seeded stream of batches: this rank's share of batch k, for every k."""
     return TrainStream(
@@ -234,8 +234,8 @@ def _stream(
         rank=env.rank,
         world_size=env.world_size,
         num_workers=cfg.num_workers,
-        weak_augment=weak_augment,
-        strong_augment=strong_augment,
+        weak_view=weak_view,
+        strong_view=strong_view,
     )
 
 

@@ -14,16 +14,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from semimatch.runs import checkpoint as ckpt
 from semimatch.config import Config
 from semimatch.data import SampleSource, SSLDataset
-from semimatch.training.diagnostics import Diagnostics
 from semimatch.errors import TrainingError
-from semimatch.training.evaluation import evaluate_model, lambda_curve
 from semimatch.log import logger
-from semimatch.training.metrics import JsonlWriter, median_of_last, read_jsonl, summarize
+from semimatch.runs import checkpoint as ckpt
 from semimatch.runs.run import RunDir
 from semimatch.runs.state import TrainState
+from semimatch.training.diagnostics import Diagnostics
+from semimatch.training.evaluation import evaluate_model, lambda_curve
+from semimatch.training.metrics import JsonlWriter, median_of_last, read_jsonl, summarize
 from semimatch.training.step import CONF_BINS
 
 __all__ = ["Recorder", "WriteFailed", "eval_record", "summary_line", "train_record"]

@@ -23,9 +23,9 @@ from semimatch.data.modalities import Modality, check_config, modality
 from semimatch.data.modalities.base import Derive
 from semimatch.data.splits import balanced_split, fold_split, given_split, long_tailed_split
 from semimatch.data.text_datasets import TEXT_FILE_OPTIONS
-from semimatch.runs.hardware import fp32_hint, native_bf16
 from semimatch.log import logger, status
 from semimatch.methods.registry import methods
+from semimatch.runs.hardware import fp32_hint, native_bf16
 from semimatch.runs.validation import carve, check_validation, with_validation
 
 __all__ = [
@@ -47,14 +47,14 @@ def resolve(
     Each derived value is recorded in ``cfg.auto`` with the reason, so the saved config shows it.
     Options the algorithm does not take are refused here; their values are checked where it
     is built (``recipe.build_parts``).
-    ``custom_views``: the caller passed its own per-sample view callables (``fit(weak_augment=,
-    strong_augment=)``), which run in loader workers: ``augment`` must be ``pil`` (or auto).
+    ``custom_views``: the caller passed its own per-sample view callables (``fit(weak_view=,
+    strong_view=)``), which run in loader workers: ``augment`` must be ``pil`` (or auto).
     """
     cfg = cfg.replace()  # a validated copy
     auto: dict[str, str] = dict(cfg.auto)
     if custom_views and cfg.augment == "batched":
         raise ConfigError(
-            "custom weak_augment/strong_augment are per-image callables; they "
+            "custom weak_view/strong_view are per-image callables; they "
             "need augment='pil' (or 'auto'), not 'batched'"
         )
     if cfg.strong_augment == "ctaugment" and (custom_views or cfg.augment == "pil"):

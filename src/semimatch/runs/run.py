@@ -19,20 +19,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from semimatch.runs import checkpoint as ckpt
 from semimatch.config import Config
 from semimatch.data import DATASETS, DatasetInfo, Split, SSLDataset, to_model_input
 from semimatch.data.modalities import modality
 from semimatch.data.splits import save_split
 from semimatch.errors import TrainingError
-from semimatch.training.evaluation import evaluate_model, pad_rows
-from semimatch.runs.hardware import select_device
 from semimatch.log import logger
 from semimatch.methods.consistency import SSLAlgorithm
-from semimatch.training.metrics import JsonlWriter, median_of_last, read_jsonl
-from semimatch.training.recipe import build_parts
+from semimatch.runs import checkpoint as ckpt
+from semimatch.runs.hardware import select_device
 from semimatch.runs.resolve import load_data
 from semimatch.runs.state import TrainState, read_checkpoint
+from semimatch.training.evaluation import evaluate_model, pad_rows
+from semimatch.training.metrics import JsonlWriter, median_of_last, read_jsonl
+from semimatch.training.recipe import build_parts
 
 __all__ = ["Run", "RunDir", "load_dataset_info", "load_run", "make_summary", "save_dataset_info"]
 

@@ -20,7 +20,6 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from semimatch.runs import checkpoint as ckpt
 from semimatch.config import Config, ConfigError
 from semimatch.data import DatasetInfo, Split, SSLDataset
 from semimatch.data.modalities import modality
@@ -28,6 +27,7 @@ from semimatch.data.splits import load_split, split_summary
 from semimatch.distributed import DistEnv
 from semimatch.errors import TrainingError
 from semimatch.log import logger
+from semimatch.runs import checkpoint as ckpt
 from semimatch.runs.records import Recorder
 from semimatch.runs.resolve import check_runtime, given_data_config, make_split, resolve
 from semimatch.runs.run import RunDir

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from semimatch.runs import checkpoint as ckpt
 from semimatch.config import Config
-from semimatch.training.ema import ModelEMA
 from semimatch.errors import TrainingError
 from semimatch.methods.consistency import SSLAlgorithm
+from semimatch.runs import checkpoint as ckpt
+from semimatch.training.ema import ModelEMA
 from semimatch.training.metrics import WindowSums
 
 __all__ = ["SavedCheckpoint", "TrainState", "read_checkpoint"]

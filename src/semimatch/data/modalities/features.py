@@ -49,7 +49,7 @@ class FeatureModality(Modality):
     ) -> Views:
         if weak is not None or strong is not None:
             raise ValueError(
-                "weak_augment/strong_augment are per-image callables; feature vectors have "
+                "weak_view/strong_view are per-image callables; feature vectors have "
                 "batched views: pass them with the data (from_features(weak_noise=...)) or views="
             )
         return FeatureViews()

@@ -35,7 +35,7 @@ class ImageModality(Modality):
     channels_last = True
     layout = "(H, W, C)"
     milder_strong_view: ClassVar[str] = (
-        "try --strong-augment usb or a milder strong_augment= view (Python), e.g. one "
+        "try --strong-augment usb or a milder view as strong_view= (Python), e.g. one "
         "without the transforms that change your images' class"
     )
 
