@@ -279,7 +279,8 @@ class TrainStream:
     pipelines (``weak_view``/``strong_view`` replace them) or the batched tensor ones.
     Feature vectors have batched views only (``augment`` defaults to ``"batched"``); text has
     per-sample views on token ids (``augment`` does not apply) and must be tokenized
-    (:func:`semimatch.data.text.tokenize_dataset`).
+    (:func:`semimatch.data.text.tokenize_dataset`).  ``strong_as_weak``: the ``use_strong``
+    views are drawn with the weak view (MixMatch's second weak view; their own seeds).
     """
 
     def __init__(
