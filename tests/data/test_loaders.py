@@ -368,3 +368,14 @@ def test_eval_batches_of_feature_vectors(feats):
             np.testing.assert_array_equal(y.numpy(), feats.test.labels[i.numpy()])
             seen += i.tolist()
     assert sorted(seen) == list(range(9))
+
+
+def test_strong_as_weak_draws_the_strong_places_with_the_weak_view(rgb, split):
+    """MixMatch's second weak view: the ``use_strong`` views come from the weak pipeline."""
+    weak = lambda x, rng: np.full_like(x, 7)  # noqa: E731
+    strong = lambda x, rng: np.full_like(x, 200)  # noqa: E731
+    b = _stream(rgb, split, augment="pil", weak_view=weak, strong_view=strong).batch(0)
+    assert int(b.u_strong.max()) == 200
+    b = _stream(rgb, split, augment="pil", weak_view=weak, strong_view=strong,
+                strong_as_weak=True).batch(0)  # fmt: skip
+    assert int(b.u_strong.max()) == 7 and b.u_strong.shape == b.u_weak.shape

@@ -598,3 +598,28 @@ def vat_linear_oracle(W, b, x, d, xi: float, eps: float) -> float:  # noqa: N803
     g = (softmax((x + r) @ W.T + b) - p) @ W / n
     r_adv = eps * g / np.linalg.norm(g, axis=1, keepdims=True)
     return kl_oracle(z, (x + r_adv) @ W.T + b)
+
+
+# --- MixMatch (Berthelot et al. 2019, Algorithm 1 and Eqs. 2-5) ---------------------------------
+
+
+def mixmatch_linear_oracle(W, b, x_lb, y_lb, views, lam, perm, T, lambda_u, ramp) -> float:  # noqa: N803
+    """MixMatch's loss for the linear model ``z = x W^T + b``, with the MixUp draw given.
+
+    ``q = Sharpen(mean_k softmax(z(u_k)), T)``; ``X = (x_lb, one_hot(y))``, ``U = ((u_k, q))_k``;
+    ``W = cat(X, U)[perm]``; ``l' = lam``: ``X' = l' X + (1 - l') W[:B]``, ``U' = l' U + (1 -
+    l') W[B:]``; ``L = mean_{X'} H(p, softmax z) + lambda_u ramp (1/(C |U'|)) sum ||q' -
+    softmax z||^2``."""
+    W, b = np.asarray(W, dtype=np.float64), np.asarray(b, dtype=np.float64)  # noqa: N806
+    c = W.shape[0]
+    probs = [softmax(np.asarray(u, dtype=np.float64) @ W.T + b) for u in views]
+    q = sharpen_oracle(sum(probs) / len(probs), T)
+    onehot = np.eye(c)[np.asarray(y_lb)]
+    x = np.concatenate([np.asarray(x_lb, dtype=np.float64), *map(np.asarray, views)])
+    t = np.concatenate([onehot, *([q] * len(views))])
+    x_mix, t_mix = lam * x + (1 - lam) * x[perm], lam * t + (1 - lam) * t[perm]
+    p = softmax(x_mix @ W.T + b)
+    n = len(y_lb)
+    sup = float(np.mean(-(t_mix[:n] * np.log(p[:n])).sum(axis=1)))
+    unsup = float(np.mean((p[n:] - t_mix[n:]) ** 2))
+    return sup + lambda_u * ramp * unsup

@@ -37,6 +37,7 @@ processes prepare upcoming iterations while the model trains on the current one.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -278,7 +279,8 @@ class TrainStream:
     pipelines (``weak_view``/``strong_view`` replace them) or the batched tensor ones.
     Feature vectors have batched views only (``augment`` defaults to ``"batched"``); text has
     per-sample views on token ids (``augment`` does not apply) and must be tokenized
-    (:func:`semimatch.data.text.tokenize_dataset`).
+    (:func:`semimatch.data.text.tokenize_dataset`).  ``strong_as_weak``: the ``use_strong``
+    views are drawn with the weak view (MixMatch's second weak view; their own seeds).
     """
 
     def __init__(
@@ -291,6 +293,7 @@ class TrainStream:
         seed: int,
         use_unlabeled: bool = True,
         use_strong: bool | int = True,
+        strong_as_weak: bool = False,
         strong_variant: str = "fixmatch",
         augment: str | None = None,
         device: str | torch.device = "cpu",
@@ -330,6 +333,9 @@ class TrainStream:
         self.modality = modality(dataset.info)
         #: The weak/strong views (``views.batched``: applied in ``_finish``, else in workers).
         self.views = self._views(views, pad_frac, weak_view, strong_view)
+        if strong_as_weak:  # further weak views in the strong views' places (MixMatch's K = 2)
+            self.views = copy.copy(self.views)
+            self.views.strong = self.views.weak
         self._steps = _StepBatches(self)
         if self.use_unlabeled:  # e.g. UDA's TF-IDF statistics of the unlabeled texts
             fitted = self.views.fit(self._steps.pool())

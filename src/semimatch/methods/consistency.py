@@ -48,6 +48,12 @@ class Needs:
     iteration: bool = False
     teacher: bool = False
     model: bool = False
+    #: The strong views are drawn with the weak augmentation (MixMatch's K = 2 weak views, as
+    #: USB's MixMatch dataset gives them).
+    strong_as_weak: bool = False
+    #: False: the method forwards the model itself (``own_step``; MixMatch forwards mixed
+    #: inputs), the step only hands it the views.
+    forward: bool = True
 
 
 @dataclass

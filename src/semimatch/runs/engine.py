@@ -226,6 +226,7 @@ def _stream(
         seed=cfg.seed,
         use_unlabeled=algorithm.uses_unlabeled,
         use_strong=algorithm.needs.strong_views,
+        strong_as_weak=algorithm.needs.strong_as_weak,
         strong_variant=cfg.strong_augment,
         augment=cfg.augment,
         device=device,
@@ -393,7 +394,7 @@ def _step(t: _Training, batch: SSLBatch, k: int) -> None:
                 _strong_views(batch, fmt),
                 batch.u_true,
                 forward_mode=cfg.forward_mode,
-                info=StepInfo(k, batch.u_idx, cfg.iterations, _teacher(state)),
+                info=StepInfo(k, batch.u_idx, cfg.iterations, _teacher(state), cfg.seed),
             )
     except NonFiniteError:  # the weak-view probabilities are already NaN
         raise _NonFinite(k) from None

@@ -125,8 +125,8 @@ def check_needs(algorithm: Any, name: str, ema: ModelEMA | None, continuous: boo
         )
     if getattr(needs, "model", False) and not continuous:
         raise ConfigError(
-            f"--algorithm {name} perturbs the inputs and cannot run on token ids (texts); pick "
-            "another --algorithm"
+            f"--algorithm {name} perturbs or mixes the inputs and cannot run on token ids "
+            "(texts); pick another --algorithm"
         )
 
 

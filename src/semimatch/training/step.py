@@ -44,12 +44,14 @@ class StepInfo:
     (``SSLBatch.u_idx``, global under torchrun; FlexMatch's per-sample memory).
     ``iterations``: the iteration budget (a ramp-up's length is a share of it).  ``teacher``: the
     weight EMA's model, for a method whose ``needs.teacher`` asks for its logits (Mean Teacher).
+    ``seed``: the run's seed, for a method that draws its own randomness (MixMatch's MixUp).
     """
 
     iteration: int | None = None
     u_idx: torch.Tensor | None = None
     iterations: int | None = None
     teacher: nn.Module | None = None
+    seed: int | None = None
 
 
 def train_step(
@@ -103,6 +105,10 @@ def train_step(
         sup_loss = F.cross_entropy(logits_lb.float(), y_lb)
         return sup_loss, metric_sums(algorithm, logits_lb, y_lb, sup_loss, None)
     strong = _strong_views(algorithm, u_weak, u_strong)
+    if not algorithm.needs.forward:  # the method forwards the model itself (MixMatch)
+        logits_lb, loss, unlabeled = algorithm.own_step(model, x_lb, y_lb, u_weak, strong, info)
+        sup_loss = unlabeled.sup_loss if unlabeled.sup_loss is not None else loss
+        return loss, metric_sums(algorithm, logits_lb, y_lb, sup_loss, unlabeled, u_true)
     logits_lb, logits_weak, student = _forward(model, x_lb, u_weak, strong, forward_mode)
     sup_loss = F.cross_entropy(logits_lb.float(), y_lb)
     out = StepOutputs(logits_lb, y_lb, sup_loss, logits_weak, student, info.u_idx, info.iteration)
