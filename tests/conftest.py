@@ -6,6 +6,7 @@ CIFAR pickle layout, IDX files, image folders) without downloads.
 
 from __future__ import annotations
 
+import logging
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -143,3 +144,13 @@ def run_folder() -> Callable[..., object]:
         return run_dir
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def restore_the_semimatch_log_level():
+    """A test that quiets the ``semimatch`` logger must not silence the tests after it (their
+    stdout checks read its INFO lines): the level is put back after every test."""
+    logger = logging.getLogger("semimatch")
+    level = logger.level
+    yield
+    logger.setLevel(level)

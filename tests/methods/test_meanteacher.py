@@ -132,10 +132,10 @@ def _stop_after(monkeypatch, iteration: int) -> None:
 
 
 @pytest.mark.slow
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, caplog):
     """The teacher (the EMA) and the ramp-up resume exactly: the same final state as an
     uninterrupted run."""
-    logging.getLogger("semimatch").setLevel(logging.WARNING)
+    caplog.set_level(logging.WARNING, logger="semimatch")  # quiet, restored after the test
     cfg = Config(**TINY, algorithm="meanteacher", iterations=6, eval_every=2, log_every=1,
                  deterministic=True, unsup_warmup=0.5, ema_decay=0.9)  # fmt: skip
     ref, run = tmp_path / "ref", tmp_path / "run"

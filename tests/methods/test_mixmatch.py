@@ -136,10 +136,10 @@ def test_a_short_run_from_the_command_line(tmp_path):
     assert trains and all(np.isfinite(r["loss"]) for r in trains)
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, caplog):
     """The MixUp draws and the ramp-up resume exactly: the same final state as an
     uninterrupted run."""
-    logging.getLogger("semimatch").setLevel(logging.WARNING)
+    caplog.set_level(logging.WARNING, logger="semimatch")  # quiet, restored after the test
     cfg = Config(**TINY, algorithm="mixmatch", iterations=6, eval_every=2, log_every=1,
                  deterministic=True, unsup_warmup=0.5)  # fmt: skip
     ref, run = tmp_path / "ref", tmp_path / "run"
