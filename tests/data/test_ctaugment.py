@@ -5,7 +5,6 @@ refusals, and a CLI run whose resume equals the uninterrupted run."""
 
 from __future__ import annotations
 
-import datetime
 import os
 import subprocess
 import sys
@@ -15,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import semimatch
+from helpers.gloo import run_on_gloo
 from semimatch.cli import main
 from semimatch.config import Config, ConfigError
 from semimatch.data import from_features
@@ -186,19 +184,11 @@ def test_rates_round_trip_through_a_state_dict_and_drive_the_views() -> None:
     assert not torch.equal(fresh, same[0])  # the rates change which bins are drawn
 
 
-def _gloo_worker(rank: int, store: str, out: str, ops, args, prox) -> None:  # noqa: ANN001
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{store}", rank=rank, world_size=2,
-        timeout=datetime.timedelta(seconds=30),
-    )  # fmt: skip
-    try:
-        aug = CTAugment((8, 8), hflip=False)
-        half = slice(rank * 16, (rank + 1) * 16)
-        aug.update(ops[half], args[half], prox[half])  # each rank its own probe results
-        torch.save(aug.rates, Path(out) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _rates_after_half(rank: int, ops, args, prox) -> torch.Tensor:  # noqa: ANN001
+    aug = CTAugment((8, 8), hflip=False)
+    half = slice(rank * 16, (rank + 1) * 16)
+    aug.update(ops[half], args[half], prox[half])  # each rank its own probe results
+    return aug.rates
 
 
 def test_two_gloo_processes_hold_the_rates_of_one(tmp_path: Path) -> None:
@@ -206,14 +196,10 @@ def test_two_gloo_processes_hold_the_rates_of_one(tmp_path: Path) -> None:
     aug = CTAugment((8, 8), hflip=False)
     ops, args = aug.sample_policy(32, gen, probe=True)
     prox = torch.rand(32, generator=gen)
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(
-        _gloo_worker, args=(str(tmp_path / "store"), str(tmp_path), ops, args, prox),
-        nprocs=2, join=True, start_method=method,
-    )  # fmt: skip
+    ranks = run_on_gloo(_rates_after_half, tmp_path, ops, args, prox)
     aug.update(ops, args, prox)  # one process, all results in rank order
-    for rank in (0, 1):
-        assert torch.equal(torch.load(tmp_path / f"rank{rank}.pt"), aug.rates)
+    for rates in ranks:
+        assert torch.equal(rates, aug.rates)
 
 
 CLI = ["train", "--dataset", "digits", "--algorithm", "fixmatch", "--num-labels", "20"]

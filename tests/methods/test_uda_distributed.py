@@ -3,14 +3,10 @@ paper's mean over the rows kept counts the rows every process keeps (DDP average
 
 from __future__ import annotations
 
-import datetime
-from pathlib import Path
-
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from helpers.gloo import run_on_gloo
 from semimatch.methods.uda import uda
 
 WORLD = 2
@@ -43,28 +39,9 @@ def run(rank: int | None) -> list[dict]:
     return out
 
 
-def _worker(rank: int, store: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{store}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=datetime.timedelta(seconds=30),
-    )
-    try:
-        torch.save(run(rank), Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_processes_anneal_as_one_on_the_global_batch(tmp_path):
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(
-        _worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, start_method=method
-    )
+    ranks = run_on_gloo(run, tmp_path, world=WORLD)
     reference = run(None)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for ref, r0, r1 in zip(reference, *ranks, strict=True):
         if ref["mask"] == "usb":  # a mean over all rows: equal shards only (USB's B per rank)
             continue

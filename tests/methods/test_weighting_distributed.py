@@ -7,14 +7,11 @@ indices repeat across ranks (rank order decides which row wins, as in the concat
 
 from __future__ import annotations
 
-import datetime
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from helpers.gloo import run_on_gloo
 from helpers.reference_impl import random_probs
 from semimatch import distributed as sd
 from semimatch.methods.adamatch import AdaMatchThreshold
@@ -82,35 +79,13 @@ def run(rank: int | None) -> dict:
     return {"history": history}
 
 
-def _worker(rank: int, store: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{store}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=datetime.timedelta(seconds=30),
-    )
-    try:
-        torch.save(run(rank), Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_processes_match_one_process_on_the_concatenated_batch(tmp_path):
     assert not dist.is_initialized()
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(
-        _worker,
-        args=(str(tmp_path / "store"), str(tmp_path)),
-        nprocs=WORLD,
-        join=True,
-        start_method=method,
-    )
+    results = run_on_gloo(run, tmp_path, world=WORLD)
     reference = run(None)
     data = global_data()
     for rank in range(WORLD):
-        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        got = results[rank]
         for k, (mine, ref) in enumerate(zip(got["history"], reference["history"], strict=True)):
             assert set(mine) == set(ref)
             for key, want in ref.items():
