@@ -54,6 +54,10 @@ class Needs:
     #: False: the method forwards the model itself (``own_step``; MixMatch forwards mixed
     #: inputs), the step only hands it the views.
     forward: bool = True
+    #: The backbone's features of every row (``StepOutputs.feats_*``) and the method's heads
+    #: (``StepOutputs.heads``): the method has ``make_heads(num_features) -> nn.Module``, which
+    #: ``semimatch.methods.heads.attach_heads`` hangs on the model (CoMatch's projection).
+    features: bool = False
 
 
 @dataclass
@@ -65,6 +69,9 @@ class StepOutputs:
     ``logits_student``: one (with gradient) per strong view, or the weak view's own logits
     when the method needs no strong view; ``u_idx``/``iteration``/``iterations`` (the budget)/
     ``logits_teacher``/``model``/``u_weak``: as the method's ``needs`` say (else possibly None).
+    With ``needs.features``: ``feats_lb`` (with gradient), ``feats_weak`` (detached, as the
+    weak logits) and ``feats_student`` (one per student view, with gradient) are the rows'
+    feature vectors, and ``heads`` the method's heads on the model.
     """
 
     logits_lb: torch.Tensor
@@ -78,6 +85,10 @@ class StepOutputs:
     logits_teacher: torch.Tensor | None = None
     model: nn.Module | None = None
     u_weak: torch.Tensor | None = None
+    feats_lb: torch.Tensor | None = None
+    feats_weak: torch.Tensor | None = None
+    feats_student: tuple[torch.Tensor, ...] | None = None
+    heads: nn.Module | None = None
 
     def global_sup_loss(self) -> torch.Tensor:
         """The mean labeled loss over every process's rows (all-reduced under torchrun)."""

@@ -23,6 +23,7 @@ from semimatch.config import Config, ConfigError
 from semimatch.data import DatasetInfo, wrap_model
 from semimatch.data.modalities import modality
 from semimatch.methods.consistency import SSLAlgorithm
+from semimatch.methods.heads import attach_heads, feature_layer, num_features
 from semimatch.methods.registry import build_algorithm
 from semimatch.models import InputNormalizer, ResizeInput, set_bn_momentum
 from semimatch.models.pretrained import InputSpec
@@ -109,15 +110,27 @@ def build_parts(
         name = "custom"
     if training and cfg.sync_bn and dist.is_distributed():
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    if getattr(getattr(algorithm, "needs", None), "features", False):
+        # The method's heads on the features: before the EMA copies the model and the
+        # optimiser and DDP see its parameters.
+        layer = feature_layer(net, info.num_classes)
+        attach_heads(net, algorithm.make_heads(num_features(layer)).to(device), info.num_classes)
     ema = ModelEMA(net, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay else None
-    check_needs(algorithm, name, ema, modality(info).continuous)
+    check_needs(algorithm, name, ema, modality(info).continuous, cfg)
     return Parts(net, ema, algorithm, name)
 
 
-def check_needs(algorithm: Any, name: str, ema: ModelEMA | None, continuous: bool) -> None:
+def check_needs(
+    algorithm: Any, name: str, ema: ModelEMA | None, continuous: bool, cfg: Config | None = None
+) -> None:
     """Refuse a method whose ``needs`` this run cannot give: a teacher without the weight EMA,
-    input perturbations on token ids."""
+    input perturbations on token ids, features without the joint forward."""
     needs = getattr(algorithm, "needs", None)
+    if getattr(needs, "features", False) and cfg is not None and cfg.forward_mode != "joint":
+        raise ConfigError(
+            f"--algorithm {name} reads the backbone's features of the joint forward; pass "
+            f"--forward-mode joint (not {cfg.forward_mode})"
+        )
     if getattr(needs, "teacher", False) and ema is None:
         raise ConfigError(
             f"--algorithm {name} takes its teacher from the weight EMA: pass --ema-decay > 0 "

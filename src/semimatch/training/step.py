@@ -26,6 +26,7 @@ from torch import nn
 from semimatch.config import ForwardMode
 from semimatch.methods.blocks import frozen_bn, train_mode
 from semimatch.methods.consistency import SSLAlgorithm, StepOutputs, UnlabeledResult
+from semimatch.methods.heads import heads_of, record_features
 from semimatch.training.two_pass import two_pass_forward
 
 __all__ = ["CONF_BINS", "FORWARD_MODES", "StepInfo", "metric_sums", "train_step"]
@@ -109,10 +110,21 @@ def train_step(
         logits_lb, loss, unlabeled = algorithm.own_step(model, x_lb, y_lb, u_weak, strong, info)
         sup_loss = unlabeled.sup_loss if unlabeled.sup_loss is not None else loss
         return loss, metric_sums(algorithm, logits_lb, y_lb, sup_loss, unlabeled, u_true)
-    logits_lb, logits_weak, student = _forward(model, x_lb, u_weak, strong, forward_mode)
+    if algorithm.needs.features and forward_mode != "joint":
+        raise ValueError(
+            f"{algorithm.name} reads the features of the joint forward's rows; pass "
+            "--forward-mode joint"
+        )
+    if algorithm.needs.features:  # the same forward, its features recorded (methods.heads)
+        with record_features(model) as feats:
+            logits_lb, logits_weak, student = _forward(model, x_lb, u_weak, strong, forward_mode)
+    else:
+        logits_lb, logits_weak, student = _forward(model, x_lb, u_weak, strong, forward_mode)
     sup_loss = F.cross_entropy(logits_lb.float(), y_lb)
     out = StepOutputs(logits_lb, y_lb, sup_loss, logits_weak, student, info.u_idx, info.iteration)
     _add_needed(out, algorithm, model, u_weak, info)
+    if algorithm.needs.features:
+        _add_features(out, model, torch.cat(feats), x_lb.shape[0], u_weak.shape[0], len(strong))
     loss, unlabeled = algorithm.loss(out)
     if unlabeled.sup_loss is not None:  # the method's own labeled loss (UDA's annealing)
         sup_loss = unlabeled.sup_loss
@@ -142,6 +154,18 @@ def _add_needed(
             out.logits_teacher = info.teacher(u_weak)
     if needs.model:
         out.model, out.u_weak = model, u_weak
+
+
+def _add_features(
+    out: StepOutputs, model: nn.Module, feats: torch.Tensor, n_lb: int, n_ulb: int, views: int
+) -> None:
+    """The features of the joint forward's rows (labeled, weak, each student view; Pseudo-Label's
+    student is the weak view itself) and the method's heads, for ``needs.features``."""
+    out.feats_lb = feats[:n_lb]
+    weak = feats[n_lb : n_lb + n_ulb]
+    out.feats_weak = weak.detach()
+    out.feats_student = tuple(feats[n_lb + n_ulb :].split(n_ulb)) if views else (weak,)
+    out.heads = heads_of(model)
 
 
 def _strong_views(
