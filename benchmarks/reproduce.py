@@ -47,6 +47,53 @@ ALGORITHMS = ("supervised", "pseudolabel", "fixmatch", "softmatch")
 # The rest of the sample-weighting family, run on the Fashion-MNIST-40 and digits
 # settings under the same recipe; ``--all`` runs ALGORITHMS unless ``--algorithms`` says more.
 FAMILY = ("flexmatch", "freematch", "adamatch", "dash", "uda")
+#: The other baselines of USB's classic-CV table (``results/classic_cv.csv``), in its row order,
+#: run on the image settings under the same recipe.  A name is a cell once the method registry
+#: knows it (``CLASSIC``), so the script runs before and after a method's file lands.
+CLASSIC_METHODS = (
+    "fullysupervised",
+    "meanteacher",
+    "pimodel",
+    "vat",
+    "mixmatch",
+    "remixmatch",
+    "crmatch",
+    "comatch",
+    "simmatch",
+)
+
+
+def _registered(names: tuple[str, ...]) -> tuple[str, ...]:
+    from semimatch.methods.registry import methods
+
+    known = methods()
+    return tuple(name for name in names if name in known)
+
+
+CLASSIC = _registered(CLASSIC_METHODS)
+#: USB's classic-CV CIFAR-10-40 error % (mean ± std over its 3 seeds; WRN-28-2, 2^20
+#: iterations), from ``results/classic_cv.csv`` of microsoft/Semi-supervised-learning (commit
+#: 1ef4cbe of 2025-09-24), column ``cifar10_40``: the reference the classic table sits next to.
+USB_CIFAR10_40 = {
+    "fullysupervised": "4.60 ± 0.04",
+    "supervised": "77.58 ± 1.82",
+    "pseudolabel": "76.29 ± 1.08",
+    "meanteacher": "76.93 ± 2.29",
+    "pimodel": "75.56 ± 2.02",
+    "vat": "76.42 ± 2.57",
+    "mixmatch": "70.67 ± 1.25",
+    "remixmatch": "14.50 ± 2.58",
+    "adamatch": "5.05 ± 0.04",
+    "uda": "8.01 ± 1.34",
+    "fixmatch": "8.33 ± 1.41",
+    "flexmatch": "5.21 ± 0.36",
+    "dash": "15.01 ± 3.70",
+    "crmatch": "10.13 ± 2.09",
+    "comatch": "5.44 ± 0.05",
+    "simmatch": "5.18 ± 0.15",
+    "freematch": "4.97 ± 0.09",
+    "softmatch": "5.06 ± 0.02",
+}
 
 
 def _fmnist(**values: Any) -> dict[str, Any]:
@@ -209,6 +256,14 @@ SHORT_VARIANTS: dict[str, dict[str, Any]] = {
         algorithm="softmatch", ema_decay=0.999, unsup_warmup=0.25, rampup_shape="linear"
     ),
 }
+#: The classic table's cells that are more than a name: the ceiling row takes every training
+#: label (``fullysupervised`` refuses ``--num-labels``: the setting's label count is only the
+#: column it is reported in, as in USB's table), and FixMatch with its paper's other strong
+#: augmentation, CTAugment (the setting's cell ``fixmatch`` is RandAugment).
+CLASSIC_VARIANTS: dict[str, dict[str, Any]] = {
+    "fullysupervised": dict(algorithm="fullysupervised", num_labels=None),
+    "fixmatch-ctaugment": dict(algorithm="fixmatch", strong_augment="ctaugment"),
+}
 # Extra algorithms per setting (the long-tailed setting compares SoftMatch with/without UA).
 VARIANTS: dict[str, dict[str, Any]] = {
     "softmatch-noua": dict(algorithm="softmatch", uniform_alignment=False),
@@ -219,17 +274,34 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "softmatch-rawstats": dict(algorithm="softmatch", stats_on="raw"),
     **TEXT_VARIANTS,
     **SHORT_VARIANTS,
+    **CLASSIC_VARIANTS,
 }
-#: Every name a cell may have: the algorithms, the family and the variants.
-NAMES = (*ALGORITHMS, *FAMILY, *VARIANTS)
+#: Every name a cell may have: the algorithms, the family, the classic table and the variants.
+NAMES = tuple(dict.fromkeys((*ALGORITHMS, *FAMILY, *CLASSIC, *VARIANTS)))
+#: The cells of the classic table: image settings only (VAT perturbs the inputs, which token
+#: ids are not, and the text recipe has no weight EMA for Mean Teacher's teacher).
+IMAGE_ONLY = (*CLASSIC, *CLASSIC_VARIANTS)
 
 
 def applies(setting: str, name: str) -> bool:
     """Whether cell ``name`` exists in ``setting``: the text-view variants only on text, the
-    stability study's only on short texts."""
+    stability study's only on short texts, the classic table's only on images."""
     if name in SHORT_VARIANTS:
         return setting in TEXT_SETTINGS
+    if name in IMAGE_ONLY:
+        return setting not in TEXT_SETTINGS
     return name not in TEXT_VARIANTS or setting in TEXT_SETTINGS
+
+
+def needs_features(algorithm: str) -> bool:
+    """Whether the method reads the backbone's features (``Needs.features``: CoMatch's and
+    SimMatch's projections, ReMixMatch's and CRMatch's rotation heads), which only the joint
+    forward's rows give (``semimatch.methods.heads``)."""
+    from semimatch.methods.registry import build_algorithm
+
+    # Ten classes as in every image setting; the data inputs only size state (queues, banks).
+    built = build_algorithm(algorithm, 10, num_unlabeled=1000, num_iterations=300)
+    return bool(getattr(built.needs, "features", False))
 
 
 def minilm_folder() -> Path:
@@ -295,6 +367,8 @@ def config_for(setting: str, algorithm: str, seed: int, args: argparse.Namespace
         sys.exit(
             f"{algorithm} belongs to the text stability study; run it on {', '.join(TEXT_SETTINGS)}"
         )
+    if algorithm in IMAGE_ONLY and not applies(setting, algorithm):
+        sys.exit(f"{algorithm} is a cell of the classic image table; {setting} trains on text")
     if not applies(setting, algorithm):
         sys.exit(
             f"{algorithm} changes the strong text view; {setting} trains on images - "
@@ -330,6 +404,11 @@ def config_for(setting: str, algorithm: str, seed: int, args: argparse.Namespace
             path = first_words(Path(path), SHORT_WORDS[setting], folder)
         values.update(data_root=str(path), backbone=f"hf:{minilm_folder()}")
     algo = dict(VARIANTS.get(algorithm, {"algorithm": algorithm}))
+    if values.get("forward_mode") != "joint" and needs_features(algo["algorithm"]):
+        # The one change besides the algorithm: a method with heads on the features reads them
+        # from the joint forward (the run refuses --forward-mode two-pass), so its cells in
+        # the two-pass settings (digits-20, CIFAR-10) run the joint forward.
+        values["forward_mode"] = "joint"
     return Config(**{**values, **algo}, seed=seed, progress=False, threads=args.threads)
 
 
@@ -487,6 +566,33 @@ def seed_table(runs: Path) -> str:
     return "\n".join(lines)
 
 
+#: The settings the classic table shows, next to USB's CIFAR-10-40 column.
+CLASSIC_SETTINGS = ("digits-20", "family-fmnist-40")
+
+
+def classic_table(runs: Path) -> str:
+    """Markdown table: USB's classic-CV rows (its order, then FixMatch with CTAugment), best
+    error % mean ± std over the finished seeds of each setting of ``CLASSIC_SETTINGS``, next to
+    USB's CIFAR-10-40 error; a cell not run reads "–", a mean of fewer than 3 seeds names them."""
+    names = [*USB_CIFAR10_40, "fixmatch-ctaugment"]
+    header = " | ".join(f"{s} best error %" for s in CLASSIC_SETTINGS)
+    lines = [
+        f"| method | {header} | USB CIFAR-10-40 error % |",
+        "|---|" + "--:|" * (len(CLASSIC_SETTINGS) + 1),
+    ]
+    for name in names:
+        cells = []
+        for setting in CLASSIC_SETTINGS:
+            paths = sorted((runs / setting / name).glob("seed*/summary.json"))
+            best = [json.loads(p.read_text())["best_error"] for p in paths]
+            seeds = "" if len(best) in (0, 3) else f" ({len(best)} seed{'s' * (len(best) > 1)})"
+            cells.append(_mean_std(best) + seeds if best else "–")
+        if all(c == "–" for c in cells):
+            continue
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {USB_CIFAR10_40.get(name, '')} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--setting", choices=sorted(SETTINGS))
@@ -518,7 +624,15 @@ def main() -> None:
     p.add_argument(
         "--seed-table", action="store_true", help="print every finished run's best error, per seed"
     )
+    p.add_argument(
+        "--classic-table",
+        action="store_true",
+        help="print USB's classic-CV rows: best error per setting next to USB's CIFAR-10-40",
+    )
     args = p.parse_args()
+    if args.classic_table:
+        print(classic_table(Path(args.runs)))
+        return
     if args.table or args.seed_table:
         print(table(Path(args.runs)) if args.table else seed_table(Path(args.runs)))
         return
@@ -536,6 +650,8 @@ def main() -> None:
         stray = [a for s, a, _ in cells if not applies(s, a)]
         if stray and stray[0] in SHORT_VARIANTS:
             p.error(f"{stray[0]} belongs to the text stability study; run it on a text setting")
+        if stray and stray[0] in IMAGE_ONLY:
+            p.error(f"{stray[0]} is a cell of the classic image table; {args.setting} is text")
         if stray:
             p.error(f"{stray[0]} changes the strong text view; {args.setting} trains on images")
         if args.jobs < 1:
