@@ -48,14 +48,21 @@ def test_cells_of_a_setting_differ_only_in_the_algorithm(
     args = _args(tmp_path)
     configs = {
         name: reproduce.config_for(setting, name, 1, args).to_dict()
-        for name in (*reproduce.ALGORITHMS, *reproduce.VARIANTS)
+        for name in reproduce.NAMES
         if reproduce.applies(setting, name)
     }
-    algorithm_fields = {"algorithm"} | {k for v in reproduce.VARIANTS.values() for k in v}
-    shared = [{k: v for k, v in c.items() if k not in algorithm_fields} for c in configs.values()]
-    assert all(s == shared[0] for s in shared)
-    assert shared[0]["seed"] == 1
-    assert shared[0]["iterations"] == reproduce.SETTINGS[setting]["iterations"]
+    base = configs["supervised"]
+    for name, config in configs.items():
+        # What a cell may change: its algorithm, its variant's values, and the forward of a
+        # method that reads the features (the joint one).
+        own = {"algorithm", *reproduce.VARIANTS.get(name, {})}
+        if reproduce.needs_features(config["algorithm"]):
+            own.add("forward_mode")
+        assert {k: v for k, v in config.items() if k not in own} == {
+            k: v for k, v in base.items() if k not in own
+        }, name
+    assert base["seed"] == 1
+    assert base["iterations"] == reproduce.SETTINGS[setting]["iterations"]
     assert configs["softmatch-noua"]["algorithm"] == "softmatch"
     assert configs["softmatch-noua"]["uniform_alignment"] is False
     assert configs["softmatch"]["uniform_alignment"] is not False
