@@ -268,6 +268,10 @@ CLASSIC_VARIANTS: dict[str, dict[str, Any]] = {
     # linear ramp-up over 40% of the budget (paper 75 over 16k of 1M iterations), VAT's
     # entropy weight 0.06 and its ramp-up (paper 1, none).
     "mixmatch-usb": dict(algorithm="mixmatch", lambda_u=100.0, unsup_warmup=0.4),
+    # Pi-Model's and Mean Teacher's student on the strong view instead of a second weak one
+    # (the paper's and USB's): the library's default until the weak second view was offered.
+    "pimodel-strong": dict(algorithm="pimodel", second_view="strong"),
+    "meanteacher-strong": dict(algorithm="meanteacher", second_view="strong"),
     "vat-usb": dict(algorithm="vat", entropy_weight=0.06, unsup_warmup=0.4),
 }
 # Extra algorithms per setting (the long-tailed setting compares SoftMatch with/without UA).
