@@ -62,6 +62,7 @@ def build_parts(
     training: bool = True,
     with_algorithm: bool = True,
     num_unlabeled: int | None = None,
+    num_labeled: int | None = None,
 ) -> Parts:
     """The model, its EMA and the algorithm that ``cfg`` describes, on ``device``.
 
@@ -70,7 +71,8 @@ def build_parts(
     with ``sync_bn``, synchronised BatchNorm.  A reloaded run (``training=False``) whose
     checkpoint was trained by a custom weighting passes ``with_algorithm=False`` and gets
     ``algorithm=None``: prediction does not need it.  ``num_unlabeled`` is the unlabeled pool
-    size, for an algorithm with per-sample state (FlexMatch).  The global torch generator draws
+    size, for an algorithm with per-sample state (FlexMatch); ``num_labeled`` the labeled set's
+    (SimMatch's labeled memory bank).  The global torch generator draws
     the initial weights (``fit`` seeds it first).
     """
     if model is None and str(cfg.backbone).startswith("custom:"):
@@ -96,6 +98,7 @@ def build_parts(
                 cfg.algorithm,
                 info.num_classes,
                 num_unlabeled=num_unlabeled,
+                num_labeled=num_labeled,
                 num_iterations=cfg.iterations,
                 **cfg.algorithm_options(),
             )
