@@ -623,3 +623,83 @@ def mixmatch_linear_oracle(W, b, x_lb, y_lb, views, lam, perm, T, lambda_u, ramp
     sup = float(np.mean(-(t_mix[:n] * np.log(p[:n])).sum(axis=1)))
     unsup = float(np.mean((p[n:] - t_mix[n:]) ** 2))
     return sup + lambda_u * ramp * unsup
+
+
+# --- SimMatch (Zheng et al. 2022, section 3: instance similarity, unfolding, aggregation) -------
+
+
+class SimMatchOracle:
+    """SimMatch's loss and its labeled memory bank, one labeled/unlabeled batch at a time.
+
+    ``bank`` (D, K) of unit columns, ``labels`` (K,), ``seen`` (K,): the entries written so far
+    (the others take no part in the similarities).  Per unlabeled row, with ``p`` the weak
+    probabilities after the alignment ``p (1/C + eps) / (mean(queue) + eps)`` (normalised, USB's eps 1e-6; the queue of the
+    last ``da_len`` batch means, zeros at first):
+    ``q^w_j = exp(z^w.b_j/T) / sum_seen exp(z^w.b_k/T)``, ``q^s`` likewise with ``z^s``;
+    unfolding ``q_hat_j = q^w_j p_{y_j} / sum_k q^w_k p_{y_k}``; aggregation
+    ``q^agg_c = sum_{y_j = c} q^w_j``; ``p_hat = normalize(p q^agg)`` ("product") or
+    ``alpha p + (1 - alpha) q^agg`` ("smoothing"); in the warm-up (or with no entry seen)
+    ``p_hat = p`` and no instance loss.  ``L = CE(lb) + lambda_u mean_i 1[max p_hat >= tau]
+    H(p_hat, softmax s) + lambda_in mean_i H(q_hat, q^s)``.  Then each labeled row (in order,
+    a later duplicate overwriting) writes ``normalize(m b_j + (1 - m) z)`` with ``b_j`` the
+    entry before the batch and its label.
+    """
+
+    def __init__(self, bank, num_classes, *, T, tau, lambda_u, lambda_in, da_len,
+                 propagation, alpha, momentum, warmup) -> None:  # fmt: skip
+        self.bank = np.array(bank, dtype=np.float64)
+        k = self.bank.shape[1]
+        self.labels = np.zeros(k, dtype=np.int64)
+        self.seen = np.zeros(k, dtype=bool)
+        self.queue = np.zeros((da_len, num_classes))
+        self.ptr = 0
+        self.c, self.T, self.tau = num_classes, T, tau
+        self.lambda_u, self.lambda_in = lambda_u, lambda_in
+        self.propagation, self.alpha, self.m, self.warmup = propagation, alpha, momentum, warmup
+
+    def step(self, it, logits_lb, y_lb, logits_weak, logits_strong, z_lb, z_weak, z_strong,
+             lb_idx) -> dict:  # fmt: skip
+        f = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+        logits_lb, logits_weak, logits_strong = f(logits_lb), f(logits_weak), f(logits_strong)
+        z_lb, z_weak, z_strong = f(z_lb), f(z_weak), f(z_strong)
+        sup = float(np.mean([-np.log(softmax(logits_lb)[i, y]) for i, y in enumerate(y_lb)]))
+        probs = softmax(logits_weak)
+        self.queue[self.ptr] = probs.mean(axis=0)
+        self.ptr = (self.ptr + 1) % len(self.queue)
+        p_all = probs * (1.0 / self.c + 1e-6) / (self.queue.mean(axis=0) + 1e-6)  # USB's eps
+        p_all = p_all / p_all.sum(axis=1, keepdims=True)
+        active = self.seen.any() and it >= self.warmup
+        cols = np.flatnonzero(self.seen)
+        unsup, inst, masks, p_hats = [], [], [], []
+        for i in range(len(p_all)):
+            p = p_all[i]
+            p_hat, h_in = p, 0.0
+            if active:
+                sw = np.exp(z_weak[i] @ self.bank[:, cols] / self.T)
+                qw = sw / sw.sum()
+                ss = np.exp(z_strong[i] @ self.bank[:, cols] / self.T)
+                qs = ss / ss.sum()
+                labels = self.labels[cols]
+                q_hat = qw * p[labels] / np.sum(qw * p[labels])
+                q_agg = np.array([qw[labels == c].sum() for c in range(self.c)])
+                if self.propagation == "product":
+                    p_hat = p * q_agg / np.sum(p * q_agg)
+                else:
+                    p_hat = self.alpha * p + (1 - self.alpha) * q_agg
+                h_in = float(-(q_hat * np.log(qs)).sum())
+            mask = float(p_hat.max() >= self.tau)
+            unsup.append(
+                mask * float(-(p_hat * np.log(softmax(logits_strong[i : i + 1])[0])).sum())
+            )
+            inst.append(h_in)
+            masks.append(mask)
+            p_hats.append(p_hat)
+        before = self.bank.copy()  # every row mixes with the bank before this batch (USB)
+        for j, (idx, y) in enumerate(zip(np.asarray(lb_idx), np.asarray(y_lb))):
+            new = self.m * before[:, idx] + (1 - self.m) * z_lb[j] if self.m > 0 else z_lb[j]
+            self.bank[:, idx] = new / np.linalg.norm(new) if self.m > 0 else new
+            self.labels[idx], self.seen[idx] = y, True
+        u, l_in = float(np.mean(unsup)), float(np.mean(inst))
+        loss = sup + self.lambda_u * u + self.lambda_in * l_in
+        return {"loss": loss, "unsup": u, "in": l_in, "mask": np.array(masks),
+                "p_hat": np.array(p_hats)}  # fmt: skip

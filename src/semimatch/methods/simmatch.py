@@ -102,11 +102,10 @@ class QueueAlignment(nn.Module):
 
     @torch.no_grad()
     def update(self, probs: torch.Tensor) -> None:
-        f32 = dict(dtype=torch.float32, device=probs.device)
-        total, count = dist.all_reduce_sums(
-            probs.float().sum(dim=0), torch.tensor([float(probs.shape[0])], **f32)
-        )
-        mean = total / count.clamp(min=1.0)
+        probs = wide(probs)  # float32 at least (float64 stays: the oracle tests)
+        count = torch.tensor([float(probs.shape[0])], dtype=probs.dtype, device=probs.device)
+        total, count = dist.all_reduce_sums(probs.sum(dim=0), count)
+        mean = (total / count.clamp(min=1.0)).to(self.queue.dtype)
         # An empty global batch leaves the queue as it was (USB would write NaN).
         row = torch.where(count > 0, mean, self.queue[self.ptr])
         self.queue[self.ptr] = row
@@ -242,7 +241,10 @@ class SimMatch(SSLAlgorithm):
                 probs, z_weak, bank, self.bank_labels, self.bank_seen
             )
         z_strong = wide(proj(out.feats_student[0]))
-        log_q_s = torch.log_softmax(z_strong.to(bank.dtype) @ bank / self.sim_temperature, dim=1)
+        logits_s = z_strong.to(bank.dtype) @ bank / self.sim_temperature
+        # Entries not written yet take no part (a finite floor: q_hat is 0 there, no 0 * inf).
+        logits_s = logits_s.masked_fill(~self.bank_seen, torch.finfo(logits_s.dtype).min)
+        log_q_s = torch.log_softmax(logits_s, dim=1)
         in_loss = mean_rows(-(q_hat * log_q_s).sum(dim=1)) * active
         warm = out.iteration is not None and out.iteration < self.warmup_iterations
         if warm:  # the official code's and USB's first epoch
@@ -263,7 +265,11 @@ class SimMatch(SSLAlgorithm):
             assert out.feats_lb is not None and out.heads is not None
             return out.heads["proj"](out.feats_lb.detach())
         teacher, x_lb = out.teacher_model, out.x_lb
-        assert teacher is not None and x_lb is not None  # needs.teacher_model
+        if teacher is None or x_lb is None:
+            raise ValueError(
+                "simmatch's ema bank embeds the labeled batch with the teacher: the step hands "
+                "StepOutputs.teacher_model and x_lb (needs.teacher_model)"
+            )
         teacher = unwrap(teacher)
         with train_mode(teacher), frozen_bn(teacher), record_features(teacher) as feats:
             teacher(x_lb)
