@@ -328,7 +328,7 @@ def test_help_states_the_algorithms_real_defaults(capsys):
     # dash_c, rho_min, dash_warmup_extra, tsa_schedule, tsa_mask; lambda_u, unsup_warmup and
     # rampup_shape x3 (pimodel, meanteacher, vat), vat_eps, vat_xi, entropy_weight; mixmatch's
     # lambda_u, temperature, mixup_alpha, unsup_warmup, rampup_shape
-    assert checked == 49
+    assert checked == 61
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())

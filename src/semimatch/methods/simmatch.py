@@ -387,7 +387,7 @@ def simmatch(
         lambda_in: instance-similarity loss weight (USB in_loss_ratio 1; paper ImageNet 5).
         sim_temperature: temperature T of the similarities to the bank (paper and USB 0.1).
         proj_size: size of the projected embedding (paper and USB 128).
-        proj_heads: projection MLPs averaged (1; USB's classic-CV configs: EPASS's 3).
+        proj_heads: projection MLPs averaged (1; EPASS in USB's configs for images: 3).
         da_len: distribution alignment queue of past batch means (USB 32; ImageNet 256).
         propagation: the propagated pseudo-label, product normalize(p * q_agg) (the paper) or
             smoothing alpha p + (1 - alpha) q_agg (the official code and USB).
