@@ -633,8 +633,8 @@ class SimMatchOracle:
 
     ``bank`` (D, K) of unit columns, ``labels`` (K,), ``seen`` (K,): the entries written so far
     (the others take no part in the similarities).  Per unlabeled row, with ``p`` the weak
-    probabilities after the alignment ``p (1/C + eps) / (mean(queue) + eps)`` (normalised, USB's eps 1e-6; the queue of the
-    last ``da_len`` batch means, zeros at first):
+    probabilities after the alignment ``p (1/C + eps) / (mean(queue) + eps)`` (normalised,
+    USB's eps 1e-6; the queue of the last ``da_len`` batch means, zeros at first):
     ``q^w_j = exp(z^w.b_j/T) / sum_seen exp(z^w.b_k/T)``, ``q^s`` likewise with ``z^s``;
     unfolding ``q_hat_j = q^w_j p_{y_j} / sum_k q^w_k p_{y_k}``; aggregation
     ``q^agg_c = sum_{y_j = c} q^w_j``; ``p_hat = normalize(p q^agg)`` ("product") or

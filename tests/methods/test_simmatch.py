@@ -153,6 +153,20 @@ def test_the_ema_bank_takes_the_teachers_own_forward_of_the_labeled_batch():
     torch.testing.assert_close(algo.bank[:, idx].t(), want)
 
 
+def test_bf16_autocast_keeps_the_similarities_in_float32():
+    torch.manual_seed(0)
+    net = SmallCNN(num_classes=C, in_channels=1, width=4)
+    algo = build_algorithm("simmatch", C, num_labeled=K, bank_teacher="ema", **OPTIONS)
+    attach_heads(net, algo.make_heads(16), C)
+    x_lb, u = torch.rand(4, 1, 12, 12), torch.rand(6, 1, 12, 12)
+    info = StepInfo(iteration=0, lb_idx=torch.tensor([0, 2, 3, 5]))
+    for _ in range(2):  # the second step propagates through the bank the first one wrote
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = train_step(net, algo, x_lb, torch.tensor([0, 1, 2, 0]), u, u, info=info)
+        loss.backward()
+    assert torch.isfinite(loss) and algo.bank.dtype == torch.float32
+
+
 def _rank_step(rank: int, world: int = 2) -> dict:
     torch.manual_seed(0)
     algo = build_algorithm(
@@ -239,6 +253,26 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, cap
     monkeypatch.undo()
     fit(out=run, resume=True)
     assert_same_run(ref, run, iterations=6)
+
+
+def test_feature_vectors_train_and_the_run_reloads_with_its_bank(tmp_path):
+    """An MLP on (N, D) features; a reloaded run (its labeled set unknown when it is built)
+    takes the checkpoint's bank."""
+    import semimatch
+    from semimatch.data import from_features
+
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    x = rng.normal(size=(60, 6)) + y[:, None]
+    y_seen = np.where(np.arange(60) < 12, y, -1)
+    run = semimatch.train(
+        data=from_features(x, y_seen), algorithm="simmatch", iterations=4, eval_every=2,
+        batch_size=4, uratio=2, out=tmp_path / "run", threads=1, bank_teacher="student",
+    )  # fmt: skip
+    assert run.algorithm.num_labeled == 12 and run.algorithm.bank_seen.any()
+    again = semimatch.load_run(tmp_path / "run", checkpoint="last")
+    assert torch.equal(again.algorithm.bank, run.algorithm.bank)
+    assert torch.equal(again.algorithm.bank_labels, run.algorithm.bank_labels)
 
 
 def test_texts_train_with_the_tiny_bert(tiny_bert_dir):

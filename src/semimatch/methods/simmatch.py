@@ -230,22 +230,26 @@ class SimMatch(SSLAlgorithm):
                 "(build_algorithm('simmatch', C, num_labeled=len(labeled)); training passes it)"
             )
         proj = out.heads["proj"]
-        probs = torch.softmax(wide(out.logits_weak), dim=1)
-        assert self.alignment is not None
-        self.alignment.update(probs)
-        probs = self.alignment(probs)
-        bank = self.bank.clone().to(probs.dtype)
         with torch.no_grad():
-            z_weak = proj(out.feats_weak).to(probs.dtype)
-            p_hat, q_hat, active = self.propagate(
-                probs, z_weak, bank, self.bank_labels, self.bank_seen
-            )
-        z_strong = wide(proj(out.feats_student[0]))
-        logits_s = z_strong.to(bank.dtype) @ bank / self.sim_temperature
-        # Entries not written yet take no part (a finite floor: q_hat is 0 there, no 0 * inf).
-        logits_s = logits_s.masked_fill(~self.bank_seen, torch.finfo(logits_s.dtype).min)
-        log_q_s = torch.log_softmax(logits_s, dim=1)
-        in_loss = mean_rows(-(q_hat * log_q_s).sum(dim=1)) * active
+            z_weak = proj(out.feats_weak)
+        z_strong = proj(out.feats_student[0])  # the heads run as the model does (autocast)
+        # The similarities and the propagation in float32 at least, outside autocast (a bf16
+        # matmul over the bank would round the similarities before the temperature's 1/0.1).
+        with torch.autocast(z_strong.device.type, enabled=False):
+            probs = torch.softmax(wide(out.logits_weak), dim=1)
+            assert self.alignment is not None
+            self.alignment.update(probs)
+            probs = self.alignment(probs)
+            bank = self.bank.clone().to(probs.dtype)
+            with torch.no_grad():
+                p_hat, q_hat, active = self.propagate(
+                    probs, z_weak.to(probs.dtype), bank, self.bank_labels, self.bank_seen
+                )
+            logits_s = z_strong.to(bank.dtype) @ bank / self.sim_temperature
+            # Entries not written yet take no part (a finite floor: q_hat is 0 there).
+            logits_s = logits_s.masked_fill(~self.bank_seen, torch.finfo(logits_s.dtype).min)
+            log_q_s = torch.log_softmax(logits_s, dim=1)
+            in_loss = mean_rows(-(q_hat * log_q_s).sum(dim=1)) * active
         warm = out.iteration is not None and out.iteration < self.warmup_iterations
         if warm:  # the official code's and USB's first epoch
             in_loss, p_hat = in_loss * 0.0, probs
