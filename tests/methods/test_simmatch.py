@@ -132,6 +132,9 @@ def test_bank_is_state_and_a_reloaded_algorithm_takes_the_saved_size():
     fresh.load_state_dict(state)
     for key, value in fresh.state_dict().items():
         torch.testing.assert_close(value, state[key])
+    other = build_algorithm("simmatch", C, num_labeled=K + 1, **OPTIONS).double()
+    with pytest.raises(RuntimeError, match="size mismatch"):  # another labeled set: refused
+        other.load_state_dict(state)
 
 
 def test_the_ema_bank_takes_the_teachers_own_forward_of_the_labeled_batch():

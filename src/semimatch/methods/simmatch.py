@@ -309,10 +309,11 @@ class SimMatch(SSLAlgorithm):
         self.bank_seen[index] = True
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
-        # A reloaded run is built before its labeled set is known: the saved bank's size wins.
+        # A reloaded run is built before its labeled set is known (an empty bank): the saved
+        # bank's size wins.  A bank of a known size must match (else the load is refused).
         for name in ("bank", "bank_labels", "bank_seen"):
-            saved = state_dict.get(prefix + name)
-            if saved is not None and saved.shape != getattr(self, name).shape:
+            saved, mine = state_dict.get(prefix + name), getattr(self, name)
+            if saved is not None and mine.numel() == 0 and saved.shape != mine.shape:
                 setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, *args)
 
