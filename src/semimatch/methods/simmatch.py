@@ -19,8 +19,8 @@ set (``Needs.labeled_indices``), gathered from every process as USB gathers them
 weight EMA with ``bank_teacher="ema"`` (its own forward of the labeled batch, train mode, no
 gradient, BatchNorm statistics untouched) or from the student's joint forward
 (``"student"``), written as ``normalize(m b_j + (1 - m) z_j)`` with ``bank_momentum`` m.
-Distribution alignment as USB's ``DistAlignQueueHook``: ``p * (1/C) / mean(queue)``
-normalised, the queue holding the last ``da_len`` global batch means.
+Distribution alignment as USB's ``DistAlignQueueHook``: ``p (1/C + eps) / (mean(queue) +
+eps)`` normalised (eps 1e-6), the queue holding the last ``da_len`` global batch means.
 
 Paper vs USB 0.3.2 (defaults: the paper; USB's values are the presets): the label propagation
 (paper Eq. for ``p_hat`` as recalled: the normalised product; the official code and USB: the
