@@ -327,8 +327,8 @@ def test_help_states_the_algorithms_real_defaults(capsys):
     # stats_on, shape, lambda_e, use_quantile, clip_thresh, temperature x2, dash_gamma,
     # dash_c, rho_min, dash_warmup_extra, tsa_schedule, tsa_mask; lambda_u, unsup_warmup and
     # rampup_shape x3 (pimodel, meanteacher, vat), vat_eps, vat_xi, entropy_weight; mixmatch's
-    # lambda_u, temperature, mixup_alpha, unsup_warmup, rampup_shape
-    assert checked == 49
+    # lambda_u, temperature, mixup_alpha, unsup_warmup, rampup_shape; comatch's 12 options
+    assert checked == 61
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
@@ -389,7 +389,7 @@ def test_help_shows_what_each_option_takes(capsys):
         "--augment-device DEVICE",
         "--backbone STR",
         "--algorithm {supervised,pseudolabel,fixmatch,flexmatch,softmatch,freematch,adamatch,"
-        "dash,uda,fullysupervised,",  # then the other methods of the package
+        "dash,uda,",  # then the other methods of the package, by name
         "--shape {gaussian,linear,quadratic,auto}",
         "--dash-warmup INT",
         "--stats-on {aligned,raw,auto}",

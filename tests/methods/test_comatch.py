@@ -243,3 +243,55 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, cap
     monkeypatch.undo()
     fit(out=run, resume=True)
     assert_same_run(ref, run, iterations=6)
+
+
+def test_texts_train_with_the_projection_on_the_pooled_features(tmp_path, tiny_bert_dir):
+    """A tiny random BERT: the heads read the text head's input (USB's pooled ``feat``), two
+    strong text views per row."""
+    from helpers.text_fixtures import text_corpus
+    from semimatch.data import from_texts
+
+    texts, labels = text_corpus(40)
+    labels = [y if i < 8 else None for i, y in enumerate(labels)]
+    data = from_texts(texts, labels, test_texts=texts[:8], test_labels=labels[:8])
+    cfg = Config(backbone=f"hf:{tiny_bert_dir}", iterations=3, eval_every=3, batch_size=4,
+                 uratio=1, threads=1, tensorboard=False, progress=False, max_length=32,
+                 algorithm="comatch", queue_batch=1, proj_size=8)  # fmt: skip
+    run = fit(cfg, data=data, out=tmp_path / "run")
+    trains = [r for r in read_records(tmp_path / "run") if r["kind"] == "train"]
+    assert trains and all(np.isfinite(r["loss"]) and r["extra_loss"] > 0 for r in trains)
+    heads = [k for k in run.model.state_dict() if "ssl_heads.proj." in k]
+    assert len(heads) == 4
+
+
+def test_feature_vectors_train(tmp_path):
+    from semimatch.data import from_features
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(120, 8)).astype(np.float32), rng.integers(0, 3, 120)
+    labels = np.where(np.arange(120) < 12, y, -1)
+    data = from_features(x, labels, test_features=x[:20], test_labels=y[:20])
+    cfg = Config(iterations=3, eval_every=3, batch_size=6, uratio=2, threads=1,
+                 tensorboard=False, progress=False, algorithm="comatch", queue_batch=1)  # fmt: skip
+    fit(cfg, data=data, out=tmp_path / "run")
+    trains = [r for r in read_records(tmp_path / "run") if r["kind"] == "train"]
+    assert trains and all(np.isfinite(r["loss"]) and r["extra_loss"] > 0 for r in trains)
+
+
+def read_records(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_step_past_queue_batch_smooths_only_with_a_full_bank():
+    """A run that starts past ``queue_batch`` (an empty bank) trains on the aligned ``p``
+    until the bank is full."""
+    rng = np.random.default_rng(4)
+    algo = build_algorithm("comatch", C, queue_batch=2, tau=0.3).double()
+    twin = build_algorithm("comatch", C, queue_batch=2, tau=0.3).double()
+    model = tiny_model(algo)
+    for k in range(3):
+        x_lb, y_lb, u_w, strong = batch(rng)
+        a, _ = train_step(model, algo, x_lb, y_lb, u_w, strong, info=StepInfo(100 + k))
+        b, _ = train_step(model, twin, x_lb, y_lb, u_w, strong, info=StepInfo(k))
+        assert (a.item() == b.item()) == (k < 2)  # smoothed from the third step on (full)
+    assert algo.bank.filled.item() == algo.bank.feats.shape[0] == 2 * 9

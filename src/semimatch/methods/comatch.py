@@ -156,6 +156,7 @@ class MemoryBank(nn.Module):
     feats: torch.Tensor
     probs: torch.Tensor
     ptr: torch.Tensor
+    filled: torch.Tensor
 
     def __init__(self, dim: int, num_classes: int, queue_batch: int) -> None:
         super().__init__()
@@ -163,6 +164,7 @@ class MemoryBank(nn.Module):
         self.register_buffer("feats", torch.zeros(0, dim))
         self.register_buffer("probs", torch.zeros(0, num_classes))
         self.register_buffer("ptr", torch.tensor(0))
+        self.register_buffer("filled", torch.tensor(0))  # rows written, up to the size
 
     @torch.no_grad()
     def push(self, feats: torch.Tensor, probs: torch.Tensor) -> None:
@@ -180,6 +182,7 @@ class MemoryBank(nn.Module):
         self.feats.index_copy_(0, idx, feats.to(self.feats.dtype))
         self.probs.index_copy_(0, idx, probs.to(self.probs.dtype))
         self.ptr.copy_((self.ptr + feats.shape[0]) % size)
+        self.filled.copy_((self.filled + feats.shape[0]).clamp(max=size))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         # The saved bank has the size the saving run gave it (empty before its first step).
@@ -189,10 +192,19 @@ class MemoryBank(nn.Module):
                 setattr(self, name, getattr(self, name).new_zeros(saved.shape))
         super()._load_from_state_dict(state_dict, prefix, *args)
 
-    def smooth(self, z: torch.Tensor, temperature: float) -> torch.Tensor:
-        """``sum_k softmax_k(z . z_k / T) p_k`` for each row of ``z``."""
+    @property
+    def allocated(self) -> bool:
+        return self.feats.shape[0] > 0
+
+    def smooth(
+        self, p: torch.Tensor, z: torch.Tensor, alpha: float, temperature: float
+    ) -> torch.Tensor:
+        """``alpha p + (1 - alpha) sum_k softmax_k(z . z_k / T) p_k`` for each row, once the
+        bank is full (before, ``p``: a run started past ``queue_batch`` with an empty bank;
+        a tensor condition, so no host synchronisation)."""
         a = torch.softmax(z @ self.feats.to(z.dtype).t() / temperature, dim=1)
-        return a @ self.probs.to(z.dtype)
+        smoothed = alpha * p + (1 - alpha) * (a @ self.probs.to(z.dtype))
+        return torch.where(self.filled >= self.feats.shape[0], smoothed, p)
 
 
 class CoMatch(SSLAlgorithm):
@@ -295,14 +307,17 @@ class CoMatch(SSLAlgorithm):
         self.alignment.update(probs)
         p = self.alignment(probs)
         q = p
-        if self.smooths_at(int(out.iteration)):  # type: ignore[arg-type]
-            alpha = self.smoothing_alpha
-            q = alpha * p + (1 - alpha) * self.bank.smooth(z_w, self.temperature)
+        if self.smooths_at(int(out.iteration)) and self.bank.allocated:  # type: ignore[arg-type]
+            q = self.bank.smooth(p, z_w, self.smoothing_alpha, self.temperature)
         weights = self.weighting(q)  # type: ignore[misc]
         onehot = F.one_hot(out.y_lb, self.num_classes).to(p.dtype)
-        # One process's row order (every unlabeled row, then every labeled row).
-        feats = torch.cat([gather_rows(z_w)[0], gather_rows(z_lb)[0]])
-        self.bank.push(feats, torch.cat([gather_rows(p)[0], gather_rows(onehot)[0]]))
+        # One process's row order (every unlabeled row, then every labeled row); embeddings and
+        # probabilities travel together (one gather each for the unlabeled and labeled rows).
+        d = z_w.shape[1]
+        unlabeled = dist.all_gather_cat(torch.cat([z_w, p.to(z_w.dtype)], dim=1))
+        labeled = dist.all_gather_cat(torch.cat([z_lb, onehot.to(z_lb.dtype)], dim=1))
+        rows = torch.cat([unlabeled, labeled])
+        self.bank.push(rows[:, :d], rows[:, d:])
         return q, weights
 
     def contrastive(self, q: torch.Tensor, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
@@ -310,7 +325,8 @@ class CoMatch(SSLAlgorithm):
         target of the embedding graph's rows; its columns are the global batch's second strong
         views (``contrast_scope="global"``) or this process's (``"process"``, USB)."""
         if self.contrast_scope == "global":
-            (q_all, offset), (z1_all, _) = gather_rows(q), gather_rows(z1)
+            q_all, offset = gather_rows(q)
+            z1_all = _GatherRows.apply(z1, offset) if dist.is_distributed() else z1
         else:
             q_all, z1_all, offset = q, z1, 0
         n = q.shape[0]
