@@ -69,6 +69,7 @@ FAMILY = {
         algorithm="dash", stat_momentum=None, dash_warmup=2, rho_period=1, dash_gamma=2.0,
         rho_min=0.2,
     ),
+    "comatch": dict(algorithm="comatch", stat_momentum=None, tau=0.5, queue_batch=1, da_len=2),
 }  # fmt: skip
 
 
