@@ -328,11 +328,11 @@ def test_help_states_the_algorithms_real_defaults(capsys):
     # dash_c, rho_min, dash_warmup_extra, tsa_schedule, tsa_mask; lambda_u, unsup_warmup and
     # rampup_shape x3 (pimodel, meanteacher, vat), vat_eps, vat_xi, entropy_weight; mixmatch's
     # lambda_u, temperature, mixup_alpha, unsup_warmup, rampup_shape; comatch's 12 options
-    assert checked == 61
+    assert checked == 65
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "(default: pseudolabel/fixmatch/flexmatch/adamatch: 0.95; uda: 0.8)" in out
+    assert "(default: pseudolabel/fixmatch/flexmatch/adamatch/comatch: 0.95; uda: 0.8)" in out
     assert "(default: off)" in out and "clip the gradient norm to this value (default: off)" in out
 
 
