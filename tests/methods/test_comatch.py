@@ -13,11 +13,10 @@ from torch import nn
 
 from helpers.gloo import run_on_gloo
 from helpers.reference_impl import CoMatchOracle, comatch_embed_oracle, comatch_mlp_oracle
-from helpers.runs import TINY, assert_same_run
+from helpers.runs import assert_same_run
 from semimatch import distributed as dist
 from semimatch.cli import main
 from semimatch.config import Config, ConfigError
-from semimatch.errors import TrainingInterrupted
 from semimatch.methods.consistency import StepOutputs
 from semimatch.methods.heads import attach_heads, heads_of
 from semimatch.methods.registry import build_algorithm
@@ -222,13 +221,16 @@ def test_a_short_run_from_the_command_line(tmp_path):
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, caplog):
-    """The bank, the alignment window and the heads resume exactly: the same final state as an
-    uninterrupted run (smoothing active from iteration 2)."""
+    """Through the command line: the bank, the alignment window and the heads resume exactly,
+    the same final state as an uninterrupted run (smoothing active from iteration 2)."""
     caplog.set_level(logging.WARNING, logger="semimatch")  # quiet, restored after the test
-    cfg = Config(**TINY, algorithm="comatch", iterations=6, eval_every=2, log_every=1,
-                 deterministic=True, queue_batch=1, da_len=2, tau=0.5)  # fmt: skip
     ref, run = tmp_path / "ref", tmp_path / "run"
-    fit(cfg, out=ref)
+    args = ["train", "--dataset", "digits", "--algorithm", "comatch", "--num-labels", "20",
+            "--batch-size", "8", "--uratio", "2", "--seed", "3", "--iterations", "6",
+            "--eval-every", "2", "--log-every", "1", "--queue-batch", "1", "--da-len", "2",
+            "--tau", "0.5", "--deterministic", "--precision", "fp32", "--threads", "1",
+            "--no-tensorboard"]  # fmt: skip
+    assert main([*args, "--out", str(ref)]) == 0
     real, fired = engine._stop_requested, []
 
     def stop(t, interrupted, done):
@@ -238,10 +240,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, cap
         return real(t, interrupted, done)
 
     monkeypatch.setattr(engine, "_stop_requested", stop)
-    with pytest.raises(TrainingInterrupted):
-        fit(cfg, out=run)
+    assert main([*args, "--out", str(run)]) != 0
     monkeypatch.undo()
-    fit(out=run, resume=True)
+    assert fired and main(["train", "--resume", str(run)]) == 0
     assert_same_run(ref, run, iterations=6)
 
 
