@@ -218,6 +218,7 @@ def test_a_short_run_from_the_command_line(tmp_path):
     trains = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
               if r["kind"] == "train"]  # fmt: skip
     assert trains and all(np.isfinite(r["loss"]) and r["extra_loss"] > 0 for r in trains)
+    assert main(["eval", str(out)]) == 0  # the run reloads with its heads
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, caplog):
