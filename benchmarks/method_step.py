@@ -49,9 +49,9 @@ def main() -> None:
     for name in names:
         net = copy.deepcopy(base)
         algo = build_algorithm(name, 10, num_labeled=args.num_labeled)
-        if algo.needs.features:  # before the EMA copies the model and the optimiser sees it
-            size = num_features(feature_layer(net, 10))
-            attach_heads(net, algo.make_heads(size), 10)
+        if algo.needs.features:  # the method's heads (CoMatch's, SimMatch's), as build_parts
+            width = num_features(feature_layer(net, 10))
+            attach_heads(net, algo.make_heads(width), 10)
         opt = torch.optim.SGD(net.parameters(), lr=0.03, momentum=0.9, nesterov=True)
         runs[name] = (net, ModelEMA(net, 0.999), algo, opt)
     n_lb, n_ulb = args.batch, args.batch * args.uratio
@@ -65,7 +65,7 @@ def main() -> None:
     for r in range(args.warmup + args.rounds):
         for name in names:
             net, ema, algo, opt = runs[name]
-            strong = u_strong if algo.needs.strong_views else None
+            strong = (u_strong, u_strong.flip(0))[: algo.needs.strong_views] or None
             # An iteration inside the ramp-up, so the unlabeled term is computed in full.
             info = StepInfo(total // 2, iterations=total, teacher=ema.module, lb_idx=lb_idx)
             t = time.perf_counter()

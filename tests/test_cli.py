@@ -327,15 +327,16 @@ def test_help_states_the_algorithms_real_defaults(capsys):
     # stats_on, shape, lambda_e, use_quantile, clip_thresh, temperature x2, dash_gamma,
     # dash_c, rho_min, dash_warmup_extra, tsa_schedule, tsa_mask; lambda_u, unsup_warmup and
     # rampup_shape x3 (pimodel, meanteacher, vat), vat_eps, vat_xi, entropy_weight; mixmatch's
-    # lambda_u, temperature, mixup_alpha, unsup_warmup, rampup_shape (and main's later ones:
-    # 53 before simmatch); simmatch's 12 (tau,
-    # lambda_u, lambda_in, sim_temperature, proj_size, proj_heads, da_len, propagation,
-    # smoothing_alpha, bank_teacher, bank_momentum, in_warmup)
-    assert checked == 65
+    # lambda_u, temperature, mixup_alpha, unsup_warmup, rampup_shape; comatch's 12 options;
+    # simmatch's 12 (tau, lambda_u, lambda_in, sim_temperature, proj_size, proj_heads, da_len,
+    # propagation, smoothing_alpha, bank_teacher, bank_momentum, in_warmup)
+    assert checked == 77
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "(default: pseudolabel/fixmatch/flexmatch/adamatch/simmatch: 0.95; uda: 0.8)" in out
+    assert (
+        "(default: pseudolabel/fixmatch/flexmatch/adamatch/comatch/simmatch: 0.95; uda: 0.8)" in out
+    )
     assert "(default: off)" in out and "clip the gradient norm to this value (default: off)" in out
 
 
@@ -392,7 +393,7 @@ def test_help_shows_what_each_option_takes(capsys):
         "--augment-device DEVICE",
         "--backbone STR",
         "--algorithm {supervised,pseudolabel,fixmatch,flexmatch,softmatch,freematch,adamatch,"
-        "dash,uda,fullysupervised,",  # then the other methods of the package
+        "dash,uda,",  # then the other methods of the package, by name
         "--shape {gaussian,linear,quadratic,auto}",
         "--dash-warmup INT",
         "--stats-on {aligned,raw,auto}",

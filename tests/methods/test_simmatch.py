@@ -126,7 +126,7 @@ def test_bank_is_state_and_a_reloaded_algorithm_takes_the_saved_size():
     out, _ = _outputs(algo, heads.double(), torch.Generator().manual_seed(2))
     algo.double().loss(out)
     state = algo.state_dict()
-    assert {"bank", "bank_labels", "bank_seen", "alignment.queue", "alignment.ptr"} <= set(state)
+    assert {"bank", "bank_labels", "bank_seen", "alignment.means", "alignment.ptr"} <= set(state)
     fresh = build_algorithm("simmatch", C, **OPTIONS).double()  # a reloaded run: size unknown
     assert fresh.num_labeled == 0
     fresh.load_state_dict(state)
@@ -198,7 +198,7 @@ def test_two_gloo_processes_equal_one(tmp_path):
     one = _rank_step(0, world=1)
     both = run_on_gloo(_rank_step, tmp_path)
     for rank in both:  # the bank and the queue are global: every process holds one's
-        for key in ("bank", "bank_labels", "bank_seen", "alignment.queue", "alignment.ptr"):
+        for key in ("bank", "bank_labels", "bank_seen", "alignment.means", "alignment.ptr"):
             torch.testing.assert_close(rank[key], one[key], rtol=0, atol=1e-12)
     # Equal shards: the mean of the processes' losses is the one-process loss.
     mean = np.mean([r["losses"] for r in both], axis=0)

@@ -19,8 +19,9 @@ set (``Needs.labeled_indices``), gathered from every process as USB gathers them
 weight EMA with ``bank_teacher="ema"`` (its own forward of the labeled batch, train mode, no
 gradient, BatchNorm statistics untouched) or from the student's joint forward
 (``"student"``), written as ``normalize(m b_j + (1 - m) z_j)`` with ``bank_momentum`` m.
-Distribution alignment as USB's ``DistAlignQueueHook``: ``p (1/C + eps) / (mean(queue) +
-eps)`` normalised (eps 1e-6), the queue holding the last ``da_len`` global batch means.
+Distribution alignment as USB's ``DistAlignQueueHook`` (CoMatch's ``QueueAlignment`` with
+``usb=True``): ``p (1/C + eps) / (mean(queue) + eps)`` normalised (eps 1e-6), the queue
+holding the last ``da_len`` global batch means (zeros at first).
 
 Paper vs USB 0.3.2 (defaults: the paper; USB's values are the presets): the label propagation
 (paper Eq. for ``p_hat`` as recalled: the normalised product; the official code and USB: the
@@ -54,12 +55,13 @@ from semimatch.methods.blocks import (
     train_mode,
 )
 from semimatch.methods.classic import mean_rows, wide
+from semimatch.methods.comatch import QueueAlignment
 from semimatch.methods.consistency import Needs, SSLAlgorithm, StepOutputs, UnlabeledResult
 from semimatch.methods.fixmatch import FixedThreshold, fixed_lambda
 from semimatch.methods.heads import heads_of, record_features, unwrap
 from semimatch.methods.registry import MethodPresets, register_method
 
-__all__ = ["ProjectionHead", "QueueAlignment", "SimMatch", "last_occurrence", "simmatch"]
+__all__ = ["ProjectionHead", "SimMatch", "last_occurrence", "simmatch"]
 
 _BANK_SEED = 0x53494D  # every process draws the same initial bank
 
@@ -82,39 +84,6 @@ class ProjectionHead(nn.Module):
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         out = sum(mlp(feats) for mlp in self.mlps) / len(self.mlps)
         return F.normalize(out, dim=1)  # type: ignore[arg-type]
-
-
-class QueueAlignment(nn.Module):
-    """USB's ``DistAlignQueueHook`` with a uniform target: ``p * (1/C + eps) / (mean(queue) +
-    eps)``, normalised; the queue (``da_len`` rows, zeros at first, as USB) holds the last
-    global batch means of the unlabeled weak-view probabilities (all-reduced under torchrun)."""
-
-    queue: torch.Tensor
-    ptr: torch.Tensor
-
-    def __init__(self, num_classes: int, length: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        if length < 1:
-            raise ValueError(f"da_len must be >= 1; got {length}")
-        self.num_classes, self.eps = check_num_classes(num_classes), float(eps)
-        self.register_buffer("queue", torch.zeros(length, self.num_classes))
-        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
-
-    @torch.no_grad()
-    def update(self, probs: torch.Tensor) -> None:
-        probs = wide(probs)  # float32 at least (float64 stays: the oracle tests)
-        count = torch.tensor([float(probs.shape[0])], dtype=probs.dtype, device=probs.device)
-        total, count = dist.all_reduce_sums(probs.sum(dim=0), count)
-        mean = (total / count.clamp(min=1.0)).to(self.queue.dtype)
-        # An empty global batch leaves the queue as it was (USB would write NaN).
-        row = torch.where(count > 0, mean, self.queue[self.ptr])
-        self.queue[self.ptr] = row
-        self.ptr.copy_(torch.where(count[0] > 0, (self.ptr + 1) % len(self.queue), self.ptr))
-
-    def forward(self, probs: torch.Tensor) -> torch.Tensor:
-        model = self.queue.mean(dim=0).to(probs.dtype)
-        aligned = probs * (1.0 / self.num_classes + self.eps) / (model + self.eps)
-        return aligned / aligned.sum(dim=1, keepdim=True)
 
 
 def last_occurrence(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -154,7 +123,7 @@ class SimMatch(SSLAlgorithm):
         num_iterations: int | None = None,
     ) -> None:
         super().__init__(
-            FixedThreshold(tau), QueueAlignment(num_classes, da_len), lambda_u=lambda_u,
+            FixedThreshold(tau), QueueAlignment(num_classes, da_len, usb=True), lambda_u=lambda_u,
             name="simmatch",
         )  # fmt: skip
         _check(lambda_in, sim_temperature, proj_size, proj_heads, propagation, smoothing_alpha)
@@ -319,7 +288,7 @@ class SimMatch(SSLAlgorithm):
 
     def describe(self) -> dict[str, Any]:
         info = self.weighting.describe()  # type: ignore[union-attr]
-        return {"weighting": info, "p_model": self.alignment.queue.mean(dim=0).tolist()}  # type: ignore[union-attr]
+        return {"weighting": info, "p_model": self.alignment.p_model.tolist()}  # type: ignore[union-attr]
 
     def extra_repr(self) -> str:
         return (
