@@ -22,6 +22,7 @@ from semimatch import distributed as dist
 from semimatch.config import Config, ConfigError
 from semimatch.data import DatasetInfo, wrap_model
 from semimatch.data.modalities import modality
+from semimatch.data.modalities.base import Modality
 from semimatch.methods.consistency import SSLAlgorithm
 from semimatch.methods.heads import attach_heads, feature_layer, num_features
 from semimatch.methods.registry import build_algorithm
@@ -62,6 +63,7 @@ def build_parts(
     training: bool = True,
     with_algorithm: bool = True,
     num_unlabeled: int | None = None,
+    labeled_counts: Any = None,
 ) -> Parts:
     """The model, its EMA and the algorithm that ``cfg`` describes, on ``device``.
 
@@ -70,7 +72,8 @@ def build_parts(
     with ``sync_bn``, synchronised BatchNorm.  A reloaded run (``training=False``) whose
     checkpoint was trained by a custom weighting passes ``with_algorithm=False`` and gets
     ``algorithm=None``: prediction does not need it.  ``num_unlabeled`` is the unlabeled pool
-    size, for an algorithm with per-sample state (FlexMatch).  The global torch generator draws
+    size, for an algorithm with per-sample state (FlexMatch); ``labeled_counts`` the labeled
+    set's per-class counts (ReMixMatch's p(y)).  The global torch generator draws
     the initial weights (``fit`` seeds it first).
     """
     if model is None and str(cfg.backbone).startswith("custom:"):
@@ -97,6 +100,7 @@ def build_parts(
                 info.num_classes,
                 num_unlabeled=num_unlabeled,
                 num_iterations=cfg.iterations,
+                labeled_counts=labeled_counts,
                 **cfg.algorithm_options(),
             )
         except ValueError as e:  # an option the algorithm rejects: the user's config is wrong
@@ -116,17 +120,34 @@ def build_parts(
         layer = feature_layer(net, info.num_classes)
         attach_heads(net, algorithm.make_heads(num_features(layer)).to(device), info.num_classes)
     ema = ModelEMA(net, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay else None
-    check_needs(algorithm, name, ema, modality(info).continuous, cfg)
+    check_needs(algorithm, name, ema, modality(info).continuous, cfg, modality(info))
     return Parts(net, ema, algorithm, name)
 
 
 def check_needs(
-    algorithm: Any, name: str, ema: ModelEMA | None, continuous: bool, cfg: Config | None = None
+    algorithm: Any,
+    name: str,
+    ema: ModelEMA | None,
+    continuous: bool,
+    cfg: Config | None = None,
+    data: Modality | None = None,
 ) -> None:
     """Refuse a method whose ``needs`` this run cannot give: a teacher without the weight EMA,
-    input perturbations on token ids, features without the joint forward."""
+    input perturbations on token ids, features without the joint forward, image transforms
+    (``data``: the run's modality) on other data."""
     needs = getattr(algorithm, "needs", None)
-    if getattr(needs, "features", False) and cfg is not None and cfg.forward_mode != "joint":
+    if getattr(needs, "spatial", False) and data is not None and not data.spatial:
+        raise ConfigError(
+            f"--algorithm {name} rotates and mixes images and cannot run on {data.noun}; pick "
+            "another --algorithm"
+        )
+    joint = getattr(needs, "forward", True)  # a method with its own forward picks its own
+    if (
+        getattr(needs, "features", False)
+        and joint
+        and cfg is not None
+        and cfg.forward_mode != "joint"
+    ):
         raise ConfigError(
             f"--algorithm {name} reads the backbone's features of the joint forward; pass "
             f"--forward-mode joint (not {cfg.forward_mode})"
