@@ -238,7 +238,8 @@ def test_a_short_run_from_the_command_line(tmp_path):
     args = ["train", "--dataset", "digits", "--algorithm", "remixmatch", "--num-labels", "20",
             "--iterations", "2", "--eval-every", "2", "--log-every", "1", "--batch-size", "8",
             "--uratio", "1", "--strong-views", "2", "--strong-augment", "ctaugment",
-            "--precision", "fp32", "--no-tensorboard", "--threads", "1", "--out", str(out)]  # fmt: skip
+            "--precision", "fp32", "--no-tensorboard", "--threads", "1",
+            "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     trains = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
               if r["kind"] == "train"]  # fmt: skip
