@@ -22,7 +22,7 @@ from helpers.reference_impl import (
 from helpers.runs import TINY, assert_same_run
 from semimatch.cli import main
 from semimatch.config import Config, ConfigError
-from semimatch.data.modalities import MODALITIES
+from semimatch.data.sources import DatasetInfo, FeatureSpec, ImageSpec, TextSpec
 from semimatch.errors import TrainingInterrupted
 from semimatch.methods.heads import attach_heads
 from semimatch.methods.mixmatch import mixup_draw
@@ -190,15 +190,31 @@ def test_two_gloo_processes_align_as_one(tmp_path, estimate):
             torch.testing.assert_close(state[key], value)
 
 
-def test_images_only_refused_in_one_line_naming_the_flag():
+def _info(spec) -> DatasetInfo:
+    return DatasetInfo("d", 3, ("a", "b", "c"), spec)
+
+
+def test_square_images_only_refused_in_one_line_naming_the_flag():
     algo = build_algorithm("remixmatch", 3)
-    for kind, noun in (("features", "feature vectors"), ("text", "texts")):
-        with pytest.raises(ConfigError, match=f"^--algorithm remixmatch .* on {noun};"):
-            check_needs(algo, "remixmatch", None, kind != "text", None, MODALITIES[kind])
-    check_needs(algo, "remixmatch", None, True, Config(), MODALITIES["image"])
-    rect = torch.zeros(2, 1, 4, 6)
+    features, text = FeatureSpec(4, (0.0,) * 4, (1.0,) * 4), TextSpec("t", 16)
+    for spec, noun in ((features, "feature vectors"), (text, "texts")):
+        with pytest.raises(ConfigError, match=f"^--algorithm remixmatch rotates .* on {noun};"):
+            check_needs(algo, "remixmatch", None, True, None, _info(spec))
+    rect = _info(ImageSpec((8, 12), 1, (0.5,), (0.25,), False))
+    with pytest.raises(ConfigError, match="^--algorithm remixmatch .* square images, not 8x12"):
+        check_needs(algo, "remixmatch", None, True, None, rect)
+    # Without the rotation loss: MixMatch's refusal of token ids only.
+    plain = build_algorithm("remixmatch", 3, lambda_rot=0.0)
+    check_needs(plain, "remixmatch", None, True, None, _info(features))
+    check_needs(plain, "remixmatch", None, True, None, rect)
+    with pytest.raises(ConfigError, match="--algorithm remixmatch .* token ids"):
+        check_needs(plain, "remixmatch", None, False, None, _info(text))
+    square = _info(ImageSpec((8, 8), 1, (0.5,), (0.25,), False))
+    check_needs(algo, "remixmatch", None, True, Config(), square)
+    # Its own forward reads its own features: the step's forward mode does not concern it.
+    check_needs(algo, "remixmatch", None, True, Config(forward_mode="split"), square)
     with pytest.raises(ValueError, match="--algorithm remixmatch .* square images"):
-        algo.rotation_loss(nn.Identity(), rect, torch.zeros(2, dtype=torch.long))
+        algo.rotation_loss(nn.Identity(), torch.zeros(2, 1, 4, 6), torch.zeros(2, dtype=torch.long))
 
 
 def test_feature_vectors_are_refused_before_training(tmp_path):

@@ -58,7 +58,8 @@ class Needs:
     #: (``StepOutputs.heads``): the method has ``make_heads(num_features) -> nn.Module``, which
     #: ``semimatch.methods.heads.attach_heads`` hangs on the model (CoMatch's projection).
     features: bool = False
-    #: The method transforms the inputs as images (ReMixMatch's rotations): image data only.
+    #: The method turns the inputs by quarter turns (ReMixMatch's rotation head): square images
+    #: only.
     spatial: bool = False
 
 

@@ -30,7 +30,8 @@ EMA (momentum 0.999) started at the first batch mean and updated before use
 (``strong_views``).  Both mix the anchor into ``U`` as the authors' code does, and take the
 labeled batch's weak view.  The strong views are CTAugment's in the paper and in USB's dataset
 code (``--strong-augment ctaugment``, the presets); RandAugment (``fixmatch``/``usb``) works too.
-Rotation and MixUp need images: feature vectors and texts are refused.
+The rotations need square images: feature vectors and texts are refused (with
+``lambda_rot = 0``, as MixMatch: texts refused, feature vectors mixed).
 """
 
 from __future__ import annotations
@@ -205,8 +206,9 @@ class ReMixMatch(MixMatch):
             super().needs,
             strong_views=self.strong_views,
             strong_as_weak=False,
-            features=self.lambda_rot > 0,  # the rotation head (none without its loss)
-            spatial=True,
+            # The rotation head and its quarter turns (none without its loss).
+            features=self.lambda_rot > 0,
+            spatial=self.lambda_rot > 0,
         )
 
     def make_heads(self, num_features: int) -> nn.Module:

@@ -22,7 +22,6 @@ from semimatch import distributed as dist
 from semimatch.config import Config, ConfigError
 from semimatch.data import DatasetInfo, wrap_model
 from semimatch.data.modalities import modality
-from semimatch.data.modalities.base import Modality
 from semimatch.methods.consistency import SSLAlgorithm
 from semimatch.methods.heads import attach_heads, feature_layer, num_features
 from semimatch.methods.registry import build_algorithm
@@ -120,7 +119,7 @@ def build_parts(
         layer = feature_layer(net, info.num_classes)
         attach_heads(net, algorithm.make_heads(num_features(layer)).to(device), info.num_classes)
     ema = ModelEMA(net, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay else None
-    check_needs(algorithm, name, ema, modality(info).continuous, cfg, modality(info))
+    check_needs(algorithm, name, ema, modality(info).continuous, cfg, info)
     return Parts(net, ema, algorithm, name)
 
 
@@ -130,17 +129,24 @@ def check_needs(
     ema: ModelEMA | None,
     continuous: bool,
     cfg: Config | None = None,
-    data: Modality | None = None,
+    info: DatasetInfo | None = None,
 ) -> None:
     """Refuse a method whose ``needs`` this run cannot give: a teacher without the weight EMA,
-    input perturbations on token ids, features without the joint forward, image transforms
-    (``data``: the run's modality) on other data."""
+    input perturbations on token ids, features without the joint forward, quarter turns of
+    the inputs (``info``: the run's data) on other data than square images."""
     needs = getattr(algorithm, "needs", None)
-    if getattr(needs, "spatial", False) and data is not None and not data.spatial:
-        raise ConfigError(
-            f"--algorithm {name} rotates and mixes images and cannot run on {data.noun}; pick "
-            "another --algorithm"
-        )
+    if getattr(needs, "spatial", False) and info is not None:
+        shape, data = info.input_shape, modality(info)
+        if not data.spatial:
+            raise ConfigError(
+                f"--algorithm {name} rotates images and cannot run on {data.noun}; pick "
+                "another --algorithm"
+            )
+        if shape[-1] != shape[-2]:
+            raise ConfigError(
+                f"--algorithm {name} turns the images by 90 degrees and needs square images, "
+                f"not {shape[-2]}x{shape[-1]}: resize them square (or --lambda-rot 0)"
+            )
     joint = getattr(needs, "forward", True)  # a method with its own forward picks its own
     if (
         getattr(needs, "features", False)

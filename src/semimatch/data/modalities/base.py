@@ -56,7 +56,7 @@ class Modality:
     #: Whether the inputs are continuous (pixels, feature values), so a method may perturb them
     #: (VAT); token ids are not.
     continuous: ClassVar[bool] = True
-    #: Whether the samples are images a method may turn (ReMixMatch's rotation head).
+    #: Whether the samples are images a method may turn (``Needs.spatial``: ReMixMatch's rotation).
     spatial: ClassVar[bool] = False
     #: ``TrainStream(augment=None)``: the views the stream builds by default.
     default_augment: ClassVar[str] = "batched"
