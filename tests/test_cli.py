@@ -327,10 +327,11 @@ def test_help_states_the_algorithms_real_defaults(capsys):
     # stats_on, shape, lambda_e, use_quantile, clip_thresh, temperature x2, dash_gamma,
     # dash_c, rho_min, dash_warmup_extra, tsa_schedule, tsa_mask; lambda_u, unsup_warmup and
     # rampup_shape x3 (pimodel, meanteacher, vat), vat_eps, vat_xi, entropy_weight; mixmatch's
-    # lambda_u, temperature, mixup_alpha, unsup_warmup, rampup_shape; remixmatch's lambda_u,
-    # lambda_u1, lambda_rot, temperature, mixup_alpha, strong_views, da_estimate, da_window,
-    # unsup_warmup, rampup_shape
-    assert checked == 59
+    # lambda_u, temperature, mixup_alpha, unsup_warmup, rampup_shape; softmatch's unsup_warmup
+    # and rampup_shape, second_view x2 (pimodel, meanteacher); remixmatch's lambda_u, lambda_u1,
+    # lambda_rot, temperature, mixup_alpha, strong_views, da_estimate, da_window, unsup_warmup,
+    # rampup_shape
+    assert checked == 63
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())

@@ -76,6 +76,9 @@ FAMILY = {
     ),
     "vat": dict(algorithm="vat", stat_momentum=None, unsup_warmup=0.0),
     "mixmatch": dict(algorithm="mixmatch", stat_momentum=None, unsup_warmup=0.0),
+    "remixmatch": dict(
+        algorithm="remixmatch", stat_momentum=None, unsup_warmup=0.0, strong_views=2, da_window=4
+    ),
 }  # fmt: skip
 
 

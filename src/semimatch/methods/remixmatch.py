@@ -337,7 +337,8 @@ def remixmatch(
         da_window: batches in the distribution-alignment window (paper 128).
         unsup_warmup: share of the budget over which both unlabeled losses ramp up from 0 to 1
             (paper 16k of 1M iterations; USB 1/64).
-        rampup_shape: shape of the ramp-up, linear (paper and USB) or sigmoid exp(-5 (1 - t)^2).
+        rampup_shape: shape of both unlabeled ramps, linear (paper and USB) or sigmoid
+            exp(-5 (1 - t)^2).
     """
     return ReMixMatch(
         num_classes,
