@@ -31,6 +31,7 @@ from semimatch.methods.remixmatch import ReMixMatchAlignment, rotate_batch, rota
 from semimatch.presets import PRESETS
 from semimatch.runs import engine
 from semimatch.runs.engine import fit
+from semimatch.training.memory import step_rows
 from semimatch.training.recipe import check_needs
 from semimatch.training.step import StepInfo, train_step
 
@@ -234,6 +235,10 @@ def test_needs_presets_and_description():
     assert needs.features and needs.spatial and not needs.forward and needs.strong_views == 8
     assert not needs.strong_as_weak
     assert not build_algorithm("remixmatch", 3, lambda_rot=0.0).needs.features
+    # The memory pre-flight counts every row forwarded with gradient: labeled + mu (K strong +
+    # weak) mixed, mu unmixed and mu rotated first strong views; the data: 1 + mu (1 + K).
+    two = build_algorithm("remixmatch", 3, strong_views=2)
+    assert step_rows(two.needs, 3, "joint") == (1 + 3 * 5, 1 + 3 * 3)
     assert algo.describe()["weighting"]["not_a_weighting_method"]
     values = PRESETS["cifar10-40-remixmatch"].values
     assert (values["lambda_u"], values["lambda_u1"], values["lambda_rot"]) == (1.5, 0.5, 0.5)

@@ -61,6 +61,9 @@ class Needs:
     #: The method turns the inputs by quarter turns (ReMixMatch's rotation head): square images
     #: only.
     spatial: bool = False
+    #: Forwards of the unlabeled rows with gradient beyond one per view (ReMixMatch's unmixed and
+    #: rotated first strong view: 2), for the memory pre-flight's activation count.
+    extra_forwards: int = 0
 
 
 @dataclass

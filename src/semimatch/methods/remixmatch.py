@@ -209,6 +209,8 @@ class ReMixMatch(MixMatch):
             # The rotation head and its quarter turns (none without its loss).
             features=self.lambda_rot > 0,
             spatial=self.lambda_rot > 0,
+            # With gradient besides the mixed batch: the unmixed and the rotated first view.
+            extra_forwards=1 + (self.lambda_rot > 0),
         )
 
     def make_heads(self, num_features: int) -> nn.Module:
