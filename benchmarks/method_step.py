@@ -49,8 +49,9 @@ def main() -> None:
     for name in names:
         net = copy.deepcopy(base)
         algo = build_algorithm(name, 10, **options.get(name, {}))
-        if algo.needs.features:  # the method's heads on the features (ReMixMatch's rotation)
-            attach_heads(net, algo.make_heads(num_features(feature_layer(net, 10))), 10)
+        if algo.needs.features:  # the method's heads (CoMatch's projection, ReMixMatch's
+            width = num_features(feature_layer(net, 10))  # rotation), as build_parts
+            attach_heads(net, algo.make_heads(width), 10)
         opt = torch.optim.SGD(net.parameters(), lr=0.03, momentum=0.9, nesterov=True)
         runs[name] = (net, ModelEMA(net, 0.999), algo, opt)
     n_lb, n_ulb = args.batch, args.batch * args.uratio

@@ -76,6 +76,7 @@ FAMILY = {
     ),
     "vat": dict(algorithm="vat", stat_momentum=None, unsup_warmup=0.0),
     "mixmatch": dict(algorithm="mixmatch", stat_momentum=None, unsup_warmup=0.0),
+    "comatch": dict(algorithm="comatch", stat_momentum=None, tau=0.5, queue_batch=1, da_len=2),
     "remixmatch": dict(
         algorithm="remixmatch", stat_momentum=None, unsup_warmup=0.0, strong_views=2, da_window=4
     ),
