@@ -10,6 +10,7 @@ SimMatch's bank holds ``--num-labeled`` samples and runs with its default EMA-te
 
     python benchmarks/method_step.py --batch 16 --uratio 2 --rounds 7 --threads 1
     python benchmarks/method_step.py --methods fixmatch,pimodel,meanteacher,vat  # B 64, mu 7
+    python benchmarks/method_step.py --methods fixmatch,remixmatch --strong-views 2 --uratio 1
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--backbone", default="wrn_28_2")
+    p.add_argument("--strong-views", type=int, default=0, help="remixmatch's K (0: its default, 8)")
     p.add_argument("--num-labeled", type=int, default=250, help="labeled set (SimMatch's bank)")
     args = p.parse_args()
     if args.threads:
@@ -43,14 +45,15 @@ def main() -> None:
     from semimatch.training.step import StepInfo, train_step
 
     names = args.methods.split(",")
+    options = {"remixmatch": {"strong_views": args.strong_views}} if args.strong_views else {}
     torch.manual_seed(0)
     base = InputNormalizer(build_model(args.backbone, 10), (0.5,) * 3, (0.25,) * 3)
     runs = {}
     for name in names:
         net = copy.deepcopy(base)
-        algo = build_algorithm(name, 10, num_labeled=args.num_labeled)
-        if algo.needs.features:  # the method's heads (CoMatch's, SimMatch's), as build_parts
-            width = num_features(feature_layer(net, 10))
+        algo = build_algorithm(name, 10, num_labeled=args.num_labeled, **options.get(name, {}))
+        if algo.needs.features:  # the method's heads (CoMatch's and SimMatch's projections,
+            width = num_features(feature_layer(net, 10))  # ReMixMatch's rotation), as build_parts
             attach_heads(net, algo.make_heads(width), 10)
         opt = torch.optim.SGD(net.parameters(), lr=0.03, momentum=0.9, nesterov=True)
         runs[name] = (net, ModelEMA(net, 0.999), algo, opt)
@@ -59,13 +62,15 @@ def main() -> None:
     y_lb = torch.randint(0, 10, (n_lb,))
     lb_idx = torch.randperm(max(args.num_labeled, n_lb))[:n_lb] % args.num_labeled
     u_weak = torch.randint(0, 256, (n_ulb, 3, 32, 32), dtype=torch.uint8)
-    u_strong = torch.randint(0, 256, (n_ulb, 3, 32, 32), dtype=torch.uint8)
+    views = max(runs[name][2].needs.strong_views for name in names)
+    u_strong = [torch.randint(0, 256, (n_ulb, 3, 32, 32), dtype=torch.uint8) for _ in range(views)]
     times: dict[str, list[float]] = {name: [] for name in names}
     total = 2**20
     for r in range(args.warmup + args.rounds):
         for name in names:
             net, ema, algo, opt = runs[name]
-            strong = (u_strong, u_strong.flip(0))[: algo.needs.strong_views] or None
+            k = algo.needs.strong_views
+            strong = None if k == 0 else u_strong[0] if k == 1 else tuple(u_strong[:k])
             # An iteration inside the ramp-up, so the unlabeled term is computed in full.
             info = StepInfo(total // 2, iterations=total, teacher=ema.module, lb_idx=lb_idx)
             t = time.perf_counter()

@@ -77,6 +77,9 @@ FAMILY = {
     "vat": dict(algorithm="vat", stat_momentum=None, unsup_warmup=0.0),
     "mixmatch": dict(algorithm="mixmatch", stat_momentum=None, unsup_warmup=0.0),
     "comatch": dict(algorithm="comatch", stat_momentum=None, tau=0.5, queue_batch=1, da_len=2),
+    "remixmatch": dict(
+        algorithm="remixmatch", stat_momentum=None, unsup_warmup=0.0, strong_views=2, da_window=4
+    ),
     # SimMatch's bank from the student (momentum 0.7) or from the EMA teacher's own forward.
     "simmatch": dict(
         algorithm="simmatch", stat_momentum=None, tau=0.5, bank_teacher="student",

@@ -706,6 +706,63 @@ class CoMatchOracle:
         return dict(loss=loss, sup=sup, unsup=l_cls, contrast=l_ctr, mask=mask, q=q)
 
 
+# --- ReMixMatch (Berthelot et al. 2020, Algorithm 1, Sections 3.2-3.3) ---------------------------
+
+
+def remixmatch_rotate_oracle(img, turns: int) -> np.ndarray:
+    """``img`` (C, S, S) turned ``turns`` quarter turns counter-clockwise (PIL's rotate)."""
+    out = np.asarray(img, dtype=np.float64)
+    for _ in range(int(turns)):
+        out = np.stack([np.rot90(channel) for channel in out])
+    return out
+
+
+def remixmatch_mlp_oracle(
+    params, x_lb, y_lb, u_weak, strong, lam, perm, turns, p_data, p_tilde, T,  # noqa: N803
+    lambda_u, lambda_u1, lambda_rot, ramp,
+) -> float:  # fmt: skip
+    """ReMixMatch's loss for ``h = tanh(flat(x) W1^T + b1)``, ``z = h W2^T + b2`` (classes),
+    ``g = h Wr^T + br`` (rotations), with the MixUp draw, the rotations and ``p~(y)`` given.
+
+    ``q = Sharpen(Normalize(p(y|w) (p(y) + 1e-6) / (p~(y) + 1e-6)), T)``; ``X = (x, onehot y)``,
+    ``U = (s_1, q), ..., (s_K, q), (w, q)``; ``Z = cat(X, U)``; ``Z' = lam Z + (1 - lam) Z[perm]``;
+    ``L = mean_{X'} H + ramp (lambda_u mean_{U'} H + lambda_u1 mean H(q, z(s_1))) + lambda_rot
+    mean CE(rho, g(rotate(s_1, rho)))``, ``H(t, z) = -sum t log softmax z``."""
+    w1, b1, w2, b2, wr, br = (np.asarray(p, dtype=np.float64) for p in params)
+
+    def feats(x):
+        x = np.asarray(x, dtype=np.float64)
+        return np.tanh(x.reshape(len(x), -1) @ w1.T + b1)
+
+    def xent(targets, logits):
+        return float(np.mean(-(targets * np.log(softmax(logits))).sum(axis=1)))
+
+    c = w2.shape[0]
+    p = softmax(feats(u_weak) @ w2.T + b2)
+    ratio = (np.asarray(p_data, dtype=np.float64) + 1e-6) / (np.asarray(p_tilde) + 1e-6)
+    aligned = p * ratio
+    aligned = aligned / aligned.sum(axis=1, keepdims=True)
+    q = sharpen_oracle(aligned, T)
+    x = np.concatenate([np.asarray(v, dtype=np.float64) for v in (x_lb, *strong, u_weak)])
+    t = np.concatenate([np.eye(c)[np.asarray(y_lb)], *([q] * (len(strong) + 1))])
+    x_mix, t_mix = lam * x + (1 - lam) * x[perm], lam * t + (1 - lam) * t[perm]
+    z = feats(x_mix) @ w2.T + b2
+    n = len(y_lb)
+    sup, unsup = xent(t_mix[:n], z[:n]), xent(t_mix[n:], z[n:])
+    u1 = xent(q, feats(strong[0]) @ w2.T + b2)
+    rotated = np.stack([remixmatch_rotate_oracle(img, r) for img, r in zip(strong[0], turns)])
+    rot = xent(np.eye(4)[np.asarray(turns)], feats(rotated) @ wr.T + br)
+    return sup + ramp * (lambda_u * unsup + lambda_u1 * u1) + lambda_rot * rot
+
+
+def remixmatch_marginal_oracle(batch_means, window: int, num_classes: int) -> np.ndarray:
+    """``p~(y)`` before the next batch (the authors' code): the mean of the last ``window``
+    batch means, the window starting as ``window`` uniform rows; normalised."""
+    rows = [np.full(num_classes, 1.0 / num_classes)] * window + list(batch_means)
+    mean = np.mean(rows[-window:], axis=0)
+    return mean / mean.sum()
+
+
 # --- SimMatch (Zheng et al. 2022, section 3: instance similarity, unfolding, aggregation) -------
 
 

@@ -68,9 +68,12 @@ _BUILTINS = (
 LambdaFormula = Callable[[Mapping[str, Any], np.ndarray, int], np.ndarray]
 
 #: Keyword parameters of a builder that the data or the run, not the user, supplies (FlexMatch's
-#: memory size, UDA's annealing over the budget): not options - no ``Config`` field, flag or
-#: validation; ``build_algorithm`` passes them to the builders that declare them.
-DATA_INPUTS: frozenset[str] = frozenset({"num_unlabeled", "num_iterations", "num_labeled"})
+#: memory size, UDA's annealing over the budget, ReMixMatch's labeled class counts, SimMatch's
+#: labeled set size): not options - no ``Config`` field, flag or validation;
+#: ``build_algorithm`` passes them to the builders that declare them.
+DATA_INPUTS: frozenset[str] = frozenset(
+    {"num_unlabeled", "num_iterations", "labeled_counts", "num_labeled"}
+)
 
 
 @dataclass(frozen=True)
@@ -341,13 +344,14 @@ def build_algorithm(
     *,
     num_unlabeled: int | None = None,
     num_iterations: int | None = None,
+    labeled_counts: Any = None,
     num_labeled: int | None = None,
     **options: Any,
 ) -> Any:
     """Build a named algorithm; an option the algorithm does not use is an error, not ignored.
     ``num_unlabeled`` (pool size), ``num_iterations`` (the iteration budget) and
-    ``num_labeled`` (the labeled set's size), data inputs, go to the builders that declare
-    them."""
+    ``labeled_counts`` (per-class counts of the labeled set) and ``num_labeled`` (its size),
+    data inputs, go to the builders that declare them."""
     registry = methods()
     if name not in registry:
         hint = difflib.get_close_matches(name, registry, n=1)
@@ -362,6 +366,7 @@ def build_algorithm(
     given = {
         "num_unlabeled": num_unlabeled,
         "num_iterations": num_iterations,
+        "labeled_counts": labeled_counts,
         "num_labeled": num_labeled,
     }
     data = {k: v for k, v in given.items() if k in spec.data_inputs}
