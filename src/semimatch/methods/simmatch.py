@@ -8,8 +8,8 @@ unlabeled row and ``p`` its weak-view class probabilities (after distribution al
     q^w_j = softmax_j(z^w . b_j / T),   q^s_j = softmax_j(z^s . b_j / T)       (instance similarity)
     q_hat_j = q^w_j p_{y_j} / sum_k q^w_k p_{y_k}                              (unfolding)
     q^agg_c = sum_{j: y_j = c} q^w_j                                           (aggregation)
-    p_hat = normalize(p * q^agg)           (the paper's propagation: ``propagation="product"``)
-    p_hat = alpha p + (1 - alpha) q^agg    (the official code, USB: ``propagation="smoothing"``)
+    p_hat = alpha p + (1 - alpha) q^agg    (the authors' code, USB: ``propagation="smoothing"``)
+    p_hat = normalize(p * q^agg)           (``propagation="product"``, see below)
     L = mean_B H(y, f(x))
         + lambda_u (1/(mu B)) sum_i 1[max p_hat_i >= tau] H(p_hat_i, softmax f(s_i))
         + lambda_in (1/(mu B)) sum_i H(q_hat_i, q^s_i)
@@ -23,9 +23,11 @@ Distribution alignment as USB's ``DistAlignQueueHook`` (CoMatch's ``QueueAlignme
 ``usb=True``): ``p (1/C + eps) / (mean(queue) + eps)`` normalised (eps 1e-6), the queue
 holding the last ``da_len`` global batch means (zeros at first).
 
-Paper vs USB 0.3.2 (defaults: the paper; USB's values are the presets): the label propagation
-(paper Eq. for ``p_hat`` as recalled: the normalised product; the official code and USB: the
-smoothing with ``alpha`` 0.9); the first epoch without the instance loss and without
+Paper vs USB 0.3.2 (defaults: the paper and the authors' code; USB's values are the presets):
+the label propagation is the smoothing with ``alpha`` 0.9 in the authors' released code
+(mingkai-zheng/SimMatch, ``c_smooth``) and in USB, the default; the normalised product is
+offered as ``propagation="product"``, a reading of the paper's equation for ``p_hat`` that was
+not checked against the paper's text here; the first epoch without the instance loss and without
 propagation (official code and USB: ``in_warmup``, one epoch = 1/1024 of the classic-CV budget,
 1/100 of the NLP one; the paper states none, default 0); the bank (USB: the student's
 embeddings with momentum 0.7 on CIFAR/SVHN/STL/AG News/IMDb/DBpedia, the EMA teacher's
@@ -346,7 +348,7 @@ def simmatch(
     proj_size: int = 128,
     proj_heads: int = 1,
     da_len: int = 32,
-    propagation: Literal["product", "smoothing"] = "product",
+    propagation: Literal["product", "smoothing"] = "smoothing",
     smoothing_alpha: float = 0.9,
     bank_teacher: Literal["student", "ema"] = "ema",
     bank_momentum: float = 0.0,
@@ -363,8 +365,9 @@ def simmatch(
         proj_size: size of the projected embedding (paper and USB 128).
         proj_heads: projection MLPs averaged (1; EPASS in USB's configs for images: 3).
         da_len: distribution alignment queue of past batch means (USB 32; ImageNet 256).
-        propagation: the propagated pseudo-label, product normalize(p * q_agg) (the paper) or
-            smoothing alpha p + (1 - alpha) q_agg (the official code and USB).
+        propagation: the propagated pseudo-label, smoothing alpha p + (1 - alpha) q_agg (the
+            authors' code and USB) or product normalize(p * q_agg) (a reading of the paper's
+            equation, unverified).
         smoothing_alpha: alpha of propagation smoothing (USB 0.9).
         bank_teacher: the bank's embeddings, ema (the weight EMA's own forward of the labeled
             batch: the paper's code, USB on large datasets) or student (the joint forward's:
