@@ -33,8 +33,9 @@ def test_the_usb_nlp_settings_and_algorithms_have_presets():
     assert algorithms == {
         *("supervised", "fullysupervised", "fixmatch", "softmatch"),
         *("flexmatch", "freematch", "adamatch", "dash", "uda", "pimodel"),
+        "crmatch",
     }
-    assert len(NLP) == 10 * 10
+    assert len(NLP) == 10 * 11
 
 
 def _texts(num_classes: int) -> semimatch.data.SSLDataset:

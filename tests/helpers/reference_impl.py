@@ -623,3 +623,50 @@ def mixmatch_linear_oracle(W, b, x_lb, y_lb, views, lam, perm, T, lambda_u, ramp
     sup = float(np.mean(-(t_mix[:n] * np.log(p[:n])).sum(axis=1)))
     unsup = float(np.mean((p[n:] - t_mix[n:]) ** 2))
     return sup + lambda_u * ramp * unsup
+
+
+# --- CRMatch (Fan et al., IJCV 2022: thresholded pseudo-labels, FeatDistLoss, rotation) ----------
+
+
+def crmatch_tanh_oracle(params, x_lb, y_lb, u_weak, u_strong, tau, lambdas, rot_rows) -> float:
+    """CRMatch's loss for the model ``h(x) = tanh(flat(x) W1^T + b1)``, ``z = h Wc^T + bc``,
+    the projection ``g(h) = h Wd^T + bd`` and the rotation head
+    ``rot(h) = relu(h R1^T + r1) R2^T + r2`` (``params`` holds these arrays by name).
+
+    ``m_i = 1[max softmax z(weak u_i) >= tau]``, ``y_i = argmax``;
+    ``L = mean_B H(y, z(x)) + l_u (1/N) sum_i m_i H(y_i, z(strong u_i))
+    + l_fd (1/N) sum_i m_i max(0, cos(g h(strong u_i), g h(weak u_i)))
+    + l_rot mean_{j < rot_rows, r in 0..3} H(r, rot h(rot90^r weak u_j))``, ``rot90`` turning
+    the (H, W) plane counter-clockwise; ``lambdas = (l_u, l_fd, l_rot)``."""
+    p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+
+    def feats(x):
+        x = np.asarray(x, dtype=np.float64)
+        return np.tanh(x.reshape(x.shape[0], -1) @ p["W1"].T + p["b1"])
+
+    def logits(h):
+        return h @ p["Wc"].T + p["bc"]
+
+    lambda_u, lambda_fd, lambda_rot = lambdas
+    sup = float(np.mean(cross_entropy(logits(feats(x_lb)), np.asarray(y_lb))))
+    h_w, h_s = feats(u_weak), feats(u_strong)
+    probs = softmax(logits(h_w))
+    mask = (probs.max(axis=1) >= tau).astype(np.float64)
+    pseudo = probs.argmax(axis=1)
+    n = len(mask)
+    unsup = float(np.sum(mask * cross_entropy(logits(h_s), pseudo)) / n)
+    g_w, g_s = h_w @ p["Wd"].T + p["bd"], h_s @ p["Wd"].T + p["bd"]
+    fd = 0.0
+    for i in range(n):
+        cos = float(g_s[i] @ g_w[i] / (np.linalg.norm(g_s[i]) * np.linalg.norm(g_w[i])))
+        fd += mask[i] * max(0.0, cos)
+    loss = sup + lambda_u * unsup + lambda_fd * fd / n
+    if lambda_rot > 0:
+        images = np.asarray(u_weak, dtype=np.float64)[:rot_rows]
+        terms = []
+        for r in range(4):
+            h = feats(np.rot90(images, r, axes=(2, 3)))
+            z = np.maximum(h @ p["R1"].T + p["r1"], 0.0) @ p["R2"].T + p["r2"]
+            terms.extend(cross_entropy(z, np.full(len(images), r)))
+        loss += lambda_rot * float(np.mean(terms))
+    return loss

@@ -1,0 +1,209 @@
+"""CRMatch (Fan, Kukleva, Dai & Schiele, IJCV 2022, "Revisiting Consistency Regularization for
+Deep Semi-Supervised Learning"): FixMatch's thresholded pseudo-labels, the feature distance loss
+(FeatDistLoss) between the weak and strong views' projected features, and rotation prediction.
+
+    L = mean_B H(y, f(x)) + lambda_u L_u + lambda_fd L_fd + lambda_rot L_rot
+    m_i = 1[max_c p(c | weak(u_i)) >= tau],   y_hat_i = argmax_c p(c | weak(u_i))
+    L_u = (1 / mu B) sum_i m_i H(y_hat_i, f(strong(u_i)))
+    L_fd = (1 / mu B) sum_i m_i max(0, cos(g(h(strong(u_i))), g(h(weak(u_i)))))
+    L_rot = (1 / 4 B) sum_{j <= B, r in 0..3} H(r, rot(h(R_r weak(u_j))))
+
+``h`` the backbone's feature vector (the classifier's input), ``g`` a linear projection
+(``ds``, width of the features), ``rot`` an MLP ``Linear(D, D), ReLU, Linear(D, 4)`` and
+``R_r`` the rotation by ``r * 90`` degrees.  ``L_fd`` is USB's
+``cosine_embedding_loss(g_s, g_w, target=-1)``: it *increases* the distance of the two views'
+features (the paper's equivariance on the feature level) down to orthogonal, on the confident
+rows only, while ``L_u`` keeps their predictions consistent.
+
+The method forwards the model itself (``needs.forward = False``): one joint forward of the
+labeled rows, the weak and the strong unlabeled views and the 4 B rotated images, as USB's
+``use_cat`` forward (BatchNorm sees them all), its features recorded by ``methods.heads``; the
+heads (``ds``, ``rot``) hang on the model, so the optimiser, the EMA and checkpoints cover them.
+CRMatch has no state beyond the weights: nothing to gather under torchrun (each process's loss
+is a mean over its rows, DDP averages the gradients, as USB).
+
+Paper/USB 0.3.2 (``crmatch.py``, written with the paper's first author) and here:
+
+- The rotated images: USB draws B more unlabeled images with the weak (labeled) augmentation
+  from a loader of their own; here the first B weak unlabeled rows of the batch (B the labeled
+  batch size), rotated four ways: the same distribution, no second data stream.
+- ``g``'s input: USB projects the *flattened feature map* before pooling of its WRNs
+  (``Linear(8 * 8 * C, C)`` at 32 px) and the pooled feature of BERT/ViT; here the pooled
+  feature vector for every backbone (the heads protocol's tap; texts as USB).
+- The gradient of ``L_fd``: USB's joint forward (classic CV) lets it reach both views' features
+  (``fd_grad="both"``, default); its NLP configs forward the weak view apart without gradient
+  (``use_cat: False``): ``fd_grad="strong"``, the NLP presets.
+- USB adds ``L_u``, ``L_fd`` and ``L_rot`` with weight 1 whatever ``ulb_loss_ratio`` and
+  ``rot_loss_ratio`` say (``rot_loss_ratio`` only switches the rotation on); every USB config
+  sets 1, so the weights here (1 by default) give USB's loss.
+- Rotation needs images: USB sets ``rot_loss_ratio: 0`` for texts and audio, and here feature
+  vectors and texts need ``lambda_rot=0`` (refused otherwise, naming the flag).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semimatch.methods.classic import wide
+from semimatch.methods.consistency import Needs, SSLAlgorithm, StepOutputs, UnlabeledResult
+from semimatch.methods.fixmatch import FixedThreshold, fixed_lambda
+from semimatch.methods.heads import heads_of, record_features
+from semimatch.methods.registry import MethodPresets, register_method
+
+__all__ = ["CRMatch", "crmatch", "feature_distance", "rotations"]
+
+FDGrad = Literal["both", "strong"]
+
+
+def rotations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cat(R_0 x, R_90 x, R_180 x, R_270 x), labels 0..3)`` of an image batch (N, C, H, W):
+    USB's ``rotate_img`` (counter-clockwise ``rot90`` in the H, W plane) and its label order."""
+    if x.dim() != 4 or x.shape[2] != x.shape[3]:
+        raise ValueError(
+            "--algorithm crmatch predicts the rotation of square images (N, C, H, W), but the "
+            f"inputs have shape {tuple(x.shape)}; pass --lambda-rot 0 (USB's setting for texts "
+            "and audio)"
+        )
+    views = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(4)])
+    labels = torch.arange(4, device=x.device).repeat_interleave(x.shape[0])
+    return views, labels
+
+
+def feature_distance(
+    proj_strong: torch.Tensor, proj_weak: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """``L_fd = (1 / N) sum_i m_i max(0, cos(proj_strong_i, proj_weak_i))`` over all N rows
+    (USB: ``cosine_embedding_loss(.., target=-1)``, margin 0, times the mask, mean)."""
+    strong, weak = wide(proj_strong), wide(proj_weak)
+    target = strong.new_full((strong.shape[0],), -1.0)
+    per_row = F.cosine_embedding_loss(strong, weak, target, reduction="none")
+    return (per_row * mask.detach()).sum() / max(proj_strong.shape[0], 1)
+
+
+class CRMatch(SSLAlgorithm):
+    """FixMatch's thresholded loss plus the feature distance and the rotation losses."""
+
+    def __init__(
+        self, *, tau: float, lambda_u: float, lambda_fd: float, lambda_rot: float, fd_grad: FDGrad
+    ) -> None:
+        super().__init__(FixedThreshold(tau), lambda_u=lambda_u, name="crmatch")
+        if lambda_fd < 0 or lambda_rot < 0:
+            raise ValueError(
+                f"lambda_fd and lambda_rot must be >= 0; got {lambda_fd}, {lambda_rot}"
+            )
+        if fd_grad not in ("both", "strong"):
+            raise ValueError(f"fd_grad must be 'both' or 'strong'; got {fd_grad!r}")
+        self.lambda_fd, self.lambda_rot = float(lambda_fd), float(lambda_rot)
+        self.fd_grad = fd_grad
+
+    @property
+    def needs(self) -> Needs:
+        return dataclasses.replace(super().needs, forward=False, features=True)
+
+    @property
+    def has_extra_loss(self) -> bool:
+        return True  # lambda_fd L_fd + lambda_rot L_rot, logged as the extra loss
+
+    def make_heads(self, num_features: int) -> nn.Module:
+        """``ds``: the projection ``g`` (D -> D, USB's ``ds_classifier``); ``rot``: the rotation
+        classifier (only with ``lambda_rot > 0``, as USB builds it only then)."""
+        heads = {"ds": nn.Linear(num_features, num_features)}
+        if self.lambda_rot > 0:
+            heads["rot"] = nn.Sequential(
+                nn.Linear(num_features, num_features), nn.ReLU(), nn.Linear(num_features, 4)
+            )
+        return nn.ModuleDict(heads)
+
+    def own_step(
+        self,
+        model: nn.Module,
+        x_lb: torch.Tensor,
+        y_lb: torch.Tensor,
+        u_weak: torch.Tensor,
+        strong: Sequence[torch.Tensor],
+        info: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor, UnlabeledResult]:
+        """``(labeled logits, loss, unlabeled part)`` of one step: one joint forward."""
+        (u_strong,) = strong
+        n_lb, n_u = x_lb.shape[0], u_weak.shape[0]
+        rows = [x_lb, u_weak, u_strong]
+        if self.lambda_rot > 0:
+            x_rot, y_rot = rotations(u_weak[: min(n_lb, n_u)])
+            rows.append(x_rot)
+        with record_features(model) as records:
+            logits = model(torch.cat(rows))
+        feats = torch.cat(records)
+        logits_lb = logits[:n_lb]
+        weak, student = logits[n_lb : n_lb + n_u], logits[n_lb + n_u : n_lb + 2 * n_u]
+        sup_loss = F.cross_entropy(wide(logits_lb), y_lb)
+        out = StepOutputs(
+            logits_lb, y_lb, sup_loss, weak.detach(), (student,), info.u_idx, info.iteration
+        )
+        loss, unlabeled = SSLAlgorithm.loss(self, out)  # L_x + lambda_u L_u, FixMatch's
+        heads = heads_of(model)
+        feats_weak = feats[n_lb : n_lb + n_u]
+        if self.fd_grad == "strong":
+            feats_weak = feats_weak.detach()
+        proj = heads["ds"]
+        fd = feature_distance(
+            proj(feats[n_lb + n_u : n_lb + 2 * n_u]), proj(feats_weak), unlabeled.weights
+        )
+        extra = self.lambda_fd * fd
+        if self.lambda_rot > 0:
+            logits_rot = heads["rot"](feats[n_lb + 2 * n_u :])
+            extra = extra + self.lambda_rot * F.cross_entropy(wide(logits_rot), y_rot)
+        unlabeled = unlabeled._replace(extra=extra, sup_loss=sup_loss)
+        return logits_lb, loss + extra, unlabeled
+
+    def loss(self, out: StepOutputs) -> tuple[torch.Tensor, UnlabeledResult]:
+        raise RuntimeError("crmatch forwards the model itself: train_step calls own_step")
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, lambda_fd={self.lambda_fd}, lambda_rot={self.lambda_rot}, "
+            f"fd_grad={self.fd_grad!r}"
+        )
+
+
+PRESETS = MethodPresets(
+    {"algorithm": "crmatch", "tau": 0.95, "lambda_u": 1.0, "lambda_fd": 1.0, "lambda_rot": 1.0,
+     "fd_grad": "both"},
+    source="usb",
+    nlp=True,
+    # USB's NLP configs: rot_loss_ratio 0, use_cat False (the weak view without gradient).
+    nlp_values={"lambda_rot": 0.0, "fd_grad": "strong"},
+)  # fmt: skip
+
+
+@register_method(formulas={"fixed": (("tau",), fixed_lambda)}, presets=PRESETS)
+def crmatch(
+    num_classes: int,
+    *,
+    tau: float = 0.95,
+    lambda_u: float = 1.0,
+    lambda_fd: float = 1.0,
+    lambda_rot: float = 1.0,
+    fd_grad: FDGrad = "both",
+) -> CRMatch:
+    """FixMatch's threshold, plus feature distance (weak vs strong) and rotation losses.
+
+    Args:
+        num_classes: number of classes.
+        tau: confidence threshold of the pseudo-labels and of the feature distance loss.
+        lambda_u: unlabeled loss weight.
+        lambda_fd: weight of the feature distance loss max(0, cos) between the projected
+            features of the weak and the strong view (paper and USB 1).
+        lambda_rot: weight of the rotation prediction loss on the weak unlabeled images rotated
+            by 0/90/180/270 degrees (USB 1 for images; 0 for feature vectors and texts).
+        fd_grad: which views' features the feature distance loss trains: both (USB's joint
+            forward, classic CV) or strong (USB's NLP configs: the weak view without gradient).
+    """
+    return CRMatch(
+        tau=tau, lambda_u=lambda_u, lambda_fd=lambda_fd, lambda_rot=lambda_rot, fd_grad=fd_grad
+    )
