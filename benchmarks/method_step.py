@@ -8,6 +8,7 @@ ratio to FixMatch's.  Mean Teacher's teacher is the EMA (forwarded in train mode
 
     python benchmarks/method_step.py --batch 16 --uratio 2 --rounds 7 --threads 1
     python benchmarks/method_step.py --methods fixmatch,pimodel,meanteacher,vat  # B 64, mu 7
+    python benchmarks/method_step.py --methods fixmatch,crmatch --batch 16 --uratio 2 --threads 1
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from semimatch.methods.heads import attach_heads, feature_layer, num_features
     from semimatch.methods.registry import build_algorithm
     from semimatch.models import InputNormalizer, build_model
     from semimatch.training.ema import ModelEMA
@@ -43,9 +45,12 @@ def main() -> None:
     base = InputNormalizer(build_model(args.backbone, 10), (0.5,) * 3, (0.25,) * 3)
     runs = {}
     for name in names:
-        net = copy.deepcopy(base)
+        net, algo = copy.deepcopy(base), build_algorithm(name, 10)
+        if algo.needs.features:  # its heads, before the EMA and the optimiser (build_parts)
+            width = num_features(feature_layer(net, 10))
+            attach_heads(net, algo.make_heads(width), 10)
         opt = torch.optim.SGD(net.parameters(), lr=0.03, momentum=0.9, nesterov=True)
-        runs[name] = (net, ModelEMA(net, 0.999), build_algorithm(name, 10), opt)
+        runs[name] = (net, ModelEMA(net, 0.999), algo, opt)
     n_lb, n_ulb = args.batch, args.batch * args.uratio
     x_lb = torch.randint(0, 256, (n_lb, 3, 32, 32), dtype=torch.uint8)
     y_lb = torch.randint(0, 10, (n_lb,))

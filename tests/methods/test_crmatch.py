@@ -257,3 +257,18 @@ def test_two_gloo_processes_equal_one(tmp_path):
     for key, want in reference.items():
         got = (ranks[0][key] + ranks[1][key]) / WORLD
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+
+
+def test_an_empty_unlabeled_shard_gives_a_finite_loss_that_reaches_every_head():
+    """One rank may draw no unlabeled row: the loss stays finite and every head is in its graph
+    (DDP waits for every parameter's gradient)."""
+    torch.manual_seed(0)
+    algo = build_algorithm("crmatch", C)
+    model = TanhNet()
+    attach_heads(model, algo.make_heads(D), C)
+    empty = torch.zeros(0, 1, SIDE, SIDE)
+    x_lb = torch.randn(3, 1, SIDE, SIDE)
+    loss, sums = train_step(model, algo, x_lb, torch.tensor([0, 1, 2]), empty, (empty,))
+    assert torch.isfinite(loss) and sums["n_ulb"].item() == 0
+    loss.backward()
+    assert all(p.grad is not None for p in heads_of(model).parameters())

@@ -1,5 +1,5 @@
-"""CRMatch (Fan, Kukleva, Dai & Schiele, IJCV 2022, "Revisiting Consistency Regularization for
-Deep Semi-Supervised Learning"): FixMatch's thresholded pseudo-labels, the feature distance loss
+"""CRMatch (Fan et al., IJCV 2022, "Revisiting Consistency Regularization for Deep
+Semi-Supervised Learning"): FixMatch's thresholded pseudo-labels, the feature distance loss
 (FeatDistLoss) between the weak and strong views' projected features, and rotation prediction.
 
     L = mean_B H(y, f(x)) + lambda_u L_u + lambda_fd L_fd + lambda_rot L_rot
@@ -22,7 +22,7 @@ heads (``ds``, ``rot``) hang on the model, so the optimiser, the EMA and checkpo
 CRMatch has no state beyond the weights: nothing to gather under torchrun (each process's loss
 is a mean over its rows, DDP averages the gradients, as USB).
 
-Paper/USB 0.3.2 (``crmatch.py``, written with the paper's first author) and here:
+USB 0.3.2 (``crmatch.py``; USB's authors include the paper's first author) and here:
 
 - The rotated images: USB draws B more unlabeled images with the weak (labeled) augmentation
   from a loader of their own; here the first B weak unlabeled rows of the batch (B the labeled
@@ -157,7 +157,10 @@ class CRMatch(SSLAlgorithm):
         extra = self.lambda_fd * fd
         if self.lambda_rot > 0:
             logits_rot = heads["rot"](feats[n_lb + 2 * n_u :])
-            extra = extra + self.lambda_rot * F.cross_entropy(wide(logits_rot), y_rot)
+            # A sum over max(rows, 1), not a mean: an empty shard (one rank) gives 0, not NaN,
+            # and still reaches the head (DDP expects every parameter's gradient).
+            per_row = F.cross_entropy(wide(logits_rot), y_rot, reduction="none")
+            extra = extra + self.lambda_rot * per_row.sum() / max(y_rot.shape[0], 1)
         unlabeled = unlabeled._replace(extra=extra, sup_loss=sup_loss)
         return logits_lb, loss + extra, unlabeled
 
