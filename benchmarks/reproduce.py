@@ -199,8 +199,15 @@ TEXT_VARIANTS: dict[str, dict[str, Any]] = {
 #: model is the one evaluated (``eval_model`` ema), with the library's EMA warm-up
 #: ``min(0.999, (1+t)/(10+t))``.
 SHORT_VARIANTS: dict[str, dict[str, Any]] = {
-    f"{algorithm}-ema": dict(algorithm=algorithm, ema_decay=0.999)
-    for algorithm in ("fixmatch", "softmatch")
+    **{
+        f"{algorithm}-ema": dict(algorithm=algorithm, ema_decay=0.999)
+        for algorithm in ("fixmatch", "softmatch")
+    },
+    # Against SoftMatch's start-up collapse (one class for its first 50-75 iterations): the
+    # unlabeled weight ramped linearly over the first quarter of the budget, with the EMA.
+    "softmatch-ema-ramp": dict(
+        algorithm="softmatch", ema_decay=0.999, unsup_warmup=0.25, rampup_shape="linear"
+    ),
 }
 # Extra algorithms per setting (the long-tailed setting compares SoftMatch with/without UA).
 VARIANTS: dict[str, dict[str, Any]] = {

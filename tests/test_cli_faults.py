@@ -204,9 +204,9 @@ def test_predict_reads_tables_as_told_and_says_which_checkpoint_answered(capsys,
     assert main(["predict", str(named_run), headerless, "--no-header", "--text-column", "1"]) == 0
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 1 + 48
-    assert captured.err.strip() == f"{named_run}: raw model, ckpt-0000002.pt, the last checkpoint"
-    assert main(["eval", str(named_run)]) == 0  # the same words as eval's (hf: runs have no EMA)
-    assert "raw model, ckpt-0000002.pt, the last checkpoint)" in capsys.readouterr().out
+    assert captured.err.strip() == f"{named_run}: ema model, ckpt-0000002.pt, the last checkpoint"
+    assert main(["eval", str(named_run)]) == 0  # the same words as eval's
+    assert "ema model, ckpt-0000002.pt, the last checkpoint)" in capsys.readouterr().out
     # its refusals name the flags, as eval's do
     assert_refused(capsys, ["predict", str(named_run), headerless], "pass --no-header")
     argv = ["predict", str(named_run), str(files["names"]), "--no-header", "--text-column", "x"]

@@ -69,6 +69,13 @@ FAMILY = {
         algorithm="dash", stat_momentum=None, dash_warmup=2, rho_period=1, dash_gamma=2.0,
         rho_min=0.2,
     ),
+    # The classic baselines, unramped so their unlabeled term acts from the first step.
+    "pimodel": dict(algorithm="pimodel", stat_momentum=None, unsup_warmup=0.0),
+    "meanteacher": dict(
+        algorithm="meanteacher", stat_momentum=None, unsup_warmup=0.0, ema_decay=0.9
+    ),
+    "vat": dict(algorithm="vat", stat_momentum=None, unsup_warmup=0.0),
+    "mixmatch": dict(algorithm="mixmatch", stat_momentum=None, unsup_warmup=0.0),
 }  # fmt: skip
 
 

@@ -90,3 +90,17 @@ def test_the_report_says_it_is_not_a_weighting_method():
     state = build_algorithm("pimodel", 3).describe()["weighting"]
     curve, note = final_lambda(SimpleNamespace(evals=[{"iteration": 4, "weighting": state}]))
     assert curve is None and note == "pimodel is not a weighting method: λ(p) is not defined"
+
+
+@pytest.mark.parametrize("name", ["pimodel", "meanteacher"])
+def test_the_second_view_is_a_weak_draw_unless_asked(name) -> None:
+    """The papers and USB's datasets give Pi-Model and Mean Teacher two weak views (USB:
+    "x_ulb_s here is weak augmentation"); the strong augmentation is an option."""
+    from semimatch.config import Config
+
+    assert build_algorithm(name, 3).needs.strong_as_weak is True
+    strong = build_algorithm(name, 3, second_view="strong")
+    assert strong.needs.strong_as_weak is False and strong.needs.strong_views == 1
+    assert Config(algorithm=name, second_view="strong").second_view == "strong"
+    with pytest.raises(ValueError, match="second_view must be 'weak' or 'strong'"):
+        build_algorithm(name, 3, second_view="medium")

@@ -51,9 +51,11 @@ def test_a_text_run_through_the_command_line(tmp_path, corpus):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     cfg = json.loads((run / "config.json").read_text())
-    # USB's fine-tuning recipe, derived and recorded: AdamW, no weight EMA, the encoder's
-    # positions (64) cap the default 128 tokens, TF-IDF strong view for data without augs.
-    assert (cfg["optimizer"], cfg["layer_decay"], cfg["ema_decay"]) == ("adamw", 1.0, 0.0)
+    # USB's fine-tuning recipe, derived and recorded: AdamW, the encoder's positions (64) cap
+    # the default 128 tokens, TF-IDF strong view for data without augs; and the measured weight
+    # EMA (0.999 with the warm-up; USB's recipe has none).
+    assert (cfg["optimizer"], cfg["layer_decay"], cfg["ema_decay"]) == ("adamw", 1.0, 0.999)
+    assert cfg["ema_warmup"] is True
     assert (cfg["max_length"], cfg["text_strong"], cfg["channels_last"]) == (64, "tfidf", False)
     assert set(cfg["auto"]) >= {"optimizer", "ema_decay", "max_length", "text_strong"}
     summary = json.loads((run / "summary.json").read_text())

@@ -17,10 +17,18 @@ from torch import nn
 from semimatch.cli import main
 from semimatch.config import Config, ConfigError
 from semimatch.errors import TrainingError
+from semimatch.methods.consistency import Needs
+from semimatch.methods.registry import build_algorithm
 from semimatch.runs import engine
 from semimatch.runs.engine import fit
 from semimatch.training import memory
-from semimatch.training.memory import StepMemory, check_step_memory, estimate_step, saved_bytes
+from semimatch.training.memory import (
+    StepMemory,
+    check_step_memory,
+    estimate_step,
+    saved_bytes,
+    step_rows,
+)
 
 CPU = torch.device("cpu")
 SMALL = ["--algorithm", "fixmatch", "--num-labels", "20", "--uratio", "2", "--threads", "1"]
@@ -60,13 +68,29 @@ def test_the_estimate_counts_rows_per_forward_mode_and_the_optimiser_state() -> 
     assert two_pass.rows_per_b == 8 and two_pass.optimizer == 0  # the weak view: no grad
     adamw = torch.optim.AdamW(net.parameters())
     supervised = estimate_step(
-        net, Config(batch_size=64, uratio=7), x, optimizer=adamw, uses_unlabeled=False
+        net, Config(batch_size=64, uratio=7), x, optimizer=adamw, needs=Needs(unlabeled=False)
     )
     assert supervised.rows_per_b == 1 and supervised.optimizer == 2 * params  # two moments
     # Linear in the batch: each labeled row adds the activations of its 15 rows and its data.
     per_b = joint.act_per_row * 15 + joint.data_per_row * 15
     assert joint.extra(64) - joint.extra(32) == pytest.approx(32 * per_b, abs=2)
     assert joint.act_per_row >= 4 * (100 + 50 + 50)  # input, BN input, ReLU output (fp32)
+
+
+@pytest.mark.parametrize(
+    ("name", "mode", "rows", "data_rows"),
+    [
+        ("fixmatch", "joint", 15, 15),  # B + weak + strong, all in the joint forward
+        ("fixmatch", "two-pass", 8, 15),  # the weak view without grad
+        ("pseudolabel", "joint", 8, 8),  # the weak view is the student
+        ("supervised", "joint", 1, 1),
+        ("vat", "joint", 15, 8),  # the weak view, then the adversarial forward with grad
+        ("mixmatch", "joint", 15, 15),  # its own forward of labeled + two weak views
+    ],
+)
+def test_rows_follow_what_the_method_forwards(name, mode, rows, data_rows) -> None:
+    needs = build_algorithm(name, 3).needs
+    assert step_rows(needs, 7, mode) == (rows, data_rows)
 
 
 def _fake(world_size: int = 1) -> StepMemory:

@@ -46,8 +46,10 @@ def mse_consistency(student: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 class ClassicConsistency(SSLAlgorithm):
     """A consistency baseline: ``loss = sup + lambda_u * ramp(k) * unsup (+ extra)``.
 
-    Subclasses set ``student_view`` (``"strong"``: the standard step's strong view is the
-    student; ``"weak"``: the weak view's own logits), ``teacher``/``model`` (``Needs``) and
+    Subclasses set ``student_view`` (``"strong"``: the standard step's second view is the
+    student; ``"weak"``: the weak view's own logits), ``second_view`` (the second view's
+    augmentation: ``"weak"``, a second draw of the weak one, as the papers and USB run Pi-Model
+    and Mean Teacher, or ``"strong"``), ``teacher``/``model`` (``Needs``) and
     implement ``unlabeled(out) -> (per-row or scalar loss, target probabilities, extra)``.
     """
 
@@ -63,8 +65,12 @@ class ClassicConsistency(SSLAlgorithm):
         unsup_warmup: float,
         rampup_shape: Literal["sigmoid", "linear"],
         extra_loss_weight: float = 0.0,
+        second_view: Literal["weak", "strong"] = "strong",
     ) -> None:
         super().__init__(NoWeighting(), student_view=student_view, lambda_u=lambda_u, name=name)
+        if second_view not in ("weak", "strong"):
+            raise ValueError(f"second_view must be 'weak' or 'strong'; got {second_view!r}")
+        self.second_view = second_view
         if not 0.0 <= unsup_warmup <= 1.0:
             raise ValueError(f"unsup_warmup must be in [0, 1]; got {unsup_warmup}")
         if rampup_shape not in ("sigmoid", "linear"):
@@ -82,6 +88,7 @@ class ClassicConsistency(SSLAlgorithm):
             iteration=self.unsup_warmup > 0,
             teacher=self.teacher,
             model=self.uses_model,
+            strong_as_weak=self.student_view == "strong" and self.second_view == "weak",
         )
 
     @property
@@ -128,6 +135,8 @@ class ClassicConsistency(SSLAlgorithm):
         )
         if self.has_extra_loss:
             text += f", extra_loss_weight={self.extra_loss_weight}"
+        if self.student_view == "strong":
+            text += f", second_view={self.second_view!r}"
         return text
 
 

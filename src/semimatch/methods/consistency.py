@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semimatch import distributed as dist
-from semimatch.methods.blocks import Weighting
+from semimatch.methods.blocks import Weighting, rampup
 
 __all__ = ["Needs", "SSLAlgorithm", "StepOutputs", "UnlabeledResult"]
 
@@ -148,6 +148,9 @@ class SSLAlgorithm(nn.Module):
         warmup: the first ``warmup`` iterations are supervised only (Dash).
         end_warmup: called once with the (global) mean labeled loss of the first iteration
             after the warm-up, before that iteration's weights (Dash's ``set_rho_init``).
+        unsup_warmup: the unlabeled term's weight ramps from 0 to ``lambda_u`` over this share of
+            the iteration budget (``blocks.rampup``; 0: no ramp, the papers' weighting methods).
+        rampup_shape: the ramp's shape, ``"linear"`` or ``"sigmoid"``.
         sample_indices: the weighting's ``update`` and ``__call__`` take ``indices=``, the
             unlabeled rows' indices in the unlabeled pool (FlexMatch's per-sample memory); its
             ``num_unlabeled`` (the pool size) is recorded in checkpoints.  ``None``: the
@@ -171,6 +174,8 @@ class SSLAlgorithm(nn.Module):
         warmup: int = 0,
         end_warmup: Callable[[torch.Tensor], None] | None = None,
         sample_indices: bool | None = None,
+        unsup_warmup: float = 0.0,
+        rampup_shape: Literal["linear", "sigmoid"] = "linear",
     ) -> None:
         super().__init__()
         _check_composition(
@@ -191,6 +196,11 @@ class SSLAlgorithm(nn.Module):
         self.extra_loss_weight = float(extra_loss_weight)
         self.warmup = int(warmup)
         self._end_warmup = end_warmup
+        if not 0.0 <= unsup_warmup <= 1.0:
+            raise ValueError(f"unsup_warmup must be in [0, 1]; got {unsup_warmup}")
+        rampup(0, 1, 0.0, rampup_shape)  # checks the shape
+        self.unsup_warmup = float(unsup_warmup)
+        self.rampup_shape = rampup_shape
         declared = getattr(weighting, "sample_indices", False)
         self.sample_indices = bool(declared if sample_indices is None else sample_indices)
         if end_warmup is not None:
@@ -244,7 +254,7 @@ class SSLAlgorithm(nn.Module):
             unlabeled=self.uses_unlabeled,
             strong_views=1 if self.uses_strong else 0,
             sample_indices=self.sample_indices,
-            iteration=self.warmup > 0 or self.has_warmup_end,
+            iteration=self.warmup > 0 or self.has_warmup_end or self.unsup_warmup > 0,
         )
 
     @property
@@ -272,7 +282,10 @@ class SSLAlgorithm(nn.Module):
             per_sample = -(targets.detach().float() * log_q).sum(dim=1)
         # Mean over *all* mu*B unlabeled samples, not only the weighted ones (reference).
         unsup_loss = (weights.detach() * per_sample).sum() / max(student.shape[0], 1)
-        loss = out.sup_loss + self.lambda_u * unsup_loss
+        lambda_u = self.lambda_u
+        if self.unsup_warmup > 0:  # opt-in ramp of the unlabeled weight (blocks.rampup)
+            lambda_u *= rampup(out.iteration, out.iterations, self.unsup_warmup, self.rampup_shape)
+        loss = out.sup_loss + lambda_u * unsup_loss
         extra = None
         if self.extra_loss is not None:  # FreeMatch's fairness loss: gradient via the student
             extra = self.extra_loss(student, weights.detach())
@@ -376,6 +389,8 @@ class SSLAlgorithm(nn.Module):
             text += f", extra_loss_weight={self.extra_loss_weight}"
         if self.warmup:
             text += f", warmup={self.warmup}"
+        if self.unsup_warmup:
+            text += f", unsup_warmup={self.unsup_warmup}, rampup_shape={self.rampup_shape!r}"
         return text
 
 

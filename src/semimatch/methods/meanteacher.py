@@ -6,14 +6,15 @@ with ``f_t`` the teacher, the exponential moving average of the student ``f_s``'
 (the engine's weight EMA, ``--ema-decay``, USB ``ema_m`` 0.999), run in train mode (its own
 dropout and batch statistics) without gradient and without touching its BatchNorm running
 statistics (USB: ``ema.apply_shadow`` and ``freeze_bn`` around the teacher forward); ``r(k)``
-the ramp-up.  The teacher sees the weak view, the student the strong view (USB); ``lambda_u``
-50 (USB).
+the ramp-up.  The teacher sees the weak view, the student a second draw of the weak
+augmentation (the paper, and USB's dataset: its ``x_ulb_s`` for ``meanteacher`` is a weak view;
+``second_view="strong"``: the strong view instead); ``lambda_u`` 50 (USB).
 
-Paper vs USB: the paper's ramp-up is ``exp(-5 (1 - t)^2)`` (default here; USB: ``linear``) and
-both its views are draws of the same augmentation.  USB 0.3.2's ``meanteacher.py`` takes the
-student logits from the *teacher's* outputs (``logits_x_ulb_s = outs_x_ulb_w['logits']``), so
-its unlabeled loss is the teacher against itself: zero, without gradient; USB's published Mean
-Teacher rows train on the labeled loss only.  Here the student's strong view is the student.
+Paper vs USB: the paper's ramp-up is ``exp(-5 (1 - t)^2)`` (default here; USB: ``linear``).
+USB 0.3.2's ``meanteacher.py`` takes the student logits from the *teacher's* outputs
+(``logits_x_ulb_s = outs_x_ulb_w['logits']``), so its unlabeled loss is the teacher against
+itself: zero, without gradient; USB's published Mean Teacher rows train on the labeled loss
+only.  Here the student's own second view is the student.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ __all__ = ["MeanTeacher", "meanteacher"]
 
 
 class MeanTeacher(ClassicConsistency):
-    """Squared difference of the student's strong-view probabilities to the teacher's."""
+    """Squared difference of the student's second-view probabilities to the teacher's."""
 
     teacher = True
 
@@ -44,8 +45,8 @@ PRESETS = MethodPresets(
     {"algorithm": "meanteacher", "lambda_u": 50.0, "unsup_warmup": 0.4,
      "rampup_shape": "linear", "uratio": 1},
     source="usb",
-    note="; USB's linear ramp-up over 40% of the budget, uratio 1; the student's strong view "
-    "is the student (USB 0.3.2's code compares the teacher with itself)",
+    note="; USB's linear ramp-up over 40% of the budget, uratio 1; the student's second weak "
+    "view is the student (USB 0.3.2's code compares the teacher with itself)",
 )  # fmt: skip
 
 
@@ -56,8 +57,9 @@ def meanteacher(
     lambda_u: float = 50.0,
     unsup_warmup: float = 0.4,
     rampup_shape: Literal["sigmoid", "linear"] = "sigmoid",
+    second_view: Literal["weak", "strong"] = "weak",
 ) -> MeanTeacher:
-    """Squared-error consistency of the student's strong view to the EMA teacher's weak view.
+    """Squared-error consistency of the student's second view to the EMA teacher's weak view.
 
     Args:
         num_classes: number of classes.
@@ -66,6 +68,8 @@ def meanteacher(
             0 to 1 (USB unsup_warm_up 0.4; 0: no ramp-up).
         rampup_shape: shape of the ramp-up, sigmoid exp(-5 (1 - t)^2) (the papers) or linear
             (USB).
+        second_view: the student's view of each unlabeled image: a second draw of the weak
+            augmentation (the paper and USB) or the strong augmentation (--strong-augment).
     """
     return MeanTeacher(
         "meanteacher",
@@ -73,4 +77,5 @@ def meanteacher(
         lambda_u=lambda_u,
         unsup_warmup=unsup_warmup,
         rampup_shape=rampup_shape,
+        second_view=second_view,
     )

@@ -207,6 +207,8 @@ def softmatch(
     stats_on: Literal["aligned", "raw"] = "aligned",
     shape: Literal["gaussian", "linear", "quadratic"] = "gaussian",
     lambda_u: float = 1.0,
+    unsup_warmup: float = 0.0,
+    rampup_shape: Literal["sigmoid", "linear"] = "linear",
 ) -> SSLAlgorithm:
     """Truncated-Gaussian weighting + Uniform Alignment (USB-code defaults).
 
@@ -223,6 +225,9 @@ def softmatch(
         shape: lambda(p) below the mean, for the paper's ablation: gaussian (the paper's),
             or semimatch's linear / quadratic with the same width and truncation point.
         lambda_u: unlabeled loss weight.
+        unsup_warmup: opt-in, not in the paper: ramp the unlabeled weight from 0 to lambda_u
+            over this share of the iteration budget (0: none, the paper's).
+        rampup_shape: the ramp's shape, linear or sigmoid exp(-5 (1 - t)^2).
     """
     if ua_momentum is not None:
         if not uniform_alignment:
@@ -244,5 +249,11 @@ def softmatch(
         else None
     )
     return SSLAlgorithm(
-        weighting, alignment, stats_on=stats_on, lambda_u=lambda_u, name="softmatch"
+        weighting,
+        alignment,
+        stats_on=stats_on,
+        lambda_u=lambda_u,
+        name="softmatch",
+        unsup_warmup=unsup_warmup,
+        rampup_shape=rampup_shape,
     )

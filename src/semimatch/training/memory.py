@@ -9,10 +9,12 @@ The peak of a step, per process, at ``b`` labeled rows (``B / world_size``), is
   + optimiser state (SGD momentum: one copy; AdamW: two moments)
   + transient (one more copy: the fused ``foreach`` updates of the optimiser and the EMA;
     DDP's gradient buckets add another; the probe's copy of the model, below)
-  + activations(rows) = a0 + a1 * rows, rows = the rows the backward runs over:
-    b (1 + 2 mu) for the joint forward, b (1 + mu) for two-pass/split (the weak view runs
-    without grad) or for a weak-view student, b when supervised
-  + the data batch: b (1 + mu [+ mu strong]) rows, the one training and those prefetched.
+  + activations(rows) = a0 + a1 * rows, rows = the rows the backward runs over (``step_rows``,
+    from the method's ``needs``, S strong views): b (1 + mu (1 + S)) for the joint forward,
+    b (1 + mu S) for two-pass/split (the weak view runs without grad), b (1 + mu) for a
+    weak-view student, b when supervised; a method that forwards every view itself (MixMatch)
+    b (1 + mu (1 + S)), and one that forwards the model again with grad (VAT) b mu more
+  + the data batch: b (1 + mu (1 + S)) rows, the one training and those prefetched.
 
 Activations are *measured*, not guessed: a forward on 2 and on 4 rows of the data's own
 samples, under the run's precision, with ``torch.autograd.graph.saved_tensors_hooks`` counting
@@ -52,6 +54,7 @@ from torch import nn
 
 from semimatch.config import Config, ConfigError
 from semimatch.log import logger
+from semimatch.methods.consistency import Needs
 
 __all__ = [
     "MARGIN",
@@ -61,6 +64,7 @@ __all__ = [
     "estimate_step",
     "format_bytes",
     "is_out_of_memory",
+    "step_rows",
 ]
 
 #: An estimate within this factor of the available memory is uncertain: warn, do not refuse.
@@ -121,9 +125,7 @@ def estimate_step(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     ema: nn.Module | None = None,
-    uses_unlabeled: bool = True,
-    uses_strong: bool = True,
-    weak_student: bool = False,
+    needs: Needs | None = None,
     device: torch.device | None = None,
     world_size: int = 1,
     tokens_per_row: float | None = None,
@@ -132,6 +134,7 @@ def estimate_step(
 
     ``samples``: a few rows of the data as the model takes them (a batch tensor; text: the
     ``(n, 2, L)`` token ids and masks of the longest sampled text, see ``probe_samples``);
+    ``needs``: what the method's step forwards (``step_rows``; None: FixMatch's);
     ``tokens_per_row``: for text, the tokens a row costs in a step (a padded model: ``L``,
     length-sorted chunks: the mean length); ``None``: the probe's shape.
     """
@@ -157,14 +160,7 @@ def estimate_step(
     if tokens_per_row is not None and samples.dim() == 3:  # text: (n, 2, L)
         scale = tokens_per_row / max(samples.shape[-1], 1)
         per_row, data_row = per_row * scale, data_row * scale
-    mu = cfg.uratio if uses_unlabeled else 0
-    if not uses_unlabeled:
-        rows = 1.0
-    elif weak_student or cfg.forward_mode in ("two-pass", "split") or not uses_strong:
-        rows = 1.0 + mu
-    else:
-        rows = 1.0 + 2 * mu
-    data_rows = 1.0 + mu + (mu if uses_strong else 0)
+    rows, data_rows = step_rows(needs or Needs(), cfg.uratio, cfg.forward_mode)
     # The batch in training, the next one prepared, and each worker's prefetched ones.
     data_copies = 2 + 2 * max(cfg.num_workers or 0, 0)
     # foreach updates (optimiser, EMA): one more copy of the parameters; DDP's buckets another;
@@ -183,6 +179,22 @@ def estimate_step(
         data_rows_per_b=data_rows,
         world_size=world_size,
     )
+
+
+def step_rows(needs: Needs, mu: int, forward_mode: str) -> tuple[float, float]:
+    """``(rows whose activations the backward keeps, rows of data)`` per labeled row of a step
+    of a method with ``needs`` at ``mu`` unlabeled rows per labeled row (module docstring)."""
+    if not needs.unlabeled:
+        return 1.0, 1.0
+    views = needs.strong_views
+    data_rows = 1.0 + mu * (1 + views)
+    if not needs.forward or (views and forward_mode == "joint"):
+        rows = data_rows  # every view forwarded with grad (its own forward, or the joint one)
+    else:  # two-pass/split: the weak view without grad; no strong view: the weak is the student
+        rows = 1.0 + mu * max(views, 1)
+    if needs.model and needs.forward:  # the method forwards the unlabeled rows again (VAT)
+        rows += mu
+    return rows, data_rows
 
 
 def saved_bytes(
@@ -402,9 +414,7 @@ def preflight(
             samples,
             optimizer=optimizer,
             ema=ema,
-            uses_unlabeled=algorithm.uses_unlabeled,
-            uses_strong=algorithm.uses_strong,
-            weak_student=algorithm.student_view == "weak",
+            needs=algorithm.needs,
             device=device,
             world_size=world_size,
             tokens_per_row=mean_tokens if chunked else longest,
