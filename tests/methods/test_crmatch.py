@@ -272,3 +272,14 @@ def test_an_empty_unlabeled_shard_gives_a_finite_loss_that_reaches_every_head():
     assert torch.isfinite(loss) and sums["n_ulb"].item() == 0
     loss.backward()
     assert all(p.grad is not None for p in heads_of(model).parameters())
+
+
+def test_the_memory_preflight_counts_the_rotated_rows():
+    from semimatch.training.memory import step_rows
+
+    # FixMatch's joint rows (1 + 2 mu per labeled row), plus the 4 rotations of B weak rows.
+    assert step_rows(build_algorithm("crmatch", C).needs, 7, "joint") == (1 + 14 + 4, 15)
+    no_rotation = build_algorithm("crmatch", C, lambda_rot=0.0).needs
+    assert step_rows(no_rotation, 7, "joint") == step_rows(
+        build_algorithm("fixmatch", C).needs, 7, "joint"
+    )

@@ -58,6 +58,9 @@ class Needs:
     #: (``StepOutputs.heads``): the method has ``make_heads(num_features) -> nn.Module``, which
     #: ``semimatch.methods.heads.attach_heads`` hangs on the model (CoMatch's projection).
     features: bool = False
+    #: Rows per labeled row that the method's own forward adds to the step's views, with
+    #: gradient (CRMatch's four rotations of B weak images: 4), for the memory pre-flight.
+    extra_rows: int = 0
 
 
 @dataclass

@@ -104,7 +104,8 @@ class CRMatch(SSLAlgorithm):
 
     @property
     def needs(self) -> Needs:
-        return dataclasses.replace(super().needs, forward=False, features=True)
+        rotated = 4 if self.lambda_rot > 0 else 0  # B weak rows, four ways (memory pre-flight)
+        return dataclasses.replace(super().needs, forward=False, features=True, extra_rows=rotated)
 
     @property
     def has_extra_loss(self) -> bool:
