@@ -76,6 +76,8 @@ FAMILY = {
     ),
     "vat": dict(algorithm="vat", stat_momentum=None, unsup_warmup=0.0),
     "mixmatch": dict(algorithm="mixmatch", stat_momentum=None, unsup_warmup=0.0),
+    # uratio 1: the B rotated rows are every weak row, on one process as on two.
+    "crmatch": dict(algorithm="crmatch", stat_momentum=None, tau=0.5, uratio=1),
 }  # fmt: skip
 
 
