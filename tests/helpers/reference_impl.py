@@ -644,6 +644,34 @@ def crmatch_tanh_oracle(params, x_lb, y_lb, u_weak, u_strong, tau, lambdas, rot_
         x = np.asarray(x, dtype=np.float64)
         return np.tanh(x.reshape(x.shape[0], -1) @ p["W1"].T + p["b1"])
 
+    return _crmatch_oracle(p, feats, feats, x_lb, y_lb, u_weak, u_strong, tau, lambdas, rot_rows)
+
+
+def crmatch_map_oracle(params, x_lb, y_lb, u_weak, u_strong, tau, lambdas, rot_rows) -> float:
+    """``crmatch_tanh_oracle`` with a feature map: ``M(x)[d, i, j] = tanh(w1_d x[0, i, j] +
+    b1_d)`` (a 1x1 convolution of one-channel 8 x 8 images), ``h(x) = mean_{i,j} M(x)``, and
+    the projection ``g`` reading the flattened map ``M`` in (d, i, j) order (USB's WRN head)."""
+    p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+
+    def feature_map(x):
+        x = np.asarray(x, dtype=np.float64)[:, 0]  # (N, H, W)
+        w, b = p["W1"][:, 0, 0, 0], p["b1"]
+        return np.tanh(w[None, :, None, None] * x[:, None] + b[None, :, None, None])
+
+    def feats(x):
+        return feature_map(x).mean(axis=(2, 3))
+
+    def flat_map(x):
+        m = feature_map(x)
+        return m.reshape(m.shape[0], -1)
+
+    return _crmatch_oracle(p, feats, flat_map, x_lb, y_lb, u_weak, u_strong, tau, lambdas, rot_rows)
+
+
+def _crmatch_oracle(p, feats, g_input, x_lb, y_lb, u_weak, u_strong, tau, lambdas, rot_rows):
+    """The loss of ``crmatch_tanh_oracle`` for features ``feats(x)`` and projection input
+    ``g_input(x)``."""
+
     def logits(h):
         return h @ p["Wc"].T + p["bc"]
 
@@ -655,7 +683,7 @@ def crmatch_tanh_oracle(params, x_lb, y_lb, u_weak, u_strong, tau, lambdas, rot_
     pseudo = probs.argmax(axis=1)
     n = len(mask)
     unsup = float(np.sum(mask * cross_entropy(logits(h_s), pseudo)) / n)
-    g_w, g_s = h_w @ p["Wd"].T + p["bd"], h_s @ p["Wd"].T + p["bd"]
+    g_w, g_s = g_input(u_weak) @ p["Wd"].T + p["bd"], g_input(u_strong) @ p["Wd"].T + p["bd"]
     fd = 0.0
     for i in range(n):
         cos = float(g_s[i] @ g_w[i] / (np.linalg.norm(g_s[i]) * np.linalg.norm(g_w[i])))

@@ -12,14 +12,16 @@ import torch
 from torch import nn
 
 from helpers.gloo import run_on_gloo
-from helpers.reference_impl import crmatch_tanh_oracle
+from helpers.reference_impl import crmatch_map_oracle, crmatch_tanh_oracle
 from helpers.runs import TINY, assert_same_run
 from semimatch.cli import main
 from semimatch.config import Config, ConfigError
 from semimatch.errors import TrainingInterrupted
-from semimatch.methods.crmatch import rotations
+from semimatch.methods.crmatch import record_feature_map, rotations
 from semimatch.methods.heads import attach_heads, heads_of
 from semimatch.methods.registry import build_algorithm
+from semimatch.models.cnn import SmallCNN
+from semimatch.models.wrn import WideResNet
 from semimatch.presets import PRESETS
 from semimatch.runs import engine
 from semimatch.runs.engine import fit
@@ -154,11 +156,13 @@ def test_presets_follow_usb():
         0.95, 1.0, 1.0, 1.0
     )  # fmt: skip
     assert (image["fd_grad"], image["uratio"], image["ema_decay"]) == ("both", 7, 0.999)
+    assert image["fd_input"] == "map"  # USB's ds_classifier on the WRN's flattened 8 x 8 map
     names = {n for n in PRESETS if n.endswith("-crmatch")}
     assert {"cifar100-400-crmatch", "svhn-250-crmatch", "stl10-1000-crmatch"} <= names
     assert {"imdb-20-crmatch", "yahoo_answers-2000-crmatch"} <= names
     text = PRESETS["ag_news-40-crmatch"].values
     assert (text["lambda_rot"], text["fd_grad"], text["uratio"]) == (0.0, "strong", 1)
+    assert text["fd_input"] == "features"
     assert (text["lr"], text["layer_decay"]) == (5e-5, 0.65)
 
 
@@ -283,3 +287,73 @@ def test_the_memory_preflight_counts_the_rotated_rows():
     assert step_rows(no_rotation, 7, "joint") == step_rows(
         build_algorithm("fixmatch", C).needs, 7, "joint"
     )
+
+
+# --- fd_input="map": USB's WRN head on the flattened feature map before pooling ----------------
+
+
+class TanhConvNet(nn.Module):
+    """``fc(mean_hw tanh(conv1x1(x)))``: a feature map (N, D, 8, 8) without BatchNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, D, 1), nn.Tanh())
+        self.fc = nn.Linear(D, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("options", [{}, dict(tau=0.7, lambda_rot=0.5, fd_grad="strong")])
+def test_the_map_projection_matches_the_equations_over_steps(options):
+    rng = np.random.default_rng(8)
+    algo = build_algorithm("crmatch", C, fd_input="map", **options)
+    lambdas = tuple(options.get(k, 1.0) for k in ("lambda_u", "lambda_fd", "lambda_rot"))
+    for k in range(3):
+        model = TanhConvNet()
+        attach_heads(model, algo.make_heads(D), C)
+        model.double()
+        heads = heads_of(model)
+        assert heads["ds"][2].in_features == 8 * 8 * D
+        named = {"W1": model.body[0].weight, "b1": model.body[0].bias, "Wc": model.fc.weight,
+                 "bc": model.fc.bias, "Wd": heads["ds"][2].weight, "bd": heads["ds"][2].bias,
+                 "R1": heads["rot"][0].weight, "r1": heads["rot"][0].bias,
+                 "R2": heads["rot"][2].weight, "r2": heads["rot"][2].bias}  # fmt: skip
+        params = {}
+        with torch.no_grad():
+            for name, p in named.items():
+                p.copy_(torch.from_numpy(rng.normal(size=tuple(p.shape)) * 2.0))
+                params[name] = p.detach().numpy().copy()
+        x_lb, u_w, u_s = (rng.normal(size=(n, 1, 8, 8)) for n in (3, 4, 4))
+        y = rng.integers(0, C, 3)
+        t = torch.from_numpy
+        loss, _ = train_step(model, algo, t(x_lb), t(y), t(u_w), (t(u_s),), info=StepInfo(k))
+        want = crmatch_map_oracle(params, x_lb, y, u_w, u_s, options.get("tau", 0.95), lambdas, 3)
+        assert loss.item() == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [lambda: SmallCNN(num_classes=3, in_channels=1, width=4),
+     lambda: WideResNet(num_classes=3, in_channels=1, widen_factor=1, blocks_per_group=1)],
+)  # fmt: skip
+def test_the_recorded_map_is_the_one_pooled_into_the_features(build):
+    torch.manual_seed(0)
+    model = build().eval()
+    attach_heads(model, nn.Identity(), 3)
+    x = torch.rand(2, 1, 16, 16)
+    with record_feature_map(model) as maps:
+        model(x)
+    torch.testing.assert_close(maps[-1].mean(dim=(2, 3)), model.forward_features(x))
+    n = len(maps)
+    model(x)
+    assert n > 1 and len(maps) == n  # recorded within the block only: its hooks are removed
+
+
+def test_the_map_needs_a_convolutional_backbone():
+    algo = build_algorithm("crmatch", C, fd_input="map", lambda_rot=0.0)
+    model = TanhNet()
+    attach_heads(model, algo.make_heads(D), C)
+    x = torch.randn(2, 1, SIDE, SIDE)
+    with pytest.raises(ValueError, match="--fd-input features"):
+        train_step(model, algo, x, torch.tensor([0, 1]), x, (x,))

@@ -28,8 +28,12 @@ USB 0.3.2 (``crmatch.py``; USB's authors include the paper's first author) and h
   from a loader of their own; here the first B weak unlabeled rows of the batch (B the labeled
   batch size), rotated four ways: the same distribution, no second data stream.
 - ``g``'s input: USB projects the *flattened feature map* before pooling of its WRNs
-  (``Linear(8 * 8 * C, C)`` at 32 px) and the pooled feature of BERT/ViT; here the pooled
-  feature vector for every backbone (the heads protocol's tap; texts as USB).
+  (``Linear(8 * 8 * C, C)`` at 32 px; 6 x 6 at STL-10's 96 px) and the pooled feature of
+  BERT/ViT.  Here ``fd_input="features"`` (default) projects the pooled feature vector of any
+  backbone (the heads protocol's tap; texts and feature vectors as USB); ``fd_input="map"``
+  (the classic-CV presets) projects the last (N, C, H, W) map before pooling
+  (``record_feature_map``), averaged to 8 x 8 and flattened: USB's head exactly at 32 px (the
+  map is 8 x 8 there), another map size averaged to 8 x 8 where USB sizes the Linear to it.
 - The gradient of ``L_fd``: USB's joint forward (classic CV) lets it reach both views' features
   (``fd_grad="both"``, default); its NLP configs forward the weak view apart without gradient
   (``use_cat: False``): ``fd_grad="strong"``, the NLP presets.
@@ -43,7 +47,8 @@ USB 0.3.2 (``crmatch.py``; USB's authors include the paper's first author) and h
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -53,12 +58,14 @@ from torch import nn
 from semimatch.methods.classic import wide
 from semimatch.methods.consistency import Needs, SSLAlgorithm, StepOutputs, UnlabeledResult
 from semimatch.methods.fixmatch import FixedThreshold, fixed_lambda
-from semimatch.methods.heads import heads_of, record_features
+from semimatch.methods.heads import heads_of, record_features, unwrap
 from semimatch.methods.registry import MethodPresets, register_method
 
-__all__ = ["CRMatch", "crmatch", "feature_distance", "rotations"]
+__all__ = ["CRMatch", "crmatch", "feature_distance", "record_feature_map", "rotations"]
 
 FDGrad = Literal["both", "strong"]
+FDInput = Literal["features", "map"]
+MAP_GRID = 8  # USB's WRN feature map at 32 px: ds_classifier = Linear(8 * 8 * C, C)
 
 
 def rotations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,11 +93,44 @@ def feature_distance(
     return (per_row * mask.detach()).sum() / max(proj_strong.shape[0], 1)
 
 
+@contextmanager
+def record_feature_map(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Within the block, the (N, C, H, W) outputs (H * W > 1) of the model's modules (its heads
+    aside), in call order: the last one of a forward is the feature map before global pooling
+    (WRN's last activation, SmallCNN's ``features``, a torchvision ResNet's ``layer4``)."""
+    root = unwrap(model)
+    heads = set(heads_of(root).modules())
+    maps: list[torch.Tensor] = []
+
+    def keep(module: nn.Module, args: tuple, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[2] * out.shape[3] > 1:
+            maps.append(out)
+
+    hooks = [m.register_forward_hook(keep) for m in root.modules() if m not in heads]
+    try:
+        yield maps
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@contextmanager
+def _nothing() -> Iterator[list[torch.Tensor]]:
+    yield []
+
+
 class CRMatch(SSLAlgorithm):
     """FixMatch's thresholded loss plus the feature distance and the rotation losses."""
 
     def __init__(
-        self, *, tau: float, lambda_u: float, lambda_fd: float, lambda_rot: float, fd_grad: FDGrad
+        self,
+        *,
+        tau: float,
+        lambda_u: float,
+        lambda_fd: float,
+        lambda_rot: float,
+        fd_grad: FDGrad,
+        fd_input: FDInput = "features",
     ) -> None:
         super().__init__(FixedThreshold(tau), lambda_u=lambda_u, name="crmatch")
         if lambda_fd < 0 or lambda_rot < 0:
@@ -99,8 +139,10 @@ class CRMatch(SSLAlgorithm):
             )
         if fd_grad not in ("both", "strong"):
             raise ValueError(f"fd_grad must be 'both' or 'strong'; got {fd_grad!r}")
+        if fd_input not in ("features", "map"):
+            raise ValueError(f"fd_input must be 'features' or 'map'; got {fd_input!r}")
         self.lambda_fd, self.lambda_rot = float(lambda_fd), float(lambda_rot)
-        self.fd_grad = fd_grad
+        self.fd_grad, self.fd_input = fd_grad, fd_input
 
     @property
     def needs(self) -> Needs:
@@ -114,7 +156,16 @@ class CRMatch(SSLAlgorithm):
     def make_heads(self, num_features: int) -> nn.Module:
         """``ds``: the projection ``g`` (D -> D, USB's ``ds_classifier``); ``rot``: the rotation
         classifier (only with ``lambda_rot > 0``, as USB builds it only then)."""
-        heads = {"ds": nn.Linear(num_features, num_features)}
+        if self.fd_input == "map":  # USB's WRN head: the flattened 8 x 8 map before pooling
+            grid = MAP_GRID * MAP_GRID
+            ds: nn.Module = nn.Sequential(
+                nn.AdaptiveAvgPool2d(MAP_GRID),
+                nn.Flatten(),
+                nn.Linear(grid * num_features, num_features),
+            )
+        else:
+            ds = nn.Linear(num_features, num_features)
+        heads = {"ds": ds}
         if self.lambda_rot > 0:
             heads["rot"] = nn.Sequential(
                 nn.Linear(num_features, num_features), nn.ReLU(), nn.Linear(num_features, 4)
@@ -137,9 +188,10 @@ class CRMatch(SSLAlgorithm):
         if self.lambda_rot > 0:
             x_rot, y_rot = rotations(u_weak[: min(n_lb, n_u)])
             rows.append(x_rot)
-        with record_features(model) as records:
+        with record_features(model) as records, self._maps(model) as maps:
             logits = model(torch.cat(rows))
         feats = torch.cat(records)
+        projected = feats if self.fd_input == "features" else self._feature_map(maps, feats)
         logits_lb = logits[:n_lb]
         weak, student = logits[n_lb : n_lb + n_u], logits[n_lb + n_u : n_lb + 2 * n_u]
         sup_loss = F.cross_entropy(wide(logits_lb), y_lb)
@@ -148,12 +200,12 @@ class CRMatch(SSLAlgorithm):
         )
         loss, unlabeled = SSLAlgorithm.loss(self, out)  # L_x + lambda_u L_u, FixMatch's
         heads = heads_of(model)
-        feats_weak = feats[n_lb : n_lb + n_u]
+        feats_weak = projected[n_lb : n_lb + n_u]
         if self.fd_grad == "strong":
             feats_weak = feats_weak.detach()
         proj = heads["ds"]
         fd = feature_distance(
-            proj(feats[n_lb + n_u : n_lb + 2 * n_u]), proj(feats_weak), unlabeled.weights
+            proj(projected[n_lb + n_u : n_lb + 2 * n_u]), proj(feats_weak), unlabeled.weights
         )
         extra = self.lambda_fd * fd
         if self.lambda_rot > 0:
@@ -165,23 +217,43 @@ class CRMatch(SSLAlgorithm):
         unlabeled = unlabeled._replace(extra=extra, sup_loss=sup_loss)
         return logits_lb, loss + extra, unlabeled
 
+    def _maps(self, model: nn.Module) -> Any:
+        """``record_feature_map`` for ``fd_input="map"``, else a block that records nothing."""
+        if self.fd_input == "map":
+            return record_feature_map(model)
+        return _nothing()
+
+    @staticmethod
+    def _feature_map(maps: list[torch.Tensor], feats: torch.Tensor) -> torch.Tensor:
+        """The forward's last feature map before pooling, checked against the features."""
+        found = maps[-1] if maps else None
+        if found is None or found.shape[0] != feats.shape[0] or found.shape[1] != feats.shape[1]:
+            raise ValueError(
+                "--fd-input map projects the feature map before global pooling (USB's WRN "
+                "head), but this backbone has no (N, C, H, W) map of its features' width "
+                "before its classifier; pass --fd-input features"
+            )
+        return found
+
     def loss(self, out: StepOutputs) -> tuple[torch.Tensor, UnlabeledResult]:
         raise RuntimeError("crmatch forwards the model itself: train_step calls own_step")
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, lambda_fd={self.lambda_fd}, lambda_rot={self.lambda_rot}, "
-            f"fd_grad={self.fd_grad!r}"
+            f"fd_grad={self.fd_grad!r}, fd_input={self.fd_input!r}"
         )
 
 
 PRESETS = MethodPresets(
+    # USB's classic-CV configs and code: every weight 1, the joint forward, the WRN map head.
     {"algorithm": "crmatch", "tau": 0.95, "lambda_u": 1.0, "lambda_fd": 1.0, "lambda_rot": 1.0,
-     "fd_grad": "both"},
+     "fd_grad": "both", "fd_input": "map"},
     source="usb",
     nlp=True,
-    # USB's NLP configs: rot_loss_ratio 0, use_cat False (the weak view without gradient).
-    nlp_values={"lambda_rot": 0.0, "fd_grad": "strong"},
+    # USB's NLP configs: rot_loss_ratio 0, use_cat False (the weak view without gradient), and
+    # BERT's head reads the pooled feature.
+    nlp_values={"lambda_rot": 0.0, "fd_grad": "strong", "fd_input": "features"},
 )  # fmt: skip
 
 
@@ -194,6 +266,7 @@ def crmatch(
     lambda_fd: float = 1.0,
     lambda_rot: float = 1.0,
     fd_grad: FDGrad = "both",
+    fd_input: FDInput = "features",
 ) -> CRMatch:
     """FixMatch's threshold, plus feature distance (weak vs strong) and rotation losses.
 
@@ -207,7 +280,11 @@ def crmatch(
             by 0/90/180/270 degrees (USB 1 for images; 0 for feature vectors and texts).
         fd_grad: which views' features the feature distance loss trains: both (USB's joint
             forward, classic CV) or strong (USB's NLP configs: the weak view without gradient).
+        fd_input: what the projection reads: the pooled feature vector (every backbone; USB's
+            for texts) or map, the feature map before pooling, averaged to 8 x 8 and flattened
+            (USB's WRN head, exact at 32 px; convolutional backbones only).
     """
     return CRMatch(
-        tau=tau, lambda_u=lambda_u, lambda_fd=lambda_fd, lambda_rot=lambda_rot, fd_grad=fd_grad
-    )
+        tau=tau, lambda_u=lambda_u, lambda_fd=lambda_fd, lambda_rot=lambda_rot, fd_grad=fd_grad,
+        fd_input=fd_input,
+    )  # fmt: skip
