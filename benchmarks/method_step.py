@@ -9,6 +9,7 @@ ratio to FixMatch's.  Mean Teacher's teacher is the EMA (forwarded in train mode
     python benchmarks/method_step.py --batch 16 --uratio 2 --rounds 7 --threads 1
     python benchmarks/method_step.py --methods fixmatch,pimodel,meanteacher,vat  # B 64, mu 7
     python benchmarks/method_step.py --methods fixmatch,crmatch --batch 16 --uratio 2 --threads 1
+    python benchmarks/method_step.py --methods fixmatch,remixmatch --strong-views 2 --uratio 1
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--backbone", default="wrn_28_2")
+    p.add_argument("--strong-views", type=int, default=0, help="remixmatch's K (0: its default, 8)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -41,13 +43,15 @@ def main() -> None:
     from semimatch.training.step import StepInfo, train_step
 
     names = args.methods.split(",")
+    options = {"remixmatch": {"strong_views": args.strong_views}} if args.strong_views else {}
     torch.manual_seed(0)
     base = InputNormalizer(build_model(args.backbone, 10), (0.5,) * 3, (0.25,) * 3)
     runs = {}
     for name in names:
-        net, algo = copy.deepcopy(base), build_algorithm(name, 10)
-        if algo.needs.features:  # its heads, before the EMA and the optimiser (build_parts)
-            width = num_features(feature_layer(net, 10))
+        net = copy.deepcopy(base)
+        algo = build_algorithm(name, 10, **options.get(name, {}))
+        if algo.needs.features:  # the method's heads (CoMatch's projection, ReMixMatch's
+            width = num_features(feature_layer(net, 10))  # rotation), as build_parts
             attach_heads(net, algo.make_heads(width), 10)
         opt = torch.optim.SGD(net.parameters(), lr=0.03, momentum=0.9, nesterov=True)
         runs[name] = (net, ModelEMA(net, 0.999), algo, opt)
@@ -55,13 +59,15 @@ def main() -> None:
     x_lb = torch.randint(0, 256, (n_lb, 3, 32, 32), dtype=torch.uint8)
     y_lb = torch.randint(0, 10, (n_lb,))
     u_weak = torch.randint(0, 256, (n_ulb, 3, 32, 32), dtype=torch.uint8)
-    u_strong = torch.randint(0, 256, (n_ulb, 3, 32, 32), dtype=torch.uint8)
+    views = max(runs[name][2].needs.strong_views for name in names)
+    u_strong = [torch.randint(0, 256, (n_ulb, 3, 32, 32), dtype=torch.uint8) for _ in range(views)]
     times: dict[str, list[float]] = {name: [] for name in names}
     total = 2**20
     for r in range(args.warmup + args.rounds):
         for name in names:
             net, ema, algo, opt = runs[name]
-            strong = u_strong if algo.needs.strong_views else None
+            k = algo.needs.strong_views
+            strong = None if k == 0 else u_strong[0] if k == 1 else tuple(u_strong[:k])
             # An iteration inside the ramp-up, so the unlabeled term is computed in full.
             info = StepInfo(total // 2, iterations=total, teacher=ema.module)
             t = time.perf_counter()

@@ -39,7 +39,7 @@ def test_unknown_key_suggests_the_right_one():
         ("iterations", "abc"),
         ("iterations", 1.5),
         ("lr", "fast"),
-        ("algorithm", "remixmatch"),
+        ("algorithm", "defixmatch"),
         ("deterministic", "maybe"),
         ("precision", "fp8"),
         ("batch_size", True),

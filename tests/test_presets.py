@@ -32,10 +32,10 @@ def test_the_usb_nlp_settings_and_algorithms_have_presets():
     algorithms = {n.rsplit("-", 1)[1] for n in NLP}
     assert algorithms == {
         *("supervised", "fullysupervised", "fixmatch", "softmatch"),
-        *("flexmatch", "freematch", "adamatch", "dash", "uda", "pimodel"),
+        *("flexmatch", "freematch", "adamatch", "dash", "uda", "pimodel", "comatch"),
         "crmatch",
     }
-    assert len(NLP) == 10 * 11
+    assert len(NLP) == 10 * 12
 
 
 def _texts(num_classes: int) -> semimatch.data.SSLDataset:

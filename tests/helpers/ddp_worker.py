@@ -76,6 +76,10 @@ FAMILY = {
     ),
     "vat": dict(algorithm="vat", stat_momentum=None, unsup_warmup=0.0),
     "mixmatch": dict(algorithm="mixmatch", stat_momentum=None, unsup_warmup=0.0),
+    "comatch": dict(algorithm="comatch", stat_momentum=None, tau=0.5, queue_batch=1, da_len=2),
+    "remixmatch": dict(
+        algorithm="remixmatch", stat_momentum=None, unsup_warmup=0.0, strong_views=2, da_window=4
+    ),
     # uratio 1: the B rotated rows are every weak row, on one process as on two.
     "crmatch": dict(algorithm="crmatch", stat_momentum=None, tau=0.5, uratio=1),
 }  # fmt: skip

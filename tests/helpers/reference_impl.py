@@ -625,6 +625,144 @@ def mixmatch_linear_oracle(W, b, x_lb, y_lb, views, lam, perm, T, lambda_u, ramp
     return sup + lambda_u * ramp * unsup
 
 
+# --- CoMatch (Li, Xiong, Hoi 2021: memory-smoothed pseudo-labels, graph contrastive loss) -------
+
+
+def comatch_mlp_oracle(params, x) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
+    """``(logits, features)`` of the model ``h = tanh(x W1^T + b1)``, ``logits = h W2^T + b2``
+    (the features are the classifier's input)."""
+    w1, b1, w2, b2 = (np.asarray(a, dtype=np.float64) for a in params)
+    h = np.tanh(np.asarray(x, dtype=np.float64) @ w1.T + b1)
+    return h @ w2.T + b2, h
+
+
+def comatch_embed_oracle(params, h) -> np.ndarray:
+    """The projection ``z = g(h) / ||g(h)||``, ``g(h) = relu(h P1^T + c1) P2^T + c2``."""
+    p1, c1, p2, c2 = (np.asarray(a, dtype=np.float64) for a in params)
+    g = np.maximum(h @ p1.T + c1, 0.0) @ p2.T + c2
+    return g / np.linalg.norm(g, axis=1, keepdims=True)
+
+
+class CoMatchOracle:
+    """CoMatch's loss step by step, with its own distribution-alignment window (the last
+    ``da_len`` batch means) and memory bank (the last ``queue_batch`` steps' rows, zeros before).
+
+    ``p = DA(softmax(weak))``; from iteration ``k > queue_batch`` (and ``k >= start``)
+    ``q = alpha p + (1 - alpha) sum_k a_k p_k``, ``a = softmax(z_w . bank^T / T)``, else ``q = p``;
+    ``L_cls = mean 1[max q >= tau] H(q, softmax(strong_0))``; ``W^q = q q^T`` with 1 on the
+    diagonal, entries below ``contrast_tau`` cut, rows normalised; ``W^z_bj = exp(z0_b . z1_j /
+    T)`` rows normalised; ``L_ctr = mean_b -sum_j W^q_bj log W^z_bj``; the bank then takes the
+    weak embeddings with ``p`` (unlabeled) and the one-hot labels (labeled).  ``usb``: DA as
+    ``p (1/C + 1e-6) / (sum(means) / da_len + 1e-6)`` and ``log(W^z + 1e-7)``.
+    """
+
+    def __init__(self, num_classes, *, tau, lambda_u, lambda_c, contrast_tau, T,  # noqa: N803
+                 alpha, queue_batch, da_len, start=0, usb=False):  # fmt: skip
+        self.c, self.tau, self.lambda_u, self.lambda_c = num_classes, tau, lambda_u, lambda_c
+        self.contrast_tau, self.t, self.alpha = contrast_tau, T, alpha
+        self.queue_batch, self.da_len, self.start, self.usb = queue_batch, da_len, start, usb
+        self.means: list[np.ndarray] = []
+        self.bank_z: np.ndarray | None = None
+        self.bank_p: np.ndarray | None = None
+
+    def align(self, p: np.ndarray) -> np.ndarray:
+        self.means = (self.means + [p.mean(axis=0)])[-self.da_len :]
+        if self.usb:
+            p_model = np.sum(self.means, axis=0) / self.da_len
+            a = p * (1.0 / self.c + 1e-6) / (p_model + 1e-6)
+        else:
+            a = p / np.mean(self.means, axis=0)
+        return a / a.sum(axis=1, keepdims=True)
+
+    def step(self, k, logits_lb, y_lb, logits_w, logits_s0, z_lb, z_w, z0, z1) -> dict:
+        y_lb = np.asarray(y_lb)
+        sup = float(np.mean(-np.log(softmax(logits_lb)[np.arange(len(y_lb)), y_lb])))
+        p = self.align(softmax(logits_w))
+        rows = len(z_w) + len(z_lb)
+        if self.bank_z is None:
+            self.bank_z = np.zeros((self.queue_batch * rows, z_w.shape[1]))
+            self.bank_p = np.zeros((self.queue_batch * rows, self.c))
+        q = p
+        if k > self.queue_batch and k >= self.start:
+            a = np.exp(z_w @ self.bank_z.T / self.t)
+            a = a / a.sum(axis=1, keepdims=True)
+            q = self.alpha * p + (1 - self.alpha) * a @ self.bank_p
+        mask = (q.max(axis=1) >= self.tau).astype(np.float64)
+        log_s = np.log(softmax(logits_s0))
+        l_cls = float(np.mean(mask * -(q * log_s).sum(axis=1)))
+        wq = q @ q.T
+        for b in range(len(q)):
+            wq[b, b] = 1.0
+        wq = np.where(wq >= self.contrast_tau, wq, 0.0)
+        wq = wq / wq.sum(axis=1, keepdims=True)
+        wz = np.exp(z0 @ z1.T / self.t)
+        wz = wz / wz.sum(axis=1, keepdims=True)
+        log_wz = np.log(wz + 1e-7) if self.usb else np.log(wz)
+        l_ctr = float(np.mean(-(wq * log_wz).sum(axis=1)))
+        onehot = np.eye(self.c)[y_lb]
+        self.bank_z = np.concatenate([self.bank_z, z_w, z_lb])[-len(self.bank_z) :]
+        self.bank_p = np.concatenate([self.bank_p, p, onehot])[-len(self.bank_p) :]
+        loss = sup + self.lambda_u * l_cls + self.lambda_c * l_ctr
+        return dict(loss=loss, sup=sup, unsup=l_cls, contrast=l_ctr, mask=mask, q=q)
+
+
+# --- ReMixMatch (Berthelot et al. 2020, Algorithm 1, Sections 3.2-3.3) ---------------------------
+
+
+def remixmatch_rotate_oracle(img, turns: int) -> np.ndarray:
+    """``img`` (C, S, S) turned ``turns`` quarter turns counter-clockwise (PIL's rotate)."""
+    out = np.asarray(img, dtype=np.float64)
+    for _ in range(int(turns)):
+        out = np.stack([np.rot90(channel) for channel in out])
+    return out
+
+
+def remixmatch_mlp_oracle(
+    params, x_lb, y_lb, u_weak, strong, lam, perm, turns, p_data, p_tilde, T,  # noqa: N803
+    lambda_u, lambda_u1, lambda_rot, ramp,
+) -> float:  # fmt: skip
+    """ReMixMatch's loss for ``h = tanh(flat(x) W1^T + b1)``, ``z = h W2^T + b2`` (classes),
+    ``g = h Wr^T + br`` (rotations), with the MixUp draw, the rotations and ``p~(y)`` given.
+
+    ``q = Sharpen(Normalize(p(y|w) (p(y) + 1e-6) / (p~(y) + 1e-6)), T)``; ``X = (x, onehot y)``,
+    ``U = (s_1, q), ..., (s_K, q), (w, q)``; ``Z = cat(X, U)``; ``Z' = lam Z + (1 - lam) Z[perm]``;
+    ``L = mean_{X'} H + ramp (lambda_u mean_{U'} H + lambda_u1 mean H(q, z(s_1))) + lambda_rot
+    mean CE(rho, g(rotate(s_1, rho)))``, ``H(t, z) = -sum t log softmax z``."""
+    w1, b1, w2, b2, wr, br = (np.asarray(p, dtype=np.float64) for p in params)
+
+    def feats(x):
+        x = np.asarray(x, dtype=np.float64)
+        return np.tanh(x.reshape(len(x), -1) @ w1.T + b1)
+
+    def xent(targets, logits):
+        return float(np.mean(-(targets * np.log(softmax(logits))).sum(axis=1)))
+
+    c = w2.shape[0]
+    p = softmax(feats(u_weak) @ w2.T + b2)
+    ratio = (np.asarray(p_data, dtype=np.float64) + 1e-6) / (np.asarray(p_tilde) + 1e-6)
+    aligned = p * ratio
+    aligned = aligned / aligned.sum(axis=1, keepdims=True)
+    q = sharpen_oracle(aligned, T)
+    x = np.concatenate([np.asarray(v, dtype=np.float64) for v in (x_lb, *strong, u_weak)])
+    t = np.concatenate([np.eye(c)[np.asarray(y_lb)], *([q] * (len(strong) + 1))])
+    x_mix, t_mix = lam * x + (1 - lam) * x[perm], lam * t + (1 - lam) * t[perm]
+    z = feats(x_mix) @ w2.T + b2
+    n = len(y_lb)
+    sup, unsup = xent(t_mix[:n], z[:n]), xent(t_mix[n:], z[n:])
+    u1 = xent(q, feats(strong[0]) @ w2.T + b2)
+    rotated = np.stack([remixmatch_rotate_oracle(img, r) for img, r in zip(strong[0], turns)])
+    rot = xent(np.eye(4)[np.asarray(turns)], feats(rotated) @ wr.T + br)
+    return sup + ramp * (lambda_u * unsup + lambda_u1 * u1) + lambda_rot * rot
+
+
+def remixmatch_marginal_oracle(batch_means, window: int, num_classes: int) -> np.ndarray:
+    """``p~(y)`` before the next batch (the authors' code): the mean of the last ``window``
+    batch means, the window starting as ``window`` uniform rows; normalised."""
+    rows = [np.full(num_classes, 1.0 / num_classes)] * window + list(batch_means)
+    mean = np.mean(rows[-window:], axis=0)
+    return mean / mean.sum()
+
+
 # --- CRMatch (Fan et al., IJCV 2022: thresholded pseudo-labels, FeatDistLoss, rotation) ----------
 
 

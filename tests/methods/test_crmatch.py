@@ -131,9 +131,11 @@ def test_heads_needs_and_state():
     assert "rot" not in build_algorithm("crmatch", C, lambda_rot=0.0).make_heads(8)
     assert dict(algo.state_dict()) == {}  # no memory, no queue: the weights are the state
     assert algo.describe()["weighting"] == {"type": "fixed", "tau": 0.95, "lambda_max": 1.0}
-    check_needs(algo, "crmatch", None, continuous=False, cfg=Config())
-    with pytest.raises(ConfigError, match="--forward-mode joint"):
-        check_needs(algo, "crmatch", None, True, Config(forward_mode="split"))
+    # Its one joint forward is its own (as MixMatch's): no --forward-mode to refuse; rotation
+    # makes it spatial (square images only, checked against the data before training).
+    check_needs(algo, "crmatch", None, continuous=False, cfg=Config(forward_mode="split"))
+    assert needs.spatial and needs.extra_rows == 4
+    assert not build_algorithm("crmatch", C, lambda_rot=0.0).needs.spatial
     with pytest.raises(ValueError, match="fd_grad"):
         build_algorithm("crmatch", C, fd_grad="weak")
     with pytest.raises(ValueError, match="lambda_fd"):
@@ -186,7 +188,7 @@ def test_feature_vectors_need_lambda_rot_0():
     data = from_features(x, (x[:, 0] > 0).astype(int))
     cfg = dict(algorithm="crmatch", iterations=2, eval_every=2, num_labels=10, batch_size=4,
                threads=1, tensorboard=False)  # fmt: skip
-    with pytest.raises(ValueError, match="--lambda-rot 0"):
+    with pytest.raises(ConfigError, match="--lambda-rot 0"):  # before training
         fit(Config(**cfg), data=data)
     run = fit(Config(**cfg, lambda_rot=0.0), data=data)
     assert set(heads_of(run.model)) == {"ds"}  # no rotation head without rotation

@@ -58,6 +58,12 @@ class Needs:
     #: (``StepOutputs.heads``): the method has ``make_heads(num_features) -> nn.Module``, which
     #: ``semimatch.methods.heads.attach_heads`` hangs on the model (CoMatch's projection).
     features: bool = False
+    #: The method turns the inputs by quarter turns (ReMixMatch's rotation head): square images
+    #: only.
+    spatial: bool = False
+    #: Forwards of the unlabeled rows with gradient beyond one per view (ReMixMatch's unmixed and
+    #: rotated first strong view: 2), for the memory pre-flight's activation count.
+    extra_forwards: int = 0
     #: Rows per labeled row that the method's own forward adds to the step's views, with
     #: gradient (CRMatch's four rotations of B weak images: 4), for the memory pre-flight.
     extra_rows: int = 0

@@ -40,8 +40,9 @@ USB 0.3.2 (``crmatch.py``; USB's authors include the paper's first author) and h
 - USB adds ``L_u``, ``L_fd`` and ``L_rot`` with weight 1 whatever ``ulb_loss_ratio`` and
   ``rot_loss_ratio`` say (``rot_loss_ratio`` only switches the rotation on); every USB config
   sets 1, so the weights here (1 by default) give USB's loss.
-- Rotation needs images: USB sets ``rot_loss_ratio: 0`` for texts and audio, and here feature
-  vectors and texts need ``lambda_rot=0`` (refused otherwise, naming the flag).
+- Rotation needs square images (``needs.spatial``): USB sets ``rot_loss_ratio: 0`` for texts
+  and audio, and here feature vectors and texts need ``lambda_rot=0`` (refused before training
+  otherwise, naming the flag).
 """
 
 from __future__ import annotations
@@ -146,8 +147,10 @@ class CRMatch(SSLAlgorithm):
 
     @property
     def needs(self) -> Needs:
-        rotated = 4 if self.lambda_rot > 0 else 0  # B weak rows, four ways (memory pre-flight)
-        return dataclasses.replace(super().needs, forward=False, features=True, extra_rows=rotated)
+        rotates = self.lambda_rot > 0  # square images only; B weak rows four ways (memory)
+        return dataclasses.replace(
+            super().needs, forward=False, features=True, spatial=rotates, extra_rows=4 * rotates
+        )
 
     @property
     def has_extra_loss(self) -> bool:

@@ -68,9 +68,10 @@ _BUILTINS = (
 LambdaFormula = Callable[[Mapping[str, Any], np.ndarray, int], np.ndarray]
 
 #: Keyword parameters of a builder that the data or the run, not the user, supplies (FlexMatch's
-#: memory size, UDA's annealing over the budget): not options - no ``Config`` field, flag or
-#: validation; ``build_algorithm`` passes them to the builders that declare them.
-DATA_INPUTS: frozenset[str] = frozenset({"num_unlabeled", "num_iterations"})
+#: memory size, UDA's annealing over the budget, ReMixMatch's labeled class counts): not
+#: options - no ``Config`` field, flag or validation; ``build_algorithm`` passes them to the
+#: builders that declare them.
+DATA_INPUTS: frozenset[str] = frozenset({"num_unlabeled", "num_iterations", "labeled_counts"})
 
 
 @dataclass(frozen=True)
@@ -340,11 +341,13 @@ def build_algorithm(
     *,
     num_unlabeled: int | None = None,
     num_iterations: int | None = None,
+    labeled_counts: Any = None,
     **options: Any,
 ) -> Any:
     """Build a named algorithm; an option the algorithm does not use is an error, not ignored.
-    ``num_unlabeled`` (pool size) and ``num_iterations`` (the iteration budget), data inputs,
-    go to the builders that declare them."""
+    ``num_unlabeled`` (pool size), ``num_iterations`` (the iteration budget) and
+    ``labeled_counts`` (per-class counts of the labeled set), data inputs, go to the builders
+    that declare them."""
     registry = methods()
     if name not in registry:
         hint = difflib.get_close_matches(name, registry, n=1)
@@ -356,6 +359,10 @@ def build_algorithm(
     check_num_classes(num_classes)
     spec = registry[name]
     spec.check(name, options)
-    given = {"num_unlabeled": num_unlabeled, "num_iterations": num_iterations}
+    given = {
+        "num_unlabeled": num_unlabeled,
+        "num_iterations": num_iterations,
+        "labeled_counts": labeled_counts,
+    }
     data = {k: v for k, v in given.items() if k in spec.data_inputs}
     return spec.build(num_classes, **data, **options)

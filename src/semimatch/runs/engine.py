@@ -162,9 +162,12 @@ def _set_up(
     )
     cfg, split = run.cfg, run.split
     pool = _pool_size(data, split)
+    labels = data.train.labels[split.labeled]  # ReMixMatch's p(y): the labeled class counts
+    counts = np.bincount(labels[labels >= 0], minlength=data.info.num_classes)
     parts = build_parts(
-        cfg, data.info, device, model=model, algorithm=algorithm, num_unlabeled=pool
-    )
+        cfg, data.info, device, model=model, algorithm=algorithm, num_unlabeled=pool,
+        labeled_counts=counts,
+    )  # fmt: skip
     assert parts.algorithm is not None
     check_forward_mode(cfg, parts.algorithm.uses_strong, given_data)
     if run.run_dir is not None and env.is_main:
