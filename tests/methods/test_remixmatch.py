@@ -248,7 +248,7 @@ def test_needs_presets_and_description():
         0.5,
         1 / 64,
     )
-    assert values["strong_augment"] == "ctaugment"
+    assert values["strong_augment"] == "fixmatch"  # RandAugment, as every preset
     assert not any(name.endswith("-remixmatch") and "lt-" in name for name in PRESETS)
     assert not any(name.startswith("ag_news") and "remixmatch" in name for name in PRESETS)
 

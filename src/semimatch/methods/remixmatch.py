@@ -300,10 +300,10 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 PRESETS = MethodPresets(
     {"algorithm": "remixmatch", "lambda_u": 1.5, "lambda_u1": 0.5, "lambda_rot": 0.5,
      "unsup_warmup": 1 / 64, "rampup_shape": "linear", "temperature": 0.5, "mixup_alpha": 0.75,
-     "strong_views": 2, "da_estimate": "ema", "uratio": 1, "strong_augment": "ctaugment"},
+     "strong_views": 2, "da_estimate": "ema", "uratio": 1},
     source="usb",
-    note="; USB's 2 strong views, EMA distribution alignment, uratio 1; the paper's CTAugment "
-    "strong views (USB's code draws RandAugment(3, 5))",
+    note="; USB's 2 strong views, EMA distribution alignment, uratio 1, RandAugment strong views "
+    "as every preset (the paper's CTAugment: --strong-augment ctaugment)",
 )  # fmt: skip
 
 
