@@ -10,6 +10,7 @@ SimMatch's bank holds ``--num-labeled`` samples and runs with its default EMA-te
 
     python benchmarks/method_step.py --batch 16 --uratio 2 --rounds 7 --threads 1
     python benchmarks/method_step.py --methods fixmatch,pimodel,meanteacher,vat  # B 64, mu 7
+    python benchmarks/method_step.py --methods fixmatch,crmatch --batch 16 --uratio 2 --threads 1
     python benchmarks/method_step.py --methods fixmatch,remixmatch --strong-views 2 --uratio 1
 """
 

@@ -333,7 +333,7 @@ def test_help_states_the_algorithms_real_defaults(capsys):
     # da_estimate, da_window, unsup_warmup, rampup_shape; simmatch's 12 (tau, lambda_u,
     # lambda_in, sim_temperature, proj_size, proj_heads, da_len, propagation, smoothing_alpha,
     # bank_teacher, bank_momentum, in_warmup)
-    assert checked == 87
+    assert checked == 93
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())

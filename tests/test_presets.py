@@ -34,8 +34,9 @@ def test_the_usb_nlp_settings_and_algorithms_have_presets():
         *("supervised", "fullysupervised", "fixmatch", "softmatch"),
         *("flexmatch", "freematch", "adamatch", "dash", "uda", "pimodel", "comatch"),
         "simmatch",
+        "crmatch",
     }
-    assert len(NLP) == 10 * 12
+    assert len(NLP) == 10 * 13
 
 
 def _texts(num_classes: int) -> semimatch.data.SSLDataset:

@@ -86,6 +86,8 @@ FAMILY = {
         bank_momentum=0.7,
     ),
     "simmatch_ema": dict(algorithm="simmatch", stat_momentum=None, tau=0.5, ema_decay=0.9),
+    # uratio 1: the B rotated rows are every weak row, on one process as on two.
+    "crmatch": dict(algorithm="crmatch", stat_momentum=None, tau=0.5, uratio=1),
 }  # fmt: skip
 
 

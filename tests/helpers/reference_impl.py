@@ -841,3 +841,78 @@ class SimMatchOracle:
         loss = sup + self.lambda_u * u + self.lambda_in * l_in
         return {"loss": loss, "unsup": u, "in": l_in, "mask": np.array(masks),
                 "p_hat": np.array(p_hats)}  # fmt: skip
+
+
+# --- CRMatch (Fan et al., IJCV 2022: thresholded pseudo-labels, FeatDistLoss, rotation) ----------
+
+
+def crmatch_tanh_oracle(params, x_lb, y_lb, u_weak, u_strong, tau, lambdas, rot_rows) -> float:
+    """CRMatch's loss for the model ``h(x) = tanh(flat(x) W1^T + b1)``, ``z = h Wc^T + bc``,
+    the projection ``g(h) = h Wd^T + bd`` and the rotation head
+    ``rot(h) = relu(h R1^T + r1) R2^T + r2`` (``params`` holds these arrays by name).
+
+    ``m_i = 1[max softmax z(weak u_i) >= tau]``, ``y_i = argmax``;
+    ``L = mean_B H(y, z(x)) + l_u (1/N) sum_i m_i H(y_i, z(strong u_i))
+    + l_fd (1/N) sum_i m_i max(0, cos(g h(strong u_i), g h(weak u_i)))
+    + l_rot mean_{j < rot_rows, r in 0..3} H(r, rot h(rot90^r weak u_j))``, ``rot90`` turning
+    the (H, W) plane counter-clockwise; ``lambdas = (l_u, l_fd, l_rot)``."""
+    p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+
+    def feats(x):
+        x = np.asarray(x, dtype=np.float64)
+        return np.tanh(x.reshape(x.shape[0], -1) @ p["W1"].T + p["b1"])
+
+    return _crmatch_oracle(p, feats, feats, x_lb, y_lb, u_weak, u_strong, tau, lambdas, rot_rows)
+
+
+def crmatch_map_oracle(params, x_lb, y_lb, u_weak, u_strong, tau, lambdas, rot_rows) -> float:
+    """``crmatch_tanh_oracle`` with a feature map: ``M(x)[d, i, j] = tanh(w1_d x[0, i, j] +
+    b1_d)`` (a 1x1 convolution of one-channel 8 x 8 images), ``h(x) = mean_{i,j} M(x)``, and
+    the projection ``g`` reading the flattened map ``M`` in (d, i, j) order (USB's WRN head)."""
+    p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+
+    def feature_map(x):
+        x = np.asarray(x, dtype=np.float64)[:, 0]  # (N, H, W)
+        w, b = p["W1"][:, 0, 0, 0], p["b1"]
+        return np.tanh(w[None, :, None, None] * x[:, None] + b[None, :, None, None])
+
+    def feats(x):
+        return feature_map(x).mean(axis=(2, 3))
+
+    def flat_map(x):
+        m = feature_map(x)
+        return m.reshape(m.shape[0], -1)
+
+    return _crmatch_oracle(p, feats, flat_map, x_lb, y_lb, u_weak, u_strong, tau, lambdas, rot_rows)
+
+
+def _crmatch_oracle(p, feats, g_input, x_lb, y_lb, u_weak, u_strong, tau, lambdas, rot_rows):
+    """The loss of ``crmatch_tanh_oracle`` for features ``feats(x)`` and projection input
+    ``g_input(x)``."""
+
+    def logits(h):
+        return h @ p["Wc"].T + p["bc"]
+
+    lambda_u, lambda_fd, lambda_rot = lambdas
+    sup = float(np.mean(cross_entropy(logits(feats(x_lb)), np.asarray(y_lb))))
+    h_w, h_s = feats(u_weak), feats(u_strong)
+    probs = softmax(logits(h_w))
+    mask = (probs.max(axis=1) >= tau).astype(np.float64)
+    pseudo = probs.argmax(axis=1)
+    n = len(mask)
+    unsup = float(np.sum(mask * cross_entropy(logits(h_s), pseudo)) / n)
+    g_w, g_s = g_input(u_weak) @ p["Wd"].T + p["bd"], g_input(u_strong) @ p["Wd"].T + p["bd"]
+    fd = 0.0
+    for i in range(n):
+        cos = float(g_s[i] @ g_w[i] / (np.linalg.norm(g_s[i]) * np.linalg.norm(g_w[i])))
+        fd += mask[i] * max(0.0, cos)
+    loss = sup + lambda_u * unsup + lambda_fd * fd / n
+    if lambda_rot > 0:
+        images = np.asarray(u_weak, dtype=np.float64)[:rot_rows]
+        terms = []
+        for r in range(4):
+            h = feats(np.rot90(images, r, axes=(2, 3)))
+            z = np.maximum(h @ p["R1"].T + p["r1"], 0.0) @ p["R2"].T + p["r2"]
+            terms.extend(cross_entropy(z, np.full(len(images), r)))
+        loss += lambda_rot * float(np.mean(terms))
+    return loss

@@ -71,6 +71,9 @@ class Needs:
     #: ``StepOutputs.x_lb``) for the method's own teacher forwards (SimMatch's bank embeddings);
     #: without the EMA (``--ema-decay 0``) the teacher is the live model, as an EMA of decay 0 is.
     teacher_model: bool = False
+    #: Rows per labeled row that the method's own forward adds to the step's views, with
+    #: gradient (CRMatch's four rotations of B weak images: 4), for the memory pre-flight.
+    extra_rows: int = 0
 
 
 @dataclass

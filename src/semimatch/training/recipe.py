@@ -142,8 +142,8 @@ def check_needs(
         shape, data = info.input_shape, modality(info)
         if not data.spatial:
             raise ConfigError(
-                f"--algorithm {name} rotates images and cannot run on {data.noun}; pick "
-                "another --algorithm"
+                f"--algorithm {name} rotates images and cannot run on {data.noun}; pass "
+                "--lambda-rot 0 (no rotation loss) or pick another --algorithm"
             )
         if shape[-1] != shape[-2]:
             raise ConfigError(
