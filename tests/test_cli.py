@@ -338,7 +338,9 @@ def test_help_states_the_algorithms_real_defaults(capsys):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     # The algorithms' list is one token longer than a help line: argparse breaks it anywhere.
-    tau_default = "(default:pseudolabel/fixmatch/flexmatch/adamatch/comatch/crmatch/simmatch:0.95;uda:0.8)"
+    tau_default = (
+        "(default:pseudolabel/fixmatch/flexmatch/adamatch/comatch/crmatch/simmatch:0.95;uda:0.8)"
+    )
     assert tau_default in out.replace(" ", "")
     assert "(default: off)" in out and "clip the gradient norm to this value (default: off)" in out
 
