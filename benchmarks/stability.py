@@ -4,7 +4,9 @@ Per cell (setting x method), mean ± std over its seeds of: the best and the fin
 the median of the last ``LAST`` evaluations' errors, the mean consecutive-evaluation swing
 (mean ``|error_k - error_{k-1}|`` over the evaluations after the first two, so that the drop
 out of the untrained start does not count as a swing), the mean and the largest swing over
-the second half of training (evaluations at iteration >= half the budget), the mean
+the second half of training (evaluations at iteration >= half the budget), the same for the
+error's rises only (``max(error_k - error_{k-1}, 0)``: a method still improving late does not
+count as swinging), the mean
 ``pl_flip`` of the last ``LAST`` evaluations, and ``lb_weak_acc`` / ``lb_strong_acc`` at the
 last evaluation (the model's accuracy on weak and on strong views of the labeled samples).
 
@@ -38,6 +40,8 @@ def cell_numbers(run: Path) -> dict[str, float | None]:
     half = evals[-1]["iteration"] / 2
     late = [100 * r["error"] for r in evals if r["iteration"] >= half]
     late_swings = [abs(b - a) for a, b in zip(late, late[1:])]
+    # Only the error's rises: a method still improving late is not swinging.
+    late_rises = [max(b - a, 0.0) for a, b in zip(late, late[1:])]
     flips = [r["pl_flip"] for r in evals[-LAST:] if r.get("pl_flip") is not None]
     last = evals[-1]
 
@@ -51,6 +55,8 @@ def cell_numbers(run: Path) -> dict[str, float | None]:
         "swing": statistics.mean(swings) if swings else None,
         "late_swing": statistics.mean(late_swings) if late_swings else None,
         "max_late_swing": max(late_swings) if late_swings else None,
+        "late_rise": statistics.mean(late_rises) if late_rises else None,
+        "max_late_rise": max(late_rises) if late_rises else None,
         "late_flip": 100 * statistics.mean(flips) if flips else None,
         "weak": pct("lb_weak_acc"),
         "strong": pct("lb_strong_acc"),
@@ -72,6 +78,8 @@ COLUMNS = (
     ("swing", "mean swing after eval 2 (pts)"),
     ("late_swing", "mean swing, 2nd half (pts)"),
     ("max_late_swing", "max swing, 2nd half (pts)"),
+    ("late_rise", "mean rise, 2nd half (pts)"),
+    ("max_late_rise", "max rise, 2nd half (pts)"),
     ("late_flip", f"pl_flip, last {LAST} evals %"),
     ("weak", "lb_weak_acc %"),
     ("strong", "lb_strong_acc %"),

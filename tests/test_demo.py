@@ -20,8 +20,8 @@ def test_methods_are_checked_against_the_registered_algorithms(tmp_path, monkeyp
         parse_methods("fixmach,softmatch")
     with pytest.raises(ConfigError, match="no method given; choose from supervised, pseudolabel"):
         parse_methods(" , ")
-    with pytest.raises(ConfigError, match="unknown method 'remixmatch'"):
-        run_demo(tmp_path / "d", methods=["remixmatch"])  # before anything trains
+    with pytest.raises(ConfigError, match="unknown method 'defixmatch'"):
+        run_demo(tmp_path / "d", methods=["defixmatch"])  # before anything trains
     monkeypatch.chdir(tmp_path)
     assert main(["demo", "--methods", "softmach"]) == 2
     err = capsys.readouterr().err

@@ -32,9 +32,11 @@ def test_the_usb_nlp_settings_and_algorithms_have_presets():
     algorithms = {n.rsplit("-", 1)[1] for n in NLP}
     assert algorithms == {
         *("supervised", "fullysupervised", "fixmatch", "softmatch"),
-        *("flexmatch", "freematch", "adamatch", "dash", "uda", "pimodel"),
+        *("flexmatch", "freematch", "adamatch", "dash", "uda", "pimodel", "comatch"),
+        "simmatch",
+        "crmatch",
     }
-    assert len(NLP) == 10 * 10
+    assert len(NLP) == 10 * 13
 
 
 def _texts(num_classes: int) -> semimatch.data.SSLDataset:

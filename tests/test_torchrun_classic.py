@@ -1,11 +1,12 @@
-"""Pi-Model, Mean Teacher, VAT and MixMatch under torchrun (2 CPU processes, gloo).
+"""Pi-Model, Mean Teacher, VAT, MixMatch and ReMixMatch under torchrun (2 CPU processes, gloo).
 
 The ranks hold the same model after every step (DDP's gradient average, the averaged
 BatchNorm buffers).  On a backbone without BatchNorm, Pi-Model and Mean Teacher on two
 processes are one process on the concatenated batch (each row's loss is its own; DDP averages
 equal shards).  VAT's random directions and MixMatch's MixUp draw are drawn per process, as in
-USB (``torch.randn`` / ``np.random`` on each rank), so those two runs are not one process's:
-they are checked for identical ranks and a model that moved.
+USB (``torch.randn`` / ``np.random`` on each rank), so those runs are not one process's (nor
+ReMixMatch's: its MixUp and rotations likewise): they are checked for identical ranks (the
+rotation head and ReMixMatch's alignment window included) and a model that moved.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from helpers import ddp_worker as worker
 from helpers.ddp import WORKER, load, steps, torchrun
 
-CASES = ("nobn:pimodel", "nobn:meanteacher", "nobn:vat", "nobn:mixmatch")
+CASES = ("nobn:pimodel", "nobn:meanteacher", "nobn:vat", "nobn:mixmatch", "nobn:remixmatch")
 EXACT = ("nobn:pimodel", "nobn:meanteacher")
 
 

@@ -1,8 +1,10 @@
-"""FlexMatch, FreeMatch, AdaMatch and Dash under torchrun (2 CPU processes, gloo): the ranks
-hold the same model and algorithm state after every step, and the statistics are the global
-batch's (equal to one process on the concatenated batch, on a backbone without BatchNorm).
-FlexMatch's per-sample memory is indexed by the global pool indices of the rows, all-gathered:
-both ranks hold the one process's memory.
+"""FlexMatch, FreeMatch, AdaMatch, Dash and CoMatch under torchrun (2 CPU processes, gloo): the
+ranks hold the same model and algorithm state after every step, and the statistics are the
+global batch's (equal to one process on the concatenated batch, on a backbone without
+BatchNorm). FlexMatch's per-sample memory is indexed by the global pool indices of the rows,
+all-gathered: both ranks hold the one process's memory. CoMatch's graph spans the global batch
+(the second strong view's embeddings gathered with their gradient): its alignment window and
+memory bank (compared as a set of rows) are one process's at every step.
 
 FreeMatch's fairness loss is computed from each rank's own rows, as in USB (DDP averages the
 gradients), so after its first step a FreeMatch run on 2 processes is not one process's; its
@@ -17,7 +19,7 @@ import torch
 from helpers import ddp_worker as worker
 from helpers.ddp import WORKER, load, steps, torchrun
 
-CASES = ("nobn:flexmatch", "nobn:freematch", "nobn:adamatch", "nobn:dash")
+CASES = ("nobn:flexmatch", "nobn:freematch", "nobn:adamatch", "nobn:dash", "nobn:comatch")
 
 
 def _file(case: str, rank: int) -> str:
@@ -53,10 +55,22 @@ def test_ranks_hold_identical_state_after_every_step(ddp, case):
     assert any(not torch.equal(first[k], r0["final"][k]) for k in moved), case
 
 
+def _bank_rows_sorted(state: dict) -> dict:
+    """CoMatch's memory bank with its rows in one order: under torchrun each step writes the
+    gathered rows rank after rank (a rank holds every W-th row of the global batch), one
+    process writes them in the batch's order; the smoothing sums over the rows."""
+    feats, probs = state["algorithm.bank.feats"], state["algorithm.bank.probs"]
+    key = feats.double() @ torch.linspace(1.0, 2.0, feats.shape[1], dtype=torch.float64)
+    order = torch.argsort(key)
+    return {**state, "algorithm.bank.feats": feats[order], "algorithm.bank.probs": probs[order]}
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_statistics_are_those_of_the_global_batch(ddp, single, case):
     got, ref = steps(ddp[case, 0]), steps(single[case])
     upto = 2 if case.endswith("freematch") else len(ref)  # see the module docstring
+    if case.endswith("comatch"):  # the bank's rows in each rank's order (the set is the same)
+        got, ref = [_bank_rows_sorted(s) for s in got], [_bank_rows_sorted(s) for s in ref]
     for k in range(upto):
         for key in ref[k]:
             if key.startswith("algorithm.") and ref[k][key].is_floating_point():

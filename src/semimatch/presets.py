@@ -198,6 +198,7 @@ def _usb_nlp_presets() -> dict[str, Preset]:
                     "layer_decay": decay,
                     **part.values,
                     **part.nlp_values,
+                    **part.settings.get(key, {}),  # per NLP dataset (SimMatch's EMA teacher)
                     "preset": name,
                 }
                 text = (

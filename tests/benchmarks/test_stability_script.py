@@ -45,6 +45,9 @@ def test_swings_skip_the_first_two_evaluations_and_late_ones_are_the_second_half
     # iterations 40..80 (>= half of 80): |30-34|, |31-30|, |29-31|, |29-29|
     assert n["late_swing"] == pytest.approx((4 + 1 + 2 + 0) / 4)
     assert n["max_late_swing"] == pytest.approx(4.0)
+    # the rises among them: 31-30 only (the drops 34 -> 30 and 31 -> 29 are improvements)
+    assert n["late_rise"] == pytest.approx((0 + 1 + 0 + 0) / 4)
+    assert n["max_late_rise"] == pytest.approx(1.0)
     assert n["median_last"] == pytest.approx(30.0)
     assert (n["late_flip"], n["weak"], n["strong"]) == pytest.approx((10.0, 100.0, 75.0))
     row = stability.table(tmp_path, "s").splitlines()[2]

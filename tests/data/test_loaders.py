@@ -208,6 +208,22 @@ def test_u_idx_covers_the_pool_once_per_epoch_on_any_world_size(rgb, augment, wo
     assert torch.equal(resumed.u_idx, shares[-1][5].u_idx)
 
 
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_lb_idx_are_the_labeled_rows_positions_in_the_labeled_set(rgb, world_size):
+    """SimMatch's bank is indexed by lb_idx: positions in split.labeled, whose labels are
+    y_lb; what one process sees, dealt to the ranks in turn."""
+    sp = balanced_split(rgb.train.labels, 3, 6, seed=0)
+    ranks = [_stream(rgb, sp, rank=r, batch_size=4, world_size=world_size)
+             for r in range(world_size)]  # fmt: skip
+    one = [b.lb_idx for b in _stream(rgb, sp, batch_size=4).batches(0, 4)]
+    for r, s in enumerate(ranks):
+        for k, b in enumerate(s.batches(0, 4)):
+            assert b.lb_idx.dtype == torch.int64
+            np.testing.assert_array_equal(sp.labeled[b.lb_idx.numpy()], s.indices(k)[0])
+            np.testing.assert_array_equal(rgb.train.labels[sp.labeled[b.lb_idx.numpy()]], b.y_lb)
+            assert torch.equal(b.lb_idx, one[k][r::world_size])
+
+
 def test_supervised_and_weak_only_streams(rgb, split):
     sup = _stream(rgb, split, use_unlabeled=False, uratio=0).batch(0)
     assert sup.u_weak.shape == (0, 3, 16, 16) and sup.u_strong is None

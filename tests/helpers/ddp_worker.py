@@ -76,6 +76,18 @@ FAMILY = {
     ),
     "vat": dict(algorithm="vat", stat_momentum=None, unsup_warmup=0.0),
     "mixmatch": dict(algorithm="mixmatch", stat_momentum=None, unsup_warmup=0.0),
+    "comatch": dict(algorithm="comatch", stat_momentum=None, tau=0.5, queue_batch=1, da_len=2),
+    "remixmatch": dict(
+        algorithm="remixmatch", stat_momentum=None, unsup_warmup=0.0, strong_views=2, da_window=4
+    ),
+    # SimMatch's bank from the student (momentum 0.7) or from the EMA teacher's own forward.
+    "simmatch": dict(
+        algorithm="simmatch", stat_momentum=None, tau=0.5, bank_teacher="student",
+        bank_momentum=0.7,
+    ),
+    "simmatch_ema": dict(algorithm="simmatch", stat_momentum=None, tau=0.5, ema_decay=0.9),
+    # uratio 1: the B rotated rows are every weak row, on one process as on two.
+    "crmatch": dict(algorithm="crmatch", stat_momentum=None, tau=0.5, uratio=1),
 }  # fmt: skip
 
 
@@ -168,8 +180,9 @@ def run_case(
     # labeled samples included); the engine refuses a memory of another size.
     pool = None if text else len(load_dataset("digits").train)
     algorithm = build_algorithm(
-        cfg.algorithm, 4 if text else 10, num_unlabeled=pool, **cfg.algorithm_options()
-    )
+        cfg.algorithm, 4 if text else 10, num_unlabeled=pool, num_labeled=cfg.num_labels,
+        **cfg.algorithm_options(),
+    )  # fmt: skip
     recorder = Recorder(backbone(net_case, out), algorithm, fail_at)
     try:
         run = fit(

@@ -623,3 +623,296 @@ def mixmatch_linear_oracle(W, b, x_lb, y_lb, views, lam, perm, T, lambda_u, ramp
     sup = float(np.mean(-(t_mix[:n] * np.log(p[:n])).sum(axis=1)))
     unsup = float(np.mean((p[n:] - t_mix[n:]) ** 2))
     return sup + lambda_u * ramp * unsup
+
+
+# --- CoMatch (Li, Xiong, Hoi 2021: memory-smoothed pseudo-labels, graph contrastive loss) -------
+
+
+def comatch_mlp_oracle(params, x) -> tuple[np.ndarray, np.ndarray]:  # noqa: N803
+    """``(logits, features)`` of the model ``h = tanh(x W1^T + b1)``, ``logits = h W2^T + b2``
+    (the features are the classifier's input)."""
+    w1, b1, w2, b2 = (np.asarray(a, dtype=np.float64) for a in params)
+    h = np.tanh(np.asarray(x, dtype=np.float64) @ w1.T + b1)
+    return h @ w2.T + b2, h
+
+
+def comatch_embed_oracle(params, h) -> np.ndarray:
+    """The projection ``z = g(h) / ||g(h)||``, ``g(h) = relu(h P1^T + c1) P2^T + c2``."""
+    p1, c1, p2, c2 = (np.asarray(a, dtype=np.float64) for a in params)
+    g = np.maximum(h @ p1.T + c1, 0.0) @ p2.T + c2
+    return g / np.linalg.norm(g, axis=1, keepdims=True)
+
+
+class CoMatchOracle:
+    """CoMatch's loss step by step, with its own distribution-alignment window (the last
+    ``da_len`` batch means) and memory bank (the last ``queue_batch`` steps' rows, zeros before).
+
+    ``p = DA(softmax(weak))``; from iteration ``k > queue_batch`` (and ``k >= start``)
+    ``q = alpha p + (1 - alpha) sum_k a_k p_k``, ``a = softmax(z_w . bank^T / T)``, else ``q = p``;
+    ``L_cls = mean 1[max q >= tau] H(q, softmax(strong_0))``; ``W^q = q q^T`` with 1 on the
+    diagonal, entries below ``contrast_tau`` cut, rows normalised; ``W^z_bj = exp(z0_b . z1_j /
+    T)`` rows normalised; ``L_ctr = mean_b -sum_j W^q_bj log W^z_bj``; the bank then takes the
+    weak embeddings with ``p`` (unlabeled) and the one-hot labels (labeled).  ``usb``: DA as
+    ``p (1/C + 1e-6) / (sum(means) / da_len + 1e-6)`` and ``log(W^z + 1e-7)``.
+    """
+
+    def __init__(self, num_classes, *, tau, lambda_u, lambda_c, contrast_tau, T,  # noqa: N803
+                 alpha, queue_batch, da_len, start=0, usb=False):  # fmt: skip
+        self.c, self.tau, self.lambda_u, self.lambda_c = num_classes, tau, lambda_u, lambda_c
+        self.contrast_tau, self.t, self.alpha = contrast_tau, T, alpha
+        self.queue_batch, self.da_len, self.start, self.usb = queue_batch, da_len, start, usb
+        self.means: list[np.ndarray] = []
+        self.bank_z: np.ndarray | None = None
+        self.bank_p: np.ndarray | None = None
+
+    def align(self, p: np.ndarray) -> np.ndarray:
+        self.means = (self.means + [p.mean(axis=0)])[-self.da_len :]
+        if self.usb:
+            p_model = np.sum(self.means, axis=0) / self.da_len
+            a = p * (1.0 / self.c + 1e-6) / (p_model + 1e-6)
+        else:
+            a = p / np.mean(self.means, axis=0)
+        return a / a.sum(axis=1, keepdims=True)
+
+    def step(self, k, logits_lb, y_lb, logits_w, logits_s0, z_lb, z_w, z0, z1) -> dict:
+        y_lb = np.asarray(y_lb)
+        sup = float(np.mean(-np.log(softmax(logits_lb)[np.arange(len(y_lb)), y_lb])))
+        p = self.align(softmax(logits_w))
+        rows = len(z_w) + len(z_lb)
+        if self.bank_z is None:
+            self.bank_z = np.zeros((self.queue_batch * rows, z_w.shape[1]))
+            self.bank_p = np.zeros((self.queue_batch * rows, self.c))
+        q = p
+        if k > self.queue_batch and k >= self.start:
+            a = np.exp(z_w @ self.bank_z.T / self.t)
+            a = a / a.sum(axis=1, keepdims=True)
+            q = self.alpha * p + (1 - self.alpha) * a @ self.bank_p
+        mask = (q.max(axis=1) >= self.tau).astype(np.float64)
+        log_s = np.log(softmax(logits_s0))
+        l_cls = float(np.mean(mask * -(q * log_s).sum(axis=1)))
+        wq = q @ q.T
+        for b in range(len(q)):
+            wq[b, b] = 1.0
+        wq = np.where(wq >= self.contrast_tau, wq, 0.0)
+        wq = wq / wq.sum(axis=1, keepdims=True)
+        wz = np.exp(z0 @ z1.T / self.t)
+        wz = wz / wz.sum(axis=1, keepdims=True)
+        log_wz = np.log(wz + 1e-7) if self.usb else np.log(wz)
+        l_ctr = float(np.mean(-(wq * log_wz).sum(axis=1)))
+        onehot = np.eye(self.c)[y_lb]
+        self.bank_z = np.concatenate([self.bank_z, z_w, z_lb])[-len(self.bank_z) :]
+        self.bank_p = np.concatenate([self.bank_p, p, onehot])[-len(self.bank_p) :]
+        loss = sup + self.lambda_u * l_cls + self.lambda_c * l_ctr
+        return dict(loss=loss, sup=sup, unsup=l_cls, contrast=l_ctr, mask=mask, q=q)
+
+
+# --- ReMixMatch (Berthelot et al. 2020, Algorithm 1, Sections 3.2-3.3) ---------------------------
+
+
+def remixmatch_rotate_oracle(img, turns: int) -> np.ndarray:
+    """``img`` (C, S, S) turned ``turns`` quarter turns counter-clockwise (PIL's rotate)."""
+    out = np.asarray(img, dtype=np.float64)
+    for _ in range(int(turns)):
+        out = np.stack([np.rot90(channel) for channel in out])
+    return out
+
+
+def remixmatch_mlp_oracle(
+    params, x_lb, y_lb, u_weak, strong, lam, perm, turns, p_data, p_tilde, T,  # noqa: N803
+    lambda_u, lambda_u1, lambda_rot, ramp,
+) -> float:  # fmt: skip
+    """ReMixMatch's loss for ``h = tanh(flat(x) W1^T + b1)``, ``z = h W2^T + b2`` (classes),
+    ``g = h Wr^T + br`` (rotations), with the MixUp draw, the rotations and ``p~(y)`` given.
+
+    ``q = Sharpen(Normalize(p(y|w) (p(y) + 1e-6) / (p~(y) + 1e-6)), T)``; ``X = (x, onehot y)``,
+    ``U = (s_1, q), ..., (s_K, q), (w, q)``; ``Z = cat(X, U)``; ``Z' = lam Z + (1 - lam) Z[perm]``;
+    ``L = mean_{X'} H + ramp (lambda_u mean_{U'} H + lambda_u1 mean H(q, z(s_1))) + lambda_rot
+    mean CE(rho, g(rotate(s_1, rho)))``, ``H(t, z) = -sum t log softmax z``."""
+    w1, b1, w2, b2, wr, br = (np.asarray(p, dtype=np.float64) for p in params)
+
+    def feats(x):
+        x = np.asarray(x, dtype=np.float64)
+        return np.tanh(x.reshape(len(x), -1) @ w1.T + b1)
+
+    def xent(targets, logits):
+        return float(np.mean(-(targets * np.log(softmax(logits))).sum(axis=1)))
+
+    c = w2.shape[0]
+    p = softmax(feats(u_weak) @ w2.T + b2)
+    ratio = (np.asarray(p_data, dtype=np.float64) + 1e-6) / (np.asarray(p_tilde) + 1e-6)
+    aligned = p * ratio
+    aligned = aligned / aligned.sum(axis=1, keepdims=True)
+    q = sharpen_oracle(aligned, T)
+    x = np.concatenate([np.asarray(v, dtype=np.float64) for v in (x_lb, *strong, u_weak)])
+    t = np.concatenate([np.eye(c)[np.asarray(y_lb)], *([q] * (len(strong) + 1))])
+    x_mix, t_mix = lam * x + (1 - lam) * x[perm], lam * t + (1 - lam) * t[perm]
+    z = feats(x_mix) @ w2.T + b2
+    n = len(y_lb)
+    sup, unsup = xent(t_mix[:n], z[:n]), xent(t_mix[n:], z[n:])
+    u1 = xent(q, feats(strong[0]) @ w2.T + b2)
+    rotated = np.stack([remixmatch_rotate_oracle(img, r) for img, r in zip(strong[0], turns)])
+    rot = xent(np.eye(4)[np.asarray(turns)], feats(rotated) @ wr.T + br)
+    return sup + ramp * (lambda_u * unsup + lambda_u1 * u1) + lambda_rot * rot
+
+
+def remixmatch_marginal_oracle(batch_means, window: int, num_classes: int) -> np.ndarray:
+    """``p~(y)`` before the next batch (the authors' code): the mean of the last ``window``
+    batch means, the window starting as ``window`` uniform rows; normalised."""
+    rows = [np.full(num_classes, 1.0 / num_classes)] * window + list(batch_means)
+    mean = np.mean(rows[-window:], axis=0)
+    return mean / mean.sum()
+
+
+# --- SimMatch (Zheng et al. 2022, section 3: instance similarity, unfolding, aggregation) -------
+
+
+class SimMatchOracle:
+    """SimMatch's loss and its labeled memory bank, one labeled/unlabeled batch at a time.
+
+    ``bank`` (D, K) of unit columns, ``labels`` (K,), ``seen`` (K,): the entries written so far
+    (the others take no part in the similarities).  Per unlabeled row, with ``p`` the weak
+    probabilities after the alignment ``p (1/C + eps) / (mean(queue) + eps)`` (normalised,
+    USB's eps 1e-6; the queue of the last ``da_len`` batch means, zeros at first):
+    ``q^w_j = exp(z^w.b_j/T) / sum_seen exp(z^w.b_k/T)``, ``q^s`` likewise with ``z^s``;
+    unfolding ``q_hat_j = q^w_j p_{y_j} / sum_k q^w_k p_{y_k}``; aggregation
+    ``q^agg_c = sum_{y_j = c} q^w_j``; ``p_hat = normalize(p q^agg)`` ("product") or
+    ``alpha p + (1 - alpha) q^agg`` ("smoothing"); in the warm-up (or with no entry seen)
+    ``p_hat = p`` and no instance loss.  ``L = CE(lb) + lambda_u mean_i 1[max p_hat >= tau]
+    H(p_hat, softmax s) + lambda_in mean_i H(q_hat, q^s)``.  Then each labeled row (in order,
+    a later duplicate overwriting) writes ``normalize(m b_j + (1 - m) z)`` with ``b_j`` the
+    entry before the batch and its label.
+    """
+
+    def __init__(self, bank, num_classes, *, T, tau, lambda_u, lambda_in, da_len,
+                 propagation, alpha, momentum, warmup) -> None:  # fmt: skip
+        self.bank = np.array(bank, dtype=np.float64)
+        k = self.bank.shape[1]
+        self.labels = np.zeros(k, dtype=np.int64)
+        self.seen = np.zeros(k, dtype=bool)
+        self.queue = np.zeros((da_len, num_classes))
+        self.ptr = 0
+        self.c, self.T, self.tau = num_classes, T, tau
+        self.lambda_u, self.lambda_in = lambda_u, lambda_in
+        self.propagation, self.alpha, self.m, self.warmup = propagation, alpha, momentum, warmup
+
+    def step(self, it, logits_lb, y_lb, logits_weak, logits_strong, z_lb, z_weak, z_strong,
+             lb_idx) -> dict:  # fmt: skip
+        f = lambda a: np.asarray(a, dtype=np.float64)  # noqa: E731
+        logits_lb, logits_weak, logits_strong = f(logits_lb), f(logits_weak), f(logits_strong)
+        z_lb, z_weak, z_strong = f(z_lb), f(z_weak), f(z_strong)
+        sup = float(np.mean([-np.log(softmax(logits_lb)[i, y]) for i, y in enumerate(y_lb)]))
+        probs = softmax(logits_weak)
+        self.queue[self.ptr] = probs.mean(axis=0)
+        self.ptr = (self.ptr + 1) % len(self.queue)
+        p_all = probs * (1.0 / self.c + 1e-6) / (self.queue.mean(axis=0) + 1e-6)  # USB's eps
+        p_all = p_all / p_all.sum(axis=1, keepdims=True)
+        active = self.seen.any() and it >= self.warmup
+        cols = np.flatnonzero(self.seen)
+        unsup, inst, masks, p_hats = [], [], [], []
+        for i in range(len(p_all)):
+            p = p_all[i]
+            p_hat, h_in = p, 0.0
+            if active:
+                sw = np.exp(z_weak[i] @ self.bank[:, cols] / self.T)
+                qw = sw / sw.sum()
+                ss = np.exp(z_strong[i] @ self.bank[:, cols] / self.T)
+                qs = ss / ss.sum()
+                labels = self.labels[cols]
+                q_hat = qw * p[labels] / np.sum(qw * p[labels])
+                q_agg = np.array([qw[labels == c].sum() for c in range(self.c)])
+                if self.propagation == "product":
+                    p_hat = p * q_agg / np.sum(p * q_agg)
+                else:
+                    p_hat = self.alpha * p + (1 - self.alpha) * q_agg
+                h_in = float(-(q_hat * np.log(qs)).sum())
+            mask = float(p_hat.max() >= self.tau)
+            unsup.append(
+                mask * float(-(p_hat * np.log(softmax(logits_strong[i : i + 1])[0])).sum())
+            )
+            inst.append(h_in)
+            masks.append(mask)
+            p_hats.append(p_hat)
+        before = self.bank.copy()  # every row mixes with the bank before this batch (USB)
+        for j, (idx, y) in enumerate(zip(np.asarray(lb_idx), np.asarray(y_lb))):
+            new = self.m * before[:, idx] + (1 - self.m) * z_lb[j] if self.m > 0 else z_lb[j]
+            self.bank[:, idx] = new / np.linalg.norm(new) if self.m > 0 else new
+            self.labels[idx], self.seen[idx] = y, True
+        u, l_in = float(np.mean(unsup)), float(np.mean(inst))
+        loss = sup + self.lambda_u * u + self.lambda_in * l_in
+        return {"loss": loss, "unsup": u, "in": l_in, "mask": np.array(masks),
+                "p_hat": np.array(p_hats)}  # fmt: skip
+
+
+# --- CRMatch (Fan et al., IJCV 2022: thresholded pseudo-labels, FeatDistLoss, rotation) ----------
+
+
+def crmatch_tanh_oracle(params, x_lb, y_lb, u_weak, u_strong, tau, lambdas, rot_rows) -> float:
+    """CRMatch's loss for the model ``h(x) = tanh(flat(x) W1^T + b1)``, ``z = h Wc^T + bc``,
+    the projection ``g(h) = h Wd^T + bd`` and the rotation head
+    ``rot(h) = relu(h R1^T + r1) R2^T + r2`` (``params`` holds these arrays by name).
+
+    ``m_i = 1[max softmax z(weak u_i) >= tau]``, ``y_i = argmax``;
+    ``L = mean_B H(y, z(x)) + l_u (1/N) sum_i m_i H(y_i, z(strong u_i))
+    + l_fd (1/N) sum_i m_i max(0, cos(g h(strong u_i), g h(weak u_i)))
+    + l_rot mean_{j < rot_rows, r in 0..3} H(r, rot h(rot90^r weak u_j))``, ``rot90`` turning
+    the (H, W) plane counter-clockwise; ``lambdas = (l_u, l_fd, l_rot)``."""
+    p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+
+    def feats(x):
+        x = np.asarray(x, dtype=np.float64)
+        return np.tanh(x.reshape(x.shape[0], -1) @ p["W1"].T + p["b1"])
+
+    return _crmatch_oracle(p, feats, feats, x_lb, y_lb, u_weak, u_strong, tau, lambdas, rot_rows)
+
+
+def crmatch_map_oracle(params, x_lb, y_lb, u_weak, u_strong, tau, lambdas, rot_rows) -> float:
+    """``crmatch_tanh_oracle`` with a feature map: ``M(x)[d, i, j] = tanh(w1_d x[0, i, j] +
+    b1_d)`` (a 1x1 convolution of one-channel 8 x 8 images), ``h(x) = mean_{i,j} M(x)``, and
+    the projection ``g`` reading the flattened map ``M`` in (d, i, j) order (USB's WRN head)."""
+    p = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+
+    def feature_map(x):
+        x = np.asarray(x, dtype=np.float64)[:, 0]  # (N, H, W)
+        w, b = p["W1"][:, 0, 0, 0], p["b1"]
+        return np.tanh(w[None, :, None, None] * x[:, None] + b[None, :, None, None])
+
+    def feats(x):
+        return feature_map(x).mean(axis=(2, 3))
+
+    def flat_map(x):
+        m = feature_map(x)
+        return m.reshape(m.shape[0], -1)
+
+    return _crmatch_oracle(p, feats, flat_map, x_lb, y_lb, u_weak, u_strong, tau, lambdas, rot_rows)
+
+
+def _crmatch_oracle(p, feats, g_input, x_lb, y_lb, u_weak, u_strong, tau, lambdas, rot_rows):
+    """The loss of ``crmatch_tanh_oracle`` for features ``feats(x)`` and projection input
+    ``g_input(x)``."""
+
+    def logits(h):
+        return h @ p["Wc"].T + p["bc"]
+
+    lambda_u, lambda_fd, lambda_rot = lambdas
+    sup = float(np.mean(cross_entropy(logits(feats(x_lb)), np.asarray(y_lb))))
+    h_w, h_s = feats(u_weak), feats(u_strong)
+    probs = softmax(logits(h_w))
+    mask = (probs.max(axis=1) >= tau).astype(np.float64)
+    pseudo = probs.argmax(axis=1)
+    n = len(mask)
+    unsup = float(np.sum(mask * cross_entropy(logits(h_s), pseudo)) / n)
+    g_w, g_s = g_input(u_weak) @ p["Wd"].T + p["bd"], g_input(u_strong) @ p["Wd"].T + p["bd"]
+    fd = 0.0
+    for i in range(n):
+        cos = float(g_s[i] @ g_w[i] / (np.linalg.norm(g_s[i]) * np.linalg.norm(g_w[i])))
+        fd += mask[i] * max(0.0, cos)
+    loss = sup + lambda_u * unsup + lambda_fd * fd / n
+    if lambda_rot > 0:
+        images = np.asarray(u_weak, dtype=np.float64)[:rot_rows]
+        terms = []
+        for r in range(4):
+            h = feats(np.rot90(images, r, axes=(2, 3)))
+            z = np.maximum(h @ p["R1"].T + p["r1"], 0.0) @ p["R2"].T + p["r2"]
+            terms.extend(cross_entropy(z, np.full(len(images), r)))
+        loss += lambda_rot * float(np.mean(terms))
+    return loss

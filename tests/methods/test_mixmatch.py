@@ -109,9 +109,11 @@ def test_needs_presets_and_description():
     assert (values["lambda_u"], values["unsup_warmup"], values["temperature"]) == (100.0, 0.4, 0.5)
     assert (values["mixup_alpha"], values["uratio"], values["rampup_shape"]) == (0.5, 1, "linear")
     # The existing methods keep their stream and forward.
-    for name in ("fixmatch", "pimodel", "vat"):
+    for name in ("fixmatch", "vat"):
         other = build_algorithm(name, 3).needs
         assert other.forward and not other.strong_as_weak
+    # Pi-Model's second view is a weak draw too, forwarded by the standard step.
+    assert build_algorithm("pimodel", 3).needs.forward
 
 
 def test_the_report_says_it_is_not_a_weighting_method():

@@ -99,6 +99,9 @@ class SSLBatch(NamedTuple):
     #: The further strong views of a method that needs more than one (``use_strong=n``), each
     #: like ``u_strong`` (views ``VIEW_UNLABELED_STRONG + 1``, ``+ 2``, ...)
     u_strong_more: tuple[torch.Tensor, ...] = ()
+    #: (B,) int64 positions of the labeled rows in the labeled set (``split.labeled``): global,
+    #: the same under any world size and on resume (SimMatch's labeled memory bank)
+    lb_idx: torch.Tensor | None = None
 
 
 def _strong_name(j: int) -> str:
@@ -162,9 +165,13 @@ class _StepBatches(Dataset):
         """Global stream positions of this rank's share of iteration ``k``."""
         return k * global_batch + np.arange(self.rank, global_batch, self.world_size)
 
+    def lb_positions(self, k: int) -> np.ndarray:
+        """This rank's labeled rows at iteration ``k`` as positions in ``split.labeled``."""
+        return self.lb_order(self.positions(k, self.batch_size))
+
     def indices(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(train indices of the labeled share, unlabeled-pool indices of the unlabeled share)."""
-        lb = self.labeled[self.lb_order(self.positions(k, self.batch_size))]
+        lb = self.labeled[self.lb_positions(k)]
         if not self.use_unlabeled:
             return lb, np.zeros(0, dtype=np.int64)
         return lb, self.ulb_order(self.positions(k, self.u_batch_size))
@@ -237,6 +244,7 @@ class _StepBatches(Dataset):
             "y_lb": torch.from_numpy(self.train.labels[lb_idx].copy()),
             "u_true": torch.from_numpy(self._pool_labels(pool_idx)),
             "u_idx": torch.from_numpy(np.ascontiguousarray(pool_idx, dtype=np.int64)),
+            "lb_idx": torch.from_numpy(self.lb_positions(k).astype(np.int64)),
         }
         stack = self.modality.stack
         if self.batched:
@@ -475,6 +483,7 @@ class TrainStream:
         y_lb = item["y_lb"].to(dev, non_blocking=nb)
         u_true = item["u_true"].to(dev, non_blocking=nb)
         u_idx = item["u_idx"].to(dev, non_blocking=nb)
+        lb_idx = item["lb_idx"].to(dev, non_blocking=nb)
         u_weak = u_strong = None
         more: tuple[torch.Tensor, ...] = ()
         if self.views.batched:
@@ -507,7 +516,7 @@ class TrainStream:
         if u_weak is None:
             shape = (0, *x_lb.shape[1:])
             u_weak = torch.empty(shape, dtype=self.modality.dtype, device=dev)
-        return SSLBatch(x_lb, y_lb, u_weak, u_strong, u_true, u_idx, more)
+        return SSLBatch(x_lb, y_lb, u_weak, u_strong, u_true, u_idx, more, lb_idx)
 
     def probe_views(
         self, indices: np.ndarray, stream_id: int, strong: bool = True

@@ -58,6 +58,22 @@ class Needs:
     #: (``StepOutputs.heads``): the method has ``make_heads(num_features) -> nn.Module``, which
     #: ``semimatch.methods.heads.attach_heads`` hangs on the model (CoMatch's projection).
     features: bool = False
+    #: The method turns the inputs by quarter turns (ReMixMatch's rotation head): square images
+    #: only.
+    spatial: bool = False
+    #: Forwards of the unlabeled rows with gradient beyond one per view (ReMixMatch's unmixed and
+    #: rotated first strong view: 2), for the memory pre-flight's activation count.
+    extra_forwards: int = 0
+    #: The labeled rows' positions in the labeled set (``StepOutputs.lb_idx``: global, the same
+    #: under any world size; SimMatch's labeled memory bank).
+    labeled_indices: bool = False
+    #: The weight EMA's model itself and the labeled inputs (``StepOutputs.teacher_model``,
+    #: ``StepOutputs.x_lb``) for the method's own teacher forwards (SimMatch's bank embeddings);
+    #: without the EMA (``--ema-decay 0``) the teacher is the live model, as an EMA of decay 0 is.
+    teacher_model: bool = False
+    #: Rows per labeled row that the method's own forward adds to the step's views, with
+    #: gradient (CRMatch's four rotations of B weak images: 4), for the memory pre-flight.
+    extra_rows: int = 0
 
 
 @dataclass
@@ -71,7 +87,8 @@ class StepOutputs:
     ``logits_teacher``/``model``/``u_weak``: as the method's ``needs`` say (else possibly None).
     With ``needs.features``: ``feats_lb`` (with gradient), ``feats_weak`` (detached, as the
     weak logits) and ``feats_student`` (one per student view, with gradient) are the rows'
-    feature vectors, and ``heads`` the method's heads on the model.
+    feature vectors, and ``heads`` the method's heads on the model.  ``lb_idx``,
+    ``teacher_model`` and ``x_lb``: as ``needs.labeled_indices``/``needs.teacher_model`` say.
     """
 
     logits_lb: torch.Tensor
@@ -89,6 +106,9 @@ class StepOutputs:
     feats_weak: torch.Tensor | None = None
     feats_student: tuple[torch.Tensor, ...] | None = None
     heads: nn.Module | None = None
+    lb_idx: torch.Tensor | None = None
+    teacher_model: nn.Module | None = None
+    x_lb: torch.Tensor | None = None
 
     def global_sup_loss(self) -> torch.Tensor:
         """The mean labeled loss over every process's rows (all-reduced under torchrun)."""

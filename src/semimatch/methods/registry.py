@@ -68,9 +68,12 @@ _BUILTINS = (
 LambdaFormula = Callable[[Mapping[str, Any], np.ndarray, int], np.ndarray]
 
 #: Keyword parameters of a builder that the data or the run, not the user, supplies (FlexMatch's
-#: memory size, UDA's annealing over the budget): not options - no ``Config`` field, flag or
-#: validation; ``build_algorithm`` passes them to the builders that declare them.
-DATA_INPUTS: frozenset[str] = frozenset({"num_unlabeled", "num_iterations"})
+#: memory size, UDA's annealing over the budget, ReMixMatch's labeled class counts, SimMatch's
+#: labeled set size): not options - no ``Config`` field, flag or validation;
+#: ``build_algorithm`` passes them to the builders that declare them.
+DATA_INPUTS: frozenset[str] = frozenset(
+    {"num_unlabeled", "num_iterations", "labeled_counts", "num_labeled"}
+)
 
 
 @dataclass(frozen=True)
@@ -125,9 +128,10 @@ class MethodPresets:
 
     ``values``: its options in every preset; ``source``: ``"paper"`` (every image setting) or
     ``"usb"`` (USB's classic-CV configs: the balanced settings only); ``note``: appended to the
-    description; ``settings``: per-setting overrides; ``nlp``: it has USB NLP presets, with
-    ``nlp_values`` over ``values``; ``skip``: settings without a preset (the source publishes
-    none for them).
+    description; ``settings``: per-setting overrides (an image setting's name, e.g.
+    ``"cifar10-40"``, or a USB NLP dataset's, e.g. ``"yelp_review"``); ``nlp``: it has USB NLP
+    presets, with ``nlp_values`` over ``values``; ``skip``: settings without a preset (the
+    source publishes none for them).
     """
 
     values: Mapping[str, Any]
@@ -340,11 +344,14 @@ def build_algorithm(
     *,
     num_unlabeled: int | None = None,
     num_iterations: int | None = None,
+    labeled_counts: Any = None,
+    num_labeled: int | None = None,
     **options: Any,
 ) -> Any:
     """Build a named algorithm; an option the algorithm does not use is an error, not ignored.
-    ``num_unlabeled`` (pool size) and ``num_iterations`` (the iteration budget), data inputs,
-    go to the builders that declare them."""
+    ``num_unlabeled`` (pool size), ``num_iterations`` (the iteration budget) and
+    ``labeled_counts`` (per-class counts of the labeled set) and ``num_labeled`` (its size),
+    data inputs, go to the builders that declare them."""
     registry = methods()
     if name not in registry:
         hint = difflib.get_close_matches(name, registry, n=1)
@@ -356,6 +363,11 @@ def build_algorithm(
     check_num_classes(num_classes)
     spec = registry[name]
     spec.check(name, options)
-    given = {"num_unlabeled": num_unlabeled, "num_iterations": num_iterations}
+    given = {
+        "num_unlabeled": num_unlabeled,
+        "num_iterations": num_iterations,
+        "labeled_counts": labeled_counts,
+        "num_labeled": num_labeled,
+    }
     data = {k: v for k, v in given.items() if k in spec.data_inputs}
     return spec.build(num_classes, **data, **options)

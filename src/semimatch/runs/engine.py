@@ -162,9 +162,13 @@ def _set_up(
     )
     cfg, split = run.cfg, run.split
     pool = _pool_size(data, split)
+    labels = data.train.labels[split.labeled]  # ReMixMatch's p(y): the labeled class counts
+    counts = np.bincount(labels[labels >= 0], minlength=data.info.num_classes)
     parts = build_parts(
-        cfg, data.info, device, model=model, algorithm=algorithm, num_unlabeled=pool
-    )
+        cfg, data.info, device, model=model, algorithm=algorithm, num_unlabeled=pool,
+        labeled_counts=counts,
+        num_labeled=len(split.labeled),
+    )  # fmt: skip
     assert parts.algorithm is not None
     check_forward_mode(cfg, parts.algorithm.uses_strong, given_data)
     if run.run_dir is not None and env.is_main:
@@ -373,7 +377,9 @@ def _strong_views(batch: SSLBatch, fmt: torch.memory_format) -> tuple[torch.Tens
 
 def _teacher(state: TrainState) -> nn.Module | None:
     """The weight EMA's model, for a method that needs a teacher (Mean Teacher)."""
-    return state.ema.module if state.ema is not None and state.algorithm.needs.teacher else None
+    needs = state.algorithm.needs
+    wanted = needs.teacher or getattr(needs, "teacher_model", False)
+    return state.ema.module if state.ema is not None and wanted else None
 
 
 def _step(t: _Training, batch: SSLBatch, k: int) -> None:
@@ -394,7 +400,9 @@ def _step(t: _Training, batch: SSLBatch, k: int) -> None:
                 _strong_views(batch, fmt),
                 batch.u_true,
                 forward_mode=cfg.forward_mode,
-                info=StepInfo(k, batch.u_idx, cfg.iterations, _teacher(state), cfg.seed),
+                info=StepInfo(
+                    k, batch.u_idx, cfg.iterations, _teacher(state), cfg.seed, batch.lb_idx
+                ),
             )
     except NonFiniteError:  # the weak-view probabilities are already NaN
         raise _NonFinite(k) from None

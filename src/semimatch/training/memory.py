@@ -13,7 +13,9 @@ The peak of a step, per process, at ``b`` labeled rows (``B / world_size``), is
     from the method's ``needs``, S strong views): b (1 + mu (1 + S)) for the joint forward,
     b (1 + mu S) for two-pass/split (the weak view runs without grad), b (1 + mu) for a
     weak-view student, b when supervised; a method that forwards every view itself (MixMatch)
-    b (1 + mu (1 + S)), and one that forwards the model again with grad (VAT) b mu more
+    b (1 + mu (1 + S)), and one that forwards the model again with grad (VAT) b mu more (b mu
+    per ``Needs.extra_forwards``: ReMixMatch's unmixed and rotated first strong view); plus the
+    rows a method's own forward adds (``Needs.extra_rows``: CRMatch's rotations, b 4)
   + the data batch: b (1 + mu (1 + S)) rows, the one training and those prefetched.
 
 Activations are *measured*, not guessed: a forward on 2 and on 4 rows of the data's own
@@ -194,7 +196,8 @@ def step_rows(needs: Needs, mu: int, forward_mode: str) -> tuple[float, float]:
         rows = 1.0 + mu * max(views, 1)
     if needs.model and needs.forward:  # the method forwards the unlabeled rows again (VAT)
         rows += mu
-    return rows, data_rows
+    rows += mu * needs.extra_forwards  # more forwards of its own (ReMixMatch)
+    return rows + needs.extra_rows, data_rows  # rows of its own per labeled row (CRMatch)
 
 
 def saved_bytes(

@@ -62,6 +62,8 @@ def build_parts(
     training: bool = True,
     with_algorithm: bool = True,
     num_unlabeled: int | None = None,
+    labeled_counts: Any = None,
+    num_labeled: int | None = None,
 ) -> Parts:
     """The model, its EMA and the algorithm that ``cfg`` describes, on ``device``.
 
@@ -70,7 +72,9 @@ def build_parts(
     with ``sync_bn``, synchronised BatchNorm.  A reloaded run (``training=False``) whose
     checkpoint was trained by a custom weighting passes ``with_algorithm=False`` and gets
     ``algorithm=None``: prediction does not need it.  ``num_unlabeled`` is the unlabeled pool
-    size, for an algorithm with per-sample state (FlexMatch).  The global torch generator draws
+    size, for an algorithm with per-sample state (FlexMatch); ``labeled_counts`` the labeled
+    set's per-class counts (ReMixMatch's p(y)); ``num_labeled`` its size (SimMatch's labeled
+    memory bank).  The global torch generator draws
     the initial weights (``fit`` seeds it first).
     """
     if model is None and str(cfg.backbone).startswith("custom:"):
@@ -96,7 +100,9 @@ def build_parts(
                 cfg.algorithm,
                 info.num_classes,
                 num_unlabeled=num_unlabeled,
+                num_labeled=num_labeled,
                 num_iterations=cfg.iterations,
+                labeled_counts=labeled_counts,
                 **cfg.algorithm_options(),
             )
         except ValueError as e:  # an option the algorithm rejects: the user's config is wrong
@@ -116,17 +122,41 @@ def build_parts(
         layer = feature_layer(net, info.num_classes)
         attach_heads(net, algorithm.make_heads(num_features(layer)).to(device), info.num_classes)
     ema = ModelEMA(net, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay else None
-    check_needs(algorithm, name, ema, modality(info).continuous, cfg)
+    check_needs(algorithm, name, ema, modality(info).continuous, cfg, info)
     return Parts(net, ema, algorithm, name)
 
 
 def check_needs(
-    algorithm: Any, name: str, ema: ModelEMA | None, continuous: bool, cfg: Config | None = None
+    algorithm: Any,
+    name: str,
+    ema: ModelEMA | None,
+    continuous: bool,
+    cfg: Config | None = None,
+    info: DatasetInfo | None = None,
 ) -> None:
     """Refuse a method whose ``needs`` this run cannot give: a teacher without the weight EMA,
-    input perturbations on token ids, features without the joint forward."""
+    input perturbations on token ids, features without the joint forward, quarter turns of
+    the inputs (``info``: the run's data) on other data than square images."""
     needs = getattr(algorithm, "needs", None)
-    if getattr(needs, "features", False) and cfg is not None and cfg.forward_mode != "joint":
+    if getattr(needs, "spatial", False) and info is not None:
+        shape, data = info.input_shape, modality(info)
+        if not data.spatial:
+            raise ConfigError(
+                f"--algorithm {name} rotates images and cannot run on {data.noun}; pass "
+                "--lambda-rot 0 (no rotation loss) or pick another --algorithm"
+            )
+        if shape[-1] != shape[-2]:
+            raise ConfigError(
+                f"--algorithm {name} turns the images by 90 degrees and needs square images, "
+                f"not {shape[-2]}x{shape[-1]}: resize them square (or --lambda-rot 0)"
+            )
+    joint = getattr(needs, "forward", True)  # a method with its own forward picks its own
+    if (
+        getattr(needs, "features", False)
+        and joint
+        and cfg is not None
+        and cfg.forward_mode != "joint"
+    ):
         raise ConfigError(
             f"--algorithm {name} reads the backbone's features of the joint forward; pass "
             f"--forward-mode joint (not {cfg.forward_mode})"

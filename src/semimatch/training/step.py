@@ -26,7 +26,7 @@ from torch import nn
 from semimatch.config import ForwardMode
 from semimatch.methods.blocks import frozen_bn, train_mode
 from semimatch.methods.consistency import SSLAlgorithm, StepOutputs, UnlabeledResult
-from semimatch.methods.heads import heads_of, record_features
+from semimatch.methods.heads import heads_of, record_features, unwrap
 from semimatch.training.two_pass import two_pass_forward
 
 __all__ = ["CONF_BINS", "FORWARD_MODES", "StepInfo", "metric_sums", "train_step"]
@@ -46,6 +46,8 @@ class StepInfo:
     ``iterations``: the iteration budget (a ramp-up's length is a share of it).  ``teacher``: the
     weight EMA's model, for a method whose ``needs.teacher`` asks for its logits (Mean Teacher).
     ``seed``: the run's seed, for a method that draws its own randomness (MixMatch's MixUp).
+    ``lb_idx``: the labeled rows' positions in the labeled set (``SSLBatch.lb_idx``; SimMatch's
+    labeled memory bank).
     """
 
     iteration: int | None = None
@@ -53,6 +55,7 @@ class StepInfo:
     iterations: int | None = None
     teacher: nn.Module | None = None
     seed: int | None = None
+    lb_idx: torch.Tensor | None = None
 
 
 def train_step(
@@ -122,7 +125,7 @@ def train_step(
         logits_lb, logits_weak, student = _forward(model, x_lb, u_weak, strong, forward_mode)
     sup_loss = F.cross_entropy(logits_lb.float(), y_lb)
     out = StepOutputs(logits_lb, y_lb, sup_loss, logits_weak, student, info.u_idx, info.iteration)
-    _add_needed(out, algorithm, model, u_weak, info)
+    _add_needed(out, algorithm, model, u_weak, info, x_lb)
     if algorithm.needs.features:
         _add_features(out, model, torch.cat(feats), x_lb.shape[0], u_weak.shape[0], len(strong))
     loss, unlabeled = algorithm.loss(out)
@@ -137,11 +140,23 @@ def _add_needed(
     model: nn.Module,
     u_weak: torch.Tensor,
     info: StepInfo,
+    x_lb: torch.Tensor | None = None,
 ) -> None:
     """What beyond the standard outputs the method's ``needs`` ask for: the budget, the
-    teacher's logits on the weak view, the model and the weak inputs."""
+    teacher's logits on the weak view, the model and the weak inputs, the labeled rows'
+    positions, the teacher model and the labeled inputs."""
     needs = algorithm.needs
     out.iterations = info.iterations
+    if needs.labeled_indices:
+        if info.lb_idx is None:
+            raise ValueError(
+                f"{algorithm.name} needs the labeled rows' positions in the labeled set "
+                "(SSLBatch.lb_idx; train_step(..., info=StepInfo(lb_idx=...)))"
+            )
+        out.lb_idx = info.lb_idx
+    if needs.teacher_model:  # the EMA's model, or the live one (an EMA of decay 0)
+        out.teacher_model = info.teacher if info.teacher is not None else unwrap(model)
+        out.x_lb = x_lb
     if needs.teacher:
         if info.teacher is None:
             raise ValueError(

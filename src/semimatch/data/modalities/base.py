@@ -56,6 +56,8 @@ class Modality:
     #: Whether the inputs are continuous (pixels, feature values), so a method may perturb them
     #: (VAT); token ids are not.
     continuous: ClassVar[bool] = True
+    #: Whether the samples are images a method may turn (``Needs.spatial``: ReMixMatch's rotation).
+    spatial: ClassVar[bool] = False
     #: ``TrainStream(augment=None)``: the views the stream builds by default.
     default_augment: ClassVar[str] = "batched"
     #: Config fields that only this modality takes (given with other data: refused).

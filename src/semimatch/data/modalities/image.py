@@ -30,6 +30,7 @@ class ImageModality(Modality):
     kind = "image"
     dtype = torch.uint8
     noun = "images"
+    spatial = True
     per_sample_views = True
     default_augment = "pil"
     channels_last = True
