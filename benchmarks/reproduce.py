@@ -303,15 +303,18 @@ def applies(setting: str, name: str) -> bool:
     return name not in TEXT_VARIANTS or setting in TEXT_SETTINGS
 
 
-def needs_features(algorithm: str) -> bool:
-    """Whether the method reads the backbone's features (``Needs.features``: CoMatch's and
-    SimMatch's projections, ReMixMatch's and CRMatch's rotation heads), which only the joint
-    forward's rows give (``semimatch.methods.heads``)."""
+def needs_joint(algorithm: str) -> bool:
+    """Whether the method runs only with the joint forward: it reads the backbone's features
+    (``Needs.features``: CoMatch's and SimMatch's projections, ReMixMatch's and CRMatch's
+    rotation heads), which only the joint forward's rows give (``semimatch.methods.heads``),
+    or it forwards the model itself (``Needs.forward`` False: MixMatch, ReMixMatch, CRMatch),
+    so another ``forward_mode`` would not apply (and is refused)."""
     from semimatch.methods.registry import build_algorithm
 
     # Ten classes as in every image setting; the data inputs only size state (queues, banks).
     built = build_algorithm(algorithm, 10, num_unlabeled=1000, num_iterations=300)
-    return bool(getattr(built.needs, "features", False))
+    needs = built.needs
+    return bool(getattr(needs, "features", False) or not getattr(needs, "forward", True))
 
 
 def minilm_folder() -> Path:
@@ -414,10 +417,11 @@ def config_for(setting: str, algorithm: str, seed: int, args: argparse.Namespace
             path = first_words(Path(path), SHORT_WORDS[setting], folder)
         values.update(data_root=str(path), backbone=f"hf:{minilm_folder()}")
     algo = dict(VARIANTS.get(algorithm, {"algorithm": algorithm}))
-    if values.get("forward_mode") != "joint" and needs_features(algo["algorithm"]):
+    if values.get("forward_mode") != "joint" and needs_joint(algo["algorithm"]):
         # The one change besides the algorithm: a method with heads on the features reads them
-        # from the joint forward (the run refuses --forward-mode two-pass), so its cells in
-        # the two-pass settings (digits-20, CIFAR-10) run the joint forward.
+        # from the joint forward, and one that forwards the model itself has no other mode
+        # (the run refuses --forward-mode two-pass for both), so their cells in the two-pass
+        # settings (digits-20, CIFAR-10) run the joint forward.
         values["forward_mode"] = "joint"
     return Config(**{**values, **algo}, seed=seed, progress=False, threads=args.threads)
 

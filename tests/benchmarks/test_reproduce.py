@@ -56,7 +56,7 @@ def test_cells_of_a_setting_differ_only_in_the_algorithm(
         # What a cell may change: its algorithm, its variant's values, and the forward of a
         # method that reads the features (the joint one).
         own = {"algorithm", *reproduce.VARIANTS.get(name, {})}
-        if reproduce.needs_features(config["algorithm"]):
+        if reproduce.needs_joint(config["algorithm"]):
             own.add("forward_mode")
         assert {k: v for k, v in config.items() if k not in own} == {
             k: v for k, v in base.items() if k not in own
@@ -134,7 +134,17 @@ def test_every_committed_run_is_what_its_cell_runs_today(tmp_path: Path) -> None
             if key not in saved:  # a field added since: its default is what ran before it
                 assert value == getattr(defaults, key), (path, key, value)
                 continue
+            if key == "forward_mode" and saved[key] != value and _own_forward(cell["algorithm"]):
+                # Cells made before --forward-mode was refused for a method that forwards the
+                # model itself recorded the setting's mode, which it never used: same run.
+                continue
             assert saved[key] == json.loads(json.dumps(value)), (path, key, saved[key], value)
+
+
+def _own_forward(algorithm: str) -> bool:
+    from semimatch.methods.registry import build_algorithm
+
+    return not build_algorithm(algorithm, 10, num_unlabeled=100, num_iterations=10).needs.forward
 
 
 def test_the_accuracy_page_publishes_the_tables_of_the_committed_runs() -> None:

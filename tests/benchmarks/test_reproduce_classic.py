@@ -48,7 +48,7 @@ def test_a_classic_cell_on_digits_is_a_valid_run(name: str, tmp_path: Path) -> N
     run = resolve(cfg, load_data(cfg), torch.device("cpu"))
     assert run.iterations == 300 and run.batch_size == 32 and run.seed == 0
     assert run.algorithm == reproduce.VARIANTS.get(name, {}).get("algorithm", name)
-    joint = reproduce.needs_features(run.algorithm)
+    joint = reproduce.needs_joint(run.algorithm)
     assert run.forward_mode == ("joint" if joint else "two-pass")
     variant = reproduce.VARIANTS.get(name, {})
     assert run.num_labels == variant.get("num_labels", 20)
@@ -59,12 +59,12 @@ def test_a_classic_cell_on_digits_is_a_valid_run(name: str, tmp_path: Path) -> N
 
 def test_a_method_with_feature_heads_gets_the_joint_forward(tmp_path: Path, monkeypatch) -> None:
     """The one change besides the algorithm: the two-pass settings pin joint for it."""
-    monkeypatch.setattr(reproduce, "needs_features", lambda algorithm: algorithm == "pimodel")
+    monkeypatch.setattr(reproduce, "needs_joint", lambda algorithm: algorithm == "pimodel")
     args = _args(tmp_path)
     assert reproduce.config_for("digits-20", "pimodel", 0, args).forward_mode == "joint"
     assert reproduce.config_for("digits-20", "vat", 0, args).forward_mode == "two-pass"
     assert reproduce.config_for("family-fmnist-40", "pimodel", 0, args).forward_mode == "joint"
-    assert not reproduce.needs_features("fixmatch")
+    assert not reproduce.needs_joint("fixmatch")
 
 
 def test_classic_cells_are_refused_on_text(tmp_path: Path) -> None:

@@ -131,9 +131,12 @@ def test_heads_needs_and_state():
     assert "rot" not in build_algorithm("crmatch", C, lambda_rot=0.0).make_heads(8)
     assert dict(algo.state_dict()) == {}  # no memory, no queue: the weights are the state
     assert algo.describe()["weighting"] == {"type": "fixed", "tau": 0.95, "lambda_max": 1.0}
-    # Its one joint forward is its own (as MixMatch's): no --forward-mode to refuse; rotation
-    # makes it spatial (square images only, checked against the data before training).
-    check_needs(algo, "crmatch", None, continuous=False, cfg=Config(forward_mode="split"))
+    # Its one joint forward is its own (as MixMatch's): another --forward-mode is refused
+    # (it would do nothing); rotation makes it spatial (square images only, checked against
+    # the data before training).
+    check_needs(algo, "crmatch", None, continuous=False, cfg=Config(forward_mode="joint"))
+    with pytest.raises(ConfigError, match="forwards the model itself"):
+        check_needs(algo, "crmatch", None, continuous=False, cfg=Config(forward_mode="split"))
     assert needs.spatial and needs.extra_rows == 4
     assert not build_algorithm("crmatch", C, lambda_rot=0.0).needs.spatial
     with pytest.raises(ValueError, match="fd_grad"):

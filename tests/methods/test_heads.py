@@ -141,3 +141,19 @@ def test_features_need_the_joint_forward() -> None:
     x = torch.rand(2, 1, 12, 12)
     with pytest.raises(ValueError, match="--forward-mode joint"):
         train_step(model, algo, x, torch.tensor([0, 1]), x, x, forward_mode="split")
+
+
+@pytest.mark.parametrize("name", ["mixmatch", "remixmatch", "crmatch"])
+def test_a_method_with_its_own_forward_refuses_another_forward_mode(name) -> None:
+    """--forward-mode would do nothing for a method that forwards the model itself."""
+    algo = build_algorithm(name, 3)
+    with pytest.raises(ConfigError, match="forwards the model itself.*--forward-mode joint"):
+        check_needs(algo, name, None, True, Config(forward_mode="two-pass"))
+    check_needs(algo, name, None, True, Config(forward_mode="joint"))
+
+
+def test_texts_are_refused_for_mixing_before_the_rotation_hint() -> None:
+    """ReMixMatch on token ids: refused outright, not sent to --lambda-rot 0 first."""
+    algo = build_algorithm("remixmatch", 3)
+    with pytest.raises(ConfigError, match="cannot run on token ids"):
+        check_needs(algo, "remixmatch", None, False, Config())

@@ -212,8 +212,9 @@ def test_square_images_only_refused_in_one_line_naming_the_flag():
         check_needs(plain, "remixmatch", None, False, None, _info(text))
     square = _info(ImageSpec((8, 8), 1, (0.5,), (0.25,), False))
     check_needs(algo, "remixmatch", None, True, Config(), square)
-    # Its own forward reads its own features: the step's forward mode does not concern it.
-    check_needs(algo, "remixmatch", None, True, Config(forward_mode="split"), square)
+    # Its own forward: the step's forward mode would do nothing, so another one is refused.
+    with pytest.raises(ConfigError, match="forwards the model itself"):
+        check_needs(algo, "remixmatch", None, True, Config(forward_mode="split"), square)
     with pytest.raises(ValueError, match="--algorithm remixmatch .* square images"):
         algo.rotation_loss(nn.Identity(), torch.zeros(2, 1, 4, 6), torch.zeros(2, dtype=torch.long))
 

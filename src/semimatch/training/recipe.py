@@ -138,6 +138,13 @@ def check_needs(
     input perturbations on token ids, features without the joint forward, quarter turns of
     the inputs (``info``: the run's data) on other data than square images."""
     needs = getattr(algorithm, "needs", None)
+    # Token ids first: a method that mixes or perturbs the inputs cannot run on texts even
+    # without its rotations (ReMixMatch), so the rotation's hint must not be the first answer.
+    if getattr(needs, "model", False) and not continuous:
+        raise ConfigError(
+            f"--algorithm {name} perturbs or mixes the inputs and cannot run on token ids "
+            "(texts); pick another --algorithm"
+        )
     if getattr(needs, "spatial", False) and info is not None:
         shape, data = info.input_shape, modality(info)
         if not data.spatial:
@@ -150,26 +157,21 @@ def check_needs(
                 f"--algorithm {name} turns the images by 90 degrees and needs square images, "
                 f"not {shape[-2]}x{shape[-1]}: resize them square (or --lambda-rot 0)"
             )
-    joint = getattr(needs, "forward", True)  # a method with its own forward picks its own
-    if (
-        getattr(needs, "features", False)
-        and joint
-        and cfg is not None
-        and cfg.forward_mode != "joint"
-    ):
-        raise ConfigError(
-            f"--algorithm {name} reads the backbone's features of the joint forward; pass "
-            f"--forward-mode joint (not {cfg.forward_mode})"
-        )
+    if cfg is not None and cfg.forward_mode != "joint":
+        if not getattr(needs, "forward", True):  # its own forward: the mode would do nothing
+            raise ConfigError(
+                f"--algorithm {name} forwards the model itself, so --forward-mode "
+                f"{cfg.forward_mode} would not apply; pass --forward-mode joint"
+            )
+        if getattr(needs, "features", False):
+            raise ConfigError(
+                f"--algorithm {name} reads the backbone's features of the joint forward; pass "
+                f"--forward-mode joint (not {cfg.forward_mode})"
+            )
     if getattr(needs, "teacher", False) and ema is None:
         raise ConfigError(
             f"--algorithm {name} takes its teacher from the weight EMA: pass --ema-decay > 0 "
             "(USB 0.999)"
-        )
-    if getattr(needs, "model", False) and not continuous:
-        raise ConfigError(
-            f"--algorithm {name} perturbs or mixes the inputs and cannot run on token ids "
-            "(texts); pick another --algorithm"
         )
 
 
