@@ -80,14 +80,16 @@ class Switch(nn.Module):
         return out
 
 
-def _diagnostics(iterations: int = 100) -> tuple[Diagnostics, np.ndarray]:
+def _diagnostics(
+    iterations: int = 100, algorithm: str = "fixmatch"
+) -> tuple[Diagnostics, np.ndarray]:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3000, 4)).astype(np.float32)
     y = (x[:, 1] > 0).astype(np.int64)
     data = from_features(x, y, mean=[0.0] * 4, std=[1.0] * 4)
     split = balanced_split(y, 2, 20, seed=0)
     stream = TrainStream(data, split, batch_size=4, uratio=1, seed=0)
-    cfg = Config(iterations=iterations, eval_every=10, eval_batch_size=64)
+    cfg = Config(iterations=iterations, eval_every=10, eval_batch_size=64, algorithm=algorithm)
     return Diagnostics(stream, cfg, torch.device("cpu")), x[split.unlabeled]
 
 
@@ -109,6 +111,14 @@ def test_pseudo_label_flips_are_the_share_of_probed_samples_that_changed_class(c
     err = capsys.readouterr().err
     assert second["pl_flip"] > FLIP_SHARE and err.count("changed class") == 1
     assert "--tau" in err
+
+
+def test_the_flip_warning_names_a_threshold_only_for_a_method_with_one(capsys):
+    diag, _ = _diagnostics(algorithm="pimodel")  # no --tau: suggesting it would be refused
+    d = {"lb_weak_acc": None, "lb_strong_acc": None, "pl_flip": 0.9, "error_swing": None}
+    diag.warn(d, {"errors": []}, done=80, n_sel=0)
+    err = capsys.readouterr().err
+    assert "changed class" in err and "--tau" not in err and "a lower --lr" in err
 
 
 def test_the_error_swing_warns_only_above_the_noise_of_the_set_that_measures_it(capsys):

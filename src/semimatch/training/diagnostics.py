@@ -33,6 +33,7 @@ from semimatch.config import Config
 from semimatch.data import TrainStream
 from semimatch.data.modalities import modality
 from semimatch.log import logger
+from semimatch.methods.registry import methods
 from semimatch.training.evaluation import pad_rows
 from semimatch.training.recipe import autocast
 
@@ -98,6 +99,9 @@ class Diagnostics:
         # The strong view as training uses it: an algorithm without one (supervised) may leave
         # it unfitted (UDA's TF-IDF view learns from the unlabeled pool it does not read).
         self.uses_strong = stream.use_strong and stream.use_unlabeled
+        # A threshold to raise only for the methods that have one (Pi-Model, MixMatch: none).
+        spec = methods().get(cfg.algorithm)
+        self.tau_hint = "a higher --tau, " if spec is not None and "tau" in spec.options else ""
         weak, strong = stream.probe_views(lb_probe, stream_id=2, strong=self.uses_strong)
         self.lb_weak = weak[mine]
         self.lb_strong = strong[mine] if strong is not None else None
@@ -208,7 +212,7 @@ class Diagnostics:
                     "pl_flip",
                     f"{flip:.0%} of the unlabeled samples' pseudo-labels changed class since the "
                     "last evaluation, late in training (pl_flip in metrics.jsonl): the model "
-                    "trains on moving targets; try a higher --tau, a lower --lr or a longer "
+                    f"trains on moving targets; try {self.tau_hint}a lower --lr or a longer "
                     "--warmup-iterations, or compare with --algorithm supervised",
                 )
             )
