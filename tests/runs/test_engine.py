@@ -626,7 +626,8 @@ def test_extending_a_finished_run_continues_its_schedule_and_a_second_resume_is_
     assert f"resuming from iteration 4 of 8 ({ref})\n" in err
     assert (
         "extended from 4 to 8 iterations at iteration 4: the learning rate follows the "
-        f"schedule planned for 8 from here ({lr[0]:.6g} -> {lr[1]:.6g}); the values derived "
+        f"schedule planned for 8 from here ({lr[0]:.6g} -> {lr[1]:.6g}), as do the ramp-ups "
+        "set as a share of the budget (--unsup-warmup, --in-warmup); the values derived "
         "from the budget keep those in config.json (bn_momentum, ema_decay, stat_momentum)"
     ) in err
     records = read_jsonl(ref / "metrics.jsonl")

@@ -80,7 +80,8 @@ class Recorder:
         note = f"extended from {extended_from} to {planned} iterations at iteration {first}"
         self.note(
             f"{note}: the learning rate follows the schedule planned for {planned} from here "
-            f"({lrs[0]:.6g} -> {lrs[1]:.6g}); the values derived from the budget keep those "
+            f"({lrs[0]:.6g} -> {lrs[1]:.6g}), as do the ramp-ups set as a share of the budget "
+            "(--unsup-warmup, --in-warmup); the values derived from the budget keep those "
             f"in config.json ({', '.join(kept) or 'none'}), so the run differs from one "
             f"planned for {planned} from the start"
         )
