@@ -10,9 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
+from semimatch.config import Config
+from semimatch.errors import TrainingInterrupted
 from semimatch.runs import checkpoint as ckpt
+from semimatch.runs import engine
+from semimatch.runs.engine import fit
+from semimatch.runs.run import Run
 from semimatch.training.metrics import read_jsonl
 
 # A tiny, fast recipe: digits, 20 labels, 8 labeled + 16 unlabeled per step.
@@ -89,6 +95,37 @@ def assert_same_run(a: Path, b: Path, iterations: int = 16) -> None:
         for key in flat_a:
             assert torch.equal(flat_a[key], flat_b[key]), f"{part}.{key} differs"
     assert stable(read_jsonl(a / "metrics.jsonl")) == stable(read_jsonl(b / "metrics.jsonl"))
+
+
+def stop_after(monkeypatch: pytest.MonkeyPatch, iteration: int) -> list[int]:
+    """Stop the next run once, after ``iteration``, as Ctrl-C would (its checkpoint saved);
+    the list returned holds the iteration once the stop has fired."""
+    real, fired = engine._stop_requested, []
+
+    def stop(t, interrupted, done):
+        if done == iteration and not fired:
+            fired.append(done)
+            return True
+        return real(t, interrupted, done)
+
+    monkeypatch.setattr(engine, "_stop_requested", stop)
+    return fired
+
+
+def assert_resume_is_exact(
+    cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_at: int
+) -> Run:
+    """Train ``cfg`` uninterrupted, and again stopped after ``stop_at`` then resumed: the two
+    end in the same state (``assert_same_run``).  Returns the uninterrupted run."""
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    result = fit(cfg, out=ref)
+    stop_after(monkeypatch, stop_at)
+    with pytest.raises(TrainingInterrupted):
+        fit(cfg, out=run)
+    monkeypatch.undo()
+    fit(out=run, resume=True)
+    assert_same_run(ref, run, iterations=cfg.iterations)
+    return result
 
 
 def flatten(obj, prefix=""):

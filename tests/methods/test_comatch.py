@@ -13,7 +13,7 @@ from torch import nn
 
 from helpers.gloo import run_on_gloo
 from helpers.reference_impl import CoMatchOracle, comatch_embed_oracle, comatch_mlp_oracle
-from helpers.runs import assert_same_run
+from helpers.runs import assert_same_run, stop_after
 from semimatch import distributed as dist
 from semimatch.cli import main
 from semimatch.config import Config, ConfigError
@@ -21,7 +21,6 @@ from semimatch.methods.consistency import StepOutputs
 from semimatch.methods.heads import attach_heads, heads_of
 from semimatch.methods.registry import build_algorithm
 from semimatch.presets import PRESETS
-from semimatch.runs import engine
 from semimatch.runs.engine import fit
 from semimatch.training.recipe import check_needs
 from semimatch.training.step import StepInfo, train_step
@@ -232,15 +231,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, cap
             "--tau", "0.5", "--deterministic", "--precision", "fp32", "--threads", "1",
             "--no-tensorboard"]  # fmt: skip
     assert main([*args, "--out", str(ref)]) == 0
-    real, fired = engine._stop_requested, []
-
-    def stop(t, interrupted, done):
-        if done == 3 and not fired:
-            fired.append(done)
-            return True
-        return real(t, interrupted, done)
-
-    monkeypatch.setattr(engine, "_stop_requested", stop)
+    fired = stop_after(monkeypatch, 3)
     assert main([*args, "--out", str(run)]) != 0
     monkeypatch.undo()
     assert fired and main(["train", "--resume", str(run)]) == 0

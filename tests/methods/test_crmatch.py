@@ -13,17 +13,15 @@ from torch import nn
 
 from helpers.gloo import run_on_gloo
 from helpers.reference_impl import crmatch_map_oracle, crmatch_tanh_oracle
-from helpers.runs import TINY, assert_same_run
+from helpers.runs import TINY, assert_resume_is_exact
 from semimatch.cli import main
 from semimatch.config import Config, ConfigError
-from semimatch.errors import TrainingInterrupted
 from semimatch.methods.crmatch import record_feature_map, rotations
 from semimatch.methods.heads import attach_heads, heads_of
 from semimatch.methods.registry import build_algorithm
 from semimatch.models.cnn import SmallCNN
 from semimatch.models.wrn import WideResNet
 from semimatch.presets import PRESETS
-from semimatch.runs import engine
 from semimatch.runs.engine import fit
 from semimatch.training.recipe import check_needs
 from semimatch.training.step import StepInfo, train_step
@@ -221,22 +219,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, cap
     caplog.set_level(logging.WARNING, logger="semimatch")  # quiet, restored after the test
     cfg = Config(**TINY, algorithm="crmatch", iterations=4, eval_every=2, log_every=1,
                  deterministic=True, tau=0.3)  # fmt: skip
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    fit(cfg, out=ref)
-    real, fired = engine._stop_requested, []
-
-    def stop(t, interrupted, done):
-        if done == 2 and not fired:
-            fired.append(done)
-            return True
-        return real(t, interrupted, done)
-
-    monkeypatch.setattr(engine, "_stop_requested", stop)
-    with pytest.raises(TrainingInterrupted):
-        fit(cfg, out=run)
-    monkeypatch.undo()
-    fit(out=run, resume=True)
-    assert_same_run(ref, run, iterations=4)
+    assert_resume_is_exact(cfg, tmp_path, monkeypatch, stop_at=2)
 
 
 # --- torchrun: each process's loss is a mean over its rows, DDP averages the gradients ---------

@@ -17,15 +17,12 @@ from helpers.reference_impl import (
     softmax,
     squared_consistency_oracle,
 )
-from helpers.runs import TINY, assert_same_run
+from helpers.runs import TINY, assert_resume_is_exact
 from semimatch.cli import main
 from semimatch.config import Config
-from semimatch.errors import TrainingInterrupted
 from semimatch.methods.registry import build_algorithm
 from semimatch.presets import PRESETS
 from semimatch.runs import checkpoint as ckpt
-from semimatch.runs import engine
-from semimatch.runs.engine import fit
 from semimatch.training.step import StepInfo, train_step
 
 
@@ -118,19 +115,6 @@ def test_state_dict_round_trip_and_presets():
     assert values["ema_decay"] == 0.999 and values["uratio"] == 1
 
 
-def _stop_after(monkeypatch, iteration: int) -> None:
-    real = engine._stop_requested
-    fired = []
-
-    def stop(t, interrupted, done):
-        if done == iteration and not fired:
-            fired.append(done)
-            return True
-        return real(t, interrupted, done)
-
-    monkeypatch.setattr(engine, "_stop_requested", stop)
-
-
 @pytest.mark.slow
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, caplog):
     """The teacher (the EMA) and the ramp-up resume exactly: the same final state as an
@@ -138,14 +122,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, cap
     caplog.set_level(logging.WARNING, logger="semimatch")  # quiet, restored after the test
     cfg = Config(**TINY, algorithm="meanteacher", iterations=6, eval_every=2, log_every=1,
                  deterministic=True, unsup_warmup=0.5, ema_decay=0.9)  # fmt: skip
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    fit(cfg, out=ref)
-    _stop_after(monkeypatch, 3)
-    with pytest.raises(TrainingInterrupted):
-        fit(cfg, out=run)
-    monkeypatch.undo()
-    fit(out=run, resume=True)
-    assert_same_run(ref, run, iterations=6)  # model, EMA (the teacher), optimiser, records
+    # model, EMA (the teacher), optimiser, records
+    assert_resume_is_exact(cfg, tmp_path, monkeypatch, stop_at=3)
+    ref = tmp_path / "ref"
     a = ckpt.load(ckpt.latest(ref / "checkpoints"))
     student = {k.removeprefix("module."): v for k, v in a["model"].items()}
     teacher = {k.removeprefix("module."): v for k, v in a["ema"].items()}

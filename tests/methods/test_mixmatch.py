@@ -11,15 +11,12 @@ import pytest
 import torch
 
 from helpers.reference_impl import mixmatch_linear_oracle, rampup_oracle
-from helpers.runs import TINY, assert_same_run
+from helpers.runs import TINY, assert_resume_is_exact
 from semimatch.cli import main
 from semimatch.config import Config, ConfigError
-from semimatch.errors import TrainingInterrupted
 from semimatch.methods.mixmatch import mixup_draw, to_unit
 from semimatch.methods.registry import build_algorithm
 from semimatch.presets import PRESETS
-from semimatch.runs import engine
-from semimatch.runs.engine import fit
 from semimatch.training.recipe import check_needs
 from semimatch.training.step import StepInfo, train_step
 
@@ -144,19 +141,4 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, cap
     caplog.set_level(logging.WARNING, logger="semimatch")  # quiet, restored after the test
     cfg = Config(**TINY, algorithm="mixmatch", iterations=6, eval_every=2, log_every=1,
                  deterministic=True, unsup_warmup=0.5)  # fmt: skip
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    fit(cfg, out=ref)
-    real, fired = engine._stop_requested, []
-
-    def stop(t, interrupted, done):
-        if done == 3 and not fired:
-            fired.append(done)
-            return True
-        return real(t, interrupted, done)
-
-    monkeypatch.setattr(engine, "_stop_requested", stop)
-    with pytest.raises(TrainingInterrupted):
-        fit(cfg, out=run)
-    monkeypatch.undo()
-    fit(out=run, resume=True)
-    assert_same_run(ref, run, iterations=6)
+    assert_resume_is_exact(cfg, tmp_path, monkeypatch, stop_at=3)

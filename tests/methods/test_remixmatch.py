@@ -19,17 +19,15 @@ from helpers.reference_impl import (
     remixmatch_mlp_oracle,
     remixmatch_rotate_oracle,
 )
-from helpers.runs import TINY, assert_same_run
+from helpers.runs import TINY, assert_resume_is_exact
 from semimatch.cli import main
 from semimatch.config import Config, ConfigError
 from semimatch.data.sources import DatasetInfo, FeatureSpec, ImageSpec, TextSpec
-from semimatch.errors import TrainingInterrupted
 from semimatch.methods.heads import attach_heads
 from semimatch.methods.mixmatch import mixup_draw
 from semimatch.methods.registry import build_algorithm
 from semimatch.methods.remixmatch import ReMixMatchAlignment, rotate_batch, rotation_draw
 from semimatch.presets import PRESETS
-from semimatch.runs import engine
 from semimatch.runs.engine import fit
 from semimatch.training.memory import step_rows
 from semimatch.training.recipe import check_needs
@@ -274,21 +272,6 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, cap
     caplog.set_level(logging.WARNING, logger="semimatch")  # quiet, restored after the test
     cfg = Config(**TINY, algorithm="remixmatch", iterations=6, eval_every=2, log_every=1,
                  deterministic=True, strong_views=2, da_window=3, unsup_warmup=0.5)  # fmt: skip
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    result = fit(cfg, out=ref)
+    result = assert_resume_is_exact(cfg, tmp_path, monkeypatch, stop_at=3)
     p_data = result.algorithm.alignment.p_data
     assert p_data.sum().item() == pytest.approx(1.0) and (p_data > 0).all()
-    real, fired = engine._stop_requested, []
-
-    def stop(t, interrupted, done):
-        if done == 3 and not fired:
-            fired.append(done)
-            return True
-        return real(t, interrupted, done)
-
-    monkeypatch.setattr(engine, "_stop_requested", stop)
-    with pytest.raises(TrainingInterrupted):
-        fit(cfg, out=run)
-    monkeypatch.undo()
-    fit(out=run, resume=True)
-    assert_same_run(ref, run, iterations=6)

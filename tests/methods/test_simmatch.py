@@ -14,11 +14,10 @@ import torch.nn.functional as F
 
 from helpers.gloo import run_on_gloo
 from helpers.reference_impl import SimMatchOracle
-from helpers.runs import TINY, assert_same_run
+from helpers.runs import TINY, assert_resume_is_exact
 from helpers.text_fixtures import text_corpus
 from semimatch.cli import main
 from semimatch.config import Config
-from semimatch.errors import TrainingInterrupted
 from semimatch.methods.blocks import frozen_bn, train_mode
 from semimatch.methods.consistency import StepOutputs
 from semimatch.methods.heads import attach_heads
@@ -26,8 +25,6 @@ from semimatch.methods.registry import build_algorithm
 from semimatch.methods.simmatch import ProjectionHead, last_occurrence
 from semimatch.models.cnn import SmallCNN
 from semimatch.presets import PRESETS
-from semimatch.runs import engine
-from semimatch.runs.engine import fit
 from semimatch.training.step import StepInfo, train_step
 
 C, K, D, P = 3, 6, 5, 4  # classes, labeled set, feature size, projection size
@@ -240,22 +237,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, cap
     caplog.set_level(logging.WARNING, logger="semimatch")
     cfg = Config(**TINY, algorithm="simmatch", iterations=6, eval_every=2, log_every=1,
                  deterministic=True, in_warmup=0.2)  # fmt: skip
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    fit(cfg, out=ref)
-    real, fired = engine._stop_requested, []
-
-    def stop(t, interrupted, done):
-        if done == 3 and not fired:
-            fired.append(done)
-            return True
-        return real(t, interrupted, done)
-
-    monkeypatch.setattr(engine, "_stop_requested", stop)
-    with pytest.raises(TrainingInterrupted):
-        fit(cfg, out=run)
-    monkeypatch.undo()
-    fit(out=run, resume=True)
-    assert_same_run(ref, run, iterations=6)
+    assert_resume_is_exact(cfg, tmp_path, monkeypatch, stop_at=3)
 
 
 def test_feature_vectors_train_and_the_run_reloads_with_its_bank(tmp_path):
