@@ -14,13 +14,12 @@ import pytest
 import torch
 
 import semimatch
-from helpers.runs import CLI, TINY, assert_same_run, kill_after_first_checkpoint
+from helpers.runs import CLI, TINY, assert_same_run, kill_after_first_checkpoint, stop_after
 from semimatch.cli import main
 from semimatch.config import Config
 from semimatch.errors import TrainingInterrupted
 from semimatch.methods.registry import build_algorithm
 from semimatch.runs import checkpoint as ckpt
-from semimatch.runs import engine
 from semimatch.runs.engine import fit
 from semimatch.sklearn import SemiSupervisedClassifier
 from semimatch.training.metrics import read_jsonl
@@ -47,20 +46,6 @@ def _quiet():
     logger.setLevel(before)
 
 
-def _stop_after(monkeypatch, iteration: int) -> None:
-    """The run stops cleanly (as after Ctrl-C) after ``iteration`` iterations, once."""
-    real = engine._stop_requested
-    fired = []
-
-    def stop(t, interrupted, done):
-        if done == iteration and not fired:
-            fired.append(done)
-            return True
-        return real(t, interrupted, done)
-
-    monkeypatch.setattr(engine, "_stop_requested", stop)
-
-
 @pytest.mark.parametrize(
     ("algorithm", "stop"),
     [
@@ -77,7 +62,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, alg
     cfg = Config(**SHORT, algorithm=algorithm, **MOVING[algorithm])
     ref, run = tmp_path / "ref", tmp_path / "run"
     fit(cfg, out=ref)
-    _stop_after(monkeypatch, stop)
+    stop_after(monkeypatch, stop)
     with pytest.raises(TrainingInterrupted):
         fit(cfg, out=run)
     assert ckpt.load(ckpt.latest(run / "checkpoints"))["iteration"] == stop
