@@ -50,3 +50,12 @@ def test_a_finished_summary_that_cannot_be_written_says_the_checkpoint_is_safe(t
     with pytest.raises(TrainingError, match="its last checkpoint is saved, but cannot write"):
         run_dir.write_summary({"status": "finished"})
     json.dumps({"device": str(torch.device("cpu"))})  # summaries hold primitives only
+
+
+def test_load_run_refuses_a_model_that_is_not_a_backbone(tmp_path):
+    """``model="raw"`` (eval's --model) belongs to evaluate/predict: a one-line TypeError,
+    checked before the folder is read, not an AttributeError deep in the build."""
+    from semimatch.runs.run import load_run
+
+    with pytest.raises(TypeError, match="pass model='raw' to run.evaluate / run.predict"):
+        load_run(tmp_path, model="raw")

@@ -309,6 +309,12 @@ def load_run(
         model: for runs trained with your own backbone (``train(model=...)``): a fresh
             instance of that architecture; the checkpoint's weights are loaded into it.
     """
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(
+            f"load_run(model=...) takes a fresh instance of your own backbone (an nn.Module), "
+            f"got {model!r}; to use the raw model instead of the EMA, pass model={model!r} to "
+            "run.evaluate / run.predict"
+        )
     layout = RunDir(Path(run_dir))
     if not layout.config.exists():
         raise FileNotFoundError(f"{run_dir} is not a semimatch run directory (no config.json)")
