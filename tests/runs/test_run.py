@@ -59,3 +59,21 @@ def test_load_run_refuses_a_model_that_is_not_a_backbone(tmp_path):
 
     with pytest.raises(TypeError, match="pass model='raw' to run.evaluate / run.predict"):
         load_run(tmp_path, model="raw")
+
+
+def test_a_feature_run_without_test_set_is_not_sent_to_a_test_folder(tmp_path):
+    """Feature vectors have no files to read labels from: the hint names run.evaluate."""
+    from semimatch.config import Config
+    from semimatch.data import from_features
+    from semimatch.runs.engine import fit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    data = from_features(x, y, mean=[0.0] * 4, std=[1.0] * 4)
+    cfg = Config(algorithm="supervised", num_labels=10, iterations=2, eval_every=2,
+                 batch_size=4, threads=1, tensorboard=False, progress=False)  # fmt: skip
+    run = fit(cfg, data=data, out=tmp_path / "run")
+    run.data = data
+    with pytest.raises(ValueError, match="pass labeled feature vectors to run.evaluate"):
+        run.evaluate()

@@ -201,6 +201,12 @@ class Run:
             self.data = load_data(self.config)
         source = source if source is not None else (self.data.test if self.data else None)
         if source is None:
+            data = modality(self.info)
+            if not data.reads_labeled_files:  # feature vectors: no files to read labels from
+                raise ValueError(
+                    f"this run's dataset has no test set; pass labeled {data.noun} to "
+                    "run.evaluate(source)"
+                )
             raise ValueError(
                 "this run's dataset has no test set; score labeled images DIR/<class>/<image> "
                 "with `semimatch eval RUN --test-dir DIR` or semimatch.evaluate(run, "

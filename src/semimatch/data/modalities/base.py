@@ -174,6 +174,11 @@ class Modality:
         ``None`` = the run's)."""
         raise ValueError(f"test_dir: a run on {self.noun} has no files to read labels from")
 
+    @property
+    def reads_labeled_files(self) -> bool:
+        """Whether ``labeled_files`` reads labeled files for this modality (``--test-dir``)."""
+        return type(self).labeled_files is not Modality.labeled_files
+
     def predict_inputs(self, inputs: Any, info: DatasetInfo) -> PredictInputs:
         """``predict(run, inputs)``: the inputs themselves (image runs also read files)."""
         return PredictInputs(inputs)
