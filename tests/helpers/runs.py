@@ -97,6 +97,19 @@ def assert_same_run(a: Path, b: Path, iterations: int = 16) -> None:
     assert stable(read_jsonl(a / "metrics.jsonl")) == stable(read_jsonl(b / "metrics.jsonl"))
 
 
+def short_cli_run(out: Path, algorithm: str, *args: str, uratio: int = 2) -> list[dict]:
+    """``semimatch train`` of ``algorithm`` on digits, 2 iterations of 8 labeled rows, fp32, one
+    thread, plus ``args``; asserts it exits 0 and returns the run's train records."""
+    from semimatch.cli import main
+
+    argv = ["train", "--dataset", "digits", "--algorithm", algorithm, "--num-labels", "20",
+            "--iterations", "2", "--eval-every", "2", "--log-every", "1", "--batch-size", "8",
+            "--uratio", str(uratio), "--precision", "fp32", "--no-tensorboard", "--threads", "1",
+            *args, "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    return [r for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "train"]
+
+
 def stop_after(monkeypatch: pytest.MonkeyPatch, iteration: int) -> list[int]:
     """Stop the next run once, after ``iteration``, as Ctrl-C would (its checkpoint saved);
     the list returned holds the iteration once the stop has fired."""

@@ -13,7 +13,7 @@ from torch import nn
 
 from helpers.gloo import run_on_gloo
 from helpers.reference_impl import crmatch_map_oracle, crmatch_tanh_oracle
-from helpers.runs import TINY, assert_resume_is_exact
+from helpers.runs import TINY, assert_resume_is_exact, short_cli_run
 from semimatch.cli import main
 from semimatch.config import Config, ConfigError
 from semimatch.methods.crmatch import record_feature_map, rotations
@@ -170,14 +170,7 @@ def test_presets_follow_usb():
 
 
 def test_a_short_run_from_the_command_line(tmp_path):
-    out = tmp_path / "run"
-    args = ["train", "--dataset", "digits", "--algorithm", "crmatch", "--num-labels", "20",
-            "--iterations", "2", "--eval-every", "2", "--log-every", "1", "--batch-size", "8",
-            "--uratio", "2", "--precision", "fp32", "--no-tensorboard", "--threads", "1",
-            "--out", str(out)]  # fmt: skip
-    assert main(args) == 0
-    trains = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-              if r["kind"] == "train"]  # fmt: skip
+    trains = short_cli_run(tmp_path / "run", "crmatch")
     assert trains and all(np.isfinite(r["loss"]) and r["extra_loss"] > 0 for r in trains)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 
 import numpy as np
@@ -11,8 +10,7 @@ import pytest
 import torch
 
 from helpers.reference_impl import mixmatch_linear_oracle, rampup_oracle
-from helpers.runs import TINY, assert_resume_is_exact
-from semimatch.cli import main
+from helpers.runs import TINY, assert_resume_is_exact, short_cli_run
 from semimatch.config import Config, ConfigError
 from semimatch.methods.mixmatch import mixup_draw, to_unit
 from semimatch.methods.registry import build_algorithm
@@ -124,14 +122,7 @@ def test_the_report_says_it_is_not_a_weighting_method():
 
 
 def test_a_short_run_from_the_command_line(tmp_path):
-    out = tmp_path / "run"
-    args = ["train", "--dataset", "digits", "--algorithm", "mixmatch", "--num-labels", "20",
-            "--iterations", "2", "--eval-every", "2", "--log-every", "1", "--batch-size", "8",
-            "--uratio", "1", "--precision", "fp32", "--no-tensorboard", "--threads", "1",
-            "--out", str(out)]  # fmt: skip
-    assert main(args) == 0
-    trains = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-              if r["kind"] == "train"]  # fmt: skip
+    trains = short_cli_run(tmp_path / "run", "mixmatch", uratio=1)
     assert trains and all(np.isfinite(r["loss"]) for r in trains)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 
 import numpy as np
@@ -19,8 +18,7 @@ from helpers.reference_impl import (
     remixmatch_mlp_oracle,
     remixmatch_rotate_oracle,
 )
-from helpers.runs import TINY, assert_resume_is_exact
-from semimatch.cli import main
+from helpers.runs import TINY, assert_resume_is_exact, short_cli_run
 from semimatch.config import Config, ConfigError
 from semimatch.data.sources import DatasetInfo, FeatureSpec, ImageSpec, TextSpec
 from semimatch.methods.heads import attach_heads
@@ -254,15 +252,15 @@ def test_needs_presets_and_description():
 
 def test_a_short_run_from_the_command_line(tmp_path):
     """Digits through the CLI with CTAugment's strong views; p(y) is the labeled draw's."""
-    out = tmp_path / "run"
-    args = ["train", "--dataset", "digits", "--algorithm", "remixmatch", "--num-labels", "20",
-            "--iterations", "2", "--eval-every", "2", "--log-every", "1", "--batch-size", "8",
-            "--uratio", "1", "--strong-views", "2", "--strong-augment", "ctaugment",
-            "--precision", "fp32", "--no-tensorboard", "--threads", "1",
-            "--out", str(out)]  # fmt: skip
-    assert main(args) == 0
-    trains = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-              if r["kind"] == "train"]  # fmt: skip
+    trains = short_cli_run(
+        tmp_path / "run",
+        "remixmatch",
+        "--strong-views",
+        "2",
+        "--strong-augment",
+        "ctaugment",
+        uratio=1,
+    )
     assert trains and all(np.isfinite(r["loss"]) for r in trains)
     assert all(r["extra_loss"] > 0 for r in trains)  # the rotation term from the first step
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-import json
 
 import numpy as np
 import pytest
 import torch
 
 from helpers.reference_impl import cross_entropy, entropy_oracle, rampup_oracle, vat_linear_oracle
-from semimatch.cli import main
+from helpers.runs import short_cli_run
 from semimatch.config import ConfigError
 from semimatch.data.modalities import modality
 from semimatch.methods.registry import build_algorithm
@@ -108,12 +107,5 @@ def test_state_dict_round_trip_and_presets():
 
 @pytest.mark.slow
 def test_a_short_run_from_the_command_line(tmp_path):
-    out = tmp_path / "run"
-    args = ["train", "--dataset", "digits", "--algorithm", "vat", "--num-labels", "20",
-            "--iterations", "2", "--eval-every", "2", "--log-every", "1", "--batch-size", "8",
-            "--uratio", "2", "--precision", "fp32", "--no-tensorboard", "--threads", "1",
-            "--out", str(out)]  # fmt: skip
-    assert main(args) == 0
-    trains = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-              if r["kind"] == "train"]  # fmt: skip
+    trains = short_cli_run(tmp_path / "run", "vat")
     assert trains and all(np.isfinite(r["loss"]) and r["extra_loss"] > 0 for r in trains)
