@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semimatch.methods.blocks import rampup
 from semimatch.methods.consistency import Needs, SSLAlgorithm, StepOutputs, UnlabeledResult
 
 __all__ = ["ClassicConsistency", "NoWeighting", "kl_logits", "mean_rows", "mse_consistency", "wide"]
@@ -67,18 +66,19 @@ class ClassicConsistency(SSLAlgorithm):
         extra_loss_weight: float = 0.0,
         second_view: Literal["weak", "strong"] = "strong",
     ) -> None:
-        super().__init__(NoWeighting(), student_view=student_view, lambda_u=lambda_u, name=name)
+        super().__init__(
+            NoWeighting(),
+            student_view=student_view,
+            lambda_u=lambda_u,
+            name=name,
+            unsup_warmup=unsup_warmup,
+            rampup_shape=rampup_shape,
+        )
         if second_view not in ("weak", "strong"):
             raise ValueError(f"second_view must be 'weak' or 'strong'; got {second_view!r}")
         self.second_view = second_view
-        if not 0.0 <= unsup_warmup <= 1.0:
-            raise ValueError(f"unsup_warmup must be in [0, 1]; got {unsup_warmup}")
-        if rampup_shape not in ("sigmoid", "linear"):
-            raise ValueError(f"rampup_shape must be 'sigmoid' or 'linear'; got {rampup_shape!r}")
         if extra_loss_weight < 0:
             raise ValueError(f"extra_loss_weight must be >= 0; got {extra_loss_weight}")
-        self.unsup_warmup = float(unsup_warmup)
-        self.rampup_shape = rampup_shape
         self.extra_loss_weight = float(extra_loss_weight)
 
     @property
@@ -94,10 +94,6 @@ class ClassicConsistency(SSLAlgorithm):
     @property
     def has_extra_loss(self) -> bool:
         return self.extra_loss_weight > 0
-
-    def ramp(self, out: StepOutputs) -> float:
-        """The ramp-up factor of this iteration (``blocks.rampup``)."""
-        return rampup(out.iteration, out.iterations, self.unsup_warmup, self.rampup_shape)
 
     def unlabeled(self, out: StepOutputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(unlabeled loss (scalar), target probabilities (N, C), extra term or None)``."""

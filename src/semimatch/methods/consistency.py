@@ -218,7 +218,8 @@ class SSLAlgorithm(nn.Module):
         self._end_warmup = end_warmup
         if not 0.0 <= unsup_warmup <= 1.0:
             raise ValueError(f"unsup_warmup must be in [0, 1]; got {unsup_warmup}")
-        rampup(0, 1, 0.0, rampup_shape)  # checks the shape
+        if rampup_shape not in ("sigmoid", "linear"):
+            raise ValueError(f"rampup_shape must be 'sigmoid' or 'linear'; got {rampup_shape!r}")
         self.unsup_warmup = float(unsup_warmup)
         self.rampup_shape = rampup_shape
         declared = getattr(weighting, "sample_indices", False)
@@ -302,15 +303,19 @@ class SSLAlgorithm(nn.Module):
             per_sample = -(targets.detach().float() * log_q).sum(dim=1)
         # Mean over *all* mu*B unlabeled samples, not only the weighted ones (reference).
         unsup_loss = (weights.detach() * per_sample).sum() / max(student.shape[0], 1)
-        lambda_u = self.lambda_u
-        if self.unsup_warmup > 0:  # opt-in ramp of the unlabeled weight (blocks.rampup)
-            lambda_u *= rampup(out.iteration, out.iterations, self.unsup_warmup, self.rampup_shape)
-        loss = out.sup_loss + lambda_u * unsup_loss
+        # The opt-in ramp of the unlabeled weight; without one the factor is exactly 1.
+        loss = out.sup_loss + self.lambda_u * self.ramp(out) * unsup_loss
         extra = None
         if self.extra_loss is not None:  # FreeMatch's fairness loss: gradient via the student
             extra = self.extra_loss(student, weights.detach())
             loss = loss + self.extra_loss_weight * extra
         return loss, UnlabeledResult(weights, confidence, pseudo, unsup_loss, extra)
+
+    def ramp(self, step: Any) -> float:
+        """The unlabeled weight's ramp-up factor at ``step``'s iteration (``StepOutputs`` or
+        ``StepInfo``: its ``iteration`` and ``iterations``; ``blocks.rampup``): 1 without a
+        ramp (``unsup_warmup`` 0)."""
+        return rampup(step.iteration, step.iterations, self.unsup_warmup, self.rampup_shape)
 
     @torch.no_grad()
     def weigh(

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from semimatch import distributed as dist
-from semimatch.methods.blocks import frozen_bn, rampup, sharpen
+from semimatch.methods.blocks import frozen_bn, sharpen
 from semimatch.methods.classic import ClassicConsistency, mean_rows, mse_consistency, wide
 from semimatch.methods.consistency import Needs, UnlabeledResult
 from semimatch.methods.registry import MethodPresets, register_method
@@ -123,7 +123,7 @@ class MixMatch(ClassicConsistency):
         log_p = torch.log_softmax(wide(logits[:n_lb]), dim=1)
         sup = mean_rows(-(mixed_y[:n_lb] * log_p).sum(dim=1))
         unsup = mean_rows(mse_consistency(logits[n_lb:], mixed_y[n_lb:]))
-        ramped = self.ramp_at(info) * unsup
+        ramped = self.ramp(info) * unsup
         loss = sup + self.lambda_u * ramped
         confidence, pseudo = q.max(dim=1)
         weights = torch.ones(n_u, dtype=confidence.dtype, device=confidence.device)
@@ -138,10 +138,6 @@ class MixMatch(ClassicConsistency):
         with frozen_bn(model):
             logits += [model(c) for c in chunks[1:]]
         return torch.cat(logits)
-
-    def ramp_at(self, info: Any) -> float:
-        """The ramp-up factor at the step's iteration (``blocks.rampup``)."""
-        return rampup(info.iteration, info.iterations, self.unsup_warmup, self.rampup_shape)
 
     def extra_repr(self) -> str:
         return (

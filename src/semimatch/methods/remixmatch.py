@@ -252,7 +252,7 @@ class ReMixMatch(MixMatch):
         unsup = mean_rows(soft_cross_entropy(logits[n_lb:], mixed_y[n_lb:]))
         u1 = mean_rows(soft_cross_entropy(logits_u1, q))
         rot = self.rotation_loss(model, strong[0], rotation_draw(n_u, seed, it, rank))
-        ramp = self.ramp_at(info)
+        ramp = self.ramp(info)
         extra = ramp * self.lambda_u1 * u1 + self.lambda_rot * rot
         loss = sup + self.lambda_u * (ramp * unsup) + extra
         confidence, pseudo = q.max(dim=1)
